@@ -1,0 +1,180 @@
+//! Types shared by the eBPF data path and the controller.
+//!
+//! Everything here is `#[repr(C)]` with fixed-width fields and explicit padding, and its size is
+//! asserted at compile time: both sides read the same bytes out of BPF maps.
+#![no_std]
+
+/// Rule slots: index into `RULES` and `COUNTERS`.
+pub const MAX_RULES: u32 = 65_536;
+/// Distinct match shapes (tuples) per generation. Per-packet cost grows with this, not with rules.
+pub const MAX_TUPLES: u32 = 64;
+/// Flow entries in `FLOWS`, both generations together.
+pub const MAX_FLOWS: u32 = 1 << 19;
+/// Generations: the data path reads one while the controller writes the other.
+pub const GENERATIONS: u32 = 2;
+
+/// `skb->mark` carried by our own clones, so they are never impaired or cloned again.
+pub const CLONE_MARK: u32 = 0x4e46_c10e;
+
+pub const DIR_INGRESS: u8 = 1;
+pub const DIR_EGRESS: u8 = 2;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// Probability thresholds: an action fires when `bpf_get_prandom_u32() < threshold`, except
+/// that `PROB_ALWAYS` always fires; 0 never does.
+pub const PROB_ALWAYS: u32 = u32::MAX;
+
+/// `RuleValue::flags`
+pub const RULE_ACTIVE: u32 = 1;
+/// The rule needs an skb (duplication): on ingress, tc handles it instead of XDP.
+pub const RULE_NEEDS_SKB: u32 = 1 << 1;
+
+/// `Config::flags`: some active rule needs tc ingress.
+pub const CFG_INGRESS_TC: u32 = 1;
+
+/// The fields a packet is classified on. Used three ways: as the packet's own key, as a mask
+/// (a tuple's shape), and, masked and tagged with `gen` and `tuple`, as the key of `FLOWS`.
+///
+/// Addresses are raw network-order bytes in `u32` words (IPv4 in the first word, the rest zero);
+/// ports are host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub ifindex: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub dir: u8,
+    pub gen_: u8,
+    pub tuple: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
+
+impl FlowKey {
+    /// `self & mask`, field by field (gen_ and tuple are left zero).
+    #[inline(always)]
+    pub fn masked(&self, m: &FlowKey) -> FlowKey {
+        FlowKey {
+            src: [
+                self.src[0] & m.src[0],
+                self.src[1] & m.src[1],
+                self.src[2] & m.src[2],
+                self.src[3] & m.src[3],
+            ],
+            dst: [
+                self.dst[0] & m.dst[0],
+                self.dst[1] & m.dst[1],
+                self.dst[2] & m.dst[2],
+                self.dst[3] & m.dst[3],
+            ],
+            ifindex: self.ifindex & m.ifindex,
+            sport: self.sport & m.sport,
+            dport: self.dport & m.dport,
+            proto: self.proto & m.proto,
+            family: self.family & m.family,
+            dir: self.dir & m.dir,
+            gen_: 0,
+            tuple: 0,
+            _pad: 0,
+        }
+    }
+}
+
+/// One match shape of a generation: the mask, and the best (lowest) priority among its flows,
+/// which lets the lookup stop early once nothing in the remaining tuples can win.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tuple {
+    pub mask: FlowKey,
+    pub best_prio: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Tuple>() == 56);
+
+/// Value of `FLOWS`: which rule a masked key belongs to, and its priority (lower wins).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowRef {
+    pub slot: u32,
+    pub prio: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowRef>() == 8);
+
+/// What a rule does. Indexed by slot in `RULES`. Fields beyond drop and duplicate are reserved
+/// for delay, jitter and rate so they fit without a layout change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleValue {
+    pub flags: u32,
+    pub drop_thresh: u32,
+    pub dup_thresh: u32,
+    pub _pad0: u32,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) nanoseconds after which the rule passes traffic; 0: never.
+    pub expires_ns: u64,
+    pub delay_ns: u64,
+    pub jitter_ns: u64,
+    pub rate_bytes_per_sec: u64,
+    pub _reserved: [u64; 2],
+}
+const _: () = assert!(core::mem::size_of::<RuleValue>() == 64);
+
+/// Per-rule, per-CPU counters. Summed over CPUs by the controller.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub matched: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
+    pub passed: u64,
+    pub bytes: u64,
+    pub _reserved: [u64; 3],
+}
+const _: () = assert!(core::mem::size_of::<Counters>() == 64);
+
+/// The single entry of `CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Generation the data path reads (0 or 1).
+    pub active: u32,
+    pub flags: u32,
+    /// Tuples in use per generation.
+    pub ntuples: [u32; 2],
+    pub _reserved: [u64; 4],
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 48);
+
+/// Map names, shared so the controller opens exactly what the programs declare.
+pub mod maps {
+    pub const CONFIG: &str = "NF_CONFIG";
+    pub const TUPLES: &str = "NF_TUPLES";
+    pub const FLOWS: &str = "NF_FLOWS";
+    pub const RULES: &str = "NF_RULES";
+    pub const COUNTERS: &str = "NF_COUNTERS";
+    pub const ALL: [&str; 5] = [CONFIG, TUPLES, FLOWS, RULES, COUNTERS];
+}
+
+/// Program names in the object file.
+pub mod progs {
+    pub const XDP_INGRESS: &str = "nf_xdp_ingress";
+    pub const TC_INGRESS: &str = "nf_tc_ingress";
+    pub const TC_EGRESS: &str = "nf_tc_egress";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), Copy, with explicit padding and no pointers.
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Tuple {}
+    unsafe impl aya::Pod for FlowRef {}
+    unsafe impl aya::Pod for RuleValue {}
+    unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for Config {}
+}

@@ -1,0 +1,129 @@
+//! netfault's data path: XDP on ingress, tc (tcx or clsact) on egress and, for actions that
+//! need an skb, on ingress. Each program is a thin entry around a `try_` function; any failure
+//! passes the packet (fail open).
+#![no_std]
+#![no_main]
+
+mod classify;
+mod maps;
+mod parse;
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_INGRESS, TC_ACT_SHOT, TC_ACT_UNSPEC, __sk_buff, xdp_action},
+    helpers::bpf_get_prandom_u32,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use netfault_common::{
+    CFG_INGRESS_TC, CLONE_MARK, Counters, DIR_EGRESS, DIR_INGRESS, FlowKey, PROB_ALWAYS,
+    RULE_NEEDS_SKB,
+};
+
+use crate::{classify::classify, maps::NF_COUNTERS};
+
+/// `p` compiled to a threshold: 0 never fires, `PROB_ALWAYS` always does.
+#[inline(always)]
+fn fires(threshold: u32) -> bool {
+    // SAFETY: helper without preconditions.
+    threshold != 0 && (threshold == PROB_ALWAYS || unsafe { bpf_get_prandom_u32() } < threshold)
+}
+
+#[inline(always)]
+fn counters(slot: u32) -> Option<&'static mut Counters> {
+    // SAFETY: per-CPU slot; BPF programs do not migrate while running.
+    NF_COUNTERS.get_ptr_mut(slot).map(|p| unsafe { &mut *p })
+}
+
+#[xdp]
+pub fn nf_xdp_ingress(ctx: XdpContext) -> u32 {
+    try_xdp_ingress(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+fn try_xdp_ingress(ctx: &XdpContext) -> Option<u32> {
+    let mut key = FlowKey::default();
+    parse::parse(ctx.data(), ctx.data_end(), &mut key)?;
+    key.dir = DIR_INGRESS;
+    // SAFETY: ctx is the program's own context.
+    key.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let m = classify(&key)?;
+    if m.rule.flags & RULE_NEEDS_SKB != 0 {
+        // XDP cannot clone: tc ingress applies this rule, counters included.
+        return None;
+    }
+    let c = counters(m.slot)?;
+    c.matched += 1;
+    c.bytes += (ctx.data_end() - ctx.data()) as u64;
+    if fires(m.rule.drop_thresh) {
+        c.dropped += 1;
+        return Some(xdp_action::XDP_DROP);
+    }
+    c.passed += 1;
+    None
+}
+
+#[classifier]
+pub fn nf_tc_egress(ctx: TcContext) -> i32 {
+    try_tc(&ctx, DIR_EGRESS).unwrap_or(TC_ACT_UNSPEC)
+}
+
+#[classifier]
+pub fn nf_tc_ingress(ctx: TcContext) -> i32 {
+    try_tc(&ctx, DIR_INGRESS).unwrap_or(TC_ACT_UNSPEC)
+}
+
+/// Untouched packets return TC_ACT_UNSPEC, which is TCX_NEXT: later programs still see them.
+fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
+    let skb = ctx.as_ptr() as *mut __sk_buff;
+    // SAFETY: skb is the program's own context.
+    let (mark, ifindex) = unsafe { ((*skb).mark, (*skb).ifindex) };
+    if mark == CLONE_MARK {
+        return None;
+    }
+    if dir == DIR_INGRESS && classify::config_flags() & CFG_INGRESS_TC == 0 {
+        return None;
+    }
+    // Headers may sit in paged data; pull what the parser can reach into the linear part.
+    if ctx.data() + 128 > ctx.data_end() {
+        let want = if ctx.len() < 128 { ctx.len() } else { 128 };
+        let _ = ctx.pull_data(want);
+    }
+    let mut key = FlowKey::default();
+    parse::parse(ctx.data(), ctx.data_end(), &mut key)?;
+    key.dir = dir;
+    key.ifindex = ifindex;
+    let m = classify(&key)?;
+    if dir == DIR_INGRESS && m.rule.flags & RULE_NEEDS_SKB == 0 {
+        // XDP already applied and counted this rule.
+        return None;
+    }
+    let c = counters(m.slot)?;
+    c.matched += 1;
+    c.bytes += ctx.len() as u64;
+    if fires(m.rule.drop_thresh) {
+        c.dropped += 1;
+        return Some(TC_ACT_SHOT as i32);
+    }
+    if fires(m.rule.dup_thresh) {
+        // The clone carries CLONE_MARK, so it passes this program untouched when it re-enters.
+        ctx.set_mark(CLONE_MARK);
+        let flags = if dir == DIR_INGRESS { BPF_F_INGRESS as u64 } else { 0 };
+        let ok = ctx.clone_redirect(ifindex, flags).is_ok();
+        ctx.set_mark(mark);
+        if ok {
+            c.duplicated += 1;
+        }
+    }
+    c.passed += 1;
+    None
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,28 @@
+//! The maps, pinned by name so later controller invocations find them.
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use netfault_common::{
+    Config, Counters, FlowKey, FlowRef, GENERATIONS, MAX_FLOWS, MAX_RULES, MAX_TUPLES, RuleValue,
+    Tuple,
+};
+
+#[map(name = "NF_CONFIG")]
+pub static NF_CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// `GENERATIONS * MAX_TUPLES` entries: generation g's tuples start at `g * MAX_TUPLES`.
+#[map(name = "NF_TUPLES")]
+pub static NF_TUPLES: Array<Tuple> = Array::pinned(GENERATIONS * MAX_TUPLES, 0);
+
+/// Masked flow keys of both generations (told apart by `FlowKey::gen_`). No prealloc: most
+/// rule sets are small, and 512k preallocated entries would pin tens of MiB.
+#[map(name = "NF_FLOWS")]
+pub static NF_FLOWS: HashMap<FlowKey, FlowRef> = HashMap::pinned(MAX_FLOWS, BPF_F_NO_PREALLOC);
+
+#[map(name = "NF_RULES")]
+pub static NF_RULES: Array<RuleValue> = Array::pinned(MAX_RULES, 0);
+
+#[map(name = "NF_COUNTERS")]
+pub static NF_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_RULES, 0);

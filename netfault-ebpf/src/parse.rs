@@ -1,0 +1,147 @@
+//! Bounds-checked header parsing shared by the XDP and tc programs.
+//!
+//! Every read is checked against `end`; anything that does not parse returns `None` and the
+//! caller passes the packet untouched.
+use core::ptr::read_unaligned;
+
+use netfault_common::{FAMILY_V4, FAMILY_V6, FlowKey};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_SCTP: u8 = 132;
+
+/// IPv6 extension headers we skip, at most this many.
+const MAX_EXT_HDRS: usize = 6;
+/// No header we parse lies beyond this offset; bounding it keeps the verifier's ranges small.
+const MAX_L4_OFF: usize = 256;
+
+#[inline(always)]
+fn load<T: Copy>(start: usize, end: usize, off: usize) -> Option<T> {
+    if start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    // SAFETY: bounds checked above; packet data has no alignment guarantee.
+    Some(unsafe { read_unaligned((start + off) as *const T) })
+}
+
+#[inline(always)]
+fn load_be16(start: usize, end: usize, off: usize) -> Option<u16> {
+    load::<u16>(start, end, off).map(u16::from_be)
+}
+
+/// Fills `key`'s address, protocol and port fields from an Ethernet frame at `start..end`.
+#[inline(always)]
+pub fn parse(start: usize, end: usize, key: &mut FlowKey) -> Option<()> {
+    let mut ethertype = load_be16(start, end, 12)?;
+    let mut l3 = ETH_HLEN;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = load_be16(start, end, 16)?;
+        l3 = ETH_HLEN + 4;
+    }
+    match ethertype {
+        ETH_P_IP => parse_v4(start, end, l3, key),
+        ETH_P_IPV6 => parse_v6(start, end, l3, key),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn parse_v4(start: usize, end: usize, l3: usize, key: &mut FlowKey) -> Option<()> {
+    // Fixed part first, with a constant size: the verifier then knows every field below is in
+    // bounds (a check with the variable header length alone does not tell it that).
+    if start + l3 + 20 > end {
+        return None;
+    }
+    let ver_ihl: u8 = load(start, end, l3)?;
+    if ver_ihl >> 4 != 4 {
+        return None;
+    }
+    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return None;
+    }
+    let frag = load_be16(start, end, l3 + 6)?;
+    key.proto = load(start, end, l3 + 9)?;
+    key.src[0] = load(start, end, l3 + 12)?;
+    key.dst[0] = load(start, end, l3 + 16)?;
+    key.family = FAMILY_V4;
+    if frag & 0x1fff != 0 {
+        // A later fragment has no L4 header: it matches rules without port fields only.
+        return Some(());
+    }
+    parse_ports(start, end, l3 + ihl, key)
+}
+
+#[inline(always)]
+fn parse_v6(start: usize, end: usize, l3: usize, key: &mut FlowKey) -> Option<()> {
+    if start + l3 + 40 > end {
+        return None;
+    }
+    let ver: u8 = load(start, end, l3)?;
+    if ver >> 4 != 6 {
+        return None;
+    }
+    let mut next: u8 = load(start, end, l3 + 6)?;
+    for i in 0..4 {
+        key.src[i] = load(start, end, l3 + 8 + 4 * i)?;
+        key.dst[i] = load(start, end, l3 + 24 + 4 * i)?;
+    }
+    key.family = FAMILY_V6;
+    let mut off = l3 + 40;
+    for _ in 0..MAX_EXT_HDRS {
+        match next {
+            // Hop-by-hop, routing, destination options: length in 8-octet units, not counting the first.
+            // (Each header is read with one load, so one bounds check covers all its bytes.)
+            0 | 43 | 60 => {
+                let h: [u8; 2] = load(start, end, off)?;
+                next = h[0];
+                off += (h[1] as usize + 1) * 8;
+            }
+            // Fragment header: fixed 8 bytes.
+            44 => {
+                let h: [u8; 4] = load(start, end, off)?;
+                let frag_off = u16::from_be_bytes([h[2], h[3]]) & 0xfff8;
+                next = h[0];
+                off += 8;
+                if frag_off != 0 {
+                    key.proto = next;
+                    return Some(());
+                }
+            }
+            // Authentication header: length in 4-octet units, not counting the first two.
+            51 => {
+                let h: [u8; 2] = load(start, end, off)?;
+                next = h[0];
+                off += (h[1] as usize + 2) * 4;
+            }
+            _ => break,
+        }
+        if off > MAX_L4_OFF {
+            return None;
+        }
+    }
+    key.proto = next;
+    parse_ports(start, end, off, key)
+}
+
+#[inline(always)]
+fn parse_ports(start: usize, end: usize, l4: usize, key: &mut FlowKey) -> Option<()> {
+    if l4 > MAX_L4_OFF {
+        return None;
+    }
+    match key.proto {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+            let p: [u8; 4] = load(start, end, l4)?;
+            key.sport = u16::from_be_bytes([p[0], p[1]]);
+            key.dport = u16::from_be_bytes([p[2], p[3]]);
+            Some(())
+        }
+        _ => Some(()),
+    }
+}

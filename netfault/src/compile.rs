@@ -1,0 +1,478 @@
+//! Compiles an ordered rule set into the data path's tuple space: one mask per distinct match
+//! shape, and exact-match flow entries under each. Pure; the kernel writes happen elsewhere.
+use std::collections::{BTreeMap, HashMap};
+
+use ipnet::IpNet;
+use netfault_common::{
+    CFG_INGRESS_TC, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, FlowRef, MAX_TUPLES,
+    RULE_ACTIVE, RULE_NEEDS_SKB, RuleValue, Tuple,
+};
+
+use crate::spec::{Direction, Kind, PortRange, Proto, RuleSpec};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error(
+        "the rule set needs {0} distinct match shapes; the data path holds {max}. Port ranges that are not aligned to powers of two cost one shape per prefix length: prefer single ports, whole ranges or aligned ranges",
+        max = MAX_TUPLES
+    )]
+    TooManyTuples(usize),
+    #[error("the rule set compiles to {0} flow entries; the data path holds {1}")]
+    TooManyFlows(usize, usize),
+}
+
+/// A rule in evaluation order, with the slot its action and counters live in.
+pub struct Input<'a> {
+    pub slot: u32,
+    pub spec: &'a RuleSpec,
+    /// Interface index when the rule names one; `None` with a named interface means it is gone.
+    pub ifindex: Option<u32>,
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Compiled {
+    /// Sorted by `best_prio`, the order the data path scans them in.
+    pub tuples: Vec<Tuple>,
+    /// Keys carry their tuple index; `gen_` is set when written.
+    pub flows: Vec<(FlowKey, FlowRef)>,
+    pub config_flags: u32,
+}
+
+/// Splits an inclusive port range into the fewest (value, prefix length) blocks that cover it.
+pub fn port_prefixes(r: PortRange) -> Vec<(u16, u8)> {
+    let (mut lo, hi) = (u32::from(r.lo), u32::from(r.hi));
+    let mut out = Vec::new();
+    while lo <= hi {
+        let mut k = if lo == 0 { 16 } else { lo.trailing_zeros().min(16) };
+        while lo + (1 << k) - 1 > hi {
+            k -= 1;
+        }
+        out.push((lo as u16, 16 - k as u8));
+        lo += 1 << k;
+    }
+    out
+}
+
+fn port_mask(plen: u8) -> u16 {
+    if plen == 0 { 0 } else { u16::MAX << (16 - plen) }
+}
+
+/// Address and mask as the data path stores them: raw network-order bytes in u32 words.
+fn addr_words(net: &IpNet) -> ([u32; 4], [u32; 4]) {
+    let mut a = [0u8; 16];
+    let mut m = [0u8; 16];
+    match net {
+        IpNet::V4(n) => {
+            a[..4].copy_from_slice(&n.network().octets());
+            m[..4].copy_from_slice(&n.netmask().octets());
+        }
+        IpNet::V6(n) => {
+            a.copy_from_slice(&n.network().octets());
+            m.copy_from_slice(&n.netmask().octets());
+        }
+    }
+    let w = |b: &[u8; 16]| std::array::from_fn(|i| u32::from_ne_bytes(b[4 * i..4 * i + 4].try_into().unwrap()));
+    (w(&a), w(&m))
+}
+
+fn family(net: &IpNet) -> u8 {
+    match net {
+        IpNet::V4(_) => FAMILY_V4,
+        IpNet::V6(_) => FAMILY_V6,
+    }
+}
+
+/// (family, protocol number) alternatives a protocol choice stands for.
+fn proto_alts(p: Proto) -> &'static [(u8, u8)] {
+    match p {
+        Proto::Any => &[(0, 0)],
+        Proto::Tcp => &[(0, 6)],
+        Proto::Udp => &[(0, 17)],
+        Proto::Icmp => &[(FAMILY_V4, 1), (FAMILY_V6, 58)],
+    }
+}
+
+/// The src/dst pairs a rule or partition matches, as (src, dst) with `None` meaning any.
+fn address_pairs(spec: &RuleSpec) -> Vec<(Option<IpNet>, Option<IpNet>)> {
+    let opt = |v: &[IpNet]| -> Vec<Option<IpNet>> {
+        if v.is_empty() { vec![None] } else { v.iter().copied().map(Some).collect() }
+    };
+    let mut pairs = Vec::new();
+    for s in opt(&spec.src) {
+        for d in opt(&spec.dst) {
+            pairs.push((s, d));
+        }
+    }
+    if spec.kind == Kind::Partition && !spec.oneway {
+        for s in opt(&spec.dst) {
+            for d in opt(&spec.src) {
+                pairs.push((s, d));
+            }
+        }
+    }
+    pairs
+}
+
+/// Expands one rule into (mask, key) pairs.
+pub fn expand(spec: &RuleSpec, ifindex: Option<u32>) -> Vec<(FlowKey, FlowKey)> {
+    let mut out = Vec::new();
+    let sports = port_prefixes(spec.sport);
+    let dports = port_prefixes(spec.dport);
+    for (src, dst) in address_pairs(spec) {
+        // A pair whose two sides are of different families can never match (partition sets may mix).
+        let fam = match (src.as_ref().map(family), dst.as_ref().map(family)) {
+            (Some(a), Some(b)) if a != b => continue,
+            (Some(a), _) | (_, Some(a)) => a,
+            (None, None) => 0,
+        };
+        for &(pfam, proto) in proto_alts(spec.proto) {
+            if fam != 0 && pfam != 0 && fam != pfam {
+                continue;
+            }
+            let fam = if fam != 0 { fam } else { pfam };
+            for &(sp, splen) in &sports {
+                for &(dp, dplen) in &dports {
+                    let mut m = FlowKey::default();
+                    let mut k = FlowKey::default();
+                    if let Some(n) = src {
+                        (k.src, m.src) = addr_words(&n);
+                    }
+                    if let Some(n) = dst {
+                        (k.dst, m.dst) = addr_words(&n);
+                    }
+                    if fam != 0 {
+                        m.family = 0xff;
+                        k.family = fam;
+                    }
+                    if proto != 0 {
+                        m.proto = 0xff;
+                        k.proto = proto;
+                    }
+                    m.sport = port_mask(splen);
+                    k.sport = sp & m.sport;
+                    m.dport = port_mask(dplen);
+                    k.dport = dp & m.dport;
+                    match spec.dir {
+                        Direction::Ingress => (m.dir, k.dir) = (0xff, DIR_INGRESS),
+                        Direction::Egress => (m.dir, k.dir) = (0xff, DIR_EGRESS),
+                        Direction::Both => {}
+                    }
+                    if let Some(i) = ifindex {
+                        (m.ifindex, k.ifindex) = (u32::MAX, i);
+                    }
+                    out.push((m, k));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The action part of a rule, as the data path reads it.
+pub fn rule_value(spec: &RuleSpec, expires_ns: u64) -> RuleValue {
+    let (drop, dup) = match spec.kind {
+        Kind::Partition => (u32::MAX, 0),
+        Kind::Rule => (spec.drop.threshold(), spec.duplicate.threshold()),
+    };
+    let mut flags = RULE_ACTIVE;
+    if dup != 0 {
+        flags |= RULE_NEEDS_SKB;
+    }
+    RuleValue {
+        flags,
+        drop_thresh: drop,
+        dup_thresh: dup,
+        expires_ns,
+        ..Default::default()
+    }
+}
+
+/// Compiles rules given in evaluation order (first wins) into tuples and flows.
+pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
+    // mask -> (best prio, masked key -> flow ref)
+    let mut shapes: HashMap<FlowKey, (u32, BTreeMap<KeyOrd, FlowRef>)> = HashMap::new();
+    let mut config_flags = 0;
+    for (prio, input) in rules.iter().enumerate() {
+        let prio = prio as u32;
+        if input.spec.iface.is_some() && input.ifindex.is_none() {
+            continue; // its interface is gone: the rule cannot match anything
+        }
+        if input.spec.kind == Kind::Rule
+            && input.spec.duplicate.0 > 0.0
+            && input.spec.dir != Direction::Egress
+        {
+            config_flags |= CFG_INGRESS_TC;
+        }
+        for (mask, key) in expand(input.spec, input.ifindex) {
+            let entry = shapes.entry(mask).or_insert((prio, BTreeMap::new()));
+            entry.0 = entry.0.min(prio);
+            // Same shape and same key: only the first rule can ever win there.
+            entry.1.entry(KeyOrd(key)).or_insert(FlowRef {
+                slot: input.slot,
+                prio,
+            });
+        }
+    }
+    if shapes.len() > MAX_TUPLES as usize {
+        return Err(CompileError::TooManyTuples(shapes.len()));
+    }
+    let mut shapes: Vec<_> = shapes.into_iter().collect();
+    shapes.sort_by_key(|(mask, (best, _))| (*best, KeyOrd(*mask)));
+    let mut out = Compiled {
+        config_flags,
+        ..Default::default()
+    };
+    for (i, (mask, (best, flows))) in shapes.into_iter().enumerate() {
+        out.tuples.push(Tuple {
+            mask,
+            best_prio: best,
+            _pad: 0,
+        });
+        for (KeyOrd(mut k), r) in flows {
+            k.tuple = i as u16;
+            out.flows.push((k, r));
+        }
+    }
+    let cap = (netfault_common::MAX_FLOWS / netfault_common::GENERATIONS) as usize;
+    if out.flows.len() > cap {
+        return Err(CompileError::TooManyFlows(out.flows.len(), cap));
+    }
+    Ok(out)
+}
+
+/// Total order on keys, for deterministic output.
+#[derive(PartialEq, Eq)]
+struct KeyOrd(FlowKey);
+impl KeyOrd {
+    fn tuple(&self) -> ([u32; 4], [u32; 4], u32, u16, u16, u8, u8, u8) {
+        let k = &self.0;
+        (k.src, k.dst, k.ifindex, k.sport, k.dport, k.proto, k.family, k.dir)
+    }
+}
+impl PartialOrd for KeyOrd {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for KeyOrd {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.tuple().cmp(&o.tuple())
+    }
+}
+
+/// Classifies a packet key against compiled output exactly as the data path does. Used by tests
+/// to compare the kernel's verdicts with the model's.
+pub fn classify(c: &Compiled, key: &FlowKey) -> Option<FlowRef> {
+    let flows: HashMap<FlowKey, FlowRef> = c.flows.iter().copied().collect();
+    let mut best: Option<FlowRef> = None;
+    for (i, t) in c.tuples.iter().enumerate() {
+        if best.is_some_and(|b| t.best_prio >= b.prio) {
+            break;
+        }
+        let mut m = key.masked(&t.mask);
+        m.tuple = i as u16;
+        if let Some(r) = flows.get(&m)
+            && best.is_none_or(|b| r.prio < b.prio)
+        {
+            best = Some(*r);
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::spec::{Prob, parse_net};
+
+    fn rule(name: &str) -> RuleSpec {
+        RuleSpec {
+            name: name.into(),
+            kind: Kind::Rule,
+            dir: Direction::Both,
+            src: vec![],
+            dst: vec![],
+            proto: Proto::Any,
+            sport: PortRange::ALL,
+            dport: PortRange::ALL,
+            iface: None,
+            drop: Prob(1.0),
+            duplicate: Prob(0.0),
+            priority: 0,
+            oneway: false,
+        }
+    }
+
+    fn pkt(src: &str, dst: &str, proto: u8, sport: u16, dport: u16, dir: u8) -> FlowKey {
+        let s: IpNet = parse_net(src).unwrap();
+        let d: IpNet = parse_net(dst).unwrap();
+        FlowKey {
+            src: addr_words(&s).0,
+            dst: addr_words(&d).0,
+            family: family(&s),
+            proto,
+            sport,
+            dport,
+            dir,
+            ifindex: 7,
+            ..Default::default()
+        }
+    }
+
+    fn compile_specs(specs: &[RuleSpec]) -> Compiled {
+        let inputs: Vec<_> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Input {
+                slot: i as u32,
+                spec: s,
+                ifindex: s.iface.as_ref().map(|_| 7),
+            })
+            .collect();
+        compile(&inputs).unwrap()
+    }
+
+    #[test]
+    fn prefixes_of_known_ranges() {
+        assert_eq!(port_prefixes(PortRange::ALL), vec![(0, 0)]);
+        assert_eq!(port_prefixes(PortRange { lo: 80, hi: 80 }), vec![(80, 16)]);
+        assert_eq!(
+            port_prefixes(PortRange { lo: 1024, hi: 2047 }),
+            vec![(1024, 6)]
+        );
+        assert_eq!(
+            port_prefixes(PortRange { lo: 65535, hi: 65535 }),
+            vec![(65535, 16)]
+        );
+        assert_eq!(port_prefixes(PortRange { lo: 0, hi: 1 }), vec![(0, 15)]);
+    }
+
+    proptest! {
+        /// The prefixes cover exactly [lo, hi], without overlap.
+        #[test]
+        fn prefixes_cover_the_range_exactly(lo in any::<u16>(), len in any::<u16>(), probe in any::<u16>()) {
+            let hi = lo.saturating_add(len);
+            let ps = port_prefixes(PortRange { lo, hi });
+            let hits = ps.iter().filter(|(v, l)| probe & port_mask(*l) == *v).count();
+            prop_assert_eq!(hits, usize::from(probe >= lo && probe <= hi));
+            prop_assert!(ps.len() <= 30);
+        }
+
+        /// A v4 CIDR rule matches exactly the addresses inside it.
+        #[test]
+        fn cidr_edges_v4(base in any::<u32>(), plen in 0u8..=32, probe in any::<u32>()) {
+            let net = ipnet::Ipv4Net::new(base.into(), plen).unwrap().trunc();
+            let mut r = rule("r");
+            r.src = vec![IpNet::V4(net)];
+            let c = compile_specs(&[r]);
+            let p = pkt(&std::net::Ipv4Addr::from(probe).to_string(), "192.0.2.1", 17, 1, 2, DIR_INGRESS);
+            prop_assert_eq!(classify(&c, &p).is_some(), net.contains(&std::net::Ipv4Addr::from(probe)));
+        }
+
+        /// Same for v6, and a v6 rule never matches v4 traffic.
+        #[test]
+        fn cidr_edges_v6(base in any::<u128>(), plen in 0u8..=128, probe in any::<u128>(), v4 in any::<u32>()) {
+            let net = ipnet::Ipv6Net::new(base.into(), plen).unwrap().trunc();
+            let mut r = rule("r");
+            r.dst = vec![IpNet::V6(net)];
+            let c = compile_specs(&[r]);
+            let a = std::net::Ipv6Addr::from(probe);
+            let p = pkt("2001:db8::1", &a.to_string(), 6, 1, 2, DIR_EGRESS);
+            prop_assert_eq!(classify(&c, &p).is_some(), net.contains(&a));
+            let p4 = pkt("192.0.2.1", &std::net::Ipv4Addr::from(v4).to_string(), 6, 1, 2, DIR_EGRESS);
+            prop_assert!(classify(&c, &p4).is_none());
+        }
+
+        /// Port ranges match exactly their members.
+        #[test]
+        fn port_range_edges(lo in any::<u16>(), len in 0u16..5000, probe in any::<u16>()) {
+            let hi = lo.saturating_add(len);
+            let mut r = rule("r");
+            r.proto = Proto::Udp;
+            r.dport = PortRange { lo, hi };
+            let c = compile_specs(&[r]);
+            let p = pkt("192.0.2.1", "192.0.2.2", 17, 9, probe, DIR_INGRESS);
+            prop_assert_eq!(classify(&c, &p).is_some(), probe >= lo && probe <= hi);
+            let tcp = pkt("192.0.2.1", "192.0.2.2", 6, 9, probe, DIR_INGRESS);
+            prop_assert!(classify(&c, &tcp).is_none());
+        }
+    }
+
+    #[test]
+    fn first_match_wins() {
+        let mut a = rule("a");
+        a.src = vec![parse_net("192.0.2.0/24").unwrap()];
+        let mut b = rule("b");
+        b.src = vec![parse_net("192.0.2.7").unwrap()];
+        let c = compile_specs(&[a.clone(), b.clone()]);
+        let p = pkt("192.0.2.7", "198.51.100.1", 6, 1, 2, DIR_INGRESS);
+        assert_eq!(classify(&c, &p).unwrap().slot, 0);
+        let c = compile_specs(&[b, a]);
+        assert_eq!(classify(&c, &p).unwrap().slot, 0);
+        let p = pkt("192.0.2.8", "198.51.100.1", 6, 1, 2, DIR_INGRESS);
+        assert_eq!(classify(&c, &p).unwrap().slot, 1);
+    }
+
+    #[test]
+    fn direction_iface_and_icmp() {
+        let mut r = rule("r");
+        r.dir = Direction::Egress;
+        r.proto = Proto::Icmp;
+        r.iface = Some("veth0".into());
+        let c = compile_specs(&[r]);
+        assert_eq!(c.tuples.len(), 1);
+        assert_eq!(c.flows.len(), 2); // icmp and icmpv6
+        assert!(classify(&c, &pkt("192.0.2.1", "192.0.2.2", 1, 0, 0, DIR_EGRESS)).is_some());
+        assert!(classify(&c, &pkt("2001:db8::1", "2001:db8::2", 58, 0, 0, DIR_EGRESS)).is_some());
+        assert!(classify(&c, &pkt("192.0.2.1", "192.0.2.2", 58, 0, 0, DIR_EGRESS)).is_none());
+        assert!(classify(&c, &pkt("192.0.2.1", "192.0.2.2", 1, 0, 0, DIR_INGRESS)).is_none());
+        let mut other_if = pkt("192.0.2.1", "192.0.2.2", 1, 0, 0, DIR_EGRESS);
+        other_if.ifindex = 8;
+        assert!(classify(&c, &other_if).is_none());
+    }
+
+    #[test]
+    fn partition_is_both_ways_unless_oneway() {
+        let mut p = rule("p");
+        p.kind = Kind::Partition;
+        p.src = vec![parse_net("192.0.2.1").unwrap()];
+        p.dst = vec![parse_net("192.0.2.2").unwrap(), parse_net("2001:db8::2").unwrap()];
+        let c = compile_specs(&[p.clone()]);
+        // The v4/v6 cross pairs are skipped.
+        assert_eq!(c.flows.len(), 2);
+        let ab = pkt("192.0.2.1", "192.0.2.2", 6, 1, 2, DIR_EGRESS);
+        let ba = pkt("192.0.2.2", "192.0.2.1", 6, 2, 1, DIR_INGRESS);
+        assert!(classify(&c, &ab).is_some());
+        assert!(classify(&c, &ba).is_some());
+        p.oneway = true;
+        let c = compile_specs(&[p]);
+        assert!(classify(&c, &ab).is_some());
+        assert!(classify(&c, &ba).is_none());
+    }
+
+    #[test]
+    fn many_host_rules_share_one_tuple() {
+        let specs: Vec<_> = (0..5000u32)
+            .map(|i| {
+                let mut r = rule(&format!("r{i}"));
+                r.src = vec![IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::from(0xc633_0000 + i)))];
+                r
+            })
+            .collect();
+        let c = compile_specs(&specs);
+        assert_eq!(c.tuples.len(), 1);
+        assert_eq!(c.flows.len(), 5000);
+    }
+
+    #[test]
+    fn too_many_shapes_is_refused() {
+        let mut r = rule("r");
+        r.proto = Proto::Tcp;
+        r.sport = PortRange { lo: 1, hi: 65534 };
+        r.dport = PortRange { lo: 1, hi: 65534 };
+        let inputs = [Input { slot: 0, spec: &r, ifindex: None }];
+        assert!(matches!(compile(&inputs), Err(CompileError::TooManyTuples(_))));
+    }
+}

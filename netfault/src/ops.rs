@@ -1,0 +1,372 @@
+//! The controller's operations on one namespace: attach, detach, rules, partitions, counters.
+//!
+//! Every mutating operation validates and compiles the complete new rule set before it touches
+//! the kernel, and publishes it in one generation flip: bad input changes nothing.
+use std::time::Duration;
+
+use aya::programs::XdpMode;
+use netfault_common::Counters;
+use serde::Serialize;
+
+use crate::{
+    compile::{self, CompileError, Input},
+    kernel::{self, HookKind, KernelError, Maps},
+    netns,
+    spec::{Kind, RuleSpec, SpecError, Ttl},
+    state::{Attachment, Locked, Paths, RuleEntry, State, StateError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input: exit status 2.
+    #[error(transparent)]
+    Usage(#[from] SpecError),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("netfault is not attached in this namespace: run `netfault attach IFACE` first")]
+    NotAttached,
+    #[error("netfault needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN): {0}")]
+    Privileges(String),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) | Error::Compile(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn check_privileges() -> Result<()> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Error::Privileges("run it as root (e.g. with sudo)".into()));
+    }
+    Ok(())
+}
+
+/// A locked, loaded namespace.
+pub struct Ctl {
+    lock: Locked,
+    pub state: State,
+}
+
+impl Ctl {
+    /// Locks the current namespace's state. Call after entering the namespace.
+    pub fn open(netns_name: Option<&str>) -> Result<Self> {
+        check_privileges()?;
+        kernel::ensure_bpffs()?;
+        let key = netns::state_key(netns_name).map_err(|e| Error::Other(format!("netns identity: {e}")))?;
+        let lock = Locked::acquire(Paths::new(&key), LOCK_WAIT)?;
+        let mut state = lock.load()?;
+        let cookie = netns::cookie().map_err(|e| Error::Other(format!("netns cookie: {e}")))?;
+        if state.netns_cookie != 0 && state.netns_cookie != cookie {
+            // The namespace of that name was deleted and made anew: its programs died with it.
+            log::warn!("state for '{key}' belongs to a namespace that no longer exists; starting afresh");
+            kernel::remove_pins(&lock.paths.pins)?;
+            state = State::default();
+        }
+        state.netns_cookie = cookie;
+        Ok(Self { lock, state })
+    }
+
+    pub fn paths(&self) -> &Paths {
+        &self.lock.paths
+    }
+
+    fn maps(&self) -> Result<Maps> {
+        if self.state.attached.is_empty() || !self.paths().maps().exists() {
+            return Err(Error::NotAttached);
+        }
+        Ok(Maps::open(&self.paths().maps())?)
+    }
+
+    fn save(&self) -> Result<()> {
+        Ok(self.lock.save(&self.state)?)
+    }
+
+    /// Attaches to each interface; already attached ones are left alone.
+    pub fn attach(&mut self, ifaces: &[String], xdp_mode: Option<XdpMode>) -> Result<Vec<String>> {
+        let mut wanted = Vec::new();
+        for i in ifaces {
+            let idx = kernel::ifindex(i).ok_or_else(|| SpecError::new("IFACE", format!("no interface named '{i}' in this namespace")))?;
+            wanted.push((i.clone(), idx));
+        }
+        let mut report = Vec::new();
+        let mut ebpf = None;
+        for (iface, idx) in wanted {
+            if let Some(pos) = self.state.attached.iter().position(|a| a.iface == iface) {
+                let a = &self.state.attached[pos];
+                let alive = a.ifindex == idx
+                    && a.hooks.iter().all(|h| h.kind == HookKind::Clsact || kernel::link_alive(&self.paths().links().join(h.hook.pin_name(&iface))));
+                if alive {
+                    report.push(format!("{iface}: already attached"));
+                    continue;
+                }
+                // The interface was deleted and made anew under the same name.
+                for h in &a.hooks {
+                    let _ = kernel::detach_hook(&iface, h, &self.paths().links());
+                }
+                self.state.attached.remove(pos);
+            }
+            if ebpf.is_none() {
+                ebpf = Some(kernel::load(&self.paths().maps())?);
+            }
+            let hooks = kernel::attach(ebpf.as_mut().expect("loaded"), &iface, &self.paths().links(), xdp_mode)?;
+            let how: Vec<String> = hooks.iter().map(|h| format!("{:?}={:?}", h.hook, h.kind)).collect();
+            report.push(format!("{iface}: attached ({})", how.join(", ")));
+            self.state.attached.push(Attachment { iface, ifindex: idx, hooks });
+            self.save()?;
+        }
+        // Rules bound to an interface that has just (re)appeared compile now.
+        if ebpf.is_some() {
+            self.publish(&[])?;
+        }
+        Ok(report)
+    }
+
+    /// Detaches the named interfaces, or everything (programs, maps, pins, state) when none is named.
+    pub fn detach(mut self, ifaces: &[String]) -> Result<Vec<String>> {
+        let mut report = Vec::new();
+        if ifaces.is_empty() {
+            for a in std::mem::take(&mut self.state.attached) {
+                for h in &a.hooks {
+                    kernel::detach_hook(&a.iface, h, &self.paths().links())?;
+                }
+                report.push(format!("{}: detached", a.iface));
+            }
+            kernel::remove_pins(&self.paths().pins)?;
+            self.lock.remove()?;
+            // The roots go too once no namespace uses them: nothing of ours stays behind.
+            let _ = std::fs::remove_dir(crate::state::PIN_ROOT);
+            let _ = std::fs::remove_dir(crate::state::RUN_ROOT);
+            return Ok(report);
+        }
+        for i in ifaces {
+            let pos = self
+                .state
+                .attached
+                .iter()
+                .position(|a| &a.iface == i)
+                .ok_or_else(|| Error::Other(format!("{i} is not attached")))?;
+            let a = self.state.attached.remove(pos);
+            for h in &a.hooks {
+                kernel::detach_hook(&a.iface, h, &self.paths().links())?;
+            }
+            report.push(format!("{i}: detached"));
+        }
+        self.save()?;
+        Ok(report)
+    }
+
+    fn prune_expired(&mut self, now: u64) -> Vec<u32> {
+        let (dead, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.state.rules)
+            .into_iter()
+            .partition(|r| r.expires_mono_ns != 0 && r.expires_mono_ns <= now);
+        self.state.rules = live;
+        dead.into_iter().map(|r| r.slot).collect()
+    }
+
+    /// Compiles the current state and publishes it; `retired` slots are deactivated.
+    fn publish(&mut self, retired: &[u32]) -> Result<()> {
+        let mut maps = self.maps()?;
+        let ordered = self.state.ordered();
+        let inputs: Vec<Input<'_>> = ordered
+            .iter()
+            .map(|r| Input {
+                slot: r.slot,
+                spec: &r.spec,
+                ifindex: r.spec.iface.as_deref().and_then(kernel::ifindex),
+            })
+            .collect();
+        let compiled = compile::compile(&inputs)?;
+        let values: Vec<_> = ordered
+            .iter()
+            .map(|r| (r.slot, compile::rule_value(&r.spec, r.expires_mono_ns)))
+            .collect();
+        maps.publish(&compiled, &values, retired)?;
+        Ok(())
+    }
+
+    /// Adds rules (or partitions); all or nothing.
+    pub fn add(&mut self, specs: Vec<RuleSpec>, ttl: Ttl) -> Result<()> {
+        let now = monotonic_ns();
+        let retired = self.prune_expired(now);
+        let mut maps = self.maps()?;
+        for spec in &specs {
+            spec.validate()?;
+            if let Some(i) = &spec.iface
+                && kernel::ifindex(i).is_none()
+            {
+                return Err(SpecError::new("--iface", format!("no interface named '{i}' in this namespace")).into());
+            }
+            if self.state.find(&spec.name).is_some() {
+                return Err(SpecError::new("NAME", format!("a rule or partition named '{}' exists already", spec.name)).into());
+            }
+        }
+        let expires = match ttl {
+            Ttl::Never => 0,
+            Ttl::For(d) => now + d.as_nanos() as u64,
+        };
+        let mut new_slots = Vec::new();
+        for spec in specs {
+            let slot = self
+                .state
+                .free_slot()
+                .ok_or_else(|| Error::Other(format!("all {} rule slots are in use", netfault_common::MAX_RULES)))?;
+            self.state.next_seq += 1;
+            let ifindex = spec.iface.as_deref().and_then(kernel::ifindex);
+            self.state.rules.push(RuleEntry {
+                spec,
+                slot,
+                seq: self.state.next_seq,
+                expires_mono_ns: expires,
+                ifindex,
+            });
+            new_slots.push(slot);
+        }
+        // Compile before any write, so a rule set that does not fit changes nothing.
+        {
+            let ordered = self.state.ordered();
+            let inputs: Vec<Input<'_>> = ordered
+                .iter()
+                .map(|r| Input { slot: r.slot, spec: &r.spec, ifindex: r.ifindex })
+                .collect();
+            compile::compile(&inputs)?;
+        }
+        for s in &new_slots {
+            maps.reset_counters(*s)?;
+        }
+        drop(maps);
+        self.publish(&retired)?;
+        self.save()
+    }
+
+    /// Deletes rules or partitions by name (of the given kind, or any), or all of them.
+    pub fn delete(&mut self, names: &[String], kind: Option<Kind>) -> Result<Vec<String>> {
+        let now = monotonic_ns();
+        let mut retired = self.prune_expired(now);
+        let _ = self.maps()?;
+        let matches_kind = |r: &RuleEntry| kind.is_none_or(|k| r.spec.kind == k);
+        let mut removed = Vec::new();
+        if names.is_empty() {
+            let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.state.rules).into_iter().partition(|r| matches_kind(r));
+            self.state.rules = keep;
+            for r in gone {
+                retired.push(r.slot);
+                removed.push(r.spec.name);
+            }
+        } else {
+            for n in names {
+                if !self.state.rules.iter().any(|r| &r.spec.name == n && matches_kind(r)) {
+                    return Err(SpecError::new("NAME", format!("no {} named '{n}'", kind.map_or("rule or partition", |k| if k == Kind::Partition { "partition" } else { "rule" }))).into());
+                }
+            }
+            self.state.rules.retain(|r| {
+                if names.contains(&r.spec.name) {
+                    retired.push(r.slot);
+                    removed.push(r.spec.name.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.publish(&retired)?;
+        self.save()?;
+        Ok(removed)
+    }
+}
+
+/// One rule's counters, as `stats --json` prints them.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CounterView {
+    pub matched: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
+    pub passed: u64,
+    pub bytes: u64,
+}
+
+impl From<Counters> for CounterView {
+    fn from(c: Counters) -> Self {
+        Self {
+            matched: c.matched,
+            dropped: c.dropped,
+            duplicated: c.duplicated,
+            passed: c.passed,
+            bytes: c.bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatView {
+    pub name: String,
+    pub kind: Kind,
+    pub counters: CounterView,
+    /// Milliseconds until expiry; null: never expires.
+    pub expires_in_ms: Option<u64>,
+    pub expired: bool,
+}
+
+pub fn ttl_left(r: &RuleEntry, now: u64) -> (Option<u64>, bool) {
+    if r.expires_mono_ns == 0 {
+        (None, false)
+    } else {
+        let left = r.expires_mono_ns.saturating_sub(now) / 1_000_000;
+        (Some(left), r.expires_mono_ns <= now)
+    }
+}
+
+/// Reads the state without taking the lock (the file is replaced atomically).
+pub fn read_state(netns_name: Option<&str>) -> Result<(Paths, State)> {
+    check_privileges()?;
+    let key = netns::state_key(netns_name).map_err(|e| Error::Other(format!("netns identity: {e}")))?;
+    let paths = Paths::new(&key);
+    let state = match std::fs::read(paths.state_file()) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| StateError::Corrupt(paths.state_file().display().to_string(), e))?,
+        Err(_) => State::default(),
+    };
+    Ok((paths, state))
+}
+
+pub fn stats(paths: &Paths, state: &State) -> Result<Vec<StatView>> {
+    if state.attached.is_empty() {
+        return Err(Error::NotAttached);
+    }
+    let maps = Maps::open(&paths.maps())?;
+    let now = monotonic_ns();
+    state
+        .ordered()
+        .into_iter()
+        .map(|r| {
+            let (left, expired) = ttl_left(r, now);
+            Ok(StatView {
+                name: r.spec.name.clone(),
+                kind: r.spec.kind,
+                counters: maps.counters(r.slot)?.into(),
+                expires_in_ms: left,
+                expired,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,434 @@
+//! Rule and partition specifications: parsing and validation of user input. Pure; no kernel.
+use std::{fmt, str::FromStr, time::Duration};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Bad input, naming the field it came from. Exit status 2 at the CLI edge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {msg}")]
+pub struct SpecError {
+    pub field: String,
+    pub msg: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, msg: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            msg: msg.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+    #[default]
+    Both,
+}
+
+impl FromStr for Direction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ingress" | "in" => Ok(Self::Ingress),
+            "egress" | "out" => Ok(Self::Egress),
+            "both" => Ok(Self::Both),
+            _ => Err(format!("'{s}' is not one of ingress, egress, both")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    #[default]
+    Any,
+    Tcp,
+    Udp,
+    /// ICMP for IPv4, ICMPv6 for IPv6.
+    Icmp,
+}
+
+impl FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "any" | "all" => Ok(Self::Any),
+            "tcp" => Ok(Self::Tcp),
+            "udp" => Ok(Self::Udp),
+            "icmp" | "icmpv6" | "icmp6" => Ok(Self::Icmp),
+            _ => Err(format!("unknown protocol '{s}' (tcp, udp, icmp, any)")),
+        }
+    }
+}
+
+/// Inclusive port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub const ALL: PortRange = PortRange { lo: 0, hi: u16::MAX };
+
+    pub fn is_all(&self) -> bool {
+        *self == Self::ALL
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    let s = s.trim();
+    let v: u64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a port number"))?;
+    u16::try_from(v).map_err(|_| format!("port {v} is out of range 0-65535"))
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (lo, hi) = match s.split_once('-') {
+            Some((a, b)) => (parse_port(a)?, parse_port(b)?),
+            None => {
+                let p = parse_port(s)?;
+                (p, p)
+            }
+        };
+        if lo > hi {
+            return Err(format!("range {lo}-{hi} has LO greater than HI"));
+        }
+        Ok(PortRange { lo, hi })
+    }
+}
+
+/// A probability in [0, 1], from `30%` or `0.3`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Prob(pub f64);
+
+impl FromStr for Prob {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let (num, scale) = match t.strip_suffix('%') {
+            Some(n) => (n.trim(), 100.0),
+            None => (t, 1.0),
+        };
+        let v: f64 = num
+            .parse()
+            .map_err(|_| format!("'{s}' is not a probability (use 30% or 0.3)"))?;
+        let p = v / scale;
+        if !p.is_finite() || !(0.0..=1.0).contains(&p) {
+            return Err(format!("'{s}' is outside [0, 1]"));
+        }
+        Ok(Prob(p))
+    }
+}
+
+impl Prob {
+    /// The data-path threshold: fire when `prandom_u32 < threshold`; `PROB_ALWAYS` always fires.
+    pub fn threshold(self) -> u32 {
+        if self.0 <= 0.0 {
+            0
+        } else if self.0 >= 1.0 {
+            netfault_common::PROB_ALWAYS
+        } else {
+            // Clamp below PROB_ALWAYS so p < 1 never turns into "always", and above 0 so p > 0 can fire.
+            let t = (self.0 * 4_294_967_296.0).round();
+            (t as u64).clamp(1, u64::from(u32::MAX - 1)) as u32
+        }
+    }
+}
+
+impl fmt::Display for Prob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", (self.0 * 1e6).round() / 1e4)
+    }
+}
+
+/// Parses a human duration (`500ms`, `2m`, `1h30m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("'{s}': {e}"))?;
+    if d.is_zero() {
+        return Err(format!("'{s}' is zero"));
+    }
+    Ok(d)
+}
+
+/// A time to live: a duration, or `none` for no expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ttl {
+    For(Duration),
+    Never,
+}
+
+/// Rules and partitions expire after this unless told otherwise: a forgotten fault heals itself.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
+
+impl FromStr for Ttl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("none") {
+            Ok(Ttl::Never)
+        } else {
+            parse_duration(s).map(Ttl::For)
+        }
+    }
+}
+
+impl Default for Ttl {
+    fn default() -> Self {
+        Ttl::For(DEFAULT_TTL)
+    }
+}
+
+/// Parses a CIDR or a bare address (a host route).
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("empty address".into());
+    }
+    if t.contains('/') {
+        let n: IpNet = t
+            .parse()
+            .map_err(|_| format!("'{t}' is not a CIDR (e.g. 192.0.2.0/24, 2001:db8::/32)"))?;
+        if n.network() != n.addr() {
+            return Err(format!(
+                "'{t}' has host bits set; did you mean {}?",
+                n.trunc()
+            ));
+        }
+        Ok(n)
+    } else {
+        let a: std::net::IpAddr = t
+            .parse()
+            .map_err(|_| format!("'{t}' is not an IP address or CIDR"))?;
+        Ok(IpNet::from(a))
+    }
+}
+
+/// Parses a comma-separated set of addresses/CIDRs; empty sets are refused.
+pub fn parse_set(field: &str, s: &str) -> Result<Vec<IpNet>, SpecError> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        if part.trim().is_empty() {
+            return Err(SpecError::new(field, format!("empty element in '{s}'")));
+        }
+        out.push(parse_net(part).map_err(|m| SpecError::new(field, m))?);
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Rule,
+    Partition,
+}
+
+/// A validated rule or partition, as stored in the controller's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleSpec {
+    pub name: String,
+    pub kind: Kind,
+    pub dir: Direction,
+    /// Empty: any source.
+    pub src: Vec<IpNet>,
+    /// Empty: any destination.
+    pub dst: Vec<IpNet>,
+    pub proto: Proto,
+    pub sport: PortRange,
+    pub dport: PortRange,
+    pub iface: Option<String>,
+    pub drop: Prob,
+    pub duplicate: Prob,
+    /// Lower runs first; equal priorities run in creation order.
+    pub priority: u32,
+    /// Partition only: traffic from `dst` to `src` too is cut unless oneway.
+    pub oneway: bool,
+}
+
+pub fn validate_name(field: &str, name: &str) -> Result<(), SpecError> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(SpecError::new(field, "must be 1 to 64 characters"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(SpecError::new(
+            field,
+            format!("'{name}' may contain only letters, digits, '-', '_' and '.'"),
+        ));
+    }
+    Ok(())
+}
+
+fn family_of(nets: &[IpNet]) -> Option<Option<bool>> {
+    // Some(None): empty; Some(Some(is_v6)): one family; None: mixed.
+    let mut fam = None;
+    for n in nets {
+        let v6 = matches!(n, IpNet::V6(_));
+        match fam {
+            None => fam = Some(v6),
+            Some(f) if f != v6 => return None,
+            _ => {}
+        }
+    }
+    Some(fam)
+}
+
+impl RuleSpec {
+    /// Checks what parsing alone cannot: families that can never meet, actions present.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_name("NAME", &self.name)?;
+        if self.kind == Kind::Rule {
+            let s = family_of(&self.src).ok_or_else(|| {
+                SpecError::new("--src", "mixes IPv4 and IPv6; use one rule per family")
+            })?;
+            let d = family_of(&self.dst).ok_or_else(|| {
+                SpecError::new("--dst", "mixes IPv4 and IPv6; use one rule per family")
+            })?;
+            if let (Some(a), Some(b)) = (s, d)
+                && a != b
+            {
+                return Err(SpecError::new(
+                    "--dst",
+                    "is of a different IP family from --src; the rule could never match",
+                ));
+            }
+            if (!self.sport.is_all() || !self.dport.is_all())
+                && !matches!(self.proto, Proto::Tcp | Proto::Udp)
+            {
+                let f = if self.sport.is_all() { "--dport" } else { "--sport" };
+                return Err(SpecError::new(f, "needs --proto tcp or udp"));
+            }
+            if self.drop.0 == 0.0 && self.duplicate.0 == 0.0 {
+                return Err(SpecError::new(
+                    "action",
+                    "give --drop or --duplicate (a rule with no action would only count)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probabilities() {
+        assert_eq!("30%".parse::<Prob>().unwrap(), Prob(0.3));
+        assert_eq!("0.3".parse::<Prob>().unwrap(), Prob(0.3));
+        assert_eq!("100%".parse::<Prob>().unwrap().threshold(), u32::MAX);
+        assert_eq!("1".parse::<Prob>().unwrap().threshold(), u32::MAX);
+        assert_eq!("0".parse::<Prob>().unwrap().threshold(), 0);
+        assert_eq!("0%".parse::<Prob>().unwrap().threshold(), 0);
+        assert_eq!(Prob(0.5).threshold(), 1 << 31);
+        assert_eq!(Prob(1e-12).threshold(), 1);
+        assert_eq!(Prob(1.0 - 1e-12).threshold(), u32::MAX - 1);
+        for bad in ["1.5", "-0.1", "101%", "abc", "", "nan", "inf", "%"] {
+            assert!(bad.parse::<Prob>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(
+            "80".parse::<PortRange>().unwrap(),
+            PortRange { lo: 80, hi: 80 }
+        );
+        assert_eq!(
+            "1000-2000".parse::<PortRange>().unwrap(),
+            PortRange { lo: 1000, hi: 2000 }
+        );
+        assert_eq!("0-65535".parse::<PortRange>().unwrap(), PortRange::ALL);
+        for bad in ["65536", "2000-1000", "-1", "a", "1-", "80-70000", ""] {
+            assert!(bad.parse::<PortRange>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nets() {
+        assert_eq!(
+            parse_net("192.0.2.1").unwrap(),
+            "192.0.2.1/32".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(
+            parse_net("2001:db8::/32").unwrap(),
+            "2001:db8::/32".parse::<IpNet>().unwrap()
+        );
+        assert!(parse_net("192.0.2.1/24").unwrap_err().contains("host bits"));
+        for bad in ["192.0.2.0/33", "300.1.1.1", "2001:db8::/129", "x", ""] {
+            assert!(parse_net(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_set("SET_A", "192.0.2.1,192.0.2.2").unwrap().len(), 2);
+        assert_eq!(
+            parse_set("SET_A", "192.0.2.1,,x").unwrap_err().field,
+            "SET_A"
+        );
+    }
+
+    #[test]
+    fn ttl_and_names() {
+        assert_eq!("none".parse::<Ttl>().unwrap(), Ttl::Never);
+        assert_eq!(
+            "500ms".parse::<Ttl>().unwrap(),
+            Ttl::For(Duration::from_millis(500))
+        );
+        assert!("0s".parse::<Ttl>().is_err());
+        assert!("soon".parse::<Ttl>().is_err());
+        assert!(validate_name("NAME", "web-1.a_b").is_ok());
+        assert!(validate_name("NAME", "a b").is_err());
+        assert!(validate_name("NAME", "").is_err());
+    }
+
+    fn rule() -> RuleSpec {
+        RuleSpec {
+            name: "r".into(),
+            kind: Kind::Rule,
+            dir: Direction::Both,
+            src: vec![],
+            dst: vec![],
+            proto: Proto::Any,
+            sport: PortRange::ALL,
+            dport: PortRange::ALL,
+            iface: None,
+            drop: Prob(0.5),
+            duplicate: Prob(0.0),
+            priority: 0,
+            oneway: false,
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut r = rule();
+        r.src = vec![parse_net("192.0.2.1").unwrap()];
+        r.dst = vec![parse_net("2001:db8::1").unwrap()];
+        assert_eq!(r.validate().unwrap_err().field, "--dst");
+        let mut r = rule();
+        r.dport = "80".parse().unwrap();
+        assert_eq!(r.validate().unwrap_err().field, "--dport");
+        let mut r = rule();
+        r.drop = Prob(0.0);
+        assert_eq!(r.validate().unwrap_err().field, "action");
+        assert!(rule().validate().is_ok());
+    }
+}

@@ -1,0 +1,175 @@
+//! The controller's persistent state for one namespace: attached interfaces and the rule set.
+//!
+//! Kernel objects live under `/sys/fs/bpf/netfault/<key>/` (maps/, links/); this file under
+//! `/run/netfault/<key>/`. Both vanish on reboot, together. A lock serialises commands.
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Read as _, Seek as _, Write as _},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{kernel::HookState, spec::RuleSpec};
+
+pub const PIN_ROOT: &str = "/sys/fs/bpf/netfault";
+pub const RUN_ROOT: &str = "/run/netfault";
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub key: String,
+    pub pins: PathBuf,
+    pub run: PathBuf,
+}
+
+impl Paths {
+    pub fn new(key: &str) -> Self {
+        Self {
+            key: key.into(),
+            pins: PathBuf::from(PIN_ROOT).join(key),
+            run: PathBuf::from(RUN_ROOT).join(key),
+        }
+    }
+    pub fn maps(&self) -> PathBuf {
+        self.pins.join("maps")
+    }
+    pub fn links(&self) -> PathBuf {
+        self.pins.join("links")
+    }
+    pub fn state_file(&self) -> PathBuf {
+        self.run.join("state.json")
+    }
+    pub fn lock_file(&self) -> PathBuf {
+        self.run.join("lock")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub iface: String,
+    pub ifindex: u32,
+    pub hooks: Vec<HookState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleEntry {
+    pub spec: RuleSpec,
+    pub slot: u32,
+    pub seq: u64,
+    /// CLOCK_MONOTONIC ns after which the data path passes traffic; 0: never.
+    pub expires_mono_ns: u64,
+    /// Interface index the rule was compiled against, when it names one.
+    #[serde(default)]
+    pub ifindex: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub netns_cookie: u64,
+    pub attached: Vec<Attachment>,
+    pub rules: Vec<RuleEntry>,
+    pub next_seq: u64,
+}
+
+impl State {
+    /// Rules in evaluation order: partitions first (a cut is a cut), then by priority, then age.
+    pub fn ordered(&self) -> Vec<&RuleEntry> {
+        let mut v: Vec<&RuleEntry> = self.rules.iter().collect();
+        v.sort_by_key(|r| (r.spec.kind != crate::spec::Kind::Partition, r.spec.priority, r.seq));
+        v
+    }
+
+    pub fn find(&self, name: &str) -> Option<&RuleEntry> {
+        self.rules.iter().find(|r| r.spec.name == name)
+    }
+
+    /// Lowest slot no rule uses.
+    pub fn free_slot(&self) -> Option<u32> {
+        let used: std::collections::HashSet<u32> = self.rules.iter().map(|r| r.slot).collect();
+        (0..netfault_common::MAX_RULES).find(|s| !used.contains(s))
+    }
+}
+
+/// An exclusive lock on one namespace's state, held for the life of a command.
+pub struct Locked {
+    file: File,
+    pub paths: Paths,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("another netfault command holds the lock for this namespace ({holder}); waited {waited:?}")]
+    Busy { holder: String, waited: Duration },
+    #[error("{0}: {1}")]
+    Io(String, io::Error),
+    #[error("state file {0} is corrupt: {1}")]
+    Corrupt(String, serde_json::Error),
+}
+
+impl Locked {
+    /// Takes the lock, waiting at most `wait`.
+    pub fn acquire(paths: Paths, wait: Duration) -> Result<Self, StateError> {
+        fs::create_dir_all(&paths.run).map_err(|e| StateError::Io(format!("create {}", paths.run.display()), e))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(paths.lock_file())
+            .map_err(|e| StateError::Io("open lock file".into(), e))?;
+        let start = Instant::now();
+        loop {
+            // SAFETY: fd we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                break;
+            }
+            if start.elapsed() >= wait {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(StateError::Busy {
+                    holder: holder.trim().to_string(),
+                    waited: wait,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let me = format!(
+            "pid {}: {}",
+            std::process::id(),
+            std::env::args().collect::<Vec<_>>().join(" ")
+        );
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = file.write_all(me.as_bytes());
+        Ok(Self { file, paths })
+    }
+
+    pub fn load(&self) -> Result<State, StateError> {
+        let p = self.paths.state_file();
+        match fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| StateError::Corrupt(p.display().to_string(), e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(StateError::Io(format!("read {}", p.display()), e)),
+        }
+    }
+
+    /// Writes atomically (temp file + rename).
+    pub fn save(&self, s: &State) -> Result<(), StateError> {
+        let p = self.paths.state_file();
+        let tmp = p.with_extension("json.tmp");
+        let b = serde_json::to_vec_pretty(s).expect("state serialises");
+        fs::write(&tmp, b).map_err(|e| StateError::Io(format!("write {}", tmp.display()), e))?;
+        fs::rename(&tmp, &p).map_err(|e| StateError::Io(format!("rename {}", p.display()), e))
+    }
+
+    /// Forgets this namespace entirely (after everything was detached).
+    pub fn remove(self) -> Result<(), StateError> {
+        let _ = fs::remove_file(self.paths.state_file());
+        let _ = fs::remove_file(self.paths.lock_file());
+        let _ = fs::remove_dir(&self.paths.run);
+        drop(self.file);
+        Ok(())
+    }
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs everything a fresh Debian 12 machine needs to build and test netfault.
+# Idempotent: every step checks first, so a second run changes nothing and takes seconds.
+set -euo pipefail
+
+USER_TOOLCHAIN=1.98.0
+EBPF_TOOLCHAIN=nightly-2026-06-20   # LLVM 22; later nightlies use LLVM 23, which bpf-linker 0.13 cannot read
+BPF_LINKER_VERSION=0.13.0
+LLVM_MAJOR=22
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Debian packages: LLVM for bpf-linker, and the tools the tests and demo drive.
+APT_PKGS=(llvm-${LLVM_MAJOR}-dev libpolly-${LLVM_MAJOR}-dev zlib1g-dev libzstd-dev
+          iproute2 bpftool nftables iptables python3 iputils-ping procps)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# rustup itself (present on this kind of machine; installed from the distribution otherwise).
+if ! command -v rustup >/dev/null 2>&1; then
+  [ -x "$HOME/.cargo/bin/rustup" ] || { log "rustup is missing: install it first (Debian: apt-get install rustup)"; exit 1; }
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+have_toolchain() { rustup toolchain list | grep -q "^$1"; }
+if ! have_toolchain "$USER_TOOLCHAIN"; then
+  log "installing Rust $USER_TOOLCHAIN"
+  rustup toolchain install "$USER_TOOLCHAIN" --profile minimal -c rustfmt -c clippy
+fi
+if ! have_toolchain "$EBPF_TOOLCHAIN"; then
+  log "installing Rust $EBPF_TOOLCHAIN with rust-src"
+  rustup toolchain install "$EBPF_TOOLCHAIN" --profile minimal -c rust-src -c clippy -c rustfmt
+elif ! rustup component list --toolchain "$EBPF_TOOLCHAIN" --installed | grep -q '^rust-src'; then
+  rustup component add rust-src --toolchain "$EBPF_TOOLCHAIN"
+fi
+for c in rustfmt clippy; do
+  rustup component list --toolchain "$USER_TOOLCHAIN" --installed | grep -q "^$c" \
+    || rustup component add "$c" --toolchain "$USER_TOOLCHAIN"
+done
+
+# bpf-linker, built against Debian's LLVM 22 (no prebuilt binaries can be fetched here).
+if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+  log "building bpf-linker $BPF_LINKER_VERSION against LLVM $LLVM_MAJOR (takes a few minutes)"
+  LLVM_PREFIX=/usr/lib/llvm-${LLVM_MAJOR} \
+    cargo +"$USER_TOOLCHAIN" install --locked bpf-linker --version "$BPF_LINKER_VERSION" \
+      --no-default-features --features llvm-${LLVM_MAJOR}
+fi
+
+# bpffs, where netfault pins its programs and maps.
+if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
+  as_root mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
+fi
+log "ok"
