@@ -81,7 +81,11 @@ extern "C" fn scan_tuple(i: u64, ctx: *mut c_void) -> i64 {
 pub fn classify(key: &FlowKey) -> Option<Match> {
     let cfg = NF_CONFIG.get(0)?;
     let generation = cfg.active & 1;
-    let ntuples = if generation == 0 { cfg.ntuples[0] } else { cfg.ntuples[1] };
+    let ntuples = if generation == 0 {
+        cfg.ntuples[0]
+    } else {
+        cfg.ntuples[1]
+    };
     if ntuples == 0 {
         return None;
     }

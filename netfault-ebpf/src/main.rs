@@ -10,7 +10,7 @@ mod parse;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_INGRESS, TC_ACT_SHOT, TC_ACT_UNSPEC, __sk_buff, xdp_action},
+    bindings::{__sk_buff, BPF_F_INGRESS, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::bpf_get_prandom_u32,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -63,12 +63,12 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Option<u32> {
 }
 
 #[classifier]
-pub fn nf_tc_egress(ctx: TcContext) -> i32 {
+fn nf_tc_egress(ctx: TcContext) -> i32 {
     try_tc(&ctx, DIR_EGRESS).unwrap_or(TC_ACT_UNSPEC)
 }
 
 #[classifier]
-pub fn nf_tc_ingress(ctx: TcContext) -> i32 {
+fn nf_tc_ingress(ctx: TcContext) -> i32 {
     try_tc(&ctx, DIR_INGRESS).unwrap_or(TC_ACT_UNSPEC)
 }
 
@@ -102,12 +102,16 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
     c.bytes += ctx.len() as u64;
     if fires(m.rule.drop_thresh) {
         c.dropped += 1;
-        return Some(TC_ACT_SHOT as i32);
+        return Some(TC_ACT_SHOT);
     }
     if fires(m.rule.dup_thresh) {
         // The clone carries CLONE_MARK, so it passes this program untouched when it re-enters.
         ctx.set_mark(CLONE_MARK);
-        let flags = if dir == DIR_INGRESS { BPF_F_INGRESS as u64 } else { 0 };
+        let flags = if dir == DIR_INGRESS {
+            BPF_F_INGRESS as u64
+        } else {
+            0
+        };
         let ok = ctx.clone_redirect(ifindex, flags).is_ok();
         ctx.set_mark(mark);
         if ok {

@@ -43,7 +43,11 @@ pub fn port_prefixes(r: PortRange) -> Vec<(u16, u8)> {
     let (mut lo, hi) = (u32::from(r.lo), u32::from(r.hi));
     let mut out = Vec::new();
     while lo <= hi {
-        let mut k = if lo == 0 { 16 } else { lo.trailing_zeros().min(16) };
+        let mut k = if lo == 0 {
+            16
+        } else {
+            lo.trailing_zeros().min(16)
+        };
         while lo + (1 << k) - 1 > hi {
             k -= 1;
         }
@@ -54,7 +58,11 @@ pub fn port_prefixes(r: PortRange) -> Vec<(u16, u8)> {
 }
 
 fn port_mask(plen: u8) -> u16 {
-    if plen == 0 { 0 } else { u16::MAX << (16 - plen) }
+    if plen == 0 {
+        0
+    } else {
+        u16::MAX << (16 - plen)
+    }
 }
 
 /// Address and mask as the data path stores them: raw network-order bytes in u32 words.
@@ -71,7 +79,9 @@ fn addr_words(net: &IpNet) -> ([u32; 4], [u32; 4]) {
             m.copy_from_slice(&n.netmask().octets());
         }
     }
-    let w = |b: &[u8; 16]| std::array::from_fn(|i| u32::from_ne_bytes(b[4 * i..4 * i + 4].try_into().unwrap()));
+    let w = |b: &[u8; 16]| {
+        std::array::from_fn(|i| u32::from_ne_bytes(b[4 * i..4 * i + 4].try_into().unwrap()))
+    };
     (w(&a), w(&m))
 }
 
@@ -95,7 +105,11 @@ fn proto_alts(p: Proto) -> &'static [(u8, u8)] {
 /// The src/dst pairs a rule or partition matches, as (src, dst) with `None` meaning any.
 fn address_pairs(spec: &RuleSpec) -> Vec<(Option<IpNet>, Option<IpNet>)> {
     let opt = |v: &[IpNet]| -> Vec<Option<IpNet>> {
-        if v.is_empty() { vec![None] } else { v.iter().copied().map(Some).collect() }
+        if v.is_empty() {
+            vec![None]
+        } else {
+            v.iter().copied().map(Some).collect()
+        }
     };
     let mut pairs = Vec::new();
     for s in opt(&spec.src) {
@@ -246,7 +260,9 @@ struct KeyOrd(FlowKey);
 impl KeyOrd {
     fn tuple(&self) -> ([u32; 4], [u32; 4], u32, u16, u16, u8, u8, u8) {
         let k = &self.0;
-        (k.src, k.dst, k.ifindex, k.sport, k.dport, k.proto, k.family, k.dir)
+        (
+            k.src, k.dst, k.ifindex, k.sport, k.dport, k.proto, k.family, k.dir,
+        )
     }
 }
 impl PartialOrd for KeyOrd {
@@ -343,7 +359,10 @@ mod tests {
             vec![(1024, 6)]
         );
         assert_eq!(
-            port_prefixes(PortRange { lo: 65535, hi: 65535 }),
+            port_prefixes(PortRange {
+                lo: 65535,
+                hi: 65535
+            }),
             vec![(65535, 16)]
         );
         assert_eq!(port_prefixes(PortRange { lo: 0, hi: 1 }), vec![(0, 15)]);
@@ -438,7 +457,10 @@ mod tests {
         let mut p = rule("p");
         p.kind = Kind::Partition;
         p.src = vec![parse_net("192.0.2.1").unwrap()];
-        p.dst = vec![parse_net("192.0.2.2").unwrap(), parse_net("2001:db8::2").unwrap()];
+        p.dst = vec![
+            parse_net("192.0.2.2").unwrap(),
+            parse_net("2001:db8::2").unwrap(),
+        ];
         let c = compile_specs(&[p.clone()]);
         // The v4/v6 cross pairs are skipped.
         assert_eq!(c.flows.len(), 2);
@@ -457,7 +479,9 @@ mod tests {
         let specs: Vec<_> = (0..5000u32)
             .map(|i| {
                 let mut r = rule(&format!("r{i}"));
-                r.src = vec![IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::from(0xc633_0000 + i)))];
+                r.src = vec![IpNet::from(std::net::IpAddr::from(
+                    std::net::Ipv4Addr::from(0xc633_0000 + i),
+                ))];
                 r
             })
             .collect();
@@ -472,7 +496,14 @@ mod tests {
         r.proto = Proto::Tcp;
         r.sport = PortRange { lo: 1, hi: 65534 };
         r.dport = PortRange { lo: 1, hi: 65534 };
-        let inputs = [Input { slot: 0, spec: &r, ifindex: None }];
-        assert!(matches!(compile(&inputs), Err(CompileError::TooManyTuples(_))));
+        let inputs = [Input {
+            slot: 0,
+            spec: &r,
+            ifindex: None,
+        }];
+        assert!(matches!(
+            compile(&inputs),
+            Err(CompileError::TooManyTuples(_))
+        ));
     }
 }

@@ -26,6 +26,10 @@ use crate::compile::Compiled;
 /// The eBPF object built by build.rs from netfault-ebpf.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netfault"));
 
+/// Reference programs (pass, drop, tx) for benchmarks and tests; never attached by netfault.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netfault-bench"));
+
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error("{what}: {source}")]
@@ -69,11 +73,12 @@ pub type Result<T> = std::result::Result<T, KernelError>;
 
 /// Mounts bpffs at /sys/fs/bpf when it is missing.
 pub fn ensure_bpffs() -> Result<()> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(io_err("read /proc/self/mounts"))?;
-    if mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.split_whitespace().nth(2) == Some("bpf"))
-    {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").map_err(io_err("read /proc/self/mounts"))?;
+    if mounts.lines().any(|l| {
+        l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
+            && l.split_whitespace().nth(2) == Some("bpf")
+    }) {
         return Ok(());
     }
     let c = |s: &str| CString::new(s).expect("no NUL");
@@ -81,7 +86,9 @@ pub fn ensure_bpffs() -> Result<()> {
     // SAFETY: valid C strings; no data argument.
     let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
-        return Err(io_err("mount bpffs at /sys/fs/bpf")(io::Error::last_os_error()));
+        return Err(io_err("mount bpffs at /sys/fs/bpf")(
+            io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -113,7 +120,8 @@ impl Maps {
     pub fn open(maps_dir: &Path) -> Result<Self> {
         let get = |name: &str| -> Result<Map> {
             let p = maps_dir.join(name);
-            let d = MapData::from_pin(&p).map_err(ebpf_err(format!("open pinned map {}", p.display())))?;
+            let d = MapData::from_pin(&p)
+                .map_err(ebpf_err(format!("open pinned map {}", p.display())))?;
             Map::from_map_data(d).map_err(ebpf_err(format!("map {name}")))
         };
         Ok(Self {
@@ -151,7 +159,12 @@ impl Maps {
     ///
     /// `rules` are the action values of every live slot; `retired` slots are deactivated after
     /// the flip.
-    pub fn publish(&mut self, c: &Compiled, rules: &[(u32, RuleValue)], retired: &[u32]) -> Result<()> {
+    pub fn publish(
+        &mut self,
+        c: &Compiled,
+        rules: &[(u32, RuleValue)],
+        retired: &[u32],
+    ) -> Result<()> {
         let mut cfg = self.config()?;
         let next = (cfg.active ^ 1) & 1;
         // 1. Clear the inactive generation's flows (left over from two publishes ago).
@@ -171,13 +184,17 @@ impl Maps {
         // 2. Actions of live rules (slots are stable: the active generation may read them too, and
         //    sees the same values for the rules it shares).
         for (slot, v) in rules {
-            self.rules.set(*slot, v, 0).map_err(ebpf_err("write rule"))?;
+            self.rules
+                .set(*slot, v, 0)
+                .map_err(ebpf_err("write rule"))?;
         }
         // 3. The new generation's flows and tuples.
         for (k, r) in &c.flows {
             let mut k = *k;
             k.gen_ = next as u8;
-            self.flows.insert(&k, r, 0).map_err(ebpf_err("write flow"))?;
+            self.flows
+                .insert(&k, r, 0)
+                .map_err(ebpf_err("write flow"))?;
         }
         for (i, t) in c.tuples.iter().enumerate() {
             self.tuples
@@ -187,12 +204,18 @@ impl Maps {
         // 4. Count first (the active generation does not read it), with flags widened to the union.
         cfg.ntuples[next as usize] = c.tuples.len() as u32;
         cfg.flags |= c.config_flags;
-        self.config.set(0, &cfg, 0).map_err(ebpf_err("write config"))?;
+        self.config
+            .set(0, &cfg, 0)
+            .map_err(ebpf_err("write config"))?;
         // 5. The flip: only `active` changes in this write.
         cfg.active = next;
-        self.config.set(0, &cfg, 0).map_err(ebpf_err("write config"))?;
+        self.config
+            .set(0, &cfg, 0)
+            .map_err(ebpf_err("write config"))?;
         cfg.flags = c.config_flags;
-        self.config.set(0, &cfg, 0).map_err(ebpf_err("write config"))?;
+        self.config
+            .set(0, &cfg, 0)
+            .map_err(ebpf_err("write config"))?;
         // 6. Slots no rule uses any more pass traffic even if a stale flow still names them.
         for slot in retired {
             self.rules
@@ -204,7 +227,10 @@ impl Maps {
 
     /// Counters of one slot, summed over CPUs.
     pub fn counters(&self, slot: u32) -> Result<Counters> {
-        let per_cpu = self.counters.get(&slot, 0).map_err(ebpf_err("read counters"))?;
+        let per_cpu = self
+            .counters
+            .get(&slot, 0)
+            .map_err(ebpf_err("read counters"))?;
         let mut s = Counters::default();
         for c in per_cpu.iter() {
             s.matched += c.matched;
@@ -217,9 +243,14 @@ impl Maps {
     }
 
     pub fn reset_counters(&mut self, slot: u32) -> Result<()> {
-        let n = aya::util::nr_cpus().map_err(|(what, e)| io_err(what)(e))?.get();
-        let zeros = PerCpuValues::try_from(vec![Counters::default(); n as usize]).map_err(io_err("per-cpu values"))?;
-        self.counters.set(slot, zeros, 0).map_err(ebpf_err("reset counters"))
+        let n = aya::util::nr_cpus()
+            .map_err(|(what, e)| io_err(what)(e))?
+            .get();
+        let zeros = PerCpuValues::try_from(vec![Counters::default(); n as usize])
+            .map_err(io_err("per-cpu values"))?;
+        self.counters
+            .set(slot, zeros, 0)
+            .map_err(ebpf_err("reset counters"))
     }
 }
 
@@ -294,9 +325,16 @@ pub fn ifindex(iface: &str) -> Option<u32> {
 
 /// Attaches all three programs to `iface`, pinning links under `links_dir`. On failure, detaches
 /// what it attached so far.
-pub fn attach(ebpf: &mut Ebpf, iface: &str, links_dir: &Path, xdp_mode: Option<XdpMode>) -> Result<Vec<HookState>> {
-    std::fs::create_dir_all(links_dir).map_err(io_err(format!("create {}", links_dir.display())))?;
-    let cname = CString::new(iface).map_err(|_| io_err("interface name")(io::ErrorKind::InvalidInput.into()))?;
+pub fn attach(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    links_dir: &Path,
+    xdp_mode: Option<XdpMode>,
+) -> Result<Vec<HookState>> {
+    std::fs::create_dir_all(links_dir)
+        .map_err(io_err(format!("create {}", links_dir.display())))?;
+    let cname = CString::new(iface)
+        .map_err(|_| io_err("interface name")(io::ErrorKind::InvalidInput.into()))?;
     let mut done: Vec<HookState> = Vec::new();
     let res = (|| -> Result<()> {
         for hook in Hook::ALL {
@@ -315,7 +353,8 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, links_dir: &Path, xdp_mode: Option<X
 
 fn pin_link(link: FdLink, path: &Path) -> Result<()> {
     let _ = std::fs::remove_file(path);
-    link.pin(path).map_err(ebpf_err(format!("pin link {}", path.display())))?;
+    link.pin(path)
+        .map_err(ebpf_err(format!("pin link {}", path.display())))?;
     Ok(())
 }
 
@@ -328,10 +367,12 @@ fn attach_one(
     xdp_mode: Option<XdpMode>,
 ) -> Result<HookState> {
     let pin = links_dir.join(hook.pin_name(iface));
-    let prog = ebpf.program_mut(hook.prog()).ok_or_else(|| KernelError::Io {
-        what: format!("program {}", hook.prog()),
-        source: io::ErrorKind::NotFound.into(),
-    })?;
+    let prog = ebpf
+        .program_mut(hook.prog())
+        .ok_or_else(|| KernelError::Io {
+            what: format!("program {}", hook.prog()),
+            source: io::ErrorKind::NotFound.into(),
+        })?;
     match hook {
         Hook::XdpIngress => {
             let p: &mut Xdp = prog.try_into().map_err(ebpf_err("xdp program"))?;
@@ -343,7 +384,10 @@ fn attach_one(
             let modes: &[(XdpMode, HookKind)] = match xdp_mode {
                 Some(XdpMode::Skb) => &[(XdpMode::Skb, HookKind::XdpGeneric)],
                 Some(_) => &[(XdpMode::Driver, HookKind::XdpNative)],
-                None => &[(XdpMode::Driver, HookKind::XdpNative), (XdpMode::Skb, HookKind::XdpGeneric)],
+                None => &[
+                    (XdpMode::Driver, HookKind::XdpNative),
+                    (XdpMode::Skb, HookKind::XdpGeneric),
+                ],
             };
             let mut last = None;
             for &(mode, kind) in modes {
@@ -351,7 +395,9 @@ fn attach_one(
                     Ok(id) => {
                         let link = p.take_link(id).map_err(ebpf_err("xdp link"))?;
                         let fd: FdLink = link.try_into().map_err(|_| KernelError::Io {
-                            what: format!("XDP on {iface}: the kernel gave no bpf_link (needs 5.9+)"),
+                            what: format!(
+                                "XDP on {iface}: the kernel gave no bpf_link (needs 5.9+)"
+                            ),
                             source: io::ErrorKind::Unsupported.into(),
                         })?;
                         pin_link(fd, &pin)?;
@@ -365,7 +411,9 @@ fn attach_one(
                     Err(e) => last = Some(e),
                 }
             }
-            Err(ebpf_err(format!("attach XDP to {iface} (another XDP program may hold it)"))(last.expect("one mode tried")))
+            Err(ebpf_err(format!(
+                "attach XDP to {iface} (another XDP program may hold it)"
+            ))(last.expect("one mode tried")))
         }
         Hook::TcIngress | Hook::TcEgress => {
             let p: &mut SchedClassifier = prog.try_into().map_err(ebpf_err("tc program"))?;
@@ -396,7 +444,9 @@ fn attach_one(
             } else {
                 let created = match tc::qdisc_add_clsact(cname.as_c_str()) {
                     Ok(()) => true,
-                    Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
+                    Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
+                        false
+                    }
                     Err(e) => return Err(ebpf_err(format!("add clsact qdisc to {iface}"))(e)),
                 };
                 let id = p
@@ -419,13 +469,18 @@ fn attach_one(
 /// Detaches one hook. Missing links (interface gone, already detached) are not errors.
 pub fn detach_hook(iface: &str, h: &HookState, links_dir: &Path) -> Result<()> {
     match h.kind {
-        HookKind::XdpNative | HookKind::XdpGeneric | HookKind::Tcx => unpin_link(&links_dir.join(h.hook.pin_name(iface))),
+        HookKind::XdpNative | HookKind::XdpGeneric | HookKind::Tcx => {
+            unpin_link(&links_dir.join(h.hook.pin_name(iface)))
+        }
         HookKind::Clsact => {
-            let Ok(cname) = CString::new(iface) else { return Ok(()) };
+            let Ok(cname) = CString::new(iface) else {
+                return Ok(());
+            };
             if ifindex(iface).is_none() {
                 return Ok(());
             }
-            match tc::qdisc_detach_program(cname.as_c_str(), h.hook.tc_type().into(), h.hook.prog()) {
+            match tc::qdisc_detach_program(cname.as_c_str(), h.hook.tc_type().into(), h.hook.prog())
+            {
                 Ok(()) => {}
                 Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(ebpf_err(format!("detach tc from {iface}"))(e)),
@@ -449,7 +504,9 @@ fn remove_clsact(iface: &str) {
 pub fn unpin_link(path: &Path) -> Result<()> {
     match PinnedLink::from_pin(path) {
         Ok(l) => {
-            let fd = l.unpin().map_err(io_err(format!("unpin {}", path.display())))?;
+            let fd = l
+                .unpin()
+                .map_err(io_err(format!("unpin {}", path.display())))?;
             drop(fd); // last reference: the kernel detaches the program
             Ok(())
         }

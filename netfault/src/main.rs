@@ -9,7 +9,11 @@ use netfault::{
 };
 
 #[derive(Parser)]
-#[command(name = "netfault", version, about = "Packet loss, duplication and partitions at line rate, in the kernel (eBPF)")]
+#[command(
+    name = "netfault",
+    version,
+    about = "Packet loss, duplication and partitions at line rate, in the kernel (eBPF)"
+)]
 struct Cli {
     /// Act inside the network namespace /run/netns/NAME (state stays in the host's bpffs).
     #[arg(long, global = true, value_name = "NAME")]
@@ -57,7 +61,7 @@ enum Cmd {
         #[arg(long)]
         oneway: bool,
         /// Lifetime (`30s`, `2m`), or `none`. Default 10m.
-        #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+        #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
         ttl: Option<Ttl>,
     },
     /// Remove partitions by name, or all of them.
@@ -89,35 +93,39 @@ enum RuleCmd {
         #[arg(long, default_value = "both", value_parser = parse_dir)]
         dir: Direction,
         /// Source addresses or CIDRs, comma-separated.
-        #[arg(long, value_name = "CIDR")]
+        #[arg(long, value_name = "CIDR", allow_hyphen_values = true)]
         src: Option<String>,
         /// Destination addresses or CIDRs, comma-separated.
-        #[arg(long, value_name = "CIDR")]
+        #[arg(long, value_name = "CIDR", allow_hyphen_values = true)]
         dst: Option<String>,
         #[arg(long, default_value = "any", value_parser = parse_proto)]
         proto: Proto,
-        #[arg(long, value_name = "P|LO-HI", value_parser = parse_ports)]
+        #[arg(long, value_name = "P|LO-HI", value_parser = parse_ports, allow_hyphen_values = true)]
         sport: Option<PortRange>,
-        #[arg(long, value_name = "P|LO-HI", value_parser = parse_ports)]
+        #[arg(long, value_name = "P|LO-HI", value_parser = parse_ports, allow_hyphen_values = true)]
         dport: Option<PortRange>,
         #[arg(long, value_name = "IFACE")]
         iface: Option<String>,
         /// Drop probability: `30%` or `0.3`.
-        #[arg(long, value_name = "PROB", value_parser = parse_prob)]
+        #[arg(long, value_name = "PROB", value_parser = parse_prob, allow_hyphen_values = true)]
         drop: Option<Prob>,
         /// Duplicate probability: `30%` or `0.3`.
-        #[arg(long, value_name = "PROB", value_parser = parse_prob)]
+        #[arg(long, value_name = "PROB", value_parser = parse_prob, allow_hyphen_values = true)]
         duplicate: Option<Prob>,
         /// Lifetime (`500ms`, `2m`), or `none`. Default 10m.
-        #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+        #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
         ttl: Option<Ttl>,
         /// Lower runs first; equal priorities run in the order added.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, allow_hyphen_values = true)]
         priority: u32,
     },
     /// Delete rules by name, or all rules.
     Del {
-        #[arg(value_name = "NAME", required_unless_present = "all", conflicts_with = "all")]
+        #[arg(
+            value_name = "NAME",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
         names: Vec<String>,
         #[arg(long)]
         all: bool,
@@ -154,7 +162,9 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = e.downcast_ref::<ops::Error>().map_or(1, ops::Error::exit_code);
+            let code = e
+                .downcast_ref::<ops::Error>()
+                .map_or(1, ops::Error::exit_code);
             eprintln!("netfault: {e:#}");
             ExitCode::from(code as u8)
         }
@@ -166,7 +176,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let plan = plan(&cli.cmd)?;
     // setns applies to this thread only: do it before any other thread exists.
     if let Some(ns) = &cli.netns {
-        netfault::netns::enter(ns).map_err(|e| ops::Error::Usage(spec::SpecError::new("--netns", e.to_string())))?;
+        netfault::netns::enter(ns)
+            .map_err(|e| ops::Error::Usage(spec::SpecError::new("--netns", e.to_string())))?;
     }
     let ns = cli.netns.as_deref();
     match cli.cmd {
@@ -186,25 +197,56 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{line}");
             }
         }
-        Cmd::Rule { cmd: RuleCmd::Add { ttl, .. } } | Cmd::Partition { ttl, .. } => {
+        Cmd::Rule {
+            cmd: RuleCmd::Add { ttl, .. },
+        }
+        | Cmd::Partition { ttl, .. } => {
             let (spec, _) = plan.expect("planned");
             let name = spec.name.clone();
             let kind = spec.kind;
             let mut ctl = Ctl::open(ns)?;
             ctl.add(vec![spec], ttl.unwrap_or_default())?;
-            println!("{} {name} added", if kind == Kind::Partition { "partition" } else { "rule" });
+            println!(
+                "{} {name} added",
+                if kind == Kind::Partition {
+                    "partition"
+                } else {
+                    "rule"
+                }
+            );
         }
-        Cmd::Rule { cmd: RuleCmd::Del { names, all } } => {
+        Cmd::Rule {
+            cmd: RuleCmd::Del { names, all },
+        } => {
             let mut ctl = Ctl::open(ns)?;
-            let gone = ctl.delete(if all { &[] } else { &names }, if all { Some(Kind::Rule) } else { None })?;
-            println!("deleted {}", if gone.is_empty() { "nothing".into() } else { gone.join(", ") });
+            let gone = ctl.delete(
+                if all { &[] } else { &names },
+                if all { Some(Kind::Rule) } else { None },
+            )?;
+            println!(
+                "deleted {}",
+                if gone.is_empty() {
+                    "nothing".into()
+                } else {
+                    gone.join(", ")
+                }
+            );
         }
         Cmd::Heal { names } => {
             let mut ctl = Ctl::open(ns)?;
             let gone = ctl.delete(&names, Some(Kind::Partition))?;
-            println!("healed {}", if gone.is_empty() { "nothing".into() } else { gone.join(", ") });
+            println!(
+                "healed {}",
+                if gone.is_empty() {
+                    "nothing".into()
+                } else {
+                    gone.join(", ")
+                }
+            );
         }
-        Cmd::Rule { cmd: RuleCmd::List { json } } => netfault_cli::list(ns, json)?,
+        Cmd::Rule {
+            cmd: RuleCmd::List { json },
+        } => netfault_cli::list(ns, json)?,
         Cmd::Stats { json, watch } => netfault_cli::stats(ns, json, watch)?,
         Cmd::Status { json } => netfault_cli::status(ns, json)?,
     }
@@ -216,10 +258,34 @@ fn plan(cmd: &Cmd) -> anyhow::Result<Option<(RuleSpec, ())>> {
     let usage = |e: spec::SpecError| anyhow::Error::from(ops::Error::Usage(e));
     Ok(match cmd {
         Cmd::Rule {
-            cmd: RuleCmd::Add { name, dir, src, dst, proto, sport, dport, iface, drop, duplicate, priority, .. },
+            cmd:
+                RuleCmd::Add {
+                    name,
+                    dir,
+                    src,
+                    dst,
+                    proto,
+                    sport,
+                    dport,
+                    iface,
+                    drop,
+                    duplicate,
+                    priority,
+                    ..
+                },
         } => {
-            let src = src.as_deref().map(|s| spec::parse_set("--src", s)).transpose().map_err(usage)?.unwrap_or_default();
-            let dst = dst.as_deref().map(|s| spec::parse_set("--dst", s)).transpose().map_err(usage)?.unwrap_or_default();
+            let src = src
+                .as_deref()
+                .map(|s| spec::parse_set("--src", s))
+                .transpose()
+                .map_err(usage)?
+                .unwrap_or_default();
+            let dst = dst
+                .as_deref()
+                .map(|s| spec::parse_set("--dst", s))
+                .transpose()
+                .map_err(usage)?
+                .unwrap_or_default();
             let r = RuleSpec {
                 name: name.clone(),
                 kind: Kind::Rule,
@@ -238,11 +304,19 @@ fn plan(cmd: &Cmd) -> anyhow::Result<Option<(RuleSpec, ())>> {
             r.validate().map_err(usage)?;
             Some((r, ()))
         }
-        Cmd::Partition { set_a, set_b, name, oneway, .. } => {
+        Cmd::Partition {
+            set_a,
+            set_b,
+            name,
+            oneway,
+            ..
+        } => {
             let a = spec::parse_set("SET_A", set_a).map_err(usage)?;
             let b = spec::parse_set("SET_B", set_b).map_err(usage)?;
             let name = name.clone().unwrap_or_else(|| {
-                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
                 format!("part-{}", t.as_millis() % 1_000_000_000)
             });
             let r = RuleSpec {
@@ -277,12 +351,22 @@ mod netfault_cli {
         match (left, expired) {
             (_, true) => "expired".into(),
             (None, _) => "never".into(),
-            (Some(ms), _) => humantime::format_duration(Duration::from_millis(ms / 1000 * 1000)).to_string(),
+            (Some(ms), _) => {
+                humantime::format_duration(Duration::from_millis(ms / 1000 * 1000)).to_string()
+            }
         }
     }
 
     fn nets(v: &[ipnet::IpNet]) -> Vec<String> {
-        v.iter().map(|n| if n.prefix_len() == n.max_prefix_len() { n.addr().to_string() } else { n.to_string() }).collect()
+        v.iter()
+            .map(|n| {
+                if n.prefix_len() == n.max_prefix_len() {
+                    n.addr().to_string()
+                } else {
+                    n.to_string()
+                }
+            })
+            .collect()
     }
 
     pub fn list(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
@@ -294,7 +378,13 @@ mod netfault_cli {
             .map(|r| {
                 let s = &r.spec;
                 let (left, expired) = ttl_left(r, now);
-                let port = |p: &PortRange| if p.is_all() { serde_json::Value::Null } else { json!(p.to_string()) };
+                let port = |p: &PortRange| {
+                    if p.is_all() {
+                        serde_json::Value::Null
+                    } else {
+                        json!(p.to_string())
+                    }
+                };
                 match s.kind {
                     Kind::Partition => json!({
                         "name": s.name, "kind": "partition", "a": nets(&s.src), "b": nets(&s.dst),
@@ -319,7 +409,10 @@ mod netfault_cli {
         }
         for (r, v) in state.ordered().into_iter().zip(&rows) {
             let s = &r.spec;
-            let left = fmt_left(v["expires_in_ms"].as_u64(), v["expired"].as_bool().unwrap_or(false));
+            let left = fmt_left(
+                v["expires_in_ms"].as_u64(),
+                v["expired"].as_bool().unwrap_or(false),
+            );
             match s.kind {
                 Kind::Partition => println!(
                     "partition {:<16} {} {} {}  ttl {left}",
@@ -355,7 +448,13 @@ mod netfault_cli {
                     if s.duplicate.0 > 0.0 {
                         a.push(format!("duplicate {}", s.duplicate));
                     }
-                    println!("rule      {:<16} prio {:<5} {}  => {}  ttl {left}", s.name, s.priority, m.join(" "), a.join(", "));
+                    println!(
+                        "rule      {:<16} prio {:<5} {}  => {}  ttl {left}",
+                        s.name,
+                        s.priority,
+                        m.join(" "),
+                        a.join(", ")
+                    );
                 }
             }
         }
@@ -370,8 +469,8 @@ mod netfault_cli {
             return Ok(());
         }
         println!(
-            "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>12}  {}",
-            "NAME", "KIND", "MATCHED", "DROPPED", "DUPLICATED", "PASSED", "BYTES", "TTL"
+            "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>12}  TTL",
+            "NAME", "KIND", "MATCHED", "DROPPED", "DUPLICATED", "PASSED", "BYTES"
         );
         for r in rows {
             println!(
@@ -393,7 +492,10 @@ mod netfault_cli {
         let Some(every) = watch else {
             return print_stats(ns, json_out);
         };
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("tokio runtime")?;
         rt.block_on(async {
             let mut tick = tokio::time::interval(every);
             loop {
@@ -420,7 +522,10 @@ mod netfault_cli {
             })
             .collect();
         if json_out {
-            println!("{}", json!({ "state": paths.key, "interfaces": ifaces, "rules": state.rules.len() }));
+            println!(
+                "{}",
+                json!({ "state": paths.key, "interfaces": ifaces, "rules": state.rules.len() })
+            );
             return Ok(());
         }
         println!("namespace state: {}", paths.key);
@@ -428,8 +533,22 @@ mod netfault_cli {
             println!("not attached");
         }
         for (a, v) in state.attached.iter().zip(&ifaces) {
-            let hooks: Vec<String> = a.hooks.iter().map(|h| format!("{:?}: {:?} (prog {})", h.hook, h.kind, h.prog_id)).collect();
-            println!("{} (ifindex {}){}: {}", a.iface, a.ifindex, if v["lost"].as_bool() == Some(true) { " LOST" } else { "" }, hooks.join("; "));
+            let hooks: Vec<String> = a
+                .hooks
+                .iter()
+                .map(|h| format!("{:?}: {:?} (prog {})", h.hook, h.kind, h.prog_id))
+                .collect();
+            println!(
+                "{} (ifindex {}){}: {}",
+                a.iface,
+                a.ifindex,
+                if v["lost"].as_bool() == Some(true) {
+                    " LOST"
+                } else {
+                    ""
+                },
+                hooks.join("; ")
+            );
         }
         println!("rules and partitions: {}", state.rules.len());
         Ok(())

@@ -15,7 +15,8 @@ pub fn enter(name: &str) -> Result<(), NetnsError> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return Err(NetnsError::Unknown(name.into()));
     }
-    let f = File::open(format!("/run/netns/{name}")).map_err(|_| NetnsError::Unknown(name.into()))?;
+    let f =
+        File::open(format!("/run/netns/{name}")).map_err(|_| NetnsError::Unknown(name.into()))?;
     // SAFETY: valid fd of a namespace file.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(NetnsError::Enter(name.into(), io::Error::last_os_error()));
@@ -34,7 +35,13 @@ pub fn cookie() -> io::Result<u64> {
         }
         let mut v: u64 = 0;
         let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-        let rc = libc::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut v as *mut u64).cast(), &mut len);
+        let rc = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut v as *mut u64).cast(),
+            &mut len,
+        );
         let err = io::Error::last_os_error();
         libc::close(fd);
         if rc != 0 {

@@ -49,7 +49,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -74,13 +77,16 @@ impl Ctl {
     pub fn open(netns_name: Option<&str>) -> Result<Self> {
         check_privileges()?;
         kernel::ensure_bpffs()?;
-        let key = netns::state_key(netns_name).map_err(|e| Error::Other(format!("netns identity: {e}")))?;
+        let key = netns::state_key(netns_name)
+            .map_err(|e| Error::Other(format!("netns identity: {e}")))?;
         let lock = Locked::acquire(Paths::new(&key), LOCK_WAIT)?;
         let mut state = lock.load()?;
         let cookie = netns::cookie().map_err(|e| Error::Other(format!("netns cookie: {e}")))?;
         if state.netns_cookie != 0 && state.netns_cookie != cookie {
             // The namespace of that name was deleted and made anew: its programs died with it.
-            log::warn!("state for '{key}' belongs to a namespace that no longer exists; starting afresh");
+            log::warn!(
+                "state for '{key}' belongs to a namespace that no longer exists; starting afresh"
+            );
             kernel::remove_pins(&lock.paths.pins)?;
             state = State::default();
         }
@@ -107,7 +113,12 @@ impl Ctl {
     pub fn attach(&mut self, ifaces: &[String], xdp_mode: Option<XdpMode>) -> Result<Vec<String>> {
         let mut wanted = Vec::new();
         for i in ifaces {
-            let idx = kernel::ifindex(i).ok_or_else(|| SpecError::new("IFACE", format!("no interface named '{i}' in this namespace")))?;
+            let idx = kernel::ifindex(i).ok_or_else(|| {
+                SpecError::new(
+                    "IFACE",
+                    format!("no interface named '{i}' in this namespace"),
+                )
+            })?;
             wanted.push((i.clone(), idx));
         }
         let mut report = Vec::new();
@@ -116,7 +127,12 @@ impl Ctl {
             if let Some(pos) = self.state.attached.iter().position(|a| a.iface == iface) {
                 let a = &self.state.attached[pos];
                 let alive = a.ifindex == idx
-                    && a.hooks.iter().all(|h| h.kind == HookKind::Clsact || kernel::link_alive(&self.paths().links().join(h.hook.pin_name(&iface))));
+                    && a.hooks.iter().all(|h| {
+                        h.kind == HookKind::Clsact
+                            || kernel::link_alive(
+                                &self.paths().links().join(h.hook.pin_name(&iface)),
+                            )
+                    });
                 if alive {
                     report.push(format!("{iface}: already attached"));
                     continue;
@@ -130,10 +146,22 @@ impl Ctl {
             if ebpf.is_none() {
                 ebpf = Some(kernel::load(&self.paths().maps())?);
             }
-            let hooks = kernel::attach(ebpf.as_mut().expect("loaded"), &iface, &self.paths().links(), xdp_mode)?;
-            let how: Vec<String> = hooks.iter().map(|h| format!("{:?}={:?}", h.hook, h.kind)).collect();
+            let hooks = kernel::attach(
+                ebpf.as_mut().expect("loaded"),
+                &iface,
+                &self.paths().links(),
+                xdp_mode,
+            )?;
+            let how: Vec<String> = hooks
+                .iter()
+                .map(|h| format!("{:?}={:?}", h.hook, h.kind))
+                .collect();
             report.push(format!("{iface}: attached ({})", how.join(", ")));
-            self.state.attached.push(Attachment { iface, ifindex: idx, hooks });
+            self.state.attached.push(Attachment {
+                iface,
+                ifindex: idx,
+                hooks,
+            });
             self.save()?;
         }
         // Rules bound to an interface that has just (re)appeared compile now.
@@ -216,10 +244,18 @@ impl Ctl {
             if let Some(i) = &spec.iface
                 && kernel::ifindex(i).is_none()
             {
-                return Err(SpecError::new("--iface", format!("no interface named '{i}' in this namespace")).into());
+                return Err(SpecError::new(
+                    "--iface",
+                    format!("no interface named '{i}' in this namespace"),
+                )
+                .into());
             }
             if self.state.find(&spec.name).is_some() {
-                return Err(SpecError::new("NAME", format!("a rule or partition named '{}' exists already", spec.name)).into());
+                return Err(SpecError::new(
+                    "NAME",
+                    format!("a rule or partition named '{}' exists already", spec.name),
+                )
+                .into());
             }
         }
         let expires = match ttl {
@@ -228,10 +264,12 @@ impl Ctl {
         };
         let mut new_slots = Vec::new();
         for spec in specs {
-            let slot = self
-                .state
-                .free_slot()
-                .ok_or_else(|| Error::Other(format!("all {} rule slots are in use", netfault_common::MAX_RULES)))?;
+            let slot = self.state.free_slot().ok_or_else(|| {
+                Error::Other(format!(
+                    "all {} rule slots are in use",
+                    netfault_common::MAX_RULES
+                ))
+            })?;
             self.state.next_seq += 1;
             let ifindex = spec.iface.as_deref().and_then(kernel::ifindex);
             self.state.rules.push(RuleEntry {
@@ -248,7 +286,11 @@ impl Ctl {
             let ordered = self.state.ordered();
             let inputs: Vec<Input<'_>> = ordered
                 .iter()
-                .map(|r| Input { slot: r.slot, spec: &r.spec, ifindex: r.ifindex })
+                .map(|r| Input {
+                    slot: r.slot,
+                    spec: &r.spec,
+                    ifindex: r.ifindex,
+                })
                 .collect();
             compile::compile(&inputs)?;
         }
@@ -268,7 +310,9 @@ impl Ctl {
         let matches_kind = |r: &RuleEntry| kind.is_none_or(|k| r.spec.kind == k);
         let mut removed = Vec::new();
         if names.is_empty() {
-            let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.state.rules).into_iter().partition(|r| matches_kind(r));
+            let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.state.rules)
+                .into_iter()
+                .partition(|r| matches_kind(r));
             self.state.rules = keep;
             for r in gone {
                 retired.push(r.slot);
@@ -276,8 +320,24 @@ impl Ctl {
             }
         } else {
             for n in names {
-                if !self.state.rules.iter().any(|r| &r.spec.name == n && matches_kind(r)) {
-                    return Err(SpecError::new("NAME", format!("no {} named '{n}'", kind.map_or("rule or partition", |k| if k == Kind::Partition { "partition" } else { "rule" }))).into());
+                if !self
+                    .state
+                    .rules
+                    .iter()
+                    .any(|r| &r.spec.name == n && matches_kind(r))
+                {
+                    return Err(SpecError::new(
+                        "NAME",
+                        format!(
+                            "no {} named '{n}'",
+                            kind.map_or("rule or partition", |k| if k == Kind::Partition {
+                                "partition"
+                            } else {
+                                "rule"
+                            })
+                        ),
+                    )
+                    .into());
                 }
             }
             self.state.rules.retain(|r| {
@@ -340,10 +400,12 @@ pub fn ttl_left(r: &RuleEntry, now: u64) -> (Option<u64>, bool) {
 /// Reads the state without taking the lock (the file is replaced atomically).
 pub fn read_state(netns_name: Option<&str>) -> Result<(Paths, State)> {
     check_privileges()?;
-    let key = netns::state_key(netns_name).map_err(|e| Error::Other(format!("netns identity: {e}")))?;
+    let key =
+        netns::state_key(netns_name).map_err(|e| Error::Other(format!("netns identity: {e}")))?;
     let paths = Paths::new(&key);
     let state = match std::fs::read(paths.state_file()) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| StateError::Corrupt(paths.state_file().display().to_string(), e))?,
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| StateError::Corrupt(paths.state_file().display().to_string(), e))?,
         Err(_) => State::default(),
     };
     Ok((paths, state))

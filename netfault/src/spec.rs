@@ -74,7 +74,10 @@ pub struct PortRange {
 }
 
 impl PortRange {
-    pub const ALL: PortRange = PortRange { lo: 0, hi: u16::MAX };
+    pub const ALL: PortRange = PortRange {
+        lo: 0,
+        hi: u16::MAX,
+    };
 
     pub fn is_all(&self) -> bool {
         *self == Self::ALL
@@ -314,7 +317,11 @@ impl RuleSpec {
             if (!self.sport.is_all() || !self.dport.is_all())
                 && !matches!(self.proto, Proto::Tcp | Proto::Udp)
             {
-                let f = if self.sport.is_all() { "--dport" } else { "--sport" };
+                let f = if self.sport.is_all() {
+                    "--dport"
+                } else {
+                    "--sport"
+                };
                 return Err(SpecError::new(f, "needs --proto tcp or udp"));
             }
             if self.drop.0 == 0.0 && self.duplicate.0 == 0.0 {

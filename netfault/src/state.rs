@@ -77,7 +77,13 @@ impl State {
     /// Rules in evaluation order: partitions first (a cut is a cut), then by priority, then age.
     pub fn ordered(&self) -> Vec<&RuleEntry> {
         let mut v: Vec<&RuleEntry> = self.rules.iter().collect();
-        v.sort_by_key(|r| (r.spec.kind != crate::spec::Kind::Partition, r.spec.priority, r.seq));
+        v.sort_by_key(|r| {
+            (
+                r.spec.kind != crate::spec::Kind::Partition,
+                r.spec.priority,
+                r.seq,
+            )
+        });
         v
     }
 
@@ -100,7 +106,9 @@ pub struct Locked {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("another netfault command holds the lock for this namespace ({holder}); waited {waited:?}")]
+    #[error(
+        "another netfault command holds the lock for this namespace ({holder}); waited {waited:?}"
+    )]
     Busy { holder: String, waited: Duration },
     #[error("{0}: {1}")]
     Io(String, io::Error),
@@ -111,7 +119,8 @@ pub enum StateError {
 impl Locked {
     /// Takes the lock, waiting at most `wait`.
     pub fn acquire(paths: Paths, wait: Duration) -> Result<Self, StateError> {
-        fs::create_dir_all(&paths.run).map_err(|e| StateError::Io(format!("create {}", paths.run.display()), e))?;
+        fs::create_dir_all(&paths.run)
+            .map_err(|e| StateError::Io(format!("create {}", paths.run.display()), e))?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -149,7 +158,8 @@ impl Locked {
     pub fn load(&self) -> Result<State, StateError> {
         let p = self.paths.state_file();
         match fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| StateError::Corrupt(p.display().to_string(), e)),
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| StateError::Corrupt(p.display().to_string(), e)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(State::default()),
             Err(e) => Err(StateError::Io(format!("read {}", p.display()), e)),
         }

@@ -1,1 +1,157 @@
-fn main() {}
+//! Project automation: `cargo xtask build | test | demo | bench | lint`.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+/// The eBPF crate's toolchain; must match netfault/build.rs.
+const EBPF_TOOLCHAIN: &str = "nightly-2026-06-20";
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build everything (controller, eBPF programs, tools) in release.
+    Build,
+    /// Formatting, clippy on host and eBPF crates, and every test (unit, data path, end to end).
+    Test {
+        /// Skip fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (after --).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// fmt --check and clippy -D warnings on host and eBPF crates.
+    Lint,
+    /// The demo lab: three hosts in namespaces, loss, duplication and a partition on real traffic.
+    Demo,
+    /// Benchmarks against nftables and a trivial XDP program.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("spawn {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Cargo for the eBPF crate: the pinned nightly, whatever rust-toolchain.toml says.
+fn ebpf_cargo() -> Command {
+    let mut c = Command::new("rustup");
+    c.args(["run", EBPF_TOOLCHAIN, "cargo"]);
+    // The outer cargo's settings would point the nested one at the wrong toolchain.
+    for k in ["RUSTC", "RUSTUP_TOOLCHAIN", "CARGO", "RUSTC_WRAPPER"] {
+        c.env_remove(k);
+    }
+    c
+}
+
+fn lint() -> anyhow::Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "netfault-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(ebpf_cargo().args([
+        "clippy",
+        "-p",
+        "netfault-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--release",
+        "--target-dir",
+        "target/ebpf-clippy",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Build => run(cargo().args(["build", "--release", "--workspace", "--bins"])),
+        Cmd::Lint => lint(),
+        Cmd::Test { no_lint, args } => {
+            if !no_lint {
+                lint()?;
+            }
+            // Data-path and end-to-end tests need root: BPF, namespaces, veth.
+            if unsafe_geteuid() != 0 {
+                bail!(
+                    "the tests load BPF programs and create network namespaces: run them as root"
+                );
+            }
+            run(cargo()
+                .args(["test", "--workspace", "--release"])
+                .args(&args))
+        }
+        Cmd::Demo => {
+            run(cargo().args(["build", "--release", "-p", "netfault", "--bins"]))?;
+            run(&mut Command::new(
+                root().join("target/release/netfault-demo"),
+            ))
+        }
+        Cmd::Bench { args } => run(cargo()
+            .args([
+                "run",
+                "--release",
+                "-p",
+                "netfault",
+                "--bin",
+                "netfault-bench",
+                "--",
+            ])
+            .args(&args)),
+    }
+}
+
+fn unsafe_geteuid() -> u32 {
+    // Read from /proc rather than adding libc to xtask for one call.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        })
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(u32::MAX)
+}

@@ -1,0 +1,340 @@
+//! The command line's contract for bad input: exit 2, a message naming the field, and no change
+//! to the kernel state (maps compared entry by entry before and after) nor to the rule list.
+use std::{collections::BTreeSet, process::Command};
+
+use netfault::kernel::Maps;
+use netfault_common::{GENERATIONS, MAX_TUPLES};
+
+const BIN: &str = env!("CARGO_BIN_EXE_netfault");
+
+/// One namespace with a veth pair inside, netfault attached to one end; all removed on drop.
+struct Host {
+    ns: String,
+}
+
+impl Host {
+    fn new(tag: &str) -> Host {
+        let ns = format!("nf-cli-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        sh(&["ip", "netns", "add", &ns]);
+        sh(&[
+            "ip", "-n", &ns, "link", "add", "c0", "type", "veth", "peer", "name", "c1",
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", "c0", "up"]);
+        sh(&["ip", "-n", &ns, "link", "set", "c1", "up"]);
+        let h = Host { ns };
+        let out = h.nf(&["attach", "c0"]);
+        assert!(
+            out.status.success(),
+            "attach: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        h
+    }
+
+    fn nf(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("--netns")
+            .arg(&self.ns)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Everything the data path reads, plus the rule list: what bad input must not change.
+    fn snapshot(&self) -> String {
+        let maps =
+            Maps::open(format!("/sys/fs/bpf/netfault/netns-{}/maps", self.ns).as_ref()).unwrap();
+        let cfg = maps.config().unwrap();
+        let tuples: Vec<_> = (0..GENERATIONS * MAX_TUPLES)
+            .map(|i| maps.tuples.get(&i, 0).unwrap())
+            .collect();
+        let flows: BTreeSet<String> = maps
+            .flows
+            .iter()
+            .map(|r| format!("{:?}", r.unwrap()))
+            .collect();
+        let rules: Vec<_> = (0..64u32).map(|i| maps.rules.get(&i, 0).unwrap()).collect();
+        let list = self.nf(&["rule", "list", "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+        let names: Vec<_> = list["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].clone())
+            .collect();
+        format!("{cfg:?}\n{tuples:?}\n{flows:?}\n{rules:?}\n{names:?}")
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN)
+            .args(["--netns", &self.ns, "detach"])
+            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+fn sh(args: &[&str]) {
+    let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
+    assert!(st.success(), "{args:?}");
+}
+
+#[test]
+fn malformed_input_exits_2_names_the_field_and_changes_nothing() {
+    let h = Host::new("bad");
+    let ok = h.nf(&[
+        "rule",
+        "add",
+        "keep",
+        "--src",
+        "192.0.2.0/24",
+        "--drop",
+        "10%",
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let ok = h.nf(&["partition", "198.51.100.1", "198.51.100.2", "--name", "p0"]);
+    assert!(ok.status.success());
+    let before = h.snapshot();
+
+    // (arguments, a word the message must contain)
+    let cases: &[(&[&str], &str)] = &[
+        (&["rule", "add", "r", "--drop", "1.5"], "--drop"),
+        (&["rule", "add", "r", "--drop", "abc"], "--drop"),
+        (&["rule", "add", "r", "--drop", "-10%"], "--drop"),
+        (&["rule", "add", "r", "--duplicate", "101%"], "--duplicate"),
+        (
+            &["rule", "add", "r", "--src", "192.0.2.0/33", "--drop", "1"],
+            "--src",
+        ),
+        (
+            &["rule", "add", "r", "--src", "300.1.1.1", "--drop", "1"],
+            "--src",
+        ),
+        (
+            &["rule", "add", "r", "--src", "192.0.2.1/24", "--drop", "1"],
+            "--src",
+        ),
+        (
+            &["rule", "add", "r", "--dst", "2001:db8::/129", "--drop", "1"],
+            "--dst",
+        ),
+        (
+            &[
+                "rule",
+                "add",
+                "r",
+                "--dst",
+                "192.0.2.1,,192.0.2.2",
+                "--drop",
+                "1",
+            ],
+            "--dst",
+        ),
+        (
+            &[
+                "rule", "add", "r", "--proto", "udp", "--dport", "70000", "--drop", "1",
+            ],
+            "--dport",
+        ),
+        (
+            &[
+                "rule",
+                "add",
+                "r",
+                "--proto",
+                "udp",
+                "--dport",
+                "2000-1000",
+                "--drop",
+                "1",
+            ],
+            "--dport",
+        ),
+        (
+            &[
+                "rule", "add", "r", "--proto", "udp", "--sport", "x-1", "--drop", "1",
+            ],
+            "--sport",
+        ),
+        (
+            &["rule", "add", "r", "--sport", "80", "--drop", "1"],
+            "--sport",
+        ),
+        (
+            &["rule", "add", "r", "--proto", "sctpx", "--drop", "1"],
+            "--proto",
+        ),
+        (
+            &["rule", "add", "r", "--dir", "sideways", "--drop", "1"],
+            "--dir",
+        ),
+        (
+            &["rule", "add", "r", "--iface", "nf-nosuch0", "--drop", "1"],
+            "--iface",
+        ),
+        (
+            &["rule", "add", "r", "--ttl", "soon", "--drop", "1"],
+            "--ttl",
+        ),
+        (&["rule", "add", "r", "--ttl", "0s", "--drop", "1"], "--ttl"),
+        (
+            &[
+                "rule",
+                "add",
+                "r",
+                "--src",
+                "192.0.2.1",
+                "--dst",
+                "2001:db8::1",
+                "--drop",
+                "1",
+            ],
+            "--dst",
+        ),
+        (&["rule", "add", "r"], "action"),
+        (&["rule", "add", "keep", "--drop", "1"], "NAME"),
+        (&["rule", "add", "p0", "--drop", "1"], "NAME"),
+        (&["rule", "add", "bad name", "--drop", "1"], "NAME"),
+        (
+            &["rule", "add", "r", "--priority", "-1", "--drop", "1"],
+            "--priority",
+        ),
+        (
+            &["rule", "add", "r", "--frobnicate", "--drop", "1"],
+            "--frobnicate",
+        ),
+        (&["rule", "del", "nosuch"], "NAME"),
+        (&["partition", "192.0.2.1,,x", "192.0.2.2"], "SET_A"),
+        (&["partition", "192.0.2.1", "2001:db8::1/200"], "SET_B"),
+        (
+            &["partition", "192.0.2.1", "192.0.2.2", "--ttl", "forever"],
+            "--ttl",
+        ),
+        (&["heal", "nosuch"], "NAME"),
+        (&["attach", "nf-nosuch0"], "IFACE"),
+        (&["stats", "--watch", "often"], "--watch"),
+    ];
+    for (args, field) in cases {
+        let out = h.nf(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: exit {:?}, stderr: {err}",
+            out.status.code()
+        );
+        assert!(
+            err.contains(field),
+            "{args:?}: message does not name {field}: {err}"
+        );
+        assert_eq!(h.snapshot(), before, "{args:?} changed the kernel state");
+    }
+    assert!(cases.len() >= 30);
+}
+
+#[test]
+fn unknown_netns_is_bad_usage() {
+    let out = Command::new(BIN)
+        .args(["--netns", "nf-no-such-ns", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--netns"));
+}
+
+#[test]
+fn not_attached_is_a_runtime_error() {
+    let ns = format!("nf-cli-na-{}", std::process::id());
+    sh(&["ip", "netns", "add", &ns]);
+    let out = Command::new(BIN)
+        .args(["--netns", &ns, "rule", "add", "r", "--drop", "1"])
+        .output()
+        .unwrap();
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not attached"));
+}
+
+#[test]
+fn without_root_it_says_so() {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "rule",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("root"));
+}
+
+#[test]
+fn attach_twice_is_a_no_op_and_detach_leaves_nothing() {
+    let h = Host::new("twice");
+    let pins = format!("/sys/fs/bpf/netfault/netns-{}", h.ns);
+    let links = |p: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(format!("{p}/links"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let first = links(&pins);
+    assert_eq!(first, ["c0_tc_egress", "c0_tc_ingress", "c0_xdp"]);
+    let status1 = h.nf(&["status", "--json"]).stdout;
+    let out = h.nf(&["attach", "c0"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already attached"));
+    assert_eq!(
+        h.nf(&["status", "--json"]).stdout,
+        status1,
+        "program ids changed"
+    );
+    assert_eq!(links(&pins), first);
+
+    let out = h.nf(&["detach"]);
+    assert!(out.status.success());
+    assert!(!std::path::Path::new(&pins).exists(), "pins left behind");
+    assert!(!std::path::Path::new(&format!("/run/netfault/netns-{}", h.ns)).exists());
+    let link = Command::new("ip")
+        .args(["-n", &h.ns, "-d", "link", "show", "c0"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "XDP still attached"
+    );
+    let tc = Command::new("tc")
+        .args(["-n", &h.ns, "qdisc", "show", "dev", "c0"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&tc.stdout).contains("clsact"));
+    // Program ids from status are gone from the kernel.
+    let st: serde_json::Value = serde_json::from_slice(&status1).unwrap();
+    for hk in st["interfaces"][0]["hooks"].as_array().unwrap() {
+        let id = hk["prog_id"].as_u64().unwrap();
+        let show = Command::new("bpftool")
+            .args(["prog", "show", "id", &id.to_string()])
+            .output()
+            .unwrap();
+        assert!(!show.status.success(), "program {id} still loaded");
+    }
+}
