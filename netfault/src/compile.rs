@@ -187,6 +187,7 @@ pub fn rule_value(spec: &RuleSpec, expires_ns: u64) -> RuleValue {
     let (drop, dup) = match spec.kind {
         Kind::Partition => (u32::MAX, 0),
         Kind::Rule => (spec.drop.threshold(), spec.duplicate.threshold()),
+        Kind::Protect => (0, 0),
     };
     let mut flags = RULE_ACTIVE;
     if dup != 0 {
@@ -274,6 +275,37 @@ impl Ord for KeyOrd {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         self.tuple().cmp(&o.tuple())
     }
+}
+
+fn nets_meet(a: &[IpNet], b: &[IpNet]) -> bool {
+    a.is_empty()
+        || b.is_empty()
+        || a.iter().any(|x| {
+            b.iter()
+                .any(|y| x.contains(&y.network()) || y.contains(&x.network()))
+        })
+}
+
+/// Could some packet match both `a` and `b`? Used to warn when a rule covers a protected flow.
+pub fn overlaps(a: &RuleSpec, b: &RuleSpec) -> bool {
+    let dirs = a.dir == Direction::Both || b.dir == Direction::Both || a.dir == b.dir;
+    let protos = a.proto == Proto::Any || b.proto == Proto::Any || a.proto == b.proto;
+    let ports = |x: PortRange, y: PortRange| x.lo <= y.hi && y.lo <= x.hi;
+    let pairs = |r: &RuleSpec| {
+        let mut v = vec![(r.src.clone(), r.dst.clone())];
+        if r.kind == Kind::Partition && !r.oneway {
+            v.push((r.dst.clone(), r.src.clone()));
+        }
+        v
+    };
+    dirs && protos
+        && ports(a.sport, b.sport)
+        && ports(a.dport, b.dport)
+        && pairs(a).iter().any(|(s1, d1)| {
+            pairs(b)
+                .iter()
+                .any(|(s2, d2)| nets_meet(s1, s2) && nets_meet(d1, d2))
+        })
 }
 
 /// Classifies a packet key against compiled output exactly as the data path does. Used by tests
@@ -488,6 +520,37 @@ mod tests {
         let c = compile_specs(&specs);
         assert_eq!(c.tuples.len(), 1);
         assert_eq!(c.flows.len(), 5000);
+    }
+
+    #[test]
+    fn overlap_detection() {
+        let mut ssh = rule("ssh");
+        ssh.kind = Kind::Protect;
+        ssh.proto = Proto::Tcp;
+        ssh.src = vec![parse_net("192.0.2.9").unwrap()];
+        ssh.sport = PortRange {
+            lo: 50022,
+            hi: 50022,
+        };
+        ssh.dst = vec![parse_net("192.0.2.1").unwrap()];
+        ssh.dport = PortRange { lo: 22, hi: 22 };
+        let mut part = rule("p");
+        part.kind = Kind::Partition;
+        part.src = vec![parse_net("192.0.2.1").unwrap()];
+        part.dst = vec![parse_net("192.0.2.0/24").unwrap()];
+        assert!(
+            overlaps(&part, &ssh),
+            "reverse orientation of a partition covers it"
+        );
+        part.oneway = true;
+        assert!(!overlaps(&part, &ssh));
+        let mut udp = rule("u");
+        udp.proto = Proto::Udp;
+        assert!(!overlaps(&udp, &ssh));
+        let mut other = rule("o");
+        other.src = vec![parse_net("198.51.100.0/24").unwrap()];
+        assert!(!overlaps(&other, &ssh));
+        assert!(overlaps(&rule("all"), &ssh));
     }
 
     #[test]

@@ -60,6 +60,9 @@ enum Cmd {
         /// Cut only traffic from SET_A to SET_B.
         #[arg(long)]
         oneway: bool,
+        /// Do not protect the SSH connection this command runs over (see `protect`).
+        #[arg(long)]
+        no_protect: bool,
         /// Lifetime (`30s`, `2m`), or `none`. Default 10m.
         #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
         ttl: Option<Ttl>,
@@ -77,8 +80,33 @@ enum Cmd {
         #[arg(long, value_name = "INTERVAL", value_parser = parse_interval)]
         watch: Option<Duration>,
     },
+    /// Traffic that no rule or partition may touch. Loopback, and the SSH connection of whoever
+    /// adds rules (SSH_CONNECTION), are protected automatically.
+    Protect {
+        #[command(subcommand)]
+        cmd: ProtectCmd,
+    },
     /// Attached interfaces, hooks and rule count.
     Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProtectCmd {
+    /// Protect traffic to or from CIDR (and PORT, TCP or UDP): `192.0.2.0/24`, `192.0.2.1:22`, `[2001:db8::1]:22`.
+    Add {
+        #[arg(required = true, value_name = "CIDR[:PORT]")]
+        endpoints: Vec<String>,
+    },
+    /// Remove protections by the label `protect list` shows.
+    Del {
+        #[arg(required = true, value_name = "LABEL")]
+        labels: Vec<String>,
+    },
+    /// Protected traffic, with counters of what passed through protection.
+    List {
         #[arg(long)]
         json: bool,
     },
@@ -115,6 +143,9 @@ enum RuleCmd {
         /// Lifetime (`500ms`, `2m`), or `none`. Default 10m.
         #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
         ttl: Option<Ttl>,
+        /// Do not protect the SSH connection this command runs over (see `protect`).
+        #[arg(long)]
+        no_protect: bool,
         /// Lower runs first; equal priorities run in the order added.
         #[arg(long, default_value_t = 1000, allow_hyphen_values = true)]
         priority: u32,
@@ -198,14 +229,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Rule {
-            cmd: RuleCmd::Add { ttl, .. },
+            cmd: RuleCmd::Add {
+                ttl, no_protect, ..
+            },
         }
-        | Cmd::Partition { ttl, .. } => {
+        | Cmd::Partition {
+            ttl, no_protect, ..
+        } => {
             let (spec, _) = plan.expect("planned");
             let name = spec.name.clone();
             let kind = spec.kind;
             let mut ctl = Ctl::open(ns)?;
-            ctl.add(vec![spec], ttl.unwrap_or_default())?;
+            for w in ctl.add(vec![spec], ttl.unwrap_or_default(), !no_protect)? {
+                eprintln!("netfault: warning: {w}");
+            }
             println!(
                 "{} {name} added",
                 if kind == Kind::Partition {
@@ -221,7 +258,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut ctl = Ctl::open(ns)?;
             let gone = ctl.delete(
                 if all { &[] } else { &names },
-                if all { Some(Kind::Rule) } else { None },
+                if all {
+                    &[Kind::Rule]
+                } else {
+                    &[Kind::Rule, Kind::Partition]
+                },
             )?;
             println!(
                 "deleted {}",
@@ -234,7 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Heal { names } => {
             let mut ctl = Ctl::open(ns)?;
-            let gone = ctl.delete(&names, Some(Kind::Partition))?;
+            let gone = ctl.delete(&names, &[Kind::Partition])?;
             println!(
                 "healed {}",
                 if gone.is_empty() {
@@ -249,6 +290,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => netfault_cli::list(ns, json)?,
         Cmd::Stats { json, watch } => netfault_cli::stats(ns, json, watch)?,
         Cmd::Status { json } => netfault_cli::status(ns, json)?,
+        Cmd::Protect {
+            cmd: ProtectCmd::Add { endpoints },
+        } => {
+            let eps = endpoints
+                .iter()
+                .map(|e| spec::parse_protect(e))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(ops::Error::Usage)?;
+            let mut ctl = Ctl::open(ns)?;
+            for l in ctl.protect(&eps)? {
+                println!("protected {l}");
+            }
+        }
+        Cmd::Protect {
+            cmd: ProtectCmd::Del { labels },
+        } => {
+            let mut ctl = Ctl::open(ns)?;
+            ctl.unprotect(&labels)?;
+            println!("unprotected {}", labels.join(", "));
+        }
+        Cmd::Protect {
+            cmd: ProtectCmd::List { json },
+        } => netfault_cli::protect_list(ns, json)?,
     }
     Ok(())
 }
@@ -372,9 +436,13 @@ mod netfault_cli {
     pub fn list(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
         let (_, state) = read_state(ns)?;
         let now = ops::monotonic_ns();
-        let rows: Vec<_> = state
+        let shown: Vec<_> = state
             .ordered()
             .into_iter()
+            .filter(|r| r.spec.kind != Kind::Protect)
+            .collect();
+        let rows: Vec<_> = shown
+            .iter()
             .map(|r| {
                 let s = &r.spec;
                 let (left, expired) = ttl_left(r, now);
@@ -390,7 +458,7 @@ mod netfault_cli {
                         "name": s.name, "kind": "partition", "a": nets(&s.src), "b": nets(&s.dst),
                         "oneway": s.oneway, "expires_in_ms": left, "expired": expired,
                     }),
-                    Kind::Rule => json!({
+                    Kind::Rule | Kind::Protect => json!({
                         "name": s.name, "kind": "rule", "priority": s.priority, "dir": s.dir,
                         "src": nets(&s.src), "dst": nets(&s.dst), "proto": s.proto,
                         "sport": port(&s.sport), "dport": port(&s.dport), "iface": s.iface,
@@ -407,7 +475,7 @@ mod netfault_cli {
         if rows.is_empty() {
             println!("no rules");
         }
-        for (r, v) in state.ordered().into_iter().zip(&rows) {
+        for (r, v) in shown.iter().zip(&rows) {
             let s = &r.spec;
             let left = fmt_left(
                 v["expires_in_ms"].as_u64(),
@@ -421,7 +489,7 @@ mod netfault_cli {
                     if s.oneway { "-/->" } else { "<-/->" },
                     nets(&s.dst).join(","),
                 ),
-                Kind::Rule => {
+                Kind::Rule | Kind::Protect => {
                     let mut m = vec![format!("dir {:?}", s.dir).to_lowercase()];
                     if !s.src.is_empty() {
                         m.push(format!("src {}", nets(&s.src).join(",")));
@@ -463,7 +531,10 @@ mod netfault_cli {
 
     fn print_stats(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
         let (paths, state) = read_state(ns)?;
-        let rows = read_stats(&paths, &state)?;
+        let rows: Vec<_> = read_stats(&paths, &state)?
+            .into_iter()
+            .filter(|r| r.kind != Kind::Protect)
+            .collect();
         if json_out {
             println!("{}", json!({ "rules": rows }));
             return Ok(());
@@ -505,6 +576,36 @@ mod netfault_cli {
                 }
             }
         })
+    }
+
+    pub fn protect_list(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
+        let (paths, state) = read_state(ns)?;
+        let stats = read_stats(&paths, &state)?;
+        // One row per label; its entries' counters summed.
+        let mut rows: Vec<(String, u64, u64)> = Vec::new();
+        for st in stats.iter().filter(|r| r.kind == Kind::Protect) {
+            let label = st.name.split('/').next().unwrap_or(&st.name).to_string();
+            match rows.iter_mut().find(|r| r.0 == label) {
+                Some(r) => {
+                    r.1 += st.counters.matched;
+                    r.2 += st.counters.bytes;
+                }
+                None => rows.push((label, st.counters.matched, st.counters.bytes)),
+            }
+        }
+        if json_out {
+            let v: Vec<_> = rows
+                .iter()
+                .map(|(l, p, b)| json!({"label": l, "packets": p, "bytes": b}))
+                .collect();
+            println!("{}", json!({ "protected": v }));
+            return Ok(());
+        }
+        println!("{:<44} {:>12} {:>14}", "PROTECTED", "PACKETS", "BYTES");
+        for (l, p, b) in rows {
+            println!("{l:<44} {p:>12} {b:>14}");
+        }
+        Ok(())
     }
 
     pub fn status(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {

@@ -16,6 +16,106 @@ use crate::{
     state::{Attachment, Locked, Paths, RuleEntry, State, StateError},
 };
 
+/// Pass entries that keep the operator's own traffic flowing whatever the rules say.
+pub mod protection {
+    use std::net::IpAddr;
+
+    use ipnet::IpNet;
+
+    use crate::spec::{Direction, Kind, PortRange, Prob, Proto, RuleSpec};
+
+    pub const LOOPBACK: &str = "loopback";
+
+    fn pass(name: String) -> RuleSpec {
+        RuleSpec {
+            name,
+            kind: Kind::Protect,
+            dir: Direction::Both,
+            src: vec![],
+            dst: vec![],
+            proto: Proto::Any,
+            sport: PortRange::ALL,
+            dport: PortRange::ALL,
+            iface: None,
+            drop: Prob(0.0),
+            duplicate: Prob(0.0),
+            priority: 0,
+            oneway: false,
+        }
+    }
+
+    pub fn label(net: &IpNet, port: Option<u16>) -> String {
+        let host = if net.prefix_len() == net.max_prefix_len() {
+            net.addr().to_string()
+        } else {
+            net.to_string()
+        };
+        match (port, net) {
+            (None, _) => host,
+            (Some(p), IpNet::V4(_)) => format!("{host}:{p}"),
+            (Some(p), IpNet::V6(_)) => format!("[{host}]:{p}"),
+        }
+    }
+
+    /// The SSH connection's 4-tuple, both directions.
+    pub fn ssh(
+        label: &str,
+        client: IpAddr,
+        cport: u16,
+        server: IpAddr,
+        sport: u16,
+    ) -> Vec<RuleSpec> {
+        let one = |i: usize, s: IpAddr, sp: u16, d: IpAddr, dp: u16| {
+            let mut r = pass(format!("{label}/{i}"));
+            r.proto = Proto::Tcp;
+            r.src = vec![IpNet::from(s)];
+            r.sport = PortRange { lo: sp, hi: sp };
+            r.dst = vec![IpNet::from(d)];
+            r.dport = PortRange { lo: dp, hi: dp };
+            r
+        };
+        vec![
+            one(0, client, cport, server, sport),
+            one(1, server, sport, client, cport),
+        ]
+    }
+
+    /// Traffic to or from `net` (and `port`, TCP or UDP, when given).
+    pub fn endpoint(label: &str, net: IpNet, port: Option<u16>) -> Vec<RuleSpec> {
+        let mut out = Vec::new();
+        let protos: &[Proto] = if port.is_some() {
+            &[Proto::Tcp, Proto::Udp]
+        } else {
+            &[Proto::Any]
+        };
+        for &proto in protos {
+            for to in [false, true] {
+                let mut r = pass(format!("{label}/{}", out.len()));
+                r.proto = proto;
+                let ports = port.map_or(PortRange::ALL, |p| PortRange { lo: p, hi: p });
+                if to {
+                    r.dst = vec![net];
+                    r.dport = ports;
+                } else {
+                    r.src = vec![net];
+                    r.sport = ports;
+                }
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    pub fn loopback() -> Vec<RuleSpec> {
+        let mut v = endpoint(LOOPBACK, "127.0.0.0/8".parse().expect("valid"), None);
+        for mut r in endpoint(LOOPBACK, "::1/128".parse().expect("valid"), None) {
+            r.name = format!("{LOOPBACK}/{}", v.len());
+            v.push(r);
+        }
+        v
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad input: exit status 2.
@@ -164,9 +264,20 @@ impl Ctl {
             });
             self.save()?;
         }
-        // Rules bound to an interface that has just (re)appeared compile now.
+        // Loopback is always protected; rules bound to an interface that has just (re)appeared
+        // compile now.
         if ebpf.is_some() {
-            self.publish(&[])?;
+            let lo = format!("{}/", protection::LOOPBACK);
+            if !self
+                .state
+                .rules
+                .iter()
+                .any(|r| r.spec.name.starts_with(&lo))
+            {
+                self.add_inner(protection::loopback(), Ttl::Never)?;
+            } else {
+                self.publish(&[])?;
+            }
         }
         Ok(report)
     }
@@ -234,13 +345,43 @@ impl Ctl {
         Ok(())
     }
 
-    /// Adds rules (or partitions); all or nothing.
-    pub fn add(&mut self, specs: Vec<RuleSpec>, ttl: Ttl) -> Result<()> {
+    /// Adds rules (or partitions); all or nothing. Unless `protect` is false, the SSH connection
+    /// the command runs over is protected first, in the same publish. Returns warnings for rules
+    /// that cover a protected flow (protection wins there).
+    pub fn add(
+        &mut self,
+        mut specs: Vec<RuleSpec>,
+        ttl: Ttl,
+        protect: bool,
+    ) -> Result<Vec<String>> {
+        if protect
+            && let Some((c, cp, sv, sp)) = std::env::var("SSH_CONNECTION")
+                .ok()
+                .as_deref()
+                .and_then(crate::spec::parse_ssh_connection)
+        {
+            let label = format!("ssh:{c}:{cp}");
+            if !self
+                .state
+                .rules
+                .iter()
+                .any(|r| r.spec.name.starts_with(&format!("{label}/")))
+            {
+                specs.extend(protection::ssh(&label, c, cp, sv, sp));
+            }
+        }
+        let warnings = self.add_inner(specs, ttl)?;
+        Ok(warnings)
+    }
+
+    fn add_inner(&mut self, specs: Vec<RuleSpec>, ttl: Ttl) -> Result<Vec<String>> {
         let now = monotonic_ns();
         let retired = self.prune_expired(now);
         let mut maps = self.maps()?;
         for spec in &specs {
-            spec.validate()?;
+            if spec.kind != Kind::Protect {
+                spec.validate()?;
+            }
             if let Some(i) = &spec.iface
                 && kernel::ifindex(i).is_none()
             {
@@ -262,8 +403,29 @@ impl Ctl {
             Ttl::Never => 0,
             Ttl::For(d) => now + d.as_nanos() as u64,
         };
+        let mut warnings = Vec::new();
+        for spec in specs.iter().filter(|s| s.kind != Kind::Protect) {
+            let guards = self.state.rules.iter().map(|r| &r.spec).chain(specs.iter());
+            for p in guards.filter(|p| p.kind == Kind::Protect) {
+                if compile::overlaps(spec, p) {
+                    let label = p.name.split('/').next().unwrap_or(&p.name);
+                    let w = format!(
+                        "{} covers protected traffic ({label}): that traffic passes",
+                        spec.name
+                    );
+                    if !warnings.contains(&w) {
+                        warnings.push(w);
+                    }
+                }
+            }
+        }
         let mut new_slots = Vec::new();
         for spec in specs {
+            let expires = if spec.kind == Kind::Protect {
+                0
+            } else {
+                expires
+            };
             let slot = self.state.free_slot().ok_or_else(|| {
                 Error::Other(format!(
                     "all {} rule slots are in use",
@@ -299,15 +461,72 @@ impl Ctl {
         }
         drop(maps);
         self.publish(&retired)?;
+        self.save()?;
+        Ok(warnings)
+    }
+
+    /// Protects endpoints (`CIDR[:PORT]`) from every rule and partition.
+    pub fn protect(&mut self, endpoints: &[(ipnet::IpNet, Option<u16>)]) -> Result<Vec<String>> {
+        let mut specs = Vec::new();
+        let mut labels = Vec::new();
+        for (net, port) in endpoints {
+            let label = protection::label(net, *port);
+            if self
+                .state
+                .rules
+                .iter()
+                .any(|r| r.spec.name.starts_with(&format!("{label}/")))
+            {
+                continue;
+            }
+            specs.extend(protection::endpoint(&label, *net, *port));
+            labels.push(label);
+        }
+        self.add_inner(specs, Ttl::Never)?;
+        Ok(labels)
+    }
+
+    /// Removes protections by label (as `protect list` shows them).
+    pub fn unprotect(&mut self, labels: &[String]) -> Result<()> {
+        let mut retired = Vec::new();
+        for l in labels {
+            if l == protection::LOOPBACK {
+                return Err(SpecError::new("LABEL", "loopback is always protected").into());
+            }
+            if !self
+                .state
+                .rules
+                .iter()
+                .any(|r| r.spec.kind == Kind::Protect && r.spec.name.starts_with(&format!("{l}/")))
+            {
+                return Err(SpecError::new(
+                    "LABEL",
+                    format!("nothing protected as '{l}' (see `netfault protect list`)"),
+                )
+                .into());
+            }
+        }
+        let _ = self.maps()?;
+        self.state.rules.retain(|r| {
+            let gone = r.spec.kind == Kind::Protect
+                && labels
+                    .iter()
+                    .any(|l| r.spec.name.starts_with(&format!("{l}/")));
+            if gone {
+                retired.push(r.slot);
+            }
+            !gone
+        });
+        self.publish(&retired)?;
         self.save()
     }
 
-    /// Deletes rules or partitions by name (of the given kind, or any), or all of them.
-    pub fn delete(&mut self, names: &[String], kind: Option<Kind>) -> Result<Vec<String>> {
+    /// Deletes rules or partitions by name (among `kinds`), or all of those kinds.
+    pub fn delete(&mut self, names: &[String], kinds: &[Kind]) -> Result<Vec<String>> {
         let now = monotonic_ns();
         let mut retired = self.prune_expired(now);
         let _ = self.maps()?;
-        let matches_kind = |r: &RuleEntry| kind.is_none_or(|k| r.spec.kind == k);
+        let matches_kind = |r: &RuleEntry| kinds.contains(&r.spec.kind);
         let mut removed = Vec::new();
         if names.is_empty() {
             let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.state.rules)
@@ -326,22 +545,16 @@ impl Ctl {
                     .iter()
                     .any(|r| &r.spec.name == n && matches_kind(r))
                 {
-                    return Err(SpecError::new(
-                        "NAME",
-                        format!(
-                            "no {} named '{n}'",
-                            kind.map_or("rule or partition", |k| if k == Kind::Partition {
-                                "partition"
-                            } else {
-                                "rule"
-                            })
-                        ),
-                    )
-                    .into());
+                    let what = if kinds == [Kind::Partition] {
+                        "partition"
+                    } else {
+                        "rule or partition"
+                    };
+                    return Err(SpecError::new("NAME", format!("no {what} named '{n}'")).into());
                 }
             }
             self.state.rules.retain(|r| {
-                if names.contains(&r.spec.name) {
+                if names.contains(&r.spec.name) && kinds.contains(&r.spec.kind) {
                     retired.push(r.slot);
                     removed.push(r.spec.name.clone());
                     false

@@ -241,6 +241,8 @@ pub fn parse_set(field: &str, s: &str) -> Result<Vec<IpNet>, SpecError> {
 pub enum Kind {
     Rule,
     Partition,
+    /// Passes matching traffic before any rule or partition: the operator's own connection.
+    Protect,
 }
 
 /// A validated rule or partition, as stored in the controller's state.
@@ -335,9 +337,77 @@ impl RuleSpec {
     }
 }
 
+/// A protected endpoint from `protect add`: `CIDR`, `CIDR:PORT`, or `[V6CIDR]:PORT`.
+pub fn parse_protect(s: &str) -> Result<(IpNet, Option<u16>), SpecError> {
+    let field = "CIDR[:PORT]";
+    let t = s.trim();
+    let (addr, port) = if let Some(rest) = t.strip_prefix('[') {
+        let (a, p) = rest
+            .split_once("]:")
+            .ok_or_else(|| SpecError::new(field, format!("'{s}': expected [V6ADDR]:PORT")))?;
+        (a, Some(p))
+    } else if t.matches(':').count() == 1 {
+        let (a, p) = t.split_once(':').expect("one colon");
+        (a, Some(p))
+    } else {
+        (t, None)
+    };
+    let net = parse_net(addr).map_err(|m| SpecError::new(field, m))?;
+    let port = port
+        .map(|p| parse_port(p).map_err(|m| SpecError::new(field, m)))
+        .transpose()?;
+    Ok((net, port))
+}
+
+/// The SSH connection a command runs over, from `SSH_CONNECTION`
+/// ("client_ip client_port server_ip server_port").
+pub fn parse_ssh_connection(v: &str) -> Option<(std::net::IpAddr, u16, std::net::IpAddr, u16)> {
+    let f: Vec<&str> = v.split_whitespace().collect();
+    if f.len() != 4 {
+        return None;
+    }
+    // Link-local addresses may carry a zone (%eth0) that IpAddr does not parse.
+    let ip = |s: &str| s.split('%').next().and_then(|a| a.parse().ok());
+    Some((ip(f[0])?, f[1].parse().ok()?, ip(f[2])?, f[3].parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protect_endpoints() {
+        let n = |s: &str| s.parse::<IpNet>().unwrap();
+        assert_eq!(
+            parse_protect("192.0.2.0/24").unwrap(),
+            (n("192.0.2.0/24"), None)
+        );
+        assert_eq!(
+            parse_protect("192.0.2.1:22").unwrap(),
+            (n("192.0.2.1/32"), Some(22))
+        );
+        assert_eq!(
+            parse_protect("2001:db8::1").unwrap(),
+            (n("2001:db8::1/128"), None)
+        );
+        assert_eq!(
+            parse_protect("[2001:db8::/32]:22").unwrap(),
+            (n("2001:db8::/32"), Some(22))
+        );
+        assert!(parse_protect("192.0.2.1:99999").is_err());
+        assert!(parse_protect("[2001:db8::1]").is_err());
+        assert_eq!(
+            parse_ssh_connection("192.0.2.9 50022 192.0.2.1 22"),
+            Some((
+                "192.0.2.9".parse().unwrap(),
+                50022,
+                "192.0.2.1".parse().unwrap(),
+                22
+            ))
+        );
+        assert!(parse_ssh_connection("fe80::1%eth0 5 fe80::2%eth0 22").is_some());
+        assert!(parse_ssh_connection("garbage").is_none());
+    }
 
     #[test]
     fn probabilities() {

@@ -74,15 +74,17 @@ pub struct State {
 }
 
 impl State {
-    /// Rules in evaluation order: partitions first (a cut is a cut), then by priority, then age.
+    /// Rules in evaluation order: by band, then priority, then age.
     pub fn ordered(&self) -> Vec<&RuleEntry> {
         let mut v: Vec<&RuleEntry> = self.rules.iter().collect();
+        // Protections, then partitions (a cut is a cut), then rules.
         v.sort_by_key(|r| {
-            (
-                r.spec.kind != crate::spec::Kind::Partition,
-                r.spec.priority,
-                r.seq,
-            )
+            let band = match r.spec.kind {
+                crate::spec::Kind::Protect => 0,
+                crate::spec::Kind::Partition => 1,
+                crate::spec::Kind::Rule => 2,
+            };
+            (band, r.spec.priority, r.seq)
         });
         v
     }
@@ -181,5 +183,52 @@ impl Locked {
         let _ = fs::remove_dir(&self.paths.run);
         drop(self.file);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Direction, Kind, PortRange, Prob, Proto};
+
+    fn entry(name: &str, kind: Kind, priority: u32, seq: u64) -> RuleEntry {
+        RuleEntry {
+            spec: RuleSpec {
+                name: name.into(),
+                kind,
+                dir: Direction::Both,
+                src: vec![],
+                dst: vec![],
+                proto: Proto::Any,
+                sport: PortRange::ALL,
+                dport: PortRange::ALL,
+                iface: None,
+                drop: Prob(1.0),
+                duplicate: Prob(0.0),
+                priority,
+                oneway: false,
+            },
+            slot: seq as u32,
+            seq,
+            expires_mono_ns: 0,
+            ifindex: None,
+        }
+    }
+
+    #[test]
+    fn protections_then_partitions_then_rules_by_priority_and_age() {
+        let s = State {
+            rules: vec![
+                entry("r-late", Kind::Rule, 1000, 1),
+                entry("p", Kind::Partition, 0, 2),
+                entry("r-urgent", Kind::Rule, 5, 3),
+                entry("guard", Kind::Protect, 0, 4),
+                entry("r-later", Kind::Rule, 1000, 5),
+            ],
+            ..Default::default()
+        };
+        let names: Vec<_> = s.ordered().iter().map(|r| r.spec.name.as_str()).collect();
+        assert_eq!(names, ["guard", "p", "r-urgent", "r-late", "r-later"]);
+        assert_eq!(s.free_slot(), Some(0));
     }
 }
