@@ -6,6 +6,7 @@ set -euo pipefail
 USER_TOOLCHAIN=1.98.0
 EBPF_TOOLCHAIN=nightly-2026-06-20   # LLVM 22; later nightlies use LLVM 23, which bpf-linker 0.13 cannot read
 BPF_LINKER_VERSION=0.13.0
+CARGO_FUZZ_VERSION=0.13.1
 LLVM_MAJOR=22
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -13,7 +14,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages: LLVM for bpf-linker, and the tools the tests and demo drive.
 APT_PKGS=(llvm-${LLVM_MAJOR}-dev libpolly-${LLVM_MAJOR}-dev zlib1g-dev libzstd-dev
-          iproute2 bpftool nftables iptables python3 iputils-ping procps)
+          iproute2 bpftool nftables iptables python3 iputils-ping procps qemu-system-x86 busybox-static xz-utils zstd)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -52,6 +53,12 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
   LLVM_PREFIX=/usr/lib/llvm-${LLVM_MAJOR} \
     cargo +"$USER_TOOLCHAIN" install --locked bpf-linker --version "$BPF_LINKER_VERSION" \
       --no-default-features --features llvm-${LLVM_MAJOR}
+fi
+
+# cargo-fuzz for the parser fuzz targets (run with the eBPF nightly).
+if ! cargo-fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo +"$USER_TOOLCHAIN" install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi
 
 # bpffs, where netfault pins its programs and maps.

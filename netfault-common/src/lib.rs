@@ -146,7 +146,10 @@ pub struct Config {
     pub flags: u32,
     /// Tuples in use per generation.
     pub ntuples: [u32; 2],
-    pub _reserved: [u64; 4],
+    /// Controller-side fingerprint of each generation's content; 0: unknown. Lets a flip back to
+    /// a set that is already in the other buffer skip the rewrite (and its grace period).
+    pub digest: [u64; 2],
+    pub _reserved: [u64; 2],
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 48);
 

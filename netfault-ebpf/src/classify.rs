@@ -80,12 +80,12 @@ extern "C" fn scan_tuple(i: u64, ctx: *mut c_void) -> i64 {
 #[inline(always)]
 pub fn classify(key: &FlowKey) -> Option<Match> {
     let cfg = NF_CONFIG.get(0)?;
-    let generation = cfg.active & 1;
-    let ntuples = if generation == 0 {
-        cfg.ntuples[0]
-    } else {
-        cfg.ntuples[1]
-    };
+    // `active` first, then the count of that generation through an address that depends on it:
+    // neither the compiler (volatile) nor the CPU (address dependency) can read the count first,
+    // so a flip never pairs one generation's index with the other's count.
+    // SAFETY: both pointers come from a live map value.
+    let generation = unsafe { core::ptr::read_volatile(&cfg.active) } & 1;
+    let ntuples = unsafe { core::ptr::read_volatile(&cfg.ntuples[generation as usize]) };
     if ntuples == 0 {
         return None;
     }

@@ -102,6 +102,33 @@ pub fn load(maps_dir: &Path) -> Result<Ebpf> {
         .map_err(ebpf_err("load the eBPF object"))
 }
 
+/// Loads a private copy: maps are pinned only for the instant aya needs a path, then unpinned,
+/// so they live exactly as long as this process's fds.
+pub fn load_private() -> Result<Ebpf> {
+    let dir = PathBuf::from(format!("/sys/fs/bpf/netfault-run-{}", std::process::id()));
+    let res = load(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    res
+}
+
+/// Fingerprint of a generation's content: tuples, flows and the values of the rules they name.
+/// Never 0, which means "unknown".
+fn digest(c: &Compiled, rules: &[(u32, RuleValue)]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    for t in &c.tuples {
+        format!("{t:?}").hash(&mut h);
+    }
+    for (k, r) in &c.flows {
+        format!("{k:?}{r:?}").hash(&mut h);
+    }
+    for (slot, v) in rules {
+        format!("{slot}{v:?}").hash(&mut h);
+    }
+    c.config_flags.hash(&mut h);
+    h.finish().max(1)
+}
+
 /// The maps, typed.
 pub struct Maps {
     pub config: Array<MapData, Config>,
@@ -109,6 +136,7 @@ pub struct Maps {
     pub flows: BpfHashMap<MapData, FlowKey, FlowRef>,
     pub rules: Array<MapData, RuleValue>,
     pub counters: PerCpuArray<MapData, Counters>,
+    grace: crate::grace::Grace,
 }
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(m: Map, name: &str) -> Result<T> {
@@ -130,6 +158,7 @@ impl Maps {
             flows: typed(get(names::FLOWS)?, names::FLOWS)?,
             rules: typed(get(names::RULES)?, names::RULES)?,
             counters: typed(get(names::COUNTERS)?, names::COUNTERS)?,
+            grace: crate::grace::Grace::new().map_err(io_err("grace map"))?,
         })
     }
 
@@ -147,6 +176,7 @@ impl Maps {
             flows: typed(get(names::FLOWS)?, names::FLOWS)?,
             rules: typed(get(names::RULES)?, names::RULES)?,
             counters: typed(get(names::COUNTERS)?, names::COUNTERS)?,
+            grace: crate::grace::Grace::new().map_err(io_err("grace map"))?,
         })
     }
 
@@ -157,72 +187,80 @@ impl Maps {
     /// Publishes a compiled rule set: writes the generation the data path is not reading, then
     /// flips to it in one word. Packets see the old set or the new one, never a mix.
     ///
-    /// `rules` are the action values of every live slot; `retired` slots are deactivated after
-    /// the flip.
-    pub fn publish(
-        &mut self,
-        c: &Compiled,
-        rules: &[(u32, RuleValue)],
-        retired: &[u32],
-    ) -> Result<()> {
+    /// The retired generation is rewritten only after a grace period (`grace`), so no program
+    /// still reading it sees it change; when it already holds exactly this set, it is not
+    /// rewritten at all. `rules` are the action values of every live slot.
+    pub fn publish_set(&mut self, c: &Compiled, rules: &[(u32, RuleValue)]) -> Result<()> {
         let mut cfg = self.config()?;
-        let next = (cfg.active ^ 1) & 1;
-        // 1. Clear the inactive generation's flows (left over from two publishes ago).
-        let stale: Vec<FlowKey> = self
-            .flows
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| u32::from(k.gen_) == next)
-            .collect();
-        for k in &stale {
-            match self.flows.remove(k) {
-                Ok(()) => {}
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(ebpf_err("clear flows")(e)),
-            }
+        let cur = (cfg.active & 1) as usize;
+        let next = cur ^ 1;
+        let digest = digest(c, rules);
+        if cfg.digest[cur] == digest {
+            return Ok(()); // already live
         }
-        // 2. Actions of live rules (slots are stable: the active generation may read them too, and
-        //    sees the same values for the rules it shares).
-        for (slot, v) in rules {
-            self.rules
-                .set(*slot, v, 0)
-                .map_err(ebpf_err("write rule"))?;
+        if cfg.digest[next] != digest {
+            // Programs that read `next` before the last flip must be done before it changes.
+            self.grace.wait().map_err(io_err("grace period"))?;
+            self.write_generation(next as u32, c, rules)?;
+            cfg.ntuples[next] = c.tuples.len() as u32;
+            cfg.digest[next] = digest;
         }
-        // 3. The new generation's flows and tuples.
-        for (k, r) in &c.flows {
-            let mut k = *k;
-            k.gen_ = next as u8;
-            self.flows
-                .insert(&k, r, 0)
-                .map_err(ebpf_err("write flow"))?;
-        }
-        for (i, t) in c.tuples.iter().enumerate() {
-            self.tuples
-                .set(next * MAX_TUPLES + i as u32, t, 0)
-                .map_err(ebpf_err("write tuple"))?;
-        }
-        // 4. Count first (the active generation does not read it), with flags widened to the union.
-        cfg.ntuples[next as usize] = c.tuples.len() as u32;
+        // The union of both sets' needs while either may be read; then exactly the new set's.
         cfg.flags |= c.config_flags;
         self.config
             .set(0, &cfg, 0)
             .map_err(ebpf_err("write config"))?;
-        // 5. The flip: only `active` changes in this write.
-        cfg.active = next;
+        // The flip: only `active` changes in this write.
+        cfg.active = next as u32;
         self.config
             .set(0, &cfg, 0)
             .map_err(ebpf_err("write config"))?;
         cfg.flags = c.config_flags;
         self.config
             .set(0, &cfg, 0)
-            .map_err(ebpf_err("write config"))?;
-        // 6. Slots no rule uses any more pass traffic even if a stale flow still names them.
-        for slot in retired {
+            .map_err(ebpf_err("write config"))
+    }
+
+    fn write_generation(&mut self, g: u32, c: &Compiled, rules: &[(u32, RuleValue)]) -> Result<()> {
+        // 1. Clear the generation's flows (left over from two publishes ago).
+        let stale: Vec<FlowKey> = self
+            .flows
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| u32::from(k.gen_) == g)
+            .collect();
+        for k in &stale {
+            match self.flows.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(ebpf_err("clear flows")(e)),
+            }
+        }
+        // 2. Actions of live rules. Slots are stable, and a slot is reused only by a rule the
+        //    active generation does not reference, so the active set reads the same values.
+        for (slot, v) in rules {
             self.rules
-                .set(*slot, &RuleValue::default(), 0)
-                .map_err(ebpf_err("retire rule"))?;
+                .set(*slot, v, 0)
+                .map_err(ebpf_err("write rule"))?;
+        }
+        // 3. Flows and tuples.
+        for (k, r) in &c.flows {
+            let mut k = *k;
+            k.gen_ = g as u8;
+            self.flows
+                .insert(&k, r, 0)
+                .map_err(ebpf_err("write flow"))?;
+        }
+        for (i, t) in c.tuples.iter().enumerate() {
+            self.tuples
+                .set(g * MAX_TUPLES + i as u32, t, 0)
+                .map_err(ebpf_err("write tuple"))?;
         }
         Ok(())
+    }
+
+    /// Rewrites one rule's action (its lease, for `run`).
+    pub fn set_rule(&mut self, slot: u32, v: &RuleValue) -> Result<()> {
+        self.rules.set(slot, v, 0).map_err(ebpf_err("write rule"))
     }
 
     /// Counters of one slot, summed over CPUs.
@@ -333,22 +371,59 @@ pub fn attach(
 ) -> Result<Vec<HookState>> {
     std::fs::create_dir_all(links_dir)
         .map_err(io_err(format!("create {}", links_dir.display())))?;
+    attach_all(ebpf, iface, Some(links_dir), xdp_mode).map(|(h, _)| h)
+}
+
+/// Attaches without pinning: the links live as long as the returned handles (and this process).
+pub fn attach_held(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    xdp_mode: Option<XdpMode>,
+) -> Result<(Vec<HookState>, Vec<FdLink>)> {
+    attach_all(ebpf, iface, None, xdp_mode)
+}
+
+fn attach_all(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    links_dir: Option<&Path>,
+    xdp_mode: Option<XdpMode>,
+) -> Result<(Vec<HookState>, Vec<FdLink>)> {
     let cname = CString::new(iface)
         .map_err(|_| io_err("interface name")(io::ErrorKind::InvalidInput.into()))?;
     let mut done: Vec<HookState> = Vec::new();
+    let mut held = Vec::new();
     let res = (|| -> Result<()> {
         for hook in Hook::ALL {
-            done.push(attach_one(ebpf, hook, &cname, iface, links_dir, xdp_mode)?);
+            let pin = links_dir.map(|d| d.join(hook.pin_name(iface)));
+            let (h, l) = attach_one(ebpf, hook, &cname, iface, pin.as_deref(), xdp_mode)?;
+            done.push(h);
+            held.extend(l);
         }
         Ok(())
     })();
     if let Err(e) = res {
-        for h in &done {
-            let _ = detach_hook(iface, h, links_dir);
+        drop(held);
+        if let Some(d) = links_dir {
+            for h in &done {
+                let _ = detach_hook(iface, h, d);
+            }
+        } else {
+            for h in done.iter().filter(|h| h.kind == HookKind::Clsact) {
+                let _ = detach_hook(iface, h, Path::new("/nonexistent"));
+            }
         }
         return Err(e);
     }
-    Ok(done)
+    Ok((done, held))
+}
+
+/// Pins `link` at `pin`, or hands it back to be held when there is no pin path.
+fn keep(link: FdLink, pin: Option<&Path>) -> Result<Option<FdLink>> {
+    match pin {
+        Some(p) => pin_link(link, p).map(|()| None),
+        None => Ok(Some(link)),
+    }
 }
 
 fn pin_link(link: FdLink, path: &Path) -> Result<()> {
@@ -363,10 +438,9 @@ fn attach_one(
     hook: Hook,
     cname: &CString,
     iface: &str,
-    links_dir: &Path,
+    pin: Option<&Path>,
     xdp_mode: Option<XdpMode>,
-) -> Result<HookState> {
-    let pin = links_dir.join(hook.pin_name(iface));
+) -> Result<(HookState, Option<FdLink>)> {
     let prog = ebpf
         .program_mut(hook.prog())
         .ok_or_else(|| KernelError::Io {
@@ -400,13 +474,16 @@ fn attach_one(
                             ),
                             source: io::ErrorKind::Unsupported.into(),
                         })?;
-                        pin_link(fd, &pin)?;
-                        return Ok(HookState {
-                            hook,
-                            kind,
-                            prog_id,
-                            created_clsact: false,
-                        });
+                        let held = keep(fd, pin)?;
+                        return Ok((
+                            HookState {
+                                hook,
+                                kind,
+                                prog_id,
+                                created_clsact: false,
+                            },
+                            held,
+                        ));
                     }
                     Err(e) => last = Some(e),
                 }
@@ -434,13 +511,16 @@ fn attach_one(
                     .map_err(ebpf_err(format!("attach tcx {} to {iface}", hook.prog())))?;
                 let link = p.take_link(id).map_err(ebpf_err("tc link"))?;
                 let fd: FdLink = link.try_into().map_err(ebpf_err("tcx link"))?;
-                pin_link(fd, &pin)?;
-                Ok(HookState {
-                    hook,
-                    kind: HookKind::Tcx,
-                    prog_id,
-                    created_clsact: false,
-                })
+                let held = keep(fd, pin)?;
+                Ok((
+                    HookState {
+                        hook,
+                        kind: HookKind::Tcx,
+                        prog_id,
+                        created_clsact: false,
+                    },
+                    held,
+                ))
             } else {
                 let created = match tc::qdisc_add_clsact(cname.as_c_str()) {
                     Ok(()) => true,
@@ -455,12 +535,15 @@ fn attach_one(
                 // A netlink filter outlives the process by itself; detach finds it by name.
                 let link = p.take_link(id).map_err(ebpf_err("tc link"))?;
                 std::mem::forget(link);
-                Ok(HookState {
-                    hook,
-                    kind: HookKind::Clsact,
-                    prog_id,
-                    created_clsact: created,
-                })
+                Ok((
+                    HookState {
+                        hook,
+                        kind: HookKind::Clsact,
+                        prog_id,
+                        created_clsact: created,
+                    },
+                    None,
+                ))
             }
         }
     }

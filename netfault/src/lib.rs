@@ -4,9 +4,15 @@
 //! compilation to the data path's tuple space (`compile`), BPF loading, attachment and map I/O
 //! (`kernel`), namespace handling (`netns`), persistent state (`state`) and the operations that
 //! tie them together (`ops`).
+pub mod cli;
 pub mod compile;
+pub mod grace;
 pub mod kernel;
+pub mod lab;
 pub mod netns;
 pub mod ops;
+pub mod output;
+pub mod ruleset;
+pub mod run;
 pub mod spec;
 pub mod state;

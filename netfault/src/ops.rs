@@ -276,7 +276,7 @@ impl Ctl {
             {
                 self.add_inner(protection::loopback(), Ttl::Never)?;
             } else {
-                self.publish(&[])?;
+                self.publish()?;
             }
         }
         Ok(report)
@@ -294,9 +294,8 @@ impl Ctl {
             }
             kernel::remove_pins(&self.paths().pins)?;
             self.lock.remove()?;
-            // The roots go too once no namespace uses them: nothing of ours stays behind.
+            // The pin root goes too once no namespace uses it: nothing of ours stays behind.
             let _ = std::fs::remove_dir(crate::state::PIN_ROOT);
-            let _ = std::fs::remove_dir(crate::state::RUN_ROOT);
             return Ok(report);
         }
         for i in ifaces {
@@ -316,16 +315,15 @@ impl Ctl {
         Ok(report)
     }
 
-    fn prune_expired(&mut self, now: u64) -> Vec<u32> {
-        let (dead, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.state.rules)
-            .into_iter()
-            .partition(|r| r.expires_mono_ns != 0 && r.expires_mono_ns <= now);
-        self.state.rules = live;
-        dead.into_iter().map(|r| r.slot).collect()
+    /// Forgets rules whose lifetime is over (the data path already passes their traffic).
+    fn prune_expired(&mut self, now: u64) {
+        self.state
+            .rules
+            .retain(|r| r.expires_mono_ns == 0 || r.expires_mono_ns > now);
     }
 
-    /// Compiles the current state and publishes it; `retired` slots are deactivated.
-    fn publish(&mut self, retired: &[u32]) -> Result<()> {
+    /// Compiles the current state and publishes it.
+    fn publish(&mut self) -> Result<()> {
         let mut maps = self.maps()?;
         let ordered = self.state.ordered();
         let inputs: Vec<Input<'_>> = ordered
@@ -341,7 +339,8 @@ impl Ctl {
             .iter()
             .map(|r| (r.slot, compile::rule_value(&r.spec, r.expires_mono_ns)))
             .collect();
-        maps.publish(&compiled, &values, retired)?;
+        maps.publish_set(&compiled, &values)?;
+        self.state.published_slots = values.iter().map(|(slot, _)| *slot).collect();
         Ok(())
     }
 
@@ -354,31 +353,39 @@ impl Ctl {
         ttl: Ttl,
         protect: bool,
     ) -> Result<Vec<String>> {
-        if protect
-            && let Some((c, cp, sv, sp)) = std::env::var("SSH_CONNECTION")
-                .ok()
-                .as_deref()
-                .and_then(crate::spec::parse_ssh_connection)
-        {
-            let label = format!("ssh:{c}:{cp}");
-            if !self
-                .state
-                .rules
-                .iter()
-                .any(|r| r.spec.name.starts_with(&format!("{label}/")))
-            {
-                specs.extend(protection::ssh(&label, c, cp, sv, sp));
-            }
+        if protect {
+            specs.extend(self.ssh_protection());
         }
-        let warnings = self.add_inner(specs, ttl)?;
-        Ok(warnings)
+        self.add_inner(specs, ttl)
+    }
+
+    /// Pass entries for the SSH connection this command runs over, unless already there.
+    fn ssh_protection(&self) -> Vec<RuleSpec> {
+        let Some(specs) = ssh_from_env() else {
+            return vec![];
+        };
+        let have = |n: &str| self.state.rules.iter().any(|r| r.spec.name == n);
+        if specs.iter().all(|s| have(&s.name)) {
+            return vec![];
+        }
+        specs
     }
 
     fn add_inner(&mut self, specs: Vec<RuleSpec>, ttl: Ttl) -> Result<Vec<String>> {
+        self.install(specs.into_iter().map(|s| (s, ttl)).collect(), false)
+    }
+
+    /// Installs rules in one publish. With `replace`, every existing rule and partition (not
+    /// protections) goes in the same step: the data path sees the old set or the new one.
+    fn install(&mut self, specs: Vec<(RuleSpec, Ttl)>, replace: bool) -> Result<Vec<String>> {
         let now = monotonic_ns();
-        let retired = self.prune_expired(now);
+        self.prune_expired(now);
         let mut maps = self.maps()?;
-        for spec in &specs {
+        if replace {
+            self.state.rules.retain(|r| r.spec.kind == Kind::Protect);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (spec, _) in &specs {
             if spec.kind != Kind::Protect {
                 spec.validate()?;
             }
@@ -391,7 +398,7 @@ impl Ctl {
                 )
                 .into());
             }
-            if self.state.find(&spec.name).is_some() {
+            if self.state.find(&spec.name).is_some() || !seen.insert(spec.name.clone()) {
                 return Err(SpecError::new(
                     "NAME",
                     format!("a rule or partition named '{}' exists already", spec.name),
@@ -399,14 +406,17 @@ impl Ctl {
                 .into());
             }
         }
-        let expires = match ttl {
-            Ttl::Never => 0,
-            Ttl::For(d) => now + d.as_nanos() as u64,
-        };
         let mut warnings = Vec::new();
-        for spec in specs.iter().filter(|s| s.kind != Kind::Protect) {
-            let guards = self.state.rules.iter().map(|r| &r.spec).chain(specs.iter());
-            for p in guards.filter(|p| p.kind == Kind::Protect) {
+        for (spec, _) in specs.iter().filter(|(s, _)| s.kind != Kind::Protect) {
+            let guards = self
+                .state
+                .rules
+                .iter()
+                .map(|r| &r.spec)
+                .chain(specs.iter().map(|(s, _)| s));
+            // Loopback never crosses an attached interface in practice: no warning for it.
+            let loopback = format!("{}/", protection::LOOPBACK);
+            for p in guards.filter(|p| p.kind == Kind::Protect && !p.name.starts_with(&loopback)) {
                 if compile::overlaps(spec, p) {
                     let label = p.name.split('/').next().unwrap_or(&p.name);
                     let w = format!(
@@ -420,11 +430,10 @@ impl Ctl {
             }
         }
         let mut new_slots = Vec::new();
-        for spec in specs {
-            let expires = if spec.kind == Kind::Protect {
-                0
-            } else {
-                expires
+        for (spec, ttl) in specs {
+            let expires = match (spec.kind, ttl) {
+                (Kind::Protect, _) | (_, Ttl::Never) => 0,
+                (_, Ttl::For(d)) => now + d.as_nanos() as u64,
             };
             let slot = self.state.free_slot().ok_or_else(|| {
                 Error::Other(format!(
@@ -460,9 +469,50 @@ impl Ctl {
             maps.reset_counters(*s)?;
         }
         drop(maps);
-        self.publish(&retired)?;
+        self.publish()?;
         self.save()?;
         Ok(warnings)
+    }
+
+    /// Replaces the whole rule set (rules and partitions) in one step.
+    pub fn apply(&mut self, specs: Vec<(RuleSpec, Ttl)>, protect: bool) -> Result<Vec<String>> {
+        let mut specs = specs;
+        if protect {
+            for s in self.ssh_protection() {
+                specs.push((s, Ttl::Never));
+            }
+        }
+        self.install(specs, true)
+    }
+
+    /// Extends (or removes, with `Ttl::Never`) the lifetime of rules and partitions.
+    pub fn renew(&mut self, names: &[String], ttl: Ttl) -> Result<()> {
+        let now = monotonic_ns();
+        for n in names {
+            match self.state.rules.iter().find(|r| &r.spec.name == n) {
+                Some(r) if r.spec.kind != Kind::Protect => {}
+                _ => {
+                    return Err(SpecError::new(
+                        "NAME",
+                        format!("no rule or partition named '{n}'"),
+                    )
+                    .into());
+                }
+            }
+        }
+        for r in self
+            .state
+            .rules
+            .iter_mut()
+            .filter(|r| names.contains(&r.spec.name))
+        {
+            r.expires_mono_ns = match ttl {
+                Ttl::Never => 0,
+                Ttl::For(d) => now + d.as_nanos() as u64,
+            };
+        }
+        self.publish()?;
+        self.save()
     }
 
     /// Protects endpoints (`CIDR[:PORT]`) from every rule and partition.
@@ -488,7 +538,6 @@ impl Ctl {
 
     /// Removes protections by label (as `protect list` shows them).
     pub fn unprotect(&mut self, labels: &[String]) -> Result<()> {
-        let mut retired = Vec::new();
         for l in labels {
             if l == protection::LOOPBACK {
                 return Err(SpecError::new("LABEL", "loopback is always protected").into());
@@ -508,23 +557,19 @@ impl Ctl {
         }
         let _ = self.maps()?;
         self.state.rules.retain(|r| {
-            let gone = r.spec.kind == Kind::Protect
-                && labels
+            r.spec.kind != Kind::Protect
+                || !labels
                     .iter()
-                    .any(|l| r.spec.name.starts_with(&format!("{l}/")));
-            if gone {
-                retired.push(r.slot);
-            }
-            !gone
+                    .any(|l| r.spec.name.starts_with(&format!("{l}/")))
         });
-        self.publish(&retired)?;
+        self.publish()?;
         self.save()
     }
 
     /// Deletes rules or partitions by name (among `kinds`), or all of those kinds.
     pub fn delete(&mut self, names: &[String], kinds: &[Kind]) -> Result<Vec<String>> {
         let now = monotonic_ns();
-        let mut retired = self.prune_expired(now);
+        self.prune_expired(now);
         let _ = self.maps()?;
         let matches_kind = |r: &RuleEntry| kinds.contains(&r.spec.kind);
         let mut removed = Vec::new();
@@ -533,10 +578,7 @@ impl Ctl {
                 .into_iter()
                 .partition(|r| matches_kind(r));
             self.state.rules = keep;
-            for r in gone {
-                retired.push(r.slot);
-                removed.push(r.spec.name);
-            }
+            removed.extend(gone.into_iter().map(|r| r.spec.name));
         } else {
             for n in names {
                 if !self
@@ -555,7 +597,6 @@ impl Ctl {
             }
             self.state.rules.retain(|r| {
                 if names.contains(&r.spec.name) && kinds.contains(&r.spec.kind) {
-                    retired.push(r.slot);
                     removed.push(r.spec.name.clone());
                     false
                 } else {
@@ -563,10 +604,19 @@ impl Ctl {
                 }
             });
         }
-        self.publish(&retired)?;
+        self.publish()?;
         self.save()?;
         Ok(removed)
     }
+}
+
+/// Pass entries for the 4-tuple in SSH_CONNECTION, both directions, if it is set.
+pub fn ssh_from_env() -> Option<Vec<RuleSpec>> {
+    let (c, cp, sv, sp) = std::env::var("SSH_CONNECTION")
+        .ok()
+        .as_deref()
+        .and_then(crate::spec::parse_ssh_connection)?;
+    Some(protection::ssh(&format!("ssh:{c}:{cp}"), c, cp, sv, sp))
 }
 
 /// One rule's counters, as `stats --json` prints them.
@@ -616,11 +666,18 @@ pub fn read_state(netns_name: Option<&str>) -> Result<(Paths, State)> {
     let key =
         netns::state_key(netns_name).map_err(|e| Error::Other(format!("netns identity: {e}")))?;
     let paths = Paths::new(&key);
-    let state = match std::fs::read(paths.state_file()) {
+    let mut state: State = match std::fs::read(paths.state_file()) {
         Ok(b) => serde_json::from_slice(&b)
             .map_err(|e| StateError::Corrupt(paths.state_file().display().to_string(), e))?,
         Err(_) => State::default(),
     };
+    // State of a namespace that was deleted and made anew under the same name describes
+    // nothing that exists: show nothing (the next change resets it).
+    let cookie = netns::cookie().map_err(|e| Error::Other(format!("netns cookie: {e}")))?;
+    if state.netns_cookie != 0 && state.netns_cookie != cookie {
+        log::warn!("state for '{key}' belongs to a namespace that no longer exists");
+        state = State::default();
+    }
     Ok((paths, state))
 }
 

@@ -298,6 +298,17 @@ fn family_of(nets: &[IpNet]) -> Option<Option<bool>> {
 }
 
 impl RuleSpec {
+    /// Would this rule hit every packet? (No match field, or only 0.0.0.0/0 and ::/0.)
+    pub fn matches_everything(&self) -> bool {
+        let any = |v: &[IpNet]| v.iter().all(|n| n.prefix_len() == 0);
+        any(&self.src)
+            && any(&self.dst)
+            && self.proto == Proto::Any
+            && self.iface.is_none()
+            && self.sport.is_all()
+            && self.dport.is_all()
+    }
+
     /// Checks what parsing alone cannot: families that can never meet, actions present.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name("NAME", &self.name)?;

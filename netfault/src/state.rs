@@ -71,6 +71,10 @@ pub struct State {
     pub attached: Vec<Attachment>,
     pub rules: Vec<RuleEntry>,
     pub next_seq: u64,
+    /// Slots the generation the data path reads refers to. A new rule never takes one: writing
+    /// its action would change a live rule's behaviour before the flip.
+    #[serde(default)]
+    pub published_slots: Vec<u32>,
 }
 
 impl State {
@@ -93,16 +97,22 @@ impl State {
         self.rules.iter().find(|r| r.spec.name == name)
     }
 
-    /// Lowest slot no rule uses.
+    /// Lowest slot no rule uses and the live generation does not refer to.
     pub fn free_slot(&self) -> Option<u32> {
-        let used: std::collections::HashSet<u32> = self.rules.iter().map(|r| r.slot).collect();
+        let used: std::collections::HashSet<u32> = self
+            .rules
+            .iter()
+            .map(|r| r.slot)
+            .chain(self.published_slots.iter().copied())
+            .collect();
         (0..netfault_common::MAX_RULES).find(|s| !used.contains(s))
     }
 }
 
 /// An exclusive lock on one namespace's state, held for the life of a command.
 pub struct Locked {
-    file: File,
+    /// Held open for the flock; closing it releases the lock.
+    _file: File,
     pub paths: Paths,
 }
 
@@ -134,7 +144,19 @@ impl Locked {
         loop {
             // SAFETY: fd we own.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                break;
+                // The holder before us may have removed the file (see Drop): a lock on an
+                // unlinked file excludes nobody, so take the lock on the file that is there now.
+                if same_file(&file, &paths.lock_file()) {
+                    break;
+                }
+                file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(paths.lock_file())
+                    .map_err(|e| StateError::Io("open lock file".into(), e))?;
+                continue;
             }
             if start.elapsed() >= wait {
                 let mut holder = String::new();
@@ -154,9 +176,10 @@ impl Locked {
         let _ = file.set_len(0);
         let _ = file.rewind();
         let _ = file.write_all(me.as_bytes());
-        Ok(Self { file, paths })
+        Ok(Self { _file: file, paths })
     }
 
+    /// Reads the state; `None` when there is none (never attached here).
     pub fn load(&self) -> Result<State, StateError> {
         let p = self.paths.state_file();
         match fs::read(&p) {
@@ -179,10 +202,27 @@ impl Locked {
     /// Forgets this namespace entirely (after everything was detached).
     pub fn remove(self) -> Result<(), StateError> {
         let _ = fs::remove_file(self.paths.state_file());
-        let _ = fs::remove_file(self.paths.lock_file());
-        let _ = fs::remove_dir(&self.paths.run);
-        drop(self.file);
-        Ok(())
+        Ok(()) // Drop removes the lock and the directory
+    }
+}
+
+impl Drop for Locked {
+    /// A namespace with no state keeps no directory: a failed command leaves nothing behind.
+    /// The lock file goes while we still hold the lock; a waiter notices (`same_file`).
+    fn drop(&mut self) {
+        if !self.paths.state_file().exists() {
+            let _ = fs::remove_file(self.paths.lock_file());
+            let _ = fs::remove_dir(&self.paths.run);
+            let _ = fs::remove_dir(RUN_ROOT);
+        }
+    }
+}
+
+fn same_file(f: &File, path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (f.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -230,5 +270,15 @@ mod tests {
         let names: Vec<_> = s.ordered().iter().map(|r| r.spec.name.as_str()).collect();
         assert_eq!(names, ["guard", "p", "r-urgent", "r-late", "r-later"]);
         assert_eq!(s.free_slot(), Some(0));
+        let s = State {
+            rules: vec![entry("a", Kind::Rule, 0, 0)],
+            published_slots: vec![1, 2],
+            ..Default::default()
+        };
+        assert_eq!(
+            s.free_slot(),
+            Some(3),
+            "slots the live generation uses are not reused"
+        );
     }
 }

@@ -198,8 +198,19 @@ fn malformed_input_exits_2_names_the_field_and_changes_nothing() {
             "--dst",
         ),
         (&["rule", "add", "r"], "action"),
-        (&["rule", "add", "keep", "--drop", "1"], "NAME"),
-        (&["rule", "add", "p0", "--drop", "1"], "NAME"),
+        (
+            &["rule", "add", "keep", "--proto", "udp", "--drop", "1"],
+            "NAME",
+        ),
+        (
+            &["rule", "add", "p0", "--proto", "udp", "--drop", "1"],
+            "NAME",
+        ),
+        (&["rule", "add", "r", "--drop", "1"], "--all-traffic"),
+        (
+            &["rule", "add", "r", "--src", "0.0.0.0/0", "--drop", "1"],
+            "--all-traffic",
+        ),
         (&["rule", "add", "bad name", "--drop", "1"], "NAME"),
         (
             &["rule", "add", "r", "--priority", "-1", "--drop", "1"],
@@ -253,7 +264,9 @@ fn not_attached_is_a_runtime_error() {
     let ns = format!("nf-cli-na-{}", std::process::id());
     sh(&["ip", "netns", "add", &ns]);
     let out = Command::new(BIN)
-        .args(["--netns", &ns, "rule", "add", "r", "--drop", "1"])
+        .args([
+            "--netns", &ns, "rule", "add", "r", "--proto", "udp", "--drop", "1",
+        ])
         .output()
         .unwrap();
     let _ = Command::new("ip").args(["netns", "del", &ns]).status();

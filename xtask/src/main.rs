@@ -7,6 +7,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod vm;
+mod vm_cpio;
+mod vm_kernel;
+
 /// The eBPF crate's toolchain; must match netfault/build.rs.
 const EBPF_TOOLCHAIN: &str = "nightly-2026-06-20";
 
@@ -34,11 +38,28 @@ enum Cmd {
     Lint,
     /// The demo lab: three hosts in namespaces, loss, duplication and a partition on real traffic.
     Demo,
+    /// Fuzz the rule-set file parser and the CLI rule parser (cargo-fuzz, eBPF nightly).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
     /// Benchmarks against nftables and a trivial XDP program.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Boot a stock Debian kernel under QEMU and run CMD as root inside (see docs/VM.md).
+    Vm {
+        /// Kernel series: 6.1 or 6.12.
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+        /// The command to run in the guest (after --).
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// netfault smoke test in a VM on every pinned kernel (6.1 and 6.12).
+    VmTest,
 }
 
 fn root() -> PathBuf {
@@ -104,10 +125,36 @@ fn lint() -> anyhow::Result<()> {
     ]))
 }
 
+const FUZZ_TARGETS: [&str; 2] = ["ruleset", "cli_rule"];
+
+fn fuzz(seconds: u32) -> anyhow::Result<()> {
+    for t in FUZZ_TARGETS {
+        // A copy of the seed corpus: the fuzzer writes into its corpus, and the tree stays clean.
+        let corpus = root().join("target/fuzz-corpus").join(t);
+        std::fs::create_dir_all(&corpus)?;
+        for e in std::fs::read_dir(root().join("fuzz/corpus").join(t))? {
+            let e = e?;
+            std::fs::copy(e.path(), corpus.join(e.file_name()))?;
+        }
+        run(ebpf_cargo()
+            .args(["fuzz", "run", "--fuzz-dir", "fuzz", t])
+            .arg(&corpus)
+            .args(["--", &format!("-max_total_time={seconds}"), "-max_len=4096"]))?;
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Build => run(cargo().args(["build", "--release", "--workspace", "--bins"])),
+        Cmd::Build => run(cargo().args([
+            "build",
+            "--release",
+            "--workspace",
+            "--exclude",
+            "netfault-ebpf",
+            "--bins",
+        ])),
         Cmd::Lint => lint(),
         Cmd::Test { no_lint, args } => {
             if !no_lint {
@@ -120,9 +167,21 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             run(cargo()
-                .args(["test", "--workspace", "--release"])
-                .args(&args))
+                .args([
+                    "test",
+                    "--workspace",
+                    "--exclude",
+                    "netfault-ebpf",
+                    "--release",
+                ])
+                .args(&args))?;
+            // A short fuzz run: the parsers must not panic on anything.
+            if args.is_empty() {
+                fuzz(15)?;
+            }
+            Ok(())
         }
+        Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Demo => {
             run(cargo().args(["build", "--release", "-p", "netfault", "--bins"]))?;
             run(&mut Command::new(
@@ -140,6 +199,8 @@ fn main() -> anyhow::Result<()> {
                 "--",
             ])
             .args(&args)),
+        Cmd::Vm { kernel, cmd } => vm::vm(&kernel, &cmd),
+        Cmd::VmTest => vm::vm_test(),
     }
 }
 

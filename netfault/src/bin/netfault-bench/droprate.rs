@@ -1,0 +1,529 @@
+//! Part 2: how many packets per second a receiver can drop, netfault's drop-all rule against an
+//! nftables netdev-ingress drop rule and a trivial XDP drop, on the receiving end of a veth.
+//!
+//! The generator is BPF_PROG_RUN in live-frames mode running `bench_tx` on the sending veth:
+//! the kernel builds each frame from our template and XDP_TX turns into a redirect out of that
+//! veth, which puts the frame straight onto the receiving veth's ring (256 frames). Into a
+//! trivial XDP drop that moves about 20 Mpps on one CPU, four times what nft can drop, so the
+//! receiver's cost decides the rate, not the generator's.
+//!
+//! Where the receiving veth's NAPI poll runs decides what is measured, so both ways are run:
+//! - softirq (the headline): the poll runs on the generator's CPU after each batch of 64. Every
+//!   frame is received and dropped, nothing queues up, and the rate is 1 / (generator's ns +
+//!   receiver's ns): the generator's share is the same for all receivers, so differences in
+//!   ns/packet are differences between the hooks.
+//! - threaded: the poll is a kernel thread on the other CPU and the generator overruns it. On
+//!   this kernel that rate is dominated by the page pool: the receiver frees every frame into
+//!   the generator's page pool from the other CPU, and the generator frees there too what the
+//!   full ring refused, so both spin on the pool ring's lock. Shown, not used for the ratio.
+//!
+//! The figure is the receiving veth's rx packet count (every frame its NAPI poll took off the
+//! ring, all of them dropped by the hook under test) over the generator's wall-clock run time.
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, XdpMode, xdp::XdpLinkId},
+};
+use netfault::{
+    kernel::{self, Hook, HookKind, HookState, Maps},
+    spec::{Direction, Kind, PortRange, Prob, Proto, RuleSpec},
+};
+use netfault_common::progs;
+
+use crate::{
+    Plan, frame,
+    progrun::{self, DST, MATCH_SRC},
+    sys,
+    topo::{self, Topology},
+};
+
+/// Frames per BPF_PROG_RUN batch (the kernel's default, NAPI's budget): each batch ends with a
+/// flush that hands the frames to the receiving veth.
+const BATCH: u32 = 64;
+/// Sizing run: enough frames to estimate how fast a receiver's rounds go.
+const SIZING_FRAMES: u32 = 1_000_000;
+/// Per-round frame bounds, whatever the calibration says.
+const MIN_FRAMES: u32 = 100_000;
+const MAX_FRAMES: u32 = 30_000_000;
+/// Time for NAPI to come up after an attach and for the ring to drain after a run.
+const SETTLE: Duration = Duration::from_millis(50);
+const GEN_CPU: usize = 0;
+const RX_CPU: usize = 1;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Receiver {
+    Netfault,
+    Nft,
+    XdpDrop,
+}
+
+impl Receiver {
+    pub const ALL: [Receiver; 3] = [Receiver::Netfault, Receiver::Nft, Receiver::XdpDrop];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Receiver::Netfault => "netfault drop-all",
+            Receiver::Nft => "nft netdev ingress drop",
+            Receiver::XdpDrop => "trivial XDP drop",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RxMode {
+    /// Receive in softirq on the generator's CPU: generation and drop in lockstep. The headline.
+    Softirq,
+    /// Receive in a NAPI thread on the other CPU: the generator overruns it.
+    Threaded,
+}
+
+impl RxMode {
+    pub fn short(self) -> &'static str {
+        match self {
+            RxMode::Softirq => "A (one CPU, lockstep)",
+            RxMode::Threaded => "B (two CPUs, overrun)",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            RxMode::Softirq => {
+                "A. one CPU: receive (NAPI) in softirq right after each generator batch; every frame \
+                 received and dropped"
+            }
+            RxMode::Threaded => {
+                "B. two CPUs: receive in a threaded NAPI poll on the other CPU, generator overruns the \
+                 ring; bound by page-pool lock contention between the CPUs, not only by the hook"
+            }
+        }
+    }
+}
+
+/// What one receiver got over all rounds of one mode.
+pub struct Summary {
+    pub receiver: Receiver,
+    /// Frames per round: about `round_secs` worth for this receiver.
+    pub frames: u32,
+    /// How the hook ran, e.g. "XDP native (nf_xdp_ingress)".
+    pub hook: String,
+    pub rx_mpps: Vec<f64>,
+    /// None for a round the watchdog cut short (the kernel reports no count then).
+    pub offered_mpps: Vec<Option<f64>>,
+    /// Netfault only: its rule's dropped counter and the veth's rx count over all rounds.
+    pub counter_check: Option<(u64, u64)>,
+    /// Frames sent by completed runs and received during them.
+    pub sent: u64,
+    pub received: u64,
+}
+
+pub struct Outcome {
+    pub mode: RxMode,
+    pub summaries: Vec<Summary>,
+    /// Frames that got past the hook under test to the receiver's IP layer (should be none).
+    pub leaked: u64,
+    pub notes: Vec<String>,
+}
+
+/// What is attached to the receiving veth right now, to be undone.
+enum Attached {
+    Netfault(Vec<HookState>),
+    Nft,
+    XdpDrop(XdpLinkId),
+}
+
+/// The objects and namespaces one benchmark run works with.
+struct Bench<'a> {
+    plan: &'a Plan,
+    topo: &'a Topology,
+    bench: Ebpf,
+    nf: Ebpf,
+    nf_maps: Maps,
+    links_dir: PathBuf,
+    frame: Vec<u8>,
+    /// `struct xdp_md` for live frames: data_end = frame length, ingress on the sending veth.
+    ctx: Vec<u8>,
+    mode: RxMode,
+    /// With one CPU there is nothing to pin to.
+    two_cpus: bool,
+    notes: Vec<String>,
+}
+
+struct GenRun {
+    elapsed: Duration,
+    /// False when the watchdog interrupted the run.
+    completed: bool,
+}
+
+fn drop_all_rule() -> RuleSpec {
+    RuleSpec {
+        name: "drop-all".into(),
+        kind: Kind::Rule,
+        dir: Direction::Ingress,
+        src: vec![],
+        dst: vec![],
+        proto: Proto::Any,
+        sport: PortRange::ALL,
+        dport: PortRange::ALL,
+        iface: None,
+        drop: Prob(1.0),
+        duplicate: Prob(0.0),
+        priority: 0,
+        oneway: false,
+    }
+}
+
+fn xdp_md(frame_len: usize, ingress_ifindex: u32) -> Vec<u8> {
+    // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    let fields = [0, frame_len as u32, 0, ingress_ifindex, 0, 0];
+    fields.iter().flat_map(|f| f.to_ne_bytes()).collect()
+}
+
+fn nft(ns: &str, args: &[&str]) -> Result<()> {
+    let mut all = vec!["netns", "exec", ns, "nft"];
+    all.extend_from_slice(args);
+    topo::run("ip", &all).map(|_| ())
+}
+
+fn hook_kind_name(k: HookKind) -> &'static str {
+    match k {
+        HookKind::XdpNative => "native",
+        HookKind::XdpGeneric => "generic",
+        HookKind::Tcx => "tcx",
+        HookKind::Clsact => "clsact",
+    }
+}
+
+/// The NAPI kernel thread of `ifname` (comm "napi/<ifname>-<id>", cut to 15 characters).
+fn napi_thread(ifname: &str) -> Option<libc::pid_t> {
+    let want: String = format!("napi/{ifname}-").chars().take(15).collect();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: libc::pid_t = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        comm.trim_end().starts_with(&want).then_some(pid)
+    })
+}
+
+impl<'a> Bench<'a> {
+    fn new(plan: &'a Plan, topo: &'a Topology, pins: &Path) -> Result<Self> {
+        let mut bench = EbpfLoader::new()
+            .load(kernel::BENCH_OBJECT)
+            .context("load the bench object")?;
+        progrun::xdp_mut(&mut bench, "bench_drop")?;
+        progrun::xdp_mut(&mut bench, "bench_tx")?;
+        let mut nf =
+            kernel::load(&pins.join("veth").join("maps")).context("load netfault's object")?;
+        let mut nf_maps = Maps::take(&mut nf)?;
+        progrun::publish(&mut nf_maps, &[drop_all_rule()])?;
+        let frame = frame::udp4(topo::RX_MAC, topo::TX_MAC, MATCH_SRC, DST);
+        let tx_ifindex = Topology::ifindex(&topo.tx_ns, &topo.tx_if)?;
+        let ctx = xdp_md(frame.len(), tx_ifindex);
+        Ok(Self {
+            plan,
+            topo,
+            bench,
+            nf,
+            nf_maps,
+            links_dir: pins.join("veth").join("links"),
+            frame,
+            ctx,
+            mode: RxMode::Softirq,
+            two_cpus: sys::online_cpus() >= 2,
+            notes: Vec::new(),
+        })
+    }
+
+    /// GRO on the receiving veth makes it poll through NAPI even with no XDP program (the nft
+    /// case). Without NAPI a veth refuses frames redirected into it, and it could not be
+    /// threaded either.
+    fn enable_napi(&self) -> Result<()> {
+        let ifname = &self.topo.rx_if;
+        sys::in_netns(&self.topo.rx_ns, || sys::enable_gro(ifname))
+    }
+
+    /// Switches where the receive poll runs. False if the kernel refuses threaded NAPI.
+    fn set_mode(&mut self, mode: RxMode) -> Result<bool> {
+        if mode == RxMode::Threaded && !self.two_cpus {
+            self.notes.push("one CPU only: no threaded receive".into());
+            return Ok(false);
+        }
+        let (ns, ifname) = (&self.topo.rx_ns, &self.topo.rx_if);
+        let v = u8::from(mode == RxMode::Threaded);
+        let cmd = format!("echo {v} > /sys/class/net/{ifname}/threaded");
+        // /sys shows the namespace it was mounted in: `ip netns exec` mounts the right one.
+        if let Err(e) = topo::run("ip", &["netns", "exec", ns, "sh", "-c", &cmd]) {
+            if mode == RxMode::Threaded {
+                self.notes.push(format!("threaded NAPI unavailable: {e:#}"));
+                return Ok(false);
+            }
+            return Err(e);
+        }
+        self.mode = mode;
+        Ok(true)
+    }
+
+    /// The receiver's IP layer sees only what a hook let through: the frames are addressed to
+    /// its MAC, so any the hook let through would show up here.
+    fn ip_in_receives(&self) -> Result<u64> {
+        sys::in_netns(&self.topo.rx_ns, topo::ip_in_receives)
+    }
+
+    /// Threaded: the receive thread gets the other CPU, at real-time priority. Done before every
+    /// round: the NAPI thread can be recreated when programs come and go.
+    fn place_receiver(&mut self) -> Result<()> {
+        if self.mode != RxMode::Threaded {
+            return Ok(());
+        }
+        let Some(pid) = napi_thread(&self.topo.rx_if) else {
+            bail!(
+                "no NAPI thread for {} although threaded NAPI is on",
+                self.topo.rx_if
+            );
+        };
+        sys::pin_to_cpu(pid, RX_CPU)?;
+        sys::set_fifo(pid)
+    }
+
+    fn attach(&mut self, r: Receiver) -> Result<Attached> {
+        let (ns, ifname) = (self.topo.rx_ns.clone(), self.topo.rx_if.clone());
+        let a = match r {
+            Receiver::Netfault => {
+                // The same attach path as `netfault attach`: XDP (native first) plus tcx.
+                let (nf, links) = (&mut self.nf, &self.links_dir);
+                Attached::Netfault(sys::in_netns(&ns, || {
+                    Ok(kernel::attach(nf, &ifname, links, None)?)
+                })?)
+            }
+            Receiver::Nft => {
+                let chain = format!("{{ type filter hook ingress device {ifname} priority 0; }}");
+                nft(&ns, &["add", "table", "netdev", "nfbench"])?;
+                let rest = nft(&ns, &["add", "chain", "netdev", "nfbench", "in", &chain])
+                    .and_then(|()| nft(&ns, &["add", "rule", "netdev", "nfbench", "in", "drop"]));
+                if let Err(e) = rest {
+                    let _ = nft(&ns, &["delete", "table", "netdev", "nfbench"]);
+                    return Err(e);
+                }
+                Attached::Nft
+            }
+            Receiver::XdpDrop => {
+                let prog = progrun::xdp_mut(&mut self.bench, "bench_drop")?;
+                let cname = CString::new(ifname)?;
+                let id = sys::in_netns(&ns, || {
+                    prog.attach(cname.as_c_str(), XdpMode::Driver)
+                        .context("attach bench_drop (native XDP)")
+                })?;
+                Attached::XdpDrop(id)
+            }
+        };
+        sleep(SETTLE);
+        Ok(a)
+    }
+
+    fn detach(&mut self, a: Attached) -> Result<()> {
+        let (ns, ifname) = (self.topo.rx_ns.clone(), self.topo.rx_if.clone());
+        match a {
+            Attached::Netfault(hooks) => {
+                let links = &self.links_dir;
+                sys::in_netns(&ns, || {
+                    for h in &hooks {
+                        kernel::detach_hook(&ifname, h, links)?;
+                    }
+                    Ok(())
+                })
+            }
+            Attached::Nft => nft(&ns, &["delete", "table", "netdev", "nfbench"]),
+            Attached::XdpDrop(id) => {
+                let prog = progrun::xdp_mut(&mut self.bench, "bench_drop")?;
+                prog.detach(id).context("detach bench_drop")
+            }
+        }
+    }
+
+    fn hook_desc(a: &Attached) -> String {
+        match a {
+            Attached::Netfault(hooks) => {
+                let kind = hooks
+                    .iter()
+                    .find(|h| h.hook == Hook::XdpIngress)
+                    .map_or("?", |h| hook_kind_name(h.kind));
+                format!("XDP {kind} ({})", progs::XDP_INGRESS)
+            }
+            Attached::Nft => "netdev ingress, skb path".into(),
+            Attached::XdpDrop(_) => "XDP native (bench_drop)".into(),
+        }
+    }
+
+    /// Sends `frames` frames from the sending veth, bounded in time by a watchdog.
+    fn generate(&self, frames: u32) -> Result<GenRun> {
+        let prog = progrun::xdp(&self.bench, "bench_tx")?;
+        let (frame, ctx, pin) = (&self.frame, &self.ctx, self.two_cpus);
+        let limit = self.time_limit();
+        sys::in_netns(&self.topo.tx_ns, || {
+            if pin {
+                sys::pin_to_cpu(0, GEN_CPU)?;
+            }
+            sys::set_fifo(0)?;
+            let watchdog = sys::Watchdog::arm(limit);
+            let t0 = Instant::now();
+            let r = prog.test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(ctx),
+                repeat: frames,
+                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                ..Default::default()
+            });
+            let elapsed = t0.elapsed();
+            let fired = watchdog.disarm();
+            match r {
+                Ok(_) => Ok(GenRun {
+                    elapsed,
+                    completed: true,
+                }),
+                Err(e) if sys::is_eintr(&e) => {
+                    sys::check_stop()?;
+                    if !fired {
+                        bail!("generator interrupted");
+                    }
+                    Ok(GenRun {
+                        elapsed,
+                        completed: false,
+                    })
+                }
+                Err(e) => Err(e).context("BPF_PROG_RUN live frames (bench_tx)"),
+            }
+        })
+    }
+
+    /// Rounds have as many frames as a trivial drop takes in `round_secs`; in softirq mode the
+    /// slowest receiver (nft) needs about 5 times that. Past this, the watchdog ends the run.
+    fn time_limit(&self) -> Duration {
+        Duration::from_secs_f64((self.plan.round_secs * 10.0).max(2.0))
+    }
+
+    /// Frames per round for receiver `r`: what it gets through in `round_secs`, from a sizing
+    /// run that also warms it up. Rounds of equal length keep the comparison fair: the
+    /// kernel takes a CPU away from real-time tasks after 950 ms (RT throttling, fair server),
+    /// so with `round_secs` below that no round is cut into.
+    fn size(&mut self, r: Receiver) -> Result<u32> {
+        let a = self.attach(r)?;
+        let run = self
+            .place_receiver()
+            .and_then(|()| self.generate(SIZING_FRAMES));
+        self.detach(a)?;
+        let run = run?;
+        if !run.completed {
+            bail!(
+                "the generator could not send {SIZING_FRAMES} frames within {:?}",
+                self.time_limit()
+            );
+        }
+        let fps = f64::from(SIZING_FRAMES) / run.elapsed.as_secs_f64();
+        let frames =
+            (fps * self.plan.round_secs).clamp(f64::from(MIN_FRAMES), f64::from(MAX_FRAMES));
+        Ok(frames as u32)
+    }
+
+    /// One round for one receiver: attach, send, count, detach (also when the send fails).
+    fn round(&mut self, r: Receiver, s: &mut Summary) -> Result<()> {
+        sys::check_stop()?;
+        let a = self.attach(r)?;
+        s.hook = Self::hook_desc(&a);
+        let res = self.measure(s);
+        let det = self.detach(a);
+        res.and(det)
+    }
+
+    fn measure(&mut self, s: &mut Summary) -> Result<()> {
+        let frames = s.frames;
+        self.place_receiver()?;
+        let rx0 = self.topo.rx_packets()?;
+        let nf0 = self.nf_maps.counters(0)?.dropped;
+        let run = self.generate(frames)?;
+        sleep(SETTLE);
+        let rx = self.topo.rx_packets()? - rx0;
+        if rx == 0 {
+            // A veth refuses redirected frames unless its peer polls through NAPI (GRO or XDP).
+            bail!("no frame reached {}: its NAPI is off", self.topo.rx_if);
+        }
+        let secs = run.elapsed.as_secs_f64();
+        log::debug!(
+            "{:?} {:?}: {rx} of {frames} frames received in {secs:.3} s, generator completed: {}",
+            self.mode,
+            s.receiver,
+            run.completed
+        );
+        s.rx_mpps.push(rx as f64 / secs / 1e6);
+        s.offered_mpps
+            .push(run.completed.then(|| f64::from(frames) / secs / 1e6));
+        if run.completed {
+            s.sent += u64::from(frames);
+            s.received += rx;
+        }
+        if s.receiver == Receiver::Netfault {
+            let dropped = self.nf_maps.counters(0)?.dropped - nf0;
+            let (d, n) = s.counter_check.unwrap_or((0, 0));
+            s.counter_check = Some((d + dropped, n + rx));
+        }
+        Ok(())
+    }
+
+    /// Every receiver `plan.rounds` times, interleaved (the order rotates each round) so that
+    /// drift in the machine's load is spread over all of them.
+    fn run_mode(&mut self, mode: RxMode) -> Result<Outcome> {
+        let mut summaries: Vec<Summary> = Receiver::ALL
+            .iter()
+            .map(|&receiver| Summary {
+                receiver,
+                frames: 0,
+                hook: String::new(),
+                rx_mpps: Vec::new(),
+                offered_mpps: Vec::new(),
+                counter_check: None,
+                sent: 0,
+                received: 0,
+            })
+            .collect();
+        for s in &mut summaries {
+            s.frames = self.size(s.receiver)?;
+        }
+        let ip0 = self.ip_in_receives()?;
+        for round in 0..self.plan.rounds {
+            for i in 0..summaries.len() {
+                let k = (i + round) % summaries.len();
+                let r = summaries[k].receiver;
+                self.round(r, &mut summaries[k]).with_context(|| {
+                    format!("{mode:?} mode, round {} of {}", round + 1, r.label())
+                })?;
+            }
+        }
+        let leaked = self.ip_in_receives()? - ip0;
+        Ok(Outcome {
+            mode,
+            summaries,
+            leaked,
+            notes: std::mem::take(&mut self.notes),
+        })
+    }
+}
+
+/// Both receive modes, softirq (the headline) first.
+pub fn run(plan: &Plan, pins: &Path) -> Result<Vec<Outcome>> {
+    let topo = Topology::create()?;
+    let mut b = Bench::new(plan, &topo, pins)?;
+    b.enable_napi()?;
+    let mut out = Vec::new();
+    for mode in [RxMode::Softirq, RxMode::Threaded] {
+        if b.set_mode(mode)? {
+            out.push(b.run_mode(mode)?);
+        } else if let Some(last) = out.last_mut() {
+            last.notes.append(&mut b.notes);
+        }
+    }
+    Ok(out)
+}

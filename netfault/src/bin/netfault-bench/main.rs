@@ -1,0 +1,127 @@
+//! netfault-bench: what netfault's XDP data path costs.
+//!
+//! 1. ns/packet under BPF_PROG_TEST_RUN: `nf_xdp_ingress` with 1, 1k and 64k rules, for a
+//!    matching and a non-matching packet, against a program that only passes.
+//! 2. Drop-all packets per second on the receiving end of a veth pair: netfault's drop-all rule
+//!    against an nftables netdev-ingress drop and a trivial XDP drop, interleaved rounds.
+//!
+//! Needs root. Everything it creates (namespaces, veths, pins, nft table, attached programs) is
+//! owned by guards that remove it on exit, error, panic, Ctrl-C or SIGTERM; leftovers of a
+//! killed run are swept at the next start. `cargo xtask bench` runs it.
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+
+mod droprate;
+mod frame;
+mod progrun;
+mod report;
+mod sys;
+mod topo;
+
+#[derive(Parser)]
+#[command(
+    name = "netfault-bench",
+    about = "Benchmark netfault's XDP data path (needs root)"
+)]
+struct Args {
+    /// Smoke run: fewer repeats and shorter, fewer rounds (seconds, not minutes). Numbers are
+    /// not for the record.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds of the drop-rate benchmark (default 7, 3 with --quick).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
+    rounds: Option<u32>,
+    /// Run only one part.
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// ns/packet under BPF_PROG_TEST_RUN.
+    Progrun,
+    /// Drop-all packets per second across a veth pair.
+    Veth,
+}
+
+/// How much work each part does.
+pub struct Plan {
+    pub quick: bool,
+    /// BPF_PROG_TEST_RUN iterations per run.
+    pub repeat: u32,
+    /// Runs per configuration; the median is reported.
+    pub runs: usize,
+    /// Interleaved rounds of the veth benchmark; the median is reported.
+    pub rounds: usize,
+    /// Target length of one generator run; under 0.95 s, see `droprate::Bench::size`.
+    pub round_secs: f64,
+}
+
+impl Plan {
+    fn new(a: &Args) -> Self {
+        let (repeat, runs, rounds, round_secs) = if a.quick {
+            (100_000, 3, 3, 0.2)
+        } else {
+            (1_000_000, 5, 7, 0.7)
+        };
+        Self {
+            quick: a.quick,
+            repeat,
+            runs,
+            rounds: a.rounds.map_or(rounds, |r| r as usize),
+            round_secs,
+        }
+    }
+}
+
+/// Median, sorting in place; NaN for an empty slice.
+pub fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("needs root (BPF, namespaces, nftables)");
+    }
+    sys::install_signal_handlers()?;
+    netfault::kernel::ensure_bpffs()?;
+    for what in topo::sweep_leftovers().context("remove leftovers of earlier runs")? {
+        eprintln!("netfault-bench: removed leftover {what}");
+    }
+    let plan = Plan::new(args);
+    let pins = topo::PinDir::create()?;
+    report::header(&plan);
+    if args.only != Some(Part::Veth) {
+        let rows = progrun::run(&plan, pins.path())?;
+        report::progrun(&plan, &rows);
+    }
+    if args.only != Some(Part::Progrun) {
+        let outs = droprate::run(&plan, pins.path())?;
+        report::droprate(&plan, &outs);
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netfault-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

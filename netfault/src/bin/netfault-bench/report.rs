@@ -1,0 +1,212 @@
+//! Plain-text tables on stdout; docs/BENCHMARKS.md quotes them verbatim.
+use crate::{
+    Plan,
+    droprate::{Outcome, Receiver, RxMode, Summary},
+    frame, median,
+    progrun::{self, Row},
+    sys,
+};
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "?".into(), |s| s.trim().to_string())
+}
+
+/// The 1-minute load average: other work on a 2-vCPU machine moves every number here.
+fn load_avg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+pub fn header(plan: &Plan) {
+    println!(
+        "netfault-bench: kernel {}, {} CPUs, load average {} at start{}",
+        kernel_release(),
+        sys::online_cpus(),
+        load_avg(),
+        if plan.quick {
+            ", --quick (not for the record)"
+        } else {
+            ""
+        }
+    );
+}
+
+pub fn progrun(plan: &Plan, rows: &[Row]) {
+    println!();
+    println!(
+        "1. ns/packet, BPF_PROG_TEST_RUN: {}-byte UDP/IPv4 frame, {} iterations per run, median of {} \
+         runs (the kernel's per-run average, whole ns)",
+        frame::FRAME_LEN,
+        plan.repeat,
+        plan.runs
+    );
+    let base = rows
+        .iter()
+        .find(|r| r.program == "bench_pass")
+        .map(|r| r.ns);
+    println!(
+        "{:<16} {:>6} {:>6}  {:<13} {:<9} {:>7} {:>9}",
+        "program", "rules", "tuples", "packet", "verdict", "ns/pkt", "vs pass"
+    );
+    for r in rows {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        let delta = base.map_or_else(|| "-".into(), |b| format!("{:+.0}", r.ns - b));
+        println!(
+            "{:<16} {:>6} {:>6}  {:<13} {:<9} {:>7.0} {:>9}",
+            r.program,
+            opt(r.rules.map(|n| n.to_string())),
+            opt(r.tuples.map(|n| n.to_string())),
+            r.packet,
+            progrun::verdict_name(r.verdict),
+            r.ns,
+            delta
+        );
+    }
+}
+
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    let med = median(&mut s);
+    let min = s.first().copied().unwrap_or(f64::NAN);
+    let max = s.last().copied().unwrap_or(f64::NAN);
+    (med, min, max)
+}
+
+fn offered(s: &Summary) -> String {
+    let mut v: Vec<f64> = s.offered_mpps.iter().flatten().copied().collect();
+    if v.is_empty() {
+        "-".into()
+    } else {
+        format!("{:.2}", median(&mut v))
+    }
+}
+
+fn rx_median(out: &Outcome, r: Receiver) -> f64 {
+    out.summaries
+        .iter()
+        .find(|s| s.receiver == r)
+        .map_or(f64::NAN, |s| stats(&s.rx_mpps).0)
+}
+
+/// One table per receive mode; the ratio line comes from the first (softirq, the headline).
+pub fn droprate(plan: &Plan, outs: &[Outcome]) {
+    println!();
+    println!(
+        "2. drop-all across a veth pair: Mpps dropped at the receiving veth (its rx count / generator \
+         wall time), median of {} interleaved rounds",
+        plan.rounds
+    );
+    println!(
+        "   generator: BPF_PROG_RUN live frames, bench_tx (XDP_TX) on the sending veth, {}-byte UDP/IPv4 \
+         frames, SCHED_FIFO",
+        frame::FRAME_LEN
+    );
+    for out in outs {
+        mode_table(plan, out);
+    }
+    if let Some(main) = outs.first() {
+        let nf = rx_median(main, Receiver::Netfault);
+        println!();
+        println!(
+            "   headline: netfault Mpps / nft Mpps in {}",
+            main.mode.short()
+        );
+        println!(
+            "ratio netfault/nft drop-all: {:.2}",
+            nf / rx_median(main, Receiver::Nft)
+        );
+    }
+}
+
+fn mode_table(plan: &Plan, out: &Outcome) {
+    println!();
+    println!("   {}", out.mode.describe());
+    let frames: Vec<String> = out.summaries.iter().map(|s| s.frames.to_string()).collect();
+    println!(
+        "   rounds of about {} s: {} frames per round, in the order below",
+        plan.round_secs,
+        frames.join(" / ")
+    );
+    match out.mode {
+        RxMode::Softirq => lockstep_rows(out),
+        RxMode::Threaded => overrun_rows(out),
+    }
+    for s in &out.summaries {
+        if let Some((dropped, rx)) = s.counter_check {
+            println!("   netfault's own counter: {dropped} dropped; veth rx count {rx}");
+        }
+    }
+    if out.leaked == 0 {
+        println!("   no frame got past a receiver to the IP layer");
+    } else {
+        println!(
+            "   WARNING: {} frames got past a receiver to the IP layer",
+            out.leaked
+        );
+    }
+    for n in &out.notes {
+        println!("   note: {n}");
+    }
+    let nf = rx_median(out, Receiver::Netfault);
+    println!(
+        "   netfault/nft {:.2}, netfault/trivial XDP drop {:.2}",
+        nf / rx_median(out, Receiver::Nft),
+        nf / rx_median(out, Receiver::XdpDrop)
+    );
+}
+
+/// Lockstep: ns/packet is generator + receiver, so the difference to the trivial drop is what
+/// the hook costs beyond it.
+fn lockstep_rows(out: &Outcome) {
+    println!(
+        "{:<24} {:<28} {:>7} {:>6} {:>6} {:>7} {:>10}",
+        "receiver", "hook", "Mpps", "min", "max", "ns/pkt", "vs trivial"
+    );
+    let trivial_ns = 1e3 / rx_median(out, Receiver::XdpDrop);
+    for s in &out.summaries {
+        let (med, min, max) = stats(&s.rx_mpps);
+        println!(
+            "{:<24} {:<28} {:>7.2} {:>6.2} {:>6.2} {:>7.1} {:>+10.1}",
+            s.receiver.label(),
+            s.hook,
+            med,
+            min,
+            max,
+            1e3 / med,
+            1e3 / med - trivial_ns
+        );
+    }
+    let (sent, received) = out
+        .summaries
+        .iter()
+        .fold((0, 0), |(a, b), s| (a + s.sent, b + s.received));
+    let lost = sent.saturating_sub(received);
+    let how = if lost == 0 {
+        "none lost".to_string()
+    } else {
+        format!("{lost} LOST at the ring")
+    };
+    println!("   frames sent {sent}, received and dropped {received}: {how}");
+}
+
+fn overrun_rows(out: &Outcome) {
+    println!(
+        "{:<24} {:<28} {:>7} {:>6} {:>6} {:>8}",
+        "receiver", "hook", "Mpps", "min", "max", "offered"
+    );
+    for s in &out.summaries {
+        let (med, min, max) = stats(&s.rx_mpps);
+        println!(
+            "{:<24} {:<28} {:>7.2} {:>6.2} {:>6.2} {:>8}",
+            s.receiver.label(),
+            s.hook,
+            med,
+            min,
+            max,
+            offered(s)
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! Output of the read-only commands: rule list, stats, status, protect list.
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use crate::{
+    ops::{self, read_state, stats as read_stats, ttl_left},
+    spec::{Kind, PortRange, Proto},
+};
+
+fn fmt_left(left: Option<u64>, expired: bool) -> String {
+    match (left, expired) {
+        (_, true) => "expired".into(),
+        (None, _) => "never".into(),
+        (Some(ms), _) => {
+            humantime::format_duration(Duration::from_millis(ms / 1000 * 1000)).to_string()
+        }
+    }
+}
+
+fn nets(v: &[ipnet::IpNet]) -> Vec<String> {
+    v.iter()
+        .map(|n| {
+            if n.prefix_len() == n.max_prefix_len() {
+                n.addr().to_string()
+            } else {
+                n.to_string()
+            }
+        })
+        .collect()
+}
+
+pub fn list(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
+    let (_, state) = read_state(ns)?;
+    let now = ops::monotonic_ns();
+    let shown: Vec<_> = state
+        .ordered()
+        .into_iter()
+        .filter(|r| r.spec.kind != Kind::Protect)
+        .collect();
+    let rows: Vec<_> = shown
+        .iter()
+        .map(|r| {
+            let s = &r.spec;
+            let (left, expired) = ttl_left(r, now);
+            let port = |p: &PortRange| {
+                if p.is_all() {
+                    serde_json::Value::Null
+                } else {
+                    json!(p.to_string())
+                }
+            };
+            match s.kind {
+                Kind::Partition => json!({
+                    "name": s.name, "kind": "partition", "a": nets(&s.src), "b": nets(&s.dst),
+                    "oneway": s.oneway, "expires_in_ms": left, "expired": expired,
+                }),
+                Kind::Rule | Kind::Protect => json!({
+                    "name": s.name, "kind": "rule", "priority": s.priority, "dir": s.dir,
+                    "src": nets(&s.src), "dst": nets(&s.dst), "proto": s.proto,
+                    "sport": port(&s.sport), "dport": port(&s.dport), "iface": s.iface,
+                    "drop": s.drop.0, "duplicate": s.duplicate.0,
+                    "expires_in_ms": left, "expired": expired,
+                }),
+            }
+        })
+        .collect();
+    if json_out {
+        println!("{}", json!({ "rules": rows }));
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no rules");
+    }
+    for (r, v) in shown.iter().zip(&rows) {
+        let s = &r.spec;
+        let left = fmt_left(
+            v["expires_in_ms"].as_u64(),
+            v["expired"].as_bool().unwrap_or(false),
+        );
+        match s.kind {
+            Kind::Partition => println!(
+                "partition {:<16} {} {} {}  ttl {left}",
+                s.name,
+                nets(&s.src).join(","),
+                if s.oneway { "-/->" } else { "<-/->" },
+                nets(&s.dst).join(","),
+            ),
+            Kind::Rule | Kind::Protect => {
+                let mut m = vec![format!("dir {:?}", s.dir).to_lowercase()];
+                if !s.src.is_empty() {
+                    m.push(format!("src {}", nets(&s.src).join(",")));
+                }
+                if !s.dst.is_empty() {
+                    m.push(format!("dst {}", nets(&s.dst).join(",")));
+                }
+                if s.proto != Proto::Any {
+                    m.push(format!("proto {:?}", s.proto).to_lowercase());
+                }
+                if !s.sport.is_all() {
+                    m.push(format!("sport {}", s.sport));
+                }
+                if !s.dport.is_all() {
+                    m.push(format!("dport {}", s.dport));
+                }
+                if let Some(i) = &s.iface {
+                    m.push(format!("iface {i}"));
+                }
+                let mut a = vec![];
+                if s.drop.0 > 0.0 {
+                    a.push(format!("drop {}", s.drop));
+                }
+                if s.duplicate.0 > 0.0 {
+                    a.push(format!("duplicate {}", s.duplicate));
+                }
+                println!(
+                    "rule      {:<16} prio {:<5} {}  => {}  ttl {left}",
+                    s.name,
+                    s.priority,
+                    m.join(" "),
+                    a.join(", ")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_stats(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
+    let (paths, state) = read_state(ns)?;
+    let rows: Vec<_> = read_stats(&paths, &state)?
+        .into_iter()
+        .filter(|r| r.kind != Kind::Protect)
+        .collect();
+    if json_out {
+        println!("{}", json!({ "rules": rows }));
+        return Ok(());
+    }
+    println!(
+        "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>12}  TTL",
+        "NAME", "KIND", "MATCHED", "DROPPED", "DUPLICATED", "PASSED", "BYTES"
+    );
+    for r in rows {
+        println!(
+            "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>12}  {}",
+            r.name,
+            format!("{:?}", r.kind).to_lowercase(),
+            r.counters.matched,
+            r.counters.dropped,
+            r.counters.duplicated,
+            r.counters.passed,
+            r.counters.bytes,
+            fmt_left(r.expires_in_ms, r.expired)
+        );
+    }
+    Ok(())
+}
+
+pub fn stats(ns: Option<&str>, json_out: bool, watch: Option<Duration>) -> anyhow::Result<()> {
+    let Some(every) = watch else {
+        return print_stats(ns, json_out);
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(async {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => print_stats(ns, json_out)?,
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+    })
+}
+
+pub fn protect_list(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
+    let (paths, state) = read_state(ns)?;
+    let stats = read_stats(&paths, &state)?;
+    // One row per label; its entries' counters summed.
+    let mut rows: Vec<(String, u64, u64)> = Vec::new();
+    for st in stats.iter().filter(|r| r.kind == Kind::Protect) {
+        let label = st.name.split('/').next().unwrap_or(&st.name).to_string();
+        match rows.iter_mut().find(|r| r.0 == label) {
+            Some(r) => {
+                r.1 += st.counters.matched;
+                r.2 += st.counters.bytes;
+            }
+            None => rows.push((label, st.counters.matched, st.counters.bytes)),
+        }
+    }
+    if json_out {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(l, p, b)| json!({"label": l, "packets": p, "bytes": b}))
+            .collect();
+        println!("{}", json!({ "protected": v }));
+        return Ok(());
+    }
+    println!("{:<44} {:>12} {:>14}", "PROTECTED", "PACKETS", "BYTES");
+    for (l, p, b) in rows {
+        println!("{l:<44} {p:>12} {b:>14}");
+    }
+    Ok(())
+}
+
+pub fn status(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
+    let (paths, state) = read_state(ns)?;
+    let ifaces: Vec<_> = state
+        .attached
+        .iter()
+        .map(|a| {
+            let now = crate::kernel::ifindex(&a.iface);
+            let lost = now != Some(a.ifindex);
+            json!({
+                "iface": a.iface, "ifindex": a.ifindex, "lost": lost,
+                "hooks": a.hooks.iter().map(|h| json!({"hook": h.hook, "kind": h.kind, "prog_id": h.prog_id})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    if json_out {
+        println!(
+            "{}",
+            json!({ "state": paths.key, "interfaces": ifaces, "rules": state.rules.len() })
+        );
+        return Ok(());
+    }
+    println!("namespace state: {}", paths.key);
+    if ifaces.is_empty() {
+        println!("not attached");
+    }
+    for (a, v) in state.attached.iter().zip(&ifaces) {
+        let hooks: Vec<String> = a
+            .hooks
+            .iter()
+            .map(|h| format!("{:?}: {:?} (prog {})", h.hook, h.kind, h.prog_id))
+            .collect();
+        println!(
+            "{} (ifindex {}){}: {}",
+            a.iface,
+            a.ifindex,
+            if v["lost"].as_bool() == Some(true) {
+                " LOST"
+            } else {
+                ""
+            },
+            hooks.join("; ")
+        );
+    }
+    println!("rules and partitions: {}", state.rules.len());
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Shared set-up for the end-to-end tests: labs of namespaces, the real binary, traffic checks.
+//!
+//! Cleanup is the [`Lab`]'s job: it is the guard. `attach` registers `netfault --netns NS detach`
+//! on the lab's teardown, and the lab deletes its namespaces after that, whether the test passed
+//! or panicked.
+use std::{net::SocketAddr, time::Duration};
+
+use netfault::lab::{self, Counters};
+pub use netfault::lab::{Host, Lab, Netfault, TcpEcho, TcpOutcome, UdpBurst, UdpReport};
+
+/// Namespaces of these tests are `nfe2e-<pid>-<n>-<role>`.
+pub const PREFIX: &str = "nfe2e";
+/// The port bursts go to; every test has namespaces of its own, so they can share it.
+pub const UDP_PORT: u16 = 4000;
+/// Expected failures wait this long: SYN retransmits come after 1 s, so a dropped SYN shows.
+pub const TCP_BLOCKED: Duration = Duration::from_millis(700);
+/// Expected successes finish in milliseconds; this only bounds a broken run.
+pub const TCP_OK: Duration = Duration::from_secs(3);
+
+pub fn nf() -> Netfault {
+    Netfault::new(env!("CARGO_BIN_EXE_netfault"))
+}
+
+/// Two hosts on a veth pair, neighbours resolved in both families.
+pub fn pair() -> (Lab, Netfault, [Host; 2]) {
+    let mut lab = Lab::new(PREFIX).expect("lab");
+    let hosts = lab.pair().expect("veth pair");
+    warm(&hosts[0], &hosts[1]);
+    (lab, nf(), hosts)
+}
+
+/// `n` hosts on a bridge, every pair's neighbours resolved.
+pub fn star(n: u8) -> (Lab, Netfault, Vec<Host>) {
+    let mut lab = Lab::new(PREFIX).expect("lab");
+    let hosts = lab.star(n).expect("bridge");
+    for (i, a) in hosts.iter().enumerate() {
+        for b in &hosts[i + 1..] {
+            warm(a, b);
+        }
+    }
+    (lab, nf(), hosts)
+}
+
+/// Resolves neighbours both ways and both families before any rule exists, so that no test
+/// measures address resolution instead of netfault (and no burst waits in a neighbour queue).
+pub fn warm(a: &Host, b: &Host) {
+    for v6 in [false, true] {
+        let r = lab::ping(&a.ns, b.ip(v6), 1).expect("ping");
+        assert_eq!(
+            r.received,
+            1,
+            "{} cannot reach {} before any rule",
+            a.ns,
+            b.ip(v6)
+        );
+        let r = lab::ping(&b.ns, a.ip(v6), 1).expect("ping");
+        assert_eq!(
+            r.received,
+            1,
+            "{} cannot reach {} before any rule",
+            b.ns,
+            a.ip(v6)
+        );
+    }
+}
+
+pub fn attach(lab: &mut Lab, nf: &Netfault, h: &Host) {
+    nf.attach(lab, &h.ns, &h.iface).expect("attach");
+}
+
+/// `netfault --netns <host> args...`, which must succeed.
+pub fn run(nf: &Netfault, h: &Host, args: &[&str]) -> String {
+    nf.run(&h.ns, args).expect("netfault command")
+}
+
+pub fn counters(nf: &Netfault, h: &Host, rule: &str) -> Counters {
+    nf.counters(&h.ns, rule).expect("stats")
+}
+
+/// A UDP burst of `count` datagrams from `from` to `to`'s address of one family.
+pub fn udp(from: &Host, to: &Host, v6: bool, count: u32) -> UdpReport {
+    UdpBurst::new(count)
+        .run(&from.ns, &to.ns, to.sock(v6, UDP_PORT))
+        .expect("udp burst")
+}
+
+/// Every datagram arrives exactly once.
+pub fn assert_udp_flows(from: &Host, to: &Host, v6: bool) {
+    let r = udp(from, to, v6, 200);
+    assert!(
+        r.every_seq_exactly(1),
+        "{} -> {}: expected all once; {r}",
+        from.ns,
+        to.ip(v6)
+    );
+}
+
+/// Nothing arrives.
+pub fn assert_udp_cut(from: &Host, to: &Host, v6: bool) {
+    let r = udp(from, to, v6, 200);
+    assert_eq!(
+        r.received(),
+        0,
+        "{} -> {}: expected a cut; {r}",
+        from.ns,
+        to.ip(v6)
+    );
+}
+
+pub fn ping_received(from: &Host, to: &Host, v6: bool, count: u32) -> u32 {
+    lab::ping(&from.ns, to.ip(v6), count)
+        .expect("ping")
+        .received
+}
+
+pub fn tcp(from: &Host, dst: SocketAddr, timeout: Duration) -> TcpOutcome {
+    lab::tcp_transfer(&from.ns, dst, 64 << 10, timeout).expect("tcp check")
+}
+
+/// netfault's pin and state directories for a namespace.
+pub fn netfault_dirs(ns: &str) -> [std::path::PathBuf; 2] {
+    [
+        std::path::Path::new(netfault::state::PIN_ROOT).join(format!("netns-{ns}")),
+        std::path::Path::new(netfault::state::RUN_ROOT).join(format!("netns-{ns}")),
+    ]
+}

@@ -1,0 +1,69 @@
+#!/bin/sh
+# Smoke test of netfault inside the test VM (`cargo xtask vm-test` runs it on every pinned
+# kernel): the fq qdisc, the binary, and one real impairment between two network namespaces
+# joined by a veth pair. Prints PASS/FAIL per check and exits non-zero if any check failed.
+# Only documentation addresses (192.0.2.0/24), only inside the VM.
+set -u
+
+failures=0
+pass() { echo "vm-smoke: PASS $*"; }
+fail() { echo "vm-smoke: FAIL $*"; failures=$((failures + 1)); }
+
+# check DESCRIPTION CMD...: runs CMD, showing its output, and records the result.
+check() {
+    desc=$1
+    shift
+    if "$@"; then pass "$desc"; else fail "$desc (exit $?: $*)"; fi
+}
+
+# check_fails DESCRIPTION CMD...: the same, for a command that must fail.
+check_fails() {
+    desc=$1
+    shift
+    if "$@"; then fail "$desc (succeeded: $*)"; else pass "$desc"; fi
+}
+
+ping_b() { ip netns exec A ping -n -q -c 2 -i 0.2 -W 1 192.0.2.2; }
+
+echo "vm-smoke: kernel $(uname -r)"
+
+check "fq qdisc on lo" tc qdisc add dev lo root fq
+tc qdisc del dev lo root 2>/dev/null
+check "netfault --version" netfault --version
+
+ip netns add A && ip netns add B &&
+    ip link add va netns A type veth peer name vb netns B &&
+    ip -n A addr add 192.0.2.1/24 dev va && ip -n B addr add 192.0.2.2/24 dev vb &&
+    ip -n A link set va up && ip -n B link set vb up &&
+    ip -n A link set lo up && ip -n B link set lo up
+check "two namespaces joined by veth" test $? = 0
+
+check "ping A -> B before netfault" ping_b
+check "netfault attach vb in B" netfault --netns B attach vb
+netfault --netns B status
+check "netfault rule add (icmp, drop 100%)" netfault --netns B rule add r --proto icmp --drop 100%
+check_fails "ping A -> B dropped" ping_b
+netfault --netns B stats
+check "netfault detach in B" netfault --netns B detach
+check "ping A -> B after detach" ping_b
+
+# Nothing of netfault's may remain on the interface once detached.
+# On 6.1 that means the clsact qdisc netfault created, too (on 6.6+ it uses tcx, no qdisc).
+leftover=$(ip netns exec B tc filter show dev vb ingress 2>&1; ip netns exec B tc filter show dev vb egress 2>&1)
+if echo "$leftover" | grep -q bpf; then
+    fail "no tc filter left on vb after detach: $leftover"
+else
+    pass "no tc filter left on vb after detach"
+fi
+if ip netns exec B tc qdisc show dev vb | grep -q clsact; then
+    fail "no clsact qdisc left on vb after detach"
+else
+    pass "no clsact qdisc left on vb after detach"
+fi
+
+if [ "$failures" -eq 0 ]; then
+    echo "vm-smoke: all checks passed on $(uname -r)"
+else
+    echo "vm-smoke: $failures check(s) failed on $(uname -r)"
+fi
+[ "$failures" -eq 0 ]
