@@ -145,7 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 XdpModeArg::Native => aya::programs::XdpMode::Driver,
                 XdpModeArg::Generic => aya::programs::XdpMode::Skb,
             });
-            let mut running = netfault::run::start(&ifaces, specs, mode, !no_protect)?;
+            let mut running = netfault::run::start(ns, &ifaces, specs, mode, !no_protect)?;
             for (i, hooks) in &running.hooks {
                 let how: Vec<String> = hooks
                     .iter()

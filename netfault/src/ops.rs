@@ -146,7 +146,16 @@ impl Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// How long a command waits for another one on the same namespace; NETFAULT_LOCK_WAIT
+/// (`500ms`, `1m`) overrides it.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+fn lock_wait() -> Duration {
+    std::env::var("NETFAULT_LOCK_WAIT")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .unwrap_or(LOCK_WAIT)
+}
 
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -179,7 +188,7 @@ impl Ctl {
         kernel::ensure_bpffs()?;
         let key = netns::state_key(netns_name)
             .map_err(|e| Error::Other(format!("netns identity: {e}")))?;
-        let lock = Locked::acquire(Paths::new(&key), LOCK_WAIT)?;
+        let lock = Locked::acquire(Paths::new(&key), lock_wait())?;
         let mut state = lock.load()?;
         let cookie = netns::cookie().map_err(|e| Error::Other(format!("netns cookie: {e}")))?;
         if state.netns_cookie != 0 && state.netns_cookie != cookie {

@@ -133,9 +133,15 @@ fn print_stats(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
         .into_iter()
         .filter(|r| r.kind != Kind::Protect)
         .collect();
+    let lost = lost_interfaces(&state);
     if json_out {
-        println!("{}", json!({ "rules": rows }));
+        println!("{}", json!({ "rules": rows, "lost_interfaces": lost }));
         return Ok(());
+    }
+    for i in &lost {
+        println!(
+            "interface {i} is gone (deleted while attached): `netfault attach {i}` once it is back"
+        );
     }
     println!(
         "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>12}  TTL",
@@ -155,6 +161,16 @@ fn print_stats(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Attached interfaces that no longer exist (or are a new interface under the same name).
+fn lost_interfaces(state: &crate::state::State) -> Vec<String> {
+    state
+        .attached
+        .iter()
+        .filter(|a| crate::kernel::ifindex(&a.iface) != Some(a.ifindex))
+        .map(|a| a.iface.clone())
+        .collect()
 }
 
 pub fn stats(ns: Option<&str>, json_out: bool, watch: Option<Duration>) -> anyhow::Result<()> {

@@ -35,6 +35,7 @@ pub struct Running {
 
 /// Loads a private copy of the programs and maps, attaches them, and publishes `specs`.
 pub fn start(
+    netns_name: Option<&str>,
     ifaces: &[String],
     specs: Vec<(RuleSpec, Ttl)>,
     xdp_mode: Option<XdpMode>,
@@ -52,8 +53,8 @@ pub fn start(
         }
     }
     // Interfaces `attach` manages are not ours to take.
-    let key =
-        crate::netns::state_key(None).map_err(|e| Error::Other(format!("netns identity: {e}")))?;
+    let key = crate::netns::state_key(netns_name)
+        .map_err(|e| Error::Other(format!("netns identity: {e}")))?;
     if let Ok(text) = std::fs::read(crate::state::Paths::new(&key).state_file())
         && let Ok(st) = serde_json::from_slice::<crate::state::State>(&text)
         && let Some(a) = st.attached.iter().find(|a| ifaces.contains(&a.iface))

@@ -1,0 +1,334 @@
+//! Fail-safe lifecycle, end to end: faults end by themselves (TTL, no process needed), `run`
+//! ends with its process (kill -9 too), `apply` replaces exactly, concurrent commands do not
+//! corrupt state, lost interfaces are reported and can be attached again.
+mod common;
+
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{attach, nf, pair, run};
+use netfault::lab::{Host, exec_in};
+
+/// One ICMP echo with a short wait: true if it came back.
+fn pings(from: &Host, to: &Host) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", &from.ns, "ping", "-c", "1", "-W", "0.2", "-q",
+        ])
+        .arg(to.v4.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Polls `pings` until it returns `want` or `limit` passes; the time it took.
+fn until_ping(from: &Host, to: &Host, want: bool, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if pings(from, to) == want {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn temp_file(tag: &str, text: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("nf-{tag}-{}.toml", std::process::id()));
+    std::fs::File::create(&p)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .unwrap();
+    p
+}
+
+#[test]
+fn ttl_expires_in_the_kernel_with_no_process_alive() {
+    let (mut lab, nf, [a, b]) = pair();
+    attach(&mut lab, &nf, &b);
+    let added = Instant::now();
+    let src = a.v4.to_string();
+    run(
+        &nf,
+        &b,
+        &[
+            "rule", "add", "brief", "--src", &src, "--proto", "icmp", "--drop", "100%", "--ttl",
+            "1s",
+        ],
+    );
+    assert!(!pings(&a, &b), "the rule did not take effect");
+    // No netfault process runs from here on: only the data path's clock check can end the rule.
+    let back = until_ping(&a, &b, true, Duration::from_secs(4)).expect("traffic never came back");
+    let since_add = added.elapsed() - Duration::from_millis(200).min(added.elapsed());
+    assert!(
+        since_add <= Duration::from_secs(2),
+        "back only {since_add:?} after a 1 s TTL"
+    );
+    assert!(back > Duration::ZERO);
+    let stats = run(&nf, &b, &["stats", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(v["rules"][0]["expired"], true, "{stats}");
+}
+
+#[test]
+fn kill_9_of_run_ends_the_impairment_within_a_second() {
+    let (lab, nf, [a, b]) = pair();
+    let file = temp_file(
+        "run",
+        &format!(
+            "[[rule]]\nname = \"cut-icmp\"\nsrc = [\"{}\"]\nproto = \"icmp\"\ndrop = \"100%\"\n",
+            a.v4
+        ),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netfault"))
+        .args(["--netns", &b.ns, "run"])
+        .arg(&file)
+        .args(["--iface", &b.iface, "--duration", "60s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cut = until_ping(&a, &b, false, Duration::from_secs(5));
+    if cut.is_none() {
+        let _ = child.kill();
+    }
+    assert!(cut.is_some(), "run never impaired traffic");
+    let t = Instant::now();
+    child.kill().unwrap(); // SIGKILL: no cleanup code runs
+    child.wait().unwrap();
+    let back = until_ping(&a, &b, true, Duration::from_secs(3)).expect("traffic never came back");
+    assert!(
+        t.elapsed() <= Duration::from_millis(1200),
+        "back after {back:?}"
+    );
+    let link = exec_in(&b.ns, "ip", &["-d", "link", "show", &b.iface]).unwrap();
+    assert!(!link.contains("prog/xdp"), "XDP left attached: {link}");
+    let _ = std::fs::remove_file(file);
+    drop(lab);
+}
+
+#[test]
+fn run_refuses_an_interface_attach_manages() {
+    let (mut lab, nf, [_a, b]) = pair();
+    attach(&mut lab, &nf, &b);
+    let file = temp_file(
+        "runbusy",
+        "[[rule]]\nname = \"x\"\nproto = \"udp\"\ndrop = 1\n",
+    );
+    let out = nf
+        .output(
+            &b.ns,
+            &[
+                "run",
+                file.to_str().unwrap(),
+                "--iface",
+                &b.iface,
+                "--duration",
+                "1s",
+            ],
+        )
+        .unwrap();
+    let _ = std::fs::remove_file(file);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("attached already"));
+}
+
+#[test]
+fn apply_replaces_the_whole_set_exactly() {
+    let (mut lab, nf, [_a, b]) = pair();
+    attach(&mut lab, &nf, &b);
+    run(
+        &nf,
+        &b,
+        &["rule", "add", "old-rule", "--proto", "udp", "--drop", "1"],
+    );
+    run(
+        &nf,
+        &b,
+        &[
+            "partition",
+            "198.51.100.1",
+            "198.51.100.2",
+            "--name",
+            "old-cut",
+        ],
+    );
+    run(&nf, &b, &["protect", "add", "203.0.113.7"]);
+    let file = temp_file(
+        "apply",
+        concat!(
+            "[[rule]]\nname = \"r1\"\nproto = \"udp\"\ndport = 53\ndrop = \"30%\"\n",
+            "[[rule]]\nname = \"r2\"\nproto = \"tcp\"\nduplicate = 0.5\n",
+            "[[partition]]\nname = \"p1\"\na = [\"192.0.2.1\"]\nb = [\"192.0.2.2\"]\noneway = true\n",
+        ),
+    );
+    run(&nf, &b, &["apply", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(file);
+    let list: serde_json::Value =
+        serde_json::from_str(&run(&nf, &b, &["rule", "list", "--json"])).unwrap();
+    let names: Vec<_> = list["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["p1", "r1", "r2"],
+        "partitions first, then file order"
+    );
+    assert_eq!(list["rules"][0]["oneway"], true);
+    assert_eq!(list["rules"][1]["dport"], "53");
+    assert_eq!(list["rules"][1]["drop"], 0.3);
+    // Protections are not part of a rule set: apply keeps them.
+    let prot = run(&nf, &b, &["protect", "list", "--json"]);
+    assert!(prot.contains("203.0.113.7"), "{prot}");
+    // A bad file changes nothing.
+    let bad = temp_file(
+        "applybad",
+        "[[rule]]\nname = \"z\"\nsrcc = [\"192.0.2.1\"]\ndrop = 1\n",
+    );
+    let out = nf.output(&b.ns, &["apply", bad.to_str().unwrap()]).unwrap();
+    let _ = std::fs::remove_file(bad);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rule[0].srcc"));
+    let without_ttl = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+        let mut rules = v["rules"].as_array().unwrap().clone();
+        for r in &mut rules {
+            r.as_object_mut().unwrap().remove("expires_in_ms");
+        }
+        rules
+    };
+    let again: serde_json::Value =
+        serde_json::from_str(&run(&nf, &b, &["rule", "list", "--json"])).unwrap();
+    assert_eq!(
+        without_ttl(&again),
+        without_ttl(&list),
+        "a refused file changed the rule set"
+    );
+}
+
+#[test]
+fn sixteen_concurrent_rule_adds_leave_sixteen_rules() {
+    let (mut lab, nf, [_a, b]) = pair();
+    attach(&mut lab, &nf, &b);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let (nf, ns) = (&nf, &b.ns);
+                sc.spawn(move || {
+                    let src = format!("198.51.100.{}", i + 1);
+                    nf.output(
+                        ns,
+                        &[
+                            "rule",
+                            "add",
+                            &format!("r{i}"),
+                            "--src",
+                            &src,
+                            "--drop",
+                            "1",
+                        ],
+                    )
+                    .unwrap()
+                })
+            })
+            .collect();
+        for h in handles {
+            let out = h.join().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
+    let list: serde_json::Value =
+        serde_json::from_str(&run(&nf, &b, &["rule", "list", "--json"])).unwrap();
+    let mut names: Vec<_> = list["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    let mut want: Vec<_> = (0..16).map(|i| format!("r{i}")).collect();
+    want.sort();
+    assert_eq!(names, want);
+    // Every rule got its own slot and counters.
+    let stats: serde_json::Value =
+        serde_json::from_str(&run(&nf, &b, &["stats", "--json"])).unwrap();
+    assert_eq!(stats["rules"].as_array().unwrap().len(), 16);
+}
+
+#[test]
+fn a_busy_lock_names_its_holder() {
+    let (mut lab, nf, [_a, b]) = pair();
+    attach(&mut lab, &nf, &b);
+    let lock = format!("/run/netfault/netns-{}/lock", b.ns);
+    // Hold the lock as another command would, for longer than the wait we allow.
+    let mut holder = Command::new("flock")
+        .args([&lock, "-c", "sleep 3"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_netfault"))
+        .args([
+            "--netns", &b.ns, "rule", "add", "r", "--proto", "udp", "--drop", "1",
+        ])
+        .env("NETFAULT_LOCK_WAIT", "500ms")
+        .output()
+        .unwrap();
+    holder.kill().ok();
+    holder.wait().ok();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds the lock") && err.contains("attach"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the wait was not bounded"
+    );
+}
+
+#[test]
+fn a_deleted_interface_is_reported_lost_and_can_be_attached_again() {
+    let (mut lab, nf, [_a, b]) = pair();
+    attach(&mut lab, &nf, &b);
+    run(
+        &nf,
+        &b,
+        &["rule", "add", "r", "--proto", "udp", "--drop", "1"],
+    );
+    exec_in(&b.ns, "ip", &["link", "del", &b.iface]).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&run(&nf, &b, &["status", "--json"])).unwrap();
+    assert_eq!(status["interfaces"][0]["lost"], true, "{status}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&run(&nf, &b, &["stats", "--json"])).unwrap();
+    assert_eq!(stats["lost_interfaces"][0], b.iface.as_str(), "{stats}");
+    // A new interface of the same name.
+    exec_in(
+        &b.ns,
+        "ip",
+        &[
+            "link", "add", &b.iface, "type", "veth", "peer", "name", "spare0",
+        ],
+    )
+    .unwrap();
+    exec_in(&b.ns, "ip", &["link", "set", &b.iface, "up"]).unwrap();
+    let out = run(&nf, &b, &["attach", &b.iface]);
+    assert!(out.contains("attached ("), "{out}");
+    let status: serde_json::Value =
+        serde_json::from_str(&run(&nf, &b, &["status", "--json"])).unwrap();
+    assert_eq!(status["interfaces"][0]["lost"], false, "{status}");
+    assert_eq!(status["interfaces"].as_array().unwrap().len(), 1);
+    let link = exec_in(&b.ns, "ip", &["-d", "link", "show", &b.iface]).unwrap();
+    assert!(link.contains("prog/xdp"), "{link}");
+}
