@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{attach, nf, pair, run};
+use common::{attach, pair, run};
 use netfault::lab::{Host, exec_in};
 
 /// One ICMP echo with a short wait: true if it came back.

@@ -3,6 +3,9 @@
 //! Cleanup is the [`Lab`]'s job: it is the guard. `attach` registers `netfault --netns NS detach`
 //! on the lab's teardown, and the lab deletes its namespaces after that, whether the test passed
 //! or panicked.
+// Each test crate that includes this module uses a different part of it.
+#![allow(dead_code, unused_imports)]
+
 use std::{net::SocketAddr, time::Duration};
 
 use netfault::lab::{self, Counters};
