@@ -75,7 +75,7 @@ fn ttl_expires_in_the_kernel_with_no_process_alive() {
 
 #[test]
 fn kill_9_of_run_ends_the_impairment_within_a_second() {
-    let (lab, nf, [a, b]) = pair();
+    let (lab, _nf, [a, b]) = pair();
     let file = temp_file(
         "run",
         &format!(
