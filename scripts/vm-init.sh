@@ -28,7 +28,8 @@ mount -t proc proc /proc || setup_failed "mount /proc"
 mount -t sysfs sysfs /sys || setup_failed "mount /sys"
 mount -t devtmpfs devtmpfs /dev || setup_failed "mount /dev"
 mount -t tmpfs -o mode=0755 tmpfs /run || setup_failed "mount /run"
-mount -t tmpfs -o mode=1777 tmpfs /tmp || setup_failed "mount /tmp"
+# /tmp stays on the initramfs (already RAM): a mount would hide files included from /tmp.
+chmod 1777 /tmp
 mount -t bpf -o mode=0700 bpf /sys/fs/bpf || setup_failed "mount bpffs"
 # Not needed by netfault itself, but tests that inspect programs or cgroups expect them.
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null

@@ -39,6 +39,7 @@ ip netns add A && ip netns add B &&
 check "two namespaces joined by veth" test $? = 0
 
 check "ping A -> B before netfault" ping_b
+check_fails "no clsact qdisc on vb before attach" sh -c 'ip netns exec B tc qdisc show dev vb | grep -q clsact'
 check "netfault attach vb in B" netfault --netns B attach vb
 netfault --netns B status
 check "netfault rule add (icmp, drop 100%)" netfault --netns B rule add r --proto icmp --drop 100%
@@ -48,7 +49,7 @@ check "netfault detach in B" netfault --netns B detach
 check "ping A -> B after detach" ping_b
 
 # Nothing of netfault's may remain on the interface once detached.
-# On 6.1 that means the clsact qdisc netfault created, too (on 6.6+ it uses tcx, no qdisc).
+# Before 6.6 that includes the clsact qdisc netfault created (from 6.6 it uses tcx, no qdisc).
 leftover=$(ip netns exec B tc filter show dev vb ingress 2>&1; ip netns exec B tc filter show dev vb egress 2>&1)
 if echo "$leftover" | grep -q bpf; then
     fail "no tc filter left on vb after detach: $leftover"
@@ -56,7 +57,7 @@ else
     pass "no tc filter left on vb after detach"
 fi
 if ip netns exec B tc qdisc show dev vb | grep -q clsact; then
-    fail "no clsact qdisc left on vb after detach"
+    fail "no clsact qdisc left on vb after detach (netfault added it at attach)"
 else
     pass "no clsact qdisc left on vb after detach"
 fi

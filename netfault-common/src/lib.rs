@@ -33,6 +33,9 @@ pub const RULE_NEEDS_SKB: u32 = 1 << 1;
 
 /// `Config::flags`: some active rule needs tc ingress.
 pub const CFG_INGRESS_TC: u32 = 1;
+/// `Config::flags`: some interface has no netfault XDP program (another one holds XDP there),
+/// so tc ingress applies every rule on the interfaces listed in `NF_TC_ONLY`.
+pub const CFG_TC_ONLY: u32 = 1 << 1;
 
 /// The fields a packet is classified on. Used three ways: as the packet's own key, as a mask
 /// (a tuple's shape), and, masked and tagged with `gen` and `tuple`, as the key of `FLOWS`.
@@ -160,7 +163,8 @@ pub mod maps {
     pub const FLOWS: &str = "NF_FLOWS";
     pub const RULES: &str = "NF_RULES";
     pub const COUNTERS: &str = "NF_COUNTERS";
-    pub const ALL: [&str; 5] = [CONFIG, TUPLES, FLOWS, RULES, COUNTERS];
+    pub const TC_ONLY: &str = "NF_TC_ONLY";
+    pub const ALL: [&str; 6] = [CONFIG, TUPLES, FLOWS, RULES, COUNTERS, TC_ONLY];
 }
 
 /// Program names in the object file.

@@ -16,11 +16,14 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use netfault_common::{
-    CFG_INGRESS_TC, CLONE_MARK, Counters, DIR_EGRESS, DIR_INGRESS, FlowKey, PROB_ALWAYS,
-    RULE_NEEDS_SKB,
+    CFG_INGRESS_TC, CFG_TC_ONLY, CLONE_MARK, Counters, DIR_EGRESS, DIR_INGRESS, FlowKey,
+    PROB_ALWAYS, RULE_NEEDS_SKB,
 };
 
-use crate::{classify::classify, maps::NF_COUNTERS};
+use crate::{
+    classify::classify,
+    maps::{NF_COUNTERS, NF_TC_ONLY},
+};
 
 /// `p` compiled to a threshold: 0 never fires, `PROB_ALWAYS` always does.
 #[inline(always)]
@@ -80,7 +83,12 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
     if mark == CLONE_MARK {
         return None;
     }
-    if dir == DIR_INGRESS && classify::config_flags() & CFG_INGRESS_TC == 0 {
+    let flags = classify::config_flags();
+    // SAFETY: read-only lookup.
+    let tc_only = dir == DIR_INGRESS
+        && flags & CFG_TC_ONLY != 0
+        && unsafe { NF_TC_ONLY.get(&ifindex) }.is_some();
+    if dir == DIR_INGRESS && !tc_only && flags & CFG_INGRESS_TC == 0 {
         return None;
     }
     // Headers may sit in paged data; pull what the parser can reach into the linear part.
@@ -93,7 +101,7 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
     key.dir = dir;
     key.ifindex = ifindex;
     let m = classify(&key)?;
-    if dir == DIR_INGRESS && m.rule.flags & RULE_NEEDS_SKB == 0 {
+    if dir == DIR_INGRESS && !tc_only && m.rule.flags & RULE_NEEDS_SKB == 0 {
         // XDP already applied and counted this rule.
         return None;
     }

@@ -26,3 +26,7 @@ pub static NF_RULES: Array<RuleValue> = Array::pinned(MAX_RULES, 0);
 
 #[map(name = "NF_COUNTERS")]
 pub static NF_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_RULES, 0);
+
+/// Interfaces (by index) where tc ingress applies every rule, because XDP is not ours there.
+#[map(name = "NF_TC_ONLY")]
+pub static NF_TC_ONLY: HashMap<u32, u32> = HashMap::pinned(256, 0);

@@ -17,7 +17,8 @@ use aya::{
     util::KernelVersion,
 };
 use netfault_common::{
-    Config, Counters, FlowKey, FlowRef, MAX_TUPLES, RuleValue, Tuple, maps as names, progs,
+    CFG_TC_ONLY, Config, Counters, FlowKey, FlowRef, MAX_TUPLES, RuleValue, Tuple, maps as names,
+    progs,
 };
 use serde::{Deserialize, Serialize};
 
@@ -136,6 +137,7 @@ pub struct Maps {
     pub flows: BpfHashMap<MapData, FlowKey, FlowRef>,
     pub rules: Array<MapData, RuleValue>,
     pub counters: PerCpuArray<MapData, Counters>,
+    pub tc_only: BpfHashMap<MapData, u32, u32>,
     grace: crate::grace::Grace,
 }
 
@@ -158,6 +160,7 @@ impl Maps {
             flows: typed(get(names::FLOWS)?, names::FLOWS)?,
             rules: typed(get(names::RULES)?, names::RULES)?,
             counters: typed(get(names::COUNTERS)?, names::COUNTERS)?,
+            tc_only: typed(get(names::TC_ONLY)?, names::TC_ONLY)?,
             grace: crate::grace::Grace::new().map_err(io_err("grace map"))?,
         })
     }
@@ -176,6 +179,7 @@ impl Maps {
             flows: typed(get(names::FLOWS)?, names::FLOWS)?,
             rules: typed(get(names::RULES)?, names::RULES)?,
             counters: typed(get(names::COUNTERS)?, names::COUNTERS)?,
+            tc_only: typed(get(names::TC_ONLY)?, names::TC_ONLY)?,
             grace: crate::grace::Grace::new().map_err(io_err("grace map"))?,
         })
     }
@@ -215,7 +219,31 @@ impl Maps {
         self.config
             .set(0, &cfg, 0)
             .map_err(ebpf_err("write config"))?;
-        cfg.flags = c.config_flags;
+        cfg.flags = c.config_flags | (cfg.flags & CFG_TC_ONLY);
+        self.config
+            .set(0, &cfg, 0)
+            .map_err(ebpf_err("write config"))
+    }
+
+    /// Marks an interface whose ingress rules tc applies (XDP is not ours there), or unmarks it.
+    pub fn set_tc_only(&mut self, ifindex: u32, on: bool) -> Result<()> {
+        if on {
+            self.tc_only
+                .insert(&ifindex, &1, 0)
+                .map_err(ebpf_err("mark tc-only interface"))?;
+        } else {
+            match self.tc_only.remove(&ifindex) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(ebpf_err("unmark tc-only interface")(e)),
+            }
+        }
+        let any = self.tc_only.keys().next().is_some();
+        let mut cfg = self.config()?;
+        cfg.flags = if any {
+            cfg.flags | CFG_TC_ONLY
+        } else {
+            cfg.flags & !CFG_TC_ONLY
+        };
         self.config
             .set(0, &cfg, 0)
             .map_err(ebpf_err("write config"))
@@ -304,6 +332,8 @@ pub enum HookKind {
     Tcx,
     /// tc through a cls_bpf filter on a clsact qdisc (older kernels).
     Clsact,
+    /// No XDP of ours: another program holds XDP here, tc ingress applies the ingress rules.
+    TcFallback,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -352,6 +382,9 @@ pub struct HookState {
     /// We added the clsact qdisc, so we remove it on detach.
     #[serde(default)]
     pub created_clsact: bool,
+    /// Why the hook is not what was asked for (a fallback), for status and warnings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 pub fn ifindex(iface: &str) -> Option<u32> {
@@ -481,6 +514,7 @@ fn attach_one(
                                 kind,
                                 prog_id,
                                 created_clsact: false,
+                                note: None,
                             },
                             held,
                         ));
@@ -488,9 +522,26 @@ fn attach_one(
                     Err(e) => last = Some(e),
                 }
             }
-            Err(ebpf_err(format!(
-                "attach XDP to {iface} (another XDP program may hold it)"
-            ))(last.expect("one mode tried")))
+            let err = last.expect("one mode tried");
+            match xdp_holder(iface) {
+                // Someone else's program: never replace it. Unless a mode was demanded, drop
+                // at tc ingress instead (after the skb exists, but dropped all the same).
+                Some(holder) if xdp_mode.is_none() => Ok((
+                    HookState {
+                        hook,
+                        kind: HookKind::TcFallback,
+                        prog_id: 0,
+                        created_clsact: false,
+                        note: Some(format!("XDP on {iface} is held by {holder}")),
+                    },
+                    None,
+                )),
+                Some(holder) => Err(KernelError::Io {
+                    what: format!("attach XDP to {iface}: it is held by {holder}"),
+                    source: io::ErrorKind::AlreadyExists.into(),
+                }),
+                None => Err(ebpf_err(format!("attach XDP to {iface}"))(err)),
+            }
         }
         Hook::TcIngress | Hook::TcEgress => {
             let p: &mut SchedClassifier = prog.try_into().map_err(ebpf_err("tc program"))?;
@@ -518,6 +569,7 @@ fn attach_one(
                         kind: HookKind::Tcx,
                         prog_id,
                         created_clsact: false,
+                        note: None,
                     },
                     held,
                 ))
@@ -541,6 +593,7 @@ fn attach_one(
                         kind: HookKind::Clsact,
                         prog_id,
                         created_clsact: created,
+                        note: None,
                     },
                     None,
                 ))
@@ -552,6 +605,7 @@ fn attach_one(
 /// Detaches one hook. Missing links (interface gone, already detached) are not errors.
 pub fn detach_hook(iface: &str, h: &HookState, links_dir: &Path) -> Result<()> {
     match h.kind {
+        HookKind::TcFallback => Ok(()),
         HookKind::XdpNative | HookKind::XdpGeneric | HookKind::Tcx => {
             unpin_link(&links_dir.join(h.hook.pin_name(iface)))
         }
@@ -596,6 +650,26 @@ pub fn unpin_link(path: &Path) -> Result<()> {
         Err(_) if !path.exists() => Ok(()),
         Err(e) => Err(ebpf_err(format!("open pinned link {}", path.display()))(e)),
     }
+}
+
+/// The XDP program another tool attached to `iface`, as "program ID (NAME)", if any.
+pub fn xdp_holder(iface: &str) -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "-d", "link", "show", "dev", iface])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let xdp = &v[0]["xdp"];
+    let prog = if xdp["prog"].is_object() {
+        &xdp["prog"]
+    } else {
+        &xdp["attached"][0]["prog"]
+    };
+    let id = prog["id"].as_u64()?;
+    Some(match prog["name"].as_str() {
+        Some(n) => format!("program {id} ({n})"),
+        None => format!("program {id}"),
+    })
 }
 
 /// Is the pinned link still attached to a live interface with this index?

@@ -43,6 +43,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for line in ctl.attach(&ifaces, mode)? {
                 println!("{line}");
             }
+            for w in &ctl.warnings {
+                eprintln!("netfault: warning: {w}");
+            }
         }
         Cmd::Detach { ifaces } => {
             let ctl = Ctl::open(ns)?;

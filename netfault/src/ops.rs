@@ -179,6 +179,8 @@ pub fn check_privileges() -> Result<()> {
 pub struct Ctl {
     lock: Locked,
     pub state: State,
+    /// Things the operator should know that are not errors (fallbacks), for stderr.
+    pub warnings: Vec<String>,
 }
 
 impl Ctl {
@@ -200,7 +202,11 @@ impl Ctl {
             state = State::default();
         }
         state.netns_cookie = cookie;
-        Ok(Self { lock, state })
+        Ok(Self {
+            lock,
+            state,
+            warnings: Vec::new(),
+        })
     }
 
     pub fn paths(&self) -> &Paths {
@@ -266,6 +272,14 @@ impl Ctl {
                 .map(|h| format!("{:?}={:?}", h.hook, h.kind))
                 .collect();
             report.push(format!("{iface}: attached ({})", how.join(", ")));
+            if hooks.iter().any(|h| h.kind == HookKind::TcFallback) {
+                Maps::open(&self.paths().maps())?.set_tc_only(idx, true)?;
+            }
+            for note in hooks.iter().filter_map(|h| h.note.as_ref()) {
+                self.warnings.push(format!(
+                    "{note}; netfault applies ingress rules at tc ingress on {iface} instead (after the skb exists; `--xdp-mode native` refuses instead)"
+                ));
+            }
             self.state.attached.push(Attachment {
                 iface,
                 ifindex: idx,
@@ -317,6 +331,9 @@ impl Ctl {
             let a = self.state.attached.remove(pos);
             for h in &a.hooks {
                 kernel::detach_hook(&a.iface, h, &self.paths().links())?;
+            }
+            if a.hooks.iter().any(|h| h.kind == HookKind::TcFallback) {
+                Maps::open(&self.paths().maps())?.set_tc_only(a.ifindex, false)?;
             }
             report.push(format!("{i}: detached"));
         }

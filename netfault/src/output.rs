@@ -236,10 +236,31 @@ pub fn status(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
             })
         })
         .collect();
+    let now = ops::monotonic_ns();
+    let label = |n: &str| n.split('/').next().unwrap_or(n).to_string();
+    let mut protected: Vec<String> = state
+        .rules
+        .iter()
+        .filter(|r| r.spec.kind == Kind::Protect)
+        .map(|r| label(&r.spec.name))
+        .collect();
+    protected.dedup();
+    let rules: Vec<_> = state
+        .ordered()
+        .into_iter()
+        .filter(|r| r.spec.kind != Kind::Protect)
+        .map(|r| {
+            let (left, expired) = ttl_left(r, now);
+            json!({"name": r.spec.name, "kind": r.spec.kind, "expires_in_ms": left, "expired": expired})
+        })
+        .collect();
     if json_out {
         println!(
             "{}",
-            json!({ "state": paths.key, "interfaces": ifaces, "rules": state.rules.len() })
+            json!({
+                "state": paths.key, "interfaces": ifaces, "rules": rules.len(),
+                "protected": protected, "lifetimes": rules,
+            })
         );
         return Ok(());
     }
@@ -265,6 +286,15 @@ pub fn status(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
             hooks.join("; ")
         );
     }
-    println!("rules and partitions: {}", state.rules.len());
+    println!("protected: {}", protected.join(", "));
+    println!("rules and partitions: {}", rules.len());
+    for r in &rules {
+        println!(
+            "  {:<18} {:<9} ttl {}",
+            r["name"].as_str().unwrap_or(""),
+            r["kind"].as_str().unwrap_or(""),
+            fmt_left(r["expires_in_ms"].as_u64(), r["expired"] == true)
+        );
+    }
     Ok(())
 }

@@ -332,3 +332,72 @@ fn a_deleted_interface_is_reported_lost_and_can_be_attached_again() {
     let link = exec_in(&b.ns, "ip", &["-d", "link", "show", &b.iface]).unwrap();
     assert!(link.contains("prog/xdp"), "{link}");
 }
+
+#[test]
+fn another_xdp_program_is_named_kept_and_worked_around() {
+    use aya::programs::{Xdp, XdpMode};
+    let (mut lab, nf, [a, b]) = pair();
+    // Another tool's XDP program on b's interface, held by a thread inside b's namespace.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let (ns, iface) = (b.ns.clone(), b.iface.clone());
+    let holder = std::thread::spawn(move || {
+        netfault::netns::enter(&ns).unwrap();
+        let mut ebpf = aya::Ebpf::load(netfault::kernel::BENCH_OBJECT).unwrap();
+        let p: &mut Xdp = ebpf.program_mut("bench_pass").unwrap().try_into().unwrap();
+        p.load().unwrap();
+        let c = std::ffi::CString::new(iface).unwrap();
+        p.attach(c.as_c_str(), XdpMode::Driver).unwrap();
+        ready_tx.send(()).unwrap();
+        let _ = stop_rx.recv_timeout(Duration::from_secs(60));
+        drop(ebpf);
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+
+    // Demanding native XDP is refused, naming the holder, and changes nothing.
+    let out = nf
+        .output(&b.ns, &["attach", &b.iface, "--xdp-mode", "native"])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bench_pass"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Otherwise netfault attaches at tc and says why.
+    let out = nf.output(&b.ns, &["attach", &b.iface]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("held by") && err.contains("bench_pass"),
+        "{err}"
+    );
+    let (ns, nfc) = (b.ns.clone(), nf.clone());
+    lab.on_teardown(move || {
+        let _ = nfc.run(&ns, &["detach"]);
+    });
+    let src = a.v4.to_string();
+    run(
+        &nf,
+        &b,
+        &[
+            "rule", "add", "cut", "--src", &src, "--proto", "icmp", "--drop", "100%",
+        ],
+    );
+    assert!(!pings(&a, &b), "the drop rule did not apply at tc ingress");
+    let stats: serde_json::Value =
+        serde_json::from_str(&run(&nf, &b, &["stats", "--json"])).unwrap();
+    assert!(
+        stats["rules"][0]["counters"]["dropped"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    // Detaching netfault leaves the other program where it was.
+    run(&nf, &b, &["detach"]);
+    let link = exec_in(&b.ns, "ip", &["-d", "link", "show", &b.iface]).unwrap();
+    assert!(
+        link.contains("bench_pass"),
+        "the other tool's XDP program was removed: {link}"
+    );
+    assert!(pings(&a, &b));
+    stop_tx.send(()).unwrap();
+    holder.join().unwrap();
+}

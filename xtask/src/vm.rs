@@ -416,8 +416,8 @@ impl Outcome {
                 secs(self.elapsed)
             ),
             (None, false) => bail!(
-                "QEMU ended ({}) without the guest reporting an exit code: a kernel panic or a \
-                 crash of init; see the console output above",
+                "QEMU ended ({}) without the guest reporting an exit code: a kernel panic, a \
+                 crash of init, or QEMU was interrupted; see the console output above",
                 self.qemu
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| "killed".into())

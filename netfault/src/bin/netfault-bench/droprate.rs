@@ -197,6 +197,7 @@ fn hook_kind_name(k: HookKind) -> &'static str {
         HookKind::XdpGeneric => "generic",
         HookKind::Tcx => "tcx",
         HookKind::Clsact => "clsact",
+        HookKind::TcFallback => "tc fallback",
     }
 }
 
