@@ -437,15 +437,7 @@ fn attach_all(
     })();
     if let Err(e) = res {
         drop(held);
-        if let Some(d) = links_dir {
-            for h in &done {
-                let _ = detach_hook(iface, h, d);
-            }
-        } else {
-            for h in done.iter().filter(|h| h.kind == HookKind::Clsact) {
-                let _ = detach_hook(iface, h, Path::new("/nonexistent"));
-            }
-        }
+        let _ = detach_all(iface, &done, links_dir);
         return Err(e);
     }
     Ok((done, held))
@@ -602,13 +594,29 @@ fn attach_one(
     }
 }
 
-/// Detaches one hook. Missing links (interface gone, already detached) are not errors.
-pub fn detach_hook(iface: &str, h: &HookState, links_dir: &Path) -> Result<()> {
+/// Detaches every hook of one interface, then removes the clsact qdisc if we added it. Links
+/// are unpinned from `links_dir`; without one they are held by the caller, who drops them.
+/// Missing links (interface gone, already detached) are not errors.
+pub fn detach_all(iface: &str, hooks: &[HookState], links_dir: Option<&Path>) -> Result<()> {
+    let mut first_err = None;
+    for h in hooks {
+        if let Err(e) = detach_hook(iface, h, links_dir) {
+            first_err.get_or_insert(e);
+        }
+    }
+    if hooks.iter().any(|h| h.created_clsact) && ifindex(iface).is_some() {
+        remove_clsact(iface);
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+fn detach_hook(iface: &str, h: &HookState, links_dir: Option<&Path>) -> Result<()> {
     match h.kind {
         HookKind::TcFallback => Ok(()),
-        HookKind::XdpNative | HookKind::XdpGeneric | HookKind::Tcx => {
-            unpin_link(&links_dir.join(h.hook.pin_name(iface)))
-        }
+        HookKind::XdpNative | HookKind::XdpGeneric | HookKind::Tcx => match links_dir {
+            Some(d) => unpin_link(&d.join(h.hook.pin_name(iface))),
+            None => Ok(()),
+        },
         HookKind::Clsact => {
             let Ok(cname) = CString::new(iface) else {
                 return Ok(());
@@ -622,15 +630,12 @@ pub fn detach_hook(iface: &str, h: &HookState, links_dir: &Path) -> Result<()> {
                 Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(ebpf_err(format!("detach tc from {iface}"))(e)),
             }
-            if h.created_clsact && h.hook == Hook::TcEgress {
-                remove_clsact(iface);
-            }
             Ok(())
         }
     }
 }
 
-/// Removes the clsact qdisc we created (both our filters are gone by then).
+/// Removes the clsact qdisc we created (our filters are gone by then).
 fn remove_clsact(iface: &str) {
     let _ = std::process::Command::new("tc")
         .args(["qdisc", "del", "dev", iface, "clsact"])

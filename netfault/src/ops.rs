@@ -253,9 +253,7 @@ impl Ctl {
                     continue;
                 }
                 // The interface was deleted and made anew under the same name.
-                for h in &a.hooks {
-                    let _ = kernel::detach_hook(&iface, h, &self.paths().links());
-                }
+                let _ = kernel::detach_all(&iface, &a.hooks, Some(&self.paths().links()));
                 self.state.attached.remove(pos);
             }
             if ebpf.is_none() {
@@ -310,9 +308,7 @@ impl Ctl {
         let mut report = Vec::new();
         if ifaces.is_empty() {
             for a in std::mem::take(&mut self.state.attached) {
-                for h in &a.hooks {
-                    kernel::detach_hook(&a.iface, h, &self.paths().links())?;
-                }
+                kernel::detach_all(&a.iface, &a.hooks, Some(&self.paths().links()))?;
                 report.push(format!("{}: detached", a.iface));
             }
             kernel::remove_pins(&self.paths().pins)?;
@@ -329,9 +325,7 @@ impl Ctl {
                 .position(|a| &a.iface == i)
                 .ok_or_else(|| Error::Other(format!("{i} is not attached")))?;
             let a = self.state.attached.remove(pos);
-            for h in &a.hooks {
-                kernel::detach_hook(&a.iface, h, &self.paths().links())?;
-            }
+            kernel::detach_all(&a.iface, &a.hooks, Some(&self.paths().links()))?;
             if a.hooks.iter().any(|h| h.kind == HookKind::TcFallback) {
                 Maps::open(&self.paths().maps())?.set_tc_only(a.ifindex, false)?;
             }

@@ -171,9 +171,7 @@ impl Drop for Running {
     /// lease makes them pass everything.
     fn drop(&mut self) {
         for (iface, hooks) in &self.hooks {
-            for h in hooks.iter().filter(|h| h.kind == kernel::HookKind::Clsact) {
-                let _ = kernel::detach_hook(iface, h, std::path::Path::new("/nonexistent"));
-            }
+            let _ = kernel::detach_all(iface, hooks, None);
         }
     }
 }

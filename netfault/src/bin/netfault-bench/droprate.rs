@@ -332,9 +332,7 @@ impl<'a> Bench<'a> {
             Attached::Netfault(hooks) => {
                 let links = &self.links_dir;
                 sys::in_netns(&ns, || {
-                    for h in &hooks {
-                        kernel::detach_hook(&ifname, h, links)?;
-                    }
+                    kernel::detach_all(&ifname, &hooks, Some(links))?;
                     Ok(())
                 })
             }
