@@ -63,7 +63,17 @@ impl Host {
             .iter()
             .map(|r| r["name"].clone())
             .collect();
-        format!("{cfg:?}\n{tuples:?}\n{flows:?}\n{rules:?}\n{names:?}")
+        // Links and programs: the pins, and the program ids status reports.
+        let mut links: Vec<String> =
+            std::fs::read_dir(format!("/sys/fs/bpf/netfault/netns-{}/links", self.ns))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+        links.sort();
+        let status: serde_json::Value =
+            serde_json::from_slice(&self.nf(&["status", "--json"]).stdout).unwrap();
+        let hooks = &status["interfaces"];
+        format!("{cfg:?}\n{tuples:?}\n{flows:?}\n{rules:?}\n{names:?}\n{links:?}\n{hooks}")
     }
 }
 
@@ -247,6 +257,50 @@ fn malformed_input_exits_2_names_the_field_and_changes_nothing() {
         assert_eq!(h.snapshot(), before, "{args:?} changed the kernel state");
     }
     assert!(cases.len() >= 30);
+
+    // Rule-set files through `apply`: the same contract, the key's path named.
+    let files: &[(&str, &str)] = &[
+        (
+            "[[rule]]\nname = \"x\"\nsrcc = [\"192.0.2.1\"]\ndrop = 1",
+            "rule[0].srcc",
+        ),
+        ("[[rule]]\nname = \"x\"\nsrc = []\ndrop = 1", "rule[0].src"),
+        ("[[rule]]\nname = \"x\"\ndrop = 1", "all = true"),
+        (
+            "[[rule]]\nname = \"x\"\nproto = \"udp\"\ndport = 70000\ndrop = 1",
+            "rule[0].dport",
+        ),
+        (
+            "[[partition]]\nname = \"p\"\na = [\"192.0.2.1\"]\nb = []",
+            "partition[0].b",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\nproto = \"udp\"\ndrop = \"2\"",
+            "rule[0].drop",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\nproto = \"udp\"\ndrop = 1\n[[rule]]\nname = \"x\"\nproto = \"tcp\"\ndrop = 1",
+            "name",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\niface = \"nf-nosuch0\"\ndrop = 1",
+            "--iface",
+        ),
+        ("[[rule] name", "FILE"),
+    ];
+    for (i, (text, field)) in files.iter().enumerate() {
+        let path = std::env::temp_dir().join(format!("nf-cli-bad-{}-{i}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let out = h.nf(&["apply", path.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&path);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(
+            err.contains(field),
+            "{text}: message does not name {field}: {err}"
+        );
+        assert_eq!(h.snapshot(), before, "{text} changed the kernel state");
+    }
 }
 
 #[test]

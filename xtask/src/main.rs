@@ -30,6 +30,9 @@ enum Cmd {
         /// Skip fmt and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the smoke test in VMs with Debian's 6.1 and 6.12 kernels.
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for `cargo test` (after --).
         #[arg(last = true)]
         args: Vec<String>,
@@ -156,7 +159,11 @@ fn main() -> anyhow::Result<()> {
             "--bins",
         ])),
         Cmd::Lint => lint(),
-        Cmd::Test { no_lint, args } => {
+        Cmd::Test {
+            no_lint,
+            no_vm,
+            args,
+        } => {
             if !no_lint {
                 lint()?;
             }
@@ -175,8 +182,12 @@ fn main() -> anyhow::Result<()> {
                     "--release",
                 ])
                 .args(&args))?;
-            // A short fuzz run: the parsers must not panic on anything.
             if args.is_empty() {
+                // The host kernel has tcx; 6.1 exercises the clsact path. About 30 s.
+                if !no_vm {
+                    vm::vm_test()?;
+                }
+                // A short fuzz run: the parsers must not panic on anything.
                 fuzz(15)?;
             }
             Ok(())
