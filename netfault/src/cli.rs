@@ -250,8 +250,6 @@ pub fn rule_spec(cmd: &Cmd) -> Result<Option<RuleSpec>, SpecError> {
                 .transpose()?
                 .unwrap_or_default();
             let r = RuleSpec {
-                name: name.clone(),
-                kind: Kind::Rule,
                 dir: *dir,
                 src,
                 dst,
@@ -262,7 +260,7 @@ pub fn rule_spec(cmd: &Cmd) -> Result<Option<RuleSpec>, SpecError> {
                 drop: drop.unwrap_or_default(),
                 duplicate: duplicate.unwrap_or_default(),
                 priority: *priority,
-                oneway: false,
+                ..RuleSpec::new(name.clone(), Kind::Rule)
             };
             r.validate()?;
             if r.matches_everything() && !all_traffic {
@@ -290,19 +288,10 @@ pub fn rule_spec(cmd: &Cmd) -> Result<Option<RuleSpec>, SpecError> {
                 format!("part-{}", t.as_millis() % 1_000_000_000)
             });
             let r = RuleSpec {
-                name,
-                kind: Kind::Partition,
-                dir: Direction::Both,
                 src: a,
                 dst: b,
-                proto: Proto::Any,
-                sport: PortRange::ALL,
-                dport: PortRange::ALL,
-                iface: None,
-                drop: Prob(1.0),
-                duplicate: Prob(0.0),
-                priority: 0,
                 oneway: *oneway,
+                ..RuleSpec::new(name, Kind::Partition)
             };
             r.validate()?;
             Some(r)

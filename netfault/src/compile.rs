@@ -337,19 +337,8 @@ mod tests {
 
     fn rule(name: &str) -> RuleSpec {
         RuleSpec {
-            name: name.into(),
-            kind: Kind::Rule,
-            dir: Direction::Both,
-            src: vec![],
-            dst: vec![],
-            proto: Proto::Any,
-            sport: PortRange::ALL,
-            dport: PortRange::ALL,
-            iface: None,
             drop: Prob(1.0),
-            duplicate: Prob(0.0),
-            priority: 0,
-            oneway: false,
+            ..RuleSpec::new(name, Kind::Rule)
         }
     }
 

@@ -148,31 +148,25 @@ fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(m: Map, name: &str) -> Re
 impl Maps {
     /// Opens the maps pinned in `maps_dir` by an earlier `attach`.
     pub fn open(maps_dir: &Path) -> Result<Self> {
-        let get = |name: &str| -> Result<Map> {
+        Self::build(|name| {
             let p = maps_dir.join(name);
             let d = MapData::from_pin(&p)
                 .map_err(ebpf_err(format!("open pinned map {}", p.display())))?;
             Map::from_map_data(d).map_err(ebpf_err(format!("map {name}")))
-        };
-        Ok(Self {
-            config: typed(get(names::CONFIG)?, names::CONFIG)?,
-            tuples: typed(get(names::TUPLES)?, names::TUPLES)?,
-            flows: typed(get(names::FLOWS)?, names::FLOWS)?,
-            rules: typed(get(names::RULES)?, names::RULES)?,
-            counters: typed(get(names::COUNTERS)?, names::COUNTERS)?,
-            tc_only: typed(get(names::TC_ONLY)?, names::TC_ONLY)?,
-            grace: crate::grace::Grace::new().map_err(io_err("grace map"))?,
         })
     }
 
-    /// Takes the maps out of a loaded object (tests and benchmarks).
+    /// Takes the maps out of a loaded object (tests, benchmarks, `run`).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        let mut get = |name: &str| {
+        Self::build(|name| {
             ebpf.take_map(name).ok_or_else(|| KernelError::Io {
                 what: format!("map {name}"),
                 source: io::Error::from(io::ErrorKind::NotFound),
             })
-        };
+        })
+    }
+
+    fn build(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
         Ok(Self {
             config: typed(get(names::CONFIG)?, names::CONFIG)?,
             tuples: typed(get(names::TUPLES)?, names::TUPLES)?,

@@ -22,26 +22,12 @@ pub mod protection {
 
     use ipnet::IpNet;
 
-    use crate::spec::{Direction, Kind, PortRange, Prob, Proto, RuleSpec};
+    use crate::spec::{Kind, PortRange, Proto, RuleSpec};
 
     pub const LOOPBACK: &str = "loopback";
 
     fn pass(name: String) -> RuleSpec {
-        RuleSpec {
-            name,
-            kind: Kind::Protect,
-            dir: Direction::Both,
-            src: vec![],
-            dst: vec![],
-            proto: Proto::Any,
-            sport: PortRange::ALL,
-            dport: PortRange::ALL,
-            iface: None,
-            drop: Prob(0.0),
-            duplicate: Prob(0.0),
-            priority: 0,
-            oneway: false,
-        }
+        RuleSpec::new(name, Kind::Protect)
     }
 
     pub fn label(net: &IpNet, port: Option<u16>) -> String {

@@ -22,9 +22,7 @@
 //! 0.0.0.0/0 and ::/0) is refused unless it says `all = true`.
 use toml::{Table, Value};
 
-use crate::spec::{
-    Direction, Kind, PortRange, Prob, Proto, RuleSpec, SpecError, Ttl, parse_net, validate_name,
-};
+use crate::spec::{Kind, PortRange, Prob, RuleSpec, SpecError, Ttl, parse_net, validate_name};
 
 const RULE_KEYS: &[&str] = &[
     "name",
@@ -124,21 +122,7 @@ fn name(path: &str, t: &Table) -> Result<String, SpecError> {
 fn rule(path: &str, t: &Table) -> Result<(RuleSpec, Ttl), SpecError> {
     check_keys(path, t, RULE_KEYS)?;
     let at = |k: &str| format!("{path}.{k}");
-    let mut r = RuleSpec {
-        name: name(path, t)?,
-        kind: Kind::Rule,
-        dir: Direction::Both,
-        src: vec![],
-        dst: vec![],
-        proto: Proto::Any,
-        sport: PortRange::ALL,
-        dport: PortRange::ALL,
-        iface: None,
-        drop: Prob(0.0),
-        duplicate: Prob(0.0),
-        priority: 1000,
-        oneway: false,
-    };
+    let mut r = RuleSpec::new(name(path, t)?, Kind::Rule);
     for (k, v) in t {
         let p = at(k);
         match k.as_str() {
@@ -193,19 +177,10 @@ fn partition(path: &str, t: &Table) -> Result<(RuleSpec, Ttl), SpecError> {
             .ok_or_else(|| err(&at("oneway"), "expected true or false"))?,
     };
     let r = RuleSpec {
-        name: name(path, t)?,
-        kind: Kind::Partition,
-        dir: Direction::Both,
         src: side("a")?,
         dst: side("b")?,
-        proto: Proto::Any,
-        sport: PortRange::ALL,
-        dport: PortRange::ALL,
-        iface: None,
-        drop: Prob(1.0),
-        duplicate: Prob(0.0),
-        priority: 0,
         oneway,
+        ..RuleSpec::new(name(path, t)?, Kind::Partition)
     };
     Ok((r, ttl(path, t)?))
 }
@@ -248,6 +223,7 @@ pub fn parse(text: &str) -> Result<Vec<(RuleSpec, Ttl)>, SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::Direction;
 
     const EXAMPLE: &str = r#"
 [[rule]]

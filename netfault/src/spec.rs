@@ -297,7 +297,34 @@ fn family_of(nets: &[IpNet]) -> Option<Option<bool>> {
     Some(fam)
 }
 
+/// Priority of rules that do not say: after any rule that does, in the order added.
+pub const DEFAULT_PRIORITY: u32 = 1000;
+
 impl RuleSpec {
+    /// A `kind` entry named `name` that matches everything: set the fields it needs. Rules start
+    /// with no action and the default priority; partitions drop (both ways) and protections pass.
+    pub fn new(name: impl Into<String>, kind: Kind) -> Self {
+        RuleSpec {
+            name: name.into(),
+            kind,
+            dir: Direction::Both,
+            src: vec![],
+            dst: vec![],
+            proto: Proto::Any,
+            sport: PortRange::ALL,
+            dport: PortRange::ALL,
+            iface: None,
+            drop: Prob(if kind == Kind::Partition { 1.0 } else { 0.0 }),
+            duplicate: Prob(0.0),
+            priority: if kind == Kind::Rule {
+                DEFAULT_PRIORITY
+            } else {
+                0
+            },
+            oneway: false,
+        }
+    }
+
     /// Would this rule hit every packet? (No match field, or only 0.0.0.0/0 and ::/0.)
     pub fn matches_everything(&self) -> bool {
         let any = |v: &[IpNet]| v.iter().all(|n| n.prefix_len() == 0);
@@ -489,19 +516,8 @@ mod tests {
 
     fn rule() -> RuleSpec {
         RuleSpec {
-            name: "r".into(),
-            kind: Kind::Rule,
-            dir: Direction::Both,
-            src: vec![],
-            dst: vec![],
-            proto: Proto::Any,
-            sport: PortRange::ALL,
-            dport: PortRange::ALL,
-            iface: None,
             drop: Prob(0.5),
-            duplicate: Prob(0.0),
-            priority: 0,
-            oneway: false,
+            ..RuleSpec::new("r", Kind::Rule)
         }
     }
 

@@ -229,24 +229,13 @@ fn same_file(f: &File, path: &std::path::Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Direction, Kind, PortRange, Prob, Proto};
+    use crate::spec::Kind;
 
     fn entry(name: &str, kind: Kind, priority: u32, seq: u64) -> RuleEntry {
         RuleEntry {
             spec: RuleSpec {
-                name: name.into(),
-                kind,
-                dir: Direction::Both,
-                src: vec![],
-                dst: vec![],
-                proto: Proto::Any,
-                sport: PortRange::ALL,
-                dport: PortRange::ALL,
-                iface: None,
-                drop: Prob(1.0),
-                duplicate: Prob(0.0),
                 priority,
-                oneway: false,
+                ..RuleSpec::new(name, kind)
             },
             slot: seq as u32,
             seq,

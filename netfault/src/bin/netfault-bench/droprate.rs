@@ -33,7 +33,7 @@ use aya::{
 };
 use netfault::{
     kernel::{self, Hook, HookKind, HookState, Maps},
-    spec::{Direction, Kind, PortRange, Prob, Proto, RuleSpec},
+    spec::{Direction, Kind, Prob, RuleSpec},
 };
 use netfault_common::progs;
 
@@ -163,19 +163,9 @@ struct GenRun {
 
 fn drop_all_rule() -> RuleSpec {
     RuleSpec {
-        name: "drop-all".into(),
-        kind: Kind::Rule,
         dir: Direction::Ingress,
-        src: vec![],
-        dst: vec![],
-        proto: Proto::Any,
-        sport: PortRange::ALL,
-        dport: PortRange::ALL,
-        iface: None,
         drop: Prob(1.0),
-        duplicate: Prob(0.0),
-        priority: 0,
-        oneway: false,
+        ..RuleSpec::new("drop-all", Kind::Rule)
     }
 }
 

@@ -14,7 +14,7 @@ use aya::{
 use netfault::{
     compile::{Input, compile, rule_value},
     kernel::{self, Maps},
-    spec::{Direction, Kind, PortRange, Prob, Proto, RuleSpec},
+    spec::{Kind, Prob, RuleSpec},
 };
 use netfault_common::{RuleValue, progs};
 
@@ -63,19 +63,10 @@ fn rule_set(n: u32) -> Vec<RuleSpec> {
             let a = ((k >> 8) as u8).wrapping_add(1);
             let b = ((k & 0xff) as u8).wrapping_add(1);
             RuleSpec {
-                name: format!("bench-{k}"),
-                kind: Kind::Rule,
-                dir: Direction::Both,
                 src: vec![host(Ipv4Addr::new(192, 0, 2, a))],
                 dst: vec![host(Ipv4Addr::new(198, 51, 100, b))],
-                proto: Proto::Any,
-                sport: PortRange::ALL,
-                dport: PortRange::ALL,
-                iface: None,
                 drop: Prob(1.0),
-                duplicate: Prob(0.0),
-                priority: 0,
-                oneway: false,
+                ..RuleSpec::new(format!("bench-{k}"), Kind::Rule)
             }
         })
         .collect()
