@@ -116,13 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Stats { json, watch } => output::stats(ns, json, watch)?,
         Cmd::Status { json } => output::status(ns, json)?,
         Cmd::Apply { file, no_protect } => {
-            let text = std::fs::read_to_string(&file).map_err(|e| {
-                ops::Error::Usage(spec::SpecError::new(
-                    "FILE",
-                    format!("{}: {e}", file.display()),
-                ))
-            })?;
-            let specs = netfault::ruleset::parse(&text).map_err(ops::Error::Usage)?;
+            let specs = read_ruleset(&file)?;
             let n = specs.len();
             let mut ctl = Ctl::open(ns)?;
             for w in ctl.apply(specs, !no_protect)? {
@@ -137,13 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_protect,
             xdp_mode,
         } => {
-            let text = std::fs::read_to_string(&file).map_err(|e| {
-                ops::Error::Usage(spec::SpecError::new(
-                    "FILE",
-                    format!("{}: {e}", file.display()),
-                ))
-            })?;
-            let specs = netfault::ruleset::parse(&text).map_err(ops::Error::Usage)?;
+            let specs = read_ruleset(&file)?;
             let mode = xdp_mode.map(|m| match m {
                 XdpModeArg::Native => aya::programs::XdpMode::Driver,
                 XdpModeArg::Generic => aya::programs::XdpMode::Skb,
@@ -201,4 +189,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => output::protect_list(ns, json)?,
     }
     Ok(())
+}
+
+/// Reads and validates a rule-set file; any problem with it is bad input (exit 2).
+fn read_ruleset(
+    file: &std::path::Path,
+) -> Result<Vec<(netfault::spec::RuleSpec, netfault::spec::Ttl)>, ops::Error> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        ops::Error::Usage(spec::SpecError::new(
+            "FILE",
+            format!("{}: {e}", file.display()),
+        ))
+    })?;
+    netfault::ruleset::parse(&text).map_err(ops::Error::Usage)
 }
