@@ -1011,14 +1011,7 @@ fn parse_ping(text: &str) -> Option<PingReport> {
 // ---------------------------------------------------------------------------------------------
 
 /// One rule's counters, as `netfault stats --json` prints them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub struct Counters {
-    pub matched: u64,
-    pub dropped: u64,
-    pub duplicated: u64,
-    pub passed: u64,
-    pub bytes: u64,
-}
+pub use crate::ops::CounterView as Counters;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RuleStats {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aya::programs::XdpMode;
 use netfault_common::Counters;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     compile::{self, CompileError, Input},
@@ -331,6 +331,24 @@ impl Ctl {
     /// Compiles the current state and publishes it.
     fn publish(&mut self) -> Result<()> {
         let mut maps = self.maps()?;
+        let (compiled, values) = self.compiled()?;
+        self.publish_compiled(&mut maps, &compiled, &values)
+    }
+
+    fn publish_compiled(
+        &mut self,
+        maps: &mut Maps,
+        compiled: &compile::Compiled,
+        values: &[(u32, netfault_common::RuleValue)],
+    ) -> Result<()> {
+        maps.publish_set(compiled, values)?;
+        self.state.published_slots = values.iter().map(|(slot, _)| *slot).collect();
+        Ok(())
+    }
+
+    /// The current state compiled for the data path, with every rule's action. Interface names
+    /// are looked up now, so a rule whose interface came back compiles again.
+    fn compiled(&self) -> Result<(compile::Compiled, Vec<(u32, netfault_common::RuleValue)>)> {
         let ordered = self.state.ordered();
         let inputs: Vec<Input<'_>> = ordered
             .iter()
@@ -341,13 +359,11 @@ impl Ctl {
             })
             .collect();
         let compiled = compile::compile(&inputs)?;
-        let values: Vec<_> = ordered
+        let values = ordered
             .iter()
             .map(|r| (r.slot, compile::rule_value(&r.spec, r.expires_mono_ns)))
             .collect();
-        maps.publish_set(&compiled, &values)?;
-        self.state.published_slots = values.iter().map(|(slot, _)| *slot).collect();
-        Ok(())
+        Ok((compiled, values))
     }
 
     /// Adds rules (or partitions); all or nothing. Unless `protect` is false, the SSH connection
@@ -448,34 +464,20 @@ impl Ctl {
                 ))
             })?;
             self.state.next_seq += 1;
-            let ifindex = spec.iface.as_deref().and_then(kernel::ifindex);
             self.state.rules.push(RuleEntry {
                 spec,
                 slot,
                 seq: self.state.next_seq,
                 expires_mono_ns: expires,
-                ifindex,
             });
             new_slots.push(slot);
         }
         // Compile before any write, so a rule set that does not fit changes nothing.
-        {
-            let ordered = self.state.ordered();
-            let inputs: Vec<Input<'_>> = ordered
-                .iter()
-                .map(|r| Input {
-                    slot: r.slot,
-                    spec: &r.spec,
-                    ifindex: r.ifindex,
-                })
-                .collect();
-            compile::compile(&inputs)?;
-        }
+        let (compiled, values) = self.compiled()?;
         for s in &new_slots {
             maps.reset_counters(*s)?;
         }
-        drop(maps);
-        self.publish()?;
+        self.publish_compiled(&mut maps, &compiled, &values)?;
         self.save()?;
         Ok(warnings)
     }
@@ -626,7 +628,7 @@ pub fn ssh_from_env() -> Option<Vec<RuleSpec>> {
 }
 
 /// One rule's counters, as `stats --json` prints them.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CounterView {
     pub matched: u64,
     pub dropped: u64,

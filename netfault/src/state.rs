@@ -60,9 +60,6 @@ pub struct RuleEntry {
     pub seq: u64,
     /// CLOCK_MONOTONIC ns after which the data path passes traffic; 0: never.
     pub expires_mono_ns: u64,
-    /// Interface index the rule was compiled against, when it names one.
-    #[serde(default)]
-    pub ifindex: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -133,13 +130,16 @@ impl Locked {
     pub fn acquire(paths: Paths, wait: Duration) -> Result<Self, StateError> {
         fs::create_dir_all(&paths.run)
             .map_err(|e| StateError::Io(format!("create {}", paths.run.display()), e))?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(paths.lock_file())
-            .map_err(|e| StateError::Io("open lock file".into(), e))?;
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(paths.lock_file())
+                .map_err(|e| StateError::Io("open lock file".into(), e))
+        };
+        let mut file = open()?;
         let start = Instant::now();
         loop {
             // SAFETY: fd we own.
@@ -149,13 +149,7 @@ impl Locked {
                 if same_file(&file, &paths.lock_file()) {
                     break;
                 }
-                file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(paths.lock_file())
-                    .map_err(|e| StateError::Io("open lock file".into(), e))?;
+                file = open()?;
                 continue;
             }
             if start.elapsed() >= wait {
@@ -240,7 +234,6 @@ mod tests {
             slot: seq as u32,
             seq,
             expires_mono_ns: 0,
-            ifindex: None,
         }
     }
 

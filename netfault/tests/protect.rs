@@ -144,6 +144,16 @@ fn socket2_like_connect(local: SocketAddr, peer: SocketAddr) -> std::io::Result<
     }
 }
 
+/// One ICMP echo from namespace `ns`, waiting at most a second: true if it came back.
+fn pings(ns: &str, dst: &str) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "1", dst])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
 fn echo_once(s: &mut TcpStream, msg: &[u8]) -> bool {
     if s.write_all(msg).is_err() {
         return false;
@@ -209,21 +219,7 @@ fn ssh_connection_survives_a_partition_that_covers_it() {
         fresh.is_err(),
         "an unprotected connection got through the partition"
     );
-    let ping = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &p.a,
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "1",
-            "192.0.2.2",
-        ])
-        .output()
-        .unwrap();
-    assert!(!ping.status.success(), "ICMP got through the partition");
+    assert!(!pings(&p.a, "192.0.2.2"), "ICMP got through the partition");
     let list = p.nf(&p.b, &["protect", "list", "--json"], &[]);
     let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     let ssh = v["protected"]
@@ -266,23 +262,7 @@ fn no_protect_means_no_protection_and_protect_add_protects() {
         .map(|r| r["label"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(labels, ["loopback"]);
-    let ping = || {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &p.a,
-                "ping",
-                "-c",
-                "1",
-                "-W",
-                "1",
-                "192.0.2.2",
-            ])
-            .status()
-            .unwrap()
-            .success()
-    };
+    let ping = || pings(&p.a, "192.0.2.2");
     assert!(!ping());
     p.nf(&p.b, &["protect", "add", "192.0.2.1"], &[]);
     assert!(ping(), "protect add did not win over the partition");
