@@ -28,8 +28,25 @@ pub const PROB_ALWAYS: u32 = u32::MAX;
 
 /// `RuleValue::flags`
 pub const RULE_ACTIVE: u32 = 1;
-/// The rule needs an skb (duplication): on ingress, tc handles it instead of XDP.
+/// The rule needs an skb (duplication, delay, rate): on ingress, tc handles it instead of XDP.
 pub const RULE_NEEDS_SKB: u32 = 1 << 1;
+/// The rule stamps departure times (delay, jitter or rate): an fq qdisc must hold its packets.
+pub const RULE_SHAPE: u32 = 1 << 2;
+/// Jittered packets may overtake each other; without it departure times per flow only grow.
+pub const RULE_REORDER: u32 = 1 << 3;
+
+/// `RuleValue::dist`: uniform jitter needs no table; the others index `NF_DIST` at `dist - 1`.
+pub const DIST_UNIFORM: u8 = 0;
+/// Distribution tables (normal, pareto, paretonormal), as netem's.
+pub const DIST_TABLES: u32 = 3;
+/// Entries per distribution table; a power of two so the index is a mask.
+pub const DIST_TABLE_SIZE: usize = 4096;
+/// Table entries are in 1/2^DIST_SHIFT standard deviations (netem's NETEM_DIST_SCALE, 8192).
+pub const DIST_SHIFT: u32 = 13;
+/// Flows whose last departure time is remembered, to keep their order under jitter.
+pub const MAX_PACE_FLOWS: u32 = 65_536;
+/// Interfaces with ingress shaping (each redirects to its own IFB device).
+pub const MAX_IFB: u32 = 256;
 
 /// `Config::flags`: some active rule needs tc ingress.
 pub const CFG_INGRESS_TC: u32 = 1;
@@ -109,21 +126,27 @@ pub struct FlowRef {
 }
 const _: () = assert!(core::mem::size_of::<FlowRef>() == 8);
 
-/// What a rule does. Indexed by slot in `RULES`. Fields beyond drop and duplicate are reserved
-/// for delay, jitter and rate so they fit without a layout change.
+/// What a rule does. Indexed by slot in `RULES`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleValue {
     pub flags: u32,
     pub drop_thresh: u32,
     pub dup_thresh: u32,
-    pub _pad0: u32,
+    /// Jitter distribution: `DIST_UNIFORM` or 1 + a table index.
+    pub dist: u8,
+    pub _pad0: [u8; 3],
     /// CLOCK_MONOTONIC (bpf_ktime_get_ns) nanoseconds after which the rule passes traffic; 0: never.
     pub expires_ns: u64,
     pub delay_ns: u64,
+    /// Standard deviation (table distributions) or half-width (uniform); 0: none.
     pub jitter_ns: u64,
+    /// 0: no pacing.
     pub rate_bytes_per_sec: u64,
-    pub _reserved: [u64; 2],
+    /// Pacing backlog bound: a packet that would wait longer than this for the rate is dropped
+    /// (and counted as a queue drop) rather than queued without bound.
+    pub rate_queue_ns: u64,
+    pub _reserved: u64,
 }
 const _: () = assert!(core::mem::size_of::<RuleValue>() == 64);
 
@@ -136,7 +159,11 @@ pub struct Counters {
     pub duplicated: u64,
     pub passed: u64,
     pub bytes: u64,
-    pub _reserved: [u64; 3],
+    /// Packets given a departure time in the future.
+    pub delayed: u64,
+    /// Packets dropped because the queue could not hold them (rate backlog), not by `--drop`.
+    pub queue_dropped: u64,
+    pub _reserved: u64,
 }
 const _: () = assert!(core::mem::size_of::<Counters>() == 64);
 
@@ -156,6 +183,14 @@ pub struct Config {
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 48);
 
+/// One jitter distribution (`NF_DIST` value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DistTable {
+    pub t: [i16; DIST_TABLE_SIZE],
+}
+const _: () = assert!(core::mem::size_of::<DistTable>() == 8192);
+
 /// Map names, shared so the controller opens exactly what the programs declare.
 pub mod maps {
     pub const CONFIG: &str = "NF_CONFIG";
@@ -164,7 +199,13 @@ pub mod maps {
     pub const RULES: &str = "NF_RULES";
     pub const COUNTERS: &str = "NF_COUNTERS";
     pub const TC_ONLY: &str = "NF_TC_ONLY";
-    pub const ALL: [&str; 6] = [CONFIG, TUPLES, FLOWS, RULES, COUNTERS, TC_ONLY];
+    pub const DIST: &str = "NF_DIST";
+    pub const PACE: &str = "NF_PACE";
+    pub const RATE: &str = "NF_RATE";
+    pub const IFB: &str = "NF_IFB";
+    pub const ALL: [&str; 10] = [
+        CONFIG, TUPLES, FLOWS, RULES, COUNTERS, TC_ONLY, DIST, PACE, RATE, IFB,
+    ];
 }
 
 /// Program names in the object file.
@@ -184,4 +225,5 @@ mod pod {
     unsafe impl aya::Pod for RuleValue {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for DistTable {}
 }

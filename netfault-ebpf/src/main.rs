@@ -3,26 +3,32 @@
 //! passes the packet (fail open).
 #![no_std]
 #![no_main]
+// Atomic fetch-add (BPF_ATOMIC | BPF_FETCH) for the rate's shared clock: core's AtomicU64 has
+// no read-modify-write on this target.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod classify;
 mod maps;
 mod parse;
+mod shape;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{__sk_buff, BPF_F_INGRESS, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
-    helpers::bpf_get_prandom_u32,
+    bindings::{__sk_buff, BPF_F_INGRESS, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    helpers::{bpf_get_prandom_u32, generated::bpf_redirect},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use netfault_common::{
     CFG_INGRESS_TC, CFG_TC_ONLY, CLONE_MARK, Counters, DIR_EGRESS, DIR_INGRESS, FlowKey,
-    PROB_ALWAYS, RULE_NEEDS_SKB,
+    PROB_ALWAYS, RULE_NEEDS_SKB, RULE_SHAPE,
 };
 
 use crate::{
     classify::classify,
-    maps::{NF_COUNTERS, NF_TC_ONLY},
+    maps::{NF_COUNTERS, NF_IFB, NF_TC_ONLY},
+    shape::Stamp,
 };
 
 /// `p` compiled to a threshold: 0 never fires, `PROB_ALWAYS` always does.
@@ -97,7 +103,7 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
         let _ = ctx.pull_data(want);
     }
     let mut key = FlowKey::default();
-    parse::parse(ctx.data(), ctx.data_end(), &mut key)?;
+    let l4 = parse::parse(ctx.data(), ctx.data_end(), &mut key)?;
     key.dir = dir;
     key.ifindex = ifindex;
     let m = classify(&key)?;
@@ -111,6 +117,25 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
     if fires(m.rule.drop_thresh) {
         c.dropped += 1;
         return Some(TC_ACT_SHOT);
+    }
+    // Ingress shaping needs a queue: the IFB device's fq, reached by redirect. Without one
+    // (not set up yet, or gone) the packet passes undelayed.
+    // SAFETY: read-only lookup.
+    let ifb = if dir == DIR_INGRESS && m.rule.flags & RULE_SHAPE != 0 {
+        unsafe { NF_IFB.get(&ifindex) }.copied()
+    } else {
+        None
+    };
+    if m.rule.flags & RULE_SHAPE != 0 && (dir == DIR_EGRESS || ifb.is_some()) {
+        // Stamped before duplication, so a duplicate leaves with its original.
+        match shape::stamp(ctx, &key, m.slot, m.rule, l4) {
+            Stamp::QueueFull => {
+                c.queue_dropped += 1;
+                return Some(TC_ACT_SHOT);
+            }
+            Stamp::Sent(true) => c.delayed += 1,
+            Stamp::Sent(false) => {}
+        }
     }
     if fires(m.rule.dup_thresh) {
         // The clone carries CLONE_MARK, so it passes this program untouched when it re-enters.
@@ -127,6 +152,11 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
         }
     }
     c.passed += 1;
+    if let Some(ifb) = ifb {
+        // SAFETY: helper without preconditions; the verdict below makes it take effect.
+        unsafe { bpf_redirect(ifb, 0) };
+        return Some(TC_ACT_REDIRECT);
+    }
     None
 }
 

@@ -2,11 +2,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use netfault_common::{
-    Config, Counters, FlowKey, FlowRef, GENERATIONS, MAX_FLOWS, MAX_RULES, MAX_TUPLES, RuleValue,
-    Tuple,
+    Config, Counters, DIST_TABLES, DistTable, FlowKey, FlowRef, GENERATIONS, MAX_FLOWS, MAX_IFB,
+    MAX_PACE_FLOWS, MAX_RULES, MAX_TUPLES, RuleValue, Tuple,
 };
 
 #[map(name = "NF_CONFIG")]
@@ -30,3 +30,20 @@ pub static NF_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_RULES, 0
 /// Interfaces (by index) where tc ingress applies every rule, because XDP is not ours there.
 #[map(name = "NF_TC_ONLY")]
 pub static NF_TC_ONLY: HashMap<u32, u32> = HashMap::pinned(256, 0);
+
+/// Jitter distribution tables (normal, pareto, paretonormal), written by the controller at load.
+#[map(name = "NF_DIST")]
+pub static NF_DIST: Array<DistTable> = Array::pinned(DIST_TABLES, 0);
+
+/// Last departure time per flow (the packet's own key), so jitter never reorders a flow
+/// unless the rule says `--reorder`. LRU: a forgotten idle flow loses nothing.
+#[map(name = "NF_PACE")]
+pub static NF_PACE: LruHashMap<FlowKey, u64> = LruHashMap::pinned(MAX_PACE_FLOWS, 0);
+
+/// Per rule slot: the time the rate's "link" is free again (monotonic ns).
+#[map(name = "NF_RATE")]
+pub static NF_RATE: Array<u64> = Array::pinned(MAX_RULES, 0);
+
+/// Interface index to the index of the IFB device whose fq delays its ingress traffic.
+#[map(name = "NF_IFB")]
+pub static NF_IFB: HashMap<u32, u32> = HashMap::pinned(MAX_IFB, 0);

@@ -36,8 +36,10 @@ fn load_be16(start: usize, end: usize, off: usize) -> Option<u16> {
 }
 
 /// Fills `key`'s address, protocol and port fields from an Ethernet frame at `start..end`.
+/// Returns the transport header's offset in the frame (0 when there is none, as in a later
+/// fragment).
 #[inline(always)]
-pub fn parse(start: usize, end: usize, key: &mut FlowKey) -> Option<()> {
+pub fn parse(start: usize, end: usize, key: &mut FlowKey) -> Option<usize> {
     let mut ethertype = load_be16(start, end, 12)?;
     let mut l3 = ETH_HLEN;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
@@ -52,7 +54,7 @@ pub fn parse(start: usize, end: usize, key: &mut FlowKey) -> Option<()> {
 }
 
 #[inline(always)]
-fn parse_v4(start: usize, end: usize, l3: usize, key: &mut FlowKey) -> Option<()> {
+fn parse_v4(start: usize, end: usize, l3: usize, key: &mut FlowKey) -> Option<usize> {
     // Fixed part first, with a constant size: the verifier then knows every field below is in
     // bounds (a check with the variable header length alone does not tell it that).
     if start + l3 + 20 > end {
@@ -73,13 +75,13 @@ fn parse_v4(start: usize, end: usize, l3: usize, key: &mut FlowKey) -> Option<()
     key.family = FAMILY_V4;
     if frag & 0x1fff != 0 {
         // A later fragment has no L4 header: it matches rules without port fields only.
-        return Some(());
+        return Some(0);
     }
     parse_ports(start, end, l3 + ihl, key)
 }
 
 #[inline(always)]
-fn parse_v6(start: usize, end: usize, l3: usize, key: &mut FlowKey) -> Option<()> {
+fn parse_v6(start: usize, end: usize, l3: usize, key: &mut FlowKey) -> Option<usize> {
     if start + l3 + 40 > end {
         return None;
     }
@@ -111,7 +113,7 @@ fn parse_v6(start: usize, end: usize, l3: usize, key: &mut FlowKey) -> Option<()
                 off += 8;
                 if frag_off != 0 {
                     key.proto = next;
-                    return Some(());
+                    return Some(0);
                 }
             }
             // Authentication header: length in 4-octet units, not counting the first two.
@@ -131,7 +133,7 @@ fn parse_v6(start: usize, end: usize, l3: usize, key: &mut FlowKey) -> Option<()
 }
 
 #[inline(always)]
-fn parse_ports(start: usize, end: usize, l4: usize, key: &mut FlowKey) -> Option<()> {
+fn parse_ports(start: usize, end: usize, l4: usize, key: &mut FlowKey) -> Option<usize> {
     if l4 > MAX_L4_OFF {
         return None;
     }
@@ -140,8 +142,8 @@ fn parse_ports(start: usize, end: usize, l4: usize, key: &mut FlowKey) -> Option
             let p: [u8; 4] = load(start, end, l4)?;
             key.sport = u16::from_be_bytes([p[0], p[1]]);
             key.dport = u16::from_be_bytes([p[2], p[3]]);
-            Some(())
+            Some(l4)
         }
-        _ => Some(()),
+        _ => Some(l4),
     }
 }

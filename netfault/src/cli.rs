@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::spec::{self, Direction, Kind, PortRange, Prob, Proto, RuleSpec, SpecError, Ttl};
+use crate::spec::{
+    self, Direction, Distribution, Kind, PortRange, Prob, Proto, Rate, RuleSpec, Shape, SpecError,
+    Ttl,
+};
 
 #[derive(Parser)]
 #[command(
@@ -82,6 +85,9 @@ pub enum Cmd {
     Apply {
         #[arg(value_name = "FILE")]
         file: std::path::PathBuf,
+        /// Replace a root qdisc another tool installed, where a rule delays or paces.
+        #[arg(long)]
+        replace_qdisc: bool,
         /// Do not protect the SSH connection this command runs over.
         #[arg(long)]
         no_protect: bool,
@@ -98,6 +104,9 @@ pub enum Cmd {
         duration: Option<Duration>,
         #[arg(long)]
         no_protect: bool,
+        /// Replace a root qdisc another tool installed, where a rule delays or paces.
+        #[arg(long)]
+        replace_qdisc: bool,
         #[arg(long, value_enum)]
         xdp_mode: Option<XdpModeArg>,
     },
@@ -168,6 +177,24 @@ pub enum RuleCmd {
         /// Duplicate probability: `30%` or `0.3`.
         #[arg(long, value_name = "PROB", value_parser = parse_prob, allow_hyphen_values = true)]
         duplicate: Option<Prob>,
+        /// Delay each matched packet (`50ms`); netfault installs an fq qdisc to hold them.
+        #[arg(long, value_name = "DURATION", value_parser = parse_interval, allow_hyphen_values = true)]
+        delay: Option<Duration>,
+        /// Vary the delay: standard deviation (normal, pareto, paretonormal) or half-width (uniform).
+        #[arg(long, value_name = "DURATION", value_parser = parse_interval, allow_hyphen_values = true)]
+        jitter: Option<Duration>,
+        /// Jitter distribution, as netem's.
+        #[arg(long, value_name = "DIST", value_parser = parse_distribution)]
+        distribution: Option<Distribution>,
+        /// Let jittered packets overtake each other (by default a flow keeps its order).
+        #[arg(long)]
+        reorder: bool,
+        /// Pace matched traffic to RATE (`500kbit`, `10mbit`, `1gbit`).
+        #[arg(long, value_name = "RATE", value_parser = parse_rate, allow_hyphen_values = true)]
+        rate: Option<Rate>,
+        /// Replace a root qdisc another tool installed (it is not restored on detach).
+        #[arg(long)]
+        replace_qdisc: bool,
         /// Lifetime (`500ms`, `2m`), or `none`. Default 10m.
         #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
         ttl: Option<Ttl>,
@@ -217,6 +244,12 @@ pub fn parse_ttl(s: &str) -> Result<Ttl, String> {
 pub fn parse_interval(s: &str) -> Result<Duration, String> {
     spec::parse_duration(s)
 }
+pub fn parse_distribution(s: &str) -> Result<Distribution, String> {
+    s.parse()
+}
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    s.parse()
+}
 
 /// Builds the spec of `rule add` / `partition` from arguments alone (no kernel, no state).
 pub fn rule_spec(cmd: &Cmd) -> Result<Option<RuleSpec>, SpecError> {
@@ -234,6 +267,11 @@ pub fn rule_spec(cmd: &Cmd) -> Result<Option<RuleSpec>, SpecError> {
                     iface,
                     drop,
                     duplicate,
+                    delay,
+                    jitter,
+                    distribution,
+                    reorder,
+                    rate,
                     priority,
                     all_traffic,
                     ..
@@ -259,6 +297,13 @@ pub fn rule_spec(cmd: &Cmd) -> Result<Option<RuleSpec>, SpecError> {
                 iface: iface.clone(),
                 drop: drop.unwrap_or_default(),
                 duplicate: duplicate.unwrap_or_default(),
+                shape: Shape {
+                    delay: *delay,
+                    jitter: *jitter,
+                    distribution: distribution.unwrap_or_default(),
+                    reorder: *reorder,
+                    rate: *rate,
+                },
                 priority: *priority,
                 ..RuleSpec::new(name.clone(), Kind::Rule)
             };

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use ipnet::IpNet;
 use netfault_common::{
     CFG_INGRESS_TC, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, FlowRef, MAX_TUPLES,
-    RULE_ACTIVE, RULE_NEEDS_SKB, RuleValue, Tuple,
+    RULE_ACTIVE, RULE_NEEDS_SKB, RULE_REORDER, RULE_SHAPE, RuleValue, Tuple,
 };
 
 use crate::spec::{Direction, Kind, PortRange, Proto, RuleSpec};
@@ -193,14 +193,39 @@ pub fn rule_value(spec: &RuleSpec, expires_ns: u64) -> RuleValue {
     if dup != 0 {
         flags |= RULE_NEEDS_SKB;
     }
+    let shape = if spec.kind == Kind::Rule {
+        spec.shape
+    } else {
+        Default::default()
+    };
+    if shape.is_some() {
+        flags |= RULE_NEEDS_SKB | RULE_SHAPE;
+    }
+    if shape.reorder {
+        flags |= RULE_REORDER;
+    }
+    let ns = |d: Option<std::time::Duration>| d.map_or(0, |d| d.as_nanos() as u64);
     RuleValue {
         flags,
         drop_thresh: drop,
         dup_thresh: dup,
+        dist: shape.distribution.code(),
         expires_ns,
+        delay_ns: ns(shape.delay),
+        jitter_ns: ns(shape.jitter),
+        rate_bytes_per_sec: shape.rate.map_or(0, |r| r.bytes_per_sec),
+        rate_queue_ns: if shape.rate.is_some() {
+            RATE_QUEUE.as_nanos() as u64
+        } else {
+            0
+        },
         ..Default::default()
     }
 }
+
+/// How long a packet may wait for its rule's rate before it is dropped (a queue drop): a
+/// bounded backlog, as tbf's `latency`, instead of one that grows while traffic exceeds the rate.
+pub const RATE_QUEUE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Compiles rules given in evaluation order (first wins) into tuples and flows.
 pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
@@ -213,7 +238,7 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
             continue; // its interface is gone: the rule cannot match anything
         }
         if input.spec.kind == Kind::Rule
-            && input.spec.duplicate.0 > 0.0
+            && (input.spec.duplicate.0 > 0.0 || input.spec.shape.is_some())
             && input.spec.dir != Direction::Egress
         {
             config_flags |= CFG_INGRESS_TC;

@@ -17,8 +17,8 @@ use aya::{
     util::KernelVersion,
 };
 use netfault_common::{
-    CFG_TC_ONLY, Config, Counters, FlowKey, FlowRef, MAX_TUPLES, RuleValue, Tuple, maps as names,
-    progs,
+    CFG_TC_ONLY, Config, Counters, DistTable, FlowKey, FlowRef, MAX_TUPLES, RuleValue, Tuple,
+    maps as names, progs,
 };
 use serde::{Deserialize, Serialize};
 
@@ -97,10 +97,30 @@ pub fn ensure_bpffs() -> Result<()> {
 /// Loads the object with its maps pinned in (or reused from) `maps_dir`.
 pub fn load(maps_dir: &Path) -> Result<Ebpf> {
     std::fs::create_dir_all(maps_dir).map_err(io_err(format!("create {}", maps_dir.display())))?;
-    EbpfLoader::new()
+    let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(maps_dir)
         .load(EBPF_OBJECT)
-        .map_err(ebpf_err("load the eBPF object"))
+        .map_err(ebpf_err("load the eBPF object"))?;
+    write_dist_tables(&mut ebpf)?;
+    Ok(ebpf)
+}
+
+/// The jitter distributions' tables (constant; rewriting a pinned copy changes nothing).
+fn write_dist_tables(ebpf: &mut Ebpf) -> Result<()> {
+    let map = ebpf.map_mut(names::DIST).ok_or_else(|| KernelError::Io {
+        what: format!("map {}", names::DIST),
+        source: io::Error::from(io::ErrorKind::NotFound),
+    })?;
+    let mut tables: Array<&mut MapData, DistTable> =
+        Array::try_from(map).map_err(ebpf_err(format!("map {}", names::DIST)))?;
+    for d in crate::dist::Distribution::ALL {
+        if let Some(t) = crate::dist::table(d) {
+            tables
+                .set(u32::from(d.code()) - 1, &DistTable { t: *t }, 0)
+                .map_err(ebpf_err("write distribution table"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Loads a private copy: maps are pinned only for the instant aya needs a path, then unpinned,
@@ -138,6 +158,8 @@ pub struct Maps {
     pub rules: Array<MapData, RuleValue>,
     pub counters: PerCpuArray<MapData, Counters>,
     pub tc_only: BpfHashMap<MapData, u32, u32>,
+    pub ifb: BpfHashMap<MapData, u32, u32>,
+    pub rate: Array<MapData, u64>,
     grace: crate::grace::Grace,
 }
 
@@ -174,6 +196,8 @@ impl Maps {
             rules: typed(get(names::RULES)?, names::RULES)?,
             counters: typed(get(names::COUNTERS)?, names::COUNTERS)?,
             tc_only: typed(get(names::TC_ONLY)?, names::TC_ONLY)?,
+            ifb: typed(get(names::IFB)?, names::IFB)?,
+            rate: typed(get(names::RATE)?, names::RATE)?,
             grace: crate::grace::Grace::new().map_err(io_err("grace map"))?,
         })
     }
@@ -217,6 +241,20 @@ impl Maps {
         self.config
             .set(0, &cfg, 0)
             .map_err(ebpf_err("write config"))
+    }
+
+    /// Points an interface's ingress shaping at its IFB device, or stops it (None).
+    pub fn set_ifb(&mut self, ifindex: u32, ifb: Option<u32>) -> Result<()> {
+        match ifb {
+            Some(i) => self
+                .ifb
+                .insert(&ifindex, &i, 0)
+                .map_err(ebpf_err("write IFB map")),
+            None => match self.ifb.remove(&ifindex) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(ebpf_err("clear IFB map")(e)),
+            },
+        }
     }
 
     /// Marks an interface whose ingress rules tc applies (XDP is not ours there), or unmarks it.
@@ -298,6 +336,8 @@ impl Maps {
             s.duplicated += c.duplicated;
             s.passed += c.passed;
             s.bytes += c.bytes;
+            s.delayed += c.delayed;
+            s.queue_dropped += c.queue_dropped;
         }
         Ok(s)
     }
@@ -310,7 +350,9 @@ impl Maps {
             .map_err(io_err("per-cpu values"))?;
         self.counters
             .set(slot, zeros, 0)
-            .map_err(ebpf_err("reset counters"))
+            .map_err(ebpf_err("reset counters"))?;
+        // A new rule's rate starts idle, whatever the slot's last owner left.
+        self.rate.set(slot, &0, 0).map_err(ebpf_err("reset rate"))
     }
 }
 

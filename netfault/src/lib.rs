@@ -6,12 +6,16 @@
 //! tie them together (`ops`).
 pub mod cli;
 pub mod compile;
+pub mod dist;
 pub mod grace;
 pub mod kernel;
+pub mod ks;
 pub mod lab;
 pub mod netns;
 pub mod ops;
 pub mod output;
+pub mod probe;
+pub mod qdisc;
 pub mod ruleset;
 pub mod run;
 pub mod spec;

@@ -54,29 +54,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Rule {
-            cmd: RuleCmd::Add {
-                ttl, no_protect, ..
-            },
-        }
-        | Cmd::Partition {
+            cmd:
+                RuleCmd::Add {
+                    ttl,
+                    no_protect,
+                    replace_qdisc,
+                    ..
+                },
+        } => add(ns, plan, ttl, no_protect, replace_qdisc)?,
+        Cmd::Partition {
             ttl, no_protect, ..
-        } => {
-            let spec = plan.expect("planned");
-            let name = spec.name.clone();
-            let kind = spec.kind;
-            let mut ctl = Ctl::open(ns)?;
-            for w in ctl.add(vec![spec], ttl.unwrap_or_default(), !no_protect)? {
-                eprintln!("netfault: warning: {w}");
-            }
-            println!(
-                "{} {name} added",
-                if kind == Kind::Partition {
-                    "partition"
-                } else {
-                    "rule"
-                }
-            );
-        }
+        } => add(ns, plan, ttl, no_protect, false)?,
         Cmd::Rule {
             cmd: RuleCmd::Del { names, all },
         } => {
@@ -115,10 +103,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => output::list(ns, json)?,
         Cmd::Stats { json, watch } => output::stats(ns, json, watch)?,
         Cmd::Status { json } => output::status(ns, json)?,
-        Cmd::Apply { file, no_protect } => {
+        Cmd::Apply {
+            file,
+            no_protect,
+            replace_qdisc,
+        } => {
             let specs = read_ruleset(&file)?;
             let n = specs.len();
             let mut ctl = Ctl::open(ns)?;
+            ctl.replace_qdisc = replace_qdisc;
             for w in ctl.apply(specs, !no_protect)? {
                 eprintln!("netfault: warning: {w}");
             }
@@ -130,13 +123,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             duration,
             no_protect,
             xdp_mode,
+            replace_qdisc,
         } => {
             let specs = read_ruleset(&file)?;
             let mode = xdp_mode.map(|m| match m {
                 XdpModeArg::Native => aya::programs::XdpMode::Driver,
                 XdpModeArg::Generic => aya::programs::XdpMode::Skb,
             });
-            let mut running = netfault::run::start(ns, &ifaces, specs, mode, !no_protect)?;
+            let mut running =
+                netfault::run::start(ns, &ifaces, specs, mode, !no_protect, replace_qdisc)?;
             for (i, hooks) in &running.hooks {
                 let how: Vec<String> = hooks
                     .iter()
@@ -202,4 +197,29 @@ fn read_ruleset(
         ))
     })?;
     netfault::ruleset::parse(&text).map_err(ops::Error::Usage)
+}
+
+/// `rule add` and `partition`.
+fn add(
+    ns: Option<&str>,
+    plan: Option<netfault::spec::RuleSpec>,
+    ttl: Option<netfault::spec::Ttl>,
+    no_protect: bool,
+    replace_qdisc: bool,
+) -> anyhow::Result<()> {
+    let spec = plan.expect("planned");
+    let name = spec.name.clone();
+    let kind = spec.kind;
+    let mut ctl = Ctl::open(ns)?;
+    ctl.replace_qdisc = replace_qdisc;
+    for w in ctl.add(vec![spec], ttl.unwrap_or_default(), !no_protect)? {
+        eprintln!("netfault: warning: {w}");
+    }
+    let what = if kind == Kind::Partition {
+        "partition"
+    } else {
+        "rule"
+    };
+    println!("{what} {name} added");
+    Ok(())
 }

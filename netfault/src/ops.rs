@@ -12,7 +12,8 @@ use crate::{
     compile::{self, CompileError, Input},
     kernel::{self, HookKind, KernelError, Maps},
     netns,
-    spec::{Kind, RuleSpec, SpecError, Ttl},
+    qdisc::{self, QdiscError},
+    spec::{Direction, Kind, RuleSpec, SpecError, Ttl},
     state::{Attachment, Locked, Paths, RuleEntry, State, StateError},
 };
 
@@ -117,6 +118,8 @@ pub enum Error {
     Kernel(#[from] KernelError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Qdisc(#[from] QdiscError),
     #[error("{0}")]
     Other(String),
 }
@@ -124,7 +127,7 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) | Error::Compile(_) => 2,
+            Error::Usage(_) | Error::Compile(_) | Error::Qdisc(QdiscError::TooBig { .. }) => 2,
             _ => 1,
         }
     }
@@ -167,6 +170,8 @@ pub struct Ctl {
     pub state: State,
     /// Things the operator should know that are not errors (fallbacks), for stderr.
     pub warnings: Vec<String>,
+    /// Delay and rate may replace a root qdisc another tool installed.
+    pub replace_qdisc: bool,
 }
 
 impl Ctl {
@@ -192,6 +197,7 @@ impl Ctl {
             lock,
             state,
             warnings: Vec::new(),
+            replace_qdisc: false,
         })
     }
 
@@ -297,6 +303,9 @@ impl Ctl {
                 kernel::detach_all(&a.iface, &a.hooks, Some(&self.paths().links()))?;
                 report.push(format!("{}: detached", a.iface));
             }
+            for sh in std::mem::take(&mut self.state.shaped) {
+                unshape(&sh)?;
+            }
             kernel::remove_pins(&self.paths().pins)?;
             self.lock.remove()?;
             // The pin root goes too once no namespace uses it: nothing of ours stays behind.
@@ -312,6 +321,13 @@ impl Ctl {
                 .ok_or_else(|| Error::Other(format!("{i} is not attached")))?;
             let a = self.state.attached.remove(pos);
             kernel::detach_all(&a.iface, &a.hooks, Some(&self.paths().links()))?;
+            if let Some(p) = self.state.shaped.iter().position(|s| s.iface == a.iface) {
+                let sh = self.state.shaped.remove(p);
+                if sh.ifb.is_some() {
+                    Maps::open(&self.paths().maps())?.set_ifb(sh.ifindex, None)?;
+                }
+                unshape(&sh)?;
+            }
             if a.hooks.iter().any(|h| h.kind == HookKind::TcFallback) {
                 Maps::open(&self.paths().maps())?.set_tc_only(a.ifindex, false)?;
             }
@@ -341,6 +357,22 @@ impl Ctl {
         compiled: &compile::Compiled,
         values: &[(u32, netfault_common::RuleValue)],
     ) -> Result<()> {
+        // Queues first: a stamped packet must never meet a device without fq.
+        let before = self.state.shaped.clone();
+        let mut undo = Vec::new();
+        if let Err(e) = reconcile_shaping(
+            &mut self.state,
+            maps,
+            self.replace_qdisc,
+            monotonic_ns(),
+            &mut undo,
+        ) {
+            for u in undo.into_iter().rev() {
+                u.run(maps);
+            }
+            self.state.shaped = before;
+            return Err(e);
+        }
         maps.publish_set(compiled, values)?;
         self.state.published_slots = values.iter().map(|(slot, _)| *slot).collect();
         Ok(())
@@ -618,6 +650,185 @@ impl Ctl {
     }
 }
 
+/// One queue an interface needs for its delaying rules.
+struct QueueNeed {
+    iface: String,
+    ifindex: u32,
+    ingress: bool,
+    need: qdisc::Need,
+}
+
+/// The queues the live rules need: per attached interface and direction, the longest delay any
+/// rule there stamps (jitter's worst case and the rate's backlog included) and the rate the
+/// traffic comes at (the link's, or the sum of the rules' `--rate` where every rule has one).
+fn queue_needs(state: &State, now: u64) -> Vec<QueueNeed> {
+    let mut out = Vec::new();
+    for a in &state.attached {
+        let (mtu, link) = qdisc::link_info(&a.iface);
+        for ingress in [false, true] {
+            let rules: Vec<&RuleSpec> = state
+                .rules
+                .iter()
+                .filter(|r| r.expires_mono_ns == 0 || r.expires_mono_ns > now)
+                .map(|r| &r.spec)
+                .filter(|s| s.kind == Kind::Rule && s.shape.is_some())
+                .filter(|s| s.iface.as_ref().is_none_or(|i| i == &a.iface))
+                .filter(|s| match s.dir {
+                    Direction::Both => true,
+                    Direction::Ingress => ingress,
+                    Direction::Egress => !ingress,
+                })
+                .collect();
+            if rules.is_empty() {
+                continue;
+            }
+            let max_delay_ns = rules
+                .iter()
+                .map(|s| {
+                    s.shape.model().max_ns()
+                        + s.shape
+                            .rate
+                            .map_or(0, |_| compile::RATE_QUEUE.as_nanos() as u64)
+                })
+                .max()
+                .unwrap_or(0);
+            let paced: Option<u64> = rules
+                .iter()
+                .map(|s| s.shape.rate.map(|r| r.bytes_per_sec * 8))
+                .sum();
+            let (rate_bits, rate_source) = match (paced, link) {
+                (Some(p), Some(l)) if p < l => (p, "the sum of the rules' --rate"),
+                (Some(p), None) if p < qdisc::ASSUMED_LINK_BITS => {
+                    (p, "the sum of the rules' --rate")
+                }
+                (_, Some(l)) => (l, "the link's speed"),
+                (_, None) => (
+                    qdisc::ASSUMED_LINK_BITS,
+                    "assumed: the device reports no speed",
+                ),
+            };
+            out.push(QueueNeed {
+                iface: a.iface.clone(),
+                ifindex: a.ifindex,
+                ingress,
+                need: qdisc::Need {
+                    max_delay: Duration::from_nanos(max_delay_ns),
+                    rate_bits,
+                    rate_source,
+                    mtu,
+                },
+            });
+        }
+    }
+    out
+}
+
+/// A change `reconcile_shaping` made, undone if a later step fails.
+pub(crate) enum Undo {
+    Fq(String),
+    Ifb(String),
+    IfbMap(u32),
+}
+
+impl Undo {
+    pub(crate) fn run(self, maps: &mut Maps) {
+        let _ = match self {
+            Undo::Fq(dev) => qdisc::remove_fq(&dev).map_err(Error::from),
+            Undo::Ifb(name) => qdisc::remove_ifb(&name).map_err(Error::from),
+            Undo::IfbMap(i) => maps.set_ifb(i, None).map_err(Error::from),
+        };
+    }
+}
+
+/// Installs or grows the fq qdiscs (and IFB devices) the rules need. Sizes everything before
+/// changing anything, so a delay that cannot be held changes nothing; queues only grow here
+/// (detach removes them).
+pub(crate) fn reconcile_shaping(
+    state: &mut State,
+    maps: &mut Maps,
+    replace_foreign: bool,
+    now: u64,
+    undo: &mut Vec<Undo>,
+) -> Result<()> {
+    let needs = queue_needs(state, now);
+    if needs.is_empty() {
+        return Ok(());
+    }
+    let mem = qdisc::mem_total();
+    let mut sized = Vec::new();
+    for n in needs {
+        let size = qdisc::size(&n.iface, &n.need, mem)?;
+        sized.push((n, size));
+    }
+    for (n, size) in sized {
+        let pos = match state.shaped.iter().position(|s| s.iface == n.iface) {
+            Some(p) => p,
+            None => {
+                state.shaped.push(qdisc::Shaped {
+                    iface: n.iface.clone(),
+                    ifindex: n.ifindex,
+                    egress: None,
+                    ifb: None,
+                    replaced: None,
+                });
+                state.shaped.len() - 1
+            }
+        };
+        let sh = &mut state.shaped[pos];
+        if !n.ingress {
+            let want = sh.egress.map_or(size, |c| c.max(&size));
+            if sh.egress.is_some_and(|c| c.covers(&size))
+                && qdisc::root(&n.iface).is_ok_and(|r| r.is_ours())
+            {
+                continue;
+            }
+            if let Some(prev) = qdisc::ensure_fq(&n.iface, &want, replace_foreign)? {
+                undo.push(Undo::Fq(n.iface.clone()));
+                if !prev.is_default() {
+                    sh.replaced = Some(format!("{} {}", prev.kind, prev.handle));
+                }
+            }
+            sh.egress = Some(want);
+        } else {
+            let name = qdisc::ifb_name(n.ifindex);
+            let existed = kernel::ifindex(&name).is_some();
+            let ifb_index = qdisc::ensure_ifb(&name)?;
+            if !existed {
+                undo.push(Undo::Ifb(name.clone()));
+            }
+            let want = sh.ifb.as_ref().map_or(size, |i| i.fq.max(&size));
+            if !sh.ifb.as_ref().is_some_and(|i| i.fq.covers(&size))
+                || !qdisc::root(&name).is_ok_and(|r| r.is_ours())
+            {
+                // The IFB device is netfault's: whatever root it has may go.
+                qdisc::ensure_fq(&name, &want, true)?;
+            }
+            if sh.ifb.as_ref().map(|i| i.ifindex) != Some(ifb_index) {
+                maps.set_ifb(n.ifindex, Some(ifb_index))?;
+                undo.push(Undo::IfbMap(n.ifindex));
+            }
+            sh.ifb = Some(qdisc::Ifb {
+                name,
+                ifindex: ifb_index,
+                fq: want,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Takes away what netfault installed on one interface: its fq (the kernel's default comes
+/// back) and its IFB device.
+pub(crate) fn unshape(sh: &qdisc::Shaped) -> Result<()> {
+    if sh.egress.is_some() {
+        qdisc::remove_fq(&sh.iface)?;
+    }
+    if let Some(i) = &sh.ifb {
+        qdisc::remove_ifb(&i.name)?;
+    }
+    Ok(())
+}
+
 /// Pass entries for the 4-tuple in SSH_CONNECTION, both directions, if it is set.
 pub fn ssh_from_env() -> Option<Vec<RuleSpec>> {
     let (c, cp, sv, sp) = std::env::var("SSH_CONNECTION")
@@ -635,6 +846,12 @@ pub struct CounterView {
     pub duplicated: u64,
     pub passed: u64,
     pub bytes: u64,
+    /// Given a departure time in the future.
+    #[serde(default)]
+    pub delayed: u64,
+    /// Dropped because the rule's rate backlog was full (not by --drop).
+    #[serde(default)]
+    pub queue_dropped: u64,
 }
 
 impl From<Counters> for CounterView {
@@ -645,6 +862,8 @@ impl From<Counters> for CounterView {
             duplicated: c.duplicated,
             passed: c.passed,
             bytes: c.bytes,
+            delayed: c.delayed,
+            queue_dropped: c.queue_dropped,
         }
     }
 }

@@ -61,6 +61,11 @@ pub fn list(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
                     "src": nets(&s.src), "dst": nets(&s.dst), "proto": s.proto,
                     "sport": port(&s.sport), "dport": port(&s.dport), "iface": s.iface,
                     "drop": s.drop.0, "duplicate": s.duplicate.0,
+                    "delay": s.shape.delay.map(|d| d.as_nanos() as u64 / 1000),
+                    "jitter": s.shape.jitter.map(|d| d.as_nanos() as u64 / 1000),
+                    "distribution": s.shape.jitter.map(|_| s.shape.distribution),
+                    "reorder": s.shape.reorder,
+                    "rate_bits": s.shape.rate.map(|r| r.bytes_per_sec * 8),
                     "expires_in_ms": left, "expired": expired,
                 }),
             }
@@ -114,6 +119,20 @@ pub fn list(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
                 if s.duplicate.0 > 0.0 {
                     a.push(format!("duplicate {}", s.duplicate));
                 }
+                let hd = |d: std::time::Duration| humantime::format_duration(d).to_string();
+                if let Some(d) = s.shape.delay {
+                    let mut t = format!("delay {}", hd(d));
+                    if let Some(j) = s.shape.jitter {
+                        t += &format!(" ± {} {}", hd(j), s.shape.distribution);
+                        if s.shape.reorder {
+                            t += " reorder";
+                        }
+                    }
+                    a.push(t);
+                }
+                if let Some(r) = s.shape.rate {
+                    a.push(format!("rate {r}"));
+                }
                 println!(
                     "rule      {:<16} prio {:<5} {}  => {}  ttl {left}",
                     s.name,
@@ -134,8 +153,12 @@ fn print_stats(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
         .filter(|r| r.kind != Kind::Protect)
         .collect();
     let lost = lost_interfaces(&state);
+    let queues = queue_stats(&state);
     if json_out {
-        println!("{}", json!({ "rules": rows, "lost_interfaces": lost }));
+        println!(
+            "{}",
+            json!({ "rules": rows, "lost_interfaces": lost, "queues": queues })
+        );
         return Ok(());
     }
     for i in &lost {
@@ -144,23 +167,54 @@ fn print_stats(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
         );
     }
     println!(
-        "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>12}  TTL",
-        "NAME", "KIND", "MATCHED", "DROPPED", "DUPLICATED", "PASSED", "BYTES"
+        "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  TTL",
+        "NAME",
+        "KIND",
+        "MATCHED",
+        "DROPPED",
+        "DUPLICATED",
+        "DELAYED",
+        "QUEUE-DROP",
+        "PASSED",
+        "BYTES"
     );
     for r in rows {
         println!(
-            "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>12}  {}",
+            "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  {}",
             r.name,
             format!("{:?}", r.kind).to_lowercase(),
             r.counters.matched,
             r.counters.dropped,
             r.counters.duplicated,
+            r.counters.delayed,
+            r.counters.queue_dropped,
             r.counters.passed,
             r.counters.bytes,
             fmt_left(r.expires_in_ms, r.expired)
         );
     }
+    for q in &queues {
+        println!(
+            "queue {} (fq, limit {}): {} queued, {} dropped by the queue ({} over the flow limit, {} beyond the horizon)",
+            q.device, q.limit, q.backlog_packets, q.dropped, q.flows_plimit, q.horizon_drops
+        );
+    }
     Ok(())
+}
+
+/// The fq qdiscs netfault installed: their own drops (limit, flow limit, horizon) are queue
+/// drops, apart from what the rules inject.
+fn queue_stats(state: &crate::state::State) -> Vec<crate::qdisc::FqStats> {
+    let mut out = Vec::new();
+    for sh in &state.shaped {
+        if sh.egress.is_some() {
+            out.extend(crate::qdisc::fq_stats(&sh.iface));
+        }
+        if let Some(i) = &sh.ifb {
+            out.extend(crate::qdisc::fq_stats(&i.name));
+        }
+    }
+    out
 }
 
 /// Attached interfaces that no longer exist (or are a new interface under the same name).

@@ -8,6 +8,10 @@
 //! proto = "udp"              # tcp | udp | icmp | any (default)
 //! sport = "1000-2000"        # also dport: a port, "P" or "LO-HI"
 //! drop = "30%"               # also duplicate: "30%", 0.3
+//! delay = "50ms"             # also jitter = "10ms"
+//! distribution = "normal"    # uniform (default) | normal | pareto | paretonormal
+//! reorder = false            # let jittered packets overtake each other
+//! rate = "10mbit"            # pace matched traffic
 //! ttl = "1m"                 # or "none"; default 10m
 //!
 //! [[partition]]
@@ -35,6 +39,11 @@ const RULE_KEYS: &[&str] = &[
     "iface",
     "drop",
     "duplicate",
+    "delay",
+    "jitter",
+    "distribution",
+    "reorder",
+    "rate",
     "ttl",
     "priority",
     "all",
@@ -88,6 +97,10 @@ fn prob(path: &str, v: &Value) -> Result<Prob, SpecError> {
     }
 }
 
+fn duration(path: &str, v: &Value) -> Result<std::time::Duration, SpecError> {
+    crate::spec::parse_duration(string(path, v)?).map_err(|m| err(path, m))
+}
+
 fn check_keys(path: &str, t: &Table, allowed: &[&str]) -> Result<(), SpecError> {
     for k in t.keys() {
         if !allowed.contains(&k.as_str()) {
@@ -135,6 +148,17 @@ fn rule(path: &str, t: &Table) -> Result<(RuleSpec, Ttl), SpecError> {
             "iface" => r.iface = Some(string(&p, v)?.to_string()),
             "drop" => r.drop = prob(&p, v)?,
             "duplicate" => r.duplicate = prob(&p, v)?,
+            "delay" => r.shape.delay = Some(duration(&p, v)?),
+            "jitter" => r.shape.jitter = Some(duration(&p, v)?),
+            "distribution" => {
+                r.shape.distribution = string(&p, v)?.parse().map_err(|m: String| err(&p, m))?
+            }
+            "reorder" => {
+                r.shape.reorder = v
+                    .as_bool()
+                    .ok_or_else(|| err(&p, "expected true or false"))?
+            }
+            "rate" => r.shape.rate = Some(string(&p, v)?.parse().map_err(|m: String| err(&p, m))?),
             "priority" => {
                 r.priority = v
                     .as_integer()

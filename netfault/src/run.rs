@@ -31,6 +31,8 @@ pub struct Running {
     pub hooks: Vec<(String, Vec<HookState>)>,
     /// (slot, spec, absolute TTL expiry or 0)
     rules: Vec<(u32, RuleSpec, u64)>,
+    /// fq qdiscs and IFB devices installed for delay and rate, removed on exit.
+    shaped: Vec<crate::qdisc::Shaped>,
 }
 
 /// Loads a private copy of the programs and maps, attaches them, and publishes `specs`.
@@ -40,6 +42,7 @@ pub fn start(
     specs: Vec<(RuleSpec, Ttl)>,
     xdp_mode: Option<XdpMode>,
     protect: bool,
+    replace_qdisc: bool,
 ) -> Result<Running> {
     ops::check_privileges()?;
     kernel::ensure_bpffs()?;
@@ -124,13 +127,59 @@ pub fn start(
         _links: links,
         hooks,
         rules,
+        shaped: Vec::new(),
     };
+    run.shape(replace_qdisc)?;
     let values = run.values(monotonic_ns());
     run.maps.publish_set(&compiled, &values)?;
     Ok(run)
 }
 
 impl Running {
+    /// Installs the queues the delaying rules need (undone on failure, removed on drop).
+    fn shape(&mut self, replace_qdisc: bool) -> Result<()> {
+        let mut state = crate::state::State {
+            attached: self
+                .hooks
+                .iter()
+                .filter_map(|(i, _)| {
+                    Some(crate::state::Attachment {
+                        iface: i.clone(),
+                        ifindex: kernel::ifindex(i)?,
+                        hooks: vec![],
+                    })
+                })
+                .collect(),
+            rules: self
+                .rules
+                .iter()
+                .map(|(slot, spec, exp)| crate::state::RuleEntry {
+                    spec: spec.clone(),
+                    slot: *slot,
+                    seq: u64::from(*slot),
+                    expires_mono_ns: *exp,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut undo = Vec::new();
+        let res = ops::reconcile_shaping(
+            &mut state,
+            &mut self.maps,
+            replace_qdisc,
+            monotonic_ns(),
+            &mut undo,
+        );
+        if res.is_err() {
+            for u in undo.into_iter().rev() {
+                u.run(&mut self.maps);
+            }
+        } else {
+            self.shaped = state.shaped;
+        }
+        res
+    }
+
     /// Rule values with the lease applied: expiry = min(TTL expiry, now + lease).
     fn values(&self, now: u64) -> Vec<(u32, netfault_common::RuleValue)> {
         let lease = now + LEASE.as_nanos() as u64;
@@ -172,6 +221,10 @@ impl Drop for Running {
     fn drop(&mut self) {
         for (iface, hooks) in &self.hooks {
             let _ = kernel::detach_all(iface, hooks, None);
+        }
+        // After the programs: no packet is stamped once the queue that holds it is gone.
+        for sh in &self.shaped {
+            let _ = ops::unshape(sh);
         }
     }
 }

@@ -4,6 +4,8 @@ use std::{fmt, str::FromStr, time::Duration};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use crate::dist::Distribution;
+
 /// Bad input, naming the field it came from. Exit status 2 at the CLI edge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {field}: {msg}")]
@@ -163,6 +165,76 @@ impl fmt::Display for Prob {
     }
 }
 
+/// A rate in bytes per second, from tc's units: `500kbit`, `10mbit`, `1gbit` (bits, SI),
+/// `kbps`, `mbps`, `gbps` (bytes, SI) and `kibit`, `mibit`, `gibit` (bits, binary). A unit is
+/// required: a bare number means bits to some and bytes to others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rate {
+    pub bytes_per_sec: u64,
+}
+
+/// Slowest pace: one 1500-byte packet every 12 s still fits the data path's arithmetic easily;
+/// below this a "rate" is an outage, which `--drop 100%` says better.
+pub const MIN_RATE_BITS: u64 = 1_000;
+/// Beyond any NIC a rule could pace.
+pub const MAX_RATE_BITS: u64 = 10_000_000_000_000;
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim().to_ascii_lowercase();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("'{s}' has no unit (use e.g. 500kbit, 10mbit, 1gbit)"))?;
+        let (num, unit) = t.split_at(split);
+        let v: f64 = num
+            .parse()
+            .map_err(|_| format!("'{s}' is not a rate (use e.g. 500kbit, 10mbit, 1gbit)"))?;
+        let bits_per_unit: f64 = match unit {
+            "bit" => 1.0,
+            "kbit" => 1e3,
+            "mbit" => 1e6,
+            "gbit" => 1e9,
+            "tbit" => 1e12,
+            "kibit" => 1024.0,
+            "mibit" => 1024.0 * 1024.0,
+            "gibit" => 1024.0 * 1024.0 * 1024.0,
+            "bps" => 8.0,
+            "kbps" => 8e3,
+            "mbps" => 8e6,
+            "gbps" => 8e9,
+            _ => {
+                return Err(format!(
+                    "'{s}': unknown unit '{unit}' (bit, kbit, mbit, gbit, tbit, kibit, mibit, gibit, bps, kbps, mbps, gbps)"
+                ));
+            }
+        };
+        let bits = v * bits_per_unit;
+        if !bits.is_finite() || bits < MIN_RATE_BITS as f64 || bits > MAX_RATE_BITS as f64 {
+            return Err(format!("'{s}' is outside 1kbit to 10tbit"));
+        }
+        Ok(Rate {
+            bytes_per_sec: (bits / 8.0).round() as u64,
+        })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bits = self.bytes_per_sec as f64 * 8.0;
+        for (unit, scale) in [("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)] {
+            if bits >= scale {
+                return write!(f, "{}{unit}", (bits / scale * 1000.0).round() / 1000.0);
+            }
+        }
+        write!(f, "{bits}bit")
+    }
+}
+
+/// Longest delay (and delay plus jitter) a rule may ask for: fq's horizon must exceed it, and
+/// anything longer is an outage, better said with `--drop 100%`.
+pub const MAX_DELAY: Duration = Duration::from_secs(60);
+
 /// Parses a human duration (`500ms`, `2m`, `1h30m`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim()).map_err(|e| format!("'{s}': {e}"))?;
@@ -265,6 +337,92 @@ pub struct RuleSpec {
     pub priority: u32,
     /// Partition only: traffic from `dst` to `src` too is cut unless oneway.
     pub oneway: bool,
+    /// Shaping: each matched packet departs at arrival + delay + a jitter draw.
+    #[serde(default)]
+    pub shape: Shape,
+}
+
+/// Delay, jitter and rate of a rule (all zero/none: no shaping).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Shape {
+    #[serde(default, with = "humantime_serde_opt")]
+    pub delay: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub jitter: Option<Duration>,
+    #[serde(default)]
+    pub distribution: Distribution,
+    /// Let jittered packets overtake each other (default: per-flow order is kept).
+    #[serde(default)]
+    pub reorder: bool,
+    #[serde(default)]
+    pub rate: Option<Rate>,
+}
+
+impl Shape {
+    pub fn is_some(&self) -> bool {
+        self.delay.is_some() || self.rate.is_some()
+    }
+
+    pub fn model(&self) -> crate::dist::DelayModel {
+        crate::dist::DelayModel {
+            delay_ns: self.delay.map_or(0, |d| d.as_nanos() as u64),
+            jitter_ns: self.jitter.map_or(0, |d| d.as_nanos() as u64),
+            dist: self.distribution,
+        }
+    }
+
+    /// Checks combinations parsing cannot: jitter needs a delay, and so on.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.jitter.is_some() && self.delay.is_none() {
+            return Err(SpecError::new("--jitter", "needs --delay"));
+        }
+        if self.distribution != Distribution::Uniform && self.jitter.is_none() {
+            return Err(SpecError::new("--distribution", "needs --jitter"));
+        }
+        if self.reorder && self.jitter.is_none() {
+            return Err(SpecError::new(
+                "--reorder",
+                "needs --jitter (a fixed delay never reorders)",
+            ));
+        }
+        let worst = self.model().max_ns();
+        if worst > MAX_DELAY.as_nanos() as u64 {
+            let field = if self.jitter.is_some() {
+                "--jitter"
+            } else {
+                "--delay"
+            };
+            return Err(SpecError::new(
+                field,
+                format!(
+                    "the longest delay this asks for is {}, beyond the {}s limit",
+                    humantime::format_duration(Duration::from_nanos(worst)),
+                    MAX_DELAY.as_secs()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `Option<Duration>` as a humantime string (`"50ms"`) in state files.
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let v: Option<String> = Option::deserialize(d)?;
+        v.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 pub fn validate_name(field: &str, name: &str) -> Result<(), SpecError> {
@@ -322,6 +480,7 @@ impl RuleSpec {
                 0
             },
             oneway: false,
+            shape: Shape::default(),
         }
     }
 
@@ -364,10 +523,11 @@ impl RuleSpec {
                 };
                 return Err(SpecError::new(f, "needs --proto tcp or udp"));
             }
-            if self.drop.0 == 0.0 && self.duplicate.0 == 0.0 {
+            self.shape.validate()?;
+            if self.drop.0 == 0.0 && self.duplicate.0 == 0.0 && !self.shape.is_some() {
                 return Err(SpecError::new(
                     "action",
-                    "give --drop or --duplicate (a rule with no action would only count)",
+                    "give --drop, --duplicate, --delay or --rate (a rule with no action would only count)",
                 ));
             }
         }

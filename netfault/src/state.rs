@@ -72,6 +72,9 @@ pub struct State {
     /// its action would change a live rule's behaviour before the flip.
     #[serde(default)]
     pub published_slots: Vec<u32>,
+    /// fq qdiscs and IFB devices netfault installed for delay and rate.
+    #[serde(default)]
+    pub shaped: Vec<crate::qdisc::Shaped>,
 }
 
 impl State {

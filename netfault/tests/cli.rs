@@ -73,7 +73,27 @@ impl Host {
         let status: serde_json::Value =
             serde_json::from_slice(&self.nf(&["status", "--json"]).stdout).unwrap();
         let hooks = &status["interfaces"];
-        format!("{cfg:?}\n{tuples:?}\n{flows:?}\n{rules:?}\n{names:?}\n{links:?}\n{hooks}")
+        // Qdiscs and devices: delay and rate install fq (and IFB devices).
+        let qdiscs = self.tc_show();
+        let devices = String::from_utf8_lossy(
+            &Command::new("ip")
+                .args(["-n", &self.ns, "-br", "link"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned();
+        format!(
+            "{cfg:?}\n{tuples:?}\n{flows:?}\n{rules:?}\n{names:?}\n{links:?}\n{hooks}\n{qdiscs}\n{devices}"
+        )
+    }
+
+    fn tc_show(&self) -> String {
+        let out = Command::new("tc")
+            .args(["-n", &self.ns, "qdisc", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
@@ -238,6 +258,52 @@ fn malformed_input_exits_2_names_the_field_and_changes_nothing() {
             "--ttl",
         ),
         (&["heal", "nosuch"], "NAME"),
+        (&["rule", "add", "r", "--delay", "0s"], "--delay"),
+        (&["rule", "add", "r", "--delay", "soon"], "--delay"),
+        (&["rule", "add", "r", "--jitter", "5ms"], "--jitter"),
+        (
+            &[
+                "rule",
+                "add",
+                "r",
+                "--delay",
+                "9ms",
+                "--distribution",
+                "normal",
+            ],
+            "--distribution",
+        ),
+        (
+            &[
+                "rule",
+                "add",
+                "r",
+                "--delay",
+                "9ms",
+                "--jitter",
+                "1ms",
+                "--distribution",
+                "gauss",
+            ],
+            "--distribution",
+        ),
+        (
+            &["rule", "add", "r", "--delay", "9ms", "--reorder"],
+            "--reorder",
+        ),
+        (
+            &["rule", "add", "r", "--delay", "59s", "--jitter", "2s"],
+            "--jitter",
+        ),
+        (&["rule", "add", "r", "--rate", "10"], "--rate"),
+        (&["rule", "add", "r", "--rate", "10furlong"], "--rate"),
+        (&["rule", "add", "r", "--rate", "1bit"], "--rate"),
+        // 50 s at the veth's 10 Gbit/s cannot be held in RAM: refused with the numbers, before
+        // any qdisc is touched.
+        (
+            &["rule", "add", "r", "--proto", "udp", "--delay", "50s"],
+            "--delay",
+        ),
         (&["attach", "nf-nosuch0"], "IFACE"),
         (&["stats", "--watch", "often"], "--watch"),
     ];
@@ -287,6 +353,18 @@ fn malformed_input_exits_2_names_the_field_and_changes_nothing() {
             "--iface",
         ),
         ("[[rule] name", "FILE"),
+        (
+            "[[rule]]\nname = \"x\"\nproto = \"udp\"\ndelay = \"soon\"",
+            "rule[0].delay",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\nproto = \"udp\"\njitter = \"5ms\"",
+            "rule[0].jitter",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\nproto = \"udp\"\nrate = \"fast\"",
+            "rule[0].rate",
+        ),
     ];
     for (i, (text, field)) in files.iter().enumerate() {
         let path = std::env::temp_dir().join(format!("nf-cli-bad-{}-{i}.toml", std::process::id()));
@@ -410,5 +488,48 @@ fn attach_twice_is_a_no_op_and_detach_leaves_nothing() {
             .output()
             .unwrap();
         assert!(!show.status.success(), "program {id} still loaded");
+    }
+}
+
+/// Delay and rate need the fq qdisc. Where the kernel has none (this project's dev and CI
+/// host), `rule add` fails with exit 1, names fq, and changes nothing; where it has one (the
+/// test VM), netfault installs its own fq as root and detach puts the default back.
+#[test]
+fn delay_needs_fq_and_says_so() {
+    let h = Host::new("fq");
+    let probe = Command::new("tc")
+        .args(["-n", &h.ns, "qdisc", "add", "dev", "c1", "root", "fq"])
+        .output()
+        .unwrap();
+    let have_fq = probe.status.success();
+    let _ = Command::new("tc")
+        .args(["-n", &h.ns, "qdisc", "del", "dev", "c1", "root"])
+        .output();
+    let before = h.snapshot();
+    for args in [
+        &["rule", "add", "d", "--proto", "udp", "--delay", "50ms"][..],
+        &[
+            "rule", "add", "d", "--proto", "udp", "--rate", "10mbit", "--dir", "ingress",
+        ][..],
+    ] {
+        let out = h.nf(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if have_fq {
+            assert!(out.status.success(), "{args:?}: {err}");
+            assert!(h.tc_show().contains("qdisc fq 4e46:"), "{}", h.tc_show());
+            assert!(h.nf(&["rule", "del", "d"]).status.success());
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+            assert!(
+                err.contains("no fq qdisc") && err.contains("sch_fq"),
+                "{err}"
+            );
+            assert_eq!(h.snapshot(), before, "{args:?} changed the kernel state");
+        }
+    }
+    if have_fq {
+        assert!(h.nf(&["detach", "c0"]).status.success());
+        let q = h.tc_show();
+        assert!(!q.contains("4e46:") && !q.contains("nfifb"), "{q}");
     }
 }
