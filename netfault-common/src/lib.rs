@@ -47,6 +47,12 @@ pub const DIST_SHIFT: u32 = 13;
 pub const MAX_PACE_FLOWS: u32 = 65_536;
 /// Interfaces with ingress shaping (each redirects to its own IFB device).
 pub const MAX_IFB: u32 = 256;
+/// `NF_IFB` value flag: the kernel (before 6.4) drops what `bpf_redirect` hands an IFB device,
+/// so the program marks the packet with `SHAPE_TC_INDEX` instead and a tc filter after it
+/// redirects with mirred.
+pub const IFB_VIA_MIRRED: u32 = 1 << 31;
+/// `skb->tc_index` of ingress packets for the mirred filter to take to the IFB device.
+pub const SHAPE_TC_INDEX: u32 = 0x4e46;
 
 /// `Config::flags`: some active rule needs tc ingress.
 pub const CFG_INGRESS_TC: u32 = 1;

@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use netfault_common::{
     CFG_INGRESS_TC, CFG_TC_ONLY, CLONE_MARK, Counters, DIR_EGRESS, DIR_INGRESS, FlowKey,
-    PROB_ALWAYS, RULE_NEEDS_SKB, RULE_SHAPE,
+    IFB_VIA_MIRRED, PROB_ALWAYS, RULE_NEEDS_SKB, RULE_SHAPE, SHAPE_TC_INDEX,
 };
 
 use crate::{
@@ -153,6 +153,12 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
     }
     c.passed += 1;
     if let Some(ifb) = ifb {
+        if ifb & IFB_VIA_MIRRED != 0 {
+            // The mirred filter after this program takes it from here.
+            // SAFETY: tc_index is a writable field of a tc program's context.
+            unsafe { (*skb).tc_index = SHAPE_TC_INDEX };
+            return None;
+        }
         // SAFETY: helper without preconditions; the verdict below makes it take effect.
         unsafe { bpf_redirect(ifb, 0) };
         return Some(TC_ACT_REDIRECT);

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use aya::programs::XdpMode;
-use netfault_common::Counters;
+use netfault_common::{Counters, IFB_VIA_MIRRED};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -728,6 +728,7 @@ pub(crate) enum Undo {
     Fq(String),
     Ifb(String),
     IfbMap(u32),
+    Mirred(String),
 }
 
 impl Undo {
@@ -736,6 +737,10 @@ impl Undo {
             Undo::Fq(dev) => qdisc::remove_fq(&dev).map_err(Error::from),
             Undo::Ifb(name) => qdisc::remove_ifb(&name).map_err(Error::from),
             Undo::IfbMap(i) => maps.set_ifb(i, None).map_err(Error::from),
+            Undo::Mirred(iface) => {
+                qdisc::remove_mirred_filter(&iface);
+                Ok(())
+            }
         };
     }
 }
@@ -803,14 +808,21 @@ pub(crate) fn reconcile_shaping(
                 // The IFB device is netfault's: whatever root it has may go.
                 qdisc::ensure_fq(&name, &want, true)?;
             }
+            let mirred = !qdisc::bpf_redirect_to_ifb_works();
             if sh.ifb.as_ref().map(|i| i.ifindex) != Some(ifb_index) {
-                maps.set_ifb(n.ifindex, Some(ifb_index))?;
+                if mirred {
+                    qdisc::ensure_mirred_filter(&n.iface, &name)?;
+                    undo.push(Undo::Mirred(n.iface.clone()));
+                }
+                let value = ifb_index | if mirred { IFB_VIA_MIRRED } else { 0 };
+                maps.set_ifb(n.ifindex, Some(value))?;
                 undo.push(Undo::IfbMap(n.ifindex));
             }
             sh.ifb = Some(qdisc::Ifb {
                 name,
                 ifindex: ifb_index,
                 fq: want,
+                mirred,
             });
         }
     }
@@ -824,6 +836,9 @@ pub(crate) fn unshape(sh: &qdisc::Shaped) -> Result<()> {
         qdisc::remove_fq(&sh.iface)?;
     }
     if let Some(i) = &sh.ifb {
+        if i.mirred {
+            qdisc::remove_mirred_filter(&sh.iface);
+        }
         qdisc::remove_ifb(&i.name)?;
     }
     Ok(())

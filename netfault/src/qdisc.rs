@@ -108,6 +108,9 @@ pub struct Ifb {
     pub name: String,
     pub ifindex: u32,
     pub fq: FqSize,
+    /// Reached through a mirred filter (kernels before 6.4), not bpf_redirect.
+    #[serde(default)]
+    pub mirred: bool,
 }
 
 /// What a link's queue must absorb: the longest departure delay any rule stamps there, and the
@@ -273,6 +276,56 @@ pub fn ensure_ifb(name: &str) -> Result<u32> {
         cmd: format!("ip link add {name} type ifb"),
         msg: "the device does not exist afterwards".into(),
     })
+}
+
+/// Whether `bpf_redirect` from tc ingress to an IFB device works: kernels before 6.4 leave the
+/// skb's redirect flags unset and IFB drops it (fixed by "bpf: Set skb redirect and
+/// from_ingress info in __bpf_tx_skb").
+pub fn bpf_redirect_to_ifb_works() -> bool {
+    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 4, 0))
+}
+
+/// Priority of the mirred filter: after netfault's own cls_bpf filter, which the kernel gives
+/// 49152 as the first automatic priority.
+pub const MIRRED_PRIO: &str = "49153";
+
+/// On kernels before 6.4: a filter after netfault's program that sends packets it marked
+/// (`tc_index`) to the IFB device, with mirred, which sets what IFB needs.
+pub fn ensure_mirred_filter(iface: &str, ifb: &str) -> Result<()> {
+    let _ = run(
+        "tc",
+        &[
+            "filter",
+            "del",
+            "dev",
+            iface,
+            "ingress",
+            "prio",
+            MIRRED_PRIO,
+        ],
+    );
+    let m = format!("meta(tc_index eq {})", netfault_common::SHAPE_TC_INDEX);
+    #[rustfmt::skip]
+    let args = [
+        "filter", "add", "dev", iface, "ingress", "prio", MIRRED_PRIO, "protocol", "all",
+        "basic", "match", &m, "action", "mirred", "egress", "redirect", "dev", ifb,
+    ];
+    run("tc", &args).map(|_| ()).map_err(command_err)
+}
+
+pub fn remove_mirred_filter(iface: &str) {
+    let _ = run(
+        "tc",
+        &[
+            "filter",
+            "del",
+            "dev",
+            iface,
+            "ingress",
+            "prio",
+            MIRRED_PRIO,
+        ],
+    );
 }
 
 pub fn remove_ifb(name: &str) -> Result<()> {
