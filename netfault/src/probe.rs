@@ -154,6 +154,9 @@ const RCVBUF: libc::c_int = 32 << 20;
 pub const MAX_COUNT: u32 = 1_000_000;
 pub const MAX_FLOWS: u16 = 1024;
 
+/// Reorderings kept as examples in a report.
+const MAX_REORDER_EXAMPLES: usize = 8;
+
 static NEXT_RUN: AtomicU32 = AtomicU32::new(1);
 
 /// `count` datagrams, one every `interval`, round-robin over `flows` sockets (distinct source
@@ -183,6 +186,10 @@ pub struct Sample {
     pub delay_ns: i64,
     /// Timed by the thread's clock read instead of the kernel's receive timestamp.
     pub user_timed: bool,
+    /// The receiving thread's clock read after `recvmsg` less the receive time: its wake-up
+    /// latency (0 when user-timed). Should be small; tens of ms would mean the kernel stamped
+    /// the datagram before a delay rather than after it.
+    pub rx_lag_ns: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +202,8 @@ pub struct ProbeReport {
     pub duplicates: u64,
     /// Per flow: datagrams that arrived after one with a higher sequence number of the same flow.
     pub reordered: Vec<u64>,
+    /// The first few of those: (late sample, the sample of its flow that had overtaken it).
+    pub reorder_examples: Vec<(Sample, Sample)>,
     /// Datagrams that were not this probe's.
     pub stray: u64,
     /// The receiving namespace's UDP receive-buffer drops during the probe (should be 0).
@@ -237,6 +246,16 @@ impl ProbeReport {
     pub fn spread_ms(&self) -> Spread {
         Spread::of(&self.delays_ms())
     }
+
+    /// The receiving thread's wake-up latency after the kernel's stamp, in ms.
+    pub fn rx_lag_ms(&self) -> Spread {
+        let v: Vec<f64> = self
+            .samples
+            .iter()
+            .map(|s| s.rx_lag_ns as f64 / 1e6)
+            .collect();
+        Spread::of(&v)
+    }
 }
 
 impl std::fmt::Display for ProbeReport {
@@ -244,7 +263,8 @@ impl std::fmt::Display for ProbeReport {
         write!(
             f,
             "sent {}, received {} ({} lost, {} duplicates, {} reordered, {} stray, {} rcvbuf \
-             errors, {} user-timed, clock drift {} ns, send lag <= {:?}); delay ms: {}",
+             errors, {} user-timed, clock drift {} ns, {} send retries, send lag <= {:?}, \
+             receiver wake-up p50 {:.3} ms max {:.3} ms); delay ms: {}",
             self.sent,
             self.received(),
             self.lost(),
@@ -254,9 +274,45 @@ impl std::fmt::Display for ProbeReport {
             self.rcvbuf_errors,
             self.user_timed,
             self.clock_drift_ns,
+            self.send_retries,
             self.max_send_lag,
+            self.rx_lag_ms().p50,
+            self.rx_lag_ms().max,
             self.spread_ms()
-        )
+        )?;
+        // For diagnosis (times relative to the first send of the probe): the slowest
+        // datagrams, and reorderings.
+        let t0 = self.samples.iter().map(|s| s.sent_ns).min().unwrap_or(0);
+        let mut slow: Vec<&Sample> = self.samples.iter().collect();
+        slow.sort_by_key(|s| std::cmp::Reverse(s.delay_ns));
+        let slow: Vec<String> = slow
+            .iter()
+            .take(5)
+            .map(|s| {
+                format!(
+                    "{:.3} ms (sent at {:.1} ms)",
+                    s.delay_ns as f64 / 1e6,
+                    (s.sent_ns - t0) as f64 / 1e6
+                )
+            })
+            .collect();
+        write!(f, "; slowest: {}", slow.join(", "))?;
+        for (late, ahead) in &self.reorder_examples {
+            let ms = |ns: i64| ns as f64 / 1e6;
+            write!(
+                f,
+                "; flow {} seq {} (sent {:.3} ms, delay {:.3} ms) arrived after seq {} (sent \
+                 {:.3} ms, delay {:.3} ms)",
+                late.flow,
+                late.seq,
+                ms(late.sent_ns - t0),
+                ms(late.delay_ns),
+                ahead.seq,
+                ms(ahead.sent_ns - t0),
+                ms(ahead.delay_ns)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -573,13 +629,15 @@ fn collect(
     let flows = usize::from(p.flows);
     let per_flow = p.count.div_ceil(u32::from(p.flows)) as usize;
     let mut seen = vec![false; p.count as usize];
-    let mut max_seq: Vec<Option<u32>> = vec![None; flows];
+    // Per flow: the sample with the highest sequence number so far.
+    let mut top: Vec<Option<Sample>> = vec![None; flows];
     let mut r = ProbeReport {
         sent: 0,
         flows: p.flows,
         samples: Vec::with_capacity(p.count as usize),
         duplicates: 0,
         reordered: vec![0; flows],
+        reorder_examples: Vec::new(),
         stray: 0,
         rcvbuf_errors: 0,
         user_timed: 0,
@@ -634,18 +692,25 @@ fn collect(
             .filter(|&k| k >= sent_ns - SLACK_NS && k <= user_ns + SLACK_NS);
         let recv_ns = kernel.unwrap_or(user_ns);
         r.user_timed += u64::from(kernel.is_none());
-        let m = &mut max_seq[usize::from(flow)];
-        match *m {
-            Some(top) if seq < top => r.reordered[usize::from(flow)] += 1,
-            _ => *m = Some(seq),
-        }
-        r.samples.push(Sample {
+        let sample = Sample {
             flow,
             seq,
             sent_ns,
             delay_ns: recv_ns - sent_ns,
             user_timed: kernel.is_none(),
-        });
+            rx_lag_ns: user_ns - recv_ns,
+        };
+        let t = &mut top[usize::from(flow)];
+        match *t {
+            Some(ahead) if seq < ahead.seq => {
+                r.reordered[usize::from(flow)] += 1;
+                if r.reorder_examples.len() < MAX_REORDER_EXAMPLES {
+                    r.reorder_examples.push((sample, ahead));
+                }
+            }
+            _ => *t = Some(sample),
+        }
+        r.samples.push(sample);
     }
     r.clock_drift_ns = realtime_offset_ns() - offset;
     Ok(r)

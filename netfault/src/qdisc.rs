@@ -20,6 +20,12 @@ pub const FQ_DEFAULT_HORIZON: Duration = Duration::from_secs(10);
 /// Link rate assumed where the device does not report one (IFB, some virtual devices).
 pub const ASSUMED_LINK_BITS: u64 = 10_000_000_000;
 
+/// fq's per-flow rate cap. Any finite value turns off fq's fast path (6.7+), which sends a
+/// packet that is due at once even while an earlier packet of its flow waits for a late timer:
+/// that reordered order-kept flows (seen on 6.12). 34 Gbit/s is the most the u32 attribute
+/// holds; a single flow faster than that is paced to it.
+pub const FQ_MAXRATE: &str = "34gbit";
+
 /// Share of RAM the queues of one interface may hold at worst.
 pub const MEM_SHARE: u64 = 4;
 
@@ -232,6 +238,7 @@ pub fn ensure_fq(iface: &str, size: &FqSize, replace_foreign: bool) -> Result<Op
     let args = [
         "qdisc", "replace", "dev", iface, "root", "handle", HANDLE, "fq",
         "limit", &limit, "flow_limit", &flow_limit, "horizon", &horizon, "horizon_drop",
+        "maxrate", FQ_MAXRATE,
     ];
     run("tc", &args).map_err(|(cmd, msg)| {
         // iproute2 says "Specified qdisc kind is unknown" (netlink) when sch_fq is absent.

@@ -47,7 +47,8 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
-    /// Benchmarks against nftables and a trivial XDP program.
+    /// Benchmarks against nftables and a trivial XDP program. `--vm`: the delay benchmark
+    /// (netfault vs netem) in a QEMU guest with Debian's 6.12 kernel instead (see docs/VM.md).
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -61,7 +62,7 @@ enum Cmd {
         #[arg(last = true)]
         cmd: Vec<String>,
     },
-    /// netfault smoke test in a VM on every pinned kernel (6.1 and 6.12).
+    /// netfault smoke test and the shaping tests in a VM on every pinned kernel (6.1 and 6.12).
     VmTest,
 }
 
@@ -198,6 +199,10 @@ fn main() -> anyhow::Result<()> {
             run(&mut Command::new(
                 root().join("target/release/netfault-demo"),
             ))
+        }
+        Cmd::Bench { args } if args.iter().any(|a| a == "--vm") => {
+            let rest: Vec<String> = args.into_iter().filter(|a| a != "--vm").collect();
+            vm::bench(&rest)
         }
         Cmd::Bench { args } => run(cargo()
             .args([

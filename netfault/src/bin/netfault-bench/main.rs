@@ -5,6 +5,9 @@
 //! 2. Drop-all packets per second on the receiving end of a veth pair: netfault's drop-all rule
 //!    against an nftables netdev-ingress drop and a trivial XDP drop, interleaved rounds.
 //!
+//! `netfault-bench delay` instead: one-way delay and jitter through netfault against netem
+//! (delay.rs; needs sch_fq and sch_netem, so `cargo xtask bench --vm` runs it in a VM).
+//!
 //! Needs root. Everything it creates (namespaces, veths, pins, nft table, attached programs) is
 //! owned by guards that remove it on exit, error, panic, Ctrl-C or SIGTERM; leftovers of a
 //! killed run are swept at the next start. `cargo xtask bench` runs it.
@@ -13,6 +16,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 
+mod delay;
 mod droprate;
 mod frame;
 mod progrun;
@@ -26,6 +30,8 @@ mod topo;
     about = "Benchmark netfault's XDP data path (needs root)"
 )]
 struct Args {
+    #[command(subcommand)]
+    cmd: Option<Sub>,
     /// Smoke run: fewer repeats and shorter, fewer rounds (seconds, not minutes). Numbers are
     /// not for the record.
     #[arg(long)]
@@ -36,6 +42,13 @@ struct Args {
     /// Run only one part.
     #[arg(long, value_enum)]
     only: Option<Part>,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// One-way delay and jitter of UDP datagrams through netfault and through netem (needs
+    /// sch_fq and sch_netem: `cargo xtask bench --vm` runs it in a VM).
+    Delay(delay::Args),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -96,6 +109,10 @@ fn run(args: &Args) -> Result<()> {
         bail!("needs root (BPF, namespaces, nftables)");
     }
     sys::install_signal_handlers()?;
+    if let Some(Sub::Delay(d)) = &args.cmd {
+        report::header(&Plan::new(args));
+        return delay::run(d);
+    }
     netfault::kernel::ensure_bpffs()?;
     for what in topo::sweep_leftovers().context("remove leftovers of earlier runs")? {
         eprintln!("netfault-bench: removed leftover {what}");
