@@ -959,6 +959,20 @@ fn tcp_send(from: &str, dst: SocketAddr, duration: Duration, hard_stop: Instant)
     Ok(())
 }
 
+/// netfault's arguments for 50 ms ± 20 ms normal jitter, the configuration the shaping tests and
+/// `netfault-bench delay` measure, order kept.
+pub const NORMAL_JITTER_ARGS: &[&str] = NORMAL_JITTER_REORDER_ARGS.split_at(6).0;
+/// The same with `--reorder`: datagrams may overtake each other.
+pub const NORMAL_JITTER_REORDER_ARGS: &[&str] = &[
+    "--delay",
+    "50ms",
+    "--jitter",
+    "20ms",
+    "--distribution",
+    "normal",
+    "--reorder",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -299,18 +299,7 @@ pub const MIRRED_PRIO: &str = "49153";
 /// On kernels before 6.4: a filter after netfault's program that sends packets it marked
 /// (`tc_index`) to the IFB device, with mirred, which sets what IFB needs.
 pub fn ensure_mirred_filter(iface: &str, ifb: &str) -> Result<()> {
-    let _ = run(
-        "tc",
-        &[
-            "filter",
-            "del",
-            "dev",
-            iface,
-            "ingress",
-            "prio",
-            MIRRED_PRIO,
-        ],
-    );
+    remove_mirred_filter(iface);
     let m = format!("meta(tc_index eq {})", netfault_common::SHAPE_TC_INDEX);
     #[rustfmt::skip]
     let args = [

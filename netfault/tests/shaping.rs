@@ -285,15 +285,7 @@ fn jitter_with_reorder_follows_the_distribution() {
         &Impairment {
             dir: "egress",
             matcher: &["--proto", "udp", "--dport", &PROBE_PORT.to_string()],
-            netfault: &[
-                "--delay",
-                "50ms",
-                "--jitter",
-                "20ms",
-                "--distribution",
-                "normal",
-                "--reorder",
-            ],
+            netfault: netfault::probe::NORMAL_JITTER_REORDER_ARGS,
             netem: &["delay", "50ms", "20ms", "distribution", "normal"],
         },
     );
@@ -363,14 +355,7 @@ fn jitter_keeps_per_flow_order() {
         &Impairment {
             dir: "egress",
             matcher: &["--proto", "udp", "--dport", &PROBE_PORT.to_string()],
-            netfault: &[
-                "--delay",
-                "50ms",
-                "--jitter",
-                "20ms",
-                "--distribution",
-                "normal",
-            ],
+            netfault: netfault::probe::NORMAL_JITTER_ARGS,
             netem: &[],
         },
     );

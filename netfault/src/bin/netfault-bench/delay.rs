@@ -132,15 +132,7 @@ fn cases(args: &Args) -> Vec<Case> {
         v.push(Case {
             tool: Tool::Netfault,
             config: "--delay 50ms --jitter 20ms --distribution normal --reorder",
-            args: &[
-                "--delay",
-                "50ms",
-                "--jitter",
-                "20ms",
-                "--distribution",
-                "normal",
-                "--reorder",
-            ],
+            args: netfault::probe::NORMAL_JITTER_REORDER_ARGS,
             model: NORMAL,
             order_kept: false,
             rate,
@@ -148,14 +140,7 @@ fn cases(args: &Args) -> Vec<Case> {
         v.push(Case {
             tool: Tool::Netfault,
             config: "--delay 50ms --jitter 20ms --distribution normal",
-            args: &[
-                "--delay",
-                "50ms",
-                "--jitter",
-                "20ms",
-                "--distribution",
-                "normal",
-            ],
+            args: netfault::probe::NORMAL_JITTER_ARGS,
             model: NORMAL,
             order_kept: true,
             rate,
