@@ -239,7 +239,7 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
         }
         if input.spec.kind == Kind::Rule
             && (input.spec.duplicate.0 > 0.0 || input.spec.shape.is_some())
-            && input.spec.dir != Direction::Egress
+            && input.spec.dir.includes(true)
         {
             config_flags |= CFG_INGRESS_TC;
         }

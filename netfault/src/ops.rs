@@ -13,7 +13,7 @@ use crate::{
     kernel::{self, HookKind, KernelError, Maps},
     netns,
     qdisc::{self, QdiscError},
-    spec::{Direction, Kind, RuleSpec, SpecError, Ttl},
+    spec::{Kind, RuleSpec, SpecError, Ttl},
     state::{Attachment, Locked, Paths, RuleEntry, State, StateError},
 };
 
@@ -339,9 +339,7 @@ impl Ctl {
 
     /// Forgets rules whose lifetime is over (the data path already passes their traffic).
     fn prune_expired(&mut self, now: u64) {
-        self.state
-            .rules
-            .retain(|r| r.expires_mono_ns == 0 || r.expires_mono_ns > now);
+        self.state.rules.retain(|r| r.live(now));
     }
 
     /// Compiles the current state and publishes it.
@@ -358,21 +356,7 @@ impl Ctl {
         values: &[(u32, netfault_common::RuleValue)],
     ) -> Result<()> {
         // Queues first: a stamped packet must never meet a device without fq.
-        let before = self.state.shaped.clone();
-        let mut undo = Vec::new();
-        if let Err(e) = reconcile_shaping(
-            &mut self.state,
-            maps,
-            self.replace_qdisc,
-            monotonic_ns(),
-            &mut undo,
-        ) {
-            for u in undo.into_iter().rev() {
-                u.run(maps);
-            }
-            self.state.shaped = before;
-            return Err(e);
-        }
+        reconcile_shaping(&mut self.state, maps, self.replace_qdisc, monotonic_ns())?;
         maps.publish_set(compiled, values)?;
         self.state.published_slots = values.iter().map(|(slot, _)| *slot).collect();
         Ok(())
@@ -664,24 +648,22 @@ struct QueueNeed {
 fn queue_needs(state: &State, now: u64) -> Vec<QueueNeed> {
     let mut out = Vec::new();
     for a in &state.attached {
-        let (mtu, link) = qdisc::link_info(&a.iface);
+        // Asked of the device only where some rule shapes: this runs on every publish.
+        let mut link_info = None;
         for ingress in [false, true] {
             let rules: Vec<&RuleSpec> = state
                 .rules
                 .iter()
-                .filter(|r| r.expires_mono_ns == 0 || r.expires_mono_ns > now)
+                .filter(|r| r.live(now))
                 .map(|r| &r.spec)
                 .filter(|s| s.kind == Kind::Rule && s.shape.is_some())
                 .filter(|s| s.iface.as_ref().is_none_or(|i| i == &a.iface))
-                .filter(|s| match s.dir {
-                    Direction::Both => true,
-                    Direction::Ingress => ingress,
-                    Direction::Egress => !ingress,
-                })
+                .filter(|s| s.dir.includes(ingress))
                 .collect();
             if rules.is_empty() {
                 continue;
             }
+            let (mtu, link) = *link_info.get_or_insert_with(|| qdisc::link_info(&a.iface));
             let max_delay_ns = rules
                 .iter()
                 .map(|s| {
@@ -724,7 +706,7 @@ fn queue_needs(state: &State, now: u64) -> Vec<QueueNeed> {
 }
 
 /// A change `reconcile_shaping` made, undone if a later step fails.
-pub(crate) enum Undo {
+enum Undo {
     Fq(String),
     Ifb(String),
     IfbMap(u32),
@@ -732,7 +714,7 @@ pub(crate) enum Undo {
 }
 
 impl Undo {
-    pub(crate) fn run(self, maps: &mut Maps) {
+    fn run(self, maps: &mut Maps) {
         let _ = match self {
             Undo::Fq(dev) => qdisc::remove_fq(&dev).map_err(Error::from),
             Undo::Ifb(name) => qdisc::remove_ifb(&name).map_err(Error::from),
@@ -746,9 +728,27 @@ impl Undo {
 }
 
 /// Installs or grows the fq qdiscs (and IFB devices) the rules need. Sizes everything before
-/// changing anything, so a delay that cannot be held changes nothing; queues only grow here
-/// (detach removes them).
+/// changing anything, so a delay that cannot be held changes nothing, and undoes what it did
+/// (state included) if a later step fails; queues only grow here (detach removes them).
 pub(crate) fn reconcile_shaping(
+    state: &mut State,
+    maps: &mut Maps,
+    replace_foreign: bool,
+    now: u64,
+) -> Result<()> {
+    let before = state.shaped.clone();
+    let mut undo = Vec::new();
+    let res = grow_queues(state, maps, replace_foreign, now, &mut undo);
+    if res.is_err() {
+        for u in undo.into_iter().rev() {
+            u.run(maps);
+        }
+        state.shaped = before;
+    }
+    res
+}
+
+fn grow_queues(
     state: &mut State,
     maps: &mut Maps,
     replace_foreign: bool,

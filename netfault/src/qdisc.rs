@@ -199,19 +199,27 @@ impl Root {
     }
 }
 
-pub fn root(iface: &str) -> Result<Root> {
-    let out = run("tc", &["-j", "qdisc", "show", "dev", iface, "root"]).map_err(command_err)?;
-    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| QdiscError::Command {
-        cmd: format!("tc -j qdisc show dev {iface} root"),
-        msg: format!("unreadable output: {e}"),
-    })?;
-    let q = v
-        .as_array()
+/// `tc -j [-s] qdisc show dev DEV root`: the root qdisc's JSON object.
+fn root_json(dev: &str, stats: bool) -> Result<serde_json::Value> {
+    let mut args = vec!["-j", "qdisc", "show", "dev", dev, "root"];
+    if stats {
+        args.insert(0, "-s");
+    }
+    let out = run("tc", &args).map_err(command_err)?;
+    let err = |msg: String| QdiscError::Command {
+        cmd: format!("tc {}", args.join(" ")),
+        msg,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| err(format!("unreadable output: {e}")))?;
+    v.as_array()
         .and_then(|a| a.iter().find(|q| q["root"].as_bool() == Some(true)))
-        .ok_or_else(|| QdiscError::Command {
-            cmd: format!("tc -j qdisc show dev {iface} root"),
-            msg: "no root qdisc listed".into(),
-        })?;
+        .cloned()
+        .ok_or_else(|| err("no root qdisc listed".into()))
+}
+
+pub fn root(iface: &str) -> Result<Root> {
+    let q = root_json(iface, false)?;
     Ok(Root {
         kind: q["kind"].as_str().unwrap_or("?").to_owned(),
         handle: q["handle"].as_str().unwrap_or("?").to_owned(),
@@ -346,12 +354,7 @@ pub struct FqStats {
 }
 
 pub fn fq_stats(dev: &str) -> Option<FqStats> {
-    let out = run("tc", &["-s", "-j", "qdisc", "show", "dev", dev, "root"]).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-    let q = v
-        .as_array()?
-        .iter()
-        .find(|q| q["root"].as_bool() == Some(true))?;
+    let q = root_json(dev, true).ok()?;
     if q["kind"] != "fq" || q["handle"] != HANDLE {
         return None;
     }

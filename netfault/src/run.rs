@@ -136,7 +136,7 @@ pub fn start(
 }
 
 impl Running {
-    /// Installs the queues the delaying rules need (undone on failure, removed on drop).
+    /// Installs the queues the delaying rules need (removed on drop).
     fn shape(&mut self, replace_qdisc: bool) -> Result<()> {
         let mut state = crate::state::State {
             attached: self
@@ -162,22 +162,9 @@ impl Running {
                 .collect(),
             ..Default::default()
         };
-        let mut undo = Vec::new();
-        let res = ops::reconcile_shaping(
-            &mut state,
-            &mut self.maps,
-            replace_qdisc,
-            monotonic_ns(),
-            &mut undo,
-        );
-        if res.is_err() {
-            for u in undo.into_iter().rev() {
-                u.run(&mut self.maps);
-            }
-        } else {
-            self.shaped = state.shaped;
-        }
-        res
+        ops::reconcile_shaping(&mut state, &mut self.maps, replace_qdisc, monotonic_ns())?;
+        self.shaped = state.shaped;
+        Ok(())
     }
 
     /// Rule values with the lease applied: expiry = min(TTL expiry, now + lease).

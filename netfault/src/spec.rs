@@ -32,6 +32,17 @@ pub enum Direction {
     Both,
 }
 
+impl Direction {
+    /// Whether this direction covers ingress (`true`) or egress (`false`) traffic.
+    pub fn includes(self, ingress: bool) -> bool {
+        match self {
+            Self::Both => true,
+            Self::Ingress => ingress,
+            Self::Egress => !ingress,
+        }
+    }
+}
+
 impl FromStr for Direction {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -62,6 +62,13 @@ pub struct RuleEntry {
     pub expires_mono_ns: u64,
 }
 
+impl RuleEntry {
+    /// Not expired at `now` (CLOCK_MONOTONIC ns).
+    pub fn live(&self, now: u64) -> bool {
+        self.expires_mono_ns == 0 || self.expires_mono_ns > now
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub netns_cookie: u64,
