@@ -3,10 +3,12 @@
 
 use clap::Parser as _;
 use libfuzzer_sys::fuzz_target;
-use netfault::{
-    cli::{Cli, rule_spec},
-    compile::{Input, compile},
-};
+use netfault::compile::{Input, compile};
+
+// The binary's own flag definitions and their conversion to a rule spec.
+#[path = "../../netfault/src/cli/args.rs"]
+mod args;
+use args::{Cli, rule_spec};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

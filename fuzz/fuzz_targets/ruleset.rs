@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(specs) = netfault::ruleset::parse(text) {
+    if let Ok(specs) = netfault::spec::ruleset::parse(text) {
         let inputs: Vec<Input<'_>> = specs
             .iter()
             .enumerate()

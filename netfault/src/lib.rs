@@ -1,22 +1,17 @@
-//! netfault: packet impairment at line rate with eBPF.
+//! netfault: network faults injected at line rate by an eBPF data path.
 //!
-//! The library holds everything but the command line: rule parsing and validation (`spec`),
-//! compilation to the data path's tuple space (`compile`), BPF loading, attachment and map I/O
-//! (`kernel`), namespace handling (`netns`), persistent state (`state`) and the operations that
-//! tie them together (`ops`).
-pub mod cli;
+//! The flow, lower layers first (none imports a higher one):
+//! - [`spec`]: what the user asked for, validated (rules, rule-set files, distributions,
+//!   protections). Pure.
+//! - [`compile`]: a rule set turned into the data path's tuple space. Pure.
+//! - [`netlink`]: the kernel's networking configuration (qdiscs, IFB devices, filters, links,
+//!   ethtool), over netlink.
+//! - [`dataplane`]: BPF objects: load, maps, attach, generation flip.
+//! - [`control`]: the controller: state, locking, namespaces, the publish pipeline shared by
+//!   pinned (CLI) and held (`run`) modes, queue planning.
+//! - [`observe`]: counters and lifetimes as users read them.
 pub mod compile;
-pub mod dist;
-pub mod grace;
-pub mod kernel;
-pub mod ks;
-pub mod lab;
-pub mod netns;
-pub mod ops;
-pub mod output;
-pub mod probe;
-pub mod qdisc;
-pub mod ruleset;
-pub mod run;
+pub mod control;
+pub mod dataplane;
+pub mod observe;
 pub mod spec;
-pub mod state;

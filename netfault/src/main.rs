@@ -3,11 +3,15 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use netfault::{
-    cli::{Cli, Cmd, ProtectCmd, RuleCmd, XdpModeArg},
-    ops::{self, Ctl},
-    output,
+    control::{self as ops, Ctl},
     spec::{self, Kind},
 };
+
+mod cli;
+mod render;
+
+use cli::args::{Cli, Cmd, ProtectCmd, RuleCmd, XdpModeArg};
+use render as output;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -26,10 +30,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     // Validate what needs no kernel before entering anything.
-    let plan = netfault::cli::rule_spec(&cli.cmd).map_err(ops::Error::Usage)?;
+    let plan = cli::args::rule_spec(&cli.cmd).map_err(ops::Error::Usage)?;
     // setns applies to this thread only: do it before any other thread exists.
     if let Some(ns) = &cli.netns {
-        netfault::netns::enter(ns)
+        netfault::control::netns::enter(ns)
             .map_err(|e| ops::Error::Usage(spec::SpecError::new("--netns", e.to_string())))?;
     }
     let ns = cli.netns.as_deref();
@@ -130,8 +134,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 XdpModeArg::Native => aya::programs::XdpMode::Driver,
                 XdpModeArg::Generic => aya::programs::XdpMode::Skb,
             });
-            let mut running =
-                netfault::run::start(ns, &ifaces, specs, mode, !no_protect, replace_qdisc)?;
+            let mut running = netfault::control::held::start(
+                ns,
+                &ifaces,
+                specs,
+                mode,
+                !no_protect,
+                replace_qdisc,
+            )?;
             for (i, hooks) in &running.hooks {
                 let how: Vec<String> = hooks
                     .iter()
@@ -139,7 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect();
                 println!("{i}: attached ({}) until this command ends", how.join(", "));
             }
-            netfault::run::hold(&mut running, duration)?;
+            netfault::control::held::hold(&mut running, duration)?;
             for (name, kind, c) in running.counters()? {
                 println!(
                     "{name:<18} {:<9} matched {} dropped {} duplicated {} passed {} bytes {}",
@@ -196,7 +206,7 @@ fn read_ruleset(
             format!("{}: {e}", file.display()),
         ))
     })?;
-    netfault::ruleset::parse(&text).map_err(ops::Error::Usage)
+    netfault::spec::ruleset::parse(&text).map_err(ops::Error::Usage)
 }
 
 /// `rule add` and `partition`.

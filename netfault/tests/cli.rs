@@ -2,7 +2,7 @@
 //! to the kernel state (maps compared entry by entry before and after) nor to the rule list.
 use std::{collections::BTreeSet, process::Command};
 
-use netfault::kernel::Maps;
+use netfault::dataplane::Maps;
 use netfault_common::{GENERATIONS, MAX_TUPLES};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netfault");

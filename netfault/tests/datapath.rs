@@ -16,7 +16,7 @@ use aya::{
 };
 use netfault::{
     compile::{Input, compile, rule_value},
-    kernel::{self, Maps},
+    dataplane::{self as kernel, Maps},
     spec::{Direction, Kind, PortRange, Prob, Proto, RuleSpec, parse_net},
 };
 use netfault_common::Counters;
@@ -58,7 +58,7 @@ impl Dp {
         let _ = Command::new("ip")
             .args(["-n", &tag, "link", "set", "lo", "up"])
             .status();
-        netfault::netns::enter(&tag).unwrap();
+        netfault::control::netns::enter(&tag).unwrap();
         kernel::ensure_bpffs().unwrap();
         let pins = PathBuf::from("/sys/fs/bpf").join(&tag);
         let mut ebpf = kernel::load(&pins).unwrap();
@@ -130,7 +130,7 @@ impl Dp {
         ctx[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&1u32.to_ne_bytes());
         ctx[SKB_GSO_SEGS..SKB_GSO_SEGS + 4].copy_from_slice(&gso_segs.to_ne_bytes());
         let mut out = [0u8; SKB_CTX_LEN];
-        let before = netfault::ops::monotonic_ns();
+        let before = netfault::control::monotonic_ns();
         let r = p
             .test_run(TestRunOptions {
                 data_in: Some(pkt),
@@ -140,7 +140,7 @@ impl Dp {
             })
             .unwrap()
             .return_value;
-        let after = netfault::ops::monotonic_ns();
+        let after = netfault::control::monotonic_ns();
         let ts = u64::from_ne_bytes(out[SKB_TSTAMP..SKB_TSTAMP + 8].try_into().unwrap());
         (r, ts, before, after)
     }
@@ -764,7 +764,8 @@ fn ingress_delay_redirects_to_the_ifb_device_only_when_one_is_set() {
 /// is far below the distribution's scale (20 ms).
 #[test]
 fn jitter_follows_the_configured_distribution() {
-    use netfault::{dist::Distribution, ks};
+    use netfault::spec::dist::Distribution;
+    use netfault_lab::ks;
     let mut dp = Dp::new();
     for (dist, reorder) in [
         (Distribution::Normal, true),

@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::*;
-use netfault::lab::{self, Z_ALPHA_1E4, wilson_interval};
+use netfault_lab::lab::{self, Z_ALPHA_1E4, wilson_interval};
 
 /// 30 % loss on 20 000 datagrams: statistically right, and counted packet for packet.
 #[test]

@@ -10,7 +10,7 @@ use std::{
 };
 
 use common::{attach, pair, run};
-use netfault::lab::{Host, exec_in};
+use netfault_lab::lab::{Host, exec_in};
 
 /// One ICMP echo with a short wait: true if it came back.
 fn pings(from: &Host, to: &Host) -> bool {
@@ -342,8 +342,8 @@ fn another_xdp_program_is_named_kept_and_worked_around() {
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let (ns, iface) = (b.ns.clone(), b.iface.clone());
     let holder = std::thread::spawn(move || {
-        netfault::netns::enter(&ns).unwrap();
-        let mut ebpf = aya::Ebpf::load(netfault::kernel::BENCH_OBJECT).unwrap();
+        netfault::control::netns::enter(&ns).unwrap();
+        let mut ebpf = aya::Ebpf::load(netfault_lab::BENCH_OBJECT).unwrap();
         let p: &mut Xdp = ebpf.program_mut("bench_pass").unwrap().try_into().unwrap();
         p.load().unwrap();
         let c = std::ffi::CString::new(iface).unwrap();

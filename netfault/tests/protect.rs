@@ -75,7 +75,7 @@ fn sh(args: &[&str]) {
 fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let ns = ns.to_string();
     thread::spawn(move || {
-        netfault::netns::enter(&ns).unwrap();
+        netfault::control::netns::enter(&ns).unwrap();
         f()
     })
     .join()

@@ -1,7 +1,7 @@
 //! Issue #3, end to end: delay, jitter, reordering and rate by EDT marking (the data path stamps
 //! `skb->tstamp`; an `fq` root qdisc, or on ingress an IFB device whose root qdisc is fq, holds
 //! each packet until then). Real traffic between two namespaces joined by a veth, netfault
-//! driven through its CLI with `--netns`, measured with `netfault::probe`.
+//! driven through its CLI with `--netns`, measured with `netfault_lab::probe`.
 //!
 //! These need `sch_fq` (and `ifb`), which the development host's kernel lacks, so every test is
 //! ignored by default; `cargo xtask vm-test` runs them with `--ignored --test-threads=1` in QEMU
@@ -22,8 +22,8 @@ mod common;
 use std::{net::SocketAddr, time::Duration};
 
 use common::*;
-use netfault::{
-    dist::{DelayModel, Distribution, order_kept_median},
+use netfault::spec::dist::{DelayModel, Distribution, order_kept_median};
+use netfault_lab::{
     ks,
     lab::exec_in,
     probe::{self, Spread, UdpEcho, UdpProbe},
@@ -285,7 +285,7 @@ fn jitter_with_reorder_follows_the_distribution() {
         &Impairment {
             dir: "egress",
             matcher: &["--proto", "udp", "--dport", &PROBE_PORT.to_string()],
-            netfault: netfault::probe::NORMAL_JITTER_REORDER_ARGS,
+            netfault: netfault_lab::probe::NORMAL_JITTER_REORDER_ARGS,
             netem: &["delay", "50ms", "20ms", "distribution", "normal"],
         },
     );
@@ -355,7 +355,7 @@ fn jitter_keeps_per_flow_order() {
         &Impairment {
             dir: "egress",
             matcher: &["--proto", "udp", "--dport", &PROBE_PORT.to_string()],
-            netfault: netfault::probe::NORMAL_JITTER_ARGS,
+            netfault: netfault_lab::probe::NORMAL_JITTER_ARGS,
             netem: &[],
         },
     );

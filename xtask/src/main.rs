@@ -107,6 +107,8 @@ fn lint() -> anyhow::Result<()> {
         "--workspace",
         "--exclude",
         "netfault-ebpf",
+        "--exclude",
+        "netfault-lab-ebpf",
         "--all-targets",
         "--",
         "-D",
@@ -116,6 +118,8 @@ fn lint() -> anyhow::Result<()> {
         "clippy",
         "-p",
         "netfault-ebpf",
+        "-p",
+        "netfault-lab-ebpf",
         "--target",
         "bpfel-unknown-none",
         "-Z",
@@ -157,6 +161,8 @@ fn main() -> anyhow::Result<()> {
             "--workspace",
             "--exclude",
             "netfault-ebpf",
+            "--exclude",
+            "netfault-lab-ebpf",
             "--bins",
         ])),
         Cmd::Lint => lint(),
@@ -180,6 +186,8 @@ fn main() -> anyhow::Result<()> {
                     "--workspace",
                     "--exclude",
                     "netfault-ebpf",
+                    "--exclude",
+                    "netfault-lab-ebpf",
                     "--release",
                 ])
                 .args(&args))?;
@@ -195,7 +203,15 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Demo => {
-            run(cargo().args(["build", "--release", "-p", "netfault", "--bins"]))?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "netfault",
+                "-p",
+                "netfault-lab",
+                "--bins",
+            ]))?;
             run(&mut Command::new(
                 root().join("target/release/netfault-demo"),
             ))
@@ -209,7 +225,7 @@ fn main() -> anyhow::Result<()> {
                 "run",
                 "--release",
                 "-p",
-                "netfault",
+                "netfault-lab",
                 "--bin",
                 "netfault-bench",
                 "--",

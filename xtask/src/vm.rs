@@ -334,7 +334,16 @@ fn cache_dir() -> PathBuf {
 /// Builds netfault (a no-op when up to date) unless told not to, and returns its path.
 fn netfault_binary() -> anyhow::Result<PathBuf> {
     if std::env::var("NETFAULT_VM_NO_BUILD").as_deref() != Ok("1") {
-        crate::run(crate::cargo().args(["build", "--release", "-p", "netfault", "--bins"]))?;
+        // The lab's binaries too: `bench --vm` runs netfault-bench in the guest.
+        crate::run(crate::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "netfault",
+            "-p",
+            "netfault-lab",
+            "--bins",
+        ]))?;
     }
     let bin = target_dir().join("release/netfault");
     ensure!(

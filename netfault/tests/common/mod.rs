@@ -8,8 +8,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use netfault::lab::{self, Counters};
-pub use netfault::lab::{Host, Lab, Netfault, TcpEcho, TcpOutcome, UdpBurst, UdpReport};
+use netfault_lab::lab::{self, Counters};
+pub use netfault_lab::lab::{Host, Lab, Netfault, TcpEcho, TcpOutcome, UdpBurst, UdpReport};
 
 /// Namespaces of these tests are `nfe2e-<pid>-<n>-<role>`.
 pub const PREFIX: &str = "nfe2e";
@@ -123,7 +123,7 @@ pub fn tcp(from: &Host, dst: SocketAddr, timeout: Duration) -> TcpOutcome {
 /// netfault's pin and state directories for a namespace.
 pub fn netfault_dirs(ns: &str) -> [std::path::PathBuf; 2] {
     [
-        std::path::Path::new(netfault::state::PIN_ROOT).join(format!("netns-{ns}")),
-        std::path::Path::new(netfault::state::RUN_ROOT).join(format!("netns-{ns}")),
+        std::path::Path::new(netfault::control::state::PIN_ROOT).join(format!("netns-{ns}")),
+        std::path::Path::new(netfault::control::state::RUN_ROOT).join(format!("netns-{ns}")),
     ]
 }

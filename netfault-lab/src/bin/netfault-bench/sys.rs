@@ -59,7 +59,7 @@ pub fn check_stop() -> Result<()> {
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     std::thread::scope(|s| {
         let h = s.spawn(|| {
-            netfault::netns::enter(ns)?;
+            netfault::control::netns::enter(ns)?;
             f()
         });
         h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))

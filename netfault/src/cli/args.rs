@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::spec::{
+use netfault::spec::{
     self, Direction, Distribution, Kind, PortRange, Prob, Proto, Rate, RuleSpec, Shape, SpecError,
     Ttl,
 };

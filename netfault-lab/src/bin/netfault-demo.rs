@@ -14,7 +14,9 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use netfault::lab::{self, Host, Lab, Netfault, UdpBurst, UdpReport, Z_ALPHA_1E4, wilson_interval};
+use netfault_lab::lab::{
+    self, Host, Lab, Netfault, UdpBurst, UdpReport, Z_ALPHA_1E4, wilson_interval,
+};
 
 const PORT: u16 = 4000;
 const LOSS: f64 = 0.3;

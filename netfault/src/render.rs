@@ -4,8 +4,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::json;
 
-use crate::{
-    ops::{self, read_state, stats as read_stats, ttl_left},
+use netfault::{
+    observe::{read_state, stats as read_stats, ttl_left},
     spec::{Kind, PortRange, Proto},
 };
 
@@ -33,7 +33,7 @@ fn nets(v: &[ipnet::IpNet]) -> Vec<String> {
 
 pub fn list(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
     let (_, state) = read_state(ns)?;
-    let now = ops::monotonic_ns();
+    let now = netfault::control::monotonic_ns();
     let shown: Vec<_> = state
         .ordered()
         .into_iter()
@@ -204,25 +204,25 @@ fn print_stats(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
 
 /// The fq qdiscs netfault installed: their own drops (limit, flow limit, horizon) are queue
 /// drops, apart from what the rules inject.
-fn queue_stats(state: &crate::state::State) -> Vec<crate::qdisc::FqStats> {
+fn queue_stats(state: &netfault::control::state::State) -> Vec<netfault::control::queues::FqStats> {
     let mut out = Vec::new();
     for sh in &state.shaped {
         if sh.egress.is_some() {
-            out.extend(crate::qdisc::fq_stats(&sh.iface));
+            out.extend(netfault::control::queues::fq_stats(&sh.iface));
         }
         if let Some(i) = &sh.ifb {
-            out.extend(crate::qdisc::fq_stats(&i.name));
+            out.extend(netfault::control::queues::fq_stats(&i.name));
         }
     }
     out
 }
 
 /// Attached interfaces that no longer exist (or are a new interface under the same name).
-fn lost_interfaces(state: &crate::state::State) -> Vec<String> {
+fn lost_interfaces(state: &netfault::control::state::State) -> Vec<String> {
     state
         .attached
         .iter()
-        .filter(|a| crate::kernel::ifindex(&a.iface) != Some(a.ifindex))
+        .filter(|a| netfault::dataplane::ifindex(&a.iface) != Some(a.ifindex))
         .map(|a| a.iface.clone())
         .collect()
 }
@@ -282,7 +282,7 @@ pub fn status(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
         .attached
         .iter()
         .map(|a| {
-            let now = crate::kernel::ifindex(&a.iface);
+            let now = netfault::dataplane::ifindex(&a.iface);
             let lost = now != Some(a.ifindex);
             json!({
                 "iface": a.iface, "ifindex": a.ifindex, "lost": lost,
@@ -290,7 +290,7 @@ pub fn status(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
             })
         })
         .collect();
-    let now = ops::monotonic_ns();
+    let now = netfault::control::monotonic_ns();
     let label = |n: &str| n.split('/').next().unwrap_or(n).to_string();
     let mut protected: Vec<String> = state
         .rules

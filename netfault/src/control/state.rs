@@ -12,7 +12,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{kernel::HookState, spec::RuleSpec};
+use crate::{dataplane::HookState, spec::RuleSpec};
 
 pub const PIN_ROOT: &str = "/sys/fs/bpf/netfault";
 pub const RUN_ROOT: &str = "/run/netfault";
@@ -81,7 +81,7 @@ pub struct State {
     pub published_slots: Vec<u32>,
     /// fq qdiscs and IFB devices netfault installed for delay and rate.
     #[serde(default)]
-    pub shaped: Vec<crate::qdisc::Shaped>,
+    pub shaped: Vec<crate::control::queues::Shaped>,
 }
 
 impl State {

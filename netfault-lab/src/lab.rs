@@ -27,7 +27,7 @@ use ipnet::IpNet;
 use ratelimit::Ratelimiter;
 use serde::Deserialize;
 
-use crate::state::{PIN_ROOT, RUN_ROOT};
+use netfault::control::state::{PIN_ROOT, RUN_ROOT};
 
 // ---------------------------------------------------------------------------------------------
 // Addresses
@@ -424,7 +424,7 @@ fn remove_stale(prefix: &str) {
 pub fn run_in<R: Send>(ns: &str, f: impl FnOnce() -> R + Send) -> Result<R> {
     thread::scope(|s| {
         s.spawn(|| -> Result<R> {
-            crate::netns::enter(ns)?;
+            netfault::control::netns::enter(ns)?;
             Ok(f())
         })
         .join()
@@ -1011,7 +1011,7 @@ fn parse_ping(text: &str) -> Option<PingReport> {
 // ---------------------------------------------------------------------------------------------
 
 /// One rule's counters, as `netfault stats --json` prints them.
-pub use crate::ops::CounterView as Counters;
+pub use netfault::observe::CounterView as Counters;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RuleStats {

@@ -12,10 +12,11 @@ use std::time::Duration;
 use aya::programs::XdpMode;
 use netfault_common::Counters;
 
+use super::{Error, Result, check_privileges, monotonic_ns, shaping};
 use crate::{
     compile::{self, Input},
-    kernel::{self, HookState, Maps},
-    ops::{self, Error, Result, monotonic_ns, protection},
+    dataplane::{self as kernel, HookState, Maps},
+    spec::protection,
     spec::{Kind, RuleSpec, SpecError, Ttl},
 };
 
@@ -32,7 +33,7 @@ pub struct Running {
     /// (slot, spec, absolute TTL expiry or 0)
     rules: Vec<(u32, RuleSpec, u64)>,
     /// fq qdiscs and IFB devices installed for delay and rate, removed on exit.
-    shaped: Vec<crate::qdisc::Shaped>,
+    shaped: Vec<crate::control::queues::Shaped>,
 }
 
 /// Loads a private copy of the programs and maps, attaches them, and publishes `specs`.
@@ -44,7 +45,7 @@ pub fn start(
     protect: bool,
     replace_qdisc: bool,
 ) -> Result<Running> {
-    ops::check_privileges()?;
+    check_privileges()?;
     kernel::ensure_bpffs()?;
     for i in ifaces {
         if kernel::ifindex(i).is_none() {
@@ -56,10 +57,10 @@ pub fn start(
         }
     }
     // Interfaces `attach` manages are not ours to take.
-    let key = crate::netns::state_key(netns_name)
+    let key = crate::control::netns::state_key(netns_name)
         .map_err(|e| Error::Other(format!("netns identity: {e}")))?;
-    if let Ok(text) = std::fs::read(crate::state::Paths::new(&key).state_file())
-        && let Ok(st) = serde_json::from_slice::<crate::state::State>(&text)
+    if let Ok(text) = std::fs::read(crate::control::state::Paths::new(&key).state_file())
+        && let Ok(st) = serde_json::from_slice::<crate::control::state::State>(&text)
         && let Some(a) = st.attached.iter().find(|a| ifaces.contains(&a.iface))
     {
         return Err(Error::Other(format!(
@@ -71,7 +72,7 @@ pub fn start(
         .into_iter()
         .map(|s| (s, Ttl::Never))
         .collect();
-    if protect && let Some(ssh) = ops::ssh_from_env() {
+    if protect && let Some(ssh) = protection::ssh_from_env() {
         all.extend(ssh.into_iter().map(|s| (s, Ttl::Never)));
     }
     all.extend(specs);
@@ -138,12 +139,12 @@ pub fn start(
 impl Running {
     /// Installs the queues the delaying rules need (removed on drop).
     fn shape(&mut self, replace_qdisc: bool) -> Result<()> {
-        let mut state = crate::state::State {
+        let mut state = crate::control::state::State {
             attached: self
                 .hooks
                 .iter()
                 .filter_map(|(i, _)| {
-                    Some(crate::state::Attachment {
+                    Some(crate::control::state::Attachment {
                         iface: i.clone(),
                         ifindex: kernel::ifindex(i)?,
                         hooks: vec![],
@@ -153,7 +154,7 @@ impl Running {
             rules: self
                 .rules
                 .iter()
-                .map(|(slot, spec, exp)| crate::state::RuleEntry {
+                .map(|(slot, spec, exp)| crate::control::state::RuleEntry {
                     spec: spec.clone(),
                     slot: *slot,
                     seq: u64::from(*slot),
@@ -162,7 +163,7 @@ impl Running {
                 .collect(),
             ..Default::default()
         };
-        ops::reconcile_shaping(&mut state, &mut self.maps, replace_qdisc, monotonic_ns())?;
+        shaping::reconcile_shaping(&mut state, &mut self.maps, replace_qdisc, monotonic_ns())?;
         self.shaped = state.shaped;
         Ok(())
     }
@@ -211,7 +212,7 @@ impl Drop for Running {
         }
         // After the programs: no packet is stamped once the queue that holds it is gone.
         for sh in &self.shaped {
-            let _ = ops::unshape(sh);
+            let _ = shaping::unshape(sh);
         }
     }
 }

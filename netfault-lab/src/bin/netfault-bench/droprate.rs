@@ -32,7 +32,7 @@ use aya::{
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, XdpMode, xdp::XdpLinkId},
 };
 use netfault::{
-    kernel::{self, Hook, HookKind, HookState, Maps},
+    dataplane::{self as kernel, Hook, HookKind, HookState, Maps},
     spec::{Direction, Kind, Prob, RuleSpec},
 };
 use netfault_common::progs;
@@ -204,7 +204,7 @@ fn napi_thread(ifname: &str) -> Option<libc::pid_t> {
 impl<'a> Bench<'a> {
     fn new(plan: &'a Plan, topo: &'a Topology, pins: &Path) -> Result<Self> {
         let mut bench = EbpfLoader::new()
-            .load(kernel::BENCH_OBJECT)
+            .load(netfault_lab::BENCH_OBJECT)
             .context("load the bench object")?;
         progrun::xdp_mut(&mut bench, "bench_drop")?;
         progrun::xdp_mut(&mut bench, "bench_tx")?;

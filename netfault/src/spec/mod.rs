@@ -4,7 +4,11 @@ use std::{fmt, str::FromStr, time::Duration};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-pub use crate::dist::Distribution;
+pub mod dist;
+pub mod protection;
+pub mod ruleset;
+
+pub use dist::Distribution;
 
 /// Bad input, naming the field it came from. Exit status 2 at the CLI edge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -374,8 +378,8 @@ impl Shape {
         self.delay.is_some() || self.rate.is_some()
     }
 
-    pub fn model(&self) -> crate::dist::DelayModel {
-        crate::dist::DelayModel {
+    pub fn model(&self) -> crate::spec::dist::DelayModel {
+        crate::spec::dist::DelayModel {
             delay_ns: self.delay.map_or(0, |d| d.as_nanos() as u64),
             jitter_ns: self.jitter.map_or(0, |d| d.as_nanos() as u64),
             dist: self.distribution,

@@ -277,7 +277,7 @@ pub fn ifb_name(ifindex: u32) -> String {
 
 /// Creates and brings up the IFB device (if it does not exist) and returns its index.
 pub fn ensure_ifb(name: &str) -> Result<u32> {
-    if crate::kernel::ifindex(name).is_none() {
+    if crate::dataplane::ifindex(name).is_none() {
         run("ip", &["link", "add", name, "type", "ifb"]).map_err(|(cmd, msg)| {
             if msg.contains("Unknown device type") || msg.contains("not supported") {
                 QdiscError::IfbMissing
@@ -287,7 +287,7 @@ pub fn ensure_ifb(name: &str) -> Result<u32> {
         })?;
     }
     run("ip", &["link", "set", name, "up"]).map_err(command_err)?;
-    crate::kernel::ifindex(name).ok_or_else(|| QdiscError::Command {
+    crate::dataplane::ifindex(name).ok_or_else(|| QdiscError::Command {
         cmd: format!("ip link add {name} type ifb"),
         msg: "the device does not exist afterwards".into(),
     })
@@ -333,7 +333,7 @@ pub fn remove_mirred_filter(iface: &str) {
 }
 
 pub fn remove_ifb(name: &str) -> Result<()> {
-    if crate::kernel::ifindex(name).is_none() {
+    if crate::dataplane::ifindex(name).is_none() {
         return Ok(());
     }
     run("ip", &["link", "del", name])

@@ -13,7 +13,7 @@ use aya::{
 };
 use netfault::{
     compile::{Input, compile, rule_value},
-    kernel::{self, Maps},
+    dataplane::{self as kernel, Maps},
     spec::{Kind, Prob, RuleSpec},
 };
 use netfault_common::{RuleValue, progs};
@@ -145,7 +145,7 @@ pub fn run(plan: &Plan, pins: &Path) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
 
     let mut bench = EbpfLoader::new()
-        .load(kernel::BENCH_OBJECT)
+        .load(netfault_lab::BENCH_OBJECT)
         .context("load the bench object")?;
     let pass = xdp_mut(&mut bench, "bench_pass")?;
     let (ns, verdict) = time_prog(pass, &hit, plan.repeat, plan.runs)?;

@@ -74,7 +74,7 @@ pub fn p_value(d: f64, n: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dist::splitmix64;
+    use netfault::spec::dist::splitmix64;
 
     /// Uniform [0, 1) from the top 53 bits.
     fn uniforms(n: usize, seed: u64) -> Vec<f64> {

@@ -13,8 +13,8 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use netfault::{
-    dist::{DelayModel, Distribution, order_kept_median},
+use netfault::spec::dist::{DelayModel, Distribution, order_kept_median};
+use netfault_lab::{
     lab::{self, Lab, Netfault, exec_in},
     probe::{self, UdpProbe},
 };
@@ -132,7 +132,7 @@ fn cases(args: &Args) -> Vec<Case> {
         v.push(Case {
             tool: Tool::Netfault,
             config: "--delay 50ms --jitter 20ms --distribution normal --reorder",
-            args: netfault::probe::NORMAL_JITTER_REORDER_ARGS,
+            args: netfault_lab::probe::NORMAL_JITTER_REORDER_ARGS,
             model: NORMAL,
             order_kept: false,
             rate,
@@ -140,7 +140,7 @@ fn cases(args: &Args) -> Vec<Case> {
         v.push(Case {
             tool: Tool::Netfault,
             config: "--delay 50ms --jitter 20ms --distribution normal",
-            args: netfault::probe::NORMAL_JITTER_ARGS,
+            args: netfault_lab::probe::NORMAL_JITTER_ARGS,
             model: NORMAL,
             order_kept: true,
             rate,

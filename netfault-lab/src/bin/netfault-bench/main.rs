@@ -113,7 +113,7 @@ fn run(args: &Args) -> Result<()> {
         report::header(&Plan::new(args));
         return delay::run(d);
     }
-    netfault::kernel::ensure_bpffs()?;
+    netfault::dataplane::ensure_bpffs()?;
     for what in topo::sweep_leftovers().context("remove leftovers of earlier runs")? {
         eprintln!("netfault-bench: removed leftover {what}");
     }

@@ -1,0 +1,11 @@
+//! netfault's test bench, kept out of the product: namespace labs joined by veth pairs or a
+//! bridge (`lab`), traffic probes with kernel timestamps (`probe`), statistics (Wilson
+//! intervals in `lab`, Kolmogorov-Smirnov in `ks`, percentiles in `probe`) and the reference XDP programs the benchmarks
+//! compare against. Tests, the demo and the bench depend on it; netfault depends on none of it.
+pub mod ks;
+pub mod lab;
+pub mod probe;
+
+/// Reference programs (pass, drop, tx) for benchmarks and tests; never attached by netfault.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netfault-lab-bench"));

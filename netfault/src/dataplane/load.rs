@@ -1,0 +1,79 @@
+//! Loading the eBPF object: pinned (CLI) or private (`run`).
+//! Everything that touches BPF: loading the object, attaching and detaching programs, and
+//! reading and writing the maps.
+use std::{
+    ffi::CString,
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData},
+};
+use netfault_common::{DistTable, maps as names};
+
+use super::{KernelError, Result, ebpf_err, io_err};
+
+/// The eBPF object built by build.rs from netfault-ebpf.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netfault"));
+
+/// Mounts bpffs at /sys/fs/bpf when it is missing.
+pub fn ensure_bpffs() -> Result<()> {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").map_err(io_err("read /proc/self/mounts"))?;
+    if mounts.lines().any(|l| {
+        l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
+            && l.split_whitespace().nth(2) == Some("bpf")
+    }) {
+        return Ok(());
+    }
+    let c = |s: &str| CString::new(s).expect("no NUL");
+    let (src, dst, ty) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(io_err("mount bpffs at /sys/fs/bpf")(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Loads the object with its maps pinned in (or reused from) `maps_dir`.
+pub fn load(maps_dir: &Path) -> Result<Ebpf> {
+    std::fs::create_dir_all(maps_dir).map_err(io_err(format!("create {}", maps_dir.display())))?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(maps_dir)
+        .load(EBPF_OBJECT)
+        .map_err(ebpf_err("load the eBPF object"))?;
+    write_dist_tables(&mut ebpf)?;
+    Ok(ebpf)
+}
+
+/// The jitter distributions' tables (constant; rewriting a pinned copy changes nothing).
+fn write_dist_tables(ebpf: &mut Ebpf) -> Result<()> {
+    let map = ebpf.map_mut(names::DIST).ok_or_else(|| KernelError::Io {
+        what: format!("map {}", names::DIST),
+        source: io::Error::from(io::ErrorKind::NotFound),
+    })?;
+    let mut tables: Array<&mut MapData, DistTable> =
+        Array::try_from(map).map_err(ebpf_err(format!("map {}", names::DIST)))?;
+    for d in crate::spec::dist::Distribution::ALL {
+        if let Some(t) = crate::spec::dist::table(d) {
+            tables
+                .set(u32::from(d.code()) - 1, &DistTable { t: *t }, 0)
+                .map_err(ebpf_err("write distribution table"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads a private copy: maps are pinned only for the instant aya needs a path, then unpinned,
+/// so they live exactly as long as this process's fds.
+pub fn load_private() -> Result<Ebpf> {
+    let dir = PathBuf::from(format!("/sys/fs/bpf/netfault-run-{}", std::process::id()));
+    let res = load(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    res
+}

@@ -1,0 +1,239 @@
+//! The maps, typed, and the generation flip.
+//! Everything that touches BPF: loading the object, attaching and detaching programs, and
+//! reading and writing the maps.
+use std::{io, path::Path};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues},
+};
+use netfault_common::{
+    CFG_TC_ONLY, Config, Counters, FlowKey, FlowRef, MAX_TUPLES, RuleValue, Tuple, maps as names,
+};
+
+use super::{KernelError, Result, ebpf_err, io_err};
+use crate::compile::Compiled;
+
+/// Fingerprint of a generation's content: tuples, flows and the values of the rules they name.
+/// Never 0, which means "unknown".
+fn digest(c: &Compiled, rules: &[(u32, RuleValue)]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    for t in &c.tuples {
+        format!("{t:?}").hash(&mut h);
+    }
+    for (k, r) in &c.flows {
+        format!("{k:?}{r:?}").hash(&mut h);
+    }
+    for (slot, v) in rules {
+        format!("{slot}{v:?}").hash(&mut h);
+    }
+    c.config_flags.hash(&mut h);
+    h.finish().max(1)
+}
+
+/// The maps, typed.
+pub struct Maps {
+    pub config: Array<MapData, Config>,
+    pub tuples: Array<MapData, Tuple>,
+    pub flows: BpfHashMap<MapData, FlowKey, FlowRef>,
+    pub rules: Array<MapData, RuleValue>,
+    pub counters: PerCpuArray<MapData, Counters>,
+    pub tc_only: BpfHashMap<MapData, u32, u32>,
+    pub ifb: BpfHashMap<MapData, u32, u32>,
+    pub rate: Array<MapData, u64>,
+    grace: super::grace::Grace,
+}
+
+fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(m: Map, name: &str) -> Result<T> {
+    T::try_from(m).map_err(ebpf_err(format!("map {name}")))
+}
+
+impl Maps {
+    /// Opens the maps pinned in `maps_dir` by an earlier `attach`.
+    pub fn open(maps_dir: &Path) -> Result<Self> {
+        Self::build(|name| {
+            let p = maps_dir.join(name);
+            let d = MapData::from_pin(&p)
+                .map_err(ebpf_err(format!("open pinned map {}", p.display())))?;
+            Map::from_map_data(d).map_err(ebpf_err(format!("map {name}")))
+        })
+    }
+
+    /// Takes the maps out of a loaded object (tests, benchmarks, `run`).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Self::build(|name| {
+            ebpf.take_map(name).ok_or_else(|| KernelError::Io {
+                what: format!("map {name}"),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            })
+        })
+    }
+
+    fn build(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+        Ok(Self {
+            config: typed(get(names::CONFIG)?, names::CONFIG)?,
+            tuples: typed(get(names::TUPLES)?, names::TUPLES)?,
+            flows: typed(get(names::FLOWS)?, names::FLOWS)?,
+            rules: typed(get(names::RULES)?, names::RULES)?,
+            counters: typed(get(names::COUNTERS)?, names::COUNTERS)?,
+            tc_only: typed(get(names::TC_ONLY)?, names::TC_ONLY)?,
+            ifb: typed(get(names::IFB)?, names::IFB)?,
+            rate: typed(get(names::RATE)?, names::RATE)?,
+            grace: super::grace::Grace::new().map_err(io_err("grace map"))?,
+        })
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        self.config.get(&0, 0).map_err(ebpf_err("read config"))
+    }
+
+    /// Publishes a compiled rule set: writes the generation the data path is not reading, then
+    /// flips to it in one word. Packets see the old set or the new one, never a mix.
+    ///
+    /// The retired generation is rewritten only after a grace period (`grace`), so no program
+    /// still reading it sees it change; when it already holds exactly this set, it is not
+    /// rewritten at all. `rules` are the action values of every live slot.
+    pub fn publish_set(&mut self, c: &Compiled, rules: &[(u32, RuleValue)]) -> Result<()> {
+        let mut cfg = self.config()?;
+        let cur = (cfg.active & 1) as usize;
+        let next = cur ^ 1;
+        let digest = digest(c, rules);
+        if cfg.digest[cur] == digest {
+            return Ok(()); // already live
+        }
+        if cfg.digest[next] != digest {
+            // Programs that read `next` before the last flip must be done before it changes.
+            self.grace.wait().map_err(io_err("grace period"))?;
+            self.write_generation(next as u32, c, rules)?;
+            cfg.ntuples[next] = c.tuples.len() as u32;
+            cfg.digest[next] = digest;
+        }
+        // The union of both sets' needs while either may be read; then exactly the new set's.
+        cfg.flags |= c.config_flags;
+        self.config
+            .set(0, &cfg, 0)
+            .map_err(ebpf_err("write config"))?;
+        // The flip: only `active` changes in this write.
+        cfg.active = next as u32;
+        self.config
+            .set(0, &cfg, 0)
+            .map_err(ebpf_err("write config"))?;
+        cfg.flags = c.config_flags | (cfg.flags & CFG_TC_ONLY);
+        self.config
+            .set(0, &cfg, 0)
+            .map_err(ebpf_err("write config"))
+    }
+
+    /// Points an interface's ingress shaping at its IFB device, or stops it (None).
+    pub fn set_ifb(&mut self, ifindex: u32, ifb: Option<u32>) -> Result<()> {
+        match ifb {
+            Some(i) => self
+                .ifb
+                .insert(&ifindex, &i, 0)
+                .map_err(ebpf_err("write IFB map")),
+            None => match self.ifb.remove(&ifindex) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(ebpf_err("clear IFB map")(e)),
+            },
+        }
+    }
+
+    /// Marks an interface whose ingress rules tc applies (XDP is not ours there), or unmarks it.
+    pub fn set_tc_only(&mut self, ifindex: u32, on: bool) -> Result<()> {
+        if on {
+            self.tc_only
+                .insert(&ifindex, &1, 0)
+                .map_err(ebpf_err("mark tc-only interface"))?;
+        } else {
+            match self.tc_only.remove(&ifindex) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(ebpf_err("unmark tc-only interface")(e)),
+            }
+        }
+        let any = self.tc_only.keys().next().is_some();
+        let mut cfg = self.config()?;
+        cfg.flags = if any {
+            cfg.flags | CFG_TC_ONLY
+        } else {
+            cfg.flags & !CFG_TC_ONLY
+        };
+        self.config
+            .set(0, &cfg, 0)
+            .map_err(ebpf_err("write config"))
+    }
+
+    fn write_generation(&mut self, g: u32, c: &Compiled, rules: &[(u32, RuleValue)]) -> Result<()> {
+        // 1. Clear the generation's flows (left over from two publishes ago).
+        let stale: Vec<FlowKey> = self
+            .flows
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| u32::from(k.gen_) == g)
+            .collect();
+        for k in &stale {
+            match self.flows.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(ebpf_err("clear flows")(e)),
+            }
+        }
+        // 2. Actions of live rules. Slots are stable, and a slot is reused only by a rule the
+        //    active generation does not reference, so the active set reads the same values.
+        for (slot, v) in rules {
+            self.rules
+                .set(*slot, v, 0)
+                .map_err(ebpf_err("write rule"))?;
+        }
+        // 3. Flows and tuples.
+        for (k, r) in &c.flows {
+            let mut k = *k;
+            k.gen_ = g as u8;
+            self.flows
+                .insert(&k, r, 0)
+                .map_err(ebpf_err("write flow"))?;
+        }
+        for (i, t) in c.tuples.iter().enumerate() {
+            self.tuples
+                .set(g * MAX_TUPLES + i as u32, t, 0)
+                .map_err(ebpf_err("write tuple"))?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites one rule's action (its lease, for `run`).
+    pub fn set_rule(&mut self, slot: u32, v: &RuleValue) -> Result<()> {
+        self.rules.set(slot, v, 0).map_err(ebpf_err("write rule"))
+    }
+
+    /// Counters of one slot, summed over CPUs.
+    pub fn counters(&self, slot: u32) -> Result<Counters> {
+        let per_cpu = self
+            .counters
+            .get(&slot, 0)
+            .map_err(ebpf_err("read counters"))?;
+        let mut s = Counters::default();
+        for c in per_cpu.iter() {
+            s.matched += c.matched;
+            s.dropped += c.dropped;
+            s.duplicated += c.duplicated;
+            s.passed += c.passed;
+            s.bytes += c.bytes;
+            s.delayed += c.delayed;
+            s.queue_dropped += c.queue_dropped;
+        }
+        Ok(s)
+    }
+
+    pub fn reset_counters(&mut self, slot: u32) -> Result<()> {
+        let n = aya::util::nr_cpus()
+            .map_err(|(what, e)| io_err(what)(e))?
+            .get();
+        let zeros = PerCpuValues::try_from(vec![Counters::default(); n as usize])
+            .map_err(io_err("per-cpu values"))?;
+        self.counters
+            .set(slot, zeros, 0)
+            .map_err(ebpf_err("reset counters"))?;
+        // A new rule's rate starts idle, whatever the slot's last owner left.
+        self.rate.set(slot, &0, 0).map_err(ebpf_err("reset rate"))
+    }
+}

@@ -1,0 +1,13 @@
+//! Everything that touches BPF: loading the object, attaching and detaching programs, and
+//! reading and writing the maps (with the generation flip and its grace period).
+mod attach;
+mod error;
+mod grace;
+mod load;
+mod maps;
+
+pub use attach::*;
+pub use error::{KernelError, Result};
+pub(crate) use error::{ebpf_err, io_err};
+pub use load::*;
+pub use maps::*;

@@ -1,0 +1,104 @@
+//! What the data path did: per-rule counters, lifetimes, state as stored.
+use netfault_common::Counters;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    control::{
+        Error, Result, check_privileges, monotonic_ns, netns,
+        state::{Paths, RuleEntry, State, StateError},
+    },
+    dataplane::Maps,
+    spec::Kind,
+};
+
+/// One rule's counters, as `stats --json` prints them.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CounterView {
+    pub matched: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
+    pub passed: u64,
+    pub bytes: u64,
+    /// Given a departure time in the future.
+    #[serde(default)]
+    pub delayed: u64,
+    /// Dropped because the rule's rate backlog was full (not by --drop).
+    #[serde(default)]
+    pub queue_dropped: u64,
+}
+
+impl From<Counters> for CounterView {
+    fn from(c: Counters) -> Self {
+        Self {
+            matched: c.matched,
+            dropped: c.dropped,
+            duplicated: c.duplicated,
+            passed: c.passed,
+            bytes: c.bytes,
+            delayed: c.delayed,
+            queue_dropped: c.queue_dropped,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatView {
+    pub name: String,
+    pub kind: Kind,
+    pub counters: CounterView,
+    /// Milliseconds until expiry; null: never expires.
+    pub expires_in_ms: Option<u64>,
+    pub expired: bool,
+}
+
+pub fn ttl_left(r: &RuleEntry, now: u64) -> (Option<u64>, bool) {
+    if r.expires_mono_ns == 0 {
+        (None, false)
+    } else {
+        let left = r.expires_mono_ns.saturating_sub(now) / 1_000_000;
+        (Some(left), r.expires_mono_ns <= now)
+    }
+}
+
+/// Reads the state without taking the lock (the file is replaced atomically).
+pub fn read_state(netns_name: Option<&str>) -> Result<(Paths, State)> {
+    check_privileges()?;
+    let key =
+        netns::state_key(netns_name).map_err(|e| Error::Other(format!("netns identity: {e}")))?;
+    let paths = Paths::new(&key);
+    let mut state: State = match std::fs::read(paths.state_file()) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| StateError::Corrupt(paths.state_file().display().to_string(), e))?,
+        Err(_) => State::default(),
+    };
+    // State of a namespace that was deleted and made anew under the same name describes
+    // nothing that exists: show nothing (the next change resets it).
+    let cookie = netns::cookie().map_err(|e| Error::Other(format!("netns cookie: {e}")))?;
+    if state.netns_cookie != 0 && state.netns_cookie != cookie {
+        log::warn!("state for '{key}' belongs to a namespace that no longer exists");
+        state = State::default();
+    }
+    Ok((paths, state))
+}
+
+pub fn stats(paths: &Paths, state: &State) -> Result<Vec<StatView>> {
+    if state.attached.is_empty() {
+        return Err(Error::NotAttached);
+    }
+    let maps = Maps::open(&paths.maps())?;
+    let now = monotonic_ns();
+    state
+        .ordered()
+        .into_iter()
+        .map(|r| {
+            let (left, expired) = ttl_left(r, now);
+            Ok(StatView {
+                name: r.spec.name.clone(),
+                kind: r.spec.kind,
+                counters: maps.counters(r.slot)?.into(),
+                expires_in_ms: left,
+                expired,
+            })
+        })
+        .collect()
+}
