@@ -7,18 +7,18 @@ use std::time::Duration;
 use aya::programs::XdpMode;
 
 use super::{
-    Error, Result, monotonic_ns,
+    Error, Result, monotonic_ns, pipeline,
     privileges::check_privileges,
-    shaping::{reconcile_shaping, unshape},
+    shaping::{self, unshape},
 };
 use crate::{
-    compile::{self, Input},
+    compile::{self},
     control::netns,
     control::state::{Attachment, Locked, Paths, RuleEntry, State},
     dataplane::{self as kernel, HookKind, Maps},
     spec::{
         Kind, RuleSpec, SpecError, Ttl,
-        protection::{self, ssh_from_env},
+        protection::{self},
     },
 };
 
@@ -149,16 +149,11 @@ impl Ctl {
         // Loopback is always protected; rules bound to an interface that has just (re)appeared
         // compile now.
         if ebpf.is_some() {
-            let lo = format!("{}/", protection::LOOPBACK);
-            if !self
-                .state
-                .rules
-                .iter()
-                .any(|r| r.spec.name.starts_with(&lo))
-            {
-                self.add_inner(protection::loopback(), Ttl::Never)?;
-            } else {
+            let lo = pipeline::protections(false, |n| self.state.find(n).is_some());
+            if lo.is_empty() {
                 self.publish()?;
+            } else {
+                self.add_inner(lo, Ttl::Never)?;
             }
         }
         Ok(report)
@@ -225,30 +220,23 @@ impl Ctl {
         values: &[(u32, netfault_common::RuleValue)],
     ) -> Result<()> {
         // Queues first: a stamped packet must never meet a device without fq.
-        reconcile_shaping(&mut self.state, maps, self.replace_qdisc, monotonic_ns())?;
+        let devices = self.state.devices();
+        shaping::reconcile(
+            &devices,
+            &self.state.rules,
+            &mut self.state.shaped,
+            maps,
+            self.replace_qdisc,
+            monotonic_ns(),
+        )?;
         maps.publish_set(compiled, values)?;
         self.state.published_slots = values.iter().map(|(slot, _)| *slot).collect();
         Ok(())
     }
 
-    /// The current state compiled for the data path, with every rule's action. Interface names
-    /// are looked up now, so a rule whose interface came back compiles again.
+    /// The current state compiled for the data path, each rule with its own expiry.
     fn compiled(&self) -> Result<(compile::Compiled, Vec<(u32, netfault_common::RuleValue)>)> {
-        let ordered = self.state.ordered();
-        let inputs: Vec<Input<'_>> = ordered
-            .iter()
-            .map(|r| Input {
-                slot: r.slot,
-                spec: &r.spec,
-                ifindex: r.spec.iface.as_deref().and_then(kernel::ifindex),
-            })
-            .collect();
-        let compiled = compile::compile(&inputs)?;
-        let values = ordered
-            .iter()
-            .map(|r| (r.slot, compile::rule_value(&r.spec, r.expires_mono_ns)))
-            .collect();
-        Ok((compiled, values))
+        pipeline::compile(&self.state.ordered(), |r| r.expires_mono_ns)
     }
 
     /// Adds rules (or partitions); all or nothing. Unless `protect` is false, the SSH connection
@@ -260,22 +248,13 @@ impl Ctl {
         ttl: Ttl,
         protect: bool,
     ) -> Result<Vec<String>> {
-        if protect {
-            specs.extend(self.ssh_protection());
-        }
+        specs.extend(self.missing_protections(protect));
         self.add_inner(specs, ttl)
     }
 
-    /// Pass entries for the SSH connection this command runs over, unless already there.
-    fn ssh_protection(&self) -> Vec<RuleSpec> {
-        let Some(specs) = ssh_from_env() else {
-            return vec![];
-        };
-        let have = |n: &str| self.state.rules.iter().any(|r| r.spec.name == n);
-        if specs.iter().all(|s| have(&s.name)) {
-            return vec![];
-        }
-        specs
+    /// Loopback, and with `ssh` the SSH connection this command runs over, unless there.
+    fn missing_protections(&self, ssh: bool) -> Vec<RuleSpec> {
+        pipeline::protections(ssh, |n| self.state.find(n).is_some())
     }
 
     fn add_inner(&mut self, specs: Vec<RuleSpec>, ttl: Ttl) -> Result<Vec<String>> {
@@ -291,57 +270,20 @@ impl Ctl {
         if replace {
             self.state.rules.retain(|r| r.spec.kind == Kind::Protect);
         }
-        let mut seen = std::collections::HashSet::new();
-        for (spec, _) in &specs {
-            if spec.kind != Kind::Protect {
-                spec.validate()?;
-            }
-            if let Some(i) = &spec.iface
-                && kernel::ifindex(i).is_none()
-            {
-                return Err(SpecError::new(
-                    "--iface",
-                    format!("no interface named '{i}' in this namespace"),
-                )
-                .into());
-            }
-            if self.state.find(&spec.name).is_some() || !seen.insert(spec.name.clone()) {
-                return Err(SpecError::new(
-                    "NAME",
-                    format!("a rule or partition named '{}' exists already", spec.name),
-                )
-                .into());
-            }
-        }
-        let mut warnings = Vec::new();
-        for (spec, _) in specs.iter().filter(|(s, _)| s.kind != Kind::Protect) {
-            let guards = self
-                .state
-                .rules
-                .iter()
-                .map(|r| &r.spec)
-                .chain(specs.iter().map(|(s, _)| s));
-            // Loopback never crosses an attached interface in practice: no warning for it.
-            let loopback = format!("{}/", protection::LOOPBACK);
-            for p in guards.filter(|p| p.kind == Kind::Protect && !p.name.starts_with(&loopback)) {
-                if compile::overlaps(spec, p) {
-                    let label = p.name.split('/').next().unwrap_or(&p.name);
-                    let w = format!(
-                        "{} covers protected traffic ({label}): that traffic passes",
-                        spec.name
-                    );
-                    if !warnings.contains(&w) {
-                        warnings.push(w);
-                    }
-                }
-            }
-        }
+        pipeline::check_new(specs.iter().map(|(s, _)| s), |n| {
+            self.state.find(n).is_some()
+        })?;
+        let all: Vec<&RuleSpec> = self
+            .state
+            .rules
+            .iter()
+            .map(|r| &r.spec)
+            .chain(specs.iter().map(|(s, _)| s))
+            .collect();
+        let warnings = pipeline::coverage_warnings(specs.iter().map(|(s, _)| s), &all);
         let mut new_slots = Vec::new();
         for (spec, ttl) in specs {
-            let expires = match (spec.kind, ttl) {
-                (Kind::Protect, _) | (_, Ttl::Never) => 0,
-                (_, Ttl::For(d)) => now + d.as_nanos() as u64,
-            };
+            let expires = pipeline::expiry(spec.kind, ttl, now);
             let slot = self.state.free_slot().ok_or_else(|| {
                 Error::Other(format!(
                     "all {} rule slots are in use",
@@ -370,10 +312,8 @@ impl Ctl {
     /// Replaces the whole rule set (rules and partitions) in one step.
     pub fn apply(&mut self, specs: Vec<(RuleSpec, Ttl)>, protect: bool) -> Result<Vec<String>> {
         let mut specs = specs;
-        if protect {
-            for s in self.ssh_protection() {
-                specs.push((s, Ttl::Never));
-            }
+        for s in self.missing_protections(protect) {
+            specs.push((s, Ttl::Never));
         }
         self.install(specs, true)
     }
@@ -399,10 +339,7 @@ impl Ctl {
             .iter_mut()
             .filter(|r| names.contains(&r.spec.name))
         {
-            r.expires_mono_ns = match ttl {
-                Ttl::Never => 0,
-                Ttl::For(d) => now + d.as_nanos() as u64,
-            };
+            r.expires_mono_ns = pipeline::expiry(r.spec.kind, ttl, now);
         }
         self.publish()?;
         self.save()

@@ -12,12 +12,10 @@ use std::time::Duration;
 use aya::programs::XdpMode;
 use netfault_common::Counters;
 
-use super::{Error, Result, check_privileges, monotonic_ns, shaping};
+use super::{Error, Result, check_privileges, monotonic_ns, pipeline, shaping, state::RuleEntry};
 use crate::{
-    compile::{self, Input},
     dataplane::{self as kernel, HookState, Maps},
-    spec::protection,
-    spec::{Kind, RuleSpec, SpecError, Ttl},
+    spec::{Kind, RuleSpec, Ttl},
 };
 
 /// The lease: impairment ends at most this long after the process dies.
@@ -30,8 +28,8 @@ pub struct Running {
     maps: Maps,
     _links: Vec<aya::programs::links::FdLink>,
     pub hooks: Vec<(String, Vec<HookState>)>,
-    /// (slot, spec, absolute TTL expiry or 0)
-    rules: Vec<(u32, RuleSpec, u64)>,
+    /// Slots in file order; `expires_mono_ns` is the TTL's (the lease comes on top).
+    rules: Vec<RuleEntry>,
     /// fq qdiscs and IFB devices installed for delay and rate, removed on exit.
     shaped: Vec<crate::control::queues::Shaped>,
 }
@@ -47,14 +45,9 @@ pub fn start(
 ) -> Result<Running> {
     check_privileges()?;
     kernel::ensure_bpffs()?;
+    let mut devices = Vec::new();
     for i in ifaces {
-        if kernel::ifindex(i).is_none() {
-            return Err(SpecError::new(
-                "--iface",
-                format!("no interface named '{i}' in this namespace"),
-            )
-            .into());
-        }
+        devices.push((i.clone(), pipeline::check_iface("--iface", i)?));
     }
     // Interfaces `attach` manages are not ours to take.
     let key = crate::control::netns::state_key(netns_name)
@@ -68,50 +61,26 @@ pub fn start(
             a.iface
         )));
     }
-    let mut all: Vec<(RuleSpec, Ttl)> = protection::loopback()
+    pipeline::check_new(specs.iter().map(|(s, _)| s), |_| false)?;
+    let now = monotonic_ns();
+    let mut all: Vec<(RuleSpec, Ttl)> = pipeline::protections(protect, |_| false)
         .into_iter()
         .map(|s| (s, Ttl::Never))
         .collect();
-    if protect && let Some(ssh) = protection::ssh_from_env() {
-        all.extend(ssh.into_iter().map(|s| (s, Ttl::Never)));
-    }
     all.extend(specs);
-    for (s, _) in &all {
-        if s.kind != Kind::Protect {
-            s.validate()?;
-        }
-    }
-    let now = monotonic_ns();
-    let rules: Vec<(u32, RuleSpec, u64)> = all
+    // Slots and ages in file order: the pipeline orders them as everywhere.
+    let rules: Vec<RuleEntry> = all
         .into_iter()
         .enumerate()
-        .map(|(i, (s, ttl))| {
-            let exp = match ttl {
-                Ttl::For(d) if s.kind != Kind::Protect => now + d.as_nanos() as u64,
-                _ => 0,
-            };
-            (i as u32, s, exp)
+        .map(|(i, (spec, ttl))| RuleEntry {
+            slot: i as u32,
+            seq: i as u64,
+            expires_mono_ns: pipeline::expiry(spec.kind, ttl, now),
+            spec,
         })
         .collect();
-    // Evaluation order as everywhere: protections, partitions, rules (file order within).
-    let mut order: Vec<usize> = (0..rules.len()).collect();
-    order.sort_by_key(|&i| {
-        let band = match rules[i].1.kind {
-            Kind::Protect => 0,
-            Kind::Partition => 1,
-            Kind::Rule => 2,
-        };
-        (band, rules[i].1.priority, i)
-    });
-    let inputs: Vec<Input<'_>> = order
-        .iter()
-        .map(|&i| Input {
-            slot: rules[i].0,
-            spec: &rules[i].1,
-            ifindex: rules[i].1.iface.as_deref().and_then(kernel::ifindex),
-        })
-        .collect();
-    let compiled = compile::compile(&inputs)?;
+    // Compile before anything is loaded: a set that does not fit changes nothing.
+    pipeline::compile(&pipeline::ordered(&rules), |r| r.expires_mono_ns)?;
 
     let mut ebpf = kernel::load_private()?;
     let maps = Maps::take(&mut ebpf)?;
@@ -130,65 +99,45 @@ pub fn start(
         rules,
         shaped: Vec::new(),
     };
-    run.shape(replace_qdisc)?;
-    let values = run.values(monotonic_ns());
+    // Queues first: a stamped packet must never meet a device without fq.
+    shaping::reconcile(
+        &devices,
+        &run.rules,
+        &mut run.shaped,
+        &mut run.maps,
+        replace_qdisc,
+        monotonic_ns(),
+    )?;
+    let (compiled, values) = run.compiled(monotonic_ns())?;
     run.maps.publish_set(&compiled, &values)?;
     Ok(run)
 }
 
 impl Running {
-    /// Installs the queues the delaying rules need (removed on drop).
-    fn shape(&mut self, replace_qdisc: bool) -> Result<()> {
-        let mut state = crate::control::state::State {
-            attached: self
-                .hooks
-                .iter()
-                .filter_map(|(i, _)| {
-                    Some(crate::control::state::Attachment {
-                        iface: i.clone(),
-                        ifindex: kernel::ifindex(i)?,
-                        hooks: vec![],
-                    })
-                })
-                .collect(),
-            rules: self
-                .rules
-                .iter()
-                .map(|(slot, spec, exp)| crate::control::state::RuleEntry {
-                    spec: spec.clone(),
-                    slot: *slot,
-                    seq: u64::from(*slot),
-                    expires_mono_ns: *exp,
-                })
-                .collect(),
-            ..Default::default()
-        };
-        shaping::reconcile_shaping(&mut state, &mut self.maps, replace_qdisc, monotonic_ns())?;
-        self.shaped = state.shaped;
-        Ok(())
-    }
-
-    /// Rule values with the lease applied: expiry = min(TTL expiry, now + lease).
-    fn values(&self, now: u64) -> Vec<(u32, netfault_common::RuleValue)> {
+    /// The rule set compiled with the lease applied: expiry = min(TTL expiry, now + lease).
+    fn compiled(
+        &self,
+        now: u64,
+    ) -> Result<(
+        crate::compile::Compiled,
+        Vec<(u32, netfault_common::RuleValue)>,
+    )> {
         let lease = now + LEASE.as_nanos() as u64;
-        self.rules
-            .iter()
-            .map(|(slot, spec, exp)| {
-                let e = if spec.kind == Kind::Protect {
-                    0
-                } else if *exp == 0 {
-                    lease
-                } else {
-                    (*exp).min(lease)
-                };
-                (*slot, compile::rule_value(spec, e))
-            })
-            .collect()
+        pipeline::compile(&pipeline::ordered(&self.rules), |r| {
+            if r.spec.kind == Kind::Protect {
+                0
+            } else if r.expires_mono_ns == 0 {
+                lease
+            } else {
+                r.expires_mono_ns.min(lease)
+            }
+        })
     }
 
     /// Extends the lease.
     pub fn renew(&mut self) -> Result<()> {
-        for (slot, v) in self.values(monotonic_ns()) {
+        let (_, values) = self.compiled(monotonic_ns())?;
+        for (slot, v) in values {
             self.maps.set_rule(slot, &v)?;
         }
         Ok(())
@@ -197,8 +146,14 @@ impl Running {
     pub fn counters(&self) -> Result<Vec<(String, Kind, Counters)>> {
         self.rules
             .iter()
-            .filter(|(_, s, _)| s.kind != Kind::Protect)
-            .map(|(slot, s, _)| Ok((s.name.clone(), s.kind, self.maps.counters(*slot)?)))
+            .filter(|r| r.spec.kind != Kind::Protect)
+            .map(|r| {
+                Ok((
+                    r.spec.name.clone(),
+                    r.spec.kind,
+                    self.maps.counters(r.slot)?,
+                ))
+            })
             .collect()
     }
 }

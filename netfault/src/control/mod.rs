@@ -5,6 +5,7 @@ pub mod ctl;
 pub mod error;
 pub mod held;
 pub mod netns;
+pub mod pipeline;
 pub mod privileges;
 pub mod queues;
 pub mod shaping;

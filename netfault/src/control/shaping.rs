@@ -6,10 +6,25 @@ use netfault_common::IFB_VIA_MIRRED;
 use super::{Error, Result};
 use crate::{
     compile,
-    control::{queues as qdisc, state::State},
+    control::{
+        queues::{self as qdisc, FqSize, Shaped},
+        state::RuleEntry,
+    },
     dataplane::{self as kernel, Maps},
     spec::{Kind, RuleSpec},
 };
+
+/// An attached interface: name and index.
+pub type Device = (String, u32);
+
+/// One queue the rules need, sized: fq as `iface`'s root (egress) or on its IFB (ingress).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub iface: String,
+    pub ifindex: u32,
+    pub ingress: bool,
+    pub size: FqSize,
+}
 
 /// One queue an interface needs for its delaying rules.
 struct QueueNeed {
@@ -22,25 +37,29 @@ struct QueueNeed {
 /// The queues the live rules need: per attached interface and direction, the longest delay any
 /// rule there stamps (jitter's worst case and the rate's backlog included) and the rate the
 /// traffic comes at (the link's, or the sum of the rules' `--rate` where every rule has one).
-fn queue_needs(state: &State, now: u64) -> Vec<QueueNeed> {
+/// `link` gives a device's MTU and speed; it is asked only where some rule shapes.
+fn queue_needs(
+    devices: &[Device],
+    rules: &[RuleEntry],
+    now: u64,
+    mut link: impl FnMut(&str) -> (u32, Option<u64>),
+) -> Vec<QueueNeed> {
     let mut out = Vec::new();
-    for a in &state.attached {
-        // Asked of the device only where some rule shapes: this runs on every publish.
+    for (iface, ifindex) in devices {
         let mut link_info = None;
         for ingress in [false, true] {
-            let rules: Vec<&RuleSpec> = state
-                .rules
+            let rules: Vec<&RuleSpec> = rules
                 .iter()
                 .filter(|r| r.live(now))
                 .map(|r| &r.spec)
                 .filter(|s| s.kind == Kind::Rule && s.shape.is_some())
-                .filter(|s| s.iface.as_ref().is_none_or(|i| i == &a.iface))
+                .filter(|s| s.iface.as_ref().is_none_or(|i| i == iface))
                 .filter(|s| s.dir.includes(ingress))
                 .collect();
             if rules.is_empty() {
                 continue;
             }
-            let (mtu, link) = *link_info.get_or_insert_with(|| qdisc::link_info(&a.iface));
+            let (mtu, link) = *link_info.get_or_insert_with(|| link(iface));
             let max_delay_ns = rules
                 .iter()
                 .map(|s| {
@@ -67,8 +86,8 @@ fn queue_needs(state: &State, now: u64) -> Vec<QueueNeed> {
                 ),
             };
             out.push(QueueNeed {
-                iface: a.iface.clone(),
-                ifindex: a.ifindex,
+                iface: iface.clone(),
+                ifindex: *ifindex,
                 ingress,
                 need: qdisc::Need {
                     max_delay: Duration::from_nanos(max_delay_ns),
@@ -104,59 +123,80 @@ impl Undo {
     }
 }
 
-/// Installs or grows the fq qdiscs (and IFB devices) the rules need. Sizes everything before
-/// changing anything, so a delay that cannot be held changes nothing, and undoes what it did
-/// (state included) if a later step fails; queues only grow here (detach removes them).
-pub(crate) fn reconcile_shaping(
-    state: &mut State,
+/// The queues to install or grow for `rules` on `devices`, sized; pure but for `link`. A
+/// queue that cannot be held within the memory budget is refused here, before any change.
+pub fn plan(
+    devices: &[Device],
+    rules: &[RuleEntry],
+    now: u64,
+    link: impl FnMut(&str) -> (u32, Option<u64>),
+    mem_total: u64,
+) -> Result<Vec<Planned>> {
+    queue_needs(devices, rules, now, link)
+        .into_iter()
+        .map(|n| {
+            Ok(Planned {
+                size: qdisc::size(&n.iface, &n.need, mem_total)?,
+                iface: n.iface,
+                ifindex: n.ifindex,
+                ingress: n.ingress,
+            })
+        })
+        .collect()
+}
+
+/// Installs or grows the fq qdiscs (and IFB devices) the rules need, recording them in
+/// `shaped`. Plans (sizes) everything before changing anything, so a delay that cannot be held
+/// changes nothing, and undoes what it did (`shaped` included) if a later step fails; queues
+/// only grow here (detach removes them).
+pub fn reconcile(
+    devices: &[Device],
+    rules: &[RuleEntry],
+    shaped: &mut Vec<Shaped>,
     maps: &mut Maps,
     replace_foreign: bool,
     now: u64,
 ) -> Result<()> {
-    let before = state.shaped.clone();
+    let planned = plan(devices, rules, now, qdisc::link_info, qdisc::mem_total())?;
+    if planned.is_empty() {
+        return Ok(());
+    }
+    let before = shaped.clone();
     let mut undo = Vec::new();
-    let res = grow_queues(state, maps, replace_foreign, now, &mut undo);
+    let res = apply(planned, shaped, maps, replace_foreign, &mut undo);
     if res.is_err() {
         for u in undo.into_iter().rev() {
             u.run(maps);
         }
-        state.shaped = before;
+        *shaped = before;
     }
     res
 }
 
-fn grow_queues(
-    state: &mut State,
+/// Carries out a plan, journalling each change in `undo`.
+fn apply(
+    planned: Vec<Planned>,
+    shaped: &mut Vec<Shaped>,
     maps: &mut Maps,
     replace_foreign: bool,
-    now: u64,
     undo: &mut Vec<Undo>,
 ) -> Result<()> {
-    let needs = queue_needs(state, now);
-    if needs.is_empty() {
-        return Ok(());
-    }
-    let mem = qdisc::mem_total();
-    let mut sized = Vec::new();
-    for n in needs {
-        let size = qdisc::size(&n.iface, &n.need, mem)?;
-        sized.push((n, size));
-    }
-    for (n, size) in sized {
-        let pos = match state.shaped.iter().position(|s| s.iface == n.iface) {
+    for n in planned {
+        let size = n.size;
+        let pos = match shaped.iter().position(|s| s.iface == n.iface) {
             Some(p) => p,
             None => {
-                state.shaped.push(qdisc::Shaped {
+                shaped.push(Shaped {
                     iface: n.iface.clone(),
                     ifindex: n.ifindex,
                     egress: None,
                     ifb: None,
                     replaced: None,
                 });
-                state.shaped.len() - 1
+                shaped.len() - 1
             }
         };
-        let sh = &mut state.shaped[pos];
+        let sh = &mut shaped[pos];
         if !n.ingress {
             let want = sh.egress.map_or(size, |c| c.max(&size));
             if sh.egress.is_some_and(|c| c.covers(&size))
@@ -208,7 +248,7 @@ fn grow_queues(
 
 /// Takes away what netfault installed on one interface: its fq (the kernel's default comes
 /// back) and its IFB device.
-pub(crate) fn unshape(sh: &qdisc::Shaped) -> Result<()> {
+pub fn unshape(sh: &Shaped) -> Result<()> {
     if sh.egress.is_some() {
         qdisc::remove_fq(&sh.iface)?;
     }
@@ -219,4 +259,90 @@ pub(crate) fn unshape(sh: &qdisc::Shaped) -> Result<()> {
         qdisc::remove_ifb(&i.name)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Direction, Rate};
+
+    fn rule(name: &str, dir: Direction, delay_ms: u64, rate_bytes: Option<u64>) -> RuleEntry {
+        let mut spec = RuleSpec::new(name, Kind::Rule);
+        spec.dir = dir;
+        spec.shape.delay = Some(Duration::from_millis(delay_ms));
+        spec.shape.rate = rate_bytes.map(|b| Rate { bytes_per_sec: b });
+        RuleEntry {
+            spec,
+            slot: 0,
+            seq: 0,
+            expires_mono_ns: 0,
+        }
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn plan_sizes_each_direction_from_the_link_or_the_rate() {
+        let devs = vec![("eth0".to_string(), 2)];
+        let mut asked = Vec::new();
+        let p = plan(
+            &devs,
+            &[rule("slow", Direction::Egress, 100, None)],
+            0,
+            |i| {
+                asked.push(i.to_string());
+                (1500, Some(1_000_000_000))
+            },
+            16 * GIB,
+        )
+        .unwrap();
+        assert_eq!(
+            asked,
+            ["eth0"],
+            "the link is asked once, where a rule shapes"
+        );
+        assert_eq!(p.len(), 1);
+        assert!(!p[0].ingress && p[0].iface == "eth0" && p[0].ifindex == 2);
+        // 1 Gbit/s for 100 ms of full-size frames, plus a quarter.
+        let want = (1e9 / 8.0 * 0.1 / 1514.0 * 1.25) as u32;
+        assert!(p[0].size.limit.abs_diff(want) <= 2, "{:?}", p[0]);
+
+        // Both directions; a paced rule at 1 MB/s needs far less than the link.
+        let p = plan(
+            &devs,
+            &[rule("paced", Direction::Both, 10_000, Some(1_000_000))],
+            0,
+            |_| (1500, Some(10_000_000_000)),
+            16 * GIB,
+        )
+        .unwrap();
+        assert_eq!(p.iter().filter(|q| q.ingress).count(), 1);
+        assert_eq!(p.iter().filter(|q| !q.ingress).count(), 1);
+        let paced = (1e6 * (10.0 + compile::RATE_QUEUE.as_secs_f64()) / 1514.0 * 1.25) as u32;
+        assert!(
+            p[0].size.limit.abs_diff(paced.max(qdisc::FQ_DEFAULT_LIMIT)) <= 2,
+            "{:?}",
+            p[0]
+        );
+    }
+
+    #[test]
+    fn plan_skips_expired_and_unshaped_rules_and_refuses_what_memory_cannot_hold() {
+        let devs = vec![("eth0".to_string(), 2)];
+        let mut expired = rule("old", Direction::Both, 100, None);
+        expired.expires_mono_ns = 5;
+        let mut plain = rule("plain", Direction::Both, 0, None);
+        plain.spec.shape.delay = None;
+        let p = plan(&devs, &[expired, plain], 10, |_| panic!("not asked"), GIB).unwrap();
+        assert!(p.is_empty());
+        let e = plan(
+            &devs,
+            &[rule("huge", Direction::Egress, 50_000, None)],
+            0,
+            |_| (1500, Some(10_000_000_000)),
+            GIB,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("eth0"), "{e}");
+    }
 }

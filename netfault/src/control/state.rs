@@ -87,17 +87,15 @@ pub struct State {
 impl State {
     /// Rules in evaluation order: by band, then priority, then age.
     pub fn ordered(&self) -> Vec<&RuleEntry> {
-        let mut v: Vec<&RuleEntry> = self.rules.iter().collect();
-        // Protections, then partitions (a cut is a cut), then rules.
-        v.sort_by_key(|r| {
-            let band = match r.spec.kind {
-                crate::spec::Kind::Protect => 0,
-                crate::spec::Kind::Partition => 1,
-                crate::spec::Kind::Rule => 2,
-            };
-            (band, r.spec.priority, r.seq)
-        });
-        v
+        super::pipeline::ordered(&self.rules)
+    }
+
+    /// The attached interfaces, as the queue planner takes them.
+    pub fn devices(&self) -> Vec<super::shaping::Device> {
+        self.attached
+            .iter()
+            .map(|a| (a.iface.clone(), a.ifindex))
+            .collect()
     }
 
     pub fn find(&self, name: &str) -> Option<&RuleEntry> {
