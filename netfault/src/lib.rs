@@ -11,6 +11,7 @@ pub mod grace;
 pub mod kernel;
 pub mod ks;
 pub mod lab;
+pub mod netlink;
 pub mod netns;
 pub mod ops;
 pub mod output;
