@@ -29,8 +29,8 @@ const ETH_P_ALL: u16 = 0x0003;
 const TCA_FQ_PLIMIT: u16 = 1;
 const TCA_FQ_FLOW_PLIMIT: u16 = 2;
 const TCA_FQ_FLOW_MAX_RATE: u16 = 7;
-const TCA_FQ_HORIZON: u16 = 19;
-const TCA_FQ_HORIZON_DROP: u16 = 20;
+const TCA_FQ_HORIZON: u16 = 14;
+const TCA_FQ_HORIZON_DROP: u16 = 15;
 
 // include/uapi/linux/pkt_cls.h and tc_ematch/tc_em_meta.h.
 const TCA_BASIC_EMATCHES: u16 = 2;
@@ -452,13 +452,13 @@ mod tests {
             .unwrap();
         let mut b = vec![0; opts.buffer_len()];
         opts.emit(&mut b);
-        // Literal uapi ids: PLIMIT 1, FLOW_PLIMIT 2, FLOW_MAX_RATE 7, HORIZON 19, HORIZON_DROP 20.
+        // Literal uapi ids: PLIMIT 1, FLOW_PLIMIT 2, FLOW_MAX_RATE 7, HORIZON 14, HORIZON_DROP 15.
         let mut inner = Vec::new();
         inner.extend(attr(1, &12_000u32.to_ne_bytes()));
         inner.extend(attr(2, &11_000u32.to_ne_bytes()));
         inner.extend(attr(7, &4_250_000_000u32.to_ne_bytes()));
-        inner.extend(attr(19, &10_000_000u32.to_ne_bytes()));
-        inner.extend(attr(20, &[1]));
+        inner.extend(attr(14, &10_000_000u32.to_ne_bytes()));
+        inner.extend(attr(15, &[1]));
         assert_eq!(b, attr(2, &inner)); // TCA_OPTIONS = 2
         // And the whole message says kind "fq".
         assert_eq!(kind_of(&m), Some("fq"));
@@ -472,7 +472,31 @@ mod tests {
         );
         let mut b = vec![0; off.buffer_len()];
         off.emit(&mut b);
-        assert!(b.windows(8).any(|w| w == attr(20, &[0]).as_slice()));
+        assert!(b.windows(8).any(|w| w == attr(15, &[0]).as_slice()));
+    }
+
+    /// The TCA_FQ_* ids against the installed uapi header, where there is one (linux-libc-dev):
+    /// the enum counted from TCA_FQ_UNSPEC.
+    #[test]
+    fn fq_ids_match_the_uapi_header() {
+        let Ok(h) = std::fs::read_to_string("/usr/include/linux/pkt_sched.h") else {
+            eprintln!("no /usr/include/linux/pkt_sched.h: skipped");
+            return;
+        };
+        let ids: Vec<&str> = h
+            .lines()
+            .map(str::trim)
+            .skip_while(|l| !l.starts_with("TCA_FQ_UNSPEC"))
+            .take_while(|l| !l.starts_with("__TCA_FQ_MAX"))
+            .filter(|l| l.starts_with("TCA_FQ_"))
+            .map(|l| l.split([',', ' ', '\t']).next().unwrap())
+            .collect();
+        let id = |name: &str| ids.iter().position(|n| *n == name).unwrap() as u16;
+        assert_eq!(id("TCA_FQ_PLIMIT"), TCA_FQ_PLIMIT);
+        assert_eq!(id("TCA_FQ_FLOW_PLIMIT"), TCA_FQ_FLOW_PLIMIT);
+        assert_eq!(id("TCA_FQ_FLOW_MAX_RATE"), TCA_FQ_FLOW_MAX_RATE);
+        assert_eq!(id("TCA_FQ_HORIZON"), TCA_FQ_HORIZON);
+        assert_eq!(id("TCA_FQ_HORIZON_DROP"), TCA_FQ_HORIZON_DROP);
     }
 
     #[test]
