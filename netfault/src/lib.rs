@@ -13,5 +13,6 @@
 pub mod compile;
 pub mod control;
 pub mod dataplane;
+pub mod netlink;
 pub mod observe;
 pub mod spec;
