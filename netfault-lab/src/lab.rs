@@ -5,8 +5,14 @@
 //! - every address it assigns or sends to lies in a documentation range (RFC 5737, RFC 3849):
 //!   a mistake can never reach a real network;
 //! - every traffic loop is bounded in count and in time;
-//! - namespaces are named `<prefix>-<pid>-<n>-<role>` and deleted when the [`Lab`] drops (also
-//!   while a panic unwinds); leftovers of dead processes with the same prefix go at creation.
+//! - namespaces (and private bpffs pin directories) are named `<prefix>-<pid>-<n>-<role>` and
+//!   deleted when the [`Lab`] drops (also while a panic unwinds); leftovers of dead processes
+//!   with the same prefix go at creation.
+//!
+//! Hosts come as a veth [`Lab::pair`], a bridged [`Lab::star`], or a [`Lab::single`] namespace
+//! with a veth pair inside; [`Lab::enter`] and [`run_in`] run code inside a namespace,
+//! [`TcpEcho`] and [`tcp_connect_from`] hold TCP sessions, [`Netfault`] drives the binary
+//! (parsing only its `--json` output).
 use std::{
     collections::HashMap,
     fs, io,
@@ -92,6 +98,15 @@ impl Host {
     }
 }
 
+/// A namespace with a veth pair whose two ends are both inside it, unaddressed: an interface
+/// to attach to (`iface`) and its peer (`peer`), with nothing beyond.
+#[derive(Debug, Clone)]
+pub struct Single {
+    pub ns: String,
+    pub iface: String,
+    pub peer: String,
+}
+
 /// A bridge in a namespace of its own, and the interface each member got.
 #[derive(Debug, Clone)]
 pub struct Bridge {
@@ -112,6 +127,8 @@ type Teardown = Box<dyn FnOnce() + Send>;
 pub struct Lab {
     prefix: String,
     namespaces: Vec<String>,
+    /// Private bpffs directories (pins), removed with the lab.
+    pin_dirs: Vec<PathBuf>,
     /// Interfaces made per namespace, for the next free `ethN`.
     ifaces: HashMap<String, u32>,
     teardown: Vec<Teardown>,
@@ -137,6 +154,7 @@ impl Lab {
         Ok(Self {
             prefix: prefix.into(),
             namespaces: Vec::new(),
+            pin_dirs: Vec::new(),
             ifaces: HashMap::new(),
             teardown: Vec::new(),
         })
@@ -152,14 +170,52 @@ impl Lab {
         self.teardown.push(Box::new(f));
     }
 
+    /// A new name `<prefix>-<pid>-<n>-<role>`, unique across the process.
+    fn name(&self, role: &str) -> String {
+        let n = NEXT_NS.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{}-{n}-{role}", self.prefix, std::process::id())
+    }
+
     /// Creates a namespace with loopback up; `role` makes the name readable (`a`, `br`).
     pub fn netns(&mut self, role: &str) -> Result<String> {
-        let n = NEXT_NS.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}-{}-{n}-{role}", self.prefix, std::process::id());
+        let name = self.name(role);
         ip(&["netns", "add", &name])?;
         self.namespaces.push(name.clone());
         ip(&["-n", &name, "link", "set", "lo", "up"])?;
         Ok(name)
+    }
+
+    /// Moves the calling thread into one of the lab's namespaces for good (threads it starts
+    /// later start there too). Only for a thread of one's own, such as a test's; elsewhere
+    /// [`run_in`] enters on a fresh thread.
+    pub fn enter(&self, ns: &str) -> Result<()> {
+        self.ensure_owned(ns)?;
+        netfault::control::netns::enter(ns).with_context(|| format!("enter {ns}"))
+    }
+
+    /// An empty directory of its own on the BPF filesystem (`/sys/fs/bpf/<name>`), for pins;
+    /// removed with everything in it when the lab drops.
+    pub fn pin_dir(&mut self, role: &str) -> Result<PathBuf> {
+        netfault::dataplane::ensure_bpffs().context("mount the BPF filesystem")?;
+        let dir = Path::new(BPFFS).join(self.name(role));
+        fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+        self.pin_dirs.push(dir.clone());
+        Ok(dir)
+    }
+
+    /// A namespace holding both ends of a veth pair, up and unaddressed (see [`Single`]).
+    pub fn single(&mut self, role: &str) -> Result<Single> {
+        let ns = self.netns(role)?;
+        let (iface, peer) = (self.next_iface(&ns), self.next_iface(&ns));
+        ip(&[
+            "-n", &ns, "link", "add", &iface, "type", "veth", "peer", "name", &peer,
+        ])?;
+        for i in [&iface, &peer] {
+            ip(&["-n", &ns, "link", "set", i, "up"])?;
+        }
+        wait_up(&ns, &iface)?;
+        wait_up(&ns, &peer)?;
+        Ok(Single { ns, iface, peer })
     }
 
     fn next_iface(&mut self, ns: &str) -> String {
@@ -345,8 +401,16 @@ impl Drop for Lab {
             }
             remove_netfault_state(&ns, true);
         }
+        for dir in self.pin_dirs.drain(..) {
+            if let Err(e) = fs::remove_dir_all(&dir) {
+                eprintln!("lab: remove {}: {e}", dir.display());
+            }
+        }
     }
 }
+
+/// Where the BPF filesystem is mounted.
+const BPFFS: &str = "/sys/fs/bpf";
 
 /// Removes netfault's pins and state for a namespace (the safety net: `netfault detach` should
 /// have done it). Pinned links hold their programs alive, so this is what frees them.
@@ -392,6 +456,16 @@ fn remove_stale(prefix: &str) {
             })
             .unwrap_or_default()
     };
+    // Pin directories of dead processes' labs.
+    for name in names_in(BPFFS, "") {
+        if let Some(pid) = owner_pid(prefix, &name)
+            && pid != me
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            eprintln!("lab: removing stale pin directory {name}");
+            let _ = fs::remove_dir_all(Path::new(BPFFS).join(&name));
+        }
+    }
     let mut names = names_in("/run/netns", "");
     names.extend(names_in(PIN_ROOT, "netns-"));
     names.extend(names_in(RUN_ROOT, "netns-"));
@@ -806,7 +880,8 @@ fn receive(
 // TCP
 // ---------------------------------------------------------------------------------------------
 
-/// A TCP echo server in a namespace, serving one connection at a time until dropped.
+/// A TCP echo server in a namespace until dropped: each connection on a thread of its own (at
+/// most [`ECHO_MAX_CONNECTIONS`] at once), closed once idle for the server's idle limit.
 pub struct TcpEcho {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -816,18 +891,30 @@ pub struct TcpEcho {
 /// Per-connection limits on the server: a stuck client cannot hold it.
 const ECHO_IO_TIMEOUT: Duration = Duration::from_secs(1);
 const ECHO_MAX_BYTES: usize = 16 << 20;
+pub const ECHO_MAX_CONNECTIONS: usize = 8;
 /// The server stops by itself after this, even if never dropped.
 const ECHO_LIFETIME: Duration = Duration::from_secs(120);
 
 impl TcpEcho {
+    /// A server whose connections close after a second without data.
     pub fn start(ns: &str, addr: SocketAddr) -> Result<Self> {
+        Self::with_idle(ns, addr, ECHO_IO_TIMEOUT)
+    }
+
+    /// A server whose connections stay open while idle for less than `idle` (a long-lived
+    /// session, such as an SSH connection, pauses between exchanges).
+    pub fn with_idle(ns: &str, addr: SocketAddr, idle: Duration) -> Result<Self> {
         ensure_documentation(addr.ip())?;
+        ensure!(
+            idle > Duration::ZERO && idle <= ECHO_LIFETIME,
+            "an idle limit of 0 to {ECHO_LIFETIME:?}"
+        );
         let listener = run_in(ns, || TcpListener::bind(addr))?
             .with_context(|| format!("listen on {addr} in {ns}"))?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = thread::spawn(move || serve(&listener, &flag));
+        let thread = thread::spawn(move || serve(&listener, &flag, idle));
         Ok(Self {
             addr,
             stop,
@@ -845,34 +932,148 @@ impl Drop for TcpEcho {
     }
 }
 
-fn serve(listener: &TcpListener, stop: &AtomicBool) {
+fn serve(listener: &TcpListener, stop: &AtomicBool, idle: Duration) {
     let end = Instant::now() + ECHO_LIFETIME;
-    while !stop.load(Ordering::Acquire) && Instant::now() < end {
-        match listener.accept() {
-            Ok((s, _)) => {
-                let _ = echo(s);
+    thread::scope(|sc| {
+        let mut conns: Vec<thread::ScopedJoinHandle<'_, ()>> = Vec::new();
+        while !stop.load(Ordering::Acquire) && Instant::now() < end {
+            conns.retain(|c| !c.is_finished());
+            if conns.len() >= ECHO_MAX_CONNECTIONS {
+                thread::sleep(Duration::from_millis(5));
+                continue;
             }
-            Err(_) => thread::sleep(Duration::from_millis(5)),
+            match listener.accept() {
+                Ok((s, _)) => conns.push(sc.spawn(move || {
+                    let _ = echo(s, idle, stop, end);
+                })),
+                Err(_) => thread::sleep(Duration::from_millis(5)),
+            }
         }
-    }
+        // The connections see `stop` (or the lifetime's end) within one read timeout.
+    });
 }
 
-fn echo(mut s: TcpStream) -> io::Result<()> {
+fn echo(mut s: TcpStream, idle: Duration, stop: &AtomicBool, end: Instant) -> io::Result<()> {
     use std::io::{Read as _, Write as _};
     s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(ECHO_IO_TIMEOUT))?;
+    // Short reads, so a stop is seen at once; idleness is counted across them.
+    let tick = idle.min(Duration::from_millis(100));
+    s.set_read_timeout(Some(tick))?;
     s.set_write_timeout(Some(ECHO_IO_TIMEOUT))?;
     let mut buf = [0u8; 16 << 10];
     let mut total = 0;
-    while total < ECHO_MAX_BYTES {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
+    let mut last = Instant::now();
+    while total < ECHO_MAX_BYTES && !stop.load(Ordering::Acquire) && Instant::now() < end {
+        let n = match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if last.elapsed() >= idle {
+                    break;
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        last = Instant::now();
         s.write_all(&buf[..n])?;
         total += n;
     }
     Ok(())
+}
+
+/// Connects from namespace `ns` with a fixed source address and port, as an SSH client's
+/// connection appears in `SSH_CONNECTION` (the 4-tuple known in advance). The connect is
+/// bounded by `timeout` (SO_SNDTIMEO: a dropped SYN gives EINPROGRESS after it); reads on the
+/// stream by `timeout` too. IPv4 only.
+pub fn tcp_connect_from(
+    ns: &str,
+    local: SocketAddr,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Result<io::Result<TcpStream>> {
+    ensure_documentation(local.ip())?;
+    ensure_documentation(peer.ip())?;
+    let (SocketAddr::V4(l), SocketAddr::V4(p)) = (local, peer) else {
+        bail!("tcp_connect_from: IPv4 only")
+    };
+    ensure!(
+        timeout > Duration::ZERO && timeout <= Duration::from_secs(30),
+        "a connect timeout of 0 to 30 s"
+    );
+    run_in(ns, move || connect_bound(l, p, timeout))
+}
+
+fn connect_bound(
+    local: std::net::SocketAddrV4,
+    peer: std::net::SocketAddrV4,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let sin = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket() returns a new fd or -1; an fd is owned from here on (closed on error).
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a socket we just made and own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+    };
+    let (la, pa) = (sin(local), sin(peer));
+    // SAFETY: plain socket calls on an fd we own, with correctly sized arguments.
+    unsafe {
+        check(libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ))?;
+        check(libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        ))?;
+        check(libc::bind(
+            fd.as_raw_fd(),
+            (&la as *const libc::sockaddr_in).cast(),
+            len,
+        ))?;
+        check(libc::connect(
+            fd.as_raw_fd(),
+            (&pa as *const libc::sockaddr_in).cast(),
+            len,
+        ))?;
+    }
+    let s = TcpStream::from(fd);
+    s.set_read_timeout(Some(timeout))?;
+    Ok(s)
 }
 
 /// How a TCP check ended.
@@ -1025,10 +1226,36 @@ struct StatsDoc {
     rules: Vec<RuleStats>,
 }
 
-/// The real `netfault` binary, always run with `--netns`.
+/// One hook of an attached interface, as `netfault status --json` reports it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Hook {
+    pub hook: String,
+    /// `xdp-native`, `xdp-generic`, `tcx` or `clsact`.
+    pub kind: String,
+    pub prog_id: u32,
+}
+
+/// One attached interface, as `netfault status --json` reports it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Attached {
+    pub iface: String,
+    pub ifindex: u32,
+    pub lost: bool,
+    pub hooks: Vec<Hook>,
+}
+
+#[derive(Deserialize)]
+struct StatusDoc {
+    interfaces: Vec<Attached>,
+}
+
+/// The real `netfault` binary, always run with `--netns`. Its environment is the caller's less
+/// `SSH_CONNECTION` (a tester's own SSH session would add a protection to every partition),
+/// plus what [`Netfault::with_env`] adds.
 #[derive(Debug, Clone)]
 pub struct Netfault {
     pub bin: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 /// No netfault command should take long; its own lock wait is 10 s.
@@ -1036,7 +1263,38 @@ const NETFAULT_LIMIT: Duration = Duration::from_secs(20);
 
 impl Netfault {
     pub fn new(bin: impl Into<PathBuf>) -> Self {
-        Self { bin: bin.into() }
+        Self {
+            bin: bin.into(),
+            env: Vec::new(),
+        }
+    }
+
+    /// The same binary with one more environment variable set (`SSH_CONNECTION` included).
+    pub fn with_env(&self, key: &str, value: &str) -> Self {
+        let mut n = self.clone();
+        n.env.push((key.into(), value.into()));
+        n
+    }
+
+    fn command(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.env_remove("SSH_CONNECTION")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .arg("--netns")
+            .arg(ns)
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Starts `netfault --netns ns args...` and leaves it running (its output discarded); the
+    /// caller waits for it or kills it.
+    pub fn spawn(&self, ns: &str, args: &[&str]) -> Result<Child> {
+        self.command(ns, args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("run {}", self.bin.display()))
     }
 
     /// The binary installed next to the running executable (as cargo builds them).
@@ -1052,11 +1310,8 @@ impl Netfault {
 
     /// Runs `netfault --netns ns args...`, whatever its exit status.
     pub fn output(&self, ns: &str, args: &[&str]) -> Result<Output> {
-        let child = Command::new(&self.bin)
-            .arg("--netns")
-            .arg(ns)
-            .args(args)
-            .stdin(Stdio::null())
+        let child = self
+            .command(ns, args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -1064,8 +1319,8 @@ impl Netfault {
         wait_bounded(child, NETFAULT_LIMIT)
     }
 
-    /// Runs a command that must succeed; returns its stdout.
-    pub fn run(&self, ns: &str, args: &[&str]) -> Result<String> {
+    /// Runs a command that must succeed; returns its whole output (stderr has its warnings).
+    pub fn run_output(&self, ns: &str, args: &[&str]) -> Result<Output> {
         let out = self.output(ns, args)?;
         ensure!(
             out.status.success(),
@@ -1074,7 +1329,44 @@ impl Netfault {
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
+        Ok(out)
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn run(&self, ns: &str, args: &[&str]) -> Result<String> {
+        let out = self.run_output(ns, args)?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs a `--json` command that must succeed; returns the parsed document.
+    pub fn json(&self, ns: &str, args: &[&str]) -> Result<serde_json::Value> {
+        let out = self.run(ns, args)?;
+        serde_json::from_str(&out)
+            .with_context(|| format!("parse `netfault {}`: {out}", args.join(" ")))
+    }
+
+    /// The attached interfaces and their hooks (`status --json`: no wording parsed).
+    pub fn status(&self, ns: &str) -> Result<Vec<Attached>> {
+        let out = self.run(ns, &["status", "--json"])?;
+        let doc: StatusDoc =
+            serde_json::from_str(&out).with_context(|| format!("parse status: {out}"))?;
+        Ok(doc.interfaces)
+    }
+
+    /// The names in `rule list --json`, in evaluation order.
+    pub fn rule_names(&self, ns: &str) -> Result<Vec<String>> {
+        let v = self.json(ns, &["rule", "list", "--json"])?;
+        v["rules"]
+            .as_array()
+            .context("rule list: no rules array")?
+            .iter()
+            .map(|r| {
+                r["name"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .context("a rule without a name")
+            })
+            .collect()
     }
 
     /// Attaches to `iface` in `ns`, and has the lab run `netfault detach` there on teardown

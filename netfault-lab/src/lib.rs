@@ -6,6 +6,8 @@ pub mod ks;
 pub mod lab;
 pub mod probe;
 
-/// Reference programs (pass, drop, tx) for benchmarks and tests; never attached by netfault.
+/// Reference programs (pass, drop, tx) for benchmarks and tests, and `lab_spin`, a program that
+/// runs for milliseconds (its map `SPIN_RUNS` counts runs started and finished) for tests of
+/// grace periods; never attached by netfault.
 pub static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netfault-lab-bench"));

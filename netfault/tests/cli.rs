@@ -1,44 +1,43 @@
 //! The command line's contract for bad input: exit 2, a message naming the field, and no change
 //! to the kernel state (maps compared entry by entry before and after) nor to the rule list.
+mod common;
+
 use std::{collections::BTreeSet, process::Command};
 
+use common::{Lab, Netfault, PREFIX, nf};
 use netfault::dataplane::Maps;
 use netfault_common::{GENERATIONS, MAX_TUPLES};
+use netfault_lab::lab::Single;
 
 const BIN: &str = env!("CARGO_BIN_EXE_netfault");
 
-/// One namespace with a veth pair inside, netfault attached to one end; all removed on drop.
+/// One namespace with a veth pair inside, netfault attached to one end (`iface`); the lab
+/// detaches and removes everything on drop.
 struct Host {
     ns: String,
+    iface: String,
+    peer: String,
+    nf: Netfault,
+    _lab: Lab,
 }
 
 impl Host {
     fn new(tag: &str) -> Host {
-        let ns = format!("nf-cli-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        sh(&["ip", "netns", "add", &ns]);
-        sh(&[
-            "ip", "-n", &ns, "link", "add", "c0", "type", "veth", "peer", "name", "c1",
-        ]);
-        sh(&["ip", "-n", &ns, "link", "set", "c0", "up"]);
-        sh(&["ip", "-n", &ns, "link", "set", "c1", "up"]);
-        let h = Host { ns };
-        let out = h.nf(&["attach", "c0"]);
-        assert!(
-            out.status.success(),
-            "attach: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        h
+        let mut lab = Lab::new(PREFIX).expect("lab");
+        let Single { ns, iface, peer } = lab.single(tag).expect("namespace with a veth pair");
+        let nf = nf();
+        nf.attach(&mut lab, &ns, &iface).expect("attach");
+        Host {
+            ns,
+            iface,
+            peer,
+            nf,
+            _lab: lab,
+        }
     }
 
     fn nf(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
-            .arg("--netns")
-            .arg(&self.ns)
-            .args(args)
-            .output()
-            .unwrap()
+        self.nf.output(&self.ns, args).unwrap()
     }
 
     /// Everything the data path reads, plus the rule list: what bad input must not change.
@@ -95,20 +94,6 @@ impl Host {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = Command::new(BIN)
-            .args(["--netns", &self.ns, "detach"])
-            .output();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-    }
-}
-
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
-    assert!(st.success(), "{args:?}");
 }
 
 #[test]
@@ -393,15 +378,12 @@ fn unknown_netns_is_bad_usage() {
 
 #[test]
 fn not_attached_is_a_runtime_error() {
-    let ns = format!("nf-cli-na-{}", std::process::id());
-    sh(&["ip", "netns", "add", &ns]);
-    let out = Command::new(BIN)
-        .args([
-            "--netns", &ns, "rule", "add", "r", "--proto", "udp", "--drop", "1",
-        ])
-        .output()
+    let mut lab = Lab::new(PREFIX).expect("lab");
+    let ns = lab.netns("na").expect("netns");
+    let out = nf()
+        .output(&ns, &["rule", "add", "r", "--proto", "udp", "--drop", "1"])
         .unwrap();
-    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    drop(lab);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not attached"));
 }
@@ -447,12 +429,13 @@ fn attach_twice_is_a_no_op_and_detach_leaves_nothing() {
     // Pinned links: XDP always, tc only where it is tcx (clsact filters have no link).
     let tcx = String::from_utf8_lossy(&status1).contains("\"tcx\"");
     let want: &[&str] = if tcx {
-        &["c0_tc_egress", "c0_tc_ingress", "c0_xdp"]
+        &["_tc_egress", "_tc_ingress", "_xdp"]
     } else {
-        &["c0_xdp"]
+        &["_xdp"]
     };
+    let want: Vec<String> = want.iter().map(|w| format!("{}{w}", h.iface)).collect();
     assert_eq!(first, want);
-    let out = h.nf(&["attach", "c0"]);
+    let out = h.nf(&["attach", &h.iface]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("already attached"));
     assert_eq!(
@@ -467,7 +450,7 @@ fn attach_twice_is_a_no_op_and_detach_leaves_nothing() {
     assert!(!std::path::Path::new(&pins).exists(), "pins left behind");
     assert!(!std::path::Path::new(&format!("/run/netfault/netns-{}", h.ns)).exists());
     let link = Command::new("ip")
-        .args(["-n", &h.ns, "-d", "link", "show", "c0"])
+        .args(["-n", &h.ns, "-d", "link", "show", &h.iface])
         .output()
         .unwrap();
     assert!(
@@ -475,7 +458,7 @@ fn attach_twice_is_a_no_op_and_detach_leaves_nothing() {
         "XDP still attached"
     );
     let tc = Command::new("tc")
-        .args(["-n", &h.ns, "qdisc", "show", "dev", "c0"])
+        .args(["-n", &h.ns, "qdisc", "show", "dev", &h.iface])
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&tc.stdout).contains("clsact"));
@@ -498,12 +481,12 @@ fn attach_twice_is_a_no_op_and_detach_leaves_nothing() {
 fn delay_needs_fq_and_says_so() {
     let h = Host::new("fq");
     let probe = Command::new("tc")
-        .args(["-n", &h.ns, "qdisc", "add", "dev", "c1", "root", "fq"])
+        .args(["-n", &h.ns, "qdisc", "add", "dev", &h.peer, "root", "fq"])
         .output()
         .unwrap();
     let have_fq = probe.status.success();
     let _ = Command::new("tc")
-        .args(["-n", &h.ns, "qdisc", "del", "dev", "c1", "root"])
+        .args(["-n", &h.ns, "qdisc", "del", "dev", &h.peer, "root"])
         .output();
     let before = h.snapshot();
     for args in [
@@ -528,7 +511,7 @@ fn delay_needs_fq_and_says_so() {
         }
     }
     if have_fq {
-        assert!(h.nf(&["detach", "c0"]).status.success());
+        assert!(h.nf(&["detach", &h.iface]).status.success());
         let q = h.tc_show();
         assert!(!q.contains("4e46:") && !q.contains("nfifb"), "{q}");
     }

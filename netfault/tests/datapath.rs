@@ -1,19 +1,17 @@
 //! Data-path tests through BPF_PROG_TEST_RUN: crafted frames, no traffic.
 //!
 //! Each test loads its own copy of the programs with maps pinned in a private bpffs directory,
-//! inside a private network namespace (so a clone the program makes goes nowhere), and removes
-//! both when it ends, also when it fails.
-use std::{
-    net::IpAddr,
-    path::PathBuf,
-    process::Command,
-    sync::atomic::{AtomicU32, Ordering},
-};
+//! inside a private network namespace (so a clone the program makes goes nowhere); its lab
+//! removes both when it ends, also when it fails.
+mod common;
+
+use std::{net::IpAddr, sync::atomic::Ordering};
 
 use aya::{
     Ebpf,
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
+use common::{Lab, PREFIX};
 use netfault::{
     compile::{Input, compile, rule_value},
     dataplane::{self as kernel, Maps},
@@ -26,41 +24,20 @@ const XDP_PASS: u32 = 2;
 const TC_ACT_SHOT: u32 = 2;
 const TCX_NEXT: u32 = u32::MAX; // TC_ACT_UNSPEC (-1)
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A loaded data path in its own namespace and pin directory.
+/// A loaded data path in its own namespace and pin directory (the lab's, dropped last).
 struct Dp {
     ebpf: Ebpf,
     maps: Maps,
-    pins: PathBuf,
-    netns: String,
-}
-
-impl Drop for Dp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pins);
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
-    }
+    _lab: Lab,
 }
 
 impl Dp {
-    /// Must run on the test's own thread: it moves that thread into a new namespace.
+    /// Must run on the test's own thread: it moves that thread into the lab's namespace.
     fn new() -> Dp {
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let tag = format!("nf-dp-{}-{n}", std::process::id());
-        let st = Command::new("ip")
-            .args(["netns", "add", &tag])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip netns add {tag}");
-        let _ = Command::new("ip")
-            .args(["-n", &tag, "link", "set", "lo", "up"])
-            .status();
-        netfault::control::netns::enter(&tag).unwrap();
-        kernel::ensure_bpffs().unwrap();
-        let pins = PathBuf::from("/sys/fs/bpf").join(&tag);
+        let mut lab = Lab::new(PREFIX).expect("lab");
+        let ns = lab.netns("dp").expect("netns");
+        lab.enter(&ns).expect("enter the namespace");
+        let pins = lab.pin_dir("dp").expect("pin directory");
         let mut ebpf = kernel::load(&pins).unwrap();
         let maps = Maps::take(&mut ebpf).unwrap();
         for name in ["nf_xdp_ingress", "nf_tc_egress", "nf_tc_ingress"] {
@@ -74,8 +51,7 @@ impl Dp {
         Dp {
             ebpf,
             maps,
-            pins,
-            netns: tag,
+            _lab: lab,
         }
     }
 

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{attach, pair, run};
+use common::{Netfault, attach, pair, run};
 use netfault_lab::lab::{Host, exec_in};
 
 /// One ICMP echo with a short wait: true if it came back.
@@ -45,12 +45,45 @@ fn temp_file(tag: &str, text: &str) -> std::path::PathBuf {
     p
 }
 
+/// One ping of a polling run: when it started and ended, and whether it came back.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    start: Instant,
+    end: Instant,
+    ok: bool,
+}
+
+/// Pings every ~20 ms until one comes back or `limit` passes; every attempt, the last one is
+/// the first that came back (if any did).
+fn ping_until_back(from: &Host, to: &Host, limit: Duration) -> Vec<Probe> {
+    let begin = Instant::now();
+    let mut probes = Vec::new();
+    while begin.elapsed() < limit {
+        let start = Instant::now();
+        let ok = pings(from, to);
+        probes.push(Probe {
+            start,
+            end: Instant::now(),
+            ok,
+        });
+        if ok {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    probes
+}
+
 #[test]
 fn ttl_expires_in_the_kernel_with_no_process_alive() {
+    const TTL: Duration = Duration::from_secs(1);
     let (mut lab, nf, [a, b]) = pair();
     attach(&mut lab, &nf, &b);
-    let added = Instant::now();
+    assert!(pings(&a, &b), "control: traffic flows before the rule");
     let src = a.v4.to_string();
+    // The rule's expiry is computed while the command runs: at least TTL after `before`, at
+    // most TTL after `after`.
+    let before = Instant::now();
     run(
         &nf,
         &b,
@@ -59,23 +92,52 @@ fn ttl_expires_in_the_kernel_with_no_process_alive() {
             "1s",
         ],
     );
-    assert!(!pings(&a, &b), "the rule did not take effect");
+    let after = Instant::now();
     // No netfault process runs from here on: only the data path's clock check can end the rule.
-    let back = until_ping(&a, &b, true, Duration::from_secs(4)).expect("traffic never came back");
-    let since_add = added.elapsed() - Duration::from_millis(200).min(added.elapsed());
+    let probes = ping_until_back(&a, &b, TTL + Duration::from_secs(3));
+    let back = probes
+        .iter()
+        .find(|p| p.ok)
+        .unwrap_or_else(|| panic!("traffic never came back: {probes:?}"));
+    // Not before the TTL: a ping that came back before `before + TTL` was sent while the rule
+    // was live (its request left before its reply arrived), so the rule did not hold.
     assert!(
-        since_add <= Duration::from_secs(2),
-        "back only {since_add:?} after a 1 s TTL"
+        back.end >= before + TTL,
+        "traffic came back {:?} after the rule was added, before its 1 s TTL",
+        back.end - before
     );
-    assert!(back > Duration::ZERO);
-    let stats = run(&nf, &b, &["stats", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
-    assert_eq!(v["rules"][0]["expired"], true, "{stats}");
+    // And the fault held until close to the TTL: a ping that began in the last 400 ms before
+    // it (pings are ~220 ms apart while dropped) was dropped.
+    let late_cut = probes
+        .iter()
+        .filter(|p| {
+            !p.ok && p.start >= after && p.start + Duration::from_millis(400) >= before + TTL
+        })
+        .count();
+    assert!(
+        late_cut >= 1,
+        "no ping was seen dropped in the last 400 ms of the TTL: {probes:?}"
+    );
+    // Within TTL + 1 s: the reply arrived by then (and its ping began no later).
+    assert!(
+        back.end <= after + TTL + Duration::from_secs(1),
+        "back only {:?} after a 1 s TTL",
+        back.end - after
+    );
+    let stats = nf.json(&b.ns, &["stats", "--json"]).unwrap();
+    assert_eq!(stats["rules"][0]["expired"], true, "{stats}");
+    // The failed pings were the rule's drops, not losses elsewhere.
+    let failed = probes.iter().filter(|p| !p.ok).count() as u64;
+    let dropped = stats["rules"][0]["counters"]["dropped"].as_u64().unwrap();
+    assert!(
+        dropped >= failed,
+        "{failed} pings failed but the rule dropped {dropped}: {stats}"
+    );
 }
 
 #[test]
 fn kill_9_of_run_ends_the_impairment_within_a_second() {
-    let (lab, _nf, [a, b]) = pair();
+    let (lab, nf, [a, b]) = pair();
     let file = temp_file(
         "run",
         &format!(
@@ -83,19 +145,34 @@ fn kill_9_of_run_ends_the_impairment_within_a_second() {
             a.v4
         ),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_netfault"))
-        .args(["--netns", &b.ns, "run"])
-        .arg(&file)
-        .args(["--iface", &b.iface, "--duration", "60s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let mut child = nf
+        .spawn(
+            &b.ns,
+            &[
+                "run",
+                file.to_str().unwrap(),
+                "--iface",
+                &b.iface,
+                "--duration",
+                "60s",
+            ],
+        )
         .unwrap();
     let cut = until_ping(&a, &b, false, Duration::from_secs(5));
     if cut.is_none() {
         let _ = child.kill();
     }
     assert!(cut.is_some(), "run never impaired traffic");
+    // While the process lives the impairment lasts past its lease (renewed): nothing gets
+    // through for twice the lease.
+    let held = until_ping(&a, &b, true, 2 * netfault::control::held::LEASE);
+    if held.is_some() {
+        let _ = child.kill();
+    }
+    assert_eq!(
+        held, None,
+        "traffic came back while `run` was alive (the lease was not renewed)"
+    );
     let t = Instant::now();
     child.kill().unwrap(); // SIGKILL: no cleanup code runs
     child.wait().unwrap();
@@ -264,36 +341,84 @@ fn sixteen_concurrent_rule_adds_leave_sixteen_rules() {
     assert_eq!(stats["rules"].as_array().unwrap().len(), 16);
 }
 
-#[test]
-fn a_busy_lock_names_its_holder() {
-    let (mut lab, nf, [_a, b]) = pair();
-    attach(&mut lab, &nf, &b);
-    let lock = format!("/run/netfault/netns-{}/lock", b.ns);
-    // Hold the lock as another command would, for longer than the wait we allow.
-    let mut holder = Command::new("flock")
-        .args([&lock, "-c", "sleep 3"])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+/// Polls until another process holds the flock on `path`, at most `limit`.
+fn locked_by_another(path: &std::path::Path, limit: Duration) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Ok(f) = std::fs::File::open(path) {
+            // SAFETY: flock on a file we own; closing it drops a lock we might have taken.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// `rule add` under a lock someone else holds: exits 1 within a bounded wait; its stderr.
+fn add_while_busy(nf: &Netfault, h: &Host) -> String {
     let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_netfault"))
-        .args([
-            "--netns", &b.ns, "rule", "add", "r", "--proto", "udp", "--drop", "1",
-        ])
-        .env("NETFAULT_LOCK_WAIT", "500ms")
-        .output()
+    let out = nf
+        .with_env("NETFAULT_LOCK_WAIT", "500ms")
+        .output(
+            &h.ns,
+            &["rule", "add", "r", "--proto", "udp", "--drop", "1"],
+        )
         .unwrap();
-    holder.kill().ok();
-    holder.wait().ok();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("holds the lock") && err.contains("attach"),
-        "{err}"
-    );
     assert!(
         t.elapsed() < Duration::from_secs(2),
         "the wait was not bounded"
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("holds the lock"), "{err}");
+    err
+}
+
+#[test]
+fn a_busy_lock_names_its_holder() {
+    let (mut lab, nf, [_a, b]) = pair();
+    // `attach` held the lock before; its text must not outlive its release.
+    attach(&mut lab, &nf, &b);
+    let paths = netfault::control::state::Paths::new(&format!("netns-{}", b.ns));
+
+    // A holder that is not netfault and names nobody (flock(1)): no earlier command is named.
+    let mut flock = Command::new("flock")
+        .arg(paths.lock_file())
+        .args(["-c", "sleep 3"])
+        .spawn()
+        .unwrap();
+    let locked = locked_by_another(&paths.lock_file(), Duration::from_secs(2));
+    if !locked {
+        flock.kill().ok();
+    }
+    assert!(locked, "flock(1) never took the lock");
+    let err = add_while_busy(&nf, &b);
+    flock.kill().ok();
+    flock.wait().ok();
+    assert!(
+        err.contains("names none") && !err.contains("attach"),
+        "a busy lock named an earlier holder: {err}"
+    );
+
+    // A holder that is netfault's own lock, in this process: the message names this pid and
+    // this program.
+    let held = netfault::control::state::Locked::acquire(paths, Duration::from_secs(5)).unwrap();
+    let err = add_while_busy(&nf, &b);
+    drop(held);
+    let me = format!("pid {}: ", std::process::id());
+    let exe = std::env::args().next().unwrap();
+    assert!(
+        err.contains(&me) && err.contains(&exe),
+        "the message does not name the holder ({me}{exe}): {err}"
+    );
+    // Released: a command goes through again.
+    run(
+        &nf,
+        &b,
+        &["rule", "add", "r", "--proto", "udp", "--drop", "1"],
     );
 }
 
@@ -323,12 +448,18 @@ fn a_deleted_interface_is_reported_lost_and_can_be_attached_again() {
     )
     .unwrap();
     exec_in(&b.ns, "ip", &["link", "set", &b.iface, "up"]).unwrap();
-    let out = run(&nf, &b, &["attach", &b.iface]);
-    assert!(out.contains("attached ("), "{out}");
-    let status: serde_json::Value =
-        serde_json::from_str(&run(&nf, &b, &["status", "--json"])).unwrap();
-    assert_eq!(status["interfaces"][0]["lost"], false, "{status}");
-    assert_eq!(status["interfaces"].as_array().unwrap().len(), 1);
+    let lost = nf.status(&b.ns).unwrap();
+    run(&nf, &b, &["attach", &b.iface]);
+    // Attached anew: one interface, not lost, on the new ifindex, every hook in place.
+    let status = nf.status(&b.ns).unwrap();
+    assert_eq!(status.len(), 1, "{status:?}");
+    assert!(!status[0].lost, "{status:?}");
+    assert_ne!(status[0].ifindex, lost[0].ifindex, "{status:?}");
+    assert_eq!(
+        status[0].hooks.len(),
+        3,
+        "xdp, tc ingress, tc egress: {status:?}"
+    );
     let link = exec_in(&b.ns, "ip", &["-d", "link", "show", &b.iface]).unwrap();
     assert!(link.contains("prog/xdp"), "{link}");
 }

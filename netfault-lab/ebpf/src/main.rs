@@ -1,9 +1,22 @@
 //! Reference XDP programs for benchmarks: the cost floor netfault is compared against, and a
-//! traffic source for BPF_PROG_RUN live-frames mode.
+//! traffic source for BPF_PROG_RUN live-frames mode; and a slow program for grace-period tests.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_loop,
+    macros::{map, xdp},
+    maps::Array,
+    programs::XdpContext,
+};
+
+/// `lab_spin`'s runs: [0] how many started, [1] how many finished.
+#[map]
+static SPIN_RUNS: Array<u64> = Array::with_max_entries(2, 0);
+
+/// bpf_loop's most iterations (BPF_MAX_LOOPS): one run of `lab_spin` takes milliseconds.
+const SPIN_LOOPS: u32 = 1 << 23;
 
 /// Passes everything: the floor for ns/packet.
 #[xdp]
@@ -21,6 +34,35 @@ pub fn bench_drop(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_tx(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
+}
+
+/// Counts its start, spins for milliseconds, counts its end: a BPF program that is observably
+/// running, for tests of grace periods (one runner at a time: the counts are plain stores).
+#[xdp]
+pub fn lab_spin(_ctx: XdpContext) -> u32 {
+    bump(0);
+    // SAFETY: a helper call with a static callback and no context.
+    unsafe {
+        bpf_loop(
+            SPIN_LOOPS,
+            spin_step as *mut aya_ebpf::cty::c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+    }
+    bump(1);
+    xdp_action::XDP_PASS
+}
+
+extern "C" fn spin_step(_index: u64, _ctx: *mut aya_ebpf::cty::c_void) -> i64 {
+    0
+}
+
+fn bump(i: u32) {
+    if let Some(p) = SPIN_RUNS.get_ptr_mut(i) {
+        // SAFETY: a pointer into the map's value, valid for the program's run.
+        unsafe { core::ptr::write_volatile(p, core::ptr::read_volatile(p) + 1) };
+    }
 }
 
 #[cfg(not(test))]

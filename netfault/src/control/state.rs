@@ -4,7 +4,7 @@
 //! `/run/netfault/<key>/`. Both vanish on reboot, together. A lock serialises commands.
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, Read as _, Seek as _, Write as _},
+    io::{self, Seek as _, Write as _},
     os::fd::AsRawFd,
     path::PathBuf,
     time::{Duration, Instant},
@@ -116,8 +116,9 @@ impl State {
 
 /// An exclusive lock on one namespace's state, held for the life of a command.
 pub struct Locked {
-    /// Held open for the flock; closing it releases the lock.
-    _file: File,
+    /// Held open for the flock; closing it releases the lock. Holds the holder's identity
+    /// while locked, nothing after.
+    file: File,
     pub paths: Paths,
 }
 
@@ -161,24 +162,32 @@ impl Locked {
                 continue;
             }
             if start.elapsed() >= wait {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
                 return Err(StateError::Busy {
-                    holder: holder.trim().to_string(),
+                    holder: holder(&paths.lock_file()),
                     waited: wait,
                 });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Who holds it, for a command that finds it busy: truncate first, so nothing of an
+        // earlier holder's text survives.
         let me = format!(
             "pid {}: {}",
             std::process::id(),
             std::env::args().collect::<Vec<_>>().join(" ")
         );
-        let _ = file.set_len(0);
-        let _ = file.rewind();
-        let _ = file.write_all(me.as_bytes());
-        Ok(Self { _file: file, paths })
+        // Not fatal: the lock is ours either way; a busy message then names no holder.
+        if let Err(e) = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|_| file.write_all(me.as_bytes()))
+        {
+            log::warn!(
+                "cannot name this process in {}: {e}",
+                paths.lock_file().display()
+            );
+        }
+        Ok(Self { file, paths })
     }
 
     /// Reads the state; `None` when there is none (never attached here).
@@ -216,7 +225,31 @@ impl Drop for Locked {
             let _ = fs::remove_file(self.paths.lock_file());
             let _ = fs::remove_dir(&self.paths.run);
             let _ = fs::remove_dir(RUN_ROOT);
+        } else {
+            // The file stays for the next command: it names no holder while nobody holds it.
+            let _ = self.file.set_len(0);
         }
+    }
+}
+
+/// The holder a busy lock file names, as a message: its pid and command line when that process
+/// is alive. A holder that is not a netfault command (or one that has only just taken the lock)
+/// writes nothing; a text whose process is gone is stale (killed before its release).
+fn holder(lock_file: &std::path::Path) -> String {
+    let text = fs::read_to_string(lock_file).unwrap_or_default();
+    let text = text.trim();
+    if text.is_empty() {
+        return "holder unknown: the lock file names none".into();
+    }
+    let pid = text
+        .strip_prefix("pid ")
+        .and_then(|t| t.split(':').next())
+        .and_then(|p| p.parse::<u32>().ok());
+    match pid {
+        Some(pid) if !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+            format!("holder unknown: the lock file names pid {pid}, which has exited")
+        }
+        _ => text.to_string(),
     }
 }
 
@@ -270,5 +303,68 @@ mod tests {
             Some(3),
             "slots the live generation uses are not reused"
         );
+    }
+
+    /// A run directory of its own under the temp dir, removed on drop.
+    struct TempRun(Paths);
+
+    impl TempRun {
+        fn new(tag: &str) -> Self {
+            let run = std::env::temp_dir().join(format!("nf-state-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&run);
+            Self(Paths {
+                key: tag.into(),
+                pins: run.join("pins"),
+                run,
+            })
+        }
+    }
+
+    impl Drop for TempRun {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0.run);
+        }
+    }
+
+    #[test]
+    fn the_lock_names_its_current_holder_and_nobody_after_release() {
+        let t = TempRun::new("holder");
+        let me = format!("pid {}: ", std::process::id());
+        let lock = Locked::acquire(t.0.clone(), Duration::ZERO).unwrap();
+        lock.save(&State::default()).unwrap(); // so the lock file outlives the release
+        let text = fs::read_to_string(t.0.lock_file()).unwrap();
+        assert!(text.starts_with(&me), "{text}");
+        // flock excludes other open files of the same process too: a second command is busy,
+        // and the message names this process.
+        let busy = Locked::acquire(t.0.clone(), Duration::from_millis(50)).err();
+        match busy {
+            Some(StateError::Busy { holder, .. }) => assert!(holder.starts_with(&me), "{holder}"),
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        drop(lock);
+        assert_eq!(
+            fs::read_to_string(t.0.lock_file()).unwrap(),
+            "",
+            "a released lock still names a holder"
+        );
+        assert_eq!(
+            holder(&t.0.lock_file()),
+            "holder unknown: the lock file names none"
+        );
+        // Text left by a holder that died before its release is reported as stale.
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let pid = gone.id();
+        gone.wait().unwrap();
+        fs::write(t.0.lock_file(), format!("pid {pid}: netfault attach eth0")).unwrap();
+        assert_eq!(
+            holder(&t.0.lock_file()),
+            format!("holder unknown: the lock file names pid {pid}, which has exited")
+        );
+        // Taking the lock rewrites the text whole, however long the old one was.
+        fs::write(t.0.lock_file(), "#".repeat(4096)).unwrap();
+        let lock = Locked::acquire(t.0.clone(), Duration::ZERO).unwrap();
+        let text = fs::read_to_string(t.0.lock_file()).unwrap();
+        assert!(text.starts_with(&me) && !text.contains("##"), "{text}");
+        drop(lock);
     }
 }

@@ -71,14 +71,93 @@ impl Grace {
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        sync::atomic::{AtomicBool, Ordering},
+        time::{Duration, Instant},
+    };
+
+    use aya::{
+        maps::Array,
+        programs::{TestRun, TestRunOptions, Xdp},
+    };
+
+    /// Rounds of "a run is in progress: wait, then look".
+    const ROUNDS: u32 = 12;
+
+    /// (started, finished) runs of `lab_spin`, from its map.
+    fn runs(m: &Array<&aya::maps::MapData, u64>) -> (u64, u64) {
+        (m.get(&0, 0).unwrap(), m.get(&1, 0).unwrap())
+    }
+
+    /// The claim itself: a BPF program running when `wait` is called has finished when it
+    /// returns. `lab_spin` (netfault-lab) counts its start, spins for milliseconds in bpf_loop
+    /// and counts its end; one thread runs it back to back through BPF_PROG_TEST_RUN. Each
+    /// round catches a run in progress (started > finished), calls `wait`, and asserts that
+    /// this run, and so every run that had started, has finished. A `wait` that does not wait
+    /// for running programs returns in microseconds, inside the same run: finished still lags.
+    /// A control, with the same catch but no `wait`, shows the runs are long enough for that.
     #[test]
-    fn waits() {
+    fn waits_for_running_programs() {
         // Needs CAP_BPF; the test suite runs as root.
         let g = super::Grace::new().unwrap();
-        let t = std::time::Instant::now();
-        for _ in 0..3 {
-            g.wait().unwrap();
-        }
-        eprintln!("3 grace periods: {:?}", t.elapsed());
+        let mut ebpf = aya::Ebpf::load(netfault_lab::BENCH_OBJECT).unwrap();
+        let prog: &mut Xdp = ebpf.program_mut("lab_spin").unwrap().try_into().unwrap();
+        prog.load().unwrap();
+        let prog: &Xdp = ebpf.program("lab_spin").unwrap().try_into().unwrap();
+        let map: Array<_, u64> = Array::try_from(ebpf.map("SPIN_RUNS").unwrap()).unwrap();
+        let frame = [0u8; 64];
+        let stop = AtomicBool::new(false);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // (started when caught, finished after the wait or the control's look)
+        let mut waited = Vec::new();
+        let mut control = Vec::new();
+        std::thread::scope(|s| {
+            let runner = s.spawn(|| {
+                let mut n = 0u32;
+                // Bounded: stopped by the main thread, else by count and time.
+                while !stop.load(Ordering::Relaxed) && n < 10_000 && Instant::now() < deadline {
+                    let r = prog
+                        .test_run(TestRunOptions {
+                            data_in: Some(&frame),
+                            repeat: 1,
+                            ..Default::default()
+                        })
+                        .unwrap();
+                    assert_eq!(r.return_value, 2, "XDP_PASS");
+                    n += 1;
+                }
+            });
+            // Catches a run in progress: returns how many had started then.
+            let catch = || -> u64 {
+                loop {
+                    assert!(Instant::now() < deadline, "never caught a run in progress");
+                    let (started, finished) = runs(&map);
+                    if started > finished {
+                        return started;
+                    }
+                    std::hint::spin_loop();
+                }
+            };
+            for _ in 0..ROUNDS {
+                let started = catch();
+                g.wait().unwrap();
+                waited.push((started, runs(&map).1));
+                let started = catch();
+                control.push((started, runs(&map).1));
+            }
+            stop.store(true, Ordering::Relaxed);
+            runner.join().unwrap();
+        });
+        let early: Vec<_> = waited.iter().filter(|(s, f)| f < s).collect();
+        assert!(
+            early.is_empty(),
+            "wait returned while a program that started before it still ran \
+             (started, finished): {early:?} of {waited:?}"
+        );
+        let caught = control.iter().filter(|(s, f)| f < s).count();
+        assert!(
+            caught * 2 > control.len(),
+            "the control did not see runs in progress, so the test shows nothing: {control:?}"
+        );
     }
 }

@@ -1,10 +1,15 @@
-//! Shared set-up for the end-to-end tests: labs of namespaces, the real binary, traffic checks.
+//! Shared set-up for the integration tests: labs of namespaces, the real binary, traffic checks.
+//! Every test crate builds its hosts with [`Lab`] (netfault-lab); this is only the glue.
 //!
 //! Cleanup is the [`Lab`]'s job: it is the guard. `attach` registers `netfault --netns NS detach`
-//! on the lab's teardown, and the lab deletes its namespaces after that, whether the test passed
-//! or panicked.
-// Each test crate that includes this module uses a different part of it.
-#![allow(dead_code, unused_imports)]
+//! on the lab's teardown, and the lab deletes its namespaces and pin directories after that,
+//! whether the test passed or panicked.
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "each test crate that includes this module uses a different part of it, so an \
+              expectation would be unfulfilled in some"
+)]
 
 use std::{net::SocketAddr, time::Duration};
 
