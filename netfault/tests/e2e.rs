@@ -447,7 +447,7 @@ fn attach_twice_is_a_noop_and_detach_leaves_nothing() {
     let progs = status_prog_ids(&nf, &b);
     let links = links_of(&progs);
     // XDP and tcx attach through bpf_links; clsact filters (kernels before 6.6) have none.
-    let want_links = if first.contains("Clsact") { 1 } else { 3 };
+    let want_links = if first.contains("clsact") { 1 } else { 3 };
     assert_eq!(
         (progs.len(), links.len()),
         (3, want_links),
