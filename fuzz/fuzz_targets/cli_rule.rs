@@ -5,25 +5,48 @@ use clap::Parser as _;
 use libfuzzer_sys::fuzz_target;
 use netfault::compile::{Input, compile};
 
-// The binary's own flag definitions and their conversion to a rule spec.
+// The binary's own flag definitions for `rule add` and `partition`, and their conversion to a
+// rule spec (pure: that file depends on the library, clap and std only).
 #[path = "../../netfault/src/cli/args.rs"]
+#[expect(dead_code, reason = "the binary's other value parsers are not fuzzed here")]
 mod args;
-use args::{Cli, rule_spec};
+
+/// `rule add ARGS` and `partition ARGS`, as the binary nests them.
+#[derive(clap::Parser)]
+#[command(name = "netfault")]
+enum Cli {
+    Rule {
+        #[command(subcommand)]
+        cmd: RuleCmd,
+    },
+    Partition(args::PartitionArgs),
+}
+
+#[derive(clap::Subcommand)]
+enum RuleCmd {
+    Add(args::RuleAddArgs),
+}
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     // NUL separates arguments, so arguments may hold spaces.
-    let mut args = vec!["netfault".to_string()];
+    let mut argv = vec!["netfault".to_string()];
     if !text.starts_with("partition") {
-        args.extend(["rule".into(), "add".into()]);
+        argv.extend(["rule".into(), "add".into()]);
     }
-    args.extend(text.split('\0').map(str::to_string));
-    let Ok(cli) = Cli::try_parse_from(args) else {
+    argv.extend(text.split('\0').map(str::to_string));
+    let Ok(cli) = Cli::try_parse_from(argv) else {
         return;
     };
-    if let Ok(Some(spec)) = rule_spec(&cli.cmd) {
+    let spec = match cli {
+        Cli::Rule {
+            cmd: RuleCmd::Add(a),
+        } => a.spec(),
+        Cli::Partition(p) => p.spec(),
+    };
+    if let Ok(spec) = spec {
         let _ = compile(&[Input { slot: 0, spec: &spec, ifindex: None }]);
     }
 });

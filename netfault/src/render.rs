@@ -1,7 +1,7 @@
-//! Output of the read-only commands: rule list, stats, status, protect list.
-use std::time::Duration;
+//! Output of the read-only commands: rule list, stats, status, protect list. Everything goes
+//! through a fallible writer: a closed pipe is an error to end on quietly, not a panic.
+use std::{io::Write, time::Duration};
 
-use anyhow::Context as _;
 use serde_json::json;
 
 use netfault::{
@@ -31,7 +31,7 @@ fn nets(v: &[ipnet::IpNet]) -> Vec<String> {
         .collect()
 }
 
-pub fn list(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
+pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
     let (_, state) = read_state(ns)?;
     let now = netfault::control::monotonic_ns();
     let shown: Vec<_> = state
@@ -72,11 +72,11 @@ pub fn list(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
         })
         .collect();
     if json_out {
-        println!("{}", json!({ "rules": rows }));
+        writeln!(out, "{}", json!({ "rules": rows }))?;
         return Ok(());
     }
     if rows.is_empty() {
-        println!("no rules");
+        writeln!(out, "no rules")?;
     }
     for (r, v) in shown.iter().zip(&rows) {
         let s = &r.spec;
@@ -85,13 +85,14 @@ pub fn list(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
             v["expired"].as_bool().unwrap_or(false),
         );
         match s.kind {
-            Kind::Partition => println!(
+            Kind::Partition => writeln!(
+                out,
                 "partition {:<16} {} {} {}  ttl {left}",
                 s.name,
                 nets(&s.src).join(","),
                 if s.oneway { "-/->" } else { "<-/->" },
                 nets(&s.dst).join(","),
-            ),
+            )?,
             Kind::Rule | Kind::Protect => {
                 let mut m = vec![format!("dir {:?}", s.dir).to_lowercase()];
                 if !s.src.is_empty() {
@@ -133,20 +134,21 @@ pub fn list(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
                 if let Some(r) = s.shape.rate {
                     a.push(format!("rate {r}"));
                 }
-                println!(
+                writeln!(
+                    out,
                     "rule      {:<16} prio {:<5} {}  => {}  ttl {left}",
                     s.name,
                     s.priority,
                     m.join(" "),
                     a.join(", ")
-                );
+                )?;
             }
         }
     }
     Ok(())
 }
 
-fn print_stats(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
+pub fn stats(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
     let (paths, state) = read_state(ns)?;
     let rows: Vec<_> = read_stats(&paths, &state)?
         .into_iter()
@@ -155,18 +157,21 @@ fn print_stats(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
     let lost = lost_interfaces(&state);
     let queues = queue_stats(&state);
     if json_out {
-        println!(
+        writeln!(
+            out,
             "{}",
             json!({ "rules": rows, "lost_interfaces": lost, "queues": queues })
-        );
+        )?;
         return Ok(());
     }
     for i in &lost {
-        println!(
+        writeln!(
+            out,
             "interface {i} is gone (deleted while attached): `netfault attach {i}` once it is back"
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  TTL",
         "NAME",
         "KIND",
@@ -177,9 +182,10 @@ fn print_stats(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
         "QUEUE-DROP",
         "PASSED",
         "BYTES"
-    );
+    )?;
     for r in rows {
-        println!(
+        writeln!(
+            out,
             "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  {}",
             r.name,
             format!("{:?}", r.kind).to_lowercase(),
@@ -191,13 +197,14 @@ fn print_stats(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
             r.counters.passed,
             r.counters.bytes,
             fmt_left(r.expires_in_ms, r.expired)
-        );
+        )?;
     }
     for q in &queues {
-        println!(
+        writeln!(
+            out,
             "queue {} (fq, limit {}): {} queued, {} dropped by the queue ({} over the flow limit, {} beyond the horizon)",
             q.device, q.limit, q.backlog_packets, q.dropped, q.flows_plimit, q.horizon_drops
-        );
+        )?;
     }
     Ok(())
 }
@@ -227,26 +234,7 @@ fn lost_interfaces(state: &netfault::control::state::State) -> Vec<String> {
         .collect()
 }
 
-pub fn stats(ns: Option<&str>, json_out: bool, watch: Option<Duration>) -> anyhow::Result<()> {
-    let Some(every) = watch else {
-        return print_stats(ns, json_out);
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
-    rt.block_on(async {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => print_stats(ns, json_out)?,
-                _ = tokio::signal::ctrl_c() => return Ok(()),
-            }
-        }
-    })
-}
-
-pub fn protect_list(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
+pub fn protect_list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
     let (paths, state) = read_state(ns)?;
     let stats = read_stats(&paths, &state)?;
     // One row per label; its entries' counters summed.
@@ -266,17 +254,17 @@ pub fn protect_list(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
             .iter()
             .map(|(l, p, b)| json!({"label": l, "packets": p, "bytes": b}))
             .collect();
-        println!("{}", json!({ "protected": v }));
+        writeln!(out, "{}", json!({ "protected": v }))?;
         return Ok(());
     }
-    println!("{:<44} {:>12} {:>14}", "PROTECTED", "PACKETS", "BYTES");
+    writeln!(out, "{:<44} {:>12} {:>14}", "PROTECTED", "PACKETS", "BYTES")?;
     for (l, p, b) in rows {
-        println!("{l:<44} {p:>12} {b:>14}");
+        writeln!(out, "{l:<44} {p:>12} {b:>14}")?;
     }
     Ok(())
 }
 
-pub fn status(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
+pub fn status(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
     let (paths, state) = read_state(ns)?;
     let ifaces: Vec<_> = state
         .attached
@@ -309,26 +297,31 @@ pub fn status(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
         })
         .collect();
     if json_out {
-        println!(
+        writeln!(
+            out,
             "{}",
             json!({
                 "state": paths.key, "interfaces": ifaces, "rules": rules.len(),
                 "protected": protected, "lifetimes": rules,
             })
-        );
+        )?;
         return Ok(());
     }
-    println!("namespace state: {}", paths.key);
+    writeln!(out, "namespace state: {}", paths.key)?;
     if ifaces.is_empty() {
-        println!("not attached");
+        writeln!(out, "not attached")?;
     }
     for (a, v) in state.attached.iter().zip(&ifaces) {
         let hooks: Vec<String> = a
             .hooks
             .iter()
-            .map(|h| format!("{:?}: {:?} (prog {})", h.hook, h.kind, h.prog_id))
+            .map(|h| match h.prog_id {
+                0 => h.to_string(), // tc stands in for XDP: no program of ours there
+                id => format!("{h} (prog {id})"),
+            })
             .collect();
-        println!(
+        writeln!(
+            out,
             "{} (ifindex {}){}: {}",
             a.iface,
             a.ifindex,
@@ -338,17 +331,18 @@ pub fn status(ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
                 ""
             },
             hooks.join("; ")
-        );
+        )?;
     }
-    println!("protected: {}", protected.join(", "));
-    println!("rules and partitions: {}", rules.len());
+    writeln!(out, "protected: {}", protected.join(", "))?;
+    writeln!(out, "rules and partitions: {}", rules.len())?;
     for r in &rules {
-        println!(
+        writeln!(
+            out,
             "  {:<18} {:<9} ttl {}",
             r["name"].as_str().unwrap_or(""),
             r["kind"].as_str().unwrap_or(""),
             fmt_left(r["expires_in_ms"].as_u64(), r["expired"] == true)
-        );
+        )?;
     }
     Ok(())
 }

@@ -2,7 +2,13 @@
 //! to the kernel state (maps compared entry by entry before and after) nor to the rule list.
 mod common;
 
-use std::{collections::BTreeSet, process::Command};
+use std::{
+    collections::BTreeSet,
+    io::{BufRead as _, BufReader, Read as _},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
 
 use common::{Lab, Netfault, PREFIX, nf};
 use netfault::dataplane::Maps;
@@ -373,7 +379,10 @@ fn unknown_netns_is_bad_usage() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--netns"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Said once: what is wrong, and with which flag.
+    assert_eq!(err.matches("--netns").count(), 1, "{err}");
+    assert!(err.contains("nf-no-such-ns"), "{err}");
 }
 
 #[test]
@@ -515,4 +524,314 @@ fn delay_needs_fq_and_says_so() {
         let q = h.tc_show();
         assert!(!q.contains("4e46:") && !q.contains("nfifb"), "{q}");
     }
+}
+
+#[test]
+fn detach_of_an_interface_not_attached_is_bad_input() {
+    let h = Host::new("det");
+    let before = h.snapshot();
+    for args in [
+        &["detach", h.peer.as_str()][..],
+        &["detach", h.iface.as_str(), h.peer.as_str()][..],
+    ] {
+        let out = h.nf(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&h.peer) && err.contains("not attached"),
+            "{err}"
+        );
+        // The attached one stays attached, also when named first.
+        assert_eq!(h.snapshot(), before, "{args:?} changed the kernel state");
+    }
+}
+
+/// A child killed (and reaped) when dropped, so a failing test leaves no process behind.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Reaped {
+    fn spawn(cmd: &mut Command) -> Reaped {
+        Reaped(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Lines of stdout, read by a thread that ends at EOF.
+    fn lines(&mut self) -> mpsc::Receiver<String> {
+        let (tx, rx) = mpsc::channel();
+        let out = self.0.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: a pid of our own child, not yet reaped.
+        assert_eq!(unsafe { libc::kill(self.0.id() as libc::pid_t, sig) }, 0);
+    }
+
+    /// Exit status within `limit` (polled), or None (the child is then killed on drop).
+    fn wait_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(st) = self.0.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut e) = self.0.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+/// Waits for a line containing `want`; all lines seen so far on failure.
+fn line_within(rx: &mpsc::Receiver<String>, want: &str, limit: Duration) -> Result<String, String> {
+    let end = Instant::now() + limit;
+    let mut seen = String::new();
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(want) => return Ok(l),
+            Ok(l) => seen += &(l + "\n"),
+            Err(_) => break,
+        }
+    }
+    Err(seen)
+}
+
+#[test]
+fn sigint_ends_stats_watch_with_130() {
+    let h = Host::new("wsig");
+    let mut c =
+        Reaped::spawn(Command::new(BIN).args(["--netns", &h.ns, "stats", "--watch", "100ms"]));
+    let lines = c.lines();
+    // Two frames: the handler is in place before the first.
+    for _ in 0..2 {
+        line_within(&lines, "NAME", Duration::from_secs(10)).expect("a frame");
+    }
+    c.signal(libc::SIGINT);
+    let st = c
+        .wait_within(Duration::from_secs(10))
+        .expect("stats --watch ignored SIGINT");
+    assert_eq!(st.code(), Some(130), "{st:?}: {}", c.stderr());
+}
+
+#[test]
+fn signals_end_run_with_130_and_143_and_it_detaches() {
+    let h = Host::new("rsig");
+    let file = std::env::temp_dir().join(format!("nf-cli-run-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        "[[rule]]\nname = \"r\"\nproto = \"udp\"\ndport = \"9\"\ndrop = 1\n",
+    )
+    .unwrap();
+    for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let mut c = Reaped::spawn(
+            Command::new(BIN)
+                .args(["--netns", &h.ns, "run"])
+                .arg(&file)
+                .args(["--iface", &h.peer, "--duration", "60s"]),
+        );
+        let lines = c.lines();
+        let first = line_within(&lines, "until this command ends", Duration::from_secs(15));
+        let first =
+            first.unwrap_or_else(|seen| panic!("run never attached: {seen} {}", c.stderr()));
+        assert!(
+            first.starts_with(&format!("{}: attached (ingress: ", h.peer)),
+            "{first}"
+        );
+        // The handlers are installed right after that line: give them a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        c.signal(sig);
+        let st = c
+            .wait_within(Duration::from_secs(10))
+            .expect("run ignored the signal");
+        assert_eq!(
+            st.code(),
+            Some(code),
+            "signal {sig}: {st:?}: {}",
+            c.stderr()
+        );
+        assert!(line_within(&lines, "detached", Duration::from_secs(2)).is_ok());
+        let link = Command::new("ip")
+            .args(["-n", &h.ns, "-d", "link", "show", &h.peer])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
+            "XDP left on {}",
+            h.peer
+        );
+    }
+    let _ = std::fs::remove_file(file);
+}
+
+/// `| head -c1`: the reader goes away; netfault ends quietly (exit 0), no panic, no message.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let h = Host::new("pipe");
+    assert!(
+        h.nf(&["rule", "add", "r", "--proto", "udp", "--drop", "1"])
+            .status
+            .success()
+    );
+    let cases: &[&[&str]] = &[
+        &["rule", "list", "--json"],
+        &["rule", "list"],
+        &["status"],
+        &["stats", "--json"],
+        &["completions", "bash"],
+    ];
+    for args in cases {
+        let mut c = Reaped::spawn(Command::new(BIN).args(["--netns", &h.ns]).args(*args));
+        drop(c.0.stdout.take()); // closed before the first write
+        let st = c.wait_within(Duration::from_secs(10)).expect("exit");
+        let err = c.stderr();
+        assert_eq!(st.code(), Some(0), "{args:?}: {st:?} {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+    // `stats --watch 100ms | head -c1`: one byte read, then the pipe closes.
+    let mut c =
+        Reaped::spawn(Command::new(BIN).args(["--netns", &h.ns, "stats", "--watch", "100ms"]));
+    let mut out = c.0.stdout.take().unwrap();
+    let mut byte = [0u8; 1];
+    out.read_exact(&mut byte).unwrap();
+    drop(out);
+    let st = c
+        .wait_within(Duration::from_secs(10))
+        .expect("stats --watch kept writing to a closed pipe");
+    let err = c.stderr();
+    assert_eq!(st.code(), Some(0), "{st:?} {err}");
+    assert!(!err.contains("panicked") && err.is_empty(), "{err}");
+}
+
+/// Capabilities, not the user id: root without CAP_NET_ADMIN (or CAP_BPF and CAP_SYS_ADMIN)
+/// is refused, told which, and nothing changes; reading needs no CAP_NET_ADMIN.
+#[test]
+fn missing_capabilities_are_named_and_change_nothing() {
+    let h = Host::new("caps");
+    let before = h.snapshot();
+    let dropped = |caps: &str, args: &[&str]| {
+        Command::new("setpriv")
+            .args([
+                "--inh-caps=-all",
+                &format!("--bounding-set={caps}"),
+                BIN,
+                "--netns",
+                &h.ns,
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let add = ["rule", "add", "r", "--proto", "udp", "--drop", "1"];
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        ("-net_admin", &add, &["CAP_NET_ADMIN"]),
+        (
+            "-bpf,-sys_admin",
+            &add,
+            &["CAP_BPF or CAP_SYS_ADMIN", "--netns"],
+        ),
+        ("-net_admin", &["attach", &h.peer], &["CAP_NET_ADMIN"]),
+        ("-net_admin", &["detach"], &["CAP_NET_ADMIN"]),
+    ];
+    for (caps, args, want) in cases {
+        let out = dropped(caps, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{caps} {args:?}: {err}");
+        for w in *want {
+            assert!(err.contains(w), "{caps} {args:?}: does not name {w}: {err}");
+        }
+        assert!(
+            !err.contains("CAP_DAC_OVERRIDE"),
+            "uid 0 owns the state: {err}"
+        );
+        assert_eq!(
+            h.snapshot(),
+            before,
+            "{caps} {args:?} changed the kernel state"
+        );
+    }
+    let out = dropped("-net_admin", &["rule", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn completions_and_manpage_need_no_kernel() {
+    let nobody = |args: &[&str]| {
+        // As nobody, without capabilities: these commands touch nothing.
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for shell in ["bash", "zsh", "fish"] {
+        let out = nobody(&["completions", shell]);
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        for sub in ["attach", "partition", "heal", "protect", "--watch"] {
+            assert!(text.contains(sub), "{shell} completions lack {sub}");
+        }
+    }
+    let out = nobody(&["manpage"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = String::from_utf8_lossy(&out.stdout);
+    // clap_mangen defines a string (Aq) first; the title header comes before any text.
+    let first = page
+        .lines()
+        .find(|l| !l.starts_with(".ie") && !l.starts_with(".el"));
+    assert!(
+        first.is_some_and(|l| l.starts_with(".TH netfault")),
+        "{page}"
+    );
+    for sub in [
+        "attach",
+        "detach",
+        "rule add",
+        "partition",
+        "stats",
+        "run",
+        "completions",
+    ] {
+        assert!(
+            page.contains(&format!(".SS \"netfault {}\"", sub.replace('-', "\\-"))),
+            "no {sub}: {page}"
+        );
+    }
+    assert!(page.contains("\\-\\-watch"), "options listed");
 }

@@ -1,2 +1,154 @@
-//! The command line: flags (`args`), then a validated plan, then the run.
+//! The command line: one module per subcommand, each with its arguments and its `run`; `args`
+//! holds the grammar they share and the (pure, fuzzed) rule and partition arguments.
+use clap::{Parser, Subcommand};
+
+use netfault::control::{netns, privileges};
+
+pub mod apply;
 pub mod args;
+pub mod attach;
+pub mod completions;
+pub mod detach;
+pub mod heal;
+pub mod manpage;
+pub mod partition;
+pub mod protect;
+pub mod renew;
+pub mod rule;
+pub mod run;
+pub mod stats;
+pub mod status;
+
+/// How a command that ran to its end finished: its exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    Ok,
+    /// Ended by SIGINT (Ctrl-C): 130, as shells report it.
+    Interrupted,
+    /// Ended by SIGTERM: 143.
+    Terminated,
+}
+
+impl Done {
+    pub fn code(self) -> u8 {
+        match self {
+            Done::Ok => 0,
+            Done::Interrupted => 130,
+            Done::Terminated => 143,
+        }
+    }
+}
+
+#[derive(Parser)]
+#[command(
+    name = "netfault",
+    version,
+    about = "Network faults at line rate, in the kernel (eBPF): drop, duplicate, delay, jitter, \
+             pace, reorder and partition matching traffic",
+    long_about = "Network faults at line rate, in the kernel (eBPF): drop, duplicate, delay, \
+                  jitter, pace, reorder and partition the packets that match flow rules.\n\n\
+                  Every rule and partition expires (default 10 minutes, enforced by the data \
+                  path), and loopback, `protect`ed traffic and the SSH connection of whoever \
+                  adds rules are never touched.\n\n\
+                  Exit status: 0 success; 1 runtime failure (not attached, missing privileges, \
+                  kernel errors); 2 bad input (nothing changed); 130 `run` or `stats --watch` \
+                  ended by Ctrl-C (SIGINT); 143 `run` ended by SIGTERM. A closed stdout (`| \
+                  head`) ends a command quietly with 0."
+)]
+pub struct Cli {
+    /// Act inside the network namespace /run/netns/NAME (state stays in the host's bpffs).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub netns: Option<String>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    Attach(attach::Args),
+    Detach(detach::Args),
+    Rule(rule::Args),
+    Partition(partition::Args),
+    Heal(heal::Args),
+    Stats(stats::Args),
+    Status(status::Args),
+    Apply(apply::Args),
+    Run(run::Args),
+    Renew(renew::Args),
+    Protect(protect::Args),
+    Completions(completions::Args),
+    Manpage(manpage::Args),
+}
+
+impl Cmd {
+    /// Whether the command changes anything (attach, rules, queues), not only reads.
+    fn changes(&self) -> bool {
+        !matches!(
+            self,
+            Cmd::Stats(_)
+                | Cmd::Status(_)
+                | Cmd::Rule(rule::Args {
+                    cmd: rule::RuleCmd::List(_)
+                })
+                | Cmd::Protect(protect::Args {
+                    cmd: protect::ProtectCmd::List(_)
+                })
+        )
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<Done> {
+    let ns = cli.netns.as_deref();
+    match &cli.cmd {
+        // Neither needs a kernel, privileges nor a namespace.
+        Cmd::Completions(a) => return completions::run(a).map(|()| Done::Ok),
+        Cmd::Manpage(a) => return manpage::run(a).map(|()| Done::Ok),
+        _ => {}
+    }
+    // setns applies to this thread only: before any other thread exists. Privileges first, so
+    // a missing CAP_SYS_ADMIN is named rather than reported as EPERM.
+    if let Some(name) = ns {
+        privileges::require(privileges::Need {
+            change: cli.cmd.changes(),
+            netns: true,
+        })?;
+        netns::enter(name)?;
+    }
+    Ok(match cli.cmd {
+        Cmd::Attach(a) => attach::run(a, ns).map(|()| Done::Ok)?,
+        Cmd::Detach(a) => detach::run(a, ns).map(|()| Done::Ok)?,
+        Cmd::Rule(a) => rule::run(a, ns).map(|()| Done::Ok)?,
+        Cmd::Partition(a) => partition::run(a, ns).map(|()| Done::Ok)?,
+        Cmd::Heal(a) => heal::run(a, ns).map(|()| Done::Ok)?,
+        Cmd::Stats(a) => stats::run(a, ns)?,
+        Cmd::Status(a) => status::run(a, ns).map(|()| Done::Ok)?,
+        Cmd::Apply(a) => apply::run(a, ns).map(|()| Done::Ok)?,
+        Cmd::Run(a) => run::run(a, ns)?,
+        Cmd::Renew(a) => renew::run(a, ns).map(|()| Done::Ok)?,
+        Cmd::Protect(a) => protect::run(a, ns).map(|()| Done::Ok)?,
+        Cmd::Completions(_) | Cmd::Manpage(_) => unreachable!("handled above"),
+    })
+}
+
+/// Writes a warning; a closed stderr is no reason to fail the command.
+pub fn warn(msg: impl std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "netfault: warning: {msg}");
+}
+
+/// Reads and validates a rule-set file; any problem with it is bad input (exit 2).
+pub fn read_ruleset(
+    file: &std::path::Path,
+) -> Result<Vec<(netfault::spec::RuleSpec, netfault::spec::Ttl)>, netfault::spec::SpecError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| netfault::spec::SpecError::new("FILE", format!("{}: {e}", file.display())))?;
+    netfault::spec::ruleset::parse(&text)
+}
+
+/// The aya XDP mode for `--xdp-mode`.
+pub fn xdp_mode(m: Option<args::XdpModeArg>) -> Option<aya::programs::XdpMode> {
+    m.map(|m| match m {
+        args::XdpModeArg::Native => aya::programs::XdpMode::Driver,
+        args::XdpModeArg::Generic => aya::programs::XdpMode::Skb,
+    })
+}

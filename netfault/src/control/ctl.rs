@@ -48,11 +48,10 @@ impl Ctl {
     pub fn open(netns_name: Option<&str>) -> Result<Self> {
         check_privileges()?;
         kernel::ensure_bpffs()?;
-        let key = netns::state_key(netns_name)
-            .map_err(|e| Error::Other(format!("netns identity: {e}")))?;
+        let key = netns::state_key(netns_name).map_err(Error::NetnsIdentity)?;
         let lock = Locked::acquire(Paths::new(&key), lock_wait())?;
         let mut state = lock.load()?;
-        let cookie = netns::cookie().map_err(|e| Error::Other(format!("netns cookie: {e}")))?;
+        let cookie = netns::cookie().map_err(Error::NetnsCookie)?;
         if state.netns_cookie != 0 && state.netns_cookie != cookie {
             // The namespace of that name was deleted and made anew: its programs died with it.
             log::warn!(
@@ -126,10 +125,7 @@ impl Ctl {
                 &self.paths().links(),
                 xdp_mode,
             )?;
-            let how: Vec<String> = hooks
-                .iter()
-                .map(|h| format!("{:?}={:?}", h.hook, h.kind))
-                .collect();
+            let how: Vec<String> = hooks.iter().map(ToString::to_string).collect();
             report.push(format!("{iface}: attached ({})", how.join(", ")));
             if hooks.iter().any(|h| h.kind == HookKind::TcFallback) {
                 Maps::open(&self.paths().maps())?.set_tc_only(idx, true)?;
@@ -176,13 +172,17 @@ impl Ctl {
             let _ = std::fs::remove_dir(crate::control::state::PIN_ROOT);
             return Ok(report);
         }
+        // All named ones first: bad input changes nothing.
+        if let Some(i) = ifaces
+            .iter()
+            .find(|i| !self.state.attached.iter().any(|a| &a.iface == *i))
+        {
+            return Err(Error::IfaceNotAttached { iface: i.clone() });
+        }
         for i in ifaces {
-            let pos = self
-                .state
-                .attached
-                .iter()
-                .position(|a| &a.iface == i)
-                .ok_or_else(|| Error::Other(format!("{i} is not attached")))?;
+            let Some(pos) = self.state.attached.iter().position(|a| &a.iface == i) else {
+                continue; // named twice
+            };
             let a = self.state.attached.remove(pos);
             kernel::detach_all(&a.iface, &a.hooks, Some(&self.paths().links()))?;
             if let Some(p) = self.state.shaped.iter().position(|s| s.iface == a.iface) {
@@ -284,11 +284,8 @@ impl Ctl {
         let mut new_slots = Vec::new();
         for (spec, ttl) in specs {
             let expires = pipeline::expiry(spec.kind, ttl, now);
-            let slot = self.state.free_slot().ok_or_else(|| {
-                Error::Other(format!(
-                    "all {} rule slots are in use",
-                    netfault_common::MAX_RULES
-                ))
+            let slot = self.state.free_slot().ok_or(Error::RuleSlotsFull {
+                max: netfault_common::MAX_RULES as usize,
             })?;
             self.state.next_seq += 1;
             self.state.rules.push(RuleEntry {

@@ -1,4 +1,6 @@
 //! The controller's errors and the exit status each one means.
+use std::io;
+
 use crate::{
     compile::CompileError,
     control::{queues::QdiscError, state::StateError},
@@ -15,22 +17,47 @@ pub enum Error {
     Compile(#[from] CompileError),
     #[error("netfault is not attached in this namespace: run `netfault attach IFACE` first")]
     NotAttached,
-    #[error("netfault needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN): {0}")]
-    Privileges(String),
+    /// `detach IFACE` of an interface netfault is not attached to.
+    #[error("invalid IFACE: {iface} is not attached (see `netfault status`)")]
+    IfaceNotAttached { iface: String },
+    /// `run` wants an interface that `netfault attach` manages.
+    #[error(
+        "{iface} is attached already (by `netfault attach`); detach it first or use another interface"
+    )]
+    AttachedByAttach { iface: String },
+    #[error("all {max} rule slots are in use")]
+    RuleSlotsFull { max: usize },
+    #[error(transparent)]
+    Privileges(#[from] super::privileges::PrivilegeError),
+    #[error("identify the network namespace: {0}")]
+    NetnsIdentity(#[source] io::Error),
+    #[error("read the network namespace cookie: {0}")]
+    NetnsCookie(#[source] io::Error),
+    #[error("start the tokio runtime: {0}")]
+    Runtime(#[source] io::Error),
+    #[error("install the {signal} handler: {source}")]
+    SignalHandler {
+        signal: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error(transparent)]
     Kernel(#[from] KernelError),
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
     Qdisc(#[from] QdiscError),
-    #[error("{0}")]
-    Other(String),
 }
 
 impl Error {
+    /// 2 for bad input (nothing changed), 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) | Error::Compile(_) | Error::Qdisc(QdiscError::TooBig { .. }) => 2,
+            Error::Usage(_)
+            | Error::Compile(_)
+            | Error::IfaceNotAttached { .. }
+            | Error::RuleSlotsFull { .. }
+            | Error::Qdisc(QdiscError::TooBig { .. }) => 2,
             _ => 1,
         }
     }

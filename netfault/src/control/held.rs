@@ -50,16 +50,14 @@ pub fn start(
         devices.push((i.clone(), pipeline::check_iface("--iface", i)?));
     }
     // Interfaces `attach` manages are not ours to take.
-    let key = crate::control::netns::state_key(netns_name)
-        .map_err(|e| Error::Other(format!("netns identity: {e}")))?;
+    let key = crate::control::netns::state_key(netns_name).map_err(Error::NetnsIdentity)?;
     if let Ok(text) = std::fs::read(crate::control::state::Paths::new(&key).state_file())
         && let Ok(st) = serde_json::from_slice::<crate::control::state::State>(&text)
         && let Some(a) = st.attached.iter().find(|a| ifaces.contains(&a.iface))
     {
-        return Err(Error::Other(format!(
-            "{} is attached already (by `netfault attach`); detach it first or use another interface",
-            a.iface
-        )));
+        return Err(Error::AttachedByAttach {
+            iface: a.iface.clone(),
+        });
     }
     pipeline::check_new(specs.iter().map(|(s, _)| s), |_| false)?;
     let now = monotonic_ns();
@@ -172,15 +170,34 @@ impl Drop for Running {
     }
 }
 
+/// Why `hold` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// `duration` passed.
+    Elapsed,
+    /// SIGINT (Ctrl-C).
+    Interrupted,
+    /// SIGTERM.
+    Terminated,
+}
+
 /// Holds the impairment until Ctrl-C, SIGTERM or `duration`, renewing the lease.
-pub fn hold(run: &mut Running, duration: Option<Duration>) -> Result<()> {
+pub fn hold(run: &mut Running, duration: Option<Duration>) -> Result<Stop> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::Other(format!("tokio runtime: {e}")))?;
+        .map_err(Error::Runtime)?;
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| Error::Other(format!("SIGTERM handler: {e}")))?;
+        use tokio::signal::unix::{SignalKind, signal};
+        // Both handlers before the first renewal, so no signal falls between two polls.
+        let mut int = signal(SignalKind::interrupt()).map_err(|source| Error::SignalHandler {
+            signal: "SIGINT",
+            source,
+        })?;
+        let mut term = signal(SignalKind::terminate()).map_err(|source| Error::SignalHandler {
+            signal: "SIGTERM",
+            source,
+        })?;
         let deadline = async {
             match duration {
                 Some(d) => tokio::time::sleep(d).await,
@@ -192,9 +209,9 @@ pub fn hold(run: &mut Running, duration: Option<Duration>) -> Result<()> {
         loop {
             tokio::select! {
                 _ = tick.tick() => run.renew()?,
-                _ = tokio::signal::ctrl_c() => return Ok(()),
-                _ = term.recv() => return Ok(()),
-                _ = &mut deadline => return Ok(()),
+                _ = int.recv() => return Ok(Stop::Interrupted),
+                _ = term.recv() => return Ok(Stop::Terminated),
+                _ = &mut deadline => return Ok(Stop::Elapsed),
             }
         }
     })

@@ -14,4 +14,4 @@ pub mod state;
 pub use clock::monotonic_ns;
 pub use ctl::Ctl;
 pub use error::{Error, Result};
-pub use privileges::check_privileges;
+pub use privileges::{check_privileges, check_read_privileges};

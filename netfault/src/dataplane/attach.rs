@@ -75,6 +75,30 @@ impl Hook {
     }
 }
 
+/// Words for people: `xdp native`, `tcx`, `clsact`; `tc` where tc ingress stands in for XDP.
+impl std::fmt::Display for HookKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HookKind::XdpNative => "xdp native",
+            HookKind::XdpGeneric => "xdp generic",
+            HookKind::Tcx => "tcx",
+            HookKind::Clsact => "clsact",
+            HookKind::TcFallback => "tc",
+        })
+    }
+}
+
+/// Where a hook sits in the packet's path: `ingress` (XDP), `tc ingress`, `egress`.
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Hook::XdpIngress => "ingress",
+            Hook::TcIngress => "tc ingress",
+            Hook::TcEgress => "egress",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HookState {
     pub hook: Hook,
@@ -86,6 +110,25 @@ pub struct HookState {
     /// Why the hook is not what was asked for (a fallback), for status and warnings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+/// `ingress: xdp native`, or for the fallback `ingress: tc (XDP held by program 42 (foo))`.
+impl std::fmt::Display for HookState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.hook, self.kind)?;
+        if self.kind == HookKind::TcFallback {
+            // The note reads "XDP on IFACE is held by HOLDER".
+            match self
+                .note
+                .as_deref()
+                .and_then(|n| n.split_once(" is held by "))
+            {
+                Some((_, holder)) => write!(f, " (XDP held by {holder})")?,
+                None => f.write_str(" (XDP held by another program)")?,
+            }
+        }
+        Ok(())
+    }
 }
 
 pub fn ifindex(iface: &str) -> Option<u32> {

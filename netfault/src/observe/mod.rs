@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     control::{
-        Error, Result, check_privileges, monotonic_ns, netns,
+        Error, Result, check_read_privileges, monotonic_ns, netns,
         state::{Paths, RuleEntry, State, StateError},
     },
     dataplane::Maps,
@@ -62,9 +62,8 @@ pub fn ttl_left(r: &RuleEntry, now: u64) -> (Option<u64>, bool) {
 
 /// Reads the state without taking the lock (the file is replaced atomically).
 pub fn read_state(netns_name: Option<&str>) -> Result<(Paths, State)> {
-    check_privileges()?;
-    let key =
-        netns::state_key(netns_name).map_err(|e| Error::Other(format!("netns identity: {e}")))?;
+    check_read_privileges()?;
+    let key = netns::state_key(netns_name).map_err(Error::NetnsIdentity)?;
     let paths = Paths::new(&key);
     let mut state: State = match std::fs::read(paths.state_file()) {
         Ok(b) => serde_json::from_slice(&b)
@@ -73,7 +72,7 @@ pub fn read_state(netns_name: Option<&str>) -> Result<(Paths, State)> {
     };
     // State of a namespace that was deleted and made anew under the same name describes
     // nothing that exists: show nothing (the next change resets it).
-    let cookie = netns::cookie().map_err(|e| Error::Other(format!("netns cookie: {e}")))?;
+    let cookie = netns::cookie().map_err(Error::NetnsCookie)?;
     if state.netns_cookie != 0 && state.netns_cookie != cookie {
         log::warn!("state for '{key}' belongs to a namespace that no longer exists");
         state = State::default();
