@@ -1,5 +1,10 @@
 //! netfault's jitter draws against the configured distribution (Kolmogorov-Smirnov lives in
 //! the lab crate, so the test does too).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test step that cannot go on fails the test"
+)]
 use netfault::spec::dist::{DelayModel, Distribution, TABLE_SIZE, draw, splitmix64, table};
 use netfault_lab::ks;
 

@@ -1,5 +1,10 @@
 //! The command line's contract for bad input: exit 2, a message naming the field, and no change
 //! to the kernel state (maps compared entry by entry before and after) nor to the rule list.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test step that cannot go on fails the test"
+)]
 mod common;
 
 use std::{

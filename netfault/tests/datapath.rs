@@ -3,6 +3,11 @@
 //! Each test loads its own copy of the programs with maps pinned in a private bpffs directory,
 //! inside a private network namespace (so a clone the program makes goes nowhere); its lab
 //! removes both when it ends, also when it fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test step that cannot go on fails the test"
+)]
 mod common;
 
 use std::{net::IpAddr, sync::atomic::Ordering};

@@ -4,6 +4,11 @@
 //! Every test builds a lab of its own (namespace names carry the pid and a counter), so the
 //! tests run in parallel. The lab is the cleanup guard: on drop, passed or panicked, it runs
 //! `netfault --netns NS detach` for every attached namespace, then deletes its namespaces.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test step that cannot go on fails the test"
+)]
 mod common;
 
 use std::{

@@ -1,6 +1,11 @@
 //! Fail-safe lifecycle, end to end: faults end by themselves (TTL, no process needed), `run`
 //! ends with its process (kill -9 too), `apply` replaces exactly, concurrent commands do not
 //! corrupt state, lost interfaces are reported and can be attached again.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test step that cannot go on fails the test"
+)]
 mod common;
 
 use std::{

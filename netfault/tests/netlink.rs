@@ -3,6 +3,11 @@
 //! device made in it goes when the thread ends, passed or panicked. Where useful, what the
 //! module reads or writes is checked against iproute2 (`tc`, `ip`), which the product itself
 //! no longer runs.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test step that cannot go on fails the test"
+)]
 use std::{io, process::Command};
 
 use netfault::netlink::{self as nl, NetlinkError, XdpAttachMode};

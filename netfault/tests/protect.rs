@@ -1,5 +1,10 @@
 //! The operator is never cut off: the SSH connection of whoever installs a partition, loopback,
 //! and `protect add` entries pass before any rule.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test step that cannot go on fails the test"
+)]
 mod common;
 
 use std::{

@@ -17,6 +17,11 @@
 //! place of netfault (on ingress through an IFB, which needs `NETFAULT_VM_MODULES=act_mirred,
 //! cls_matchall`): the check that the probes measure right, independent of netfault. Assertions
 //! that only netfault promises (per-flow order, its counters, the qdisc policy) are skipped there.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test step that cannot go on fails the test"
+)]
 mod common;
 
 use std::{net::SocketAddr, time::Duration};

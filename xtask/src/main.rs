@@ -66,6 +66,10 @@ enum Cmd {
     VmTest,
 }
 
+#[expect(
+    clippy::expect_used,
+    reason = "xtask's manifest directory is always inside the workspace"
+)]
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

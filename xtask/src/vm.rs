@@ -709,7 +709,7 @@ impl Outcome {
 fn watch(cmd: &mut Command, timeout: Duration) -> anyhow::Result<Outcome> {
     let start = Instant::now();
     let mut child = cmd.spawn().context("start qemu-system-x86_64")?;
-    let console = child.stdout.take().expect("stdout is piped");
+    let console = child.stdout.take().context("qemu's stdout is not piped")?;
     let (tx, rx) = mpsc::channel();
     let reader = thread::spawn(move || stream_console(console, tx));
     let mut out = Outcome {

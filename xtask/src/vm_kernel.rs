@@ -185,8 +185,11 @@ fn uncompressed_image(
 /// decompressors would take for trailing garbage.
 fn bzimage_payload(bz: &[u8]) -> anyhow::Result<&[u8]> {
     let u32_at = |o: usize| -> anyhow::Result<usize> {
-        let b = bz.get(o..o + 4).context("bzImage too short")?;
-        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+        let b: [u8; 4] = bz
+            .get(o..o + 4)
+            .and_then(|b| b.try_into().ok())
+            .context("bzImage too short")?;
+        Ok(u32::from_le_bytes(b) as usize)
     };
     ensure!(bz.get(0x202..0x206) == Some(b"HdrS"), "not a bzImage");
     let setup_sects = match bz[0x1f1] {

@@ -80,7 +80,9 @@ fn addr_words(net: &IpNet) -> ([u32; 4], [u32; 4]) {
         }
     }
     let w = |b: &[u8; 16]| {
-        std::array::from_fn(|i| u32::from_ne_bytes(b[4 * i..4 * i + 4].try_into().unwrap()))
+        std::array::from_fn(|i| {
+            u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+        })
     };
     (w(&a), w(&m))
 }

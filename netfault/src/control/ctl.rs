@@ -116,15 +116,11 @@ impl Ctl {
                 let _ = kernel::detach_all(&iface, &a.hooks, Some(&self.paths().links()));
                 self.state.attached.remove(pos);
             }
-            if ebpf.is_none() {
-                ebpf = Some(kernel::load(&self.paths().maps())?);
-            }
-            let hooks = kernel::attach(
-                ebpf.as_mut().expect("loaded"),
-                &iface,
-                &self.paths().links(),
-                xdp_mode,
-            )?;
+            let loaded = match ebpf {
+                Some(ref mut e) => e,
+                None => ebpf.insert(kernel::load(&self.paths().maps())?),
+            };
+            let hooks = kernel::attach(loaded, &iface, &self.paths().links(), xdp_mode)?;
             let how: Vec<String> = hooks.iter().map(ToString::to_string).collect();
             report.push(format!("{iface}: attached ({})", how.join(", ")));
             if hooks.iter().any(|h| h.kind == HookKind::TcFallback) {

@@ -205,7 +205,8 @@ impl Locked {
     pub fn save(&self, s: &State) -> Result<(), StateError> {
         let p = self.paths.state_file();
         let tmp = p.with_extension("json.tmp");
-        let b = serde_json::to_vec_pretty(s).expect("state serialises");
+        let b = serde_json::to_vec_pretty(s)
+            .map_err(|e| StateError::Io(format!("encode {}", p.display()), io::Error::other(e)))?;
         fs::write(&tmp, b).map_err(|e| StateError::Io(format!("write {}", tmp.display()), e))?;
         fs::rename(&tmp, &p).map_err(|e| StateError::Io(format!("rename {}", p.display()), e))
     }

@@ -1,6 +1,4 @@
 //! Attaching and detaching the programs (XDP, tcx, clsact) and their link pins.
-//! Everything that touches BPF: loading the object, attaching and detaching programs, and
-//! reading and writing the maps.
 use std::{
     ffi::CString,
     io,
@@ -258,7 +256,6 @@ fn attach_one(
                     Err(e) => last = Some(e),
                 }
             }
-            let err = last.expect("one mode tried");
             match xdp_holder(iface) {
                 // Someone else's program: never replace it. Unless a mode was demanded, drop
                 // at tc ingress instead (after the skb exists, but dropped all the same).
@@ -276,7 +273,13 @@ fn attach_one(
                     what: format!("attach XDP to {iface}: it is held by {holder}"),
                     source: io::ErrorKind::AlreadyExists.into(),
                 }),
-                None => Err(ebpf_err(format!("attach XDP to {iface}"))(err)),
+                None => Err(match last {
+                    Some(e) => ebpf_err(format!("attach XDP to {iface}"))(e),
+                    None => KernelError::Io {
+                        what: format!("attach XDP to {iface}: no mode to try"),
+                        source: io::ErrorKind::InvalidInput.into(),
+                    },
+                }),
             }
         }
         Hook::TcIngress | Hook::TcEgress => {

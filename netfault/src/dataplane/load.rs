@@ -1,8 +1,5 @@
 //! Loading the eBPF object: pinned (CLI) or private (`run`).
-//! Everything that touches BPF: loading the object, attaching and detaching programs, and
-//! reading and writing the maps.
 use std::{
-    ffi::CString,
     io,
     path::{Path, PathBuf},
 };
@@ -28,8 +25,7 @@ pub fn ensure_bpffs() -> Result<()> {
     }) {
         return Ok(());
     }
-    let c = |s: &str| CString::new(s).expect("no NUL");
-    let (src, dst, ty) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
+    let (src, dst, ty) = (c"bpf", c"/sys/fs/bpf", c"bpf");
     // SAFETY: valid C strings; no data argument.
     let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {

@@ -1,6 +1,4 @@
 //! The maps, typed, and the generation flip.
-//! Everything that touches BPF: loading the object, attaching and detaching programs, and
-//! reading and writing the maps.
 use std::{io, path::Path};
 
 use aya::{

@@ -128,7 +128,12 @@ fn generate(d: Distribution) -> Option<[i16; TABLE_SIZE]> {
             .map(|(i, n)| clamp_i16((n + 3 * pareto_value(i)) / 4))
             .collect(),
     };
-    Some(values.try_into().expect("makedist emits TABLE_SIZE values"))
+    // makedist emits TABLE_SIZE values; zip keeps this total whatever the generator returns.
+    let mut t = [0i16; TABLE_SIZE];
+    for (slot, v) in t.iter_mut().zip(values) {
+        *slot = v;
+    }
+    Some(t)
 }
 
 /// A table and its sorted copy, built once per process (the normal sweep is ~400k erf calls).
@@ -180,10 +185,9 @@ pub fn draw(
             let r64 = ((r1 as u64) << 32) | r2 as u64;
             (r64 % (2 * jitter_ns)) as i64 - jitter_ns as i64
         }
-        _ => {
-            let table = table.expect("table distributions need their table");
-            table_offset(jitter_ns, table[(r1 & 4095) as usize])
-        }
+        // Table distributions always come with their table (`table(dist)`); without one
+        // there is nothing to draw from, and the delay stays fixed.
+        _ => table.map_or(0, |t| table_offset(jitter_ns, t[(r1 & 4095) as usize])),
     };
     (delay_ns as i64 + off).max(0) as u64
 }

@@ -559,8 +559,7 @@ pub fn parse_protect(s: &str) -> Result<(IpNet, Option<u16>), SpecError> {
             .split_once("]:")
             .ok_or_else(|| SpecError::new(field, format!("'{s}': expected [V6ADDR]:PORT")))?;
         (a, Some(p))
-    } else if t.matches(':').count() == 1 {
-        let (a, p) = t.split_once(':').expect("one colon");
+    } else if let Some((a, p)) = t.split_once(':').filter(|_| t.matches(':').count() == 1) {
         (a, Some(p))
     } else {
         (t, None)

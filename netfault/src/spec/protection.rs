@@ -1,7 +1,7 @@
 //! Pass entries that keep the operator's own traffic flowing whatever the rules say.
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::spec::{Kind, PortRange, Proto, RuleSpec};
 
@@ -68,8 +68,10 @@ pub fn endpoint(label: &str, net: IpNet, port: Option<u16>) -> Vec<RuleSpec> {
 }
 
 pub fn loopback() -> Vec<RuleSpec> {
-    let mut v = endpoint(LOOPBACK, "127.0.0.0/8".parse().expect("valid"), None);
-    for mut r in endpoint(LOOPBACK, "::1/128".parse().expect("valid"), None) {
+    const LO4: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8);
+    const LO6: Ipv6Net = Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128);
+    let mut v = endpoint(LOOPBACK, IpNet::V4(LO4), None);
+    for mut r in endpoint(LOOPBACK, IpNet::V6(LO6), None) {
         r.name = format!("{LOOPBACK}/{}", v.len());
         v.push(r);
     }

@@ -193,7 +193,9 @@ pub fn sweep_leftovers() -> Result<Vec<String>> {
             }
         }
     }
-    let (dir, stem) = PIN_PREFIX.rsplit_once('/').expect("absolute prefix");
+    let (dir, stem) = PIN_PREFIX
+        .rsplit_once('/')
+        .context("PIN_PREFIX is an absolute path")?;
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
