@@ -50,8 +50,14 @@ nf --netns B status
 check "netfault rule add (icmp, drop 100%)" nf --netns B rule add r --proto icmp --drop 100%
 check_fails "ping A -> B dropped" ping_b
 nf --netns B stats
+check "netfault rule add (egress delay 10ms: fq by netlink)" nf --netns B rule add d --dir egress --proto udp --delay 10ms
+check "fq 4e46: installed on vb" sh -c 'ip netns exec B tc qdisc show dev vb root | grep -q "fq 4e46:"'
+# stats --watch reads fq's counters over netlink from inside its tick loop (grep reads to the
+# end: -q would close the pipe under it).
+check "stats --watch shows netfault's fq" sh -c 'timeout 3 env PATH=/nonexistent "$0" --netns B stats --watch 1s | grep "^queue vb (fq" >/dev/null' "$NETFAULT"
 check "netfault detach in B" nf --netns B detach
 check "ping A -> B after detach" ping_b
+check_fails "no fq of netfault's left on vb after detach" sh -c 'ip netns exec B tc qdisc show dev vb root | grep -q "fq 4e46:"'
 
 # Nothing of netfault's may remain on the interface once detached.
 # Before 6.6 that includes the clsact qdisc netfault created (from 6.6 it uses tcx, no qdisc).
