@@ -1252,12 +1252,17 @@ struct StatusDoc {
 
 /// The real `netfault` binary, always run with `--netns`. Its environment is the caller's less
 /// `SSH_CONNECTION` (a tester's own SSH session would add a protection to every partition),
-/// plus what [`Netfault::with_env`] adds.
+/// plus what [`Netfault::with_env`] adds. With [`Netfault::without_iproute2`], every command
+/// runs where `tc` and `ip` do not exist.
 #[derive(Debug, Clone)]
 pub struct Netfault {
     pub bin: PathBuf,
     env: Vec<(String, String)>,
+    hide_iproute2: bool,
 }
+
+/// Where iproute2 lives on a merged-/usr system (`/sbin` and `/bin` are links to these).
+pub const IPROUTE2_DIRS: [&str; 2] = ["/usr/sbin", "/usr/bin"];
 
 /// No netfault command should take long; its own lock wait is 10 s.
 const NETFAULT_LIMIT: Duration = Duration::from_secs(20);
@@ -1267,7 +1272,19 @@ impl Netfault {
         Self {
             bin: bin.into(),
             env: Vec::new(),
+            hide_iproute2: false,
         }
+    }
+
+    /// The same binary, each command spawned in a private mount namespace where
+    /// [`IPROUTE2_DIRS`] are empty read-only tmpfs mounts: no `tc`, no `ip`, nothing else from
+    /// there either (netfault runs from `target/` and needs nothing of them). Everything else
+    /// (/run/netns, bpffs, /run/netfault) is the host's: the copied mounts share their
+    /// filesystems.
+    pub fn without_iproute2(&self) -> Self {
+        let mut n = self.clone();
+        n.hide_iproute2 = true;
+        n
     }
 
     /// The same binary with one more environment variable set (`SSH_CONNECTION` included).
@@ -1285,6 +1302,9 @@ impl Netfault {
             .arg(ns)
             .args(args)
             .stdin(Stdio::null());
+        if self.hide_iproute2 {
+            hide_iproute2(&mut c);
+        }
         c
     }
 
@@ -1396,6 +1416,56 @@ impl Netfault {
             .find(|r| r.name == name)
             .map(|r| r.counters)
             .with_context(|| format!("no rule named {name} in {ns}"))
+    }
+}
+
+/// Makes `c` run in a private mount namespace with [`IPROUTE2_DIRS`] (those that exist) covered
+/// by empty read-only tmpfs mounts. The strings are made here: between fork and exec only
+/// async-signal-safe calls (raw syscalls) run.
+fn hide_iproute2(c: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    let to_c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
+    let dirs: Vec<std::ffi::CString> = IPROUTE2_DIRS
+        .iter()
+        .filter(|d| Path::new(d).is_dir())
+        .map(|d| to_c(d))
+        .collect();
+    let (root, tmpfs, opts) = (to_c("/"), to_c("tmpfs"), to_c("size=4k,mode=0555"));
+    let hide = move || -> std::io::Result<()> {
+        let check = |r: libc::c_int| {
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        };
+        // SAFETY: unshare and mount are plain syscalls on pointers to CStrings that outlive
+        // the call; this runs in the child after fork, before exec.
+        unsafe {
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            // Private first: the tmpfs mounts below must not propagate back to the host.
+            check(libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            for d in &dirs {
+                check(libc::mount(
+                    tmpfs.as_ptr(),
+                    d.as_ptr(),
+                    tmpfs.as_ptr(),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    opts.as_ptr().cast(),
+                ))?;
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only makes raw syscalls (async-signal-safe) and allocates nothing.
+    unsafe {
+        c.pre_exec(hide);
     }
 }
 

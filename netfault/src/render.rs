@@ -212,16 +212,7 @@ pub fn stats(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::
 /// The fq qdiscs netfault installed: their own drops (limit, flow limit, horizon) are queue
 /// drops, apart from what the rules inject.
 fn queue_stats(state: &netfault::control::state::State) -> Vec<netfault::control::queues::FqStats> {
-    let mut out = Vec::new();
-    for sh in &state.shaped {
-        if sh.egress.is_some() {
-            out.extend(netfault::control::queues::fq_stats(&sh.iface));
-        }
-        if let Some(i) = &sh.ifb {
-            out.extend(netfault::control::queues::fq_stats(&i.name));
-        }
-    }
-    out
+    netfault::control::shaping::queue_stats(&state.shaped)
 }
 
 /// Attached interfaces that no longer exist (or are a new interface under the same name).

@@ -1,7 +1,8 @@
 //! Issue #3, end to end: delay, jitter, reordering and rate by EDT marking (the data path stamps
 //! `skb->tstamp`; an `fq` root qdisc, or on ingress an IFB device whose root qdisc is fq, holds
 //! each packet until then). Real traffic between two namespaces joined by a veth, netfault
-//! driven through its CLI with `--netns`, measured with `netfault_lab::probe`.
+//! driven through its CLI with `--netns` where `tc` and `ip` do not exist (`without_iproute2`),
+//! measured with `netfault_lab::probe`.
 //!
 //! These need `sch_fq` (and `ifb`), which the development host's kernel lacks, so every test is
 //! ignored by default; `cargo xtask vm-test` runs them with `--ignored --test-threads=1` in QEMU
@@ -73,6 +74,14 @@ struct Impairment<'a> {
     matcher: &'a [&'a str],
     netfault: &'a [&'a str],
     netem: &'a [&'a str],
+}
+
+/// Two hosts on a veth pair, and netfault run where `tc` and `ip` do not exist
+/// ([`Netfault::without_iproute2`]): it must install and remove its queues by netlink alone.
+/// The tests themselves use `ip` for the lab and `tc` to check the kernel and for netem.
+fn shaping_pair() -> (Lab, Netfault, [Host; 2]) {
+    let (lab, nf, hosts) = pair();
+    (lab, nf.without_iproute2(), hosts)
 }
 
 /// The rule every test adds.
@@ -226,7 +235,7 @@ fn assert_close(what: &str, measured_ms: f64, expected_ms: f64, detail: &dyn std
 #[test]
 #[ignore = "needs sch_fq: run by cargo xtask vm-test"]
 fn egress_delay_shifts_p50_and_p99() {
-    let (mut lab, nf, [a, b]) = pair();
+    let (mut lab, nf, [a, b]) = shaping_pair();
     let one_way = UdpProbe::new(500, 1000);
     let rtt = UdpProbe::new(200, 500);
     let echo = UdpEcho::start(&b.ns, b.sock(false, ECHO_PORT)).expect("echo");
@@ -281,7 +290,7 @@ const JITTER: DelayModel = DelayModel {
 fn jitter_with_reorder_follows_the_distribution() {
     const N: u32 = 2000;
     const ALPHA: f64 = 1e-4;
-    let (mut lab, nf, [a, b]) = pair();
+    let (mut lab, nf, [a, b]) = shaping_pair();
     let base = baseline(&a, &b, false);
     impair(
         &mut lab,
@@ -351,7 +360,7 @@ fn jitter_keeps_per_flow_order() {
     if netem_skips("per-flow order (netem's jitter reorders)") {
         return;
     }
-    let (mut lab, nf, [a, b]) = pair();
+    let (mut lab, nf, [a, b]) = shaping_pair();
     let base = baseline(&a, &b, false);
     impair(
         &mut lab,
@@ -402,7 +411,7 @@ const TCP_FRAME: f64 = 1514.0;
 #[ignore = "needs sch_fq: run by cargo xtask vm-test"]
 fn rate_paces_tcp_goodput() {
     const RATE: f64 = 10e6;
-    let (mut lab, nf, [a, b]) = pair();
+    let (mut lab, nf, [a, b]) = shaping_pair();
     impair(
         &mut lab,
         &nf,
@@ -445,7 +454,7 @@ fn rate_paces_tcp_goodput() {
 #[ignore = "needs sch_fq: run by cargo xtask vm-test"]
 fn long_delay_at_1000pps_drops_nothing() {
     const N: u32 = 3000;
-    let (mut lab, nf, [a, b]) = pair();
+    let (mut lab, nf, [a, b]) = shaping_pair();
     impair(
         &mut lab,
         &nf,
@@ -478,7 +487,7 @@ fn long_delay_at_1000pps_drops_nothing() {
 #[test]
 #[ignore = "needs sch_fq: run by cargo xtask vm-test"]
 fn ingress_delay_on_receiver() {
-    let (mut lab, nf, [a, b]) = pair();
+    let (mut lab, nf, [a, b]) = shaping_pair();
     let base = baseline(&a, &b, true);
     impair(
         &mut lab,
@@ -508,7 +517,7 @@ fn foreign_root_qdisc_is_kept_unless_replaced() {
     if netem_skips("netfault's qdisc policy") {
         return;
     }
-    let (mut lab, nf, [a, _b]) = pair();
+    let (mut lab, nf, [a, _b]) = shaping_pair();
     let default = root_qdisc(&a);
     assert_eq!(default.1, "0:", "a fresh veth has the default root qdisc");
     tc(
@@ -556,4 +565,28 @@ fn foreign_root_qdisc_is_kept_unless_replaced() {
         default,
         "after detach the root qdisc is the kernel's default again"
     );
+}
+
+/// The probe behind ingress shaping: does bpf_redirect from tc ingress reach an IFB device on
+/// this kernel (6.4+, or a kernel with "bpf: Set skb redirect and from_ingress info in
+/// __bpf_tx_skb")? Printed for the report, and checked against the kernel's version: a stable
+/// kernel carrying the fix would answer yes below 6.4 and is reported rather than failed.
+#[test]
+#[ignore = "run by cargo xtask vm-test (needs only IFB: also runs on the host with --ignored)"]
+fn ifb_redirect_probe_answers() {
+    let t = std::time::Instant::now();
+    let works = netfault::control::shaping::probe::bpf_redirect_to_ifb_works().expect("probe");
+    let by_version = netfault::control::shaping::probe::redirect_works_by_version();
+    eprintln!(
+        "ifb probe: bpf_redirect to IFB works: {works} (by version: {by_version}), {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    if by_version {
+        assert!(
+            works,
+            "6.4+ has the fix, yet the probe says IFB drops redirects"
+        );
+    } else if works {
+        eprintln!("ifb probe: this pre-6.4 kernel carries the fix (backported)");
+    }
 }

@@ -5,13 +5,13 @@
 //! removes it on detach (the kernel then puts its default back). It replaces only a root qdisc
 //! the kernel created (handle 0:) or its own, unless told to replace another tool's.
 //!
-//! Configuration goes through iproute2 (`tc`, `ip`), which every host that runs netfault has.
-use std::{process::Command, time::Duration};
+//! Only the sizing and the records are here, pure; the devices are changed through
+//! `crate::netlink` by `control::shaping`.
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// netfault's root qdisc handle, "NF": how it knows its own fq.
-pub const HANDLE: &str = "4e46:";
+use crate::netlink::NetlinkError;
 
 /// fq's own defaults, which netfault never goes below.
 pub const FQ_DEFAULT_LIMIT: u32 = 10_000;
@@ -23,8 +23,9 @@ pub const ASSUMED_LINK_BITS: u64 = 10_000_000_000;
 /// fq's per-flow rate cap. Any finite value turns off fq's fast path (6.7+), which sends a
 /// packet that is due at once even while an earlier packet of its flow waits for a late timer:
 /// that reordered order-kept flows (seen on 6.12). 34 Gbit/s is the most the u32 attribute
-/// holds; a single flow faster than that is paced to it.
-pub const FQ_MAXRATE: &str = "34gbit";
+/// holds; a single flow faster than that is paced to it. In bytes/s, as netlink takes it
+/// (tc's "maxrate 34gbit").
+pub const FQ_MAXRATE_BYTES: u32 = 4_250_000_000;
 
 /// Share of RAM the queues of one interface may hold at worst.
 pub const MEM_SHARE: u64 = 4;
@@ -65,8 +66,16 @@ pub enum QdiscError {
         mem_mib: u64,
         budget_mib: u64,
     },
-    #[error("{cmd}: {msg}")]
-    Command { cmd: String, msg: String },
+    /// The kernel refused a change or a query of the queues.
+    #[error("{what}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: NetlinkError,
+    },
+    /// The probe of bpf_redirect to an IFB device could not tell (see `shaping::probe`).
+    #[error("probe whether bpf_redirect reaches an IFB device: {0}")]
+    Probe(String),
 }
 
 pub type Result<T> = std::result::Result<T, QdiscError>;
@@ -169,177 +178,14 @@ pub fn size(iface: &str, need: &Need, mem_total: u64) -> Result<FqSize> {
     })
 }
 
-fn run(prog: &str, args: &[&str]) -> std::result::Result<String, (String, String)> {
-    let cmd = format!("{prog} {}", args.join(" "));
-    match Command::new(prog).args(args).output() {
-        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
-        Ok(o) => Err((cmd, String::from_utf8_lossy(&o.stderr).trim().to_owned())),
-        Err(e) => Err((cmd, format!("cannot run {prog}: {e} (install iproute2)"))),
-    }
-}
-
-fn command_err((cmd, msg): (String, String)) -> QdiscError {
-    QdiscError::Command { cmd, msg }
-}
-
-/// The root qdisc of a device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Root {
-    pub kind: String,
-    pub handle: String,
-}
-
-impl Root {
-    /// Created by the kernel (noqueue, pfifo_fast, fq_codel, mq...): handle 0.
-    pub fn is_default(&self) -> bool {
-        self.handle == "0:"
-    }
-    pub fn is_ours(&self) -> bool {
-        self.kind == "fq" && self.handle == HANDLE
-    }
-}
-
-/// `tc -j [-s] qdisc show dev DEV root`: the root qdisc's JSON object.
-fn root_json(dev: &str, stats: bool) -> Result<serde_json::Value> {
-    let mut args = vec!["-j", "qdisc", "show", "dev", dev, "root"];
-    if stats {
-        args.insert(0, "-s");
-    }
-    let out = run("tc", &args).map_err(command_err)?;
-    let err = |msg: String| QdiscError::Command {
-        cmd: format!("tc {}", args.join(" ")),
-        msg,
-    };
-    let v: serde_json::Value =
-        serde_json::from_str(&out).map_err(|e| err(format!("unreadable output: {e}")))?;
-    v.as_array()
-        .and_then(|a| a.iter().find(|q| q["root"].as_bool() == Some(true)))
-        .cloned()
-        .ok_or_else(|| err("no root qdisc listed".into()))
-}
-
-pub fn root(iface: &str) -> Result<Root> {
-    let q = root_json(iface, false)?;
-    Ok(Root {
-        kind: q["kind"].as_str().unwrap_or("?").to_owned(),
-        handle: q["handle"].as_str().unwrap_or("?").to_owned(),
-    })
-}
-
-/// Installs (or resizes) netfault's fq as `iface`'s root. Returns the root it replaced, if it
-/// was not ours already.
-pub fn ensure_fq(iface: &str, size: &FqSize, replace_foreign: bool) -> Result<Option<Root>> {
-    let cur = root(iface)?;
-    if !cur.is_ours() && !cur.is_default() && !replace_foreign {
-        return Err(QdiscError::Foreign {
-            iface: iface.into(),
-            kind: cur.kind,
-            handle: cur.handle,
-        });
-    }
-    let (limit, flow_limit, horizon) = (
-        size.limit.to_string(),
-        size.flow_limit.to_string(),
-        format!("{}us", size.horizon_us),
-    );
-    #[rustfmt::skip]
-    let args = [
-        "qdisc", "replace", "dev", iface, "root", "handle", HANDLE, "fq",
-        "limit", &limit, "flow_limit", &flow_limit, "horizon", &horizon, "horizon_drop",
-        "maxrate", FQ_MAXRATE,
-    ];
-    run("tc", &args).map_err(|(cmd, msg)| {
-        // iproute2 says "Specified qdisc kind is unknown" (netlink) when sch_fq is absent.
-        if msg.contains("kind is unknown") || msg.contains("qdisc not found") {
-            QdiscError::FqMissing
-        } else {
-            QdiscError::Command { cmd, msg }
-        }
-    })?;
-    Ok((!cur.is_ours()).then_some(cur))
-}
-
-/// Removes netfault's fq from `iface` (the kernel reinstalls its default); leaves any other
-/// root alone. A device that is gone has nothing to remove.
-pub fn remove_fq(iface: &str) -> Result<()> {
-    match root(iface) {
-        Ok(r) if r.is_ours() => run("tc", &["qdisc", "del", "dev", iface, "root"])
-            .map(|_| ())
-            .map_err(command_err),
-        _ => Ok(()),
-    }
-}
-
 /// The IFB device that queues `ifindex`'s ingress.
 pub fn ifb_name(ifindex: u32) -> String {
     format!("nfifb{ifindex}")
 }
 
-/// Creates and brings up the IFB device (if it does not exist) and returns its index.
-pub fn ensure_ifb(name: &str) -> Result<u32> {
-    if crate::dataplane::ifindex(name).is_none() {
-        run("ip", &["link", "add", name, "type", "ifb"]).map_err(|(cmd, msg)| {
-            if msg.contains("Unknown device type") || msg.contains("not supported") {
-                QdiscError::IfbMissing
-            } else {
-                QdiscError::Command { cmd, msg }
-            }
-        })?;
-    }
-    run("ip", &["link", "set", name, "up"]).map_err(command_err)?;
-    crate::dataplane::ifindex(name).ok_or_else(|| QdiscError::Command {
-        cmd: format!("ip link add {name} type ifb"),
-        msg: "the device does not exist afterwards".into(),
-    })
-}
-
-/// Whether `bpf_redirect` from tc ingress to an IFB device works: kernels before 6.4 leave the
-/// skb's redirect flags unset and IFB drops it (fixed by "bpf: Set skb redirect and
-/// from_ingress info in __bpf_tx_skb").
-pub fn bpf_redirect_to_ifb_works() -> bool {
-    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 4, 0))
-}
-
 /// Priority of the mirred filter: after netfault's own cls_bpf filter, which the kernel gives
 /// 49152 as the first automatic priority.
-pub const MIRRED_PRIO: &str = "49153";
-
-/// On kernels before 6.4: a filter after netfault's program that sends packets it marked
-/// (`tc_index`) to the IFB device, with mirred, which sets what IFB needs.
-pub fn ensure_mirred_filter(iface: &str, ifb: &str) -> Result<()> {
-    remove_mirred_filter(iface);
-    let m = format!("meta(tc_index eq {})", netfault_common::SHAPE_TC_INDEX);
-    #[rustfmt::skip]
-    let args = [
-        "filter", "add", "dev", iface, "ingress", "prio", MIRRED_PRIO, "protocol", "all",
-        "basic", "match", &m, "action", "mirred", "egress", "redirect", "dev", ifb,
-    ];
-    run("tc", &args).map(|_| ()).map_err(command_err)
-}
-
-pub fn remove_mirred_filter(iface: &str) {
-    let _ = run(
-        "tc",
-        &[
-            "filter",
-            "del",
-            "dev",
-            iface,
-            "ingress",
-            "prio",
-            MIRRED_PRIO,
-        ],
-    );
-}
-
-pub fn remove_ifb(name: &str) -> Result<()> {
-    if crate::dataplane::ifindex(name).is_none() {
-        return Ok(());
-    }
-    run("ip", &["link", "del", name])
-        .map(|_| ())
-        .map_err(command_err)
-}
+pub const MIRRED_PRIO: u16 = 49153;
 
 /// fq's counters on a device, for `stats`: packets it dropped itself (limit, flow limit,
 /// horizon), apart from the rules' injected drops.
@@ -351,101 +197,6 @@ pub struct FqStats {
     pub dropped: u64,
     pub flows_plimit: u64,
     pub horizon_drops: u64,
-}
-
-pub fn fq_stats(dev: &str) -> Option<FqStats> {
-    let q = root_json(dev, true).ok()?;
-    if q["kind"] != "fq" || q["handle"] != HANDLE {
-        return None;
-    }
-    let n = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
-    Some(FqStats {
-        device: dev.into(),
-        limit: n(&q["options"]["limit"]),
-        backlog_packets: n(&q["qlen"]),
-        dropped: n(&q["drops"]),
-        flows_plimit: n(&q["flows_plimit"]),
-        horizon_drops: n(&q["horizon_drops"]),
-    })
-}
-
-/// The device's MTU and link speed (bits/s; None where it reports none), from the kernel.
-pub fn link_info(iface: &str) -> (u32, Option<u64>) {
-    (mtu(iface).unwrap_or(1500), speed_bits(iface))
-}
-
-fn ifreq(iface: &str) -> Option<libc::ifreq> {
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    let b = iface.as_bytes();
-    if b.len() >= req.ifr_name.len() {
-        return None;
-    }
-    for (d, s) in req.ifr_name.iter_mut().zip(b) {
-        *d = *s as libc::c_char;
-    }
-    Some(req)
-}
-
-fn ioctl_sock() -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: plain socket(2); ownership passes to OwnedFd.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
-}
-
-fn mtu(iface: &str) -> Option<u32> {
-    use std::os::fd::AsRawFd;
-    let s = ioctl_sock()?;
-    let mut req = ifreq(iface)?;
-    // SAFETY: SIOCGIFMTU fills ifr_mtu of a valid ifreq.
-    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
-    // SAFETY: the ioctl succeeded, so ifru_mtu holds the MTU.
-    (r == 0).then_some(unsafe { req.ifr_ifru.ifru_mtu } as u32)
-}
-
-/// Link speed through ethtool's ETHTOOL_GSET (sysfs would show the namespace that mounted /sys,
-/// not necessarily the one we are in).
-fn speed_bits(iface: &str) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    #[repr(C)]
-    #[derive(Default)]
-    struct EthtoolCmd {
-        cmd: u32,
-        supported: u32,
-        advertising: u32,
-        speed: u16,
-        duplex: u8,
-        port: u8,
-        phy_address: u8,
-        transceiver: u8,
-        autoneg: u8,
-        mdio_support: u8,
-        maxtxpkt: u32,
-        maxrxpkt: u32,
-        speed_hi: u16,
-        eth_tp_mdix: u8,
-        eth_tp_mdix_ctrl: u8,
-        lp_advertising: u32,
-        reserved: [u32; 2],
-    }
-    const ETHTOOL_GSET: u32 = 1;
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    let s = ioctl_sock()?;
-    let mut req = ifreq(iface)?;
-    let mut cmd = EthtoolCmd {
-        cmd: ETHTOOL_GSET,
-        ..Default::default()
-    };
-    req.ifr_ifru.ifru_data = (&mut cmd as *mut EthtoolCmd).cast();
-    // SAFETY: SIOCETHTOOL with ETHTOOL_GSET writes an ethtool_cmd through ifru_data.
-    let r = unsafe { libc::ioctl(s.as_raw_fd(), SIOCETHTOOL, &mut req) };
-    if r != 0 {
-        return None;
-    }
-    let mbit = (u32::from(cmd.speed_hi) << 16) | u32::from(cmd.speed);
-    // SPEED_UNKNOWN is (u32)-1; 0 means the same in practice.
-    (mbit != 0 && mbit != u32::MAX && mbit != u32::from(u16::MAX))
-        .then(|| u64::from(mbit) * 1_000_000)
 }
 
 /// MemTotal from /proc/meminfo, in bytes.
@@ -505,14 +256,9 @@ mod tests {
     }
 
     #[test]
-    fn root_kinds() {
-        let r = |k: &str, h: &str| Root {
-            kind: k.into(),
-            handle: h.into(),
-        };
-        assert!(r("noqueue", "0:").is_default());
-        assert!(r("fq", HANDLE).is_ours());
-        assert!(!r("fq", "8001:").is_ours() && !r("htb", "1:").is_default());
+    fn per_packet_cost_and_maxrate() {
         assert_eq!(per_packet_bytes(1500), 2304);
+        // tc's "34gbit" is 34e9 bits/s.
+        assert_eq!(u64::from(FQ_MAXRATE_BYTES) * 8, 34_000_000_000);
     }
 }

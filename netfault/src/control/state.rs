@@ -353,9 +353,12 @@ mod tests {
             "holder unknown: the lock file names none"
         );
         // Text left by a holder that died before its release is reported as stale.
-        let mut gone = std::process::Command::new("true").spawn().unwrap();
-        let pid = gone.id();
-        gone.wait().unwrap();
+        // pid_max itself is never a live pid (pids are below it).
+        let pid: u32 = fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         fs::write(t.0.lock_file(), format!("pid {pid}: netfault attach eth0")).unwrap();
         assert_eq!(
             holder(&t.0.lock_file()),

@@ -8,11 +8,11 @@ use std::{
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, SchedClassifier, TcAttach, TcAttachType, Xdp, XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttach, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc,
     },
-    util::KernelVersion,
+    sys::SyscallError,
 };
 use netfault_common::progs;
 use serde::{Deserialize, Serialize};
@@ -27,9 +27,9 @@ pub enum HookKind {
     XdpNative,
     /// XDP through a bpf_link, generic (skb) mode.
     XdpGeneric,
-    /// tc through a tcx bpf_link (kernel 6.6+).
+    /// tc through a tcx bpf_link (kernels that have tcx: 6.6+).
     Tcx,
-    /// tc through a cls_bpf filter on a clsact qdisc (older kernels).
+    /// tc through a cls_bpf filter on a clsact qdisc (where the kernel refused tcx).
     Clsact,
     /// No XDP of ours: another program holds XDP here, tc ingress applies the ingress rules.
     TcFallback,
@@ -185,6 +185,18 @@ fn attach_all(
     Ok((done, held))
 }
 
+/// Attaches one tc hook of `iface` without pinning (tcx or clsact, as [`attach`] would), for
+/// probes: the link lives as long as the returned handle.
+pub fn attach_tc_held(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    hook: Hook,
+) -> Result<(HookState, Option<FdLink>)> {
+    let cname = CString::new(iface)
+        .map_err(|_| io_err("interface name")(io::ErrorKind::InvalidInput.into()))?;
+    attach_one(ebpf, hook, &cname, iface, None, None)
+}
+
 /// Pins `link` at `pin`, or hands it back to be held when there is no pin path.
 fn keep(link: FdLink, pin: Option<&Path>) -> Result<Option<FdLink>> {
     match pin {
@@ -288,56 +300,90 @@ fn attach_one(
                 p.load().map_err(ebpf_err("load tc program (verifier)"))?;
             }
             let prog_id = p.info().map_err(ebpf_err("tc info"))?.id();
-            if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
-                // First in the chain, so another tool's TC_ACT_OK cannot hide packets from us.
-                let id = p
-                    .attach(
-                        cname.as_c_str(),
-                        TcAttach::Tcx {
-                            attach_type: hook.tc_type(),
-                            order: LinkOrder::first(),
+            // tcx first, and first in its chain, so another tool's TC_ACT_OK cannot hide
+            // packets from us. A kernel without tcx (before 6.6) refuses the link type.
+            let tcx = p.attach(
+                cname.as_c_str(),
+                TcAttach::Tcx {
+                    attach_type: hook.tc_type(),
+                    order: LinkOrder::first(),
+                },
+            );
+            match tcx {
+                Ok(id) => {
+                    let link = p.take_link(id).map_err(ebpf_err("tc link"))?;
+                    let fd: FdLink = link.try_into().map_err(ebpf_err("tcx link"))?;
+                    let held = keep(fd, pin)?;
+                    return Ok((
+                        HookState {
+                            hook,
+                            kind: HookKind::Tcx,
+                            prog_id,
+                            created_clsact: false,
+                            note: None,
                         },
-                    )
-                    .map_err(ebpf_err(format!("attach tcx {} to {iface}", hook.prog())))?;
-                let link = p.take_link(id).map_err(ebpf_err("tc link"))?;
-                let fd: FdLink = link.try_into().map_err(ebpf_err("tcx link"))?;
-                let held = keep(fd, pin)?;
-                Ok((
-                    HookState {
-                        hook,
-                        kind: HookKind::Tcx,
-                        prog_id,
-                        created_clsact: false,
-                        note: None,
-                    },
-                    held,
-                ))
-            } else {
-                let created = match tc::qdisc_add_clsact(cname.as_c_str()) {
-                    Ok(()) => true,
-                    Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
-                        false
+                        held,
+                    ));
+                }
+                Err(e) => match tcx_unsupported(&e) {
+                    Some(errno) => log::debug!(
+                        "{iface}: no tcx (bpf_link_create: {}); attaching through clsact",
+                        io::Error::from_raw_os_error(errno)
+                    ),
+                    None => {
+                        return Err(ebpf_err(format!("attach tcx {} to {iface}", hook.prog()))(
+                            e,
+                        ));
                     }
-                    Err(e) => return Err(ebpf_err(format!("add clsact qdisc to {iface}"))(e)),
-                };
-                let id = p
-                    .attach(cname.as_c_str(), hook.tc_type())
-                    .map_err(ebpf_err(format!("attach tc {} to {iface}", hook.prog())))?;
-                // A netlink filter outlives the process by itself; detach finds it by name.
-                let link = p.take_link(id).map_err(ebpf_err("tc link"))?;
-                std::mem::forget(link);
-                Ok((
-                    HookState {
-                        hook,
-                        kind: HookKind::Clsact,
-                        prog_id,
-                        created_clsact: created,
-                        note: None,
-                    },
-                    None,
-                ))
+                },
             }
+            let created = match tc::qdisc_add_clsact(cname.as_c_str()) {
+                Ok(()) => true,
+                Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    false
+                }
+                Err(e) => return Err(ebpf_err(format!("add clsact qdisc to {iface}"))(e)),
+            };
+            // Netlink explicitly: aya's automatic choice would go by the kernel version.
+            let id = p
+                .attach(
+                    cname.as_c_str(),
+                    TcAttach::Netlink {
+                        parent: hook.tc_type().into(),
+                        options: tc::NlOptions::default(),
+                    },
+                )
+                .map_err(ebpf_err(format!("attach tc {} to {iface}", hook.prog())))?;
+            // A netlink filter outlives the process by itself; detach finds it by name.
+            let link = p.take_link(id).map_err(ebpf_err("tc link"))?;
+            std::mem::forget(link);
+            Ok((
+                HookState {
+                    hook,
+                    kind: HookKind::Clsact,
+                    prog_id,
+                    created_clsact: created,
+                    note: None,
+                },
+                None,
+            ))
         }
+    }
+}
+
+/// ENOTSUPP, the kernel-internal errno some paths leak to user space.
+const ENOTSUPP: i32 = 524;
+
+/// The errno of a tcx attach the kernel refused for want of tcx; None for any other failure.
+/// Before 6.6, BPF_LINK_CREATE knows no BPF_TCX_* attach type: bpf_prog_attach_check_attach_type
+/// and link_create answer EINVAL (seen on 6.1); EOPNOTSUPP and ENOTSUPP cover kernels and
+/// configurations that refuse the link kind rather than the type.
+fn tcx_unsupported(e: &ProgramError) -> Option<i32> {
+    match e {
+        ProgramError::SyscallError(SyscallError { io_error, .. }) => io_error
+            .raw_os_error()
+            .filter(|&n| n == libc::EINVAL || n == libc::EOPNOTSUPP || n == ENOTSUPP),
+        _ => None,
     }
 }
 
@@ -382,12 +428,11 @@ fn detach_hook(iface: &str, h: &HookState, links_dir: Option<&Path>) -> Result<(
     }
 }
 
-/// Removes the clsact qdisc we created (our filters are gone by then).
+/// Removes the clsact qdisc we created (our filters are gone by then); one already gone is fine.
 fn remove_clsact(iface: &str) {
-    let _ = std::process::Command::new("tc")
-        .args(["qdisc", "del", "dev", iface, "clsact"])
-        .stderr(std::process::Stdio::null())
-        .status();
+    if let Ok(Some(i)) = crate::netlink::link_index(iface) {
+        let _ = crate::netlink::clsact_del(i);
+    }
 }
 
 pub fn unpin_link(path: &Path) -> Result<()> {
@@ -406,22 +451,10 @@ pub fn unpin_link(path: &Path) -> Result<()> {
 
 /// The XDP program another tool attached to `iface`, as "program ID (NAME)", if any.
 pub fn xdp_holder(iface: &str) -> Option<String> {
-    let out = std::process::Command::new("ip")
-        .args(["-j", "-d", "link", "show", "dev", iface])
-        .output()
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let xdp = &v[0]["xdp"];
-    let prog = if xdp["prog"].is_object() {
-        &xdp["prog"]
-    } else {
-        &xdp["attached"][0]["prog"]
-    };
-    let id = prog["id"].as_u64()?;
-    Some(match prog["name"].as_str() {
-        Some(n) => format!("program {id} ({n})"),
-        None => format!("program {id}"),
-    })
+    crate::netlink::link_index(iface)
+        .ok()
+        .flatten()
+        .and_then(crate::netlink::xdp_holder)
 }
 
 /// Is the pinned link still attached to a live interface with this index?

@@ -65,6 +65,33 @@ pub fn link_mtu(ifindex: u32) -> Result<u32> {
         .ok_or_else(|| Ctx::ifindex(op, ifindex).protocol("no IFLA_MTU in the answer"))
 }
 
+/// A link's packet counters (IFLA_STATS64).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+}
+
+/// The link's counters.
+pub fn link_stats(ifindex: u32) -> Result<LinkStats> {
+    let op = "read link stats";
+    get_index(ifindex, op)?
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Stats64(s) => Some(LinkStats {
+                rx_packets: s.rx_packets,
+                tx_packets: s.tx_packets,
+                rx_dropped: s.rx_dropped,
+                tx_dropped: s.tx_dropped,
+            }),
+            _ => None,
+        })
+        .ok_or_else(|| Ctx::ifindex(op, ifindex).protocol("no IFLA_STATS64 in the answer"))
+}
+
 /// RTM_NEWLINK creating `name` of `kind`; an existing device of that name is fine.
 fn create(name: &str, kind: InfoKind, data: Option<InfoData>) -> Result<u32> {
     let ctx = Ctx::new("create link", name);

@@ -24,8 +24,8 @@ use netlink_packet_route::RouteNetlinkMessage;
 pub use error::{NetlinkError, Result};
 pub use ethtool::{Features, features, link_speed_bits, set_features};
 pub use link::{
-    XdpAttachMode, XdpInfo, dummy_add, ifb_add, link_del, link_index, link_mtu, link_set_up,
-    veth_add, xdp_attached, xdp_holder,
+    LinkStats, XdpAttachMode, XdpInfo, dummy_add, ifb_add, link_del, link_index, link_mtu,
+    link_set_up, link_stats, veth_add, xdp_attached, xdp_holder,
 };
 pub use qdisc::{
     FqOptions, FqStats, NETFAULT_FQ_HANDLE, QdiscInfo, clsact_del, format_handle, fq_replace,
@@ -39,8 +39,25 @@ use error::Fail;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `f` on a fresh current-thread runtime on this thread: the socket `f` opens belongs to
-/// this thread's network namespace, and nothing outlives the call.
-pub(crate) fn block_on<T, Fut>(f: impl FnOnce() -> Fut) -> std::result::Result<T, Fail>
+/// this thread's network namespace, and nothing outlives the call. Called from inside a
+/// runtime (`stats --watch`), where tokio refuses to start another, it runs on a scoped thread
+/// instead, which starts in the caller's network namespace.
+pub(crate) fn block_on<T, Fut>(f: impl FnOnce() -> Fut + Send) -> std::result::Result<T, Fail>
+where
+    T: Send,
+    Fut: Future<Output = std::result::Result<T, Fail>>,
+{
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return std::thread::scope(|s| {
+            s.spawn(|| block_on_here(f))
+                .join()
+                .unwrap_or_else(|_| Err(Fail::Protocol("the netlink thread panicked".into())))
+        });
+    }
+    block_on_here(f)
+}
+
+fn block_on_here<T, Fut>(f: impl FnOnce() -> Fut) -> std::result::Result<T, Fail>
 where
     Fut: Future<Output = std::result::Result<T, Fail>>,
 {

@@ -1,4 +1,9 @@
 //! The queues delay and rate need: planned from the rules, then installed with an undo journal.
+//! `device` changes the devices (through netlink); `probe` asks the kernel how ingress reaches
+//! an IFB device.
+mod device;
+pub mod probe;
+
 use std::time::Duration;
 
 use netfault_common::IFB_VIA_MIRRED;
@@ -10,9 +15,11 @@ use crate::{
         queues::{self as qdisc, FqSize, Shaped},
         state::RuleEntry,
     },
-    dataplane::{self as kernel, Maps},
+    dataplane::Maps,
     spec::{Kind, RuleSpec},
 };
+
+pub use device::{fq_stats, link_info, queue_stats};
 
 /// An attached interface: name and index.
 pub type Device = (String, u32);
@@ -112,11 +119,11 @@ enum Undo {
 impl Undo {
     fn run(self, maps: &mut Maps) {
         let _ = match self {
-            Undo::Fq(dev) => qdisc::remove_fq(&dev).map_err(Error::from),
-            Undo::Ifb(name) => qdisc::remove_ifb(&name).map_err(Error::from),
+            Undo::Fq(dev) => device::remove_fq(&dev).map_err(Error::from),
+            Undo::Ifb(name) => device::remove_ifb(&name).map_err(Error::from),
             Undo::IfbMap(i) => maps.set_ifb(i, None).map_err(Error::from),
             Undo::Mirred(iface) => {
-                qdisc::remove_mirred_filter(&iface);
+                device::remove_mirred_filter(&iface);
                 Ok(())
             }
         };
@@ -157,7 +164,7 @@ pub fn reconcile(
     replace_foreign: bool,
     now: u64,
 ) -> Result<()> {
-    let planned = plan(devices, rules, now, qdisc::link_info, qdisc::mem_total())?;
+    let planned = plan(devices, rules, now, device::link_info, qdisc::mem_total())?;
     if planned.is_empty() {
         return Ok(());
     }
@@ -181,6 +188,8 @@ fn apply(
     replace_foreign: bool,
     undo: &mut Vec<Undo>,
 ) -> Result<()> {
+    // How ingress reaches an IFB: as an IFB already set up here was reached, else probed once.
+    let mut known_mirred = shaped.iter().find_map(|s| s.ifb.as_ref().map(|i| i.mirred));
     for n in planned {
         let size = n.size;
         let pos = match shaped.iter().position(|s| s.iface == n.iface) {
@@ -199,36 +208,42 @@ fn apply(
         let sh = &mut shaped[pos];
         if !n.ingress {
             let want = sh.egress.map_or(size, |c| c.max(&size));
-            if sh.egress.is_some_and(|c| c.covers(&size))
-                && qdisc::root(&n.iface).is_ok_and(|r| r.is_ours())
-            {
+            if sh.egress.is_some_and(|c| c.covers(&size)) && device::has_our_fq(&n.iface) {
                 continue;
             }
-            if let Some(prev) = qdisc::ensure_fq(&n.iface, &want, replace_foreign)? {
+            if let Some(prev) = device::ensure_fq(&n.iface, &want, replace_foreign)? {
                 undo.push(Undo::Fq(n.iface.clone()));
-                if !prev.is_default() {
-                    sh.replaced = Some(format!("{} {}", prev.kind, prev.handle));
+                if !device::is_default(&prev) {
+                    sh.replaced = Some(device::describe(&prev));
                 }
             }
             sh.egress = Some(want);
         } else {
+            // Decided before the IFB exists: the probe changes nothing outside its namespace.
+            let mirred = match sh.ifb.as_ref().map(|i| i.mirred).or(known_mirred) {
+                Some(m) => m,
+                None => !redirect_works()?,
+            };
+            known_mirred = Some(mirred);
             let name = qdisc::ifb_name(n.ifindex);
-            let existed = kernel::ifindex(&name).is_some();
-            let ifb_index = qdisc::ensure_ifb(&name)?;
+            let existed = crate::netlink::link_index(&name)
+                .map_err(|source| qdisc::QdiscError::Netlink {
+                    what: format!("look up {name}"),
+                    source,
+                })?
+                .is_some();
+            let ifb_index = device::ensure_ifb(&name)?;
             if !existed {
                 undo.push(Undo::Ifb(name.clone()));
             }
             let want = sh.ifb.as_ref().map_or(size, |i| i.fq.max(&size));
-            if !sh.ifb.as_ref().is_some_and(|i| i.fq.covers(&size))
-                || !qdisc::root(&name).is_ok_and(|r| r.is_ours())
-            {
+            if !sh.ifb.as_ref().is_some_and(|i| i.fq.covers(&size)) || !device::has_our_fq(&name) {
                 // The IFB device is netfault's: whatever root it has may go.
-                qdisc::ensure_fq(&name, &want, true)?;
+                device::ensure_fq(&name, &want, true)?;
             }
-            let mirred = !qdisc::bpf_redirect_to_ifb_works();
             if sh.ifb.as_ref().map(|i| i.ifindex) != Some(ifb_index) {
                 if mirred {
-                    qdisc::ensure_mirred_filter(&n.iface, &name)?;
+                    device::ensure_mirred_filter(&n.iface, &name)?;
                     undo.push(Undo::Mirred(n.iface.clone()));
                 }
                 let value = ifb_index | if mirred { IFB_VIA_MIRRED } else { 0 };
@@ -246,17 +261,29 @@ fn apply(
     Ok(())
 }
 
+/// Whether bpf_redirect reaches an IFB device: probed, or by the kernel's version where the
+/// probe cannot tell (it says why in the log).
+fn redirect_works() -> Result<bool> {
+    match probe::bpf_redirect_to_ifb_works() {
+        Err(Error::Qdisc(qdisc::QdiscError::Probe(why))) => {
+            log::warn!("{why}; deciding by the kernel version instead");
+            Ok(probe::redirect_works_by_version())
+        }
+        other => other,
+    }
+}
+
 /// Takes away what netfault installed on one interface: its fq (the kernel's default comes
 /// back) and its IFB device.
 pub fn unshape(sh: &Shaped) -> Result<()> {
     if sh.egress.is_some() {
-        qdisc::remove_fq(&sh.iface)?;
+        device::remove_fq(&sh.iface)?;
     }
     if let Some(i) = &sh.ifb {
         if i.mirred {
-            qdisc::remove_mirred_filter(&sh.iface);
+            device::remove_mirred_filter(&sh.iface);
         }
-        qdisc::remove_ifb(&i.name)?;
+        device::remove_ifb(&i.name)?;
     }
     Ok(())
 }
