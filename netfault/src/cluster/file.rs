@@ -132,7 +132,12 @@ impl std::str::FromStr for AgentUrl {
             }
             (h, p)
         } else {
-            rest.rsplit_once(':').ok_or_else(|| bad("needs a port"))?
+            let (h, p) = rest.rsplit_once(':').ok_or_else(|| bad("needs a port"))?;
+            // `fd00::1:80` could split anywhere: IPv6 hosts go in brackets.
+            if h.contains(':') {
+                return Err(bad("put an IPv6 host in brackets"));
+            }
+            (h, p)
         };
         if host.is_empty()
             || !host
@@ -563,6 +568,7 @@ netfault = "/usr/local/bin/netfault"
             "http://:80",
             "http://[zz]:80",
             "http://fd00::1:80x",
+            "http://fd00::1:80",
             "http://us er:80",
         ] {
             assert!(bad.parse::<AgentUrl>().is_err(), "{bad}");

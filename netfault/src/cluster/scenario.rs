@@ -472,10 +472,11 @@ impl Scenario {
         };
         // Errors from the plan are relative: `name` is the step's, the rest the impairment's.
         let relocate = |e: SpecError| {
-            let f = match e.field.as_str() {
-                "name" => at(&path, "name"),
-                "impair" => at(&path, "impair"),
-                f => format!("{path}.impair.{f}"),
+            let f = match (e.field.as_str(), &s.action) {
+                ("name", _) => at(&path, "name"),
+                (_, StepAction::Partition(_)) => at(&path, "partition"),
+                ("impair", _) => at(&path, "impair"),
+                (f, _) => format!("{path}.impair.{f}"),
             };
             SpecError::new(f, e.msg)
         };
