@@ -10,6 +10,7 @@
 //! - [`control`]: the controller: state, locking, namespaces, the publish pipeline shared by
 //!   pinned (CLI) and held (`run`) modes, queue planning.
 //! - [`observe`]: counters and lifetimes as users read them.
+pub mod cluster;
 pub mod compile;
 pub mod control;
 pub mod dataplane;
