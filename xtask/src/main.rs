@@ -11,7 +11,7 @@ mod vm;
 mod vm_cpio;
 mod vm_kernel;
 
-/// The eBPF crate's toolchain; must match netfault/build.rs.
+/// The eBPF crate's toolchain; must match netfault/build_ebpf.rs.
 const EBPF_TOOLCHAIN: &str = "nightly-2026-06-20";
 
 #[derive(Parser)]
@@ -207,15 +207,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Demo => {
-            run(cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "netfault",
-                "-p",
-                "netfault-lab",
-                "--bins",
-            ]))?;
+            build_bins()?;
             run(&mut Command::new(
                 root().join("target/release/netfault-demo"),
             ))
@@ -238,6 +230,19 @@ fn main() -> anyhow::Result<()> {
         Cmd::Vm { kernel, cmd } => vm::vm(&kernel, &cmd),
         Cmd::VmTest => vm::vm_test(),
     }
+}
+
+/// netfault and the lab's binaries (demo, bench) in release; a no-op when up to date.
+fn build_bins() -> anyhow::Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "netfault",
+        "-p",
+        "netfault-lab",
+        "--bins",
+    ]))
 }
 
 fn unsafe_geteuid() -> u32 {

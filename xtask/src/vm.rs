@@ -335,15 +335,7 @@ fn cache_dir() -> PathBuf {
 fn netfault_binary() -> anyhow::Result<PathBuf> {
     if std::env::var("NETFAULT_VM_NO_BUILD").as_deref() != Ok("1") {
         // The lab's binaries too: `bench --vm` runs netfault-bench in the guest.
-        crate::run(crate::cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "netfault",
-            "-p",
-            "netfault-lab",
-            "--bins",
-        ]))?;
+        crate::build_bins()?;
     }
     let bin = target_dir().join("release/netfault");
     ensure!(
