@@ -39,6 +39,10 @@ fn broken_pipe(e: &anyhow::Error) -> bool {
 /// 2 for bad input, 1 for everything else.
 fn exit_code(e: &anyhow::Error) -> u8 {
     for c in e.chain() {
+        // Before its sources: a node's bad interface is a failure of the run (1), not bad input.
+        if let Some(e) = c.downcast_ref::<netfault::cluster::coordinator::Error>() {
+            return e.exit_code();
+        }
         if let Some(e) = c.downcast_ref::<ops::Error>() {
             return if e.exit_code() == 2 { 2 } else { 1 };
         }

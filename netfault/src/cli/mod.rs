@@ -7,6 +7,7 @@ use netfault::control::{netns, privileges};
 pub mod apply;
 pub mod args;
 pub mod attach;
+pub mod cluster;
 pub mod completions;
 pub mod detach;
 pub mod heal;
@@ -76,6 +77,7 @@ pub enum Cmd {
     Run(run::Args),
     Renew(renew::Args),
     Protect(protect::Args),
+    Cluster(cluster::Args),
     Completions(completions::Args),
     Manpage(manpage::Args),
 }
@@ -92,6 +94,10 @@ impl Cmd {
                 })
                 | Cmd::Protect(protect::Args {
                     cmd: protect::ProtectCmd::List(_)
+                })
+                | Cmd::Cluster(cluster::Args {
+                    cmd: cluster::ClusterCmd::Status { .. },
+                    ..
                 })
         )
     }
@@ -126,6 +132,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Run(a) => run::run(a, ns)?,
         Cmd::Renew(a) => renew::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Protect(a) => protect::run(a, ns).map(|()| Done::Ok)?,
+        Cmd::Cluster(a) => cluster::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Completions(_) | Cmd::Manpage(_) => unreachable!("handled above"),
     })
 }

@@ -9,14 +9,18 @@
 //! - [`plan`]: a grudge or an impairment turned into each node's rules
 //!   ([`RuleSpec`](crate::spec::RuleSpec)), and the protections that keep the coordinator's and
 //!   transports' traffic flowing.
+//! - [`coordinator`] and [`transport`]: the one part that touches hosts: plans applied on
+//!   every node at once, all or nothing (netns transport only, so far).
 //! - [`scenario`]: the scenario file (`[[step]]`s at times, repeated) and its timeline.
 //!
 //! Errors are [`SpecError`](crate::spec::SpecError)s naming the key path (`node[2].agent`,
 //! `step[1].every`), as rule-set files do: exit 2, nothing changed.
+pub mod coordinator;
 pub mod file;
 pub mod plan;
 pub mod scenario;
 pub mod topology;
+pub mod transport;
 
 pub use file::{Cluster, Node, Transport};
 pub use plan::{Impair, NodePlan};

@@ -1,0 +1,393 @@
+//! The coordinator: one plan per node, applied on every node at once, all or nothing.
+//!
+//! Every node is driven from a thread of its own (a transport may change its thread, as setns
+//! does), each with a deadline: a node that has not answered by then counts as failed. When any
+//! node fails, the entries the others took are deleted again before the error is returned, so a
+//! cluster is never left half partitioned. A node that answers after its deadline undoes its own
+//! change (the coordinator has given up on it and will not).
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError, mpsc},
+    time::{Duration, Instant},
+};
+
+use super::{
+    Cluster, Grudge, NodePlan, plan,
+    transport::{self, LiveFault, NodeError, NodeTransport, NotImplemented},
+};
+use crate::spec::{SpecError, Ttl, validate_name};
+
+/// How long a node may take to answer one operation. The controller's own lock wait is 10 s
+/// too: a node busy with another command for longer counts as failed.
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input (cluster file, topology, names): nothing changed; exit 2.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    NotImplemented(#[from] NotImplemented),
+    /// One or more nodes failed; `outcome` says what was done about the others.
+    #[error("node {node}: {source}{}{outcome}", others_text(others))]
+    Node {
+        node: String,
+        #[source]
+        source: Box<NodeError>,
+        others: Vec<(String, String)>,
+        outcome: String,
+    },
+}
+
+fn others_text(others: &[(String, String)]) -> String {
+    others
+        .iter()
+        .map(|(n, e)| format!("; node {n}: {e}"))
+        .collect()
+}
+
+impl Error {
+    /// 2 for bad input (nothing changed on any node), 1 for a failure on a node.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Spec(_) => 2,
+            Error::NotImplemented(_) | Error::Node { .. } => 1,
+        }
+    }
+}
+
+/// What `status` reports for one node.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub transport: &'static str,
+    /// Whether the node could be reached and its state opened.
+    pub reachable: bool,
+    pub error: Option<String>,
+    pub attached: Vec<String>,
+    pub faults: Vec<LiveFault>,
+}
+
+enum Slot<T> {
+    Waiting,
+    Done(Result<T, NodeError>),
+    /// The coordinator gave up on the node: a late success is the worker's to undo.
+    Abandoned,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A worker that panicked holding the slot still left a valid value in it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub struct Coordinator {
+    pub cluster: Cluster,
+    transports: Vec<Arc<dyn NodeTransport>>,
+    pub timeout: Duration,
+}
+
+impl Coordinator {
+    /// Refuses a cluster with a node whose transport is not implemented yet, before any node
+    /// is touched.
+    pub fn new(cluster: Cluster) -> Result<Self, Error> {
+        let transports = cluster
+            .nodes
+            .iter()
+            .map(|n| transport::for_node(n).map(Arc::from))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            cluster,
+            transports,
+            timeout: NODE_TIMEOUT,
+        })
+    }
+
+    /// Runs `f` on every node in `which` (indices into the cluster), each on a thread of its
+    /// own, and waits for them until the deadline. `undo` runs on a worker whose success came
+    /// too late.
+    fn on_nodes<T, F, U>(
+        &self,
+        which: &[usize],
+        f: F,
+        undo: U,
+    ) -> Vec<(usize, Result<T, NodeError>)>
+    where
+        T: Send + 'static,
+        F: Fn(usize, &dyn NodeTransport) -> Result<T, NodeError> + Send + Sync + 'static,
+        U: Fn(&dyn NodeTransport, &T) + Send + Sync + 'static,
+    {
+        let (f, undo) = (Arc::new(f), Arc::new(undo));
+        let (tx, rx) = mpsc::channel::<()>();
+        let (mut slots, mut running) = (Vec::new(), 0);
+        for &i in which {
+            let slot = Arc::new(Mutex::new(Slot::<T>::Waiting));
+            let (t, f, undo, tx, s) = (
+                Arc::clone(&self.transports[i]),
+                Arc::clone(&f),
+                Arc::clone(&undo),
+                tx.clone(),
+                Arc::clone(&slot),
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("node-{}", self.cluster.nodes[i].name))
+                .spawn(move || {
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i, &*t)))
+                        .unwrap_or(Err(NodeError::Panicked));
+                    let mut g = lock(&s);
+                    if matches!(*g, Slot::Abandoned) {
+                        if let Ok(v) = &r {
+                            undo(&*t, v);
+                        }
+                    } else {
+                        *g = Slot::Done(r);
+                    }
+                    let _ = tx.send(());
+                });
+            match spawned {
+                Ok(_) => running += 1,
+                Err(e) => *lock(&slot) = Slot::Done(Err(NodeError::Spawn(e))),
+            }
+            slots.push((i, slot));
+        }
+        drop(tx);
+        let deadline = Instant::now() + self.timeout;
+        for _ in 0..running {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if rx.recv_timeout(left).is_err() {
+                break;
+            }
+        }
+        slots
+            .into_iter()
+            .map(|(i, s)| {
+                let mut g = lock(&s);
+                match std::mem::replace(&mut *g, Slot::Abandoned) {
+                    Slot::Done(r) => (i, r),
+                    _ => (i, Err(NodeError::Timeout(self.timeout))),
+                }
+            })
+            .collect()
+    }
+
+    fn all(&self) -> Vec<usize> {
+        (0..self.cluster.nodes.len()).collect()
+    }
+
+    /// The plans a grudge gives, every node's entries checked (names, specs) before any node
+    /// is touched.
+    pub fn plans(&self, name: &str, grudge: &Grudge) -> Result<Vec<NodePlan>, Error> {
+        validate_name("name", name)?;
+        let part = plan::partition(name, &self.cluster, grudge)?;
+        // Netns nodes need no protection; agent and SSH endpoints will (their transports
+        // resolve hosts and pass the coordinator's addresses).
+        let protect =
+            plan::protections(&self.cluster, &[], &plan::literal_endpoints(&self.cluster));
+        let plans = plan::plans(&self.cluster, &protect, &[part]);
+        for p in &plans {
+            for r in p.protect.iter().chain(&p.rules) {
+                r.validate()?;
+            }
+        }
+        Ok(plans)
+    }
+
+    /// Applies `plans` on every node in one publish each, all or nothing.
+    pub fn apply(&self, plans: Vec<NodePlan>, ttl: Ttl) -> Result<(), Error> {
+        let plans = Arc::new(plans);
+        let p = Arc::clone(&plans);
+        let results = self.on_nodes(
+            &self.all(),
+            move |i, t| t.apply(&p[i], ttl),
+            |t, added| {
+                let _ = t.delete(added);
+            },
+        );
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        for (i, r) in results {
+            match r {
+                Ok(added) => ok.push((i, added)),
+                Err(e) => failed.push((self.cluster.nodes[i].name.clone(), e)),
+            }
+        }
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let outcome = self.undo(ok);
+        let (node, source) = failed.remove(0);
+        Err(Error::Node {
+            node,
+            source: Box::new(source),
+            others: failed
+                .into_iter()
+                .map(|(n, e)| (n, e.to_string()))
+                .collect(),
+            outcome,
+        })
+    }
+
+    /// Deletes what each node took; says what happened, for the error message.
+    fn undo(&self, done: Vec<(usize, Vec<String>)>) -> String {
+        let done: Vec<_> = done.into_iter().filter(|(_, a)| !a.is_empty()).collect();
+        if done.is_empty() {
+            return "; no other node had changed".into();
+        }
+        let which: Vec<usize> = done.iter().map(|(i, _)| *i).collect();
+        let added: Arc<BTreeMap<usize, Vec<String>>> = Arc::new(done.into_iter().collect());
+        let a = Arc::clone(&added);
+        let results = self.on_nodes(
+            &which,
+            move |i, t| t.delete(a.get(&i).map_or(&[][..], Vec::as_slice)),
+            |_, _| {},
+        );
+        let (mut undone, mut left) = (Vec::new(), Vec::new());
+        for (i, r) in results {
+            let n = &self.cluster.nodes[i].name;
+            match r {
+                Ok(_) => undone.push(n.clone()),
+                Err(e) => left.push(format!("{n} ({e}; its entries expire with their TTL)")),
+            }
+        }
+        let mut s = String::new();
+        if !undone.is_empty() {
+            s.push_str(&format!("; undone on {}", undone.join(", ")));
+        }
+        if !left.is_empty() {
+            s.push_str(&format!("; NOT undone on {}", left.join(", ")));
+        }
+        s
+    }
+
+    /// Deletes partitions on every node: those named `NAME.from-<node>.<family>` for each of
+    /// `names`, or every partition of that form (any name) when `names` is empty. Returns what
+    /// each node deleted, in file order.
+    pub fn heal(&self, names: &[String]) -> Result<Vec<(String, Vec<String>)>, Error> {
+        for (i, n) in names.iter().enumerate() {
+            validate_name(&format!("NAME[{i}]"), n)?;
+        }
+        let peers: Vec<String> = self.cluster.names().iter().map(|s| s.to_string()).collect();
+        let names = names.to_vec();
+        let results = self.on_nodes(
+            &self.all(),
+            move |_, t| {
+                let select = |entry: &str| cluster_entry(entry, &names, &peers);
+                t.heal(&select)
+            },
+            |_, _| {},
+        );
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        for (i, r) in results {
+            let n = self.cluster.nodes[i].name.clone();
+            match r {
+                Ok(v) => ok.push((n, v)),
+                Err(e) => failed.push((n, e)),
+            }
+        }
+        if failed.is_empty() {
+            return Ok(ok);
+        }
+        let healed: Vec<&str> = ok.iter().map(|(n, _)| n.as_str()).collect();
+        let (node, source) = failed.remove(0);
+        Err(Error::Node {
+            node,
+            source: Box::new(source),
+            others: failed
+                .into_iter()
+                .map(|(n, e)| (n, e.to_string()))
+                .collect(),
+            outcome: if healed.is_empty() {
+                String::new()
+            } else {
+                format!("; healed on {}", healed.join(", "))
+            },
+        })
+    }
+
+    /// Every node's state; an unreachable node is reported, not an error.
+    pub fn status(&self) -> Vec<NodeStatus> {
+        self.on_nodes(&self.all(), |_, t| t.state(), |_, _| {})
+            .into_iter()
+            .map(|(i, r)| {
+                let transport = self.transports[i].kind();
+                let node = self.cluster.nodes[i].name.clone();
+                match r {
+                    Ok(s) => NodeStatus {
+                        node,
+                        transport,
+                        reachable: true,
+                        error: None,
+                        attached: s.attached,
+                        faults: s.faults,
+                    },
+                    Err(e) => NodeStatus {
+                        node,
+                        transport,
+                        reachable: false,
+                        error: Some(e.to_string()),
+                        attached: Vec::new(),
+                        faults: Vec::new(),
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+/// Whether a partition entry is one the coordinator made (`NAME.from-<peer>.v4|v6`, `peer` a
+/// node of the cluster), of one of `names` (any name when empty).
+fn cluster_entry(entry: &str, names: &[String], peers: &[String]) -> bool {
+    let Some(rest) = entry
+        .strip_suffix(".v4")
+        .or_else(|| entry.strip_suffix(".v6"))
+    else {
+        return false;
+    };
+    let Some((name, peer)) = rest.rsplit_once(".from-") else {
+        return false;
+    };
+    peers.iter().any(|p| p == peer) && (names.is_empty() || names.iter().any(|n| n == name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heal_picks_only_the_coordinators_entries() {
+        let peers = vec!["n1".to_string(), "n2".to_string()];
+        let any: Vec<String> = vec![];
+        assert!(cluster_entry("split.from-n1.v4", &any, &peers));
+        assert!(cluster_entry("a.b.from-n2.v6", &any, &peers));
+        assert!(!cluster_entry("split.from-n9.v4", &any, &peers));
+        assert!(!cluster_entry("cut", &any, &peers));
+        assert!(!cluster_entry("split.from-n1.v5", &any, &peers));
+        let named = vec!["a.b".to_string()];
+        assert!(cluster_entry("a.b.from-n2.v6", &named, &peers));
+        assert!(!cluster_entry("split.from-n1.v4", &named, &peers));
+    }
+
+    fn netns_cluster() -> Cluster {
+        Cluster::parse(
+            r#"
+[[node]]
+name = "n1"
+addrs = ["192.0.2.1"]
+iface = ["eth0"]
+netns = "a"
+[[node]]
+name = "n2"
+addrs = ["192.0.2.2"]
+iface = ["eth0"]
+ssh = "root@192.0.2.2"
+"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn transports_not_implemented_are_refused_naming_the_node() {
+        let e = Coordinator::new(netns_cluster()).err().unwrap();
+        assert_eq!(e.exit_code(), 1);
+        assert!(e.to_string().contains("node n2"), "{e}");
+        assert!(e.to_string().contains("not implemented yet"), "{e}");
+    }
+}
