@@ -82,10 +82,11 @@ pub fn protections(ssh: bool, have: impl Fn(&str) -> bool) -> Vec<RuleSpec> {
     if !lo.iter().all(|s| have(&s.name)) {
         out.extend(lo);
     }
-    if ssh && let Some(s) = ssh_from_env() {
-        if !s.iter().all(|s| have(&s.name)) {
-            out.extend(s);
-        }
+    if ssh
+        && let Some(s) = ssh_from_env()
+        && !s.iter().all(|s| have(&s.name))
+    {
+        out.extend(s);
     }
     out
 }
