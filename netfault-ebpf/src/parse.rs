@@ -78,13 +78,13 @@ fn parse_v4(start: usize, end: usize, l3: usize, key: &mut FlowKey, ports: bool)
     key.src[0] = load(start, end, l3 + 12)?;
     key.dst[0] = load(start, end, l3 + 16)?;
     key.family = FAMILY_V4;
-    if frag & 0x1fff != 0 {
-        // A later fragment has no L4 header: it matches rules without port fields only.
-        return Some(0);
-    }
     // The whole header must be there, options too (a frame cut inside it is malformed).
     if start + l3 + ihl > end {
         return None;
+    }
+    if frag & 0x1fff != 0 {
+        // A later fragment has no L4 header: it matches rules without port fields only.
+        return Some(0);
     }
     parse_ports(start, end, l3 + ihl, key, ports)
 }
@@ -116,7 +116,8 @@ fn parse_v6(start: usize, end: usize, l3: usize, key: &mut FlowKey, ports: bool)
             }
             // Fragment header: fixed 8 bytes.
             44 => {
-                let h: [u8; 4] = load(start, end, off)?;
+                // All 8 bytes, as every header must be whole.
+                let h: [u8; 8] = load(start, end, off)?;
                 let frag_off = u16::from_be_bytes([h[2], h[3]]) & 0xfff8;
                 next = h[0];
                 off += 8;
