@@ -68,8 +68,9 @@ pub const CFG_PORTS: u32 = 1 << 2;
 /// ports (whose port fields read 0) never matches a port range that contains 0.
 pub const KEY_PORTS: u8 = 1;
 
-/// Same-key entries chained behind a flow entry (see `FlowRef::more`), at most.
-pub const MAX_CHAIN: u8 = 8;
+/// Entries in one chain of same-key flows (see `FlowRef::more`), at most: the walk is a bounded
+/// loop in every tuple's body, and a longer one makes 6.1's verifier take seconds more.
+pub const MAX_CHAIN: u8 = 4;
 
 /// The fields a packet is classified on. Used three ways: as the packet's own key, as a mask
 /// (a tuple's shape), and, masked and tagged with `gen` and `tuple`, as the key of `FLOWS`.

@@ -60,27 +60,11 @@ fn live(rule: &RuleValue, now: &mut u64) -> bool {
     *now < rule.expires_ns
 }
 
-/// Tuples per `bpf_loop` iteration: each iteration is an indirect call (a retpoline on most
-/// kernels, ~20 ns), so two tuples share one (more multiplies the verifier's states past its
-/// limit).
-const BLOCK: u32 = 2;
-
-/// One block of tuples: returns 1 to stop the scan, 0 to go on.
-extern "C" fn scan_block(b: u64, ctx: *mut c_void) -> i64 {
+/// One tuple: returns 1 to stop the scan, 0 to go on.
+extern "C" fn scan_tuple(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `classify` passed: a live `Scan` on its stack.
     let s = unsafe { &mut *(ctx as *mut Scan) };
-    let first = b as u32 * BLOCK;
-    for j in 0..BLOCK {
-        if scan_tuple(s, first + j) != 0 {
-            return 1;
-        }
-    }
-    0
-}
-
-/// One tuple: returns 1 to stop the scan, 0 to go on.
-#[inline(always)]
-fn scan_tuple(s: &mut Scan, i: u32) -> i64 {
+    let i = i as u32;
     if i >= s.ntuples || i >= MAX_TUPLES {
         return 1;
     }
@@ -144,8 +128,8 @@ pub fn classify(key: &FlowKey) -> Option<Match> {
     // SAFETY: callback and context follow bpf_loop's contract.
     unsafe {
         bpf_loop(
-            ntuples.div_ceil(BLOCK),
-            scan_block as *mut c_void,
+            MAX_TUPLES,
+            scan_tuple as *mut c_void,
             &mut s as *mut Scan as *mut c_void,
             0,
         )
