@@ -59,12 +59,24 @@ pub const CFG_INGRESS_TC: u32 = 1;
 /// `Config::flags`: some interface has no netfault XDP program (another one holds XDP there),
 /// so tc ingress applies every rule on the interfaces listed in `NF_TC_ONLY`.
 pub const CFG_TC_ONLY: u32 = 1 << 1;
+/// `Config::flags`: some tuple matches ports, or some rule paces flows (its per-flow key has
+/// them); without it the parser stops after the protocol.
+pub const CFG_PORTS: u32 = 1 << 2;
+
+/// `FlowKey::flags`: the packet has transport ports (TCP, UDP or SCTP, and not a later
+/// fragment). Every tuple that matches a port also requires this bit, so a packet without
+/// ports (whose port fields read 0) never matches a port range that contains 0.
+pub const KEY_PORTS: u8 = 1;
+
+/// Entries in one chain of same-key flows (see `FlowRef::more`), at most: the walk is a bounded
+/// loop in every tuple's body, and a longer one makes 6.1's verifier take seconds more.
+pub const MAX_CHAIN: u8 = 4;
 
 /// The fields a packet is classified on. Used three ways: as the packet's own key, as a mask
 /// (a tuple's shape), and, masked and tagged with `gen` and `tuple`, as the key of `FLOWS`.
 ///
 /// Addresses are raw network-order bytes in `u32` words (IPv4 in the first word, the rest zero);
-/// ports are host order.
+/// ports are host order. `gen_`, `tuple` and `rank` tag `FLOWS` keys only.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -76,11 +88,19 @@ pub struct FlowKey {
     pub proto: u8,
     pub family: u8,
     pub dir: u8,
+    /// `KEY_PORTS`.
+    pub flags: u8,
     pub gen_: u8,
-    pub tuple: u16,
-    pub _pad: u16,
+    pub tuple: u8,
+    /// Position in the chain of entries that share one masked key (0: the best).
+    pub rank: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
+const _: () = assert!(MAX_TUPLES <= 256);
+
+/// Words of a `FlowKey` that hold match fields (the 12th holds the tags).
+pub const KEY_MATCH_WORDS: usize = 11;
 
 impl FlowKey {
     /// `self & mask`, field by field (gen_ and tuple are left zero).
@@ -105,10 +125,38 @@ impl FlowKey {
             proto: self.proto & m.proto,
             family: self.family & m.family,
             dir: self.dir & m.dir,
+            flags: self.flags & m.flags,
             gen_: 0,
             tuple: 0,
+            rank: 0,
             _pad: 0,
         }
+    }
+
+    /// The key as 32-bit words (every bit pattern is a valid key and the reverse).
+    #[inline(always)]
+    pub fn words(&self) -> &[u32; 12] {
+        // SAFETY: repr(C), 48 bytes, 4-aligned, no implicit padding.
+        unsafe { &*(self as *const FlowKey as *const [u32; 12]) }
+    }
+
+    #[inline(always)]
+    pub fn from_words(w: [u32; 12]) -> FlowKey {
+        // SAFETY: as in `words`; every bit pattern of the fields is valid.
+        unsafe { core::mem::transmute(w) }
+    }
+
+    /// Does `self` equal `val` on the bits of `mask`? (Tags are ignored.)
+    #[inline(always)]
+    pub fn agrees(&self, mask: &FlowKey, val: &FlowKey) -> bool {
+        let (k, m, v) = (self.words(), mask.words(), val.words());
+        let mut diff = 0;
+        let mut i = 0;
+        while i < KEY_MATCH_WORDS {
+            diff |= (k[i] & m[i]) ^ v[i];
+            i += 1;
+        }
+        diff == 0
     }
 }
 
@@ -118,10 +166,15 @@ impl FlowKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tuple {
     pub mask: FlowKey,
+    /// The bits of `mask` on which all the tuple's flows agree, and their value (`filter`): a
+    /// packet that differs there matches none of them, and costs a few ALU operations instead
+    /// of a hash lookup. Catches family, protocol, direction, ports and shared prefixes.
+    pub filter_mask: FlowKey,
+    pub filter: FlowKey,
     pub best_prio: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Tuple>() == 56);
+const _: () = assert!(core::mem::size_of::<Tuple>() == 152);
 
 /// Value of `FLOWS`: which rule a masked key belongs to, and its priority (lower wins).
 #[repr(C)]
@@ -129,8 +182,11 @@ const _: () = assert!(core::mem::size_of::<Tuple>() == 56);
 pub struct FlowRef {
     pub slot: u32,
     pub prio: u32,
+    /// 1: a later rule has the same masked key, at `rank + 1`; the data path looks there when
+    /// this one has expired, so an expired rule never hides a live one.
+    pub more: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowRef>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowRef>() == 12);
 
 /// What a rule does. Indexed by slot in `RULES`.
 #[repr(C)]

@@ -8,13 +8,17 @@
 //! scan stops as soon as no remaining tuple can beat the match in hand (as in Open vSwitch's
 //! classifier). A linear scan would be O(rules); an LPM trie handles one field only.
 //!
+//! Each tuple carries a filter, the bits all its flows agree on: most tuples a packet cannot
+//! match (another family, protocol or direction, another prefix) cost a few ALU operations,
+//! not a hash lookup, so cost grows slowly with the number of shapes.
+//!
 //! The scan runs under `bpf_loop` (kernel 5.17+): its body is verified once, where an open-coded
 //! loop of `MAX_TUPLES` iterations multiplies the verifier's states past its limit.
 use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_ktime_get_ns, generated::bpf_loop},
 };
-use netfault_common::{FlowKey, MAX_TUPLES, RULE_ACTIVE, RuleValue};
+use netfault_common::{FlowKey, MAX_CHAIN, MAX_TUPLES, RULE_ACTIVE, RuleValue};
 
 use crate::maps::{NF_CONFIG, NF_FLOWS, NF_RULES, NF_TUPLES};
 
@@ -39,6 +43,23 @@ struct Scan {
     now: u64,
 }
 
+/// Has the rule in `slot` neither expired nor been switched off? Reads the clock only for a
+/// rule that can expire, once per packet.
+#[inline(always)]
+fn live(rule: &RuleValue, now: &mut u64) -> bool {
+    if rule.flags & RULE_ACTIVE == 0 {
+        return false;
+    }
+    if rule.expires_ns == 0 {
+        return true;
+    }
+    if *now == 0 {
+        // SAFETY: helper without preconditions.
+        *now = unsafe { bpf_ktime_get_ns() };
+    }
+    *now < rule.expires_ns
+}
+
 /// One tuple: returns 1 to stop the scan, 0 to go on.
 extern "C" fn scan_tuple(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `classify` passed: a live `Scan` on its stack.
@@ -53,26 +74,33 @@ extern "C" fn scan_tuple(i: u64, ctx: *mut c_void) -> i64 {
     if t.best_prio >= s.best_prio {
         return 1;
     }
+    if !s.key.agrees(&t.filter_mask, &t.filter) {
+        return 0;
+    }
     let mut m = s.key.masked(&t.mask);
     m.gen_ = s.generation as u8;
-    m.tuple = i as u16;
-    // SAFETY: read-only lookup; entries are replaced, never mutated in place.
-    if let Some(r) = unsafe { NF_FLOWS.get(&m) }
-        && r.prio < s.best_prio
-        && let Some(rule) = NF_RULES.get(r.slot)
-        && rule.flags & RULE_ACTIVE != 0
-    {
-        if rule.expires_ns != 0 {
-            if s.now == 0 {
-                // SAFETY: helper without preconditions.
-                s.now = unsafe { bpf_ktime_get_ns() };
-            }
-            if s.now >= rule.expires_ns {
-                return 0;
-            }
+    m.tuple = i as u8;
+    // The chain of rules with this very match, best first: the first live one wins.
+    for rank in 0..MAX_CHAIN {
+        m.rank = rank;
+        // SAFETY: read-only lookup; entries are replaced, never mutated in place.
+        let Some(r) = (unsafe { NF_FLOWS.get(&m) }) else {
+            break;
+        };
+        let (slot, prio, more) = (r.slot, r.prio, r.more);
+        if prio >= s.best_prio {
+            break;
         }
-        s.best_prio = r.prio;
-        s.best_slot = r.slot;
+        if let Some(rule) = NF_RULES.get(slot)
+            && live(rule, &mut s.now)
+        {
+            s.best_prio = prio;
+            s.best_slot = slot;
+            break;
+        }
+        if more == 0 {
+            break;
+        }
     }
     0
 }

@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use netfault_common::{
-    CFG_INGRESS_TC, CFG_TC_ONLY, CLONE_MARK, Counters, DIR_EGRESS, DIR_INGRESS, FlowKey,
+    CFG_INGRESS_TC, CFG_PORTS, CFG_TC_ONLY, CLONE_MARK, Counters, DIR_EGRESS, DIR_INGRESS, FlowKey,
     IFB_VIA_MIRRED, PROB_ALWAYS, RULE_NEEDS_SKB, RULE_SHAPE, SHAPE_TC_INDEX,
 };
 
@@ -51,7 +51,8 @@ pub fn nf_xdp_ingress(ctx: XdpContext) -> u32 {
 
 fn try_xdp_ingress(ctx: &XdpContext) -> Option<u32> {
     let mut key = FlowKey::default();
-    parse::parse(ctx.data(), ctx.data_end(), &mut key)?;
+    let ports = classify::config_flags() & CFG_PORTS != 0;
+    parse::parse(ctx.data(), ctx.data_end(), &mut key, ports)?;
     key.dir = DIR_INGRESS;
     // SAFETY: ctx is the program's own context.
     key.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
@@ -97,13 +98,19 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
     if dir == DIR_INGRESS && !tc_only && flags & CFG_INGRESS_TC == 0 {
         return None;
     }
-    // Headers may sit in paged data; pull what the parser can reach into the linear part.
-    if ctx.data() + 128 > ctx.data_end() {
-        let want = if ctx.len() < 128 { ctx.len() } else { 128 };
-        let _ = ctx.pull_data(want);
+    // Headers may sit in paged data: pull what the parser can reach into the linear part, so tc
+    // parses as deep as XDP. Only when it is short: a pull makes a cloned skb private (a copy).
+    let len = ctx.len() as usize;
+    let want = if len < parse::REACH {
+        len
+    } else {
+        parse::REACH
+    };
+    if ctx.data() + want > ctx.data_end() {
+        let _ = ctx.pull_data(want as u32);
     }
     let mut key = FlowKey::default();
-    let l4 = parse::parse(ctx.data(), ctx.data_end(), &mut key)?;
+    let l4 = parse::parse(ctx.data(), ctx.data_end(), &mut key, flags & CFG_PORTS != 0)?;
     key.dir = dir;
     key.ifindex = ifindex;
     let m = classify(&key)?;

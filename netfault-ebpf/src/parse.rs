@@ -1,10 +1,12 @@
 //! Bounds-checked header parsing shared by the XDP and tc programs.
 //!
-//! Every read is checked against `end`; anything that does not parse returns `None` and the
-//! caller passes the packet untouched.
+//! Every read is checked against `end`; anything that does not parse (up to the end of the
+//! network headers) returns `None` and the caller passes the packet untouched. Transport ports
+//! are optional: a packet without them (a later fragment, ICMP, a frame cut short) is classified
+//! without `KEY_PORTS`, which every port-matching tuple requires.
 use core::ptr::read_unaligned;
 
-use netfault_common::{FAMILY_V4, FAMILY_V6, FlowKey};
+use netfault_common::{FAMILY_V4, FAMILY_V6, FlowKey, KEY_PORTS};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -20,6 +22,9 @@ const IPPROTO_SCTP: u8 = 132;
 const MAX_EXT_HDRS: usize = 6;
 /// No header we parse lies beyond this offset; bounding it keeps the verifier's ranges small.
 const MAX_L4_OFF: usize = 256;
+/// The parser never reads past this many bytes of a frame: tc pulls this much into the linear
+/// part, so it parses exactly what XDP does.
+pub const REACH: usize = MAX_L4_OFF + 4;
 
 #[inline(always)]
 fn load<T: Copy>(start: usize, end: usize, off: usize) -> Option<T> {
@@ -35,11 +40,11 @@ fn load_be16(start: usize, end: usize, off: usize) -> Option<u16> {
     load::<u16>(start, end, off).map(u16::from_be)
 }
 
-/// Fills `key`'s address, protocol and port fields from an Ethernet frame at `start..end`.
-/// Returns the transport header's offset in the frame (0 when there is none, as in a later
-/// fragment).
+/// Fills `key`'s address, protocol and (with `ports`) port fields from an Ethernet frame at
+/// `start..end`. Returns the transport header's offset in the frame (0 when there is none, as
+/// in a later fragment).
 #[inline(always)]
-pub fn parse(start: usize, end: usize, key: &mut FlowKey) -> Option<usize> {
+pub fn parse(start: usize, end: usize, key: &mut FlowKey, ports: bool) -> Option<usize> {
     let mut ethertype = load_be16(start, end, 12)?;
     let mut l3 = ETH_HLEN;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
@@ -47,14 +52,14 @@ pub fn parse(start: usize, end: usize, key: &mut FlowKey) -> Option<usize> {
         l3 = ETH_HLEN + 4;
     }
     match ethertype {
-        ETH_P_IP => parse_v4(start, end, l3, key),
-        ETH_P_IPV6 => parse_v6(start, end, l3, key),
+        ETH_P_IP => parse_v4(start, end, l3, key, ports),
+        ETH_P_IPV6 => parse_v6(start, end, l3, key, ports),
         _ => None,
     }
 }
 
 #[inline(always)]
-fn parse_v4(start: usize, end: usize, l3: usize, key: &mut FlowKey) -> Option<usize> {
+fn parse_v4(start: usize, end: usize, l3: usize, key: &mut FlowKey, ports: bool) -> Option<usize> {
     // Fixed part first, with a constant size: the verifier then knows every field below is in
     // bounds (a check with the variable header length alone does not tell it that).
     if start + l3 + 20 > end {
@@ -73,15 +78,19 @@ fn parse_v4(start: usize, end: usize, l3: usize, key: &mut FlowKey) -> Option<us
     key.src[0] = load(start, end, l3 + 12)?;
     key.dst[0] = load(start, end, l3 + 16)?;
     key.family = FAMILY_V4;
+    // The whole header must be there, options too (a frame cut inside it is malformed).
+    if start + l3 + ihl > end {
+        return None;
+    }
     if frag & 0x1fff != 0 {
         // A later fragment has no L4 header: it matches rules without port fields only.
         return Some(0);
     }
-    parse_ports(start, end, l3 + ihl, key)
+    parse_ports(start, end, l3 + ihl, key, ports)
 }
 
 #[inline(always)]
-fn parse_v6(start: usize, end: usize, l3: usize, key: &mut FlowKey) -> Option<usize> {
+fn parse_v6(start: usize, end: usize, l3: usize, key: &mut FlowKey, ports: bool) -> Option<usize> {
     if start + l3 + 40 > end {
         return None;
     }
@@ -107,7 +116,8 @@ fn parse_v6(start: usize, end: usize, l3: usize, key: &mut FlowKey) -> Option<us
             }
             // Fragment header: fixed 8 bytes.
             44 => {
-                let h: [u8; 4] = load(start, end, off)?;
+                // All 8 bytes, as every header must be whole.
+                let h: [u8; 8] = load(start, end, off)?;
                 let frag_off = u16::from_be_bytes([h[2], h[3]]) & 0xfff8;
                 next = h[0];
                 off += 8;
@@ -128,20 +138,35 @@ fn parse_v6(start: usize, end: usize, l3: usize, key: &mut FlowKey) -> Option<us
             return None;
         }
     }
+    // Every extension header must be there whole.
+    if start + off > end {
+        return None;
+    }
     key.proto = next;
-    parse_ports(start, end, off, key)
+    parse_ports(start, end, off, key, ports)
 }
 
 #[inline(always)]
-fn parse_ports(start: usize, end: usize, l4: usize, key: &mut FlowKey) -> Option<usize> {
+fn parse_ports(
+    start: usize,
+    end: usize,
+    l4: usize,
+    key: &mut FlowKey,
+    ports: bool,
+) -> Option<usize> {
     if l4 > MAX_L4_OFF {
         return None;
     }
     match key.proto {
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
-            let p: [u8; 4] = load(start, end, l4)?;
-            key.sport = u16::from_be_bytes([p[0], p[1]]);
-            key.dport = u16::from_be_bytes([p[2], p[3]]);
+        // No rule matches ports (nor keys flows by them): the header need not even be there.
+        // Ports cut off (a truncated frame): the packet has no ports and matches only rules
+        // without them, as a later fragment does.
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP if ports => {
+            if let Some(p) = load::<[u8; 4]>(start, end, l4) {
+                key.sport = u16::from_be_bytes([p[0], p[1]]);
+                key.dport = u16::from_be_bytes([p[2], p[3]]);
+                key.flags = KEY_PORTS;
+            }
             Some(l4)
         }
         _ => Some(l4),

@@ -455,11 +455,14 @@ fn v4_v6_vlan_options_and_extension_headers() {
 #[test]
 fn truncated_and_malformed_frames_pass() {
     let mut dp = Dp::new();
+    let mut port = rule("port");
+    port.proto = Proto::Udp;
+    port.dport = PortRange { lo: 0, hi: 2 };
     let mut r = rule("all");
     r.src = vec![net("0.0.0.0/0")];
     let mut r6 = rule("all6");
     r6.src = vec![net("::/0")];
-    dp.set(&[r, r6]);
+    dp.set(&[port, r, r6]);
     let good = udp("192.0.2.1", "192.0.2.2", 1, 2);
     let full = good.bytes();
     assert_eq!(
@@ -467,10 +470,17 @@ fn truncated_and_malformed_frames_pass() {
         XDP_DROP,
         "control: the whole frame matches"
     );
-    // Every truncation of a UDP frame before the end of its ports passes untouched.
-    for len in [14usize, 20, 33, 34, 35, 37] {
+    assert_eq!(dp.counters(0).matched, 1);
+    // Every truncation of a UDP frame before the end of its IP header passes untouched.
+    for len in [14usize, 20, 33] {
         assert_eq!(dp.xdp(&full[..len], 1), XDP_PASS, "truncated to {len}");
     }
+    // Cut inside its ports, it has none: only rules without ports match it.
+    for len in [34usize, 35, 37] {
+        assert_eq!(dp.xdp(&full[..len], 1), XDP_DROP, "truncated to {len}");
+    }
+    assert_eq!(dp.counters(0).matched, 1);
+    assert_eq!(dp.counters(1).matched, 3);
     let mut bad_ihl = full.clone();
     bad_ihl[14] = 0x43; // IHL 3 < 5
     assert_eq!(dp.xdp(&bad_ihl, 1), XDP_PASS);
@@ -493,9 +503,176 @@ fn truncated_and_malformed_frames_pass() {
         XDP_DROP,
         "control: the whole v6 frame matches"
     );
-    for len in [54usize, 60, 61, 63, 64] {
+    assert_eq!(dp.counters(0).matched, 2);
+    // Cut in the fixed header or the extension header: unparseable.
+    for len in [54usize, 60, 61] {
         assert_eq!(dp.xdp(&v6[..len], 1), XDP_PASS, "v6 truncated to {len}");
     }
+    // Cut in the ports: no ports.
+    for len in [63usize, 64] {
+        assert_eq!(dp.xdp(&v6[..len], 1), XDP_DROP, "v6 truncated to {len}");
+    }
+    assert_eq!(dp.counters(0).matched, 2);
+    assert_eq!(dp.counters(2).matched, 2);
+}
+
+/// Publishes `rules` in slots 0.. with fresh counters, each with its own expiry.
+fn set_expiring(dp: &mut Dp, rules: &[(RuleSpec, u64)]) {
+    let specs: Vec<RuleSpec> = rules.iter().map(|(s, _)| s.clone()).collect();
+    let inputs: Vec<Input<'_>> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Input {
+            slot: i as u32,
+            spec: s,
+            ifindex: None,
+        })
+        .collect();
+    let c = compile(&inputs).unwrap();
+    let values: Vec<_> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, (s, e))| (i as u32, rule_value(s, *e)))
+        .collect();
+    for i in 0..rules.len() as u32 {
+        dp.maps.reset_counters(i).unwrap();
+    }
+    dp.maps.publish_set(&c, &values).unwrap();
+}
+
+#[test]
+fn an_expired_rule_never_hides_a_live_one_with_the_same_match() {
+    let mut dp = Dp::new();
+    let f = udp("192.0.2.7", "198.51.100.1", 9, 53).bytes();
+    let mut pass = rule("pass");
+    pass.src = vec![net("192.0.2.7")];
+    pass.drop = Prob(0.0);
+    pass.duplicate = Prob(0.0);
+    let mut drop = rule("drop");
+    drop.src = vec![net("192.0.2.7")];
+    let later = netfault::control::monotonic_ns() + 600_000_000_000;
+    // Both live: the first wins.
+    set_expiring(&mut dp, &[(drop.clone(), later), (pass.clone(), 0)]);
+    assert_eq!(dp.xdp(&f, 1), XDP_DROP);
+    assert_eq!(dp.tc("nf_tc_egress", &f, 1), TC_ACT_SHOT);
+    // The first has expired: the second, with the very same match, takes over, at both hooks.
+    set_expiring(&mut dp, &[(drop.clone(), 1), (pass.clone(), 0)]);
+    assert_eq!(dp.xdp(&f, 1), XDP_PASS);
+    assert_eq!(dp.tc("nf_tc_egress", &f, 1), TCX_NEXT);
+    assert_eq!(dp.counters(0).matched, 0);
+    assert_eq!(dp.counters(1).matched, 2);
+    // Two expired ahead of a live one.
+    set_expiring(
+        &mut dp,
+        &[(pass.clone(), 1), (pass.clone(), 1), (drop, later)],
+    );
+    assert_eq!(dp.xdp(&f, 1), XDP_DROP);
+    assert_eq!(dp.counters(2).matched, 1);
+}
+
+/// IPv4 `frame` marked as a fragment at `offset` (8-byte units) with more to come.
+fn v4_fragment(mut frame: Vec<u8>, offset: u16) -> Vec<u8> {
+    frame[20..22].copy_from_slice(&(0x2000 | offset).to_be_bytes());
+    frame
+}
+
+/// An IPv6 UDP frame from 2001:db8::1 to 2001:db8::2 behind the extension headers `ext`, each
+/// (type, length in bytes, a multiple of 8), then 20 bytes of transport header whose first
+/// four are the ports `sport` and `dport`.
+fn v6_chain(ext: &[(u8, usize)], proto: u8, sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x86, 0xdd];
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&sport.to_be_bytes());
+    l4.extend_from_slice(&dport.to_be_bytes());
+    l4.extend_from_slice(&[0u8; 16]);
+    let total: usize = ext.iter().map(|e| e.1).sum::<usize>() + l4.len();
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(total as u16).to_be_bytes());
+    f.push(ext.first().map_or(proto, |e| e.0));
+    f.push(64);
+    f.extend_from_slice(
+        &"2001:db8::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    f.extend_from_slice(
+        &"2001:db8::2"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    for (i, &(ty, len)) in ext.iter().enumerate() {
+        let next = ext.get(i + 1).map_or(proto, |e| e.0);
+        let mut h = vec![0u8; len];
+        h[0] = next;
+        match ty {
+            44 => {} // fragment header: offset and flags set by the caller
+            51 => h[1] = (len / 4 - 2) as u8,
+            _ => h[1] = (len / 8 - 1) as u8,
+        }
+        f.extend_from_slice(&h);
+    }
+    f.extend_from_slice(&l4);
+    f
+}
+
+#[test]
+fn a_packet_without_ports_never_matches_a_port_rule() {
+    let mut dp = Dp::new();
+    let mut low = rule("low-ports");
+    low.proto = Proto::Udp;
+    low.dport = PortRange { lo: 0, hi: 100 };
+    let mut any = rule("any-udp");
+    any.proto = Proto::Udp;
+    any.drop = Prob(0.0);
+    any.duplicate = Prob(0.0);
+    dp.set(&[low, any]);
+    let first = v4_fragment(udp("192.0.2.1", "198.51.100.1", 9, 53).bytes(), 0);
+    assert_eq!(dp.xdp(&first, 1), XDP_DROP, "a first fragment has ports");
+    // A later fragment's "ports" are payload, here zero: it has none.
+    let mut later = v4_fragment(udp("192.0.2.1", "198.51.100.1", 0, 0).bytes(), 185);
+    assert_eq!(dp.xdp(&later, 1), XDP_PASS);
+    assert_eq!(dp.tc("nf_tc_egress", &later, 1), TCX_NEXT);
+    later[21] = 0; // offset 0x2000 -> last fragment at offset 0 is a whole packet again
+    later[20] = 0;
+    assert_eq!(dp.xdp(&later, 1), XDP_DROP);
+    // IPv6: a fragment header with a non-zero offset.
+    let mut frag6 = v6_chain(&[(44, 8)], 17, 0, 0);
+    frag6[54 + 2..54 + 4].copy_from_slice(&(185u16 << 3).to_be_bytes());
+    assert_eq!(dp.xdp(&frag6, 1), XDP_PASS);
+    assert_eq!(dp.tc("nf_tc_egress", &frag6, 1), TCX_NEXT);
+    let first6 = v6_chain(&[(44, 8)], 17, 0, 0);
+    assert_eq!(dp.xdp(&first6, 1), XDP_DROP);
+    assert_eq!(dp.counters(0).matched, 2 + 1);
+    assert_eq!(dp.counters(1).matched, 4);
+}
+
+#[test]
+fn tc_parses_as_deep_as_xdp() {
+    let mut dp = Dp::new();
+    let mut r = rule("deep");
+    r.proto = Proto::Udp;
+    r.dport = PortRange { lo: 53, hi: 53 };
+    dp.set(&[r]);
+    // Hop-by-hop, routing, destination options and AH: the transport header at 14 + 40 + 200,
+    // past the 128 bytes tc used to pull; and one byte further than the parser reaches.
+    let deep = v6_chain(&[(0, 64), (43, 56), (60, 48), (51, 32)], 17, 9, 53);
+    assert_eq!(deep.len(), 14 + 40 + 200 + 20);
+    assert_eq!(dp.xdp(&deep, 1), XDP_DROP);
+    assert_eq!(dp.tc("nf_tc_egress", &deep, 1), TC_ACT_SHOT);
+    // With a VLAN tag, to within 2 bytes of the parser's bound (transport header at 254).
+    let vlan_deep = {
+        let mut f = v6_chain(&[(0, 64), (43, 56), (60, 48), (51, 28)], 17, 9, 53);
+        f.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
+        f
+    };
+    assert_eq!(dp.xdp(&vlan_deep, 1), XDP_DROP);
+    assert_eq!(dp.tc("nf_tc_egress", &vlan_deep, 1), TC_ACT_SHOT);
+    let too_deep = v6_chain(&[(0, 64), (43, 64), (60, 64), (51, 64)], 17, 9, 53);
+    assert_eq!(dp.xdp(&too_deep, 1), XDP_PASS);
+    assert_eq!(dp.tc("nf_tc_egress", &too_deep, 1), TCX_NEXT);
+    assert_eq!(dp.counters(0).matched, 4);
 }
 
 #[test]

@@ -4,8 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use ipnet::IpNet;
 use netfault_common::{
-    CFG_INGRESS_TC, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, FlowRef, MAX_TUPLES,
-    RULE_ACTIVE, RULE_NEEDS_SKB, RULE_REORDER, RULE_SHAPE, RuleValue, Tuple,
+    CFG_INGRESS_TC, CFG_PORTS, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, FlowRef,
+    KEY_PORTS, MAX_CHAIN, MAX_TUPLES, RULE_ACTIVE, RULE_NEEDS_SKB, RULE_REORDER, RULE_SHAPE,
+    RuleValue, Tuple,
 };
 
 use crate::spec::{Direction, Kind, PortRange, Proto, RuleSpec};
@@ -168,6 +169,9 @@ pub fn expand(spec: &RuleSpec, ifindex: Option<u32>) -> Vec<(FlowKey, FlowKey)> 
                     k.sport = sp & m.sport;
                     m.dport = port_mask(dplen);
                     k.dport = dp & m.dport;
+                    if m.sport != 0 || m.dport != 0 {
+                        (m.flags, k.flags) = (KEY_PORTS, KEY_PORTS);
+                    }
                     match spec.dir {
                         Direction::Ingress => (m.dir, k.dir) = (0xff, DIR_INGRESS),
                         Direction::Egress => (m.dir, k.dir) = (0xff, DIR_EGRESS),
@@ -230,29 +234,49 @@ pub fn rule_value(spec: &RuleSpec, expires_ns: u64) -> RuleValue {
 pub const RATE_QUEUE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Compiles rules given in evaluation order (first wins) into tuples and flows.
+///
+/// Rules with the same match (same mask and masked key) form a chain in evaluation order, at
+/// most `MAX_CHAIN` long: the data path walks it past expired rules, so the first live one wins.
+/// A chain ends at a protection, which never expires.
 pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
-    // mask -> (best prio, masked key -> flow ref)
-    let mut shapes: HashMap<FlowKey, (u32, BTreeMap<KeyOrd, FlowRef>)> = HashMap::new();
+    // mask -> (best prio, masked key -> chain, whether it is closed)
+    type Chains = BTreeMap<KeyOrd, (Vec<FlowRef>, bool)>;
+    let mut shapes: HashMap<FlowKey, (u32, Chains)> = HashMap::new();
     let mut config_flags = 0;
     for (prio, input) in rules.iter().enumerate() {
         let prio = prio as u32;
         if input.spec.iface.is_some() && input.ifindex.is_none() {
             continue; // its interface is gone: the rule cannot match anything
         }
+        let shaping = input.spec.kind == Kind::Rule && input.spec.shape.is_some();
         if input.spec.kind == Kind::Rule
-            && (input.spec.duplicate.0 > 0.0 || input.spec.shape.is_some())
+            && (input.spec.duplicate.0 > 0.0 || shaping)
             && input.spec.dir.includes(true)
         {
             config_flags |= CFG_INGRESS_TC;
         }
+        if shaping {
+            config_flags |= CFG_PORTS; // pacing keys flows by their ports
+        }
         for (mask, key) in expand(input.spec, input.ifindex) {
+            if mask.flags & KEY_PORTS != 0 {
+                config_flags |= CFG_PORTS;
+            }
             let entry = shapes.entry(mask).or_insert((prio, BTreeMap::new()));
             entry.0 = entry.0.min(prio);
-            // Same shape and same key: only the first rule can ever win there.
-            entry.1.entry(KeyOrd(key)).or_insert(FlowRef {
+            let (chain, closed) = entry.1.entry(KeyOrd(key)).or_default();
+            if *closed
+                || chain.len() >= MAX_CHAIN as usize
+                || chain.last().is_some_and(|r| r.slot == input.slot)
+            {
+                continue;
+            }
+            chain.push(FlowRef {
                 slot: input.slot,
                 prio,
+                more: 0,
             });
+            *closed = input.spec.kind == Kind::Protect;
         }
     }
     if shapes.len() > MAX_TUPLES as usize {
@@ -265,14 +289,21 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
         ..Default::default()
     };
     for (i, (mask, (best, flows))) in shapes.into_iter().enumerate() {
+        let (filter_mask, filter) = filter(&mask, flows.keys().map(|k| &k.0));
         out.tuples.push(Tuple {
             mask,
+            filter_mask,
+            filter,
             best_prio: best,
             _pad: 0,
         });
-        for (KeyOrd(mut k), r) in flows {
-            k.tuple = i as u16;
-            out.flows.push((k, r));
+        for (KeyOrd(mut k), (chain, _)) in flows {
+            k.tuple = i as u8;
+            for (rank, r) in chain.iter().enumerate() {
+                k.rank = rank as u8;
+                let more = u32::from(rank + 1 < chain.len());
+                out.flows.push((k, FlowRef { more, ..*r }));
+            }
         }
     }
     let cap = (netfault_common::MAX_FLOWS / netfault_common::GENERATIONS) as usize;
@@ -282,14 +313,30 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
     Ok(out)
 }
 
+/// The bits of `mask` on which all `keys` agree, and their value.
+fn filter<'a>(mask: &FlowKey, keys: impl Iterator<Item = &'a FlowKey>) -> (FlowKey, FlowKey) {
+    let mut all = [u32::MAX; 12];
+    let mut any = [0u32; 12];
+    for k in keys {
+        for (i, w) in k.words().iter().enumerate() {
+            all[i] &= w;
+            any[i] |= w;
+        }
+    }
+    let m = mask.words();
+    let fm: [u32; 12] = std::array::from_fn(|i| m[i] & !(all[i] ^ any[i]));
+    let fv: [u32; 12] = std::array::from_fn(|i| all[i] & fm[i]);
+    (FlowKey::from_words(fm), FlowKey::from_words(fv))
+}
+
 /// Total order on keys, for deterministic output.
 #[derive(PartialEq, Eq)]
 struct KeyOrd(FlowKey);
 impl KeyOrd {
-    fn tuple(&self) -> ([u32; 4], [u32; 4], u32, u16, u16, u8, u8, u8) {
+    fn tuple(&self) -> ([u32; 4], [u32; 4], u32, u16, u16, u8, u8, u8, u8) {
         let k = &self.0;
         (
-            k.src, k.dst, k.ifindex, k.sport, k.dport, k.proto, k.family, k.dir,
+            k.src, k.dst, k.ifindex, k.sport, k.dport, k.proto, k.family, k.dir, k.flags,
         )
     }
 }
@@ -335,21 +382,38 @@ pub fn overlaps(a: &RuleSpec, b: &RuleSpec) -> bool {
         })
 }
 
-/// Classifies a packet key against compiled output exactly as the data path does. Used by tests
-/// to compare the kernel's verdicts with the model's.
+/// Classifies a packet key against compiled output exactly as the data path does, every rule
+/// live. Used by tests to compare the kernel's verdicts with the model's.
 pub fn classify(c: &Compiled, key: &FlowKey) -> Option<FlowRef> {
+    classify_live(c, key, |_| true)
+}
+
+/// As `classify`, with `live` saying which slots have not expired.
+pub fn classify_live(c: &Compiled, key: &FlowKey, live: impl Fn(u32) -> bool) -> Option<FlowRef> {
     let flows: HashMap<FlowKey, FlowRef> = c.flows.iter().copied().collect();
     let mut best: Option<FlowRef> = None;
     for (i, t) in c.tuples.iter().enumerate() {
         if best.is_some_and(|b| t.best_prio >= b.prio) {
             break;
         }
+        if !key.agrees(&t.filter_mask, &t.filter) {
+            continue;
+        }
         let mut m = key.masked(&t.mask);
-        m.tuple = i as u16;
-        if let Some(r) = flows.get(&m)
-            && best.is_none_or(|b| r.prio < b.prio)
-        {
-            best = Some(*r);
+        m.tuple = i as u8;
+        for rank in 0..MAX_CHAIN {
+            m.rank = rank;
+            let Some(r) = flows.get(&m) else { break };
+            if best.is_some_and(|b| r.prio >= b.prio) {
+                break;
+            }
+            if live(r.slot) {
+                best = Some(*r);
+                break;
+            }
+            if r.more == 0 {
+                break;
+            }
         }
     }
     best
@@ -381,6 +445,11 @@ mod tests {
             dport,
             dir,
             ifindex: 7,
+            flags: if matches!(proto, 6 | 17) {
+                KEY_PORTS
+            } else {
+                0
+            },
             ..Default::default()
         }
     }
@@ -480,6 +549,75 @@ mod tests {
         assert_eq!(classify(&c, &p).unwrap().slot, 0);
         let p = pkt("192.0.2.8", "198.51.100.1", 6, 1, 2, DIR_INGRESS);
         assert_eq!(classify(&c, &p).unwrap().slot, 1);
+    }
+
+    #[test]
+    fn an_expired_rule_never_hides_a_live_one_with_the_same_match() {
+        let mut a = rule("a");
+        a.src = vec![parse_net("192.0.2.7").unwrap()];
+        let b = RuleSpec {
+            name: "b".into(),
+            ..a.clone()
+        };
+        let c2 = RuleSpec {
+            name: "c".into(),
+            ..a.clone()
+        };
+        let c = compile_specs(&[a, b, c2]);
+        assert_eq!(c.tuples.len(), 1);
+        assert_eq!(c.flows.len(), 3, "one chain of three");
+        let p = pkt("192.0.2.7", "198.51.100.1", 6, 1, 2, DIR_INGRESS);
+        assert_eq!(classify_live(&c, &p, |_| true).unwrap().slot, 0);
+        assert_eq!(classify_live(&c, &p, |s| s != 0).unwrap().slot, 1);
+        assert_eq!(classify_live(&c, &p, |s| s == 2).unwrap().slot, 2);
+        assert!(classify_live(&c, &p, |_| false).is_none());
+        // A protection closes its chain: nothing behind it could ever win.
+        let mut guard = rule("g");
+        guard.kind = Kind::Protect;
+        guard.src = vec![parse_net("192.0.2.7").unwrap()];
+        let mut r = rule("r");
+        r.src = guard.src.clone();
+        assert_eq!(compile_specs(&[guard, r]).flows.len(), 1);
+    }
+
+    #[test]
+    fn a_packet_without_ports_never_matches_a_port_rule() {
+        let mut low = rule("low");
+        low.proto = Proto::Udp;
+        low.dport = PortRange { lo: 0, hi: 100 };
+        let mut any = rule("any-udp");
+        any.proto = Proto::Udp;
+        let c = compile_specs(&[low, any]);
+        let mut frag = pkt("192.0.2.1", "192.0.2.2", 17, 0, 0, DIR_INGRESS);
+        frag.flags = 0; // a later fragment: no ports
+        assert_eq!(classify(&c, &frag).unwrap().slot, 1);
+        frag.flags = KEY_PORTS;
+        assert_eq!(classify(&c, &frag).unwrap().slot, 0);
+        assert_ne!(c.config_flags & CFG_PORTS, 0);
+        assert_eq!(compile_specs(&[rule("r")]).config_flags & CFG_PORTS, 0);
+    }
+
+    #[test]
+    fn filters_reject_what_no_flow_of_a_tuple_matches() {
+        let mut r = rule("r");
+        r.proto = Proto::Tcp;
+        r.src = vec![parse_net("192.0.2.0/24").unwrap()];
+        let mut s = rule("s");
+        s.proto = Proto::Tcp;
+        s.src = vec![parse_net("192.0.3.0/24").unwrap()];
+        let c = compile_specs(&[r, s]);
+        assert_eq!(c.tuples.len(), 1);
+        let t = &c.tuples[0];
+        let yes = pkt("192.0.3.9", "198.51.100.1", 6, 1, 2, DIR_INGRESS);
+        assert!(yes.agrees(&t.filter_mask, &t.filter));
+        // 192.0.2/24 and 192.0.3/24 share 192.0.2/23; UDP and v6 differ in shared fields.
+        for no in [
+            pkt("192.0.4.9", "198.51.100.1", 6, 1, 2, DIR_INGRESS),
+            pkt("192.0.3.9", "198.51.100.1", 17, 1, 2, DIR_INGRESS),
+            pkt("2001:db8::1", "2001:db8::2", 6, 1, 2, DIR_INGRESS),
+        ] {
+            assert!(!no.agrees(&t.filter_mask, &t.filter), "{no:?}");
+        }
     }
 
     #[test]

@@ -211,7 +211,7 @@ impl<'a> Bench<'a> {
         let mut nf =
             kernel::load(&pins.join("veth").join("maps")).context("load netfault's object")?;
         let mut nf_maps = Maps::take(&mut nf)?;
-        progrun::publish(&mut nf_maps, &[drop_all_rule()])?;
+        progrun::publish(&mut nf_maps, vec![drop_all_rule()])?;
         let frame = frame::udp4(topo::RX_MAC, topo::TX_MAC, MATCH_SRC, DST);
         let tx_ifindex = Topology::ifindex(&topo.tx_ns, &topo.tx_if)?;
         let ctx = xdp_md(frame.len(), tx_ifindex);

@@ -48,21 +48,38 @@ pub fn progrun(plan: &Plan, rows: &[Row]) {
         .find(|r| r.program == "bench_pass")
         .map(|r| r.ns);
     println!(
-        "{:<16} {:>6} {:>6}  {:<13} {:<9} {:>7} {:>9}",
-        "program", "rules", "tuples", "packet", "verdict", "ns/pkt", "vs pass"
+        "(each set after the CLI's protections: 4 loopback entries and an SSH 4-tuple; rules \
+         with the default TTL)"
+    );
+    println!(
+        "{:<16} {:>6} {:>6} {:>6}  {:<13} {:<9} {:>7} {:>9}  target",
+        "program", "rules", "shapes", "tuples", "packet", "verdict", "ns/pkt", "vs pass"
     );
     for r in rows {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         let delta = base.map_or_else(|| "-".into(), |b| format!("{:+.0}", r.ns - b));
+        let target = match (r.target, base) {
+            (Some(t), Some(b)) => {
+                let what = match t {
+                    progrun::Target::OverPass(x) => format!("<= {x:+.0} over pass"),
+                    progrun::Target::Within(x) => format!("<= {x:.0} (1 rule +5%)"),
+                };
+                let met = if t.met(r.ns, b) { "met" } else { "NOT MET" };
+                format!("{what}: {met}")
+            }
+            _ => String::new(),
+        };
         println!(
-            "{:<16} {:>6} {:>6}  {:<13} {:<9} {:>7.0} {:>9}",
+            "{:<16} {:>6} {:>6} {:>6}  {:<13} {:<9} {:>7.0} {:>9}  {}",
             r.program,
             opt(r.rules.map(|n| n.to_string())),
+            opt(r.shapes.map(|n| n.to_string())),
             opt(r.tuples.map(|n| n.to_string())),
             r.packet,
             progrun::verdict_name(r.verdict),
             r.ns,
-            delta
+            delta,
+            target
         );
     }
 }
