@@ -7,6 +7,11 @@
 //! themselves, never `compile`'s output.
 //!
 //! Fixed seed; `PROPTEST_CASES` sets the number of rule sets (default 1500, 8 frames each).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test step that cannot go on fails the test"
+)]
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

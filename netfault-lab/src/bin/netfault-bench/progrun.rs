@@ -118,7 +118,9 @@ fn shape_set(n: u32) -> Vec<RuleSpec> {
     (0..n.min(netfault_common::MAX_TUPLES - PROTECTION_TUPLES))
         .map(|k| {
             let net = |a: Ipv4Addr, plen: u32| {
-                ipnet::IpNet::from(ipnet::Ipv4Net::new(a, plen as u8).expect("valid").trunc())
+                // plen is 17..=32 here; a bad one would be clamped to /32, never panic.
+                let n = ipnet::Ipv4Net::new(a, plen as u8).unwrap_or_else(|_| a.into());
+                ipnet::IpNet::from(n.trunc())
             };
             RuleSpec {
                 src: vec![net(MATCH_SRC, 32 - k % 16)],
