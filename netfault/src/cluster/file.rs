@@ -4,23 +4,23 @@
 //! ```toml
 //! [[node]]
 //! name = "n1"
-//! addrs = ["10.0.0.1", "fd00::1"]   # what the other nodes reach it by (v4 and/or v6)
+//! addrs = ["192.0.2.1", "2001:db8::1"]   # what the other nodes reach it by (v4 and/or v6)
 //! iface = ["eth1"]                  # where netfault attaches on it
 //! netns = "lab-n1"                  # a namespace on this host
 //!
 //! [[node]]
 //! name = "n2"
-//! addrs = ["10.0.0.2"]
+//! addrs = ["192.0.2.2"]
 //! iface = ["eth1"]
-//! agent = "https://10.0.0.2:7070"   # or http://HOST:PORT
+//! agent = "https://192.0.2.2:7070"   # or http://HOST:PORT
 //! token_file = "/etc/netfault/n2.token"
 //! ca_file = "/etc/netfault/ca.pem"  # https only, optional
 //!
 //! [[node]]
 //! name = "n3"
-//! addrs = ["10.0.0.3"]
+//! addrs = ["192.0.2.3"]
 //! iface = ["eth1", "eth2"]
-//! ssh = "root@10.0.0.3"
+//! ssh = "root@192.0.2.3"
 //! ssh_options = ["-p", "2222"]      # optional, passed to ssh before the target
 //! netfault = "/usr/local/bin/netfault"   # optional, the remote binary (default: on PATH)
 //! ```
@@ -133,7 +133,7 @@ impl std::str::FromStr for AgentUrl {
             (h, p)
         } else {
             let (h, p) = rest.rsplit_once(':').ok_or_else(|| bad("needs a port"))?;
-            // `fd00::1:80` could split anywhere: IPv6 hosts go in brackets.
+            // `2001:db8::1:80` could split anywhere: IPv6 hosts go in brackets.
             if h.contains(':') {
                 return Err(bad("put an IPv6 host in brackets"));
             }
@@ -509,23 +509,23 @@ pub(crate) mod tests {
     pub const EXAMPLE: &str = r#"
 [[node]]
 name = "n1"
-addrs = ["10.0.0.1", "fd00::1"]
+addrs = ["192.0.2.1", "2001:db8::1"]
 iface = ["eth1"]
 netns = "lab-n1"
 
 [[node]]
 name = "n2"
-addrs = ["10.0.0.2"]
+addrs = ["192.0.2.2"]
 iface = ["eth1"]
-agent = "https://10.0.0.2:7070"
+agent = "https://192.0.2.2:7070"
 token_file = "/etc/netfault/n2.token"
 ca_file = "/etc/netfault/ca.pem"
 
 [[node]]
 name = "n3"
-addrs = ["10.0.0.3"]
+addrs = ["192.0.2.3"]
 iface = ["eth1", "eth2"]
-ssh = "root@10.0.0.3"
+ssh = "root@192.0.2.3"
 ssh_options = ["-p", "2222"]
 netfault = "/usr/local/bin/netfault"
 "#;
@@ -541,22 +541,25 @@ netfault = "/usr/local/bin/netfault"
             panic!("{:?}", c.nodes[1].transport);
         };
         assert!(url.https);
-        assert_eq!(url.to_string(), "https://10.0.0.2:7070");
+        assert_eq!(url.to_string(), "https://192.0.2.2:7070");
         assert!(ca_file.is_some());
         assert_eq!(c.nodes[2].ifaces, ["eth1", "eth2"]);
         assert_eq!(
             c.nodes[2].transport.literal_endpoint(),
-            Some("10.0.0.3:2222".parse().unwrap())
+            Some("192.0.2.3:2222".parse().unwrap())
         );
-        assert_eq!(c.owner("fd00::1".parse().unwrap()).unwrap().name, "n1");
+        assert_eq!(c.owner("2001:db8::1".parse().unwrap()).unwrap().name, "n1");
     }
 
     #[test]
     fn urls_and_ssh_ports() {
-        let u: AgentUrl = "http://[fd00::2]:80/".parse().unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.https), ("fd00::2", 80, false));
-        assert_eq!(u.to_string(), "http://[fd00::2]:80");
-        assert_eq!(u.ip(), Some("fd00::2".parse().unwrap()));
+        let u: AgentUrl = "http://[2001:db8::2]:80/".parse().unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.https),
+            ("2001:db8::2", 80, false)
+        );
+        assert_eq!(u.to_string(), "http://[2001:db8::2]:80");
+        assert_eq!(u.ip(), Some("2001:db8::2".parse().unwrap()));
         let u: AgentUrl = "https://agent-3.lab:7070".parse().unwrap();
         assert_eq!(u.ip(), None);
         for bad in [
@@ -567,8 +570,8 @@ netfault = "/usr/local/bin/netfault"
             "http://a:80/api",
             "http://:80",
             "http://[zz]:80",
-            "http://fd00::1:80x",
-            "http://fd00::1:80",
+            "http://2001:db8::1:80x",
+            "http://2001:db8::1:80",
             "http://us er:80",
         ] {
             assert!(bad.parse::<AgentUrl>().is_err(), "{bad}");
@@ -586,7 +589,7 @@ netfault = "/usr/local/bin/netfault"
     fn malformed_files_name_the_key_path() {
         let n = |extra: &str| {
             format!(
-                "[[node]]\nname = \"n1\"\naddrs = [\"10.0.0.1\"]\niface = [\"eth0\"]\n{extra}\n"
+                "[[node]]\nname = \"n1\"\naddrs = [\"192.0.2.1\"]\niface = [\"eth0\"]\n{extra}\n"
             )
         };
         let two = |a: &str, b: &str| {
@@ -618,21 +621,21 @@ netfault = "/usr/local/bin/netfault"
             (n("ssh = \"u@h\"\nssh_options = [\"\"]"), "node[0].ssh_options[0]"),
             ("[[node]]\nname = \"n1\"\naddrs = []\niface = [\"e\"]\nnetns = \"a\"".into(), "node[0].addrs"),
             ("[[node]]\nname = \"n1\"\niface = [\"e\"]\nnetns = \"a\"".into(), "node[0].addrs"),
-            ("[[node]]\naddrs = [\"10.0.0.1\"]\niface = [\"e\"]\nnetns = \"a\"".into(), "node[0].name"),
-            ("[[node]]\nname = \"n 1\"\naddrs = [\"10.0.0.1\"]\niface = [\"e\"]\nnetns = \"a\"".into(), "node[0].name"),
-            ("[[node]]\nname = \"n1\"\naddrs = [\"10.0.0.1\"]\niface = []\nnetns = \"a\"".into(), "node[0].iface"),
-            ("[[node]]\nname = \"n1\"\naddrs = [\"10.0.0.1\"]\niface = [\"e\", \"e\"]\nnetns = \"a\"".into(), "node[0].iface[1]"),
-            ("[[node]]\nname = \"n1\"\naddrs = [\"10.0.0.1\"]\niface = [\"averyveryverylongname\"]\nnetns = \"a\"".into(), "node[0].iface[0]"),
-            (two("\"10.0.0.1\", \"10.0.0.300\"", "\"10.0.0.2\""), "node[0].addrs[1]"),
-            (two("\"10.0.0.1\", \"10.0.0.0/24\"", "\"10.0.0.2\""), "node[0].addrs[1]"),
-            (two("\"10.0.0.1\", \"127.0.0.1\"", "\"10.0.0.2\""), "node[0].addrs[1]"),
-            (two("\"0.0.0.0\"", "\"10.0.0.2\""), "node[0].addrs[0]"),
-            (two("\"::ffff:10.0.0.9\"", "\"10.0.0.2\""), "node[0].addrs[0]"),
-            (two("\"10.0.0.1\", \"10.0.0.1\"", "\"10.0.0.2\""), "node[0].addrs[1]"),
-            (two("\"10.0.0.1\"", "\"10.0.0.3\", \"10.0.0.1\""), "node[1].addrs[1]"),
-            (two("\"fd00::1\"", "\"fd00:0::1\""), "node[1].addrs[0]"),
-            (two("1", "\"10.0.0.2\""), "node[0].addrs[0]"),
-            (format!("{}{}", n("netns = \"a\""), "[[node]]\nname = \"n1\"\naddrs = [\"10.0.0.2\"]\niface = [\"e\"]\nnetns = \"b\""), "node[1].name"),
+            ("[[node]]\naddrs = [\"192.0.2.1\"]\niface = [\"e\"]\nnetns = \"a\"".into(), "node[0].name"),
+            ("[[node]]\nname = \"n 1\"\naddrs = [\"192.0.2.1\"]\niface = [\"e\"]\nnetns = \"a\"".into(), "node[0].name"),
+            ("[[node]]\nname = \"n1\"\naddrs = [\"192.0.2.1\"]\niface = []\nnetns = \"a\"".into(), "node[0].iface"),
+            ("[[node]]\nname = \"n1\"\naddrs = [\"192.0.2.1\"]\niface = [\"e\", \"e\"]\nnetns = \"a\"".into(), "node[0].iface[1]"),
+            ("[[node]]\nname = \"n1\"\naddrs = [\"192.0.2.1\"]\niface = [\"averyveryverylongname\"]\nnetns = \"a\"".into(), "node[0].iface[0]"),
+            (two("\"192.0.2.1\", \"192.0.2.300\"", "\"192.0.2.2\""), "node[0].addrs[1]"),
+            (two("\"192.0.2.1\", \"192.0.2.0/24\"", "\"192.0.2.2\""), "node[0].addrs[1]"),
+            (two("\"192.0.2.1\", \"127.0.0.1\"", "\"192.0.2.2\""), "node[0].addrs[1]"),
+            (two("\"0.0.0.0\"", "\"192.0.2.2\""), "node[0].addrs[0]"),
+            (two("\"::ffff:192.0.2.9\"", "\"192.0.2.2\""), "node[0].addrs[0]"),
+            (two("\"192.0.2.1\", \"192.0.2.1\"", "\"192.0.2.2\""), "node[0].addrs[1]"),
+            (two("\"192.0.2.1\"", "\"192.0.2.3\", \"192.0.2.1\""), "node[1].addrs[1]"),
+            (two("\"2001:db8::1\"", "\"2001:db8:0::1\""), "node[1].addrs[0]"),
+            (two("1", "\"192.0.2.2\""), "node[0].addrs[0]"),
+            (format!("{}{}", n("netns = \"a\""), "[[node]]\nname = \"n1\"\naddrs = [\"192.0.2.2\"]\niface = [\"e\"]\nnetns = \"b\""), "node[1].name"),
             ("[[node]\n".into(), "FILE"),
         ];
         for (text, path) in &cases {
@@ -644,7 +647,7 @@ netfault = "/usr/local/bin/netfault"
     #[test]
     fn a_lone_string_is_a_list_of_one() {
         let c = Cluster::parse(
-            "[[node]]\nname = \"n1\"\naddrs = \"10.0.0.1\"\niface = \"eth0\"\nnetns = \"a\"\n",
+            "[[node]]\nname = \"n1\"\naddrs = \"192.0.2.1\"\niface = \"eth0\"\nnetns = \"a\"\n",
         )
         .unwrap();
         assert_eq!(c.nodes[0].ifaces, ["eth0"]);

@@ -325,23 +325,23 @@ mod tests {
     const CLUSTER: &str = r#"
 [[node]]
 name = "n1"
-addrs = ["10.0.0.1", "fd00::1"]
+addrs = ["192.0.2.1", "2001:db8::1"]
 iface = ["eth1"]
-agent = "http://10.0.0.1:7070"
+agent = "http://192.0.2.1:7070"
 token_file = "/t"
 [[node]]
 name = "n2"
-addrs = ["10.0.0.2"]
+addrs = ["192.0.2.2"]
 iface = ["eth1"]
-ssh = "root@10.0.0.2"
+ssh = "root@192.0.2.2"
 [[node]]
 name = "n3"
-addrs = ["10.0.0.3", "fd00::3"]
+addrs = ["192.0.2.3", "2001:db8::3"]
 iface = ["eth1"]
 netns = "n3"
 [[node]]
 name = "n4"
-addrs = ["10.0.0.4"]
+addrs = ["192.0.2.4"]
 iface = ["eth1"]
 agent = "https://agent4.lab:7070"
 token_file = "/t"
@@ -398,6 +398,8 @@ token_file = "/t"
             dport,
             dir,
             ifindex: 3,
+            // The parser read the ports (a whole TCP header).
+            flags: netfault_common::KEY_PORTS,
             ..Default::default()
         }
     }
@@ -442,16 +444,20 @@ token_file = "/t"
         let comp = compiled(&protect, rules);
         let ord = order(&protect, rules);
         let at_n1 = |src: &str, sport: u16, dport: u16| {
-            verdict(&comp, &ord, pkt(src, "10.0.0.1", sport, dport, DIR_INGRESS))
+            verdict(
+                &comp,
+                &ord,
+                pkt(src, "192.0.2.1", sport, dport, DIR_INGRESS),
+            )
         };
-        assert_eq!(at_n1("10.0.0.3", 40000, 5432), Some("split.from-n3.v4"));
-        assert_eq!(at_n1("10.0.0.4", 40000, 5432), Some("split.from-n4.v4"));
-        assert_eq!(at_n1("10.0.0.2", 40000, 5432), None);
+        assert_eq!(at_n1("192.0.2.3", 40000, 5432), Some("split.from-n3.v4"));
+        assert_eq!(at_n1("192.0.2.4", 40000, 5432), Some("split.from-n4.v4"));
+        assert_eq!(at_n1("192.0.2.2", 40000, 5432), None);
         // The agent port on n1, from a cut node: protected, whatever the grudge.
         assert!(
-            at_n1("10.0.0.3", 40000, 7070)
+            at_n1("192.0.2.3", 40000, 7070)
                 .unwrap()
-                .starts_with("control:10.0.0.1:7070/")
+                .starts_with("control:192.0.2.1:7070/")
         );
         // The coordinator, outside the cluster: every port.
         assert!(
@@ -459,10 +465,14 @@ token_file = "/t"
                 .unwrap()
                 .starts_with("coordinator:192.0.2.9/")
         );
-        let v6 = verdict(&comp, &ord, pkt("fd00::3", "fd00::1", 1, 2, DIR_INGRESS));
+        let v6 = verdict(
+            &comp,
+            &ord,
+            pkt("2001:db8::3", "2001:db8::1", 1, 2, DIR_INGRESS),
+        );
         assert_eq!(v6, Some("split.from-n3.v6"));
         // Egress is untouched: the receiver acts.
-        let out = verdict(&comp, &ord, pkt("10.0.0.1", "10.0.0.3", 1, 2, DIR_EGRESS));
+        let out = verdict(&comp, &ord, pkt("192.0.2.1", "192.0.2.3", 1, 2, DIR_EGRESS));
         assert_eq!(out, None);
     }
 
@@ -474,11 +484,11 @@ token_file = "/t"
         assert_eq!(
             eps,
             [
-                "10.0.0.1:7070".parse().unwrap(),
-                "10.0.0.2:22".parse().unwrap()
+                "192.0.2.1:7070".parse().unwrap(),
+                "192.0.2.2:22".parse().unwrap()
             ]
         );
-        let p = protections(&c, &["10.0.0.2".parse().unwrap()], &eps);
+        let p = protections(&c, &["192.0.2.2".parse().unwrap()], &eps);
         assert!(p.iter().all(|r| r.kind == Kind::Protect));
         assert!(p.iter().all(|r| !r.sport.is_all() || !r.dport.is_all()));
         assert_eq!(p.len(), 8);
@@ -527,7 +537,7 @@ token_file = "/t"
         }
         let comp = compiled(&[], &per["n1"]);
         let ord = order(&[], &per["n1"]);
-        let k = pkt("10.0.0.1", "10.0.0.3", 1, 2, DIR_EGRESS);
+        let k = pkt("192.0.2.1", "192.0.2.3", 1, 2, DIR_EGRESS);
         assert_eq!(verdict(&comp, &ord, k), Some("lossy.to-n3.v4"));
     }
 

@@ -735,8 +735,8 @@ for = "30s"
         .unwrap_err();
         assert_eq!(e.field, "step[0].name");
         let small = Cluster::parse(
-            "[[node]]\nname = \"a\"\naddrs = [\"10.0.0.1\"]\niface = [\"e\"]\nnetns = \"a\"\n\
-             [[node]]\nname = \"b\"\naddrs = [\"10.0.0.2\"]\niface = [\"e\"]\nnetns = \"b\"\n",
+            "[[node]]\nname = \"a\"\naddrs = [\"192.0.2.1\"]\niface = [\"e\"]\nnetns = \"a\"\n\
+             [[node]]\nname = \"b\"\naddrs = [\"192.0.2.2\"]\niface = [\"e\"]\nnetns = \"b\"\n",
         )
         .unwrap();
         let s = Scenario::parse(
