@@ -39,6 +39,20 @@ pub enum Error {
     },
 }
 
+/// The error for a change that failed on some nodes (the first one named, the others listed).
+fn node_error(mut failed: Vec<(String, NodeError)>, outcome: String) -> Error {
+    let (node, source) = failed.remove(0);
+    Error::Node {
+        node,
+        source: Box::new(source),
+        others: failed
+            .into_iter()
+            .map(|(n, e)| (n, e.to_string()))
+            .collect(),
+        outcome,
+    }
+}
+
 fn others_text(others: &[(String, String)]) -> String {
     others
         .iter()
@@ -213,16 +227,7 @@ impl Coordinator {
             return Ok(());
         }
         let outcome = self.undo(ok);
-        let (node, source) = failed.remove(0);
-        Err(Error::Node {
-            node,
-            source: Box::new(source),
-            others: failed
-                .into_iter()
-                .map(|(n, e)| (n, e.to_string()))
-                .collect(),
-            outcome,
-        })
+        Err(node_error(failed, outcome))
     }
 
     /// Deletes what each node took; says what happened, for the error message.
@@ -286,20 +291,12 @@ impl Coordinator {
             return Ok(ok);
         }
         let healed: Vec<&str> = ok.iter().map(|(n, _)| n.as_str()).collect();
-        let (node, source) = failed.remove(0);
-        Err(Error::Node {
-            node,
-            source: Box::new(source),
-            others: failed
-                .into_iter()
-                .map(|(n, e)| (n, e.to_string()))
-                .collect(),
-            outcome: if healed.is_empty() {
-                String::new()
-            } else {
-                format!("; healed on {}", healed.join(", "))
-            },
-        })
+        let outcome = if healed.is_empty() {
+            String::new()
+        } else {
+            format!("; healed on {}", healed.join(", "))
+        };
+        Err(node_error(failed, outcome))
     }
 
     /// Every node's state; an unreachable node is reported, not an error.
