@@ -8,7 +8,11 @@
     clippy::expect_used,
     reason = "a test step that cannot go on fails the test"
 )]
-use std::{io, process::Command};
+use std::{
+    io,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use netfault::netlink::{self as nl, NetlinkError, XdpAttachMode};
 
@@ -530,7 +534,15 @@ fn xdp_attached_generic() {
             Some(format!("program {id} (bench_pass)").as_str())
         );
         prog.detach(link).unwrap();
+        // Other tests in this process spawn `tc` and `ip`: a child that has not exec'd yet
+        // holds a copy of the link's fd (CLOEXEC closes it only at exec), so the kernel may
+        // release the link a moment after our close. Bounded wait, then the query must agree.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while nl::xdp_attached(a).unwrap().is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(nl::xdp_attached(a).unwrap(), None);
+        assert_eq!(nl::xdp_holder(a), None);
     });
 }
 
