@@ -1,86 +1,9 @@
-//! How the coordinator acts on one node. Only the network-namespace transport exists yet; the
-//! agent and SSH transports are parsed from the cluster file but refused here
-//! ([`for_node`]), before any node is touched.
-//!
-//! A transport's methods block and may change the calling thread (the netns transport enters
-//! the node's namespace with setns, which applies to one thread only): the coordinator calls
-//! each on a fresh thread of its own.
-use std::time::Duration;
-
-use super::{Node, NodePlan, Transport};
+//! The network-namespace transport: the pinned-mode controller of a namespace on this host.
+use super::{LiveFault, NodeError, NodePlan, NodeState, NodeTransport};
 use crate::{
-    control::{self, Ctl, monotonic_ns, netns},
+    control::{Ctl, monotonic_ns, netns},
     spec::{Kind, Ttl},
 };
-
-/// What went wrong on one node.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    #[error(transparent)]
-    Netns(#[from] netns::NetnsError),
-    #[error(transparent)]
-    Control(#[from] control::Error),
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("the node's worker thread panicked")]
-    Panicked,
-    #[error("start the node's worker thread: {0}")]
-    Spawn(#[source] std::io::Error),
-}
-
-/// A fault live on a node, as `status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct LiveFault {
-    pub name: String,
-    pub kind: Kind,
-    /// Seconds left; `None`: no expiry.
-    pub ttl_left_s: Option<u64>,
-}
-
-/// One node's state, as `status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct NodeState {
-    pub attached: Vec<String>,
-    pub faults: Vec<LiveFault>,
-}
-
-/// The operations the coordinator needs on a node.
-pub trait NodeTransport: Send + Sync {
-    /// `"netns"`, `"agent"`, `"ssh"`.
-    fn kind(&self) -> &'static str;
-    /// Attaches the plan's interfaces where not attached, then adds its protections (those the
-    /// node lacks) and rules in one publish. Returns the names it added, for an undo.
-    fn apply(&self, plan: &NodePlan, ttl: Ttl) -> Result<Vec<String>, NodeError>;
-    /// Deletes the entries (of any kind) named `names` that exist; a node that is not attached
-    /// has none. Returns the names deleted.
-    fn delete(&self, names: &[String]) -> Result<Vec<String>, NodeError>;
-    /// Deletes the partitions `select` picks. Returns the names deleted.
-    fn heal(&self, select: &(dyn Fn(&str) -> bool + Sync)) -> Result<Vec<String>, NodeError>;
-    fn state(&self) -> Result<NodeState, NodeError>;
-}
-
-/// A transport the cluster file names but this build cannot drive yet.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("node {node}: the {transport} transport is not implemented yet (only netns is)")]
-pub struct NotImplemented {
-    pub node: String,
-    pub transport: &'static str,
-}
-
-/// The transport for `node`; refuses those not implemented yet.
-pub fn for_node(node: &Node) -> Result<Box<dyn NodeTransport>, NotImplemented> {
-    match &node.transport {
-        Transport::Netns(ns) => Ok(Box::new(Netns { ns: ns.clone() })),
-        Transport::Agent { .. } => Err(NotImplemented {
-            node: node.name.clone(),
-            transport: "agent",
-        }),
-        Transport::Ssh { .. } => Err(NotImplemented {
-            node: node.name.clone(),
-            transport: "ssh",
-        }),
-    }
-}
 
 /// A namespace on this host: the pinned-mode controller, as `netfault --netns NS` runs it.
 pub struct Netns {
@@ -159,6 +82,19 @@ impl NodeTransport for Netns {
             return Ok(picked);
         }
         Ok(ctl.delete(&picked, &[Kind::Partition])?)
+    }
+
+    fn renew(&self, names: &[String], ttl: Ttl) -> Result<Vec<String>, NodeError> {
+        let mut ctl = self.open()?;
+        let present: Vec<String> = names
+            .iter()
+            .filter(|n| ctl.state.find(n).is_some())
+            .cloned()
+            .collect();
+        if !present.is_empty() {
+            ctl.renew(&present, ttl)?;
+        }
+        Ok(present)
     }
 
     fn state(&self) -> Result<NodeState, NodeError> {

@@ -1,0 +1,89 @@
+//! How the coordinator acts on one node: one module per transport. Only the network-namespace
+//! transport exists yet; the agent and SSH transports are parsed from the cluster file but
+//! refused here ([`for_node`]), before any node is touched.
+//!
+//! A transport's methods block and may change the calling thread (the netns transport enters
+//! the node's namespace with setns, which applies to one thread only): the coordinator calls
+//! each on a fresh thread of its own.
+mod netns;
+
+use std::time::Duration;
+
+pub use self::netns::Netns;
+use super::{Node, NodePlan, Transport};
+use crate::{
+    control::{self, netns as ns},
+    spec::{Kind, Ttl},
+};
+
+/// What went wrong on one node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Netns(#[from] ns::NetnsError),
+    #[error(transparent)]
+    Control(#[from] control::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the node's worker thread panicked")]
+    Panicked,
+    #[error("start the node's worker thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// A fault live on a node, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LiveFault {
+    pub name: String,
+    pub kind: Kind,
+    /// Seconds left; `None`: no expiry.
+    pub ttl_left_s: Option<u64>,
+}
+
+/// One node's state, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeState {
+    pub attached: Vec<String>,
+    pub faults: Vec<LiveFault>,
+}
+
+/// The operations the coordinator needs on a node.
+pub trait NodeTransport: Send + Sync {
+    /// `"netns"`, `"agent"`, `"ssh"`.
+    fn kind(&self) -> &'static str;
+    /// Attaches the plan's interfaces where not attached, then adds its protections (those the
+    /// node lacks) and rules in one publish. Returns the names it added, for an undo.
+    fn apply(&self, plan: &NodePlan, ttl: Ttl) -> Result<Vec<String>, NodeError>;
+    /// Deletes the entries (of any kind) named `names` that exist; a node that is not attached
+    /// has none. Returns the names deleted.
+    fn delete(&self, names: &[String]) -> Result<Vec<String>, NodeError>;
+    /// Deletes the partitions `select` picks. Returns the names deleted.
+    fn heal(&self, select: &(dyn Fn(&str) -> bool + Sync)) -> Result<Vec<String>, NodeError>;
+    /// Sets the lifetime of the entries named `names` that exist to `ttl` from now (a lease's
+    /// renewal). Returns the names renewed.
+    fn renew(&self, names: &[String], ttl: Ttl) -> Result<Vec<String>, NodeError>;
+    fn state(&self) -> Result<NodeState, NodeError>;
+}
+
+/// A transport the cluster file names but this build cannot drive yet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("node {node}: the {transport} transport is not implemented yet (only netns is)")]
+pub struct NotImplemented {
+    pub node: String,
+    pub transport: &'static str,
+}
+
+/// The transport for `node`; refuses those not implemented yet.
+pub fn for_node(node: &Node) -> Result<Box<dyn NodeTransport>, NotImplemented> {
+    match &node.transport {
+        Transport::Netns(ns) => Ok(Box::new(Netns { ns: ns.clone() })),
+        Transport::Agent { .. } => Err(NotImplemented {
+            node: node.name.clone(),
+            transport: "agent",
+        }),
+        Transport::Ssh { .. } => Err(NotImplemented {
+            node: node.name.clone(),
+            transport: "ssh",
+        }),
+    }
+}
