@@ -11,12 +11,14 @@
 //!   transports' traffic flowing.
 //! - [`coordinator`] and [`transport`]: the one part that touches hosts: plans applied on
 //!   every node at once, all or nothing (netns transport only, so far).
+//! - [`local`]: what a node does with a request, whichever transport brought it.
 //! - [`scenario`]: the scenario file (`[[step]]`s at times, repeated) and its timeline.
 //!
 //! Errors are [`SpecError`](crate::spec::SpecError)s naming the key path (`node[2].agent`,
 //! `step[1].every`), as rule-set files do: exit 2, nothing changed.
 pub mod coordinator;
 pub mod file;
+pub mod local;
 pub mod plan;
 pub mod scenario;
 pub mod topology;

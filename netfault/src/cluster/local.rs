@@ -1,0 +1,107 @@
+//! What a node does with a coordinator's request, on the node itself: the same code whether
+//! the request came by the netns transport (in this process, inside the namespace), from the
+//! agent (HTTP) or over SSH (a remote `netfault` process).
+use super::NodePlan;
+use super::transport::{LiveFault, NodeError, NodeState};
+use crate::{
+    control::{Ctl, monotonic_ns},
+    spec::{Kind, Ttl},
+};
+
+/// Whether the controller has programs to hold entries: deleting on a node that was never
+/// attached is a no-op, not an error.
+fn attached(ctl: &Ctl) -> bool {
+    !ctl.state.attached.is_empty()
+}
+
+/// Attaches the plan's interfaces where not attached, then adds its protections (those the
+/// node lacks) and rules in one publish. Returns the names added, for an undo.
+pub fn apply(ctl: &mut Ctl, plan: &NodePlan, ttl: Ttl) -> Result<Vec<String>, NodeError> {
+    ctl.attach(&plan.ifaces, None)?;
+    // Protections are shared by every partition: add only the missing ones (a name present
+    // twice is refused).
+    let mut specs: Vec<_> = plan
+        .protect
+        .iter()
+        .filter(|p| ctl.state.find(&p.name).is_none())
+        .cloned()
+        .collect();
+    specs.extend(plan.rules.iter().cloned());
+    let names = specs.iter().map(|s| s.name.clone()).collect();
+    if !specs.is_empty() {
+        // No SSH protection: the connection the command came over may not be this node's;
+        // the plan's protections are what keeps the coordinator's traffic.
+        ctl.add(specs, ttl, false)?;
+    }
+    Ok(names)
+}
+
+/// Deletes the entries (of any kind) named `names` that exist. Returns the names deleted.
+pub fn delete(ctl: &mut Ctl, names: &[String]) -> Result<Vec<String>, NodeError> {
+    if !attached(ctl) {
+        return Ok(Vec::new());
+    }
+    let present: Vec<String> = names
+        .iter()
+        .filter(|n| ctl.state.find(n).is_some())
+        .cloned()
+        .collect();
+    if present.is_empty() {
+        return Ok(present);
+    }
+    Ok(ctl.delete(&present, &[Kind::Partition, Kind::Rule, Kind::Protect])?)
+}
+
+/// Deletes the partitions `select` picks. Returns the names deleted.
+pub fn heal(
+    ctl: &mut Ctl,
+    select: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Vec<String>, NodeError> {
+    if !attached(ctl) {
+        return Ok(Vec::new());
+    }
+    let picked: Vec<String> = ctl
+        .state
+        .rules
+        .iter()
+        .filter(|r| r.spec.kind == Kind::Partition && select(&r.spec.name))
+        .map(|r| r.spec.name.clone())
+        .collect();
+    if picked.is_empty() {
+        return Ok(picked);
+    }
+    Ok(ctl.delete(&picked, &[Kind::Partition])?)
+}
+
+/// Sets the lifetime of the entries named `names` that exist. Returns the names renewed.
+pub fn renew(ctl: &mut Ctl, names: &[String], ttl: Ttl) -> Result<Vec<String>, NodeError> {
+    let present: Vec<String> = names
+        .iter()
+        .filter(|n| ctl.state.find(n).is_some())
+        .cloned()
+        .collect();
+    if !present.is_empty() {
+        ctl.renew(&present, ttl)?;
+    }
+    Ok(present)
+}
+
+/// The node's interfaces and live faults.
+pub fn state(ctl: &Ctl) -> NodeState {
+    let now = monotonic_ns();
+    NodeState {
+        attached: ctl.state.attached.iter().map(|a| a.iface.clone()).collect(),
+        faults: ctl
+            .state
+            .rules
+            .iter()
+            .filter(|r| r.spec.kind != Kind::Protect && r.live(now))
+            .map(|r| LiveFault {
+                name: r.spec.name.clone(),
+                kind: r.spec.kind,
+                ttl_left_s: (r.expires_mono_ns != 0)
+                    .then(|| r.expires_mono_ns.saturating_sub(now) / 1_000_000_000),
+            })
+            .collect(),
+    }
+}
