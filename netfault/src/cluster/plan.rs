@@ -42,7 +42,7 @@ pub struct Impair {
 }
 
 /// What one node is given: where to attach, what to protect, which rules to hold.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NodePlan {
     pub node: String,
     pub ifaces: Vec<String>,
