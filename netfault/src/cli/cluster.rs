@@ -1,13 +1,20 @@
-//! `netfault cluster --cluster FILE partition|heal|status`
-use std::{io::Write as _, path::PathBuf};
+//! `netfault cluster --cluster FILE partition|impair|heal|run|status|stats`
+use std::{io::Write as _, path::PathBuf, time::Duration};
 
 use netfault::{
-    cluster::{Cluster, Topology, coordinator::Coordinator},
-    spec::{SpecError, Ttl},
+    cluster::{
+        Cluster, Impair, Scenario, Topology,
+        coordinator::Coordinator,
+        events::Log,
+        run::{self as cluster_run, Ended},
+    },
+    spec::{Distribution, Prob, Rate, Shape, SpecError, Ttl},
 };
 
-/// Partition a lab cluster: every node of a cluster file at once, all or nothing. Faults go
-/// on each receiver's ingress. Only the netns transport is implemented yet.
+use super::Done;
+
+/// Partition and impair a lab cluster: every node of a cluster file at once, all or nothing,
+/// by hand or from a scenario file. Only the netns transport is implemented yet.
 #[derive(clap::Args)]
 pub struct Args {
     /// The cluster file (`[[node]]`: name, addrs, iface, and one transport).
@@ -37,16 +44,86 @@ pub enum ClusterCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Delete this tool's partitions by name on every node, or all of them.
+    /// Impair the traffic from every --from node to every --to node: loss and duplication at
+    /// the receivers' ingress (per wire packet, invisible to the sender), delay, jitter and
+    /// rate at the senders' egress.
+    Impair {
+        /// Sending nodes, comma-separated (`n1,n2`).
+        #[arg(long, value_name = "NODES", value_delimiter = ',', required = true)]
+        from: Vec<String>,
+        /// Receiving nodes, comma-separated.
+        #[arg(long, value_name = "NODES", value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        /// Drop probability: `30%` or `0.3`.
+        #[arg(long, value_name = "PROB", value_parser = super::args::parse_prob, allow_hyphen_values = true)]
+        drop: Option<Prob>,
+        /// Duplicate probability: `30%` or `0.3`.
+        #[arg(long, value_name = "PROB", value_parser = super::args::parse_prob, allow_hyphen_values = true)]
+        duplicate: Option<Prob>,
+        /// Delay each packet (`50ms`), at the sender (needs fq on the sender's interface).
+        #[arg(long, value_name = "DURATION", value_parser = super::args::parse_interval, allow_hyphen_values = true)]
+        delay: Option<Duration>,
+        /// Vary the delay (needs --delay), as for `rule add`.
+        #[arg(long, value_name = "DURATION", value_parser = super::args::parse_interval, allow_hyphen_values = true)]
+        jitter: Option<Duration>,
+        /// Jitter distribution: uniform (default), normal, pareto, paretonormal.
+        #[arg(long, value_name = "DIST", value_parser = super::args::parse_distribution)]
+        distribution: Option<Distribution>,
+        /// Let jittered packets overtake each other.
+        #[arg(long)]
+        reorder: bool,
+        /// Pace each (sender, receiver) pair to RATE (`10mbit`).
+        #[arg(long, value_name = "RATE", value_parser = super::args::parse_rate, allow_hyphen_values = true)]
+        rate: Option<Rate>,
+        /// Entries are named NAME.from-PEER.v4 (receivers) and NAME.to-PEER.v4 (senders).
+        #[arg(long, default_value = "impair")]
+        name: String,
+        /// Lifetime of the entries (default 10m; `none`: no expiry).
+        #[arg(long, value_name = "DURATION", value_parser = super::args::parse_ttl, allow_hyphen_values = true)]
+        ttl: Option<Ttl>,
+    },
+    /// Delete this tool's partitions and impairments by name on every node, or all of them.
     Heal {
         #[arg(value_name = "NAME")]
         names: Vec<String>,
+    },
+    /// Play a scenario file (steps at times, repeated) under a lease the coordinator renews:
+    /// however the run ends (finished 0, Ctrl-C 130, SIGTERM 143, error 1), every step is
+    /// healed; after kill -9, every node heals itself within the lease.
+    Run {
+        #[arg(value_name = "SCENARIO")]
+        scenario: PathBuf,
+        /// Write JSON lines, one per node change and step (`-`: stdout).
+        #[arg(long, value_name = "FILE")]
+        events: Option<PathBuf>,
+        /// Seed of random topologies (default: the file's `seed`, else a fresh one, printed).
+        #[arg(long, value_name = "N")]
+        seed: Option<u64>,
     },
     /// Per node: reachable, transport, attached interfaces, live faults.
     Status {
         #[arg(long)]
         json: bool,
     },
+    /// Per node, each live fault's counters (matched, dropped, duplicated, passed, ...).
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `plan::impair`'s relative fields as the flags that gave them.
+fn impair_flag(e: netfault::cluster::coordinator::Error) -> anyhow::Error {
+    match e {
+        netfault::cluster::coordinator::Error::Spec(s) => {
+            let f = match s.field.as_str() {
+                "impair" | "name" => format!("--{}", s.field).replace("--impair", "impair"),
+                f => format!("--{f}"),
+            };
+            SpecError::new(f, s.msg).into()
+        }
+        e => e.into(),
+    }
 }
 
 /// `n1,n2|n3` → `n1-n2_n3`: a rule name made of the topology; `cluster` if that is too long
@@ -75,7 +152,7 @@ fn fresh_seed() -> u64 {
     t ^ (u64::from(std::process::id()) << 32)
 }
 
-pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<()> {
+pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
     if ns.is_some() {
         // Each node names its own namespace in the cluster file.
         return Err(SpecError::new("--netns", "does not apply to `cluster`").into());
@@ -83,9 +160,100 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.cluster)
         .map_err(|e| SpecError::new("FILE", format!("{}: {e}", a.cluster.display())))?;
     let cluster = Cluster::parse(&text)?;
+    if let ClusterCmd::Run {
+        scenario,
+        events,
+        seed,
+    } = a.cmd
+    {
+        return run_scenario(cluster, &scenario, events.as_deref(), seed);
+    }
     let coord = Coordinator::new(cluster)?;
     let mut out = std::io::stdout().lock();
     match a.cmd {
+        ClusterCmd::Run { .. } => unreachable!("handled above"),
+        ClusterCmd::Impair {
+            from,
+            to,
+            drop,
+            duplicate,
+            delay,
+            jitter,
+            distribution,
+            reorder,
+            rate,
+            name,
+            ttl,
+        } => {
+            let imp = Impair {
+                from,
+                to,
+                drop: drop.unwrap_or_default(),
+                duplicate: duplicate.unwrap_or_default(),
+                shape: Shape {
+                    delay,
+                    jitter,
+                    distribution: distribution.unwrap_or_default(),
+                    reorder,
+                    rate,
+                },
+            };
+            let plans = coord.impair_plans(&name, &imp).map_err(impair_flag)?;
+            let ttl = ttl.unwrap_or_default();
+            coord.apply(plans.clone(), ttl)?;
+            writeln!(
+                out,
+                "impairment {name} applied: {} -> {}",
+                imp.from.join(","),
+                imp.to.join(",")
+            )?;
+            for p in plans.iter().filter(|p| !p.rules.is_empty()) {
+                let names: Vec<&str> = p.rules.iter().map(|r| r.name.as_str()).collect();
+                writeln!(out, "  {}: {}", p.node, names.join(", "))?;
+            }
+        }
+        ClusterCmd::Stats { json } => {
+            let st = coord.stats();
+            if json {
+                writeln!(out, "{}", serde_json::json!({ "nodes": st }))?;
+            } else {
+                for s in &st {
+                    if let Some(e) = &s.error {
+                        let what = if s.reachable {
+                            "no counters"
+                        } else {
+                            "unreachable"
+                        };
+                        writeln!(out, "{} ({}): {what}: {e}", s.node, s.transport)?;
+                        continue;
+                    }
+                    writeln!(
+                        out,
+                        "{} ({}): {} faults",
+                        s.node,
+                        s.transport,
+                        s.faults.len()
+                    )?;
+                    for f in &s.faults {
+                        let c = &f.counters;
+                        writeln!(
+                            out,
+                            "  {:<28} {:<9} matched {} dropped {} duplicated {} delayed {} queue_dropped {} passed {} bytes {}{}",
+                            f.name,
+                            format!("{:?}", f.kind).to_lowercase(),
+                            c.matched,
+                            c.dropped,
+                            c.duplicated,
+                            c.delayed,
+                            c.queue_dropped,
+                            c.passed,
+                            c.bytes,
+                            if f.expired { " (expired)" } else { "" }
+                        )?;
+                    }
+                }
+            }
+        }
         ClusterCmd::Partition {
             topology,
             name,
@@ -137,7 +305,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<()> {
         ClusterCmd::Heal { names } => {
             let healed = coord.heal(&names)?;
             let total: usize = healed.iter().map(|(_, v)| v.len()).sum();
-            writeln!(out, "healed {total} partition entries")?;
+            writeln!(out, "healed {total} entries")?;
             for (node, v) in healed.iter().filter(|(_, v)| !v.is_empty()) {
                 writeln!(out, "  {node}: {}", v.join(", "))?;
             }
@@ -175,5 +343,76 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(Done::Ok)
+}
+
+/// `cluster run SCENARIO`: every problem with the scenario (or the event file) exits 2 before
+/// any node is touched.
+fn run_scenario(
+    cluster: Cluster,
+    path: &std::path::Path,
+    events: Option<&std::path::Path>,
+    seed: Option<u64>,
+) -> anyhow::Result<Done> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| SpecError::new("SCENARIO", format!("{}: {e}", path.display())))?;
+    let sc = Scenario::parse(&text)?;
+    sc.check(&cluster)?;
+    let coord = Coordinator::new(cluster)?;
+    let seed = match seed.or(sc.seed) {
+        Some(s) => s,
+        None => {
+            let s = fresh_seed();
+            let _ = writeln!(
+                std::io::stderr(),
+                "netfault: seed {s} (--seed {s} repeats this)"
+            );
+            s
+        }
+    };
+    let mut log = match events {
+        Some(p) => {
+            Log::open(p).map_err(|e| SpecError::new("--events", format!("{}: {e}", p.display())))?
+        }
+        None => Log::none(),
+    };
+    // Progress goes where the events do not.
+    let mut progress: Box<dyn std::io::Write> = if log.to_stdout {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    };
+    let _ = writeln!(
+        progress,
+        "run {}: {} steps, {} on {} nodes, lease {}, seed {seed}",
+        path.display(),
+        sc.steps.len(),
+        humantime::format_duration(sc.end()),
+        coord.cluster.nodes.len(),
+        humantime::format_duration(sc.lease)
+    );
+    let (ended, summary) = cluster_run::run(&coord, &sc, seed, &mut log, &mut *progress)?;
+    let mut spreads = summary.spreads.clone();
+    spreads.sort();
+    let max = spreads.last().copied().unwrap_or_default();
+    let p50 = spreads.get(spreads.len() / 2).copied().unwrap_or_default();
+    let _ = writeln!(
+        progress,
+        "run {}: {} starts, {} ends, {} renewals; node spread p50 {:.1} ms, max {:.1} ms; every step healed",
+        match ended {
+            Ended::Finished => "finished",
+            Ended::Interrupted => "interrupted",
+            Ended::Terminated => "terminated",
+        },
+        summary.starts,
+        summary.ends,
+        summary.renewals,
+        p50.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    );
+    Ok(match ended {
+        Ended::Finished => Done::Ok,
+        Ended::Interrupted => Done::Interrupted,
+        Ended::Terminated => Done::Terminated,
+    })
 }

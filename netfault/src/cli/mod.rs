@@ -96,7 +96,7 @@ impl Cmd {
                     cmd: protect::ProtectCmd::List(_)
                 })
                 | Cmd::Cluster(cluster::Args {
-                    cmd: cluster::ClusterCmd::Status { .. },
+                    cmd: cluster::ClusterCmd::Status { .. } | cluster::ClusterCmd::Stats { .. },
                     ..
                 })
         )
@@ -132,7 +132,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Run(a) => run::run(a, ns)?,
         Cmd::Renew(a) => renew::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Protect(a) => protect::run(a, ns).map(|()| Done::Ok)?,
-        Cmd::Cluster(a) => cluster::run(a, ns).map(|()| Done::Ok)?,
+        Cmd::Cluster(a) => cluster::run(a, ns)?,
         Cmd::Completions(_) | Cmd::Manpage(_) => unreachable!("handled above"),
     })
 }

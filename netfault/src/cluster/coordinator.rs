@@ -8,14 +8,17 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex, PoisonError, mpsc},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use super::{
-    Cluster, Grudge, NodePlan, plan,
+    Cluster, Grudge, Impair, NodePlan, plan,
     transport::{self, LiveFault, NodeError, NodeTransport, NotImplemented},
 };
-use crate::spec::{SpecError, Ttl, validate_name};
+use crate::{
+    observe::StatView,
+    spec::{Kind, RuleSpec, SpecError, Ttl, validate_name},
+};
 
 /// How long a node may take to answer one operation. The controller's own lock wait is 10 s
 /// too: a node busy with another command for longer counts as failed.
@@ -82,6 +85,26 @@ pub struct NodeStatus {
     pub faults: Vec<LiveFault>,
 }
 
+/// What `stats` reports for one node: each live fault's counters (protections left out).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeStats {
+    pub node: String,
+    pub transport: &'static str,
+    pub reachable: bool,
+    pub error: Option<String>,
+    pub faults: Vec<StatView>,
+}
+
+/// One node's answer to a timed operation: when it finished (the wall clock the event log
+/// prints: right after the node's change took effect, or when the coordinator gave up on it).
+#[derive(Debug)]
+pub struct Timed<T> {
+    /// Index into the cluster's nodes.
+    pub node: usize,
+    pub ts: SystemTime,
+    pub result: Result<T, NodeError>,
+}
+
 enum Slot<T> {
     Waiting,
     Done(Result<T, NodeError>),
@@ -130,6 +153,22 @@ impl Coordinator {
         F: Fn(usize, &dyn NodeTransport) -> Result<T, NodeError> + Send + Sync + 'static,
         U: Fn(&dyn NodeTransport, &T) + Send + Sync + 'static,
     {
+        self.on_nodes_within(self.timeout, which, f, undo)
+    }
+
+    /// [`on_nodes`](Self::on_nodes) with a deadline of its own.
+    fn on_nodes_within<T, F, U>(
+        &self,
+        timeout: Duration,
+        which: &[usize],
+        f: F,
+        undo: U,
+    ) -> Vec<(usize, Result<T, NodeError>)>
+    where
+        T: Send + 'static,
+        F: Fn(usize, &dyn NodeTransport) -> Result<T, NodeError> + Send + Sync + 'static,
+        U: Fn(&dyn NodeTransport, &T) + Send + Sync + 'static,
+    {
         let (f, undo) = (Arc::new(f), Arc::new(undo));
         let (tx, rx) = mpsc::channel::<()>();
         let (mut slots, mut running) = (Vec::new(), 0);
@@ -164,7 +203,7 @@ impl Coordinator {
             slots.push((i, slot));
         }
         drop(tx);
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + timeout;
         for _ in 0..running {
             let left = deadline.saturating_duration_since(Instant::now());
             if rx.recv_timeout(left).is_err() {
@@ -177,7 +216,7 @@ impl Coordinator {
                 let mut g = lock(&s);
                 match std::mem::replace(&mut *g, Slot::Abandoned) {
                     Slot::Done(r) => (i, r),
-                    _ => (i, Err(NodeError::Timeout(self.timeout))),
+                    _ => (i, Err(NodeError::Timeout(timeout))),
                 }
             })
             .collect()
@@ -192,17 +231,142 @@ impl Coordinator {
     pub fn plans(&self, name: &str, grudge: &Grudge) -> Result<Vec<NodePlan>, Error> {
         validate_name("name", name)?;
         let part = plan::partition(name, &self.cluster, grudge)?;
+        self.rule_plans(&part)
+    }
+
+    /// The plans an impairment gives (`impair --from .. --to ..`), checked as [`plans`](Self::plans).
+    /// Error fields are relative (`from[1]`, `jitter`, `impair`), as [`plan::impair`]'s.
+    pub fn impair_plans(&self, name: &str, imp: &Impair) -> Result<Vec<NodePlan>, Error> {
+        validate_name("name", name)?;
+        let rules = plan::impair(name, &self.cluster, imp)?;
+        self.rule_plans(&rules)
+    }
+
+    /// Every node's plan for per-node rules (as [`plan::partition`] and [`plan::impair`] and a
+    /// scenario's steps give them), with the protections, every entry validated.
+    pub fn rule_plans(
+        &self,
+        rules: &BTreeMap<String, Vec<RuleSpec>>,
+    ) -> Result<Vec<NodePlan>, Error> {
         // Netns nodes need no protection; agent and SSH endpoints will (their transports
         // resolve hosts and pass the coordinator's addresses).
         let protect =
             plan::protections(&self.cluster, &[], &plan::literal_endpoints(&self.cluster));
-        let plans = plan::plans(&self.cluster, &protect, &[part]);
+        let plans = plan::plans(&self.cluster, &protect, std::slice::from_ref(rules));
         for p in &plans {
             for r in p.protect.iter().chain(&p.rules) {
                 r.validate()?;
             }
         }
         Ok(plans)
+    }
+
+    /// Runs `f` on the nodes `which`, each answer stamped with the wall clock when it came.
+    fn timed<T, F, U>(&self, timeout: Duration, which: &[usize], f: F, undo: U) -> Vec<Timed<T>>
+    where
+        T: Send + 'static,
+        F: Fn(usize, &dyn NodeTransport) -> Result<T, NodeError> + Send + Sync + 'static,
+        U: Fn(&dyn NodeTransport, &T) + Send + Sync + 'static,
+    {
+        self.on_nodes_within(
+            timeout,
+            which,
+            move |i, t| f(i, t).map(|v| (v, SystemTime::now())),
+            move |t, (v, _)| undo(t, v),
+        )
+        .into_iter()
+        .map(|(node, r)| match r {
+            Ok((v, ts)) => Timed {
+                node,
+                ts,
+                result: Ok(v),
+            },
+            Err(e) => Timed {
+                node,
+                ts: SystemTime::now(),
+                result: Err(e),
+            },
+        })
+        .collect()
+    }
+
+    /// Applies each plan on its node (index into the cluster), all at once, within `timeout`.
+    /// No rollback here: the caller decides what a partial failure means (a late success is
+    /// undone by its worker). Each success returns the names added.
+    pub fn apply_timed(
+        &self,
+        plans: Vec<(usize, NodePlan)>,
+        ttl: Ttl,
+        timeout: Duration,
+    ) -> Vec<Timed<Vec<String>>> {
+        let which: Vec<usize> = plans.iter().map(|(i, _)| *i).collect();
+        let plans: Arc<BTreeMap<usize, NodePlan>> = Arc::new(plans.into_iter().collect());
+        self.timed(
+            timeout,
+            &which,
+            move |i, t| match plans.get(&i) {
+                Some(p) => t.apply(p, ttl),
+                None => Ok(Vec::new()),
+            },
+            |t, added| {
+                let _ = t.delete(added);
+            },
+        )
+    }
+
+    /// Deletes the named entries on each node, all at once, within `timeout`.
+    pub fn delete_timed(
+        &self,
+        names: Vec<(usize, Vec<String>)>,
+        timeout: Duration,
+    ) -> Vec<Timed<Vec<String>>> {
+        let which: Vec<usize> = names.iter().map(|(i, _)| *i).collect();
+        let names: Arc<BTreeMap<usize, Vec<String>>> = Arc::new(names.into_iter().collect());
+        self.timed(
+            timeout,
+            &which,
+            move |i, t| t.delete(names.get(&i).map_or(&[][..], Vec::as_slice)),
+            |_, _| {},
+        )
+    }
+
+    /// Sets the lifetime of the named entries on each node to `ttl` from now (a lease's
+    /// renewal); each success returns the names the node still had live.
+    pub fn renew_timed(
+        &self,
+        names: Vec<(usize, Vec<String>)>,
+        ttl: Ttl,
+        timeout: Duration,
+    ) -> Vec<Timed<Vec<String>>> {
+        let which: Vec<usize> = names.iter().map(|(i, _)| *i).collect();
+        let names: Arc<BTreeMap<usize, Vec<String>>> = Arc::new(names.into_iter().collect());
+        self.timed(
+            timeout,
+            &which,
+            move |i, t| t.renew(names.get(&i).map_or(&[][..], Vec::as_slice), ttl),
+            |_, _| {},
+        )
+    }
+
+    /// Every node attached (an empty plan: interfaces and protections), within `timeout`, so
+    /// that later changes are one publish each. Fails naming the first node that failed.
+    pub fn prepare(&self, timeout: Duration) -> Result<(), Error> {
+        let plans = self.rule_plans(&BTreeMap::new())?;
+        let plans: Vec<(usize, NodePlan)> = plans.into_iter().enumerate().collect();
+        let failed: Vec<(String, NodeError)> = self
+            .apply_timed(plans, Ttl::Never, timeout)
+            .into_iter()
+            .filter_map(|t| {
+                t.result
+                    .err()
+                    .map(|e| (self.cluster.nodes[t.node].name.clone(), e))
+            })
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(node_error(failed, "; no fault was applied".into()))
+        }
     }
 
     /// Applies `plans` on every node in one publish each, all or nothing.
@@ -263,8 +427,9 @@ impl Coordinator {
     }
 
     /// Deletes partitions on every node: those named `NAME.from-<node>.<family>` for each of
-    /// `names`, or every partition of that form (any name) when `names` is empty. Returns what
-    /// each node deleted, in file order.
+    /// `names`, or every partition of that form (any name) when `names` is empty; and the
+    /// live impairment rules of those names (`NAME.from-<node>.<family>` at receivers,
+    /// `NAME.to-<node>.<family>` at senders). Returns what each node deleted, in file order.
     pub fn heal(&self, names: &[String]) -> Result<Vec<(String, Vec<String>)>, Error> {
         for (i, n) in names.iter().enumerate() {
             validate_name(&format!("NAME[{i}]"), n)?;
@@ -275,7 +440,18 @@ impl Coordinator {
             &self.all(),
             move |_, t| {
                 let select = |entry: &str| cluster_entry(entry, &names, &peers);
-                t.heal(&select)
+                let mut healed = t.heal(&select)?;
+                let rules: Vec<String> = t
+                    .state()?
+                    .faults
+                    .into_iter()
+                    .filter(|f| f.kind == Kind::Rule && impair_entry(&f.name, &names, &peers))
+                    .map(|f| f.name)
+                    .collect();
+                if !rules.is_empty() {
+                    healed.extend(t.delete(&rules)?);
+                }
+                Ok(healed)
             },
             |_, _| {},
         );
@@ -329,16 +505,63 @@ impl Coordinator {
     }
 }
 
+impl Coordinator {
+    /// Every node's live faults with their counters; an unreachable node is reported, not an
+    /// error.
+    pub fn stats(&self) -> Vec<NodeStats> {
+        self.on_nodes(&self.all(), |_, t| t.stats(), |_, _| {})
+            .into_iter()
+            .map(|(i, r)| {
+                let transport = self.transports[i].kind();
+                let node = self.cluster.nodes[i].name.clone();
+                let (reachable, error, faults) = match r {
+                    Ok(Some(v)) => (
+                        true,
+                        None,
+                        v.into_iter().filter(|s| s.kind != Kind::Protect).collect(),
+                    ),
+                    Ok(None) => (
+                        true,
+                        Some(format!(
+                            "the {transport} transport does not report counters"
+                        )),
+                        Vec::new(),
+                    ),
+                    Err(e) => (false, Some(e.to_string()), Vec::new()),
+                };
+                NodeStats {
+                    node,
+                    transport,
+                    reachable,
+                    error,
+                    faults,
+                }
+            })
+            .collect()
+    }
+}
+
+/// `NAME.<dir>PEER.v4|v6` split into NAME and PEER, for `dir` one of `dirs` (`"from-"`, `"to-"`).
+fn split_entry<'a>(entry: &'a str, dirs: &[&str]) -> Option<(&'a str, &'a str)> {
+    let rest = entry
+        .strip_suffix(".v4")
+        .or_else(|| entry.strip_suffix(".v6"))?;
+    dirs.iter().find_map(|d| rest.rsplit_once(&format!(".{d}")))
+}
+
+/// Whether an impairment rule is one the coordinator made (`NAME.from-<peer>.v4` or
+/// `NAME.to-<peer>.v4`, `peer` a node of the cluster), of one of `names` (any when empty).
+fn impair_entry(entry: &str, names: &[String], peers: &[String]) -> bool {
+    let Some((name, peer)) = split_entry(entry, &["from-", "to-"]) else {
+        return false;
+    };
+    peers.iter().any(|p| p == peer) && (names.is_empty() || names.iter().any(|n| n == name))
+}
+
 /// Whether a partition entry is one the coordinator made (`NAME.from-<peer>.v4|v6`, `peer` a
 /// node of the cluster), of one of `names` (any name when empty).
 fn cluster_entry(entry: &str, names: &[String], peers: &[String]) -> bool {
-    let Some(rest) = entry
-        .strip_suffix(".v4")
-        .or_else(|| entry.strip_suffix(".v6"))
-    else {
-        return false;
-    };
-    let Some((name, peer)) = rest.rsplit_once(".from-") else {
+    let Some((name, peer)) = split_entry(entry, &["from-"]) else {
         return false;
     };
     peers.iter().any(|p| p == peer) && (names.is_empty() || names.iter().any(|n| n == name))
@@ -360,6 +583,12 @@ mod tests {
         let named = vec!["a.b".to_string()];
         assert!(cluster_entry("a.b.from-n2.v6", &named, &peers));
         assert!(!cluster_entry("split.from-n1.v4", &named, &peers));
+        assert!(!cluster_entry("lossy.to-n1.v4", &any, &peers));
+        assert!(impair_entry("lossy.to-n1.v4", &any, &peers));
+        assert!(impair_entry("lossy.from-n2.v6", &any, &peers));
+        assert!(!impair_entry("lossy.to-n9.v6", &any, &peers));
+        assert!(!impair_entry("lossy.to-n1.v4", &named, &peers));
+        assert!(impair_entry("a.b.to-n1.v4", &named, &peers));
     }
 
     fn netns_cluster() -> Cluster {

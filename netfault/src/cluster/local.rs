@@ -73,17 +73,27 @@ pub fn heal(
     Ok(ctl.delete(&picked, &[Kind::Partition])?)
 }
 
-/// Sets the lifetime of the entries named `names` that exist. Returns the names renewed.
+/// Sets the lifetime of the entries named `names` that exist and have not expired (an expired
+/// lease stays expired: the caller learns which were lost). Returns the names renewed.
 pub fn renew(ctl: &mut Ctl, names: &[String], ttl: Ttl) -> Result<Vec<String>, NodeError> {
+    let now = monotonic_ns();
     let present: Vec<String> = names
         .iter()
-        .filter(|n| ctl.state.find(n).is_some())
+        .filter(|n| ctl.state.find(n).is_some_and(|r| r.live(now)))
         .cloned()
         .collect();
     if !present.is_empty() {
         ctl.renew(&present, ttl)?;
     }
     Ok(present)
+}
+
+/// Every entry's counters, in evaluation order; none on a node that was never attached.
+pub fn stats(ctl: &Ctl) -> Result<Vec<crate::observe::StatView>, NodeError> {
+    if !attached(ctl) {
+        return Ok(Vec::new());
+    }
+    Ok(crate::observe::stats(ctl.paths(), &ctl.state)?)
 }
 
 /// The node's interfaces and live faults.

@@ -13,13 +13,16 @@
 //!   every node at once, all or nothing (netns transport only, so far).
 //! - [`local`]: what a node does with a request, whichever transport brought it.
 //! - [`scenario`]: the scenario file (`[[step]]`s at times, repeated) and its timeline.
+//! - [`run`] and [`events`]: a scenario played under a lease, and its JSON-lines event log.
 //!
 //! Errors are [`SpecError`](crate::spec::SpecError)s naming the key path (`node[2].agent`,
 //! `step[1].every`), as rule-set files do: exit 2, nothing changed.
 pub mod coordinator;
+pub mod events;
 pub mod file;
 pub mod local;
 pub mod plan;
+pub mod run;
 pub mod scenario;
 pub mod topology;
 pub mod transport;

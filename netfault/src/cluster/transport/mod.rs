@@ -63,6 +63,10 @@ pub trait NodeTransport: Send + Sync {
     /// renewal). Returns the names renewed.
     fn renew(&self, names: &[String], ttl: Ttl) -> Result<Vec<String>, NodeError>;
     fn state(&self) -> Result<NodeState, NodeError>;
+    /// Every entry's counters (`cluster stats`); `None`: this transport cannot report them.
+    fn stats(&self) -> Result<Option<Vec<crate::observe::StatView>>, NodeError> {
+        Ok(None)
+    }
 }
 
 /// A transport the cluster file names but this build cannot drive yet.

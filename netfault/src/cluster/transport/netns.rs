@@ -43,4 +43,8 @@ impl NodeTransport for Netns {
     fn state(&self) -> Result<NodeState, NodeError> {
         Ok(local::state(&self.open()?))
     }
+
+    fn stats(&self) -> Result<Option<Vec<crate::observe::StatView>>, NodeError> {
+        local::stats(&self.open()?).map(Some)
+    }
 }

@@ -1,0 +1,555 @@
+//! `cluster run SCENARIO`: a scenario's timeline played on the cluster, under a lease.
+//!
+//! Every entry the run installs expires in the data path `lease` after it was last renewed
+//! (default 5 s); the coordinator renews every live one each `lease / 4`. However the run ends,
+//! each node is back to normal within the lease: finished (exit 0), Ctrl-C (130) or SIGTERM
+//! (143) and errors (1) heal every step before returning, and after `kill -9` nobody renews, so
+//! the kernel lets the entries go by itself.
+//!
+//! Before the first step every node is attached (so each later change is one publish), and
+//! entries of this scenario's step names left by an earlier run are deleted. Each step's change
+//! goes to the nodes it gives entries, in parallel, with a deadline of `lease / 2`: a node that
+//! fails (or a renewal that finds entries gone, or fails) ends the run with an error, after the
+//! others were healed.
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde_json::json;
+
+use super::{
+    NodePlan, Scenario, StepAction,
+    coordinator::{self, Coordinator, NODE_TIMEOUT, Timed},
+    events::{Log, Occurrence, nanos_between, run_line},
+    scenario::{Action, Event},
+    transport::NodeError,
+};
+use crate::spec::Ttl;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A node failed (the run was healed where it could be; see the message).
+    #[error("{0}")]
+    Coordinator(#[source] coordinator::Error),
+    #[error("write the event log: {0}")]
+    Events(#[source] std::io::Error),
+    #[error("start the run's runtime or signal handlers: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl From<coordinator::Error> for Error {
+    fn from(e: coordinator::Error) -> Self {
+        Error::Coordinator(e)
+    }
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Coordinator(e) => e.exit_code(),
+            Error::Events(_) | Error::Runtime(_) => 1,
+        }
+    }
+}
+
+/// How long each node may take to attach before the first step: loading and verifying the
+/// programs is the slow part of a first change on a busy machine, and nothing is cut yet.
+pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a run ended (every step healed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Finished,
+    Interrupted,
+    Terminated,
+}
+
+impl Ended {
+    fn word(self) -> &'static str {
+        match self {
+            Ended::Finished => "finished",
+            Ended::Interrupted => "interrupted",
+            Ended::Terminated => "terminated",
+        }
+    }
+}
+
+/// Figures of a run, for its summary.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub starts: u64,
+    pub ends: u64,
+    pub renewals: u64,
+    /// Spread of the node times of each start and end (latest - earliest).
+    pub spreads: Vec<Duration>,
+}
+
+/// A step's occurrence that is on: what each node holds.
+struct Active {
+    occ: Occurrence,
+    /// Node index -> the entry names it holds.
+    nodes: BTreeMap<usize, Vec<String>>,
+}
+
+struct Runner<'a> {
+    coord: &'a Coordinator,
+    sc: &'a Scenario,
+    log: &'a mut Log,
+    progress: &'a mut dyn Write,
+    seed: u64,
+    lease: Duration,
+    op_timeout: Duration,
+    t0: Instant,
+    wall0: SystemTime,
+    active: BTreeMap<(usize, u32), Active>,
+    summary: Summary,
+}
+
+/// Lines of a batch of node answers, in time order: the log's `ts` stays monotone.
+fn by_time<T>(mut v: Vec<Timed<T>>) -> Vec<Timed<T>> {
+    v.sort_by_key(|t| t.ts);
+    v
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+impl Runner<'_> {
+    fn name(&self, i: usize) -> &str {
+        &self.coord.cluster.nodes[i].name
+    }
+
+    fn write(&mut self, line: &serde_json::Value) -> Result<(), Error> {
+        self.log.write(line).map_err(Error::Events)
+    }
+
+    fn say(&mut self, msg: &str) {
+        let t = self.t0.elapsed().as_secs_f64();
+        let _ = writeln!(self.progress, "  +{t:7.3}s {msg}");
+    }
+
+    fn fail(&self, failed: Vec<(String, NodeError)>, outcome: &str) -> Error {
+        let mut failed = failed;
+        let (node, source) = failed.remove(0);
+        coordinator::Error::Node {
+            node,
+            source: Box::new(source),
+            others: failed
+                .into_iter()
+                .map(|(n, e)| (n, e.to_string()))
+                .collect(),
+            outcome: outcome.to_string(),
+        }
+        .into()
+    }
+
+    fn occurrence(&self, ev: &Event) -> Result<(Occurrence, Vec<NodePlan>), Error> {
+        let cluster = &self.coord.cluster;
+        let step = &self.sc.steps[ev.step];
+        let rules = self
+            .sc
+            .rules(ev, cluster)
+            .map_err(coordinator::Error::from)?;
+        let grudge = self
+            .sc
+            .grudge(ev, cluster)
+            .map_err(coordinator::Error::from)?;
+        let (topology, impair) = match &step.action {
+            StepAction::Partition(t) => (Some(t.to_string()), None),
+            StepAction::Impair(i) => (None, Some(i.clone())),
+        };
+        let occ = Occurrence {
+            step: ev.step,
+            occurrence: ev.occurrence,
+            name: step.name.clone(),
+            topology,
+            grudge,
+            impair,
+        };
+        Ok((occ, self.coord.rule_plans(&rules)?))
+    }
+
+    fn start(&mut self, ev: &Event) -> Result<(), Error> {
+        let (occ, plans) = self.occurrence(ev)?;
+        let plans: Vec<(usize, NodePlan)> = plans
+            .into_iter()
+            .enumerate()
+            .filter(|(_, p)| !p.rules.is_empty())
+            .collect();
+        let names: BTreeMap<usize, Vec<String>> = plans
+            .iter()
+            .map(|(i, p)| (*i, p.rules.iter().map(|r| r.name.clone()).collect()))
+            .collect();
+        let planned = self.wall0 + ev.t;
+        let results = by_time(
+            self.coord
+                .apply_timed(plans, Ttl::For(self.lease), self.op_timeout),
+        );
+        let (mut ok, mut failed, mut stamps) = (BTreeMap::new(), Vec::new(), Vec::new());
+        for t in results {
+            let node = self.name(t.node).to_string();
+            let entries = names.get(&t.node).cloned().unwrap_or_default();
+            match t.result {
+                Ok(_) => {
+                    let line = occ.node_line(t.ts, &node, "start", &entries, &[]);
+                    self.write(&line)?;
+                    stamps.push((node, t.ts));
+                    ok.insert(t.node, entries);
+                }
+                Err(e) => {
+                    let line = occ.node_line(
+                        t.ts,
+                        &node,
+                        "failed",
+                        &entries,
+                        &[("op", json!("apply")), ("error", json!(e.to_string()))],
+                    );
+                    self.write(&line)?;
+                    failed.push((node, e));
+                }
+            }
+        }
+        if !ok.is_empty() {
+            // Recorded first: whatever happens next, these are healed.
+            self.active.insert(
+                (ev.step, ev.occurrence),
+                Active {
+                    occ: occ.clone(),
+                    nodes: ok,
+                },
+            );
+        }
+        if !failed.is_empty() {
+            return Err(self.fail(failed, "; the run stops and heals every node"));
+        }
+        let line = occ.coordinator_line(SystemTime::now(), "start", planned, &stamps);
+        self.write(&line)?;
+        self.summary.starts += 1;
+        let spread = spread(&stamps);
+        self.summary.spreads.push(spread);
+        let what = occ.topology.clone().unwrap_or_else(|| "impair".to_string());
+        self.say(&format!(
+            "start {}#{} ({} {what}) on {} nodes, spread {}",
+            occ.name,
+            occ.occurrence,
+            occ.fault(),
+            stamps.len(),
+            ms(spread)
+        ));
+        Ok(())
+    }
+
+    /// Deletes an occurrence's entries everywhere; `reason` goes on the lines of a heal that is
+    /// not the timeline's own end.
+    fn end(
+        &mut self,
+        key: (usize, u32),
+        planned: SystemTime,
+        reason: Option<&str>,
+    ) -> Result<(), Error> {
+        let Some(a) = self.active.remove(&key) else {
+            return Ok(());
+        };
+        let timeout = if reason.is_some() {
+            NODE_TIMEOUT
+        } else {
+            self.op_timeout
+        };
+        let results = by_time(
+            self.coord
+                .delete_timed(a.nodes.clone().into_iter().collect(), timeout),
+        );
+        let extra: Vec<(&str, serde_json::Value)> =
+            reason.map(|r| ("reason", json!(r))).into_iter().collect();
+        let (mut failed, mut stamps) = (Vec::new(), Vec::new());
+        for t in results {
+            let node = self.name(t.node).to_string();
+            let entries = a.nodes.get(&t.node).cloned().unwrap_or_default();
+            match t.result {
+                Ok(_) => {
+                    let line = a.occ.node_line(t.ts, &node, "end", &entries, &extra);
+                    self.write(&line)?;
+                    stamps.push((node, t.ts));
+                }
+                Err(e) => {
+                    let mut x = extra.clone();
+                    x.push(("op", json!("delete")));
+                    x.push(("error", json!(e.to_string())));
+                    let line = a.occ.node_line(t.ts, &node, "failed", &entries, &x);
+                    self.write(&line)?;
+                    failed.push((node, e));
+                }
+            }
+        }
+        let mut line = a
+            .occ
+            .coordinator_line(SystemTime::now(), "end", planned, &stamps);
+        if let (Some(r), Some(m)) = (reason, line.as_object_mut()) {
+            m.insert("reason".into(), json!(r));
+        }
+        self.write(&line)?;
+        self.summary.ends += 1;
+        let spread = spread(&stamps);
+        self.summary.spreads.push(spread);
+        self.say(&format!(
+            "end   {}#{} on {} nodes, spread {}{}",
+            a.occ.name,
+            a.occ.occurrence,
+            stamps.len(),
+            ms(spread),
+            reason.map(|r| format!(" ({r})")).unwrap_or_default()
+        ));
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            let outcome = format!(
+                "; its entries there expire within the lease ({})",
+                humantime::format_duration(self.lease)
+            );
+            Err(self.fail(failed, &outcome))
+        }
+    }
+
+    /// Renews every live entry on every node holding some. A node that fails, or that no
+    /// longer has entries it should (they expired), ends the run.
+    fn renew(&mut self) -> Result<(), Error> {
+        let mut per_node: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for a in self.active.values() {
+            for (i, names) in &a.nodes {
+                per_node
+                    .entry(*i)
+                    .or_default()
+                    .extend(names.iter().cloned());
+            }
+        }
+        if per_node.is_empty() {
+            return Ok(());
+        }
+        let results = by_time(self.coord.renew_timed(
+            per_node.clone().into_iter().collect(),
+            Ttl::For(self.lease),
+            self.op_timeout,
+        ));
+        self.summary.renewals += 1;
+        let mut failed = Vec::new();
+        for t in results {
+            let node = self.name(t.node).to_string();
+            let lines: Vec<serde_json::Value> = match &t.result {
+                Ok(renewed) => self
+                    .active
+                    .values()
+                    .filter_map(|a| {
+                        let want = a.nodes.get(&t.node)?;
+                        let gone: Vec<String> = want
+                            .iter()
+                            .filter(|n| !renewed.contains(n))
+                            .cloned()
+                            .collect();
+                        (!gone.is_empty())
+                            .then(|| a.occ.node_line(t.ts, &node, "expired", &gone, &[]))
+                    })
+                    .collect(),
+                Err(e) => self
+                    .active
+                    .values()
+                    .filter_map(|a| {
+                        let want = a.nodes.get(&t.node)?;
+                        Some(a.occ.node_line(
+                            t.ts,
+                            &node,
+                            "failed",
+                            want,
+                            &[("op", json!("renew")), ("error", json!(e.to_string()))],
+                        ))
+                    })
+                    .collect(),
+            };
+            for l in &lines {
+                self.write(l)?;
+            }
+            match t.result {
+                Err(e) => failed.push((node, e)),
+                Ok(_) if !lines.is_empty() => failed.push((node, NodeError::Timeout(self.lease))),
+                Ok(_) => {}
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(self.fail(
+                failed,
+                "; renewal failed or its lease ran out (entries expired): the run stops and heals every node",
+            ))
+        }
+    }
+
+    /// Heals every occurrence still on; the first failure is returned after all were tried.
+    fn heal_all(&mut self, reason: &str) -> Result<(), Error> {
+        let keys: Vec<(usize, u32)> = self.active.keys().copied().collect();
+        let mut first = None;
+        for k in keys {
+            if let Err(e) = self.end(k, SystemTime::now(), Some(reason)) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+fn spread(stamps: &[(String, SystemTime)]) -> Duration {
+    let first = stamps.iter().map(|(_, t)| *t).min();
+    let last = stamps.iter().map(|(_, t)| *t).max();
+    match (first, last) {
+        (Some(f), Some(l)) => Duration::from_nanos(nanos_between(f, l)),
+        _ => Duration::ZERO,
+    }
+}
+
+/// Plays `sc` (already [checked](Scenario::check) against the cluster) with `seed`. Progress
+/// lines go to `progress`, the event log to `log`. Returns how the run ended once every step
+/// is healed; an error after healing what could be.
+pub fn run(
+    coord: &Coordinator,
+    sc: &Scenario,
+    seed: u64,
+    log: &mut Log,
+    progress: &mut dyn Write,
+) -> Result<(Ended, Summary), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Before any node changes: a signal from here on heals, never kills.
+        let mut int = signal(SignalKind::interrupt()).map_err(Error::Runtime)?;
+        let mut term = signal(SignalKind::terminate()).map_err(Error::Runtime)?;
+        let lease = sc.lease;
+        let renew_every = lease / 4;
+        let mut r = Runner {
+            coord,
+            sc,
+            log,
+            progress,
+            seed,
+            lease,
+            op_timeout: lease / 2,
+            t0: Instant::now(),
+            wall0: SystemTime::now(),
+            active: BTreeMap::new(),
+            summary: Summary::default(),
+        };
+        let nodes: Vec<&str> = coord.cluster.names();
+        r.write(&run_line(
+            SystemTime::now(),
+            "begin",
+            &[
+                ("seed", json!(seed)),
+                ("lease_ms", json!(lease.as_millis() as u64)),
+                ("nodes", json!(nodes)),
+                ("steps", json!(sc.steps.len())),
+                ("duration_ms", json!(sc.end().as_millis() as u64)),
+            ],
+        ))?;
+        let outcome = play(&mut r, renew_every, &mut int, &mut term).await;
+        let reason = match &outcome {
+            Ok(e) => e.word(),
+            Err(_) => "error",
+        };
+        let healed = r.heal_all(reason);
+        let outcome = match (outcome, healed) {
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            (Ok(e), Ok(())) => Ok(e),
+        };
+        let mut fields = vec![
+            ("outcome", json!(reason)),
+            ("starts", json!(r.summary.starts)),
+            ("ends", json!(r.summary.ends)),
+            ("renewals", json!(r.summary.renewals)),
+        ];
+        if let Err(e) = &outcome {
+            fields.push(("error", json!(e.to_string())));
+        }
+        // The finish line is best effort once the run failed: the error is what matters.
+        let fin = r.write(&run_line(SystemTime::now(), "finish", &fields));
+        let ended = outcome?;
+        fin?;
+        Ok((ended, r.summary))
+    })
+}
+
+async fn play(
+    r: &mut Runner<'_>,
+    renew_every: Duration,
+    int: &mut tokio::signal::unix::Signal,
+    term: &mut tokio::signal::unix::Signal,
+) -> Result<Ended, Error> {
+    r.coord.prepare(PREPARE_TIMEOUT)?;
+    // Entries of these names left by an earlier run (killed within its lease) would make the
+    // first start fail on a taken name.
+    let names: Vec<String> = r.sc.steps.iter().map(|s| s.name.clone()).collect();
+    let left = r.coord.heal(&names)?;
+    let n: usize = left.iter().map(|(_, v)| v.len()).sum();
+    if n > 0 {
+        r.say(&format!(
+            "deleted {n} entries an earlier run of these steps left"
+        ));
+    }
+    let timeline = r.sc.timeline(r.seed);
+    r.t0 = Instant::now();
+    r.wall0 = SystemTime::now();
+    let mut next = 0;
+    let mut next_renew = r.t0 + renew_every;
+    loop {
+        // Signals first: one that came during a change is seen before the next.
+        if let Some(e) = pending(int, term) {
+            return Ok(e);
+        }
+        let Some(ev) = timeline.get(next) else {
+            return Ok(Ended::Finished);
+        };
+        let due = r.t0 + ev.t;
+        let wake = due.min(next_renew);
+        tokio::select! {
+            biased;
+            _ = int.recv() => return Ok(Ended::Interrupted),
+            _ = term.recv() => return Ok(Ended::Terminated),
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        if Instant::now() >= next_renew {
+            r.renew()?;
+            next_renew = Instant::now() + renew_every;
+        }
+        while let Some(ev) = timeline.get(next) {
+            if r.t0 + ev.t > Instant::now() {
+                break;
+            }
+            match ev.action {
+                Action::Start => r.start(ev)?,
+                Action::End => r.end((ev.step, ev.occurrence), r.wall0 + ev.t, None)?,
+            }
+            next += 1;
+            if pending(int, term).is_some() {
+                break;
+            }
+        }
+    }
+}
+
+/// A signal that arrived and was not yet seen.
+fn pending(
+    int: &mut tokio::signal::unix::Signal,
+    term: &mut tokio::signal::unix::Signal,
+) -> Option<Ended> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if int.poll_recv(&mut cx).is_ready() {
+        return Some(Ended::Interrupted);
+    }
+    if term.poll_recv(&mut cx).is_ready() {
+        return Some(Ended::Terminated);
+    }
+    None
+}

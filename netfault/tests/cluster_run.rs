@@ -1,0 +1,654 @@
+//! `netfault cluster impair` and `cluster run` over the netns transport: five hosts on a bridge,
+//! the coordinator a child `netfault` process in the host namespace (the control side), every
+//! effect checked on the wire (the 5×5 UDP matrix, both families). Needs root.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test step that cannot go on fails the test"
+)]
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant, SystemTime},
+};
+
+use common::*;
+use serde_json::Value;
+
+type Matrix = BTreeMap<(usize, usize), bool>;
+
+/// A file under /tmp, removed on drop.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+static NEXT_FILE: AtomicU32 = AtomicU32::new(0);
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn temp_path(ext: &str) -> TempFile {
+    let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
+    TempFile(std::env::temp_dir().join(format!("nfrun-{}-{n}.{ext}", std::process::id())))
+}
+
+fn temp_file(ext: &str, text: &str) -> TempFile {
+    let f = temp_path(ext);
+    std::fs::write(&f.0, text).unwrap();
+    f
+}
+
+/// `[[node]]` n1..: each host's namespace, both addresses, its interface.
+fn cluster_text(hosts: &[Host]) -> String {
+    let mut s = String::new();
+    for (i, h) in hosts.iter().enumerate() {
+        s.push_str(&format!(
+            "[[node]]\nname = \"n{}\"\naddrs = [\"{}\", \"{}\"]\niface = [\"{}\"]\nnetns = \"{}\"\n\n",
+            i + 1,
+            h.v4,
+            h.v6,
+            h.iface,
+            h.ns
+        ));
+    }
+    s
+}
+
+fn command(file: &TempFile, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_netfault"));
+    c.env_remove("SSH_CONNECTION")
+        .arg("cluster")
+        .arg("--cluster")
+        .arg(&file.0)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> Output {
+    let end = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} ran for over {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `netfault cluster --cluster FILE args...` from the host namespace, bounded.
+fn cluster(file: &TempFile, args: &[&str]) -> Output {
+    let child = command(file, args).spawn().unwrap();
+    wait_bounded(
+        child,
+        Duration::from_secs(60),
+        &format!("netfault cluster {args:?}"),
+    )
+}
+
+fn cluster_ok(file: &TempFile, args: &[&str]) -> String {
+    let out = cluster(file, args);
+    assert!(
+        out.status.success(),
+        "netfault cluster {args:?}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Five hosts, each attached beforehand (one at a time: loading the programs is the slow part
+/// on a busy machine, and the coordinator's 10 s per node is for changes, not for that). The
+/// lab detaches every node on teardown. With `attached` false, nothing is attached (and a
+/// node that gets attached anyway is still detached on teardown).
+fn cluster_lab_with(attached: bool) -> (Serial, Lab, Netfault, Vec<Host>) {
+    // One cluster at a time: the timed checks (lease, flapping) should not share two cores
+    // with four other five-node labs. Held until after the lab is gone (dropped last).
+    let guard = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (mut lab, nf, hosts) = star(5);
+    for h in &hosts {
+        if attached {
+            attach(&mut lab, &nf, h);
+        } else {
+            let (nf, ns) = (nf.clone(), h.ns.clone());
+            lab.on_teardown(move || {
+                if netfault_dirs(&ns)[1].exists() {
+                    let _ = nf.run(&ns, &["detach"]);
+                }
+            });
+        }
+    }
+    (guard, lab, nf, hosts)
+}
+
+type Serial = std::sync::MutexGuard<'static, ()>;
+
+fn cluster_lab() -> (Serial, Lab, Netfault, Vec<Host>) {
+    cluster_lab_with(true)
+}
+
+/// reach[(j, x)]: whether UDP from node j arrives at node x, in both families (the faults
+/// here drop everything or nothing, so one datagram arriving means reachable).
+/// reach[(j, x, v6)] for every ordered pair and family.
+fn reach(hosts: &[Host]) -> BTreeMap<(usize, usize, bool), bool> {
+    let mut burst = UdpBurst::new(20).rate(2000);
+    burst.quiet = Duration::from_millis(150);
+    let pairs: Vec<(usize, usize, bool)> = (0..hosts.len())
+        .flat_map(|j| (0..hosts.len()).map(move |x| (j, x)))
+        .filter(|(j, x)| j != x)
+        .flat_map(|(j, x)| [(j, x, false), (j, x, true)])
+        .collect();
+    let got: Vec<((usize, usize, bool), bool)> = std::thread::scope(|s| {
+        let handles: Vec<_> = pairs
+            .iter()
+            .map(|&(j, x, v6)| {
+                let (from, to) = (&hosts[j], &hosts[x]);
+                let port = 4100 + 100 * u16::from(v6) + 10 * j as u16 + x as u16;
+                s.spawn(move || {
+                    let r = burst.run(&from.ns, &to.ns, to.sock(v6, port)).unwrap();
+                    ((j, x, v6), r.received() > 0)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    got.into_iter().collect()
+}
+
+/// Whether every pair and family is reachable (`want` true) or cut (`want` false).
+fn all_are(hosts: &[Host], want: bool) -> bool {
+    reach(hosts).values().all(|r| *r == want)
+}
+
+fn matrix(hosts: &[Host]) -> Matrix {
+    let mut out = BTreeMap::new();
+    for ((j, x, v6), ok) in reach(hosts) {
+        if let Some(p) = out.insert((j, x), ok) {
+            assert_eq!(
+                p,
+                ok,
+                "n{} -> n{}: v4 and v6 disagree (v6 {v6})",
+                j + 1,
+                x + 1
+            );
+        }
+    }
+    out
+}
+
+/// Every pair reachable but those in `cut` (0-based (from, to)).
+fn want(n: usize, cut: &[(usize, usize)]) -> Matrix {
+    (0..n)
+        .flat_map(|j| (0..n).map(move |x| (j, x)))
+        .filter(|(j, x)| j != x)
+        .map(|p| (p, !cut.contains(&p)))
+        .collect()
+}
+
+fn diff(got: &Matrix, want: &Matrix) -> Vec<String> {
+    want.iter()
+        .filter(|(k, w)| got[k] != **w)
+        .map(|((j, x), w)| format!("n{}->n{} want {w}", j + 1, x + 1))
+        .collect()
+}
+
+fn assert_matrix(hosts: &[Host], want: &Matrix, when: &str) {
+    let wrong = diff(&matrix(hosts), want);
+    assert!(wrong.is_empty(), "{when}: {wrong:?}");
+}
+
+fn live_faults(file: &TempFile) -> Vec<(String, Vec<String>)> {
+    let st: Value = serde_json::from_str(&cluster_ok(file, &["status", "--json"])).unwrap();
+    st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            assert_eq!(n["reachable"], true, "{n}");
+            let f = n["faults"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["name"].as_str().unwrap().to_string())
+                .collect();
+            (n["node"].as_str().unwrap().to_string(), f)
+        })
+        .collect()
+}
+
+fn assert_no_live_faults(file: &TempFile, when: &str) {
+    for (node, f) in live_faults(file) {
+        assert!(f.is_empty(), "{when}: {node} still has {f:?}");
+    }
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn ts(v: &Value) -> SystemTime {
+    humantime::parse_rfc3339(v["ts"].as_str().unwrap()).unwrap()
+}
+
+/// Waits (bounded) for the coordinator's first `start` line: the step is on every node.
+fn wait_started(path: &Path, child: &mut Child) {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if lines(path)
+            .iter()
+            .any(|l| l["node"].is_null() && l["phase"] == "start")
+        {
+            return;
+        }
+        if let Some(s) = child.try_wait().unwrap() {
+            panic!("run exited ({s}) before its first step started");
+        }
+        assert!(Instant::now() < end, "no step started within 30 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn impair_drops_exactly_the_pairs_it_names_one_way_at_the_receivers() {
+    let (_serial, _lab, _nf, hosts) = cluster_lab();
+    let file = temp_file("toml", &cluster_text(&hosts));
+    assert_matrix(&hosts, &want(5, &[]), "before");
+    let out = cluster_ok(
+        &file,
+        &[
+            "impair", "--from", "n1", "--to", "n2,n3", "--drop", "100%", "--name", "lossy",
+            "--ttl", "2m",
+        ],
+    );
+    assert!(out.starts_with("impairment lossy applied"), "{out}");
+    // n1 -> n2 and n1 -> n3 cut; n2 -> n1 and everything else untouched.
+    assert_matrix(&hosts, &want(5, &[(0, 1), (0, 2)]), "impaired");
+    // The receivers hold the rules (per wire packet at ingress); the sender holds nothing.
+    let faults: BTreeMap<String, Vec<String>> = live_faults(&file).into_iter().collect();
+    assert!(faults["n1"].is_empty(), "{faults:?}");
+    for n in ["n2", "n3"] {
+        assert_eq!(faults[n], ["lossy.from-n1.v4", "lossy.from-n1.v6"], "{n}");
+    }
+    assert!(faults["n4"].is_empty() && faults["n5"].is_empty());
+    // Counters per node and fault: every matched packet dropped.
+    let st: Value = serde_json::from_str(&cluster_ok(&file, &["stats", "--json"])).unwrap();
+    let n2 = &st["nodes"][1];
+    assert_eq!(n2["node"], "n2");
+    let f = n2["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "lossy.from-n1.v4")
+        .unwrap_or_else(|| panic!("{st}"));
+    let c = &f["counters"];
+    assert!(c["matched"].as_u64().unwrap() >= 20, "{f}");
+    assert_eq!(c["matched"], c["dropped"], "{f}");
+    assert_eq!(c["passed"], 0, "{f}");
+    let text = cluster_ok(&file, &["stats"]);
+    assert!(text.contains("lossy.from-n1.v6"), "{text}");
+    // Bad input: named, exit 2, nothing added.
+    for (args, key) in [
+        (
+            &["impair", "--from", "n1", "--to", "n2,n9", "--drop", "1"][..],
+            "--to[1]",
+        ),
+        (
+            &["impair", "--from", "n1", "--to", "n1", "--drop", "1"][..],
+            "--to",
+        ),
+        (&["impair", "--from", "n1", "--to", "n2"][..], "impair"),
+        (
+            &[
+                "impair", "--from", "n1", "--to", "n2", "--drop", "1", "--jitter", "5ms",
+            ][..],
+            "--jitter",
+        ),
+    ] {
+        let out = cluster(&file, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(key), "{args:?}: {err}");
+    }
+    let healed = cluster_ok(&file, &["heal", "lossy"]);
+    assert!(healed.starts_with("healed 4 entries"), "{healed}");
+    assert_no_live_faults(&file, "after heal");
+    assert_matrix(&hosts, &want(5, &[]), "healed");
+}
+
+const FLAP: &str = r#"
+seed = 7
+lease = "2s"
+
+[[step]]
+name = "flap"
+at = "0s"
+partition = "isolate:n1"
+for = "1500ms"
+repeat = 3
+every = "2500ms"
+
+[[step]]
+name = "lossy"
+at = "500ms"
+impair = { from = ["n4"], to = ["n5"], drop = "100%" }
+for = "4s"
+"#;
+
+#[test]
+fn a_flapping_scenario_logs_every_start_and_end_and_ends_healed() {
+    let (_serial, _lab, _nf, hosts) = cluster_lab();
+    let file = temp_file("toml", &cluster_text(&hosts));
+    let sc = temp_file("toml", FLAP);
+    let events = temp_path("jsonl");
+    let sc_path = sc.0.to_str().unwrap().to_string();
+    let ev_path = events.0.to_str().unwrap().to_string();
+    let mut child = command(&file, &["run", &sc_path, "--events", &ev_path])
+        .spawn()
+        .unwrap();
+    // On the wire while the first occurrence is on: n2 cannot reach n1.
+    wait_started(&events.0, &mut child);
+    let r = UdpBurst::new(20)
+        .run(&hosts[1].ns, &hosts[0].ns, hosts[0].sock(false, 4999))
+        .unwrap();
+    let out = wait_bounded(child, Duration::from_secs(60), "cluster run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: {}{stdout}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(r.received(), 0, "isolate:n1 on the wire during flap#0: {r}");
+    let log = lines(&events.0);
+    // Monotone timestamps over the whole file.
+    let stamps: Vec<SystemTime> = log.iter().map(ts).collect();
+    assert!(
+        stamps.windows(2).all(|w| w[0] <= w[1]),
+        "ts not monotone: {log:#?}"
+    );
+    assert_eq!(log[0]["phase"], "begin");
+    assert_eq!(log[0]["seed"], 7);
+    assert_eq!(log.last().unwrap()["phase"], "finish");
+    assert_eq!(log.last().unwrap()["outcome"], "finished");
+    assert!(
+        !log.iter()
+            .any(|l| l["phase"] == "failed" || l["phase"] == "expired"),
+        "{log:#?}"
+    );
+    let nodes = |l: &Value| l["node"].as_str().map(str::to_string);
+    // flap: every node changes (n1 drops everyone, everyone drops n1), once per occurrence.
+    for k in 0..3u64 {
+        for n in 1..=5 {
+            let node = format!("n{n}");
+            let of = |phase: &str| -> Vec<&Value> {
+                log.iter()
+                    .filter(|l| {
+                        l["name"] == "flap"
+                            && l["occurrence"] == k
+                            && l["phase"] == phase
+                            && nodes(l).as_deref() == Some(&node)
+                    })
+                    .collect()
+            };
+            let (s, e) = (of("start"), of("end"));
+            assert_eq!((s.len(), e.len()), (1, 1), "flap#{k} {node}: {log:#?}");
+            assert!(ts(s[0]) < ts(e[0]));
+            assert_eq!(s[0]["fault"], "partition");
+            assert_eq!(s[0]["step"], 0);
+            let g: Vec<&str> = s[0]["grudge"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            if n == 1 {
+                assert_eq!(g, ["n2", "n3", "n4", "n5"]);
+            } else {
+                assert_eq!(g, ["n1"]);
+            }
+            assert_eq!(s[0]["entries"].as_array().unwrap().len(), 2 * g.len());
+        }
+        for phase in ["start", "end"] {
+            let c: Vec<&Value> = log
+                .iter()
+                .filter(|l| {
+                    l["node"].is_null()
+                        && l["name"] == "flap"
+                        && l["occurrence"] == k
+                        && l["phase"] == phase
+                })
+                .collect();
+            assert_eq!(c.len(), 1, "coordinator {phase} of flap#{k}");
+            assert_eq!(c[0]["nodes"].as_array().unwrap().len(), 5);
+            let spread = c[0]["spread_ns"].as_u64().unwrap();
+            eprintln!(
+                "flap#{k} {phase}: node spread {:.2} ms, lag {:.2} ms",
+                spread as f64 / 1e6,
+                c[0]["lag_ns"].as_i64().unwrap() as f64 / 1e6
+            );
+        }
+    }
+    // lossy: drop only, so only the receiver n5 changes.
+    let lossy: Vec<(&str, String)> = log
+        .iter()
+        .filter(|l| l["name"] == "lossy" && !l["node"].is_null())
+        .map(|l| (l["phase"].as_str().unwrap(), nodes(l).unwrap()))
+        .collect();
+    assert_eq!(
+        lossy,
+        [("start", "n5".to_string()), ("end", "n5".to_string())],
+        "{log:#?}"
+    );
+    let s = log
+        .iter()
+        .find(|l| l["name"] == "lossy" && l["phase"] == "start")
+        .unwrap();
+    assert_eq!(s["impair"]["drop"], "100%");
+    assert_eq!(s["fault"], "impair");
+    assert!(stdout.contains("run finished"), "{stdout}");
+    assert_no_live_faults(&file, "after the run");
+    assert_matrix(&hosts, &want(5, &[]), "after the run");
+}
+
+const LONG_CUT: &str = r#"
+lease = "2s"
+
+[[step]]
+name = "cut"
+at = "0s"
+partition = "complete"
+for = "2m"
+"#;
+
+/// Nobody renews after kill -9: the data path lets the entries go within the lease (+1 s).
+#[test]
+fn kill_9_of_a_run_heals_every_node_within_the_lease() {
+    let (_serial, _lab, _nf, hosts) = cluster_lab();
+    let file = temp_file("toml", &cluster_text(&hosts));
+    let sc = temp_file("toml", LONG_CUT);
+    let events = temp_path("jsonl");
+    let lease = Duration::from_secs(2);
+    let sc_path = sc.0.to_str().unwrap().to_string();
+    let ev_path = events.0.to_str().unwrap().to_string();
+    let mut child = command(&file, &["run", &sc_path, "--events", &ev_path])
+        .spawn()
+        .unwrap();
+    wait_started(&events.0, &mut child);
+    let all_cut: Vec<(usize, usize)> = (0..5)
+        .flat_map(|j| (0..5).map(move |x| (j, x)))
+        .filter(|(j, x)| j != x)
+        .collect();
+    assert_matrix(&hosts, &want(5, &all_cut), "complete, run alive");
+    // Let a few renewals pass: the cut outlives the first lease.
+    std::thread::sleep(lease + Duration::from_millis(500));
+    assert_matrix(&hosts, &want(5, &all_cut), "complete, after one lease");
+    child.kill().unwrap(); // SIGKILL
+    let killed = Instant::now();
+    child.wait().unwrap();
+    // Renewed at most lease/4 before the kill: still cut right after it (nothing else heals).
+    let still_cut = all_are(&hosts, false);
+    let first_took = killed.elapsed();
+    if first_took < lease / 2 {
+        assert!(
+            still_cut,
+            "healed before the lease ran out ({first_took:?} after kill)"
+        );
+    }
+    let deadline = killed + lease + Duration::from_secs(1);
+    let mut healed_at = None;
+    for _ in 0..60 {
+        let started = Instant::now();
+        if started > deadline + Duration::from_secs(2) {
+            break;
+        }
+        if all_are(&hosts, true) {
+            healed_at = Some(started.duration_since(killed));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let healed_at = healed_at.expect("not healed within lease + 3 s of kill -9");
+    eprintln!(
+        "kill -9: full matrix measured from {healed_at:?} after the kill (lease {lease:?}); \
+         the first check, {first_took:?} after, was still cut"
+    );
+    assert!(
+        healed_at <= lease + Duration::from_secs(1),
+        "full matrix only {healed_at:?} after kill -9 (lease {lease:?})"
+    );
+    assert_no_live_faults(&file, "after the lease");
+    // The log ends with the start: nothing was written after the kill.
+    let log = lines(&events.0);
+    assert!(log.iter().all(|l| l["phase"] != "end"), "{log:#?}");
+}
+
+fn signal_run(sig: libc::c_int, code: i32) {
+    let (_serial, _lab, _nf, hosts) = cluster_lab();
+    let file = temp_file("toml", &cluster_text(&hosts));
+    let sc = temp_file(
+        "toml",
+        "[[step]]\nname = \"split\"\nat = \"0s\"\npartition = \"halves\"\nfor = \"2m\"\n",
+    );
+    let events = temp_path("jsonl");
+    let sc_path = sc.0.to_str().unwrap().to_string();
+    let ev_path = events.0.to_str().unwrap().to_string();
+    let mut child = command(&file, &["run", &sc_path, "--events", &ev_path])
+        .spawn()
+        .unwrap();
+    wait_started(&events.0, &mut child);
+    let halves: Vec<(usize, usize)> = (0..5)
+        .flat_map(|j| (0..5).map(move |x| (j, x)))
+        .filter(|(j, x)| (*j < 2) != (*x < 2))
+        .collect();
+    assert_matrix(&hosts, &want(5, &halves), "halves, run alive");
+    // SAFETY: signalling our own child, by its pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+    let out = wait_bounded(child, Duration::from_secs(20), "cluster run after a signal");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = lines(&events.0);
+    let word = if code == 130 {
+        "interrupted"
+    } else {
+        "terminated"
+    };
+    assert_eq!(log.last().unwrap()["outcome"], word, "{log:#?}");
+    let ends: BTreeSet<String> = log
+        .iter()
+        .filter(|l| l["phase"] == "end" && !l["node"].is_null())
+        .map(|l| {
+            assert_eq!(l["reason"], word);
+            l["node"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(ends.len(), 5, "{log:#?}");
+    assert_no_live_faults(&file, "after the signal");
+    assert_matrix(&hosts, &want(5, &[]), "after the signal");
+}
+
+#[test]
+fn ctrl_c_of_a_run_exits_130_with_everything_healed() {
+    signal_run(libc::SIGINT, 130);
+}
+
+#[test]
+fn sigterm_of_a_run_exits_143_with_everything_healed() {
+    signal_run(libc::SIGTERM, 143);
+}
+
+#[test]
+fn bad_scenarios_exit_2_naming_the_key_path_and_change_nothing() {
+    let (_serial, _lab, _nf, hosts) = cluster_lab_with(false);
+    let file = temp_file("toml", &cluster_text(&hosts));
+    let ok = "at = \"0s\"\npartition = \"halves\"\nfor = \"10s\"";
+    let cases = [
+        (format!("[[step]]\n{ok}\ncolour = \"red\"\n"), "step[0].colour"),
+        (
+            "[[step]]\nat = \"0s\"\nfor = \"1s\"\nimpair = { from = [\"n1\"], to = [\"n2\", \"n9\"], drop = 1 }\n"
+                .to_string(),
+            "step[0].impair.to[1]",
+        ),
+        (
+            "[[step]]\nat = \"0s\"\nfor = \"1s\"\npartition = \"n1,n2|n9\"\n".to_string(),
+            "step[0].partition",
+        ),
+        (
+            format!("[[step]]\n{ok}\nrepeat = 3\nevery = \"5s\"\n"),
+            "step[0].every",
+        ),
+        (
+            "[[step]]\nat = \"0s\"\npartition = \"halves\"\nfor = \"soon\"\n".to_string(),
+            "step[0].for",
+        ),
+        (
+            format!("lease = \"10m\"\n[[step]]\n{ok}\n"),
+            "lease",
+        ),
+    ];
+    for (text, key) in &cases {
+        let sc = temp_file("toml", text);
+        let events = temp_path("jsonl");
+        let out = cluster(
+            &file,
+            &[
+                "run",
+                sc.0.to_str().unwrap(),
+                "--events",
+                events.0.to_str().unwrap(),
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}: {err}");
+        assert!(err.contains(key), "{key}: {err}");
+        assert!(!events.0.exists(), "{key}: the event log was created");
+        for h in &hosts {
+            for d in netfault_dirs(&h.ns) {
+                assert!(!d.exists(), "{key}: {} exists", d.display());
+            }
+        }
+    }
+    // A missing scenario file, too.
+    let out = cluster(&file, &["run", "/nonexistent/scenario.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SCENARIO"));
+}
