@@ -586,6 +586,41 @@ fn signal_run(sig: libc::c_int, code: i32) {
     assert_matrix(&hosts, &want(5, &[]), "after the signal");
 }
 
+/// A node that loses entries behind the coordinator's back (here: deleted by hand, as an
+/// expiry would) ends the run: an `expired` line, exit 1, every other node healed.
+#[test]
+fn entries_lost_on_a_node_end_the_run_with_exit_1_and_everything_healed() {
+    let (_serial, _lab, nf, hosts) = cluster_lab();
+    let file = temp_file("toml", &cluster_text(&hosts));
+    let sc = temp_file(
+        "toml",
+        "lease = \"2s\"\n[[step]]\nname = \"split\"\nat = \"0s\"\npartition = \"halves\"\nfor = \"2m\"\n",
+    );
+    let events = temp_path("jsonl");
+    let sc_path = sc.0.to_str().unwrap().to_string();
+    let ev_path = events.0.to_str().unwrap().to_string();
+    let mut child = command(&file, &["run", &sc_path, "--events", &ev_path])
+        .spawn()
+        .unwrap();
+    wait_started(&events.0, &mut child);
+    nf.run(&hosts[0].ns, &["heal", "split.from-n3.v4"]).unwrap();
+    let out = wait_bounded(child, Duration::from_secs(20), "cluster run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("node n1") && err.contains("split.from-n3.v4"),
+        "{err}"
+    );
+    let log = lines(&events.0);
+    let exp: Vec<&Value> = log.iter().filter(|l| l["phase"] == "expired").collect();
+    assert_eq!(exp.len(), 1, "{log:#?}");
+    assert_eq!(exp[0]["node"], "n1");
+    assert_eq!(exp[0]["entries"], serde_json::json!(["split.from-n3.v4"]));
+    assert_eq!(log.last().unwrap()["outcome"], "error");
+    assert_no_live_faults(&file, "after the error");
+    assert_matrix(&hosts, &want(5, &[]), "after the error");
+}
+
 #[test]
 fn ctrl_c_of_a_run_exits_130_with_everything_healed() {
     signal_run(libc::SIGINT, 130);

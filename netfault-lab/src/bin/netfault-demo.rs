@@ -3,7 +3,9 @@
 //! Builds a lab of network namespaces (hosts a, b, c on one bridge), shows traffic flowing, then
 //! applies a 30 % loss rule, a duplicate rule and a partition with the real `netfault` binary
 //! (the one next to this executable), printing the counters and the effect on traffic before
-//! and after. Heals, detaches and removes the lab, also on Ctrl-C or failure.
+//! and after. Then a lab cluster of five hosts: `netfault cluster partition` with several
+//! topologies, each shown as the 5×5 reachability matrix measured on the wire, and healed.
+//! Heals, detaches and removes the labs, also on Ctrl-C or failure.
 //!
 //! Exit status: 0 when every effect was as expected, 1 when one was not (or the lab could not
 //! be built), 130 when interrupted. Needs root.
@@ -98,6 +100,7 @@ fn run() -> Result<Vec<String>> {
     demo.duplicate()?;
     demo.partition()?;
     demo.heal()?;
+    demo.cluster()?;
     let failures = std::mem::take(&mut demo.failures);
     demo.cleanup()?;
     Ok(failures)
@@ -315,6 +318,106 @@ impl Demo {
         Ok(())
     }
 
+    /// Five hosts, one cluster file, four topologies: each partition applied with `netfault
+    /// cluster`, the matrix measured with UDP from every node to every other, then healed.
+    fn cluster(&mut self) -> Result<()> {
+        step()?;
+        section("Lab cluster: five hosts, Jepsen-style partitions with `netfault cluster`");
+        let mut lab = Lab::new("nfdemo")?;
+        let hosts = lab.star(5)?;
+        let mut text = String::new();
+        for (i, h) in hosts.iter().enumerate() {
+            text.push_str(&format!(
+                "[[node]]\nname = \"n{}\"\naddrs = [\"{}\", \"{}\"]\niface = [\"{}\"]\nnetns = \"{}\"\n\n",
+                i + 1,
+                h.v4,
+                h.v6,
+                h.iface,
+                h.ns
+            ));
+        }
+        let file = std::env::temp_dir().join(format!("nfdemo-cluster-{}.toml", std::process::id()));
+        std::fs::write(&file, &text)?;
+        let _file = RemoveOnDrop(file.clone());
+        for (i, h) in hosts.iter().enumerate() {
+            println!("  n{}  {:<20} {}  {}", i + 1, h.ns, h.v4, h.v6);
+        }
+        // Neighbours resolved, and every node attached, before any cut.
+        for a in &hosts {
+            for b in &hosts {
+                if a.ns != b.ns {
+                    lab::ping(&a.ns, b.ip(false), 1)?;
+                }
+            }
+        }
+        for h in &hosts {
+            self.nf.attach(&mut lab, &h.ns, &h.iface)?;
+        }
+        let full = reach_matrix(&hosts)?;
+        println!("  before any partition:");
+        print_grid(&full);
+        let ok = full.iter().all(|r| r.iter().flatten().all(|&x| x));
+        self.check(ok, "every node reaches every other");
+        for (topology, extra) in [
+            ("halves", &[][..]),
+            ("majorities-ring", &["--seed", "7"][..]),
+            ("isolate:n3", &[][..]),
+            ("bridge", &[][..]),
+        ] {
+            step()?;
+            let mut args = vec!["partition", topology, "--json", "--ttl", "1m"];
+            args.extend_from_slice(extra);
+            println!(
+                "\n  $ netfault cluster --cluster {} {}",
+                file.display(),
+                args.join(" ")
+            );
+            let t = Instant::now();
+            let doc: serde_json::Value =
+                serde_json::from_str(&cluster_cmd(&self.nf, &file, &args)?)?;
+            let took = t.elapsed();
+            let grudge = &doc["grudge"];
+            let drops = |x: usize, j: usize| {
+                grudge[format!("n{}", x + 1)]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|v| v == &format!("n{}", j + 1)))
+            };
+            println!(
+                "  applied on 5 nodes in {:.0} ms; grudge (each node drops packets from):",
+                took.as_secs_f64() * 1e3
+            );
+            for x in 0..5 {
+                let d: Vec<String> = (0..5)
+                    .filter(|&j| drops(x, j))
+                    .map(|j| format!("n{}", j + 1))
+                    .collect();
+                println!(
+                    "    n{}: {}",
+                    x + 1,
+                    if d.is_empty() {
+                        "-".into()
+                    } else {
+                        d.join(", ")
+                    }
+                );
+            }
+            let m = reach_matrix(&hosts)?;
+            print_grid(&m);
+            let matches = (0..5).all(|j| (0..5).all(|x| j == x || m[j][x] == Some(!drops(x, j))));
+            self.check(matches, &format!("{topology}: the wire matches the grudge"));
+            cluster_cmd(&self.nf, &file, &["heal"])?;
+        }
+        let after = reach_matrix(&hosts)?;
+        let ok = after.iter().all(|r| r.iter().flatten().all(|&x| x));
+        println!(
+            "\n  $ netfault cluster --cluster {} heal   (after each)",
+            file.display()
+        );
+        self.check(ok, "healed: every node reaches every other again");
+        drop(lab);
+        Ok(())
+    }
+
     /// The orderly path; on failure or Ctrl-C the lab's guard does the same when it drops.
     fn cleanup(self) -> Result<()> {
         section("Cleanup");
@@ -334,6 +437,88 @@ impl Demo {
         }
         println!("  removed {} namespaces", namespaces.len());
         Ok(())
+    }
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `netfault cluster --cluster FILE args...` from the host namespace; its stdout.
+fn cluster_cmd(nf: &Netfault, file: &std::path::Path, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(&nf.bin)
+        .env_remove("SSH_CONNECTION")
+        .arg("cluster")
+        .arg("--cluster")
+        .arg(file)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "netfault cluster {}: {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// m[j][x]: whether UDP (v4) from node j arrives at node x; `None` on the diagonal. All 20
+/// bursts at once, each to a port of its own.
+fn reach_matrix(hosts: &[Host]) -> Result<Vec<Vec<Option<bool>>>> {
+    let mut burst = UdpBurst::new(20).rate(2000);
+    burst.quiet = std::time::Duration::from_millis(150);
+    let n = hosts.len();
+    let got: Vec<Result<(usize, usize, bool)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .flat_map(|j| (0..n).map(move |x| (j, x)))
+            .filter(|(j, x)| j != x)
+            .map(|(j, x)| {
+                let (from, to) = (&hosts[j], &hosts[x]);
+                let port = PORT + 100 + 10 * j as u16 + x as u16;
+                s.spawn(move || {
+                    let r = burst.run(&from.ns, &to.ns, to.sock(false, port))?;
+                    Ok((j, x, r.received() > 0))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a probe panicked")))
+            })
+            .collect()
+    });
+    let mut m = vec![vec![None; n]; n];
+    for r in got {
+        let (j, x, ok) = r?;
+        m[j][x] = Some(ok);
+    }
+    Ok(m)
+}
+
+/// The matrix as a grid: rows send, columns receive.
+fn print_grid(m: &[Vec<Option<bool>>]) {
+    let n = m.len();
+    let head: String = (1..=n).map(|i| format!(" n{i}")).collect();
+    println!("    from \\ to {head}");
+    for (j, row) in m.iter().enumerate() {
+        let cells: String = row
+            .iter()
+            .map(|c| match c {
+                None => "  -",
+                Some(true) => " ok",
+                Some(false) => "  x",
+            })
+            .collect();
+        println!("    n{}        {cells}", j + 1);
     }
 }
 

@@ -33,6 +33,13 @@ pub enum Error {
     /// A node failed (the run was healed where it could be; see the message).
     #[error("{0}")]
     Coordinator(#[source] coordinator::Error),
+    /// A renewal found entries gone: the data path let them go (the lease ran out before the
+    /// coordinator renewed it, or someone deleted them).
+    #[error(
+        "node {node}: entries expired before their renewal ({}); the run stops and heals every node",
+        entries.join(", ")
+    )]
+    Expired { node: String, entries: Vec<String> },
     #[error("write the event log: {0}")]
     Events(#[source] std::io::Error),
     #[error("start the run's runtime or signal handlers: {0}")]
@@ -49,7 +56,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Coordinator(e) => e.exit_code(),
-            Error::Events(_) | Error::Runtime(_) => 1,
+            Error::Expired { .. } | Error::Events(_) | Error::Runtime(_) => 1,
         }
     }
 }
@@ -334,56 +341,66 @@ impl Runner<'_> {
             self.op_timeout,
         ));
         self.summary.renewals += 1;
-        let mut failed = Vec::new();
+        let (mut failed, mut expired) = (Vec::new(), None);
         for t in results {
             let node = self.name(t.node).to_string();
-            let lines: Vec<serde_json::Value> = match &t.result {
-                Ok(renewed) => self
-                    .active
-                    .values()
-                    .filter_map(|a| {
-                        let want = a.nodes.get(&t.node)?;
+            match t.result {
+                Ok(renewed) => {
+                    let mut lines = Vec::new();
+                    let mut lost = Vec::new();
+                    for a in self.active.values() {
+                        let Some(want) = a.nodes.get(&t.node) else {
+                            continue;
+                        };
                         let gone: Vec<String> = want
                             .iter()
                             .filter(|n| !renewed.contains(n))
                             .cloned()
                             .collect();
-                        (!gone.is_empty())
-                            .then(|| a.occ.node_line(t.ts, &node, "expired", &gone, &[]))
-                    })
-                    .collect(),
-                Err(e) => self
-                    .active
-                    .values()
-                    .filter_map(|a| {
-                        let want = a.nodes.get(&t.node)?;
-                        Some(a.occ.node_line(
-                            t.ts,
-                            &node,
-                            "failed",
-                            want,
-                            &[("op", json!("renew")), ("error", json!(e.to_string()))],
-                        ))
-                    })
-                    .collect(),
-            };
-            for l in &lines {
-                self.write(l)?;
-            }
-            match t.result {
-                Err(e) => failed.push((node, e)),
-                Ok(_) if !lines.is_empty() => failed.push((node, NodeError::Timeout(self.lease))),
-                Ok(_) => {}
+                        if !gone.is_empty() {
+                            lines.push(a.occ.node_line(t.ts, &node, "expired", &gone, &[]));
+                            lost.extend(gone);
+                        }
+                    }
+                    for l in &lines {
+                        self.write(l)?;
+                    }
+                    if !lost.is_empty() && expired.is_none() {
+                        expired = Some(Error::Expired {
+                            node,
+                            entries: lost,
+                        });
+                    }
+                }
+                Err(e) => {
+                    let lines: Vec<serde_json::Value> = self
+                        .active
+                        .values()
+                        .filter_map(|a| {
+                            let want = a.nodes.get(&t.node)?;
+                            Some(a.occ.node_line(
+                                t.ts,
+                                &node,
+                                "failed",
+                                want,
+                                &[("op", json!("renew")), ("error", json!(e.to_string()))],
+                            ))
+                        })
+                        .collect();
+                    for l in &lines {
+                        self.write(l)?;
+                    }
+                    failed.push((node, e));
+                }
             }
         }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(self.fail(
+        if !failed.is_empty() {
+            return Err(self.fail(
                 failed,
-                "; renewal failed or its lease ran out (entries expired): the run stops and heals every node",
-            ))
+                "; renewal failed: the run stops and heals every node (entries not renewed expire within the lease)",
+            ));
         }
+        expired.map_or(Ok(()), Err)
     }
 
     /// Heals every occurrence still on; the first failure is returned after all were tried.
