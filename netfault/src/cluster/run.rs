@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::{
     NodePlan, Scenario, StepAction,
-    coordinator::{self, Coordinator, NODE_TIMEOUT, Timed},
+    coordinator::{self, Coordinator, NODE_TIMEOUT, PREPARE_TIMEOUT, Timed},
     events::{Log, Occurrence, nanos_between, run_line},
     scenario::{Action, Event},
     transport::NodeError,
@@ -60,10 +60,6 @@ impl Error {
         }
     }
 }
-
-/// How long each node may take to attach before the first step: loading and verifying the
-/// programs is the slow part of a first change on a busy machine, and nothing is cut yet.
-pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a run ended (every step healed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
