@@ -3,7 +3,7 @@ use std::{io::Write as _, path::PathBuf, time::Duration};
 
 use netfault::{
     cluster::{
-        Cluster, Impair, Scenario, Topology,
+        Cluster, Impair, Scenario, StepAction, Topology,
         coordinator::Coordinator,
         events::Log,
         run::{self as cluster_run, Ended},
@@ -359,8 +359,13 @@ fn run_scenario(
     let sc = Scenario::parse(&text)?;
     sc.check(&cluster)?;
     let coord = Coordinator::new(cluster)?;
+    let random = sc
+        .steps
+        .iter()
+        .any(|s| matches!(&s.action, StepAction::Partition(t) if t.is_random()));
     let seed = match seed.or(sc.seed) {
         Some(s) => s,
+        None if !random => 0,
         None => {
             let s = fresh_seed();
             let _ = writeln!(

@@ -233,12 +233,15 @@ impl Runner<'_> {
         self.summary.starts += 1;
         let spread = spread(&stamps);
         self.summary.spreads.push(spread);
-        let what = occ.topology.clone().unwrap_or_else(|| "impair".to_string());
+        let what = match (&occ.topology, &occ.impair) {
+            (Some(t), _) => format!("partition {t}"),
+            (None, Some(i)) => format!("impair {} -> {}", i.from.join(","), i.to.join(",")),
+            (None, None) => occ.fault().to_string(),
+        };
         self.say(&format!(
-            "start {}#{} ({} {what}) on {} nodes, spread {}",
+            "start {}#{} ({what}) on {} nodes, spread {}",
             occ.name,
             occ.occurrence,
-            occ.fault(),
             stamps.len(),
             ms(spread)
         ));
