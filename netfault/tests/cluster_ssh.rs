@@ -84,13 +84,12 @@ fn ssh_lab() -> SshLab {
     }
     let ctl = hosts.pop().unwrap();
     let nf = nf();
+    // Attached here, one at a time (and detached on teardown): loading the programs takes
+    // seconds on a loaded machine, five at once can pass the coordinator's 10 s deadline, and
+    // these tests are about the transport. Attaching over SSH is what each node's first
+    // `apply` would do otherwise (the timing test reports it).
     for h in &hosts {
-        let (nf, ns) = (nf.clone(), h.ns.clone());
-        lab.on_teardown(move || {
-            if netfault_dirs(&ns)[1].exists() {
-                let _ = nf.run(&ns, &["detach"]);
-            }
-        });
+        attach(&mut lab, &nf, h);
     }
     let mut servers = SshServers::new().expect("ssh keys");
     for h in &hosts {
@@ -488,13 +487,34 @@ fn a_node_that_fails_over_ssh_fails_the_run_naming_it_and_the_others_are_rolled_
 fn partition_wall_time_ssh() {
     let l = ssh_lab();
     let file = cluster_file(&l.cluster_text(|_, _| {}));
+    // Where the time goes: one ssh session doing nothing, then one running `node state`.
+    let n1 = format!("root@{}", l.nodes[0].v4);
+    let state = format!("{} node state", l.nf.bin.display());
+    for (what, cmd) in [
+        ("ssh true", "true"),
+        ("ssh netfault node state", state.as_str()),
+    ] {
+        let mut t: Vec<Duration> = (0..5)
+            .map(|_| {
+                let s = Instant::now();
+                let out = l
+                    .servers
+                    .ssh(&l.ctl.ns, &[], &n1, cmd, Duration::from_secs(20))
+                    .unwrap();
+                assert!(out.status.success(), "{what}: {out:?}");
+                s.elapsed()
+            })
+            .collect();
+        t.sort();
+        eprintln!("{what}: min {:?} median {:?} (5 runs)", t[0], t[2]);
+    }
     let (mut parts, mut heals) = (Vec::new(), Vec::new());
     for i in 0..21 {
         let t = Instant::now();
         l.cluster_ok(&file, &["partition", "halves"]);
         let d = t.elapsed();
         if i == 0 {
-            eprintln!("first run (attaching 5 nodes): {d:?}");
+            eprintln!("first run (nodes attached beforehand): {d:?}");
         } else {
             parts.push(d);
         }

@@ -3,15 +3,12 @@
 //! `{"error", "exit"}` on stdout as well as the usual message on stderr, and exits as any
 //! command does (2: bad input, nothing changed; 1: anything else). Not for people: `netfault
 //! cluster` runs it over ssh.
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 
 use netfault::cluster::transport::{
     NodeError,
     ssh::{self, Op},
 };
-
-/// The most of stdin a request may take.
-const MAX_REQUEST: u64 = 16 << 20;
 
 /// The node's side of `netfault cluster` over SSH (plumbing).
 #[derive(clap::Args)]
@@ -42,18 +39,12 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<()> {
         NodeCmd::Renew => Op::Renew,
         NodeCmd::State => Op::State,
     };
-    let mut input = String::new();
-    std::io::stdin()
-        .take(MAX_REQUEST)
-        .read_to_string(&mut input)?;
     // Inside a named namespace (an sshd started there), the state `--netns NAME` uses.
     let name = ns.map(str::to_owned).or_else(ssh::own_netns_name);
+    let mut input = std::io::BufReader::new(ssh::DeadlineStdin::new(ssh::CALL_LIMIT));
     let mut out = std::io::stdout().lock();
-    match ssh::serve(op, &input, name.as_deref()) {
-        Ok(answer) => {
-            writeln!(out, "{answer}")?;
-            Ok(())
-        }
+    match ssh::serve(op, &mut input, &mut out, name.as_deref()) {
+        Ok(()) => Ok(()),
         Err(e) => {
             let _ = writeln!(out, "{}", ssh::failure(&e));
             // The library's own error, so main maps it to its exit status as for any command.

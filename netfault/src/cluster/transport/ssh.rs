@@ -24,12 +24,12 @@
 //! - State: the remote finds the state `netfault --netns NS` uses when its sshd runs inside a
 //!   named namespace ([`own_netns_name`]), the host's otherwise.
 use std::{
-    io::{self, Read as _, Write as _},
+    io::{self, BufRead as _, Read as _, Write as _},
     os::unix::process::CommandExt as _,
-    process::{Command, ExitStatus, Stdio},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::mpsc,
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde::{Serialize, de::DeserializeOwned};
@@ -93,12 +93,22 @@ pub mod wire {
         pub names: Vec<String>,
     }
 
-    /// `heal`: every partition, or those named.
+    /// `heal`, one JSON document per line: every partition, those named, or `"pick"`: the
+    /// node answers with its partitions ([`Partitions`]) and then reads the names to delete
+    /// (`{"partitions": [...]}`), all under its lock.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(rename_all = "lowercase", deny_unknown_fields)]
     pub enum Heal {
         All,
         Partitions(Vec<String>),
+        Pick,
+    }
+
+    /// Every partition entry a node holds, live or expired (what `"pick"` picks from).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Partitions {
+        pub partitions: Vec<String>,
     }
 
     /// `renew`: a new lifetime, from now, for the entries named.
@@ -232,20 +242,13 @@ impl Ssh {
 
     /// Runs `op` with `request` on the node; returns its answer.
     fn call<T: DeserializeOwned>(&self, op: Op, request: &impl Serialize) -> Result<T, SshError> {
-        let input = serde_json::to_vec(request).map_err(|e| SshError::Io(e.into()))?;
-        let (status, stdout, stderr) = self.run(op, input)?;
-        answer(
-            op,
-            &self.target,
-            &self.remote_command(op),
-            status,
-            &stdout,
-            &stderr,
-        )
+        let mut s = self.session(op)?;
+        s.send(request);
+        s.finish(self)
     }
 
-    /// One ssh process, bounded by [`CALL_LIMIT`]: (status, stdout, stderr).
-    fn run(&self, op: Op, input: Vec<u8>) -> Result<(ExitStatus, Vec<u8>, Vec<u8>), SshError> {
+    /// Starts ssh for `op`; the session is bounded by [`CALL_LIMIT`] from now.
+    fn session(&self, op: Op) -> Result<Session, SshError> {
         let mut cmd = Command::new("ssh");
         cmd.args(self.args(op))
             .stdin(Stdio::piped())
@@ -262,22 +265,17 @@ impl Ssh {
             });
         }
         let mut child = cmd.spawn().map_err(SshError::Spawn)?;
-        let stdin = child.stdin.take();
-        let writer = thread::spawn(move || {
-            // A remote that exits early closes the pipe: its exit status says why.
-            if let Some(mut s) = stdin {
-                let _ = s.write_all(&input);
-            }
-        });
-        let (tx, rx) = mpsc::channel::<()>();
+        let (tx, lines) = mpsc::channel::<String>();
         let stdout = child.stdout.take();
         let reader = thread::spawn(move || {
-            let mut b = Vec::new();
             if let Some(o) = stdout {
-                let _ = o.take(MAX_ANSWER).read_to_end(&mut b);
+                for l in io::BufReader::new(o.take(MAX_ANSWER)).lines() {
+                    let Ok(l) = l else { break };
+                    if tx.send(l).is_err() {
+                        break;
+                    }
+                }
             }
-            let _ = tx.send(());
-            b
         });
         let stderr = child.stderr.take();
         let errors = thread::spawn(move || {
@@ -287,24 +285,106 @@ impl Ssh {
             }
             b
         });
-        let timed_out = matches!(
-            rx.recv_timeout(CALL_LIMIT),
-            Err(mpsc::RecvTimeoutError::Timeout)
-        );
-        if timed_out {
-            let _ = child.kill();
+        Ok(Session {
+            op,
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            reader: Some(reader),
+            errors: Some(errors),
+            seen: Vec::new(),
+            deadline: Instant::now() + CALL_LIMIT,
+            timed_out: false,
+        })
+    }
+}
+
+/// One ssh process: requests written line by line, answers read line by line, all within a
+/// deadline (then ssh is killed).
+struct Session {
+    op: Op,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    reader: Option<thread::JoinHandle<()>>,
+    errors: Option<thread::JoinHandle<Vec<u8>>>,
+    /// Every line read so far.
+    seen: Vec<String>,
+    deadline: Instant,
+    timed_out: bool,
+}
+
+impl Session {
+    /// Writes one JSON line. A remote that exited early closed the pipe: its exit status says
+    /// why, so a write error is not reported here. (Requests are small: the remote reads them
+    /// whole before it writes, and ssh keeps reading its stdin meanwhile.)
+    fn send(&mut self, v: &impl Serialize) {
+        if let (Some(w), Ok(mut b)) = (self.stdin.as_mut(), serde_json::to_vec(v)) {
+            b.push(b'\n');
+            if w.write_all(&b).and_then(|()| w.flush()).is_err() {
+                self.stdin = None;
+            }
         }
-        let status = child.wait().map_err(SshError::Io);
-        let _ = writer.join();
-        let stdout = reader.join().unwrap_or_default();
-        let stderr = errors.join().unwrap_or_default();
-        if timed_out {
+    }
+
+    /// The next line of the answer; `None` at its end or at the deadline.
+    fn next_line(&mut self) -> Option<String> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(left) {
+            Ok(l) => {
+                self.seen.push(l.clone());
+                Some(l)
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                self.timed_out = true;
+                None
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// Closes stdin, reads the rest, waits for ssh: the answer of the session's operation.
+    fn finish<T: DeserializeOwned>(mut self, node: &Ssh) -> Result<T, SshError> {
+        self.stdin = None;
+        while !self.timed_out && self.next_line().is_some() {}
+        if self.timed_out {
+            let _ = self.child.kill();
+        }
+        let status = self.child.wait().map_err(SshError::Io);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let stderr = self
+            .errors
+            .take()
+            .and_then(|e| e.join().ok())
+            .unwrap_or_default();
+        if self.timed_out {
             return Err(SshError::Timeout {
-                target: self.target.clone(),
+                target: node.target.clone(),
                 limit: CALL_LIMIT,
             });
         }
-        Ok((status?, stdout, stderr))
+        let stdout = self.seen.join("\n");
+        answer(
+            self.op,
+            &node.target,
+            &node.remote_command(self.op),
+            status?,
+            stdout.as_bytes(),
+            &stderr,
+        )
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Not finished (an early return): no ssh left running.
+        if self.reader.is_some() {
+            self.stdin = None;
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -389,13 +469,18 @@ impl NodeTransport for Ssh {
     }
 
     fn heal(&self, select: &(dyn Fn(&str) -> bool + Sync)) -> Result<Vec<String>, NodeError> {
-        let st: wire::State = self.call(Op::State, &serde_json::json!({}))?;
-        let picked: Vec<String> = st.partitions.into_iter().filter(|n| select(n)).collect();
-        if picked.is_empty() {
-            return Ok(picked);
+        // One session under the node's lock: it lists its partitions, this side picks, it
+        // deletes the picked ones.
+        let mut s = self.session(Op::Heal)?;
+        s.send(&wire::Heal::Pick);
+        if let Some(line) = s.next_line()
+            && let Ok(wire::Partitions { partitions }) = serde_json::from_str(&line)
+        {
+            let picked: Vec<String> = partitions.into_iter().filter(|n| select(n)).collect();
+            s.send(&wire::Heal::Partitions(picked));
         }
-        let req = wire::Heal::Partitions(picked);
-        Ok(self.call::<wire::Names>(Op::Heal, &req)?.names)
+        // Otherwise the node failed (its answer says why) or does not answer.
+        Ok(s.finish::<wire::Names>(self)?.names)
     }
 
     fn renew(&self, names: &[String], ttl: Ttl) -> Result<Vec<String>, NodeError> {
@@ -436,13 +521,16 @@ enum Request {
     State,
 }
 
+/// Bad input on stdin: exit 2, nothing changed.
+fn bad_request(op: Op, why: impl std::fmt::Display) -> NodeError {
+    NodeError::Control(control::Error::Usage(SpecError::new(
+        "stdin",
+        format!("not a `node {}` request: {why}", op.as_str()),
+    )))
+}
+
 fn parse<T: DeserializeOwned>(op: Op, text: &str) -> Result<T, NodeError> {
-    serde_json::from_str(text).map_err(|e| {
-        NodeError::Control(control::Error::Usage(SpecError::new(
-            "stdin",
-            format!("not a `node {}` request: {e}", op.as_str()),
-        )))
-    })
+    serde_json::from_str(text).map_err(|e| bad_request(op, e))
 }
 
 fn request(op: Op, text: &str) -> Result<Request, NodeError> {
@@ -473,29 +561,77 @@ fn to_json(v: &impl Serialize) -> Result<String, NodeError> {
     })
 }
 
-/// `netfault node OP`: parses `request` (the remote's stdin), opens the controller of the
-/// current namespace (state key `netns-NAME` when `netns` names it) and runs [`local`].
-/// Returns the answer for stdout.
-pub fn serve(op: Op, request_text: &str, netns: Option<&str>) -> Result<String, NodeError> {
-    let req = request(op, request_text)?;
+fn partition_names(ctl: &Ctl) -> Vec<String> {
+    ctl.state
+        .rules
+        .iter()
+        .filter(|r| r.spec.kind == Kind::Partition)
+        .map(|r| r.spec.name.clone())
+        .collect()
+}
+
+fn io_error(e: io::Error) -> NodeError {
+    NodeError::Ssh(SshError::Io(e))
+}
+
+/// The most of stdin a request may take.
+pub const MAX_REQUEST: u64 = 16 << 20;
+
+/// `netfault node OP`: reads the request from `input` (the remote's stdin; for `heal`, one
+/// line), checks it, opens the controller of the current namespace (state key `netns-NAME`
+/// when `netns` names it), runs [`local`] and writes the answer on `output`. For `heal` with
+/// `"pick"`, it writes the node's partitions first and reads the ones to delete, under the
+/// lock.
+pub fn serve(
+    op: Op,
+    input: &mut dyn io::BufRead,
+    output: &mut dyn io::Write,
+    netns: Option<&str>,
+) -> Result<(), NodeError> {
+    let mut text = String::new();
+    let mut input = input.take(MAX_REQUEST);
+    if op == Op::Heal {
+        input.read_line(&mut text).map_err(io_error)?;
+    } else {
+        input.read_to_string(&mut text).map_err(io_error)?;
+    }
+    let req = request(op, &text)?;
     let mut ctl = Ctl::open(netns)?;
-    match req {
+    let answer = match req {
         Request::Apply(a) => names(local::apply(&mut ctl, &a.plan, a.ttl)?),
         Request::Delete(d) => names(local::delete(&mut ctl, &d.names)?),
-        Request::Heal(wire::Heal::All) => names(local::heal(&mut ctl, &|_| true)?),
-        Request::Heal(wire::Heal::Partitions(p)) => {
-            names(local::heal(&mut ctl, &|n: &str| p.iter().any(|x| x == n))?)
+        Request::Heal(h) => {
+            let h = if h == wire::Heal::Pick {
+                let list = to_json(&wire::Partitions {
+                    partitions: partition_names(&ctl),
+                })?;
+                writeln!(output, "{list}")
+                    .and_then(|()| output.flush())
+                    .map_err(io_error)?;
+                let mut line = String::new();
+                input.read_line(&mut line).map_err(io_error)?;
+                match request(op, &line)? {
+                    Request::Heal(h) if h != wire::Heal::Pick => h,
+                    _ => {
+                        return Err(bad_request(
+                            op,
+                            r#"after "pick", expected {"partitions": [...]}"#,
+                        ));
+                    }
+                }
+            } else {
+                h
+            };
+            match h {
+                wire::Heal::Partitions(p) => {
+                    names(local::heal(&mut ctl, &|n: &str| p.iter().any(|x| x == n))?)
+                }
+                _ => names(local::heal(&mut ctl, &|_| true)?),
+            }
         }
         Request::Renew(r) => names(local::renew(&mut ctl, &r.names, r.ttl)?),
         Request::State => {
             let st = local::state(&ctl);
-            let partitions = ctl
-                .state
-                .rules
-                .iter()
-                .filter(|r| r.spec.kind == Kind::Partition)
-                .map(|r| r.spec.name.clone())
-                .collect();
             to_json(&wire::State {
                 attached: st.attached,
                 faults: st
@@ -507,9 +643,53 @@ pub fn serve(op: Op, request_text: &str, netns: Option<&str>) -> Result<String, 
                         ttl_left_s: f.ttl_left_s,
                     })
                     .collect(),
-                partitions,
+                partitions: partition_names(&ctl),
             })
         }
+    }?;
+    writeln!(output, "{answer}").map_err(io_error)
+}
+
+/// Stdin whose reads give up (TimedOut) at a deadline: a remote waiting for the
+/// coordinator's next line, holding the node's lock, never waits for ever.
+pub struct DeadlineStdin {
+    deadline: Instant,
+}
+
+impl DeadlineStdin {
+    pub fn new(limit: Duration) -> Self {
+        Self {
+            deadline: Instant::now() + limit,
+        }
+    }
+}
+
+impl io::Read for DeadlineStdin {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let mut p = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no request from the coordinator in time",
+            ));
+        }
+        // SAFETY: a read into a buffer we own, of at most its length.
+        let r = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
     }
 }
 
@@ -658,6 +838,13 @@ mod tests {
             serde_json::to_string(&wire::Heal::Partitions(vec!["x.from-n1.v4".into()])).unwrap();
         assert_eq!(h, r#"{"partitions":["x.from-n1.v4"]}"#);
         assert_eq!(serde_json::to_string(&wire::Heal::All).unwrap(), r#""all""#);
+        assert_eq!(
+            serde_json::to_string(&wire::Heal::Pick).unwrap(),
+            r#""pick""#
+        );
+        // What the node lists is what it reads back.
+        let p: wire::Partitions = serde_json::from_str(&h).unwrap();
+        assert_eq!(p.partitions, ["x.from-n1.v4"]);
         assert!(matches!(request(Op::Heal, &h).unwrap(), Request::Heal(_)));
         assert!(matches!(request(Op::State, "").unwrap(), Request::State));
         assert!(matches!(request(Op::State, "{}").unwrap(), Request::State));
