@@ -18,9 +18,9 @@
 //!   with ssh's message; the remote netfault's with its exit status (2: bad input, nothing
 //!   changed) and message, read from the JSON it writes on stdout; any other exit (127: the
 //!   remote binary is not there) with the remote shell's message.
-//! - Heal: the coordinator's selection is a closure, which cannot cross the wire: the node
-//!   lists its partitions (`state`), the coordinator picks among them, and the node deletes the
-//!   picked names (`{"partitions": [...]}`): two round trips, each under the node's lock.
+//! - Heal: the coordinator's selection is a closure, which cannot cross the wire. In one
+//!   session (`"pick"`), under the node's lock, the node lists its partitions, the coordinator
+//!   picks among them, and the node deletes the picked names (`{"partitions": [...]}`).
 //! - State: the remote finds the state `netfault --netns NS` uses when its sshd runs inside a
 //!   named namespace ([`own_netns_name`]), the host's otherwise.
 use std::{
