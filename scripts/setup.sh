@@ -65,4 +65,41 @@ fi
 if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
   as_root mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
 fi
+# OpenSSH, for the SSH transport's tests: they run their own sshd (`sshd -D -e -f CONFIG`, in
+# lab namespaces, keys made with ssh-keygen). No system sshd may start: when this script
+# installs the server, /etc/ssh/sshd_not_to_be_run (honoured by Debian's service unit and init
+# script, now and at every boot) and a policy-rc.d that refuses every start (for the install
+# itself) keep it down. A server that was already installed (the one an operator logs in by)
+# is left alone.
+if ! dpkg-query -W -f='${Status}' openssh-server 2>/dev/null | grep -q 'install ok installed' \
+   || ! dpkg-query -W -f='${Status}' openssh-client 2>/dev/null | grep -q 'install ok installed'; then
+  if ! dpkg-query -W -f='${Status}' openssh-server 2>/dev/null | grep -q 'install ok installed'; then
+    as_root mkdir -p /etc/ssh
+    as_root touch /etc/ssh/sshd_not_to_be_run
+  fi
+  policy_ours=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# netfault setup.sh: no service starts while it installs packages\nexit 101\n' \
+      | as_root tee /usr/sbin/policy-rc.d >/dev/null
+    as_root chmod 755 /usr/sbin/policy-rc.d
+    policy_ours=1
+  fi
+  log "installing Debian packages: openssh-server openssh-client (the system sshd stays off)"
+  ssh_rc=0
+  { as_root apt-get update -qq \
+      && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+           openssh-server openssh-client >/dev/null; } || ssh_rc=$?
+  [ "$policy_ours" = 1 ] && as_root rm -f /usr/sbin/policy-rc.d
+  [ "$ssh_rc" = 0 ] || { log "installing openssh failed"; exit "$ssh_rc"; }
+  # Had a service manager started it anyway: stop what this install started.
+  if [ -e /etc/ssh/sshd_not_to_be_run ] && [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+  fi
+fi
+if [ -e /etc/ssh/sshd_not_to_be_run ] && command -v ss >/dev/null 2>&1 \
+   && ss -Hltnp 2>/dev/null | grep -q '"sshd"'; then
+  log "an sshd is listening although /etc/ssh/sshd_not_to_be_run exists: stop it"
+  exit 1
+fi
+
 log "ok"

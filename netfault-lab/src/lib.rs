@@ -5,6 +5,7 @@
 pub mod ks;
 pub mod lab;
 pub mod probe;
+pub mod sshd;
 
 /// Reference programs (pass, drop, tx) for benchmarks and tests, and `lab_spin`, a program that
 /// runs for milliseconds (its map `SPIN_RUNS` counts runs started and finished) for tests of

@@ -12,6 +12,7 @@ pub mod completions;
 pub mod detach;
 pub mod heal;
 pub mod manpage;
+pub mod node;
 pub mod partition;
 pub mod protect;
 pub mod renew;
@@ -80,6 +81,8 @@ pub enum Cmd {
     Cluster(cluster::Args),
     Completions(completions::Args),
     Manpage(manpage::Args),
+    #[command(hide = true)]
+    Node(node::Args),
 }
 
 impl Cmd {
@@ -133,6 +136,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Renew(a) => renew::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Protect(a) => protect::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Cluster(a) => cluster::run(a, ns)?,
+        Cmd::Node(a) => node::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Completions(_) | Cmd::Manpage(_) => unreachable!("handled above"),
     })
 }

@@ -257,8 +257,10 @@ impl Coordinator {
         let protect =
             plan::protections(&self.cluster, &[], &plan::literal_endpoints(&self.cluster));
         let plans = plan::plans(&self.cluster, &protect, std::slice::from_ref(rules));
+        // As the controller checks them: protections carry labels (`control:192.0.2.1:22/0`),
+        // not rule names.
         for p in &plans {
-            for r in p.protect.iter().chain(&p.rules) {
+            for r in &p.rules {
                 r.validate()?;
             }
         }
@@ -611,7 +613,8 @@ netns = "a"
 name = "n2"
 addrs = ["192.0.2.2"]
 iface = ["eth0"]
-ssh = "root@192.0.2.2"
+agent = "http://192.0.2.2:7070"
+token_file = "/nonexistent"
 "#,
         )
         .unwrap()

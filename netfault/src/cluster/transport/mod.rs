@@ -1,15 +1,17 @@
-//! How the coordinator acts on one node: one module per transport. Only the network-namespace
-//! transport exists yet; the agent and SSH transports are parsed from the cluster file but
-//! refused here ([`for_node`]), before any node is touched.
+//! How the coordinator acts on one node: one module per transport. The network-namespace and
+//! SSH transports exist; the agent transport is parsed from the cluster file but refused here
+//! ([`for_node`]), before any node is touched.
 //!
 //! A transport's methods block and may change the calling thread (the netns transport enters
 //! the node's namespace with setns, which applies to one thread only): the coordinator calls
 //! each on a fresh thread of its own.
 mod netns;
+pub mod ssh;
 
 use std::time::Duration;
 
 pub use self::netns::Netns;
+pub use self::ssh::Ssh;
 use super::{Node, NodePlan, Transport};
 use crate::{
     control::{self, netns as ns},
@@ -23,6 +25,8 @@ pub enum NodeError {
     Netns(#[from] ns::NetnsError),
     #[error(transparent)]
     Control(#[from] control::Error),
+    #[error(transparent)]
+    Ssh(#[from] ssh::SshError),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("the node's worker thread panicked")]
@@ -71,7 +75,7 @@ pub trait NodeTransport: Send + Sync {
 
 /// A transport the cluster file names but this build cannot drive yet.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("node {node}: the {transport} transport is not implemented yet (only netns is)")]
+#[error("node {node}: the {transport} transport is not implemented yet (only netns and ssh are)")]
 pub struct NotImplemented {
     pub node: String,
     pub transport: &'static str,
@@ -85,9 +89,14 @@ pub fn for_node(node: &Node) -> Result<Box<dyn NodeTransport>, NotImplemented> {
             node: node.name.clone(),
             transport: "agent",
         }),
-        Transport::Ssh { .. } => Err(NotImplemented {
-            node: node.name.clone(),
-            transport: "ssh",
-        }),
+        Transport::Ssh {
+            target,
+            options,
+            netfault,
+        } => Ok(Box::new(Ssh {
+            target: target.clone(),
+            options: options.clone(),
+            netfault: netfault.clone(),
+        })),
     }
 }

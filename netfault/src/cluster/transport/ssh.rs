@@ -1,0 +1,865 @@
+//! The SSH transport: the OpenSSH client binary runs netfault's hidden plumbing subcommand on
+//! the node,
+//!
+//! ```text
+//! ssh -T -o BatchMode=yes [ssh_options] -o ConnectTimeout=5 ... -- TARGET 'NETFAULT' node OP
+//! ```
+//!
+//! the request as JSON on its stdin, the answer as JSON on its stdout ([`wire`]). The remote
+//! `netfault node OP` ([`serve`]) runs [`local`] on the node's pinned-mode controller, so a
+//! request does the same thing whichever transport brought it.
+//!
+//! - No TTY and no prompt (`BatchMode`): a refused key or an unknown host key fails at once.
+//!   The connection is bounded by `ConnectTimeout` (5 s) and a stuck session by `ServerAlive`
+//!   probes (both overridable in `ssh_options`, which come first and so win); a call by
+//!   [`CALL_LIMIT`], after which ssh is killed. ssh dies with the thread that waits for it
+//!   (`PR_SET_PDEATHSIG`), so a coordinator that exits leaves no client behind.
+//! - Errors keep their origin ([`SshError`]): ssh's own (exit 255: unreachable, refused key)
+//!   with ssh's message; the remote netfault's with its exit status (2: bad input, nothing
+//!   changed) and message, read from the JSON it writes on stdout; any other exit (127: the
+//!   remote binary is not there) with the remote shell's message.
+//! - Heal: the coordinator's selection is a closure, which cannot cross the wire. In one
+//!   session (`"pick"`), under the node's lock, the node lists its partitions, the coordinator
+//!   picks among them, and the node deletes the picked names (`{"partitions": [...]}`).
+//! - State: the remote finds the state `netfault --netns NS` uses when its sshd runs inside a
+//!   named namespace ([`own_netns_name`]), the host's otherwise.
+use std::{
+    io::{self, BufRead as _, Read as _, Write as _},
+    os::unix::process::CommandExt as _,
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::{LiveFault, NodeError, NodePlan, NodeState, NodeTransport};
+use crate::{
+    cluster::local,
+    control::{self, Ctl, netns},
+    spec::{Kind, SpecError, Ttl},
+};
+
+/// How long one call may take, connection included; then ssh is killed. Longer than the
+/// coordinator's deadline: a late answer still reaches the worker, which undoes it.
+pub const CALL_LIMIT: Duration = Duration::from_secs(30);
+/// ssh's `ConnectTimeout`, unless the node's options set one.
+pub const CONNECT_TIMEOUT_S: u32 = 5;
+/// The most either side reads of the other's output.
+const MAX_ANSWER: u64 = 16 << 20;
+const MAX_STDERR: u64 = 64 << 10;
+
+/// The operations of `netfault node`, one per [`NodeTransport`] method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Apply,
+    Delete,
+    Heal,
+    Renew,
+    State,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Apply => "apply",
+            Op::Delete => "delete",
+            Op::Heal => "heal",
+            Op::Renew => "renew",
+            Op::State => "state",
+        }
+    }
+}
+
+/// What crosses the wire: requests on the remote's stdin, answers on its stdout.
+pub mod wire {
+    use serde::{Deserialize, Serialize};
+
+    use super::{Kind, NodePlan, Ttl};
+
+    /// `apply`: attach, protect, add (one publish).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Apply {
+        pub plan: NodePlan,
+        pub ttl: Ttl,
+    }
+
+    /// `delete`: entries of any kind, by name.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Delete {
+        pub names: Vec<String>,
+    }
+
+    /// `heal`, one JSON document per line: every partition, those named, or `"pick"`: the
+    /// node answers with its partitions ([`Partitions`]) and then reads the names to delete
+    /// (`{"partitions": [...]}`), all under its lock.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase", deny_unknown_fields)]
+    pub enum Heal {
+        All,
+        Partitions(Vec<String>),
+        Pick,
+    }
+
+    /// Every partition entry a node holds, live or expired (what `"pick"` picks from).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Partitions {
+        pub partitions: Vec<String>,
+    }
+
+    /// `renew`: a new lifetime, from now, for the entries named.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Renew {
+        pub names: Vec<String>,
+        pub ttl: Ttl,
+    }
+
+    /// The answer of `apply`, `delete`, `heal` and `renew`: the names acted on.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Names {
+        pub names: Vec<String>,
+    }
+
+    /// The answer of `state`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct State {
+        pub attached: Vec<String>,
+        /// Live faults (not protections).
+        pub faults: Vec<Fault>,
+        /// Every partition entry, live or expired: what `heal` picks from.
+        pub partitions: Vec<String>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Fault {
+        pub name: String,
+        pub kind: Kind,
+        pub ttl_left_s: Option<u64>,
+    }
+
+    /// What the remote writes on stdout when it fails, before exiting with `exit`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Failure {
+        pub error: String,
+        /// 2: bad input, nothing changed; 1: anything else.
+        pub exit: u8,
+    }
+}
+
+/// What went wrong driving a node over SSH.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("run ssh (is the OpenSSH client installed?): {0}")]
+    Spawn(#[source] io::Error),
+    #[error("ssh: {0}")]
+    Io(#[source] io::Error),
+    /// ssh itself failed (exit 255): no connection, refused key, unknown host key.
+    #[error("ssh {target}: {message}")]
+    Ssh { target: String, message: String },
+    /// The remote netfault ran and failed; its exit status says how (2: bad input).
+    #[error("remote `netfault node {op}` failed (exit {exit}): {message}")]
+    Remote {
+        op: &'static str,
+        exit: u8,
+        message: String,
+    },
+    /// The remote command exited without netfault's answer (127: not found).
+    #[error("remote command `{command}` {status}: {message}")]
+    Exit {
+        command: String,
+        status: String,
+        message: String,
+    },
+    #[error("remote `netfault node {op}`: unreadable answer ({why}): {text}")]
+    Answer {
+        op: &'static str,
+        why: String,
+        text: String,
+    },
+    #[error("ssh {target}: no answer within {limit:?}; ssh was killed")]
+    Timeout { target: String, limit: Duration },
+}
+
+/// A node reached by `ssh [options] target`.
+pub struct Ssh {
+    /// `user@host` or `host`.
+    pub target: String,
+    /// Passed to ssh before the target, verbatim.
+    pub options: Vec<String>,
+    /// The remote binary; `None`: `netfault` on the remote PATH.
+    pub netfault: Option<String>,
+}
+
+/// `s` as one word of a POSIX shell command (the remote shell reads ssh's command line).
+pub fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@,%".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+impl Ssh {
+    /// The command the remote shell runs.
+    pub fn remote_command(&self, op: Op) -> String {
+        format!(
+            "{} node {}",
+            shell_quote(self.netfault.as_deref().unwrap_or("netfault")),
+            op.as_str()
+        )
+    }
+
+    /// ssh's arguments: BatchMode first (so nothing can turn prompts back on), the node's
+    /// options, then defaults they may override (ssh keeps an option's first value).
+    pub fn args(&self, op: Op) -> Vec<String> {
+        let mut a: Vec<String> = ["-T", "-o", "BatchMode=yes"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        a.extend(self.options.iter().cloned());
+        for o in [
+            format!("ConnectTimeout={CONNECT_TIMEOUT_S}"),
+            "ServerAliveInterval=2".into(),
+            "ServerAliveCountMax=3".into(),
+            "LogLevel=ERROR".into(),
+        ] {
+            a.push("-o".into());
+            a.push(o);
+        }
+        a.push("--".into());
+        a.push(self.target.clone());
+        a.push(self.remote_command(op));
+        a
+    }
+
+    /// Runs `op` with `request` on the node; returns its answer.
+    fn call<T: DeserializeOwned>(&self, op: Op, request: &impl Serialize) -> Result<T, SshError> {
+        let mut s = self.session(op)?;
+        s.send(request);
+        s.finish(self)
+    }
+
+    /// Starts ssh for `op`; the session is bounded by [`CALL_LIMIT`] from now.
+    fn session(&self, op: Op) -> Result<Session, SshError> {
+        let mut cmd = Command::new("ssh");
+        cmd.args(self.args(op))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // ssh dies with the thread that waits for it (the coordinator's worker).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(SshError::Spawn)?;
+        let (tx, lines) = mpsc::channel::<String>();
+        let stdout = child.stdout.take();
+        let reader = thread::spawn(move || {
+            if let Some(o) = stdout {
+                for l in io::BufReader::new(o.take(MAX_ANSWER)).lines() {
+                    let Ok(l) = l else { break };
+                    if tx.send(l).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let stderr = child.stderr.take();
+        let errors = thread::spawn(move || {
+            let mut b = Vec::new();
+            if let Some(e) = stderr {
+                let _ = e.take(MAX_STDERR).read_to_end(&mut b);
+            }
+            b
+        });
+        Ok(Session {
+            op,
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            reader: Some(reader),
+            errors: Some(errors),
+            seen: Vec::new(),
+            deadline: Instant::now() + CALL_LIMIT,
+            timed_out: false,
+        })
+    }
+}
+
+/// One ssh process: requests written line by line, answers read line by line, all within a
+/// deadline (then ssh is killed).
+struct Session {
+    op: Op,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    reader: Option<thread::JoinHandle<()>>,
+    errors: Option<thread::JoinHandle<Vec<u8>>>,
+    /// Every line read so far.
+    seen: Vec<String>,
+    deadline: Instant,
+    timed_out: bool,
+}
+
+impl Session {
+    /// Writes one JSON line. A remote that exited early closed the pipe: its exit status says
+    /// why, so a write error is not reported here. (Requests are small: the remote reads them
+    /// whole before it writes, and ssh keeps reading its stdin meanwhile.)
+    fn send(&mut self, v: &impl Serialize) {
+        if let (Some(w), Ok(mut b)) = (self.stdin.as_mut(), serde_json::to_vec(v)) {
+            b.push(b'\n');
+            if w.write_all(&b).and_then(|()| w.flush()).is_err() {
+                self.stdin = None;
+            }
+        }
+    }
+
+    /// The next line of the answer; `None` at its end or at the deadline.
+    fn next_line(&mut self) -> Option<String> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(left) {
+            Ok(l) => {
+                self.seen.push(l.clone());
+                Some(l)
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                self.timed_out = true;
+                None
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// Closes stdin, reads the rest, waits for ssh: the answer of the session's operation.
+    fn finish<T: DeserializeOwned>(mut self, node: &Ssh) -> Result<T, SshError> {
+        self.stdin = None;
+        while !self.timed_out && self.next_line().is_some() {}
+        if self.timed_out {
+            let _ = self.child.kill();
+        }
+        let status = self.child.wait().map_err(SshError::Io);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let stderr = self
+            .errors
+            .take()
+            .and_then(|e| e.join().ok())
+            .unwrap_or_default();
+        if self.timed_out {
+            return Err(SshError::Timeout {
+                target: node.target.clone(),
+                limit: CALL_LIMIT,
+            });
+        }
+        let stdout = self.seen.join("\n");
+        answer(
+            self.op,
+            &node.target,
+            &node.remote_command(self.op),
+            status?,
+            stdout.as_bytes(),
+            &stderr,
+        )
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Not finished (an early return): no ssh left running.
+        if self.reader.is_some() {
+            self.stdin = None;
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The last lines ssh or the remote shell wrote, for an error message.
+fn last_lines(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(3)..];
+    if tail.is_empty() {
+        "no message".into()
+    } else {
+        tail.join("; ")
+    }
+}
+
+/// An ssh run's outcome as the answer of `op`, or the error it was.
+pub fn answer<T: DeserializeOwned>(
+    op: Op,
+    target: &str,
+    command: &str,
+    status: ExitStatus,
+    stdout: &[u8],
+    stderr: &[u8],
+) -> Result<T, SshError> {
+    let all = String::from_utf8_lossy(stdout);
+    // netfault writes one line; a remote shell's start-up files might have written before it.
+    let text = all
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("");
+    if status.success() {
+        return serde_json::from_str(text).map_err(|e| SshError::Answer {
+            op: op.as_str(),
+            why: e.to_string(),
+            text: text.chars().take(200).collect(),
+        });
+    }
+    // netfault's own failure, whatever its exit status.
+    if let Ok(f) = serde_json::from_str::<wire::Failure>(text) {
+        return Err(SshError::Remote {
+            op: op.as_str(),
+            exit: f.exit,
+            message: f.error,
+        });
+    }
+    match status.code() {
+        Some(255) => Err(SshError::Ssh {
+            target: target.to_string(),
+            message: last_lines(stderr),
+        }),
+        _ => Err(SshError::Exit {
+            command: command.to_string(),
+            status: status.to_string(),
+            message: last_lines(stderr),
+        }),
+    }
+}
+
+impl NodeTransport for Ssh {
+    fn kind(&self) -> &'static str {
+        "ssh"
+    }
+
+    fn apply(&self, plan: &NodePlan, ttl: Ttl) -> Result<Vec<String>, NodeError> {
+        let req = wire::Apply {
+            plan: plan.clone(),
+            ttl,
+        };
+        Ok(self.call::<wire::Names>(Op::Apply, &req)?.names)
+    }
+
+    fn delete(&self, names: &[String]) -> Result<Vec<String>, NodeError> {
+        let req = wire::Delete {
+            names: names.to_vec(),
+        };
+        Ok(self.call::<wire::Names>(Op::Delete, &req)?.names)
+    }
+
+    fn heal(&self, select: &(dyn Fn(&str) -> bool + Sync)) -> Result<Vec<String>, NodeError> {
+        // One session under the node's lock: it lists its partitions, this side picks, it
+        // deletes the picked ones.
+        let mut s = self.session(Op::Heal)?;
+        s.send(&wire::Heal::Pick);
+        if let Some(line) = s.next_line()
+            && let Ok(wire::Partitions { partitions }) = serde_json::from_str(&line)
+        {
+            let picked: Vec<String> = partitions.into_iter().filter(|n| select(n)).collect();
+            s.send(&wire::Heal::Partitions(picked));
+        }
+        // Otherwise the node failed (its answer says why) or does not answer.
+        Ok(s.finish::<wire::Names>(self)?.names)
+    }
+
+    fn renew(&self, names: &[String], ttl: Ttl) -> Result<Vec<String>, NodeError> {
+        let req = wire::Renew {
+            names: names.to_vec(),
+            ttl,
+        };
+        Ok(self.call::<wire::Names>(Op::Renew, &req)?.names)
+    }
+
+    fn state(&self) -> Result<NodeState, NodeError> {
+        let st: wire::State = self.call(Op::State, &serde_json::json!({}))?;
+        Ok(NodeState {
+            attached: st.attached,
+            faults: st
+                .faults
+                .into_iter()
+                .map(|f| LiveFault {
+                    name: f.name,
+                    kind: f.kind,
+                    ttl_left_s: f.ttl_left_s,
+                })
+                .collect(),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The node's side: `netfault node OP`
+// ---------------------------------------------------------------------------------------------
+
+/// A request, checked before the node's state is opened (bad input changes nothing).
+enum Request {
+    Apply(wire::Apply),
+    Delete(wire::Delete),
+    Heal(wire::Heal),
+    Renew(wire::Renew),
+    State,
+}
+
+/// Bad input on stdin: exit 2, nothing changed.
+fn bad_request(op: Op, why: impl std::fmt::Display) -> NodeError {
+    NodeError::Control(control::Error::Usage(SpecError::new(
+        "stdin",
+        format!("not a `node {}` request: {why}", op.as_str()),
+    )))
+}
+
+fn parse<T: DeserializeOwned>(op: Op, text: &str) -> Result<T, NodeError> {
+    serde_json::from_str(text).map_err(|e| bad_request(op, e))
+}
+
+fn request(op: Op, text: &str) -> Result<Request, NodeError> {
+    Ok(match op {
+        Op::Apply => Request::Apply(parse(op, text)?),
+        Op::Delete => Request::Delete(parse(op, text)?),
+        Op::Heal => Request::Heal(parse(op, text)?),
+        Op::Renew => Request::Renew(parse(op, text)?),
+        // Nothing to say: an empty stdin or `{}`.
+        Op::State if text.trim().is_empty() => Request::State,
+        Op::State => {
+            let _: serde_json::Map<String, serde_json::Value> = parse(op, text)?;
+            Request::State
+        }
+    })
+}
+
+fn names(names: Vec<String>) -> Result<String, NodeError> {
+    to_json(&wire::Names { names })
+}
+
+fn to_json(v: &impl Serialize) -> Result<String, NodeError> {
+    serde_json::to_string(v).map_err(|e| {
+        NodeError::Control(control::Error::Usage(SpecError::new(
+            "stdout",
+            e.to_string(),
+        )))
+    })
+}
+
+fn partition_names(ctl: &Ctl) -> Vec<String> {
+    ctl.state
+        .rules
+        .iter()
+        .filter(|r| r.spec.kind == Kind::Partition)
+        .map(|r| r.spec.name.clone())
+        .collect()
+}
+
+fn io_error(e: io::Error) -> NodeError {
+    NodeError::Ssh(SshError::Io(e))
+}
+
+/// The most of stdin a request may take.
+pub const MAX_REQUEST: u64 = 16 << 20;
+
+/// `netfault node OP`: reads the request from `input` (the remote's stdin; for `heal`, one
+/// line), checks it, opens the controller of the current namespace (state key `netns-NAME`
+/// when `netns` names it), runs [`local`] and writes the answer on `output`. For `heal` with
+/// `"pick"`, it writes the node's partitions first and reads the ones to delete, under the
+/// lock.
+pub fn serve(
+    op: Op,
+    input: &mut dyn io::BufRead,
+    output: &mut dyn io::Write,
+    netns: Option<&str>,
+) -> Result<(), NodeError> {
+    let mut text = String::new();
+    let mut input = input.take(MAX_REQUEST);
+    if op == Op::Heal {
+        input.read_line(&mut text).map_err(io_error)?;
+    } else {
+        input.read_to_string(&mut text).map_err(io_error)?;
+    }
+    let req = request(op, &text)?;
+    let mut ctl = Ctl::open(netns)?;
+    let answer = match req {
+        Request::Apply(a) => names(local::apply(&mut ctl, &a.plan, a.ttl)?),
+        Request::Delete(d) => names(local::delete(&mut ctl, &d.names)?),
+        Request::Heal(h) => {
+            let h = if h == wire::Heal::Pick {
+                let list = to_json(&wire::Partitions {
+                    partitions: partition_names(&ctl),
+                })?;
+                writeln!(output, "{list}")
+                    .and_then(|()| output.flush())
+                    .map_err(io_error)?;
+                let mut line = String::new();
+                input.read_line(&mut line).map_err(io_error)?;
+                match request(op, &line)? {
+                    Request::Heal(h) if h != wire::Heal::Pick => h,
+                    _ => {
+                        return Err(bad_request(
+                            op,
+                            r#"after "pick", expected {"partitions": [...]}"#,
+                        ));
+                    }
+                }
+            } else {
+                h
+            };
+            match h {
+                wire::Heal::Partitions(p) => {
+                    names(local::heal(&mut ctl, &|n: &str| p.iter().any(|x| x == n))?)
+                }
+                _ => names(local::heal(&mut ctl, &|_| true)?),
+            }
+        }
+        Request::Renew(r) => names(local::renew(&mut ctl, &r.names, r.ttl)?),
+        Request::State => {
+            let st = local::state(&ctl);
+            to_json(&wire::State {
+                attached: st.attached,
+                faults: st
+                    .faults
+                    .into_iter()
+                    .map(|f| wire::Fault {
+                        name: f.name,
+                        kind: f.kind,
+                        ttl_left_s: f.ttl_left_s,
+                    })
+                    .collect(),
+                partitions: partition_names(&ctl),
+            })
+        }
+    }?;
+    writeln!(output, "{answer}").map_err(io_error)
+}
+
+/// Stdin whose reads give up (TimedOut) at a deadline: a remote waiting for the
+/// coordinator's next line, holding the node's lock, never waits for ever.
+pub struct DeadlineStdin {
+    deadline: Instant,
+}
+
+impl DeadlineStdin {
+    pub fn new(limit: Duration) -> Self {
+        Self {
+            deadline: Instant::now() + limit,
+        }
+    }
+}
+
+impl io::Read for DeadlineStdin {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let mut p = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no request from the coordinator in time",
+            ));
+        }
+        // SAFETY: a read into a buffer we own, of at most its length.
+        let r = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+}
+
+/// The exit status of a failed `netfault node`: 2 for bad input (nothing changed), 1 else.
+pub fn exit_code(e: &NodeError) -> u8 {
+    match e {
+        NodeError::Control(c) if c.exit_code() == 2 => 2,
+        NodeError::Netns(netns::NetnsError::Unknown(_)) => 2,
+        _ => 1,
+    }
+}
+
+/// The failure document `netfault node` writes on stdout.
+pub fn failure(e: &NodeError) -> String {
+    serde_json::json!({ "error": e.to_string(), "exit": exit_code(e) }).to_string()
+}
+
+/// The name under /run/netns of the namespace this process is in, when it is not the host's
+/// (pid 1's) and has one: a process started inside a named namespace (an sshd there) then
+/// finds the state `netfault --netns NAME` uses. The first name in sorted order if several
+/// name it; `None` in the host's namespace or an unnamed one.
+pub fn own_netns_name() -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let id = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let me = id("/proc/self/ns/net".as_ref())?;
+    if id("/proc/1/ns/net".as_ref()) == Some(me) {
+        return None;
+    }
+    let mut names: Vec<String> = std::fs::read_dir("/run/netns")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| id(&e.path()) == Some(me))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names.into_iter().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt as _;
+
+    use super::*;
+
+    fn node() -> Ssh {
+        Ssh {
+            target: "root@192.0.2.3".into(),
+            options: vec![
+                "-p".into(),
+                "2222".into(),
+                "-o".into(),
+                "ConnectTimeout=9".into(),
+            ],
+            netfault: Some("/opt/net fault/netfault".into()),
+        }
+    }
+
+    #[test]
+    fn quoting_keeps_one_word() {
+        assert_eq!(
+            shell_quote("/usr/local/bin/netfault"),
+            "/usr/local/bin/netfault"
+        );
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn the_command_line_forbids_prompts_and_lets_options_override_defaults() {
+        let a = node().args(Op::Apply);
+        assert_eq!(&a[..3], ["-T", "-o", "BatchMode=yes"]);
+        // The node's options before the defaults: ssh keeps the first value of an option.
+        let mine = a.iter().position(|x| x == "ConnectTimeout=9").unwrap();
+        let default = a.iter().position(|x| x == "ConnectTimeout=5").unwrap();
+        assert!(mine < default, "{a:?}");
+        let n = a.len();
+        assert_eq!(a[n - 3], "--");
+        assert_eq!(a[n - 2], "root@192.0.2.3");
+        assert_eq!(a[n - 1], "'/opt/net fault/netfault' node apply");
+        let plain = Ssh {
+            netfault: None,
+            ..node()
+        };
+        assert_eq!(plain.remote_command(Op::State), "netfault node state");
+    }
+
+    fn exit(code: i32) -> ExitStatus {
+        ExitStatus::from_raw(code << 8)
+    }
+
+    #[test]
+    fn answers_and_errors_keep_their_origin() {
+        let ok: wire::Names =
+            answer(Op::Delete, "t", "c", exit(0), br#"{"names":["a"]}"#, b"").unwrap();
+        assert_eq!(ok.names, ["a"]);
+        let e = answer::<wire::Names>(
+            Op::Apply,
+            "root@192.0.2.3",
+            "c",
+            exit(255),
+            b"",
+            b"ssh: connect to host 192.0.2.3 port 22: Connection refused\n",
+        )
+        .unwrap_err();
+        assert!(matches!(e, SshError::Ssh { .. }), "{e:?}");
+        assert!(e.to_string().contains("Connection refused"), "{e}");
+        let e = answer::<wire::Names>(
+            Op::Apply,
+            "t",
+            "c",
+            exit(2),
+            br#"{"error":"invalid IFACE: no interface named 'eth9'","exit":2}"#,
+            b"netfault: invalid IFACE\n",
+        )
+        .unwrap_err();
+        match &e {
+            SshError::Remote { exit, message, .. } => {
+                assert_eq!(*exit, 2);
+                assert!(message.contains("eth9"));
+            }
+            _ => panic!("{e:?}"),
+        }
+        let e = answer::<wire::Names>(
+            Op::State,
+            "t",
+            "/nope node state",
+            exit(127),
+            b"",
+            b"sh: 1: /nope: not found\n",
+        )
+        .unwrap_err();
+        assert!(matches!(e, SshError::Exit { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains("not found") && e.to_string().contains("127"),
+            "{e}"
+        );
+        let e = answer::<wire::Names>(Op::State, "t", "c", exit(0), b"garbage", b"").unwrap_err();
+        assert!(matches!(e, SshError::Answer { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn requests_round_trip_and_bad_ones_are_bad_input() {
+        let h =
+            serde_json::to_string(&wire::Heal::Partitions(vec!["x.from-n1.v4".into()])).unwrap();
+        assert_eq!(h, r#"{"partitions":["x.from-n1.v4"]}"#);
+        assert_eq!(serde_json::to_string(&wire::Heal::All).unwrap(), r#""all""#);
+        assert_eq!(
+            serde_json::to_string(&wire::Heal::Pick).unwrap(),
+            r#""pick""#
+        );
+        // What the node lists is what it reads back.
+        let p: wire::Partitions = serde_json::from_str(&h).unwrap();
+        assert_eq!(p.partitions, ["x.from-n1.v4"]);
+        assert!(matches!(request(Op::Heal, &h).unwrap(), Request::Heal(_)));
+        assert!(matches!(request(Op::State, "").unwrap(), Request::State));
+        assert!(matches!(request(Op::State, "{}").unwrap(), Request::State));
+        for (op, bad) in [
+            (Op::Apply, "{}"),
+            (Op::Delete, r#"{"names":["a"],"extra":1}"#),
+            (Op::Renew, r#"{"names":[]}"#),
+            (Op::State, "[1]"),
+        ] {
+            let e = request(op, bad).err().unwrap();
+            assert_eq!(exit_code(&e), 2, "{op:?} {bad}: {e}");
+            assert!(e.to_string().contains("stdin"), "{e}");
+        }
+        let f: wire::Failure =
+            serde_json::from_str(&failure(&request(Op::Apply, "nope").err().unwrap())).unwrap();
+        assert_eq!(f.exit, 2);
+    }
+}
