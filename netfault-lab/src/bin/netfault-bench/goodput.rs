@@ -65,6 +65,9 @@ pub struct Row {
     /// How the receiving end's ingress is hooked (from `status --json`), "-" when detached.
     pub hooks: String,
     pub gbps: Vec<f64>,
+    /// Goodput per CPU second the two iperf3 ends used (iperf3's own CPU accounting):
+    /// what a shared machine's load moves less than the goodput itself.
+    pub gbit_per_cpu: Vec<f64>,
 }
 
 /// The iperf3 server in the receiving namespace, killed on drop.
@@ -140,8 +143,22 @@ impl Goodput<'_> {
         Ok(())
     }
 
-    /// One iperf3 run: received goodput in Gbit/s.
-    fn measure(&self) -> Result<f64> {
+    /// One iperf3 run: received goodput in Gbit/s, and per CPU second of both ends. The
+    /// server takes a moment to listen again after each test: a refused or busy start is
+    /// tried again, a few times.
+    fn measure(&self) -> Result<(f64, f64)> {
+        for attempt in 1.. {
+            match self.measure_once() {
+                Err(e) if attempt < 5 && format!("{e:#}").contains("unable to") => {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                r => return r,
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    fn measure_once(&self) -> Result<(f64, f64)> {
         sys::check_stop()?;
         let secs = self.secs.to_string();
         let omit = self.omit.to_string();
@@ -182,10 +199,15 @@ impl Goodput<'_> {
         if let Some(e) = v["error"].as_str() {
             bail!("iperf3: {e}");
         }
-        v["end"]["sum_received"]["bits_per_second"]
+        let gbps = v["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .map(|b| b / 1e9)
-            .context("iperf3 gave no end.sum_received.bits_per_second")
+            .context("iperf3 gave no end.sum_received.bits_per_second")?;
+        let cpu = &v["end"]["cpu_utilization_percent"];
+        let cpus = (cpu["host_total"].as_f64().unwrap_or(f64::NAN)
+            + cpu["remote_total"].as_f64().unwrap_or(f64::NAN))
+            / 100.0;
+        Ok((gbps, gbps / cpus))
     }
 
     fn round(&self, c: Config, row: &mut Row) -> Result<()> {
@@ -195,7 +217,9 @@ impl Goodput<'_> {
             self.measure()
         });
         let down = self.teardown(c);
-        row.gbps.push(res?);
+        let (gbps, per_cpu) = res?;
+        row.gbps.push(gbps);
+        row.gbit_per_cpu.push(per_cpu);
         down
     }
 }
@@ -311,6 +335,7 @@ fn run_rounds(g: &Goodput<'_>) -> Result<Vec<Row>> {
             config,
             hooks: String::new(),
             gbps: Vec::new(),
+            gbit_per_cpu: Vec::new(),
         })
         .collect();
     for round in 0..g.plan.rounds {
@@ -338,13 +363,13 @@ pub fn report(plan: &Plan, rows: &[Row]) {
          applied on both ends)"
     );
     let med = |r: &Row| median(&mut r.gbps.clone());
-    let base = rows
-        .iter()
-        .find(|r| r.config == Config::Nothing)
-        .map_or(f64::NAN, med);
+    let med_cpu = |r: &Row| median(&mut r.gbit_per_cpu.clone());
+    let nothing = rows.iter().find(|r| r.config == Config::Nothing);
+    let base = nothing.map_or(f64::NAN, med);
+    let base_cpu = nothing.map_or(f64::NAN, med_cpu);
     println!(
-        "{:<34} {:<28} {:>7} {:>6} {:>6} {:>8}  target",
-        "config", "receiver's ingress", "Gbit/s", "min", "max", "vs none"
+        "{:<34} {:<28} {:>7} {:>6} {:>6} {:>8} {:>8} {:>8}  target (goodput vs none)",
+        "config", "receiver's ingress", "Gbit/s", "min", "max", "vs none", "Gb/cpu-s", "vs none"
     );
     for r in rows {
         let m = med(r);
@@ -361,14 +386,17 @@ pub fn report(plan: &Plan, rows: &[Row]) {
             }
             None => String::new(),
         };
+        let c = med_cpu(r);
         println!(
-            "{:<34} {:<28} {:>7.2} {:>6.2} {:>6.2} {:>7.2}x  {}",
+            "{:<34} {:<28} {:>7.2} {:>6.2} {:>6.2} {:>7.2}x {:>8.2} {:>7.2}x  {}",
             r.config.label(),
             r.hooks,
             m,
             v.first().copied().unwrap_or(f64::NAN),
             v.last().copied().unwrap_or(f64::NAN),
             ratio,
+            c,
+            c / base_cpu,
             target
         );
     }
