@@ -25,10 +25,15 @@ fn xdp_on(ns: &str, iface: &str) -> Option<netfault::netlink::XdpInfo> {
 
 /// Program ids on the tcx ingress chain of `iface` (empty where the kernel has no tcx).
 fn tcx_ingress(ns: &str, iface: &str) -> Vec<u32> {
-    use aya::programs::{SchedClassifier, tc::TcAttachType};
+    tcx_chain(ns, iface, aya::programs::tc::TcAttachType::Ingress)
+}
+
+/// Program ids on one tcx chain of `iface`.
+fn tcx_chain(ns: &str, iface: &str, t: aya::programs::tc::TcAttachType) -> Vec<u32> {
+    use aya::programs::SchedClassifier;
     let c = std::ffi::CString::new(iface).unwrap();
     lab::run_in(ns, || {
-        SchedClassifier::query_tcx(c.as_c_str(), TcAttachType::Ingress)
+        SchedClassifier::query_tcx(c.as_c_str(), t)
             .map(|(_, progs)| progs.iter().map(|p| p.id()).collect())
             .unwrap_or_default()
     })
@@ -246,4 +251,63 @@ fn an_expired_drop_rule_leaves_xdp_idle_until_the_next_change() {
         "idle XDP outlived the next change"
     );
     assert_eq!(status(&nf, &b)["xdp"]["idle"], false);
+}
+
+/// `run` chooses as `attach` does: on a veth, XDP only when its rule set has an ingress drop.
+#[test]
+fn run_chooses_the_same_way() {
+    let (_lab, nf, [a, b]) = pair();
+    let dir = std::env::temp_dir();
+    for (tag, rule, want_xdp) in [
+        (
+            "egress",
+            "dir = \"egress\"\nproto = \"udp\"\ndport = \"9\"\ndrop = 1\n",
+            false,
+        ),
+        (
+            "ingress",
+            "dir = \"ingress\"\nproto = \"udp\"\ndport = \"4000\"\ndrop = 1\n",
+            true,
+        ),
+    ] {
+        let file = dir.join(format!("nf-hooks-run-{}-{tag}.toml", std::process::id()));
+        std::fs::write(&file, format!("[[rule]]\nname = \"r\"\n{rule}")).unwrap();
+        let f = file.to_string_lossy().into_owned();
+        let mut child = nf
+            .spawn(
+                &b.ns,
+                &["run", &f, "--iface", &b.iface, "--duration", "30s"],
+            )
+            .unwrap();
+        // Attached once tc egress, the last hook run attaches, is on the device (bounded).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while tcx_chain(&b.ns, &b.iface, aya::programs::tc::TcAttachType::Egress).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{tag}: run never attached"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The rules are published right after: give that a moment.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(xdp_on(&b.ns, &b.iface).is_some(), want_xdp, "{tag}");
+        if want_xdp {
+            assert_udp_cut(&a, &b, false);
+        } else {
+            assert_udp_flows(&a, &b, false);
+        }
+        // SAFETY: a plain kill(2) of the child this test started.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{tag}: run ignored SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(xdp_on(&b.ns, &b.iface), None, "{tag}: XDP outlived run");
+        assert_udp_flows(&a, &b, false);
+    }
 }

@@ -37,11 +37,11 @@ pub fn fallback_warning(note: &str, iface: &str) -> String {
     )
 }
 
-/// Pinned mode: brings each attached device's XDP in line with `rules` (any order; the
-/// first in evaluation order is named) at `now`. Adds XDP (pinned under `links_dir`) where a
+/// Pinned mode: brings each attached device's XDP in line with `rules` (in evaluation order:
+/// the first that needs XDP is named) at `now`. Adds XDP (pinned under `links_dir`) where a
 /// live rule needs it, removes it where none does, and records the choice. Failing to add XDP
-/// is a warning, not an error: tc ingress applies the rules meanwhile. `load` gives the object
-/// (loaded once, only when XDP must be added).
+/// or to remove it is a warning, not an error: tc ingress applies the rules meanwhile. The
+/// object is loaded (its maps from `maps_dir`) once, only when XDP must be added.
 pub fn reconcile(
     attached: &mut [Attachment],
     rules: &[&RuleEntry],
@@ -70,7 +70,17 @@ pub fn reconcile(
                 }
                 let loaded = match ebpf {
                     Some(ref mut e) => e,
-                    None => ebpf.insert(kernel::load(maps_dir)?),
+                    None => match kernel::load(maps_dir) {
+                        Ok(e) => ebpf.insert(e),
+                        Err(e) => {
+                            warnings.push(format!(
+                                "cannot add XDP to {}: {e}; its ingress drops apply at tc ingress",
+                                a.iface
+                            ));
+                            a.choice = Some(c);
+                            continue;
+                        }
+                    },
                 };
                 let forced = c.forced.map(|m| m.mode());
                 match kernel::attach_xdp(loaded, &a.iface, Some(links_dir), forced) {
@@ -91,9 +101,15 @@ pub fn reconcile(
                 }
             }
             (Some(h), false) => {
+                // tc ingress takes every rule first; then XDP (passing everything now) goes.
                 maps.set_tc_only(a.ifindex, true)?;
-                kernel::detach_one(&a.iface, h, Some(links_dir))?;
-                a.hooks.retain(|x| x != h);
+                match kernel::detach_one(&a.iface, h, Some(links_dir)) {
+                    Ok(()) => a.hooks.retain(|x| x != h),
+                    Err(e) => warnings.push(format!(
+                        "cannot remove the idle XDP program from {}: {e}; it passes every packet",
+                        a.iface
+                    )),
+                }
             }
             _ => {}
         }
