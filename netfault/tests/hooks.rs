@@ -253,6 +253,16 @@ fn an_expired_drop_rule_leaves_xdp_idle_until_the_next_change() {
     assert_eq!(status(&nf, &b)["xdp"]["idle"], false);
 }
 
+/// A child process killed (SIGKILL) and reaped on drop, so a failing step leaves no `run` behind.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `run` chooses as `attach` does: on a veth, XDP only when its rule set has an ingress drop.
 #[test]
 fn run_chooses_the_same_way() {
@@ -273,12 +283,13 @@ fn run_chooses_the_same_way() {
         let file = dir.join(format!("nf-hooks-run-{}-{tag}.toml", std::process::id()));
         std::fs::write(&file, format!("[[rule]]\nname = \"r\"\n{rule}")).unwrap();
         let f = file.to_string_lossy().into_owned();
-        let mut child = nf
-            .spawn(
+        let mut child = Reaped(
+            nf.spawn(
                 &b.ns,
                 &["run", &f, "--iface", &b.iface, "--duration", "30s"],
             )
-            .unwrap();
+            .unwrap(),
+        );
         // Attached once tc egress, the last hook run attaches, is on the device (bounded).
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while tcx_chain(&b.ns, &b.iface, aya::programs::tc::TcAttachType::Egress).is_empty() {
@@ -288,6 +299,8 @@ fn run_chooses_the_same_way() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Read by now; a failing step below leaves no file behind.
+        let _ = std::fs::remove_file(&file);
         // The rules are published right after: give that a moment.
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(xdp_on(&b.ns, &b.iface).is_some(), want_xdp, "{tag}");
@@ -297,16 +310,14 @@ fn run_chooses_the_same_way() {
             assert_udp_flows(&a, &b, false);
         }
         // SAFETY: a plain kill(2) of the child this test started.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while child.try_wait().unwrap().is_none() {
+        while child.0.try_wait().unwrap().is_none() {
             if std::time::Instant::now() > deadline {
-                let _ = child.kill();
                 panic!("{tag}: run ignored SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = std::fs::remove_file(&file);
         assert_eq!(xdp_on(&b.ns, &b.iface), None, "{tag}: XDP outlived run");
         assert_udp_flows(&a, &b, false);
     }
