@@ -50,12 +50,19 @@ pub fn nf_xdp_ingress(ctx: XdpContext) -> u32 {
 }
 
 fn try_xdp_ingress(ctx: &XdpContext) -> Option<u32> {
-    let mut key = FlowKey::default();
-    let ports = classify::config_flags() & CFG_PORTS != 0;
-    parse::parse(ctx.data(), ctx.data_end(), &mut key, ports)?;
-    key.dir = DIR_INGRESS;
+    let flags = classify::config_flags();
     // SAFETY: ctx is the program's own context.
-    key.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    // On a tc-only interface tc ingress applies every rule: this program passes, so a packet
+    // is never counted twice while the controller adds or removes XDP there.
+    // SAFETY: read-only lookup.
+    if flags & CFG_TC_ONLY != 0 && unsafe { NF_TC_ONLY.get(&ifindex) }.is_some() {
+        return None;
+    }
+    let mut key = FlowKey::default();
+    parse::parse(ctx.data(), ctx.data_end(), &mut key, flags & CFG_PORTS != 0)?;
+    key.dir = DIR_INGRESS;
+    key.ifindex = ifindex;
     let m = classify(&key)?;
     if m.rule.flags & RULE_NEEDS_SKB != 0 {
         // XDP cannot clone: tc ingress applies this rule, counters included.

@@ -27,7 +27,9 @@ pub static NF_RULES: Array<RuleValue> = Array::pinned(MAX_RULES, 0);
 #[map(name = "NF_COUNTERS")]
 pub static NF_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_RULES, 0);
 
-/// Interfaces (by index) where tc ingress applies every rule, because XDP is not ours there.
+/// Interfaces (by index) where tc ingress applies every rule: no netfault XDP program applies
+/// them there (another program holds XDP, or the controller chose tc for a virtual device).
+/// `nf_xdp_ingress` passes everything on these, so adding or removing XDP counts no packet twice.
 #[map(name = "NF_TC_ONLY")]
 pub static NF_TC_ONLY: HashMap<u32, u32> = HashMap::pinned(256, 0);
 

@@ -257,19 +257,36 @@ pub fn protect_list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> a
 
 pub fn status(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::Result<()> {
     let (paths, state) = read_state(ns)?;
+    let now = netfault::control::monotonic_ns();
+    let ordered = state.ordered();
+    // Per device: the hook choice as it stands now, and whether an XDP program sits idle.
+    let choices: Vec<_> = state
+        .attached
+        .iter()
+        .map(|a| netfault::control::hooks::apply::describe(a, &ordered, now))
+        .collect();
     let ifaces: Vec<_> = state
         .attached
         .iter()
-        .map(|a| {
+        .zip(&choices)
+        .map(|(a, (c, idle))| {
             let now = netfault::dataplane::ifindex(&a.iface);
             let lost = now != Some(a.ifindex);
             json!({
                 "iface": a.iface, "ifindex": a.ifindex, "lost": lost,
                 "hooks": a.hooks.iter().map(|h| json!({"hook": h.hook, "kind": h.kind, "prog_id": h.prog_id})).collect::<Vec<_>>(),
+                "device": a.device_kind(),
+                "xdp": {
+                    "attached": a.xdp_hook().is_some(),
+                    "wanted": c.xdp,
+                    "permanent": c.permanent,
+                    "why": c.why,
+                    "idle": idle,
+                    "explain": c.explain(&a.device_kind()),
+                },
             })
         })
         .collect();
-    let now = netfault::control::monotonic_ns();
     let label = |n: &str| n.split('/').next().unwrap_or(n).to_string();
     let mut protected: Vec<String> = state
         .rules
@@ -302,7 +319,7 @@ pub fn status(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow:
     if ifaces.is_empty() {
         writeln!(out, "not attached")?;
     }
-    for (a, v) in state.attached.iter().zip(&ifaces) {
+    for ((a, v), (c, idle)) in state.attached.iter().zip(&ifaces).zip(&choices) {
         let hooks: Vec<String> = a
             .hooks
             .iter()
@@ -323,6 +340,13 @@ pub fn status(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow:
             },
             hooks.join("; ")
         )?;
+        writeln!(out, "  hooks: {}", c.explain(&a.device_kind()))?;
+        if *idle {
+            writeln!(
+                out,
+                "  XDP idle: the rule that needed it has expired (the data path passes it); the next change removes XDP"
+            )?;
+        }
     }
     writeln!(out, "protected: {}", protected.join(", "))?;
     writeln!(out, "rules and partitions: {}", rules.len())?;

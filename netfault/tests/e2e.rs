@@ -449,42 +449,48 @@ fn attach_twice_is_a_noop_and_detach_leaves_nothing() {
 
     // (The lab's teardown detaches again at the end: a harmless no-op when this test passed.)
     let first = nf.attach(&mut lab, &b.ns, &b.iface).expect("attach");
-    let xdp = xdp_prog_id(&b.ns, &b.iface).expect("XDP attached");
+    // A veth with no drop rule: tc ingress and egress only (tests/hooks.rs has XDP coming and
+    // going with the rules that need it).
+    assert_eq!(
+        xdp_prog_id(&b.ns, &b.iface),
+        None,
+        "XDP with no rule ({first})"
+    );
     let progs = status_prog_ids(&nf, &b);
     let links = links_of(&progs);
-    // XDP and tcx attach through bpf_links; clsact filters (kernels before 6.6) have none.
+    // tcx attaches through bpf_links; clsact filters (kernels before 6.6) have none.
     let clsact = nf
         .status(&b.ns)
         .expect("status")
         .iter()
         .flat_map(|i| &i.hooks)
         .any(|h| h.kind == "clsact");
-    let want_links = if clsact { 1 } else { 3 };
+    let want_links = if clsact { 0 } else { 2 };
     assert_eq!(
         (progs.len(), links.len()),
-        (3, want_links),
-        "xdp, tc ingress, tc egress: {progs:?} {links:?} ({first})"
-    );
-    assert!(
-        progs.contains(&u64::from(xdp)),
-        "status {progs:?} does not name the XDP program {xdp}"
+        (2, want_links),
+        "tc ingress, tc egress: {progs:?} {links:?} ({first})"
     );
 
     let second = run(&nf, &b, &["attach", &b.iface]);
     assert!(second.contains("already attached"), "{second}");
-    assert_eq!(
-        xdp_prog_id(&b.ns, &b.iface),
-        Some(xdp),
-        "XDP program replaced"
-    );
+    assert_eq!(xdp_prog_id(&b.ns, &b.iface), None, "XDP added");
     assert_eq!(status_prog_ids(&nf, &b), progs, "programs changed");
     assert_eq!(links_of(&progs), links, "links changed or added");
 
+    // A drop rule brings XDP, through a link of its own.
     run(
         &nf,
         &b,
         &["rule", "add", "block", "--proto", "udp", "--drop", "100%"],
     );
+    let xdp = xdp_prog_id(&b.ns, &b.iface).expect("XDP for the drop rule");
+    let progs = status_prog_ids(&nf, &b);
+    assert!(
+        progs.contains(&u64::from(xdp)),
+        "status {progs:?} does not name the XDP program {xdp}"
+    );
+    assert_eq!(links_of(&progs).len(), want_links + 1, "{progs:?}");
     assert_udp_cut(&a, &b, false);
     let out = run(&nf, &b, &["detach"]);
     assert!(out.contains("detached"), "{out}");

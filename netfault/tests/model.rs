@@ -477,7 +477,8 @@ impl Kernel {
                 _ => unreachable!(),
             }
         }
-        // tc ingress applies every rule on the loopback (as where XDP is not netfault's).
+        // tc ingress applies every rule on the loopback (as where XDP is not netfault's); `run`
+        // lifts the mark for XDP, which passes everything on a tc-only interface.
         maps.set_tc_only(LO, true).expect("tc-only");
         Kernel {
             ebpf,
@@ -529,7 +530,12 @@ impl Kernel {
 
     /// The verdict; None when the kernel refuses to run tc on a frame this short (test runs of
     /// skb programs want more than the Ethernet header).
-    fn run(&self, hook: Hook, frame: &[u8]) -> Option<u32> {
+    fn run(&mut self, hook: Hook, frame: &[u8]) -> Option<u32> {
+        // XDP's test runs arrive on the loopback: it applies the rules only while that is not
+        // tc-only, and tc ingress applies every rule only while it is.
+        self.maps
+            .set_tc_only(LO, hook != Hook::Xdp)
+            .expect("tc-only mark");
         let opts = TestRunOptions {
             data_in: Some(frame),
             ..Default::default()

@@ -41,11 +41,11 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
         a.replace_qdisc,
     )?;
     let mut out = std::io::stdout().lock();
-    for (i, hooks) in &running.hooks {
+    for ((i, hooks), why) in running.hooks.iter().zip(&running.why) {
         let how: Vec<String> = hooks.iter().map(ToString::to_string).collect();
         writeln!(
             out,
-            "{i}: attached ({}) until this command ends",
+            "{i}: attached ({}) until this command ends; {why}",
             how.join(", ")
         )?;
     }

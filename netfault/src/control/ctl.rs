@@ -7,7 +7,7 @@ use std::time::Duration;
 use aya::programs::XdpMode;
 
 use super::{
-    Error, Result, monotonic_ns, pipeline,
+    Error, Result, hooks, monotonic_ns, pipeline,
     privileges::check_privileges,
     shaping::{self, unshape},
 };
@@ -103,7 +103,7 @@ impl Ctl {
                 let a = &self.state.attached[pos];
                 let alive = a.ifindex == idx
                     && a.hooks.iter().all(|h| {
-                        h.kind == HookKind::Clsact
+                        matches!(h.kind, HookKind::Clsact | HookKind::TcFallback)
                             || kernel::link_alive(
                                 &self.paths().links().join(h.hook.pin_name(&iface)),
                             )
@@ -120,21 +120,55 @@ impl Ctl {
                 Some(ref mut e) => e,
                 None => ebpf.insert(kernel::load(&self.paths().maps())?),
             };
-            let hooks = kernel::attach(loaded, &iface, &self.paths().links(), xdp_mode)?;
-            let how: Vec<String> = hooks.iter().map(ToString::to_string).collect();
+            // XDP where the device and the rules call for it (see control::hooks); a virtual
+            // device without it is marked tc-only before its tc hooks see a packet.
+            let device = hooks::apply::device_kind(idx);
+            let forced_xdp = xdp_mode.map(hooks::ForcedXdp::from_mode);
+            let choice = hooks::choose(
+                &device,
+                forced_xdp,
+                &iface,
+                self.state.ordered(),
+                monotonic_ns(),
+            );
+            let plan = if choice.xdp {
+                kernel::XdpPlan::from_mode(xdp_mode)
+            } else {
+                Maps::open(&self.paths().maps())?.set_tc_only(idx, true)?;
+                kernel::XdpPlan::Skip
+            };
+            let mut hooks = match kernel::attach_with(loaded, &iface, &self.paths().links(), plan) {
+                Ok(h) => h,
+                Err(e) => {
+                    let _ = Maps::open(&self.paths().maps())
+                        .and_then(|mut m| m.set_tc_only(idx, false));
+                    return Err(e.into());
+                }
+            };
+            if !choice.xdp {
+                hooks.extend(hooks::apply::held_elsewhere(&iface));
+            }
+            let mut how: Vec<String> = hooks.iter().map(ToString::to_string).collect();
+            if !choice.xdp {
+                how.push(format!(
+                    "no XDP on this {device} device until a drop rule needs it"
+                ));
+            }
             report.push(format!("{iface}: attached ({})", how.join(", ")));
             if hooks.iter().any(|h| h.kind == HookKind::TcFallback) {
                 Maps::open(&self.paths().maps())?.set_tc_only(idx, true)?;
             }
             for note in hooks.iter().filter_map(|h| h.note.as_ref()) {
-                self.warnings.push(format!(
-                    "{note}; netfault applies ingress rules at tc ingress on {iface} instead (after the skb exists; `--xdp-mode native` refuses instead)"
-                ));
+                self.warnings
+                    .push(hooks::apply::fallback_warning(note, &iface));
             }
             self.state.attached.push(Attachment {
                 iface,
                 ifindex: idx,
                 hooks,
+                device: Some(device),
+                forced_xdp,
+                choice: Some(choice),
             });
             self.save()?;
         }
@@ -188,9 +222,8 @@ impl Ctl {
                 }
                 unshape(&sh)?;
             }
-            if a.hooks.iter().any(|h| h.kind == HookKind::TcFallback) {
-                Maps::open(&self.paths().maps())?.set_tc_only(a.ifindex, false)?;
-            }
+            // Marked where tc stood in for XDP (another program's, or none by choice).
+            Maps::open(&self.paths().maps())?.set_tc_only(a.ifindex, false)?;
             report.push(format!("{i}: detached"));
         }
         self.save()?;
@@ -227,6 +260,15 @@ impl Ctl {
         )?;
         maps.publish_set(compiled, values)?;
         self.state.published_slots = values.iter().map(|(slot, _)| *slot).collect();
+        // XDP comes and goes with the rules that need it (virtual devices).
+        let (links, maps_dir) = (self.paths().links(), self.paths().maps());
+        let super::state::State {
+            attached, rules, ..
+        } = &mut self.state;
+        let ordered = pipeline::ordered(rules);
+        let w =
+            hooks::apply::reconcile(attached, &ordered, maps, &links, &maps_dir, monotonic_ns())?;
+        self.warnings.extend(w);
         Ok(())
     }
 
@@ -297,8 +339,11 @@ impl Ctl {
         for s in &new_slots {
             maps.reset_counters(*s)?;
         }
+        let seen = self.warnings.len();
         self.publish_compiled(&mut maps, &compiled, &values)?;
         self.save()?;
+        let mut warnings = warnings;
+        warnings.extend(self.warnings[seen..].iter().cloned());
         Ok(warnings)
     }
 

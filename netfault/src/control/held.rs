@@ -14,7 +14,7 @@ use netfault_common::Counters;
 
 use super::{Error, Result, check_privileges, monotonic_ns, pipeline, shaping, state::RuleEntry};
 use crate::{
-    dataplane::{self as kernel, HookState, Maps},
+    dataplane::{self as kernel, HookKind, HookState, Maps},
     spec::{Kind, RuleSpec, Ttl},
 };
 
@@ -28,6 +28,8 @@ pub struct Running {
     maps: Maps,
     _links: Vec<aya::programs::links::FdLink>,
     pub hooks: Vec<(String, Vec<HookState>)>,
+    /// Per interface (in `hooks`' order): why it has XDP or not, for people.
+    pub why: Vec<String>,
     /// Slots in file order; `expires_mono_ns` is the TTL's (the lease comes on top).
     rules: Vec<RuleEntry>,
     /// fq qdiscs and IFB devices installed for delay and rate, removed on exit.
@@ -84,16 +86,42 @@ pub fn start(
     let maps = Maps::take(&mut ebpf)?;
     let mut links = Vec::new();
     let mut hooks = Vec::new();
-    for i in ifaces {
-        let (h, l) = kernel::attach_held(&mut ebpf, i, xdp_mode)?;
+    let mut why = Vec::new();
+    // Hooks chosen as `attach` and its publishes choose them, once: the rule set is fixed (an
+    // XDP program added for a rule whose TTL runs out stays, idle, until the process ends).
+    let mut maps = maps;
+    let ordered = pipeline::ordered(&rules);
+    for (i, idx) in &devices {
+        let device = super::hooks::apply::device_kind(*idx);
+        let forced = xdp_mode.map(super::hooks::ForcedXdp::from_mode);
+        let choice = super::hooks::choose(&device, forced, i, ordered.iter().copied(), now);
+        let plan = if choice.xdp {
+            kernel::XdpPlan::from_mode(xdp_mode)
+        } else {
+            kernel::XdpPlan::Skip
+        };
+        let (mut h, l) = kernel::attach_held(&mut ebpf, i, plan)?;
         links.extend(l);
+        if !choice.xdp {
+            h.extend(super::hooks::apply::held_elsewhere(i));
+        }
+        // tc ingress applies every rule where no XDP program of ours does.
+        if !h
+            .iter()
+            .any(|x| matches!(x.kind, HookKind::XdpNative | HookKind::XdpGeneric))
+        {
+            maps.set_tc_only(*idx, true)?;
+        }
+        why.push(choice.explain(&device));
         hooks.push((i.clone(), h));
     }
+    drop(ordered);
     let mut run = Running {
         _ebpf: ebpf,
         maps,
         _links: links,
         hooks,
+        why,
         rules,
         shaped: Vec::new(),
     };

@@ -4,6 +4,7 @@ pub mod clock;
 pub mod ctl;
 pub mod error;
 pub mod held;
+pub mod hooks;
 pub mod netns;
 pub mod pipeline;
 pub mod privileges;

@@ -51,6 +51,59 @@ pub struct Attachment {
     pub iface: String,
     pub ifindex: u32,
     pub hooks: Vec<HookState>,
+    /// The device's kind, read at attach. None in state written before hooks were chosen:
+    /// such an attachment has XDP for good, as on a physical NIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<crate::control::hooks::DeviceKind>,
+    /// The XDP mode `attach --xdp-mode` demanded: XDP stays for as long as this is attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced_xdp: Option<crate::control::hooks::ForcedXdp>,
+    /// The hook choice last applied (what `status` explains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choice: Option<crate::control::hooks::Choice>,
+}
+
+impl Attachment {
+    /// The device kind hook choice goes by (physical where it was never read).
+    pub fn device_kind(&self) -> crate::control::hooks::DeviceKind {
+        self.device
+            .clone()
+            .unwrap_or(crate::control::hooks::DeviceKind::Physical)
+    }
+
+    /// The XDP hook netfault holds here (native or generic), if any.
+    pub fn xdp_hook(&self) -> Option<&HookState> {
+        self.hooks.iter().find(|h| {
+            h.hook == crate::dataplane::Hook::XdpIngress
+                && matches!(
+                    h.kind,
+                    crate::dataplane::HookKind::XdpNative | crate::dataplane::HookKind::XdpGeneric
+                )
+        })
+    }
+
+    /// Another program holds XDP here: tc ingress stands in (recorded at attach or when XDP
+    /// was wanted).
+    pub fn xdp_held_elsewhere(&self) -> bool {
+        self.hooks
+            .iter()
+            .any(|h| h.kind == crate::dataplane::HookKind::TcFallback)
+    }
+
+    /// What hooks this device should have with `rules` at `now`.
+    pub fn choose<'a>(
+        &self,
+        rules: impl IntoIterator<Item = &'a RuleEntry>,
+        now: u64,
+    ) -> crate::control::hooks::Choice {
+        crate::control::hooks::choose(
+            &self.device_kind(),
+            self.forced_xdp,
+            &self.iface,
+            rules,
+            now,
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -136,6 +136,30 @@ pub fn ifindex(iface: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
+/// What to do about XDP when attaching an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpPlan {
+    /// tc ingress and egress only (XDP may be added later with [`attach_xdp`]).
+    Skip,
+    /// Native, else generic, else (another program holds XDP) tc ingress stands in.
+    Auto,
+    /// This mode or an error.
+    Forced(XdpMode),
+}
+
+impl XdpPlan {
+    pub fn from_mode(xdp_mode: Option<XdpMode>) -> Self {
+        xdp_mode.map_or(Self::Auto, Self::Forced)
+    }
+
+    fn mode(self) -> Option<XdpMode> {
+        match self {
+            Self::Forced(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
 /// Attaches all three programs to `iface`, pinning links under `links_dir`. On failure, detaches
 /// what it attached so far.
 pub fn attach(
@@ -144,25 +168,62 @@ pub fn attach(
     links_dir: &Path,
     xdp_mode: Option<XdpMode>,
 ) -> Result<Vec<HookState>> {
+    attach_with(ebpf, iface, links_dir, XdpPlan::from_mode(xdp_mode))
+}
+
+/// [`attach`], with XDP as `xdp` says.
+pub fn attach_with(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    links_dir: &Path,
+    xdp: XdpPlan,
+) -> Result<Vec<HookState>> {
     std::fs::create_dir_all(links_dir)
         .map_err(io_err(format!("create {}", links_dir.display())))?;
-    attach_all(ebpf, iface, Some(links_dir), xdp_mode).map(|(h, _)| h)
+    attach_all(ebpf, iface, Some(links_dir), xdp).map(|(h, _)| h)
 }
 
 /// Attaches without pinning: the links live as long as the returned handles (and this process).
 pub fn attach_held(
     ebpf: &mut Ebpf,
     iface: &str,
-    xdp_mode: Option<XdpMode>,
+    xdp: XdpPlan,
 ) -> Result<(Vec<HookState>, Vec<FdLink>)> {
-    attach_all(ebpf, iface, None, xdp_mode)
+    attach_all(ebpf, iface, None, xdp)
+}
+
+/// Attaches XDP alone to `iface` (pinned under `links_dir`, or held by the returned handle),
+/// as [`attach`] would: native, else generic, else a `TcFallback` state naming the program
+/// that holds XDP; with `forced`, that mode or an error.
+pub fn attach_xdp(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    links_dir: Option<&Path>,
+    forced: Option<XdpMode>,
+) -> Result<(HookState, Option<FdLink>)> {
+    let cname = CString::new(iface)
+        .map_err(|_| io_err("interface name")(io::ErrorKind::InvalidInput.into()))?;
+    let pin = links_dir.map(|d| d.join(Hook::XdpIngress.pin_name(iface)));
+    attach_one(
+        ebpf,
+        Hook::XdpIngress,
+        &cname,
+        iface,
+        pin.as_deref(),
+        forced,
+    )
+}
+
+/// Detaches one hook (unpinning its link from `links_dir`); a missing one is not an error.
+pub fn detach_one(iface: &str, h: &HookState, links_dir: Option<&Path>) -> Result<()> {
+    detach_hook(iface, h, links_dir)
 }
 
 fn attach_all(
     ebpf: &mut Ebpf,
     iface: &str,
     links_dir: Option<&Path>,
-    xdp_mode: Option<XdpMode>,
+    xdp: XdpPlan,
 ) -> Result<(Vec<HookState>, Vec<FdLink>)> {
     let cname = CString::new(iface)
         .map_err(|_| io_err("interface name")(io::ErrorKind::InvalidInput.into()))?;
@@ -170,8 +231,11 @@ fn attach_all(
     let mut held = Vec::new();
     let res = (|| -> Result<()> {
         for hook in Hook::ALL {
+            if hook == Hook::XdpIngress && xdp == XdpPlan::Skip {
+                continue;
+            }
             let pin = links_dir.map(|d| d.join(hook.pin_name(iface)));
-            let (h, l) = attach_one(ebpf, hook, &cname, iface, pin.as_deref(), xdp_mode)?;
+            let (h, l) = attach_one(ebpf, hook, &cname, iface, pin.as_deref(), xdp.mode())?;
             done.push(h);
             held.extend(l);
         }

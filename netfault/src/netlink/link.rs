@@ -161,6 +161,30 @@ pub fn link_del(ifindex: u32) -> Result<()> {
     }
 }
 
+/// What kind of device a link is, from RTM_GETLINK: its IFLA_INFO_KIND (`veth`, `bridge`,
+/// `vlan`, ...; none for a NIC driven by a hardware driver) and whether it is a loopback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkKind {
+    pub info_kind: Option<String>,
+    pub loopback: bool,
+}
+
+/// The link's kind (see [`LinkKind`]).
+pub fn link_kind(ifindex: u32) -> Result<LinkKind> {
+    let link = get_index(ifindex, "read link kind")?;
+    let info_kind = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(k) => Some(k.to_string()),
+            _ => None,
+        }),
+        _ => None,
+    });
+    Ok(LinkKind {
+        info_kind,
+        loopback: link.header.flags.contains(LinkFlags::Loopback),
+    })
+}
+
 /// How an XDP program is attached (IFLA_XDP_ATTACHED).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XdpAttachMode {

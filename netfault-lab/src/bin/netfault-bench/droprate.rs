@@ -19,9 +19,14 @@
 //!
 //! The figure is the receiving veth's rx packet count (every frame its NAPI poll took off the
 //! ring, all of them dropped by the hook under test) over the generator's wall-clock run time.
+//!
+//! netfault is deployed as a user would: the `netfault` binary's `attach` and `rule add
+//! drop-all --dir ingress --drop 100% --all-traffic`, so the loopback protections (and the SSH
+//! one, when the bench runs over SSH), the default TTL and the hook the CLI picks for a veth
+//! with an ingress drop rule (XDP) are all in the measurement.
 use std::{
     ffi::CString,
-    path::{Path, PathBuf},
+    path::Path,
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -31,11 +36,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, XdpMode, xdp::XdpLinkId},
 };
-use netfault::{
-    dataplane::{self as kernel, Hook, HookKind, HookState, Maps},
-    spec::{Direction, Kind, Prob, RuleSpec},
-};
-use netfault_common::progs;
+use netfault_lab::lab::Netfault;
 
 use crate::{
     Plan, frame,
@@ -133,7 +134,8 @@ pub struct Outcome {
 
 /// What is attached to the receiving veth right now, to be undone.
 enum Attached {
-    Netfault(Vec<HookState>),
+    /// Through the CLI; how its ingress hook ended up, from `status --json`.
+    Netfault(String),
     Nft,
     XdpDrop(XdpLinkId),
 }
@@ -143,9 +145,8 @@ struct Bench<'a> {
     plan: &'a Plan,
     topo: &'a Topology,
     bench: Ebpf,
-    nf: Ebpf,
-    nf_maps: Maps,
-    links_dir: PathBuf,
+    /// The `netfault` binary, next to this one.
+    cli: Netfault,
     frame: Vec<u8>,
     /// `struct xdp_md` for live frames: data_end = frame length, ingress on the sending veth.
     ctx: Vec<u8>,
@@ -161,11 +162,47 @@ struct GenRun {
     completed: bool,
 }
 
-fn drop_all_rule() -> RuleSpec {
-    RuleSpec {
-        dir: Direction::Ingress,
-        drop: Prob(1.0),
-        ..RuleSpec::new("drop-all", Kind::Rule)
+/// The rule, as a user types it.
+const DROP_ALL: [&str; 8] = [
+    "rule",
+    "add",
+    "drop-all",
+    "--dir",
+    "ingress",
+    "--drop",
+    "100%",
+    "--all-traffic",
+];
+
+/// The `netfault` binary next to this one, with this process's SSH_CONNECTION (if any), so
+/// the CLI protects the bench's own SSH session as it would a user's.
+pub fn cli() -> Result<Netfault> {
+    let nf = Netfault::next_to_current_exe().context("the netfault binary")?;
+    Ok(match std::env::var("SSH_CONNECTION") {
+        Ok(v) => nf.with_env("SSH_CONNECTION", &v),
+        Err(_) => nf,
+    })
+}
+
+/// How the CLI attached `status --json`'s first interface's ingress: "XDP native
+/// (nf_xdp_ingress)" or "tc ingress (tcx)", with the reason it gives.
+pub fn ingress_desc(status: &serde_json::Value) -> String {
+    let i = &status["interfaces"][0];
+    let hooks = i["hooks"].as_array().cloned().unwrap_or_default();
+    let kind = |h: &str| {
+        hooks
+            .iter()
+            .find(|x| x["hook"] == h)
+            .and_then(|x| x["kind"].as_str().map(str::to_owned))
+    };
+    match kind("xdp-ingress") {
+        Some(k) if k.starts_with("xdp-") => {
+            format!("XDP {} (nf_xdp_ingress)", k.trim_start_matches("xdp-"))
+        }
+        _ => format!(
+            "tc ingress ({})",
+            kind("tc-ingress").unwrap_or_else(|| "?".into())
+        ),
     }
 }
 
@@ -179,16 +216,6 @@ fn nft(ns: &str, args: &[&str]) -> Result<()> {
     let mut all = vec!["netns", "exec", ns, "nft"];
     all.extend_from_slice(args);
     topo::run("ip", &all).map(|_| ())
-}
-
-fn hook_kind_name(k: HookKind) -> &'static str {
-    match k {
-        HookKind::XdpNative => "native",
-        HookKind::XdpGeneric => "generic",
-        HookKind::Tcx => "tcx",
-        HookKind::Clsact => "clsact",
-        HookKind::TcFallback => "tc fallback",
-    }
 }
 
 /// The NAPI kernel thread of `ifname` (comm "napi/<ifname>-<id>", cut to 15 characters).
@@ -208,10 +235,7 @@ impl<'a> Bench<'a> {
             .context("load the bench object")?;
         progrun::xdp_mut(&mut bench, "bench_drop")?;
         progrun::xdp_mut(&mut bench, "bench_tx")?;
-        let mut nf =
-            kernel::load(&pins.join("veth").join("maps")).context("load netfault's object")?;
-        let mut nf_maps = Maps::take(&mut nf)?;
-        progrun::publish(&mut nf_maps, vec![drop_all_rule()])?;
+        let _ = pins;
         let frame = frame::udp4(topo::RX_MAC, topo::TX_MAC, MATCH_SRC, DST);
         let tx_ifindex = Topology::ifindex(&topo.tx_ns, &topo.tx_if)?;
         let ctx = xdp_md(frame.len(), tx_ifindex);
@@ -219,9 +243,7 @@ impl<'a> Bench<'a> {
             plan,
             topo,
             bench,
-            nf,
-            nf_maps,
-            links_dir: pins.join("veth").join("links"),
+            cli: cli()?,
             frame,
             ctx,
             mode: RxMode::Softirq,
@@ -285,11 +307,19 @@ impl<'a> Bench<'a> {
         let (ns, ifname) = (self.topo.rx_ns.clone(), self.topo.rx_if.clone());
         let a = match r {
             Receiver::Netfault => {
-                // The same attach path as `netfault attach`: XDP (native first) plus tcx.
-                let (nf, links) = (&mut self.nf, &self.links_dir);
-                Attached::Netfault(sys::in_netns(&ns, || {
-                    Ok(kernel::attach(nf, &ifname, links, None)?)
-                })?)
+                // As a user does it: attach, then the rule; the CLI picks the hooks.
+                self.cli.run(&ns, &["attach", &ifname])?;
+                let desc = self
+                    .cli
+                    .run(&ns, &DROP_ALL)
+                    .and_then(|_| self.cli.json(&ns, &["status", "--json"]));
+                match desc {
+                    Ok(st) => Attached::Netfault(ingress_desc(&st)),
+                    Err(e) => {
+                        let _ = self.cli.run(&ns, &["detach"]);
+                        return Err(e);
+                    }
+                }
             }
             Receiver::Nft => {
                 let chain = format!("{{ type filter hook ingress device {ifname} priority 0; }}");
@@ -319,12 +349,9 @@ impl<'a> Bench<'a> {
     fn detach(&mut self, a: Attached) -> Result<()> {
         let (ns, ifname) = (self.topo.rx_ns.clone(), self.topo.rx_if.clone());
         match a {
-            Attached::Netfault(hooks) => {
-                let links = &self.links_dir;
-                sys::in_netns(&ns, || {
-                    kernel::detach_all(&ifname, &hooks, Some(links))?;
-                    Ok(())
-                })
+            Attached::Netfault(_) => {
+                let _ = ifname;
+                self.cli.run(&ns, &["detach"]).map(drop)
             }
             Attached::Nft => nft(&ns, &["delete", "table", "netdev", "nfbench"]),
             Attached::XdpDrop(id) => {
@@ -336,13 +363,7 @@ impl<'a> Bench<'a> {
 
     fn hook_desc(a: &Attached) -> String {
         match a {
-            Attached::Netfault(hooks) => {
-                let kind = hooks
-                    .iter()
-                    .find(|h| h.hook == Hook::XdpIngress)
-                    .map_or("?", |h| hook_kind_name(h.kind));
-                format!("XDP {kind} ({})", progs::XDP_INGRESS)
-            }
+            Attached::Netfault(desc) => desc.clone(),
             Attached::Nft => "netdev ingress, skb path".into(),
             Attached::XdpDrop(_) => "XDP native (bench_drop)".into(),
         }
@@ -432,7 +453,7 @@ impl<'a> Bench<'a> {
         let frames = s.frames;
         self.place_receiver()?;
         let rx0 = self.topo.rx_packets()?;
-        let nf0 = self.nf_maps.counters(0)?.dropped;
+        let nf0 = self.nf_dropped(s.receiver)?;
         let run = self.generate(frames)?;
         sleep(SETTLE);
         let rx = self.topo.rx_packets()? - rx0;
@@ -455,11 +476,19 @@ impl<'a> Bench<'a> {
             s.received += rx;
         }
         if s.receiver == Receiver::Netfault {
-            let dropped = self.nf_maps.counters(0)?.dropped - nf0;
+            let dropped = self.nf_dropped(s.receiver)? - nf0;
             let (d, n) = s.counter_check.unwrap_or((0, 0));
             s.counter_check = Some((d + dropped, n + rx));
         }
         Ok(())
+    }
+
+    /// The drop-all rule's dropped counter, through `netfault stats` (0 for other receivers).
+    fn nf_dropped(&self, r: Receiver) -> Result<u64> {
+        if r != Receiver::Netfault {
+            return Ok(0);
+        }
+        Ok(self.cli.counters(&self.topo.rx_ns, "drop-all")?.dropped)
     }
 
     /// Every receiver `plan.rounds` times, interleaved (the order rotates each round) so that

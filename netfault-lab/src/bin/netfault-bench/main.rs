@@ -3,7 +3,10 @@
 //! 1. ns/packet under BPF_PROG_TEST_RUN: `nf_xdp_ingress` with 1, 1k and 64k rules, for a
 //!    matching and a non-matching packet, against a program that only passes.
 //! 2. Drop-all packets per second on the receiving end of a veth pair: netfault's drop-all rule
-//!    against an nftables netdev-ingress drop and a trivial XDP drop, interleaved rounds.
+//!    (deployed through the CLI) against an nftables netdev-ingress drop and a trivial XDP
+//!    drop, interleaved rounds.
+//! 3. TCP goodput (iperf3) across a veth pair, with nothing attached and with netfault attached
+//!    on both ends through the CLI, idle and with 1k rules (goodput.rs).
 //!
 //! `netfault-bench delay` instead: one-way delay and jitter through netfault against netem
 //! (delay.rs; needs sch_fq and sch_netem, so `cargo xtask bench --vm` runs it in a VM).
@@ -19,6 +22,7 @@ use clap::Parser;
 mod delay;
 mod droprate;
 mod frame;
+mod goodput;
 mod progrun;
 mod report;
 mod sys;
@@ -57,6 +61,8 @@ enum Part {
     Progrun,
     /// Drop-all packets per second across a veth pair.
     Veth,
+    /// TCP goodput across a veth pair (iperf3).
+    Goodput,
 }
 
 /// How much work each part does.
@@ -120,13 +126,18 @@ fn run(args: &Args) -> Result<()> {
     let plan = Plan::new(args);
     let pins = topo::PinDir::create()?;
     report::header(&plan);
-    if args.only != Some(Part::Veth) {
+    let part = |p: Part| args.only.is_none_or(|o| o == p);
+    if part(Part::Progrun) {
         let rows = progrun::run(&plan, pins.path())?;
         report::progrun(&plan, &rows);
     }
-    if args.only != Some(Part::Progrun) {
+    if part(Part::Veth) {
         let outs = droprate::run(&plan, pins.path())?;
         report::droprate(&plan, &outs);
+    }
+    if part(Part::Goodput) {
+        let rows = goodput::run(&plan)?;
+        goodput::report(&plan, &rows);
     }
     Ok(())
 }

@@ -168,11 +168,19 @@ fn mode_table(plan: &Plan, out: &Outcome) {
         println!("   note: {n}");
     }
     let nf = rx_median(out, Receiver::Netfault);
-    println!(
-        "   netfault/nft {:.2}, netfault/trivial XDP drop {:.2}",
+    let (vs_nft, vs_trivial) = (
         nf / rx_median(out, Receiver::Nft),
-        nf / rx_median(out, Receiver::XdpDrop)
+        nf / rx_median(out, Receiver::XdpDrop),
     );
+    println!("   netfault/nft {vs_nft:.2}, netfault/trivial XDP drop {vs_trivial:.2}");
+    if out.mode == RxMode::Softirq {
+        let met = |ok: bool| if ok { "met" } else { "NOT MET" };
+        println!(
+            "   targets: netfault/nft >= 2.0 (aim 2.5): {}; netfault/trivial >= 0.60 (aim 0.80): {}",
+            met(vs_nft >= 2.0),
+            met(vs_trivial >= 0.60)
+        );
+    }
 }
 
 /// Lockstep: ns/packet is generator + receiver, so the difference to the trivial drop is what

@@ -128,7 +128,24 @@ impl Drop for Topology {
             {
                 eprintln!("netfault-bench: cleanup: {e:#}");
             }
+            // What the CLI keeps for that namespace (a run cut short before its detach).
+            remove_cli_state(ns);
         }
+    }
+}
+
+/// The `netfault` CLI's pins and state for namespace `ns` (`--netns ns`), and their roots once
+/// empty.
+fn remove_cli_state(ns: &str) {
+    use netfault::control::state::{PIN_ROOT, RUN_ROOT};
+    for root in [PIN_ROOT, RUN_ROOT] {
+        let d = Path::new(root).join(format!("netns-{ns}"));
+        if d.exists()
+            && let Err(e) = std::fs::remove_dir_all(&d)
+        {
+            eprintln!("netfault-bench: cleanup: remove {}: {e}", d.display());
+        }
+        let _ = std::fs::remove_dir(root);
     }
 }
 
@@ -190,6 +207,22 @@ pub fn sweep_leftovers() -> Result<Vec<String>> {
             if owner_pid(&name, PREFIX).is_some_and(|p| !pid_alive(p)) {
                 ip(&["netns", "del", &name])?;
                 removed.push(format!("netns {name}"));
+            }
+        }
+    }
+    // The CLI's pins and state of namespaces such a run made.
+    for root in [
+        netfault::control::state::PIN_ROOT,
+        netfault::control::state::RUN_ROOT,
+    ] {
+        for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(ns) = name.strip_prefix("netns-") else {
+                continue;
+            };
+            if owner_pid(ns, PREFIX).is_some_and(|p| !pid_alive(p)) {
+                remove_cli_state(ns);
+                removed.push(e.path().display().to_string());
             }
         }
     }
