@@ -4,6 +4,7 @@
 //! compare against. Tests, the demo and the bench depend on it; netfault depends on none of it.
 pub mod ks;
 pub mod lab;
+pub mod loss;
 pub mod probe;
 
 /// Reference programs (pass, drop, tx) for benchmarks and tests, and `lab_spin`, a program that

@@ -14,6 +14,7 @@ pub mod heal;
 pub mod manpage;
 pub mod partition;
 pub mod protect;
+pub mod reap;
 pub mod renew;
 pub mod rule;
 pub mod run;
@@ -80,6 +81,9 @@ pub enum Cmd {
     Cluster(cluster::Args),
     Completions(completions::Args),
     Manpage(manpage::Args),
+    /// Puts back offload settings when the rules that needed them expire (started by netfault).
+    #[command(hide = true, name = "reap-offloads")]
+    ReapOffloads(reap::Args),
 }
 
 impl Cmd {
@@ -120,7 +124,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         })?;
         netns::enter(name)?;
     }
-    Ok(match cli.cmd {
+    // A command that leaves a probabilistic rule with a lifetime starts the reaper that puts
+    // the offload settings back when it expires (control::features).
+    let reaper = cli.cmd.changes() && !matches!(cli.cmd, Cmd::Run(_) | Cmd::ReapOffloads(_));
+    let done = match cli.cmd {
         Cmd::Attach(a) => attach::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Detach(a) => detach::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Rule(a) => rule::run(a, ns).map(|()| Done::Ok)?,
@@ -133,8 +140,13 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Renew(a) => renew::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Protect(a) => protect::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Cluster(a) => cluster::run(a, ns).map(|()| Done::Ok)?,
+        Cmd::ReapOffloads(a) => reap::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Completions(_) | Cmd::Manpage(_) => unreachable!("handled above"),
-    })
+    };
+    if reaper {
+        reap::spawn_if_wanted(ns);
+    }
+    Ok(done)
 }
 
 /// Writes a warning; a closed stderr is no reason to fail the command.
