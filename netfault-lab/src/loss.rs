@@ -192,6 +192,30 @@ pub fn run(
     args.extend_from_slice(action);
     nf.run(&host.ns, &args)?;
 
+    let poll_ns = host.ns.clone();
+    let f = flow(tx, rx, limit, || {
+        Ok(nf.counters(&poll_ns, name)?.matched >= min_packets)
+    })?;
+    Ok(LossRun {
+        counters: nf.counters(&host.ns, name)?,
+        ..f
+    })
+}
+
+/// A TCP flow from `tx` to `rx` (port [`PORT`]) until `done` says so (asked every 500 ms) or
+/// `limit` has passed, and what the sender's stack and the receiving device counted meanwhile
+/// (the counters are left at zero).
+pub fn flow(
+    tx: &Host,
+    rx: &Host,
+    limit: Duration,
+    mut done: impl FnMut() -> Result<bool>,
+) -> Result<LossRun> {
+    let dst = rx.sock(false, PORT);
+    ensure!(
+        is_documentation(dst.ip()),
+        "{dst} is not a documentation address"
+    );
     let out0 = snmp(&tx.ns, "Tcp", "OutSegs")?;
     let re0 = snmp(&tx.ns, "Tcp", "RetransSegs")?;
     let rx0 = link_stats(&rx.ns, &rx.iface)?.rx_packets;
@@ -210,12 +234,19 @@ pub fn run(
         let ns = tx.ns.clone();
         thread::spawn(move || send(&ns, dst, &stop, hard_stop))
     };
-    // Poll the rule until it has seen enough.
     let end = start + limit;
+    let mut polled = Ok(());
     while Instant::now() < end && !sender.is_finished() {
-        thread::sleep(Duration::from_millis(500));
-        if nf.counters(&host.ns, name)?.matched >= min_packets {
-            break;
+        thread::sleep(
+            Duration::from_millis(500).min(end.saturating_duration_since(Instant::now())),
+        );
+        match done() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                polled = Err(e);
+                break;
+            }
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -223,18 +254,52 @@ pub fn run(
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p));
     let got = sink.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+    polled?;
     sent?;
     got?;
     let secs = start.elapsed().as_secs_f64();
     // The last ACKs and FIN have crossed by the time the sink saw EOF.
     Ok(LossRun {
-        counters: nf.counters(&host.ns, name)?,
+        counters: Counters::default(),
         out_segs: snmp(&tx.ns, "Tcp", "OutSegs")? - out0,
         retrans: snmp(&tx.ns, "Tcp", "RetransSegs")? - re0,
         rx_packets: link_stats(&rx.ns, &rx.iface)?.rx_packets - rx0,
         goodput_bits: received.load(Ordering::Relaxed) as f64 * 8.0 / secs,
         secs,
     })
+}
+
+/// The same flow through `tc qdisc add dev <tx's iface> root netem <args>` on the sender for
+/// `secs`: netem's own counters (`tc -s`: packets sent and dropped) stand in for the rule's
+/// (matched = sent + dropped, as netem counts them). The qdisc is removed after.
+pub fn netem_flow(tx: &Host, rx: &Host, args: &[&str], secs: Duration) -> Result<LossRun> {
+    let mut add = vec!["qdisc", "add", "dev", &tx.iface, "root", "netem"];
+    add.extend_from_slice(args);
+    crate::lab::exec_in(&tx.ns, "tc", &add)?;
+    let f = flow(tx, rx, secs, || Ok(false));
+    let stats = crate::lab::exec_in(&tx.ns, "tc", &["-s", "qdisc", "show", "dev", &tx.iface]);
+    let _ = crate::lab::exec_in(&tx.ns, "tc", &["qdisc", "del", "dev", &tx.iface, "root"]);
+    let (f, stats) = (f?, stats?);
+    let (sent, dropped) = netem_counts(&stats).with_context(|| format!("parse tc -s: {stats}"))?;
+    Ok(LossRun {
+        counters: Counters {
+            matched: sent + dropped,
+            dropped,
+            passed: sent,
+            ..Counters::default()
+        },
+        ..f
+    })
+}
+
+/// "Sent B bytes P pkt (dropped D, ...": (P, D) of the first qdisc listed.
+fn netem_counts(tc: &str) -> Option<(u64, u64)> {
+    let rest = &tc[tc.find("Sent ")?..];
+    let mut w = rest.split_whitespace();
+    let pkt = w.nth(3)?.parse().ok()?;
+    let d = &rest[rest.find("dropped ")? + 8..];
+    let dropped = d[..d.find(',')?].parse().ok()?;
+    Some((pkt, dropped))
 }
 
 /// Writes until `stop`, then closes (the sink reads to EOF).
@@ -298,4 +363,13 @@ fn sink(listener: &TcpListener, received: &AtomicU64, hard_stop: Instant) -> Res
         }
     }
     anyhow::bail!("the flow did not end before the hard stop")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn netem_counts_parse() {
+        let t = "qdisc netem 8001: root refcnt 2 limit 1000 loss 10%\n Sent 1234 bytes 56 pkt (dropped 7, overlimits 0 requeues 0)\n backlog 0b 0p requeues 0\n";
+        assert_eq!(super::netem_counts(t), Some((56, 7)));
+    }
 }

@@ -316,3 +316,54 @@ fn settings_come_back_on_delete_expiry_detach_and_run_exit() {
     assert!(status.success(), "run: {status}");
     back("after run");
 }
+
+/// netfault `--drop 10%` at the sender's egress next to `tc netem loss 10%` there, the same
+/// flow for the same time: retransmissions per drop and goodput, printed side by side. netem
+/// exists only in the VM guests: `cargo xtask vm-test` runs this (`--ignored`).
+#[test]
+#[ignore = "needs sch_netem: cargo xtask vm-test runs it in a VM"]
+fn vm_egress_loss_next_to_netem() {
+    // Short: TCG is slow, and a few thousand packets tell retransmission from requeueing.
+    const SECS: Duration = Duration::from_secs(4);
+    let (mut lab, nf, [a, b]) = pair();
+    let netem = loss::netem_flow(&a, &b, &["loss", "10%"], SECS).unwrap();
+    attach(&mut lab, &nf, &a);
+    let ours = loss::run(
+        &nf,
+        &a,
+        &b,
+        Side::SenderEgress,
+        "loss",
+        &["--drop", "10%"],
+        Until {
+            packets: u64::MAX,
+            limit: SECS,
+        },
+    )
+    .unwrap();
+    println!("egress loss 10%, TCP for {} s per tool:", SECS.as_secs());
+    println!(
+        "{:<22} {:>8} {:>8} {:>8} {:>13} {:>14}",
+        "tool", "matched", "dropped", "retrans", "retrans/drop", "goodput Mbit/s"
+    );
+    for (tool, r) in [("netem loss 10%", &netem), ("netfault --drop 10%", &ours)] {
+        println!(
+            "{tool:<22} {:>8} {:>8} {:>8} {:>13.2} {:>14.1}",
+            r.counters.matched,
+            r.counters.dropped,
+            r.retrans,
+            r.retrans_per_drop(),
+            r.goodput_bits / 1e6
+        );
+    }
+    println!("   netem counts: matched = its sent + dropped (tc -s), drops per skb it was handed");
+    assert!(
+        ours.counters.dropped > 0 && ours.retrans_per_drop() >= 0.8,
+        "netfault's egress drops are not seen as losses: {ours}"
+    );
+    assert_eq!(
+        ours.counters.matched,
+        ours.sent(),
+        "not wire packets: {ours}"
+    );
+}

@@ -152,8 +152,17 @@ fn tune_inner(
             let prev = netlink::link_gso_max_segs(ifindex)?;
             if prev != 1 {
                 netlink::link_set_gso_max_segs(ifindex, 1)?;
-                change.gso_max_segs = Some(prev);
-                flush = true;
+                if netlink::link_gso_max_segs(ifindex)? == 1 {
+                    change.gso_max_segs = Some(prev);
+                    flush = true;
+                } else {
+                    // Kernels before 5.19 take the limit only when a device is made.
+                    log::warn!(
+                        "{iface}: this kernel does not change gso_max_segs on a device: \
+                         probabilities at egress apply per GSO packet there (counters still \
+                         count wire packets)"
+                    );
+                }
             }
         }
         if need.ingress && have.as_ref().is_none_or(|t| t.features_off.is_empty()) {
