@@ -326,8 +326,9 @@ fn vm_egress_loss_next_to_netem() {
     // Short: TCG is slow, and a few thousand packets tell retransmission from requeueing.
     const SECS: Duration = Duration::from_secs(4);
     let (mut lab, nf, [a, b]) = pair();
-    let netem = loss::netem_flow(&a, &b, &["loss", "10%"], SECS).unwrap();
+    // Attached first (no rule: everything passes), so both flows meet the same programs.
     attach(&mut lab, &nf, &a);
+    let netem = loss::netem_flow(&a, &b, &["loss", "10%"], SECS).unwrap();
     let ours = loss::run(
         &nf,
         &a,
