@@ -83,6 +83,8 @@ const LOSS_TEST: &str = "loss";
 /// What `vm-test` runs in each guest (`sh <this> <smoke script> <shaping binary> <loss binary>`). Each step
 /// prints a NETFAULT-VM-STEP marker (name, exit code, guest uptime before and after) for the
 /// summary; the exit code is the first failure's, or 0.
+/// The steps VM_TEST_SCRIPT runs: a guest passed when all of them finished with 0.
+const VM_TEST_STEPS: usize = 3;
 const VM_TEST_SCRIPT: &str = r#"# Written by xtask (vm.rs, VM_TEST_SCRIPT) for `cargo xtask vm-test`.
 rc=0
 step() {
@@ -150,7 +152,7 @@ pub fn vm_test() -> anyhow::Result<()> {
     for (pin, result) in &report {
         match result {
             Ok((code, t, steps)) => {
-                let verdict = if *code == 0 && steps.len() == 2 {
+                let verdict = if *code == 0 && steps.len() == VM_TEST_STEPS {
                     "ok".to_owned()
                 } else {
                     failed += 1;

@@ -162,7 +162,9 @@ impl Ctl {
             for sh in std::mem::take(&mut self.state.shaped) {
                 unshape(&sh)?;
             }
-            features::restore(&mut self.state.wire, None)?;
+            if let Err(e) = features::restore(&mut self.state.wire, None) {
+                log::warn!("put back the offload settings: {e}");
+            }
             kernel::remove_pins(&self.paths().pins)?;
             self.lock.remove()?;
             // The pin root goes too once no namespace uses it: nothing of ours stays behind.
@@ -192,7 +194,9 @@ impl Ctl {
             if a.hooks.iter().any(|h| h.kind == HookKind::TcFallback) {
                 Maps::open(&self.paths().maps())?.set_tc_only(a.ifindex, false)?;
             }
-            features::restore(&mut self.state.wire, Some(&a.iface))?;
+            if let Err(e) = features::restore(&mut self.state.wire, Some(&a.iface)) {
+                log::warn!("{i}: put back the offload settings: {e}");
+            }
             report.push(format!("{i}: detached"));
         }
         self.save()?;
@@ -237,7 +241,13 @@ impl Ctl {
             return Err(e.into());
         }
         self.state.published_slots = values.iter().map(|(slot, _)| *slot).collect();
-        features::release(&devices, &self.state.rules, &mut self.state.wire, now, &xdp)?;
+        // Published already: a setting that cannot be put back now stays recorded, and the
+        // next command (or the reaper) tries again.
+        if let Err(e) =
+            features::release(&devices, &self.state.rules, &mut self.state.wire, now, &xdp)
+        {
+            log::warn!("put back the offload settings: {e}");
+        }
         Ok(())
     }
 

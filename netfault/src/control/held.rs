@@ -151,13 +151,16 @@ impl Running {
         }
         if !self.wire.is_empty() {
             let xdp = self.xdp_frames();
-            features::release(
+            // Not fatal: the impairment goes on; the record stays and is tried again.
+            if let Err(e) = features::release(
                 &self.devices,
                 &self.rules,
                 &mut self.wire,
                 monotonic_ns(),
                 &xdp,
-            )?;
+            ) {
+                log::warn!("put back the offload settings: {e}");
+            }
         }
         Ok(())
     }
