@@ -89,6 +89,19 @@ fn nf_tc_ingress(ctx: TcContext) -> i32 {
     try_tc(&ctx, DIR_INGRESS).unwrap_or(TC_ACT_UNSPEC)
 }
 
+/// An egress drop the sender's stack takes for a packet sent, as it would a loss on the wire.
+/// TC_ACT_SHOT would report NET_XMIT_DROP, and TCP would queue the data again at once instead
+/// of seeing a loss (measured: 6,121 drops, 400 retransmits). TC_ACT_STOLEN reports success
+/// but only under clsact: tcx takes any verdict but PASS, DROP and REDIRECT for TCX_NEXT, and
+/// the packet would go out. A redirect to ifindex 0, which no device has, is freed by the
+/// kernel (skb_do_redirect) and reported as sent (NET_XMIT_SUCCESS) under both.
+#[inline(always)]
+fn lost_on_the_wire() -> i32 {
+    // SAFETY: helper without preconditions; the verdict makes it take effect.
+    unsafe { bpf_redirect(0, 0) };
+    TC_ACT_REDIRECT
+}
+
 /// Untouched packets return TC_ACT_UNSPEC, which is TCX_NEXT: later programs still see them.
 fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
     let skb = ctx.as_ptr() as *mut __sk_buff;
@@ -126,10 +139,19 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
         return None;
     }
     let c = counters(m.slot)?;
-    c.matched += 1;
+    // Counters count wire packets: a GSO or GRO skb carries gso_segs of them (0 for a plain
+    // one). The controller keeps aggregates away where a probability applies
+    // (control::features), so a draw below is per wire packet there.
+    // SAFETY: skb is the program's own context.
+    let segs = u64::from(unsafe { (*skb).gso_segs }.max(1));
+    c.matched += segs;
     c.bytes += ctx.len() as u64;
     if fires(m.rule.drop_thresh) {
-        c.dropped += 1;
+        c.dropped += segs;
+        if dir == DIR_EGRESS {
+            return Some(lost_on_the_wire());
+        }
+        // At ingress the sender is elsewhere: a plain drop.
         return Some(TC_ACT_SHOT);
     }
     // Ingress shaping needs a queue: the IFB device's fq, reached by redirect. Without one
@@ -144,10 +166,12 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
         // Stamped before duplication, so a duplicate leaves with its original.
         match shape::stamp(ctx, &key, m.slot, m.rule, l4) {
             Stamp::QueueFull => {
-                c.queue_dropped += 1;
+                // A full local queue, as a qdisc's: the sender's stack is told (NET_XMIT_DROP at
+                // egress) and backs off, as it would before a full fq or netem limit.
+                c.queue_dropped += segs;
                 return Some(TC_ACT_SHOT);
             }
-            Stamp::Sent(true) => c.delayed += 1,
+            Stamp::Sent(true) => c.delayed += segs,
             Stamp::Sent(false) => {}
         }
     }
@@ -162,10 +186,10 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
         let ok = ctx.clone_redirect(ifindex, flags).is_ok();
         ctx.set_mark(mark);
         if ok {
-            c.duplicated += 1;
+            c.duplicated += segs;
         }
     }
-    c.passed += 1;
+    c.passed += segs;
     if let Some(ifb) = ifb {
         if ifb & IFB_VIA_MIRRED != 0 {
             // The mirred filter after this program takes it from here.

@@ -4,6 +4,7 @@
 //! compare against. Tests, the demo and the bench depend on it; netfault depends on none of it.
 pub mod ks;
 pub mod lab;
+pub mod loss;
 pub mod probe;
 pub mod sshd;
 

@@ -134,6 +134,10 @@ const SKB_IFINDEX: usize = 40;
 const SKB_TSTAMP: usize = 152;
 const SKB_GSO_SEGS: usize = 164;
 const TC_ACT_REDIRECT: u32 = 7;
+/// An injected drop at tc egress: a redirect to ifindex 0, which the kernel frees and reports
+/// to the sender's stack as sent, as a packet lost on the wire (not TC_ACT_SHOT, which the
+/// stack sees as a local drop and resends at once).
+const EGRESS_LOST: u32 = TC_ACT_REDIRECT;
 
 /// Publishes `rules` in slots `first..`, counters untouched.
 fn publish_at(maps: &mut Maps, rules: &[RuleSpec], first: u32) {
@@ -366,7 +370,7 @@ fn direction_selects_program() {
     r.dir = Direction::Egress;
     dp.set(&[r]);
     assert_eq!(dp.xdp(&f, 1), XDP_PASS);
-    assert_eq!(dp.tc("nf_tc_egress", &f, 1), TC_ACT_SHOT);
+    assert_eq!(dp.tc("nf_tc_egress", &f, 1), EGRESS_LOST);
 }
 
 #[test]
@@ -554,7 +558,7 @@ fn an_expired_rule_never_hides_a_live_one_with_the_same_match() {
     // Both live: the first wins.
     set_expiring(&mut dp, &[(drop.clone(), later), (pass.clone(), 0)]);
     assert_eq!(dp.xdp(&f, 1), XDP_DROP);
-    assert_eq!(dp.tc("nf_tc_egress", &f, 1), TC_ACT_SHOT);
+    assert_eq!(dp.tc("nf_tc_egress", &f, 1), EGRESS_LOST);
     // The first has expired: the second, with the very same match, takes over, at both hooks.
     set_expiring(&mut dp, &[(drop.clone(), 1), (pass.clone(), 0)]);
     assert_eq!(dp.xdp(&f, 1), XDP_PASS);
@@ -660,7 +664,7 @@ fn tc_parses_as_deep_as_xdp() {
     let deep = v6_chain(&[(0, 64), (43, 56), (60, 48), (51, 32)], 17, 9, 53);
     assert_eq!(deep.len(), 14 + 40 + 200 + 20);
     assert_eq!(dp.xdp(&deep, 1), XDP_DROP);
-    assert_eq!(dp.tc("nf_tc_egress", &deep, 1), TC_ACT_SHOT);
+    assert_eq!(dp.tc("nf_tc_egress", &deep, 1), EGRESS_LOST);
     // With a VLAN tag, to within 2 bytes of the parser's bound (transport header at 254).
     let vlan_deep = {
         let mut f = v6_chain(&[(0, 64), (43, 56), (60, 48), (51, 28)], 17, 9, 53);
@@ -668,7 +672,7 @@ fn tc_parses_as_deep_as_xdp() {
         f
     };
     assert_eq!(dp.xdp(&vlan_deep, 1), XDP_DROP);
-    assert_eq!(dp.tc("nf_tc_egress", &vlan_deep, 1), TC_ACT_SHOT);
+    assert_eq!(dp.tc("nf_tc_egress", &vlan_deep, 1), EGRESS_LOST);
     let too_deep = v6_chain(&[(0, 64), (43, 64), (60, 64), (51, 64)], 17, 9, 53);
     assert_eq!(dp.xdp(&too_deep, 1), XDP_PASS);
     assert_eq!(dp.tc("nf_tc_egress", &too_deep, 1), TCX_NEXT);
@@ -1003,4 +1007,28 @@ fn rate_spaces_departures_and_bounds_the_backlog() {
     assert_eq!(c.dropped, 0, "queue drops are not injected drops");
     let backlog = netfault::compile::RATE_QUEUE.as_nanos() as u64;
     assert!(c.passed <= backlog / cost + 2 + 25, "{c:?}");
+}
+
+/// Counters count wire packets: a GSO skb of 5 segments is 5 matched, 5 dropped (or passed),
+/// and the egress drop is reported as sent (EGRESS_LOST), not as a local drop.
+#[test]
+fn counters_count_the_segments_of_an_aggregate() {
+    let mut dp = Dp::new();
+    let f = udp("192.0.2.1", "192.0.2.2", 1000, 53).bytes();
+    let mut r = rule("gso");
+    r.dir = Direction::Egress;
+    dp.set(&[r.clone()]);
+    let (v, ..) = dp.tc_stamp("nf_tc_egress", &f, 5);
+    assert_eq!(v, EGRESS_LOST);
+    let (v, ..) = dp.tc_stamp("nf_tc_egress", &f, 0);
+    assert_eq!(v, EGRESS_LOST, "gso_segs 0 is a plain packet");
+    let c = dp.counters(0);
+    assert_eq!((c.matched, c.dropped, c.passed), (6, 6, 0), "{c:?}");
+    r.drop = Prob(0.0);
+    r.duplicate = Prob(1.0);
+    dp.set(&[r]);
+    let (v, ..) = dp.tc_stamp("nf_tc_egress", &f, 5);
+    assert_eq!(v, TCX_NEXT);
+    let c = dp.counters(0);
+    assert_eq!((c.matched, c.passed), (5, 5), "{c:?}");
 }

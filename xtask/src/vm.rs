@@ -77,10 +77,14 @@ const STEP_MARKER: &str = "NETFAULT-VM-STEP=";
 const SMOKE_SCRIPT: &str = "scripts/vm-smoke.sh";
 /// The integration test file of issue #3 (delay, jitter, rate), run by `vm-test` after the smoke.
 const SHAPING_TEST: &str = "shaping";
+/// Issue #9's loss tests: netfault's egress loss next to netem's (`vm_` tests, `--ignored`).
+const LOSS_TEST: &str = "loss";
 
-/// What `vm-test` runs in each guest (`sh <this> <smoke script> <shaping binary>`). Each step
+/// What `vm-test` runs in each guest (`sh <this> <smoke script> <shaping binary> <loss binary>`). Each step
 /// prints a NETFAULT-VM-STEP marker (name, exit code, guest uptime before and after) for the
 /// summary; the exit code is the first failure's, or 0.
+/// The steps VM_TEST_SCRIPT runs: a guest passed when all of them finished with 0.
+const VM_TEST_STEPS: usize = 3;
 const VM_TEST_SCRIPT: &str = r#"# Written by xtask (vm.rs, VM_TEST_SCRIPT) for `cargo xtask vm-test`.
 rc=0
 step() {
@@ -95,6 +99,7 @@ step() {
 }
 step smoke "$1"
 step shaping "$2" --ignored --test-threads=1
+step loss "$3" --ignored --test-threads=1 --nocapture vm_
 exit $rc
 "#;
 
@@ -114,12 +119,15 @@ pub fn vm(kernel: &str, cmd: &[String]) -> anyhow::Result<()> {
 }
 
 /// On every pinned kernel, in one boot: the smoke script, then the shaping tests
-/// (`<shaping> --ignored --test-threads=1`). Fails if any step failed on any kernel.
+/// (`<shaping> --ignored --test-threads=1`), then the loss tests that need netem (`<loss>
+/// --ignored vm_`). Fails if any step failed on any kernel.
 pub fn vm_test() -> anyhow::Result<()> {
     let mut opts = Options::from_env(Sched::RoundRobin)?;
     let netfault = netfault_binary()?;
     let shaping = test_binary(SHAPING_TEST)?;
     opts.include.push(shaping.clone());
+    let loss = test_binary(LOSS_TEST)?;
+    opts.include.push(loss.clone());
     // A file rather than `sh -c`, so the guest's "running ..." line stays one line.
     let script = target_dir().join("vm-test-steps.sh");
     fs::write(&script, VM_TEST_SCRIPT).with_context(|| format!("write {}", script.display()))?;
@@ -129,6 +137,7 @@ pub fn vm_test() -> anyhow::Result<()> {
         script.to_string_lossy().into_owned(),
         SMOKE_SCRIPT.to_owned(),
         shaping.to_string_lossy().into_owned(),
+        loss.to_string_lossy().into_owned(),
     ];
     let mut report = Vec::new();
     for pin in KERNELS {
@@ -143,7 +152,7 @@ pub fn vm_test() -> anyhow::Result<()> {
     for (pin, result) in &report {
         match result {
             Ok((code, t, steps)) => {
-                let verdict = if *code == 0 && steps.len() == 2 {
+                let verdict = if *code == 0 && steps.len() == VM_TEST_STEPS {
                     "ok".to_owned()
                 } else {
                     failed += 1;

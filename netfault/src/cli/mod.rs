@@ -15,6 +15,7 @@ pub mod manpage;
 pub mod node;
 pub mod partition;
 pub mod protect;
+pub mod reap;
 pub mod renew;
 pub mod rule;
 pub mod run;
@@ -83,6 +84,9 @@ pub enum Cmd {
     Manpage(manpage::Args),
     #[command(hide = true)]
     Node(node::Args),
+    /// Puts back offload settings when the rules that needed them expire (started by netfault).
+    #[command(hide = true, name = "reap-offloads")]
+    ReapOffloads(reap::Args),
 }
 
 impl Cmd {
@@ -123,7 +127,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         })?;
         netns::enter(name)?;
     }
-    Ok(match cli.cmd {
+    // A command that leaves a probabilistic rule with a lifetime starts the reaper that puts
+    // the offload settings back when it expires (control::features).
+    let reaper = cli.cmd.changes() && !matches!(cli.cmd, Cmd::Run(_) | Cmd::ReapOffloads(_));
+    let done = match cli.cmd {
         Cmd::Attach(a) => attach::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Detach(a) => detach::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Rule(a) => rule::run(a, ns).map(|()| Done::Ok)?,
@@ -137,8 +144,13 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Protect(a) => protect::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Cluster(a) => cluster::run(a, ns)?,
         Cmd::Node(a) => node::run(a, ns).map(|()| Done::Ok)?,
+        Cmd::ReapOffloads(a) => reap::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Completions(_) | Cmd::Manpage(_) => unreachable!("handled above"),
-    })
+    };
+    if reaper {
+        reap::spawn_if_wanted(ns);
+    }
+    Ok(done)
 }
 
 /// Writes a warning; a closed stderr is no reason to fail the command.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use aya::programs::XdpMode;
 
 use super::{
-    Error, Result, hooks, monotonic_ns, pipeline,
+    Error, Result, features, hooks, monotonic_ns, pipeline,
     privileges::check_privileges,
     shaping::{self, unshape},
 };
@@ -196,6 +196,9 @@ impl Ctl {
             for sh in std::mem::take(&mut self.state.shaped) {
                 unshape(&sh)?;
             }
+            if let Err(e) = features::restore(&mut self.state.wire, None) {
+                log::warn!("put back the offload settings: {e}");
+            }
             kernel::remove_pins(&self.paths().pins)?;
             self.lock.remove()?;
             // The pin root goes too once no namespace uses it: nothing of ours stays behind.
@@ -224,6 +227,9 @@ impl Ctl {
             }
             // Marked where tc stood in for XDP (another program's, or none by choice).
             Maps::open(&self.paths().maps())?.set_tc_only(a.ifindex, false)?;
+            if let Err(e) = features::restore(&mut self.state.wire, Some(&a.iface)) {
+                log::warn!("{i}: put back the offload settings: {e}");
+            }
             report.push(format!("{i}: detached"));
         }
         self.save()?;
@@ -258,8 +264,23 @@ impl Ctl {
             self.replace_qdisc,
             monotonic_ns(),
         )?;
-        maps.publish_set(compiled, values)?;
+        // One packet per skb before a probability applies, the old settings back after the
+        // last rule that needed them is gone (features.rs).
+        let now = monotonic_ns();
+        let xdp = self.xdp_frames();
+        let added = features::tune(&devices, &self.state.rules, &mut self.state.wire, now, &xdp)?;
+        if let Err(e) = maps.publish_set(compiled, values) {
+            features::undo(&added, &mut self.state.wire);
+            return Err(e.into());
+        }
         self.state.published_slots = values.iter().map(|(slot, _)| *slot).collect();
+        // Published already: a setting that cannot be put back now stays recorded, and the
+        // next command (or the reaper) tries again.
+        if let Err(e) =
+            features::release(&devices, &self.state.rules, &mut self.state.wire, now, &xdp)
+        {
+            log::warn!("put back the offload settings: {e}");
+        }
         // XDP comes and goes with the rules that need it (virtual devices).
         let (links, maps_dir) = (self.paths().links(), self.paths().maps());
         let super::state::State {
@@ -270,6 +291,46 @@ impl Ctl {
             hooks::apply::reconcile(attached, &ordered, maps, &links, &maps_dir, monotonic_ns())?;
         self.warnings.extend(w);
         Ok(())
+    }
+
+    /// Puts back the offload settings no live rule needs any more (rules that expired since
+    /// the last command: the data path ended them with no netfault process running), and
+    /// says when to look again: the earliest expiry of a rule that still needs them. None:
+    /// nothing recorded, or nothing that needs it expires (the command that deletes it puts
+    /// the settings back).
+    pub fn reconcile_offloads(&mut self) -> Result<Option<u64>> {
+        if self.state.wire.is_empty() {
+            return Ok(None);
+        }
+        let now = monotonic_ns();
+        self.prune_expired(now);
+        let (devices, xdp) = (self.state.devices(), self.xdp_frames());
+        let res = features::release(&devices, &self.state.rules, &mut self.state.wire, now, &xdp);
+        self.save()?;
+        res?;
+        Ok(features::due(&self.state.wire, &self.state.rules, now))
+    }
+
+    /// Whether netfault's native XDP program applies ingress drops on an interface (it sees
+    /// wire frames there; generic XDP runs after GRO).
+    fn xdp_frames(&self) -> impl Fn(&str) -> bool + use<> {
+        // Native XDP there now, or the XDP hook choice adds for these rules after the publish
+        // (virtual devices; native unless generic was forced or another program holds XDP).
+        let now = monotonic_ns();
+        let ordered = pipeline::ordered(&self.state.rules);
+        let native: Vec<String> = self
+            .state
+            .attached
+            .iter()
+            .filter(|a| {
+                a.hooks.iter().any(|h| h.kind == HookKind::XdpNative) || {
+                    let c = a.choose(ordered.iter().copied(), now);
+                    c.xdp && c.forced != Some(hooks::ForcedXdp::Generic) && !a.xdp_held_elsewhere()
+                }
+            })
+            .map(|a| a.iface.clone())
+            .collect();
+        move |i: &str| native.iter().any(|n| n == i)
     }
 
     /// The current state compiled for the data path, each rule with its own expiry.

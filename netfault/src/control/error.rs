@@ -47,6 +47,9 @@ pub enum Error {
     State(#[from] StateError),
     #[error(transparent)]
     Qdisc(#[from] QdiscError),
+    /// The segment limit or receive offloads per-packet probabilities need (`control::features`).
+    #[error("{0} (per-packet probabilities need one packet per skb there)")]
+    Offload(#[from] crate::netlink::NetlinkError),
 }
 
 impl Error {

@@ -12,7 +12,9 @@ use std::time::Duration;
 use aya::programs::XdpMode;
 use netfault_common::Counters;
 
-use super::{Error, Result, check_privileges, monotonic_ns, pipeline, shaping, state::RuleEntry};
+use super::{
+    Error, Result, check_privileges, features, monotonic_ns, pipeline, shaping, state::RuleEntry,
+};
 use crate::{
     dataplane::{self as kernel, HookKind, HookState, Maps},
     spec::{Kind, RuleSpec, Ttl},
@@ -34,6 +36,9 @@ pub struct Running {
     rules: Vec<RuleEntry>,
     /// fq qdiscs and IFB devices installed for delay and rate, removed on exit.
     shaped: Vec<crate::control::queues::Shaped>,
+    /// Segment limits and offloads changed for per-packet probabilities, put back on exit.
+    wire: Vec<features::Tuned>,
+    devices: Vec<shaping::Device>,
 }
 
 /// Loads a private copy of the programs and maps, attaches them, and publishes `specs`.
@@ -124,6 +129,8 @@ pub fn start(
         why,
         rules,
         shaped: Vec::new(),
+        wire: Vec::new(),
+        devices: devices.clone(),
     };
     // Queues first: a stamped packet must never meet a device without fq.
     shaping::reconcile(
@@ -134,6 +141,10 @@ pub fn start(
         replace_qdisc,
         monotonic_ns(),
     )?;
+    // One packet per skb before the first probability applies (features.rs); on an error
+    // from here on, dropping `run` puts everything back.
+    let xdp = run.xdp_frames();
+    features::tune(&devices, &run.rules, &mut run.wire, monotonic_ns(), &xdp)?;
     let (compiled, values) = run.compiled(monotonic_ns())?;
     run.maps.publish_set(&compiled, &values)?;
     Ok(run)
@@ -160,13 +171,37 @@ impl Running {
         })
     }
 
-    /// Extends the lease.
+    /// Extends the lease; puts back the offload settings of rules whose TTL has run out.
     pub fn renew(&mut self) -> Result<()> {
         let (_, values) = self.compiled(monotonic_ns())?;
         for (slot, v) in values {
             self.maps.set_rule(slot, &v)?;
         }
+        if !self.wire.is_empty() {
+            let xdp = self.xdp_frames();
+            // Not fatal: the impairment goes on; the record stays and is tried again.
+            if let Err(e) = features::release(
+                &self.devices,
+                &self.rules,
+                &mut self.wire,
+                monotonic_ns(),
+                &xdp,
+            ) {
+                log::warn!("put back the offload settings: {e}");
+            }
+        }
         Ok(())
+    }
+
+    /// Whether netfault's native XDP applies ingress drops on an interface (features.rs).
+    fn xdp_frames(&self) -> impl Fn(&str) -> bool + use<> {
+        let native: Vec<String> = self
+            .hooks
+            .iter()
+            .filter(|(_, h)| h.iter().any(|h| h.kind == kernel::HookKind::XdpNative))
+            .map(|(i, _)| i.clone())
+            .collect();
+        move |i: &str| native.iter().any(|n| n == i)
     }
 
     pub fn counters(&self) -> Result<Vec<(String, Kind, Counters)>> {
@@ -190,6 +225,9 @@ impl Drop for Running {
     fn drop(&mut self) {
         for (iface, hooks) in &self.hooks {
             let _ = kernel::detach_all(iface, hooks, None);
+        }
+        if let Err(e) = features::restore(&mut self.wire, None) {
+            log::warn!("put back the offload settings: {e}");
         }
         // After the programs: no packet is stamped once the queue that holds it is gone.
         for sh in &self.shaped {

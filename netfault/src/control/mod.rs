@@ -3,6 +3,7 @@
 pub mod clock;
 pub mod ctl;
 pub mod error;
+pub mod features;
 pub mod held;
 pub mod hooks;
 pub mod netns;

@@ -135,6 +135,10 @@ pub struct State {
     /// fq qdiscs and IFB devices netfault installed for delay and rate.
     #[serde(default)]
     pub shaped: Vec<crate::control::queues::Shaped>,
+    /// Segment limits and receive offloads netfault changed so that probabilities apply per
+    /// wire packet (`control::features`), put back when no rule needs them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wire: Vec<crate::control::features::Tuned>,
 }
 
 impl State {

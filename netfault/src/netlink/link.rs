@@ -65,6 +65,30 @@ pub fn link_mtu(ifindex: u32) -> Result<u32> {
         .ok_or_else(|| Ctx::ifindex(op, ifindex).protocol("no IFLA_MTU in the answer"))
 }
 
+/// The most segments the link lets one GSO packet carry (IFLA_GSO_MAX_SEGS).
+pub fn link_gso_max_segs(ifindex: u32) -> Result<u32> {
+    let op = "read gso_max_segs";
+    get_index(ifindex, op)?
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::GsoMaxSegs(n) => Some(*n),
+            _ => None,
+        })
+        .ok_or_else(|| Ctx::ifindex(op, ifindex).protocol("no IFLA_GSO_MAX_SEGS in the answer"))
+}
+
+/// Sets IFLA_GSO_MAX_SEGS on an existing link (kernels 5.19+; `ip link set DEV gso_max_segs N`).
+/// Sockets read it when their route is set up, so a connection opened before keeps its old
+/// value until its route is checked again (see `control::wire`).
+pub fn link_set_gso_max_segs(ifindex: u32, segs: u32) -> Result<()> {
+    let mut m = by_index(ifindex);
+    m.attributes.push(LinkAttribute::GsoMaxSegs(segs));
+    route(RouteNetlinkMessage::SetLink(m), NLM_F_ACK)
+        .map(drop)
+        .map_err(|e| Ctx::ifindex("set gso_max_segs", ifindex).err(e))
+}
+
 /// A link's packet counters (IFLA_STATS64).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkStats {

@@ -24,8 +24,9 @@ use netlink_packet_route::RouteNetlinkMessage;
 pub use error::{NetlinkError, Result};
 pub use ethtool::{Features, features, link_speed_bits, set_features};
 pub use link::{
-    LinkKind, LinkStats, XdpAttachMode, XdpInfo, dummy_add, ifb_add, link_del, link_index,
-    link_kind, link_mtu, link_set_up, link_stats, veth_add, xdp_attached, xdp_holder,
+    LinkKind, LinkStats, XdpAttachMode, XdpInfo, dummy_add, ifb_add, link_del, link_gso_max_segs,
+    link_index, link_kind, link_mtu, link_set_gso_max_segs, link_set_up, link_stats, veth_add,
+    xdp_attached, xdp_holder,
 };
 pub use qdisc::{
     FqOptions, FqStats, NETFAULT_FQ_HANDLE, QdiscInfo, clsact_del, format_handle, fq_replace,

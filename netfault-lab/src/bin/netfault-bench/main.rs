@@ -8,6 +8,9 @@
 //! 3. TCP goodput (iperf3) across a veth pair, with nothing attached and with netfault attached
 //!    on both ends through the CLI, idle and with 1k rules (goodput.rs).
 //!
+//! `netfault-bench retrans`: retransmissions per drop for 10 % TCP loss at egress and at
+//! ingress, through the CLI (retrans.rs).
+//!
 //! `netfault-bench delay` instead: one-way delay and jitter through netfault against netem
 //! (delay.rs; needs sch_fq and sch_netem, so `cargo xtask bench --vm` runs it in a VM).
 //!
@@ -25,6 +28,7 @@ mod frame;
 mod goodput;
 mod progrun;
 mod report;
+mod retrans;
 mod sys;
 mod topo;
 
@@ -53,6 +57,9 @@ enum Sub {
     /// One-way delay and jitter of UDP datagrams through netfault and through netem (needs
     /// sch_fq and sch_netem: `cargo xtask bench --vm` runs it in a VM).
     Delay(delay::Args),
+    /// Retransmissions per drop for 10% TCP loss at the sender's egress and at the receiver's
+    /// ingress, deployed through the netfault CLI; targets printed met / not met.
+    Retrans(retrans::Args),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -118,6 +125,10 @@ fn run(args: &Args) -> Result<()> {
     if let Some(Sub::Delay(d)) = &args.cmd {
         report::header(&Plan::new(args));
         return delay::run(d);
+    }
+    if let Some(Sub::Retrans(r)) = &args.cmd {
+        report::header(&Plan::new(args));
+        return retrans::run(r);
     }
     netfault::dataplane::ensure_bpffs()?;
     for what in topo::sweep_leftovers().context("remove leftovers of earlier runs")? {

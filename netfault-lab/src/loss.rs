@@ -1,0 +1,375 @@
+//! TCP through a netfault rule: a bulk flow from one of the lab's hosts to another, run until
+//! the rule has matched enough wire packets, with what the sender's stack and the receiving
+//! device saw meanwhile. `tests/loss.rs` and `netfault-bench retrans` are built on it.
+//!
+//! Same rails as [`crate::lab`]: documentation addresses only, every loop bounded in count and
+//! time.
+use std::{
+    fmt, fs, io,
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+
+use crate::lab::{
+    Counters, Host, Netfault, Z_ALPHA_1E4, is_documentation, run_in, wilson_interval,
+};
+
+/// The port the flow goes to; the rule matches it.
+pub const PORT: u16 = 5201;
+
+/// One counter of `/proc/net/snmp` (`Tcp: ... RetransSegs ...`) or `/proc/net/netstat`
+/// (`TcpExt: ...`) in namespace `ns`. Read through `/proc/thread-self`, which is the reading
+/// thread's namespace (`/proc/self/net` is the process's).
+pub fn snmp(ns: &str, group: &str, name: &str) -> Result<u64> {
+    let file = if group == "TcpExt" { "netstat" } else { "snmp" };
+    let text = run_in(ns, || {
+        fs::read_to_string(format!("/proc/thread-self/net/{file}"))
+    })?
+    .with_context(|| format!("read /proc/net/{file} in {ns}"))?;
+    let prefix = format!("{group}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = (lines.next(), lines.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        anyhow::bail!("no {group} lines in /proc/net/{file}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .with_context(|| format!("no {group} {name} in /proc/net/{file}"))
+}
+
+/// A device's packet counters in namespace `ns`.
+pub fn link_stats(ns: &str, iface: &str) -> Result<netfault::netlink::LinkStats> {
+    run_in(ns, || -> Result<_> {
+        let idx = netfault::netlink::link_index(iface)?.context("no such device")?;
+        Ok(netfault::netlink::link_stats(idx)?)
+    })?
+    .with_context(|| format!("read the counters of {iface} in {ns}"))
+}
+
+/// What a device looks like to the data path: its offload features and its GSO segment
+/// limit, compared whole before and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSettings {
+    pub features: netfault::netlink::Features,
+    pub gso_max_segs: u32,
+}
+
+pub fn device_settings(ns: &str, iface: &str) -> Result<DeviceSettings> {
+    run_in(ns, || -> Result<_> {
+        let idx = netfault::netlink::link_index(iface)?.context("no such device")?;
+        Ok(DeviceSettings {
+            features: netfault::netlink::features(iface)?,
+            gso_max_segs: netfault::netlink::link_gso_max_segs(idx)?,
+        })
+    })?
+    .with_context(|| format!("read the settings of {iface} in {ns}"))
+}
+
+/// One run's figures.
+#[derive(Debug, Clone, Default)]
+pub struct LossRun {
+    pub counters: Counters,
+    /// New segments the sender's stack sent (TcpOutSegs, which leaves out retransmissions).
+    pub out_segs: u64,
+    /// Segments it sent again (RetransSegs).
+    pub retrans: u64,
+    /// Packets the receiving device counted (rx_packets).
+    pub rx_packets: u64,
+    /// Payload bits per second at the sink over the whole flow.
+    pub goodput_bits: f64,
+    pub secs: f64,
+}
+
+impl LossRun {
+    /// Segments the sender's stack put on the wire: new ones and retransmissions.
+    pub fn sent(&self) -> u64 {
+        self.out_segs + self.retrans
+    }
+
+    /// Dropped (or duplicated) over matched, as a fraction.
+    pub fn ratio(&self, k: u64) -> f64 {
+        k as f64 / self.counters.matched.max(1) as f64
+    }
+
+    /// `p` lies in the Wilson interval (alpha 1e-4) of `k` out of the matched packets.
+    pub fn wilson_holds(&self, k: u64, p: f64) -> (bool, (f64, f64)) {
+        let (lo, hi) = wilson_interval(k, self.counters.matched, Z_ALPHA_1E4);
+        (lo <= p && p <= hi, (lo, hi))
+    }
+
+    /// Retransmissions per dropped packet.
+    pub fn retrans_per_drop(&self) -> f64 {
+        self.retrans as f64 / self.counters.dropped.max(1) as f64
+    }
+}
+
+impl fmt::Display for LossRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.counters;
+        write!(
+            f,
+            "matched {} dropped {} duplicated {} passed {} | sender sent {} (retrans {}, {:.2}/drop) | receiver rx {} | {:.1} Mbit/s over {:.1} s",
+            c.matched,
+            c.dropped,
+            c.duplicated,
+            c.passed,
+            self.sent(),
+            self.retrans,
+            self.retrans_per_drop(),
+            self.rx_packets,
+            self.goodput_bits / 1e6,
+            self.secs
+        )
+    }
+}
+
+/// Where the rule sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// On the sender, `--dir egress`.
+    SenderEgress,
+    /// On the receiver, `--dir ingress`.
+    ReceiverIngress,
+}
+
+impl Side {
+    pub fn label(self) -> &'static str {
+        match self {
+            Side::SenderEgress => "sender's egress",
+            Side::ReceiverIngress => "receiver's ingress",
+        }
+    }
+}
+
+/// How long a flow lasts: until the rule has matched `packets`, at most `limit`.
+#[derive(Debug, Clone, Copy)]
+pub struct Until {
+    pub packets: u64,
+    pub limit: Duration,
+}
+
+/// Adds rule `name` (`action`: `["--drop", "10%"]`...) matching the flow on `side`, where
+/// netfault is attached already, then sends TCP from `tx` to `rx` until the rule has matched
+/// `until.packets` or `until.limit` has passed, and reads the counters once the flow has ended.
+pub fn run(
+    nf: &Netfault,
+    tx: &Host,
+    rx: &Host,
+    side: Side,
+    name: &str,
+    action: &[&str],
+    until: Until,
+) -> Result<LossRun> {
+    let Until {
+        packets: min_packets,
+        limit,
+    } = until;
+    let dst = rx.sock(false, PORT);
+    ensure!(
+        is_documentation(dst.ip()),
+        "{dst} is not a documentation address"
+    );
+    let (host, dir) = match side {
+        Side::SenderEgress => (tx, "egress"),
+        Side::ReceiverIngress => (rx, "ingress"),
+    };
+    let port = PORT.to_string();
+    let mut args = vec![
+        "rule", "add", name, "--dir", dir, "--proto", "tcp", "--dport", &port, "--dst",
+    ];
+    let dst_ip = rx.v4.to_string();
+    args.push(&dst_ip);
+    args.extend_from_slice(action);
+    nf.run(&host.ns, &args)?;
+
+    let poll_ns = host.ns.clone();
+    let f = flow(tx, rx, limit, || {
+        Ok(nf.counters(&poll_ns, name)?.matched >= min_packets)
+    })?;
+    Ok(LossRun {
+        counters: nf.counters(&host.ns, name)?,
+        ..f
+    })
+}
+
+/// A TCP flow from `tx` to `rx` (port [`PORT`]) until `done` says so (asked every 500 ms) or
+/// `limit` has passed, and what the sender's stack and the receiving device counted meanwhile
+/// (the counters are left at zero).
+pub fn flow(
+    tx: &Host,
+    rx: &Host,
+    limit: Duration,
+    mut done: impl FnMut() -> Result<bool>,
+) -> Result<LossRun> {
+    let dst = rx.sock(false, PORT);
+    ensure!(
+        is_documentation(dst.ip()),
+        "{dst} is not a documentation address"
+    );
+    let out0 = snmp(&tx.ns, "Tcp", "OutSegs")?;
+    let re0 = snmp(&tx.ns, "Tcp", "RetransSegs")?;
+    let rx0 = link_stats(&rx.ns, &rx.iface)?.rx_packets;
+    let listener =
+        run_in(&rx.ns, || TcpListener::bind(dst))?.with_context(|| format!("listen on {dst}"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let hard_stop = Instant::now() + limit + Duration::from_secs(15);
+    let sink = {
+        let received = received.clone();
+        thread::spawn(move || sink(&listener, &received, hard_stop))
+    };
+    let start = Instant::now();
+    let sender = {
+        let stop = stop.clone();
+        let ns = tx.ns.clone();
+        thread::spawn(move || send(&ns, dst, &stop, hard_stop))
+    };
+    let end = start + limit;
+    let mut polled = Ok(());
+    while Instant::now() < end && !sender.is_finished() {
+        thread::sleep(
+            Duration::from_millis(500).min(end.saturating_duration_since(Instant::now())),
+        );
+        match done() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                polled = Err(e);
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+    let got = sink.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+    polled?;
+    sent?;
+    got?;
+    let secs = start.elapsed().as_secs_f64();
+    // The last ACKs and FIN have crossed by the time the sink saw EOF.
+    Ok(LossRun {
+        counters: Counters::default(),
+        out_segs: snmp(&tx.ns, "Tcp", "OutSegs")? - out0,
+        retrans: snmp(&tx.ns, "Tcp", "RetransSegs")? - re0,
+        rx_packets: link_stats(&rx.ns, &rx.iface)?.rx_packets - rx0,
+        goodput_bits: received.load(Ordering::Relaxed) as f64 * 8.0 / secs,
+        secs,
+    })
+}
+
+/// The same flow through `tc qdisc add dev <tx's iface> root netem <args>` on the sender for
+/// `secs`: netem's own counters (`tc -s`: packets sent and dropped) stand in for the rule's
+/// (matched = sent + dropped, as netem counts them). The qdisc is removed after.
+pub fn netem_flow(tx: &Host, rx: &Host, args: &[&str], secs: Duration) -> Result<LossRun> {
+    let mut add = vec!["qdisc", "add", "dev", &tx.iface, "root", "netem"];
+    add.extend_from_slice(args);
+    crate::lab::exec_in(&tx.ns, "tc", &add)?;
+    let f = flow(tx, rx, secs, || Ok(false));
+    let stats = crate::lab::exec_in(&tx.ns, "tc", &["-s", "qdisc", "show", "dev", &tx.iface]);
+    let _ = crate::lab::exec_in(&tx.ns, "tc", &["qdisc", "del", "dev", &tx.iface, "root"]);
+    let (f, stats) = (f?, stats?);
+    let (sent, dropped) = netem_counts(&stats).with_context(|| format!("parse tc -s: {stats}"))?;
+    Ok(LossRun {
+        counters: Counters {
+            matched: sent + dropped,
+            dropped,
+            passed: sent,
+            ..Counters::default()
+        },
+        ..f
+    })
+}
+
+/// "Sent B bytes P pkt (dropped D, ...": (P, D) of the first qdisc listed.
+fn netem_counts(tc: &str) -> Option<(u64, u64)> {
+    let rest = &tc[tc.find("Sent ")?..];
+    let mut w = rest.split_whitespace();
+    let pkt = w.nth(3)?.parse().ok()?;
+    let d = &rest[rest.find("dropped ")? + 8..];
+    let dropped = d[..d.find(',')?].parse().ok()?;
+    Some((pkt, dropped))
+}
+
+/// Writes until `stop`, then closes (the sink reads to EOF).
+fn send(ns: &str, dst: SocketAddr, stop: &AtomicBool, hard_stop: Instant) -> Result<()> {
+    use std::io::Write as _;
+    let mut s = run_in(ns, || {
+        TcpStream::connect_timeout(&dst, Duration::from_secs(5))
+    })?
+    .with_context(|| format!("connect to {dst} from {ns}"))?;
+    s.set_write_timeout(Some(Duration::from_millis(200)))?;
+    let chunk = vec![0x5au8; 64 << 10];
+    while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
+        match s.write(&chunk) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e).context("write to the sink"),
+        }
+    }
+    s.shutdown(std::net::Shutdown::Write)
+        .context("close the flow")?;
+    Ok(())
+}
+
+/// Accepts one connection and reads it to EOF (or the hard stop), counting bytes.
+fn sink(listener: &TcpListener, received: &AtomicU64, hard_stop: Instant) -> Result<()> {
+    use std::io::Read as _;
+    listener.set_nonblocking(true)?;
+    let mut s = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ensure!(Instant::now() < hard_stop, "no connection to the sink");
+                thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => return Err(e).context("accept"),
+        }
+    };
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut buf = vec![0u8; 256 << 10];
+    while Instant::now() < hard_stop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                received.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e).context("read on the sink"),
+        }
+    }
+    anyhow::bail!("the flow did not end before the hard stop")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn netem_counts_parse() {
+        let t = "qdisc netem 8001: root refcnt 2 limit 1000 loss 10%\n Sent 1234 bytes 56 pkt (dropped 7, overlimits 0 requeues 0)\n backlog 0b 0p requeues 0\n";
+        assert_eq!(super::netem_counts(t), Some((56, 7)));
+    }
+}
