@@ -199,7 +199,14 @@ fn duplicates_are_per_wire_packet_and_reach_the_receiver() {
         "GRO is on while a probabilistic rule applies at tc ingress: {during:?}"
     );
     check_wilson(&r, r.counters.duplicated, "duplicated");
-    assert_eq!(r.counters.matched, r.sent(), "not wire packets: {r}");
+    // Every frame the receiving device got met the rule once (XDP on the veth makes its peer
+    // send wire frames, GRO is off). A few frames may be lost before any hook when the veth's
+    // ring is full under load: TCP resends those, so they are bounded by the retransmits.
+    assert_eq!(r.counters.matched, r.rx_packets, "not wire packets: {r}");
+    assert!(
+        r.counters.matched <= r.sent() && r.sent() - r.counters.matched <= r.retrans.max(50),
+        "the rule did not see the frames the sender sent: {r}"
+    );
     run(&nf, &b, &["rule", "del", "dup-in"]);
     assert_eq!(
         device_settings(&b.ns, &b.iface).unwrap(),

@@ -132,22 +132,30 @@ impl Choice {
                  here (XDP on a veth makes its peer segment TCP in software)"
             ),
             Why::VirtualDrop(rule) => format!(
-                "{device} device: XDP added for '{rule}', a drop that can match ingress here \
-                 (removed again once no such rule is live)"
+                "{device} device: XDP added for '{rule}', a drop or a per-packet probability that \
+                 can match ingress here (removed again once no such rule is live)"
             ),
         }
     }
 }
 
-/// Can this live entry drop frames at ingress on `iface`, in XDP? A rule that also
-/// duplicates or shapes needs an skb, so tc ingress applies it whole (XDP passes it).
+/// Does this live entry need XDP at ingress on `iface`? Drops are applied there (per wire frame,
+/// and cheapest). A probabilistic duplicate (or a drop together with a duplicate or a shape)
+/// is applied at tc ingress, but on a veth tc sees the peer's GSO aggregates unless an XDP
+/// program makes the peer segment: XDP then stays to give tc wire frames (with GRO off,
+/// features.rs), so the probability is drawn per wire packet.
 pub fn needs_xdp(spec: &RuleSpec, iface: &str) -> bool {
-    let drops = match spec.kind {
+    let probabilistic = |p: f64| p > 0.0 && p < 1.0;
+    let needs = match spec.kind {
         Kind::Protect => false,
         Kind::Partition => true,
-        Kind::Rule => spec.drop.0 > 0.0 && spec.duplicate.0 == 0.0 && !spec.shape.is_some(),
+        Kind::Rule => {
+            (spec.drop.0 > 0.0 && spec.duplicate.0 == 0.0 && !spec.shape.is_some())
+                || probabilistic(spec.drop.0)
+                || probabilistic(spec.duplicate.0)
+        }
     };
-    drops && spec.dir.includes(true) && spec.iface.as_deref().is_none_or(|i| i == iface)
+    needs && spec.dir.includes(true) && spec.iface.as_deref().is_none_or(|i| i == iface)
 }
 
 /// The hooks device `iface` of kind `device` should have with the entries `rules` live at
