@@ -1,4 +1,5 @@
-//! Tuple-space classification: first match (lowest priority value) wins.
+//! Tuple-space classification: first match (lowest priority value) wins, and a protection
+//! that matches a packet some rule matched wins over every rule.
 //!
 //! Why tuple space search: every rule is compiled into exact-match entries of a few masks
 //! ("tuples": which prefix lengths, port prefixes and fields it cares about). A packet is masked
@@ -8,23 +9,41 @@
 //! scan stops as soon as no remaining tuple can beat the match in hand (as in Open vSwitch's
 //! classifier). A linear scan would be O(rules); an LPM trie handles one field only.
 //!
-//! Each tuple carries a filter, the bits all its flows agree on: most tuples a packet cannot
-//! match (another family, protocol or direction, another prefix) cost a few ALU operations,
-//! not a hash lookup, so cost grows slowly with the number of shapes.
+//! Which tuples are scanned at all is decided first, without touching them: the generation's
+//! `Prefilter` maps a dozen bytes of the packet's key (family, direction and protocol; address
+//! bytes; the interface; later the ports) each to the set of tuples some flow of which has that
+//! byte, one bit per tuple, and only the tuples in the AND of those sets are visited. A packet
+//! that matches no rule usually gets the empty set after the network header (`prefilter`), and
+//! its ports are then not even parsed. Protections live in tuples of their own, visited only
+//! after a rule matched: they can only turn a match into a pass, so a packet no rule matches
+//! never pays for them.
 //!
-//! The scan runs under `bpf_loop` (kernel 5.17+): its body is verified once, where an open-coded
-//! loop of `MAX_TUPLES` iterations multiplies the verifier's states past its limit.
+//! Each tuple also carries a filter, the bits all its flows agree on, checked before its hash
+//! lookup. The scan runs under `bpf_loop` (kernel 5.17+), one candidate tuple per iteration: its
+//! body is verified once, where an open-coded loop of `MAX_TUPLES` iterations multiplies the
+//! verifier's states past its limit.
 use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_ktime_get_ns, generated::bpf_loop},
 };
-use netfault_common::{FlowKey, MAX_CHAIN, MAX_TUPLES, RULE_ACTIVE, RuleValue};
+use netfault_common::{
+    FlowKey, KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, MAX_CHAIN, MAX_TUPLES, PF_ADDR_V4,
+    PF_ADDR_V6, Prefilter, RULE_ACTIVE, RuleValue, TupleSet, pf_meta_index,
+};
 
-use crate::maps::{NF_CONFIG, NF_FLOWS, NF_RULES, NF_TUPLES};
+use crate::maps::{NF_CONFIG, NF_FLOWS, NF_PREFILTER, NF_RULES, NF_TUPLES};
 
 pub struct Match {
     pub slot: u32,
     pub rule: &'static RuleValue,
+}
+
+/// What the prefilter left after the network header: the tuples the packet may still match.
+pub struct Candidates {
+    pub flags: u32,
+    generation: u32,
+    tuples: TupleSet,
+    pf: &'static Prefilter,
 }
 
 #[inline(always)]
@@ -32,14 +51,57 @@ pub fn config_flags() -> u32 {
     NF_CONFIG.get(0).map(|c| c.flags).unwrap_or(0)
 }
 
+/// The tuples the packet (its key filled but for the ports) may match, or None when no rule's
+/// can: then nothing further of the packet need be parsed.
+#[inline(always)]
+pub fn prefilter(key: &FlowKey) -> Option<Candidates> {
+    let cfg = NF_CONFIG.get(0)?;
+    // `active` is read once: the prefilter and the tuples read below are that generation's.
+    // SAFETY: the pointer comes from a live map value.
+    let generation = unsafe { core::ptr::read_volatile(&cfg.active) } & 1;
+    let flags = cfg.flags;
+    let pf = NF_PREFILTER.get(generation)?;
+    if pf.rules == 0 {
+        return None;
+    }
+    let b = key.bytes();
+    let mut c = pf.meta[pf_meta_index(key.family, key.dir, key.proto) & 1023];
+    if key.family == netfault_common::FAMILY_V6 {
+        for j in 0..PF_ADDR_V6.len() {
+            c &= pf.addr[j][256 | b[PF_ADDR_V6[j]] as usize];
+        }
+    } else {
+        for j in 0..PF_ADDR_V4.len() {
+            c &= pf.addr[j][b[PF_ADDR_V4[j]] as usize];
+        }
+    }
+    c &= pf.iface[b[KEY_OFF_IFINDEX] as usize];
+    if c & pf.rules == 0 {
+        return None;
+    }
+    Some(Candidates {
+        flags,
+        generation,
+        tuples: c,
+        pf,
+    })
+}
+
 /// The scan's state, on the caller's stack, shared with the loop body.
 #[repr(C)]
 struct Scan {
     key: FlowKey,
     generation: u32,
-    ntuples: u32,
+    /// 0 while scanning rule tuples, 1 while scanning protection tuples.
+    phase: u32,
+    /// Tuples left to visit in this phase, and the protection tuples for the next.
+    todo: TupleSet,
+    protects: TupleSet,
     best_prio: u32,
     best_slot: u32,
+    /// The rule match the protection phase may override.
+    rule_slot: u32,
+    _pad: u32,
     now: u64,
 }
 
@@ -60,22 +122,17 @@ fn live(rule: &RuleValue, now: &mut u64) -> bool {
     *now < rule.expires_ns
 }
 
-/// One tuple: returns 1 to stop the scan, 0 to go on.
-extern "C" fn scan_tuple(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop hands back the pointer `classify` passed: a live `Scan` on its stack.
-    let s = unsafe { &mut *(ctx as *mut Scan) };
-    let i = i as u32;
-    if i >= s.ntuples || i >= MAX_TUPLES {
-        return 1;
-    }
-    let Some(t) = NF_TUPLES.get(s.generation * MAX_TUPLES + i) else {
-        return 1;
+/// Visits tuple `i`; false: no later tuple of this phase can win.
+#[inline(always)]
+fn visit(s: &mut Scan, i: u32) -> bool {
+    let Some(t) = NF_TUPLES.get(s.generation * MAX_TUPLES + (i & (MAX_TUPLES - 1))) else {
+        return false;
     };
     if t.best_prio >= s.best_prio {
-        return 1;
+        return false;
     }
     if !s.key.agrees(&t.filter_mask, &t.filter) {
-        return 0;
+        return true;
     }
     let mut m = s.key.masked(&t.mask);
     m.gen_ = s.generation as u8;
@@ -102,44 +159,80 @@ extern "C" fn scan_tuple(i: u64, ctx: *mut c_void) -> i64 {
             break;
         }
     }
-    0
+    true
 }
 
+/// One candidate tuple: returns 1 to stop the scan, 0 to go on.
+extern "C" fn scan_tuple(_: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer `classify` passed: a live `Scan` on its stack.
+    let s = unsafe { &mut *(ctx as *mut Scan) };
+    if s.todo == 0 {
+        return 1;
+    }
+    let i = s.todo.trailing_zeros();
+    s.todo &= s.todo - 1;
+    if !visit(s, i) {
+        s.todo = 0;
+    }
+    if s.todo != 0 {
+        return 0;
+    }
+    // A rule matched: does a protection cover the packet? Protections never expire, and any
+    // one that matches wins, whatever the rule's priority.
+    if s.phase == 0 && s.best_prio != u32::MAX && s.protects != 0 {
+        s.phase = 1;
+        s.todo = s.protects;
+        s.rule_slot = s.best_slot;
+        s.best_prio = u32::MAX;
+        return 0;
+    }
+    1
+}
+
+/// Classifies a packet the prefilter let through, its ports parsed (when `CFG_PORTS` says
+/// some rule needs them).
 #[inline(always)]
-pub fn classify(key: &FlowKey) -> Option<Match> {
-    let cfg = NF_CONFIG.get(0)?;
-    // `active` first, then the count of that generation through an address that depends on it:
-    // neither the compiler (volatile) nor the CPU (address dependency) can read the count first,
-    // so a flip never pairs one generation's index with the other's count.
-    // SAFETY: both pointers come from a live map value.
-    let generation = unsafe { core::ptr::read_volatile(&cfg.active) } & 1;
-    let ntuples = unsafe { core::ptr::read_volatile(&cfg.ntuples[generation as usize]) };
-    if ntuples == 0 {
+pub fn classify(key: &FlowKey, c: &Candidates) -> Option<Match> {
+    let pf = c.pf;
+    let mut tuples = c.tuples;
+    if key.flags & KEY_PORTS != 0 {
+        let b = key.bytes();
+        for j in 0..KEY_OFF_PORTS.len() {
+            tuples &= pf.port[j][b[KEY_OFF_PORTS[j]] as usize];
+        }
+    } else {
+        tuples &= !pf.ports;
+    }
+    let rules = tuples & pf.rules;
+    if rules == 0 {
         return None;
     }
     let mut s = Scan {
         key: *key,
-        generation,
-        ntuples,
+        generation: c.generation,
+        phase: 0,
+        todo: rules,
+        protects: tuples & pf.protects,
         best_prio: u32::MAX,
         best_slot: 0,
+        rule_slot: 0,
+        _pad: 0,
         now: 0,
     };
     // SAFETY: callback and context follow bpf_loop's contract.
     unsafe {
         bpf_loop(
-            MAX_TUPLES,
+            2 * MAX_TUPLES,
             scan_tuple as *mut c_void,
             &mut s as *mut Scan as *mut c_void,
             0,
         )
     };
-    if s.best_prio == u32::MAX {
-        return None;
-    }
-    let rule = NF_RULES.get(s.best_slot)?;
-    Some(Match {
-        slot: s.best_slot,
-        rule,
-    })
+    let slot = match (s.phase, s.best_prio) {
+        (0, u32::MAX) => return None,
+        (1, u32::MAX) => s.rule_slot,
+        _ => s.best_slot,
+    };
+    let rule = NF_RULES.get(slot)?;
+    Some(Match { slot, rule })
 }

@@ -50,13 +50,18 @@ pub fn nf_xdp_ingress(ctx: XdpContext) -> u32 {
 }
 
 fn try_xdp_ingress(ctx: &XdpContext) -> Option<u32> {
-    let mut key = FlowKey::default();
-    let ports = classify::config_flags() & CFG_PORTS != 0;
-    parse::parse(ctx.data(), ctx.data_end(), &mut key, ports)?;
-    key.dir = DIR_INGRESS;
-    // SAFETY: ctx is the program's own context.
-    key.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let m = classify(&key)?;
+    let mut key = FlowKey {
+        dir: DIR_INGRESS,
+        // SAFETY: ctx is the program's own context.
+        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+        ..FlowKey::default()
+    };
+    let l4 = parse::parse(ctx.data(), ctx.data_end(), &mut key)?;
+    let c = classify::prefilter(&key)?;
+    if c.flags & CFG_PORTS != 0 {
+        parse::ports(ctx.data(), ctx.data_end(), l4, &mut key);
+    }
+    let m = classify(&key, &c)?;
     if m.rule.flags & RULE_NEEDS_SKB != 0 {
         // XDP cannot clone: tc ingress applies this rule, counters included.
         return None;
@@ -109,11 +114,17 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
     if ctx.data() + want > ctx.data_end() {
         let _ = ctx.pull_data(want as u32);
     }
-    let mut key = FlowKey::default();
-    let l4 = parse::parse(ctx.data(), ctx.data_end(), &mut key, flags & CFG_PORTS != 0)?;
-    key.dir = dir;
-    key.ifindex = ifindex;
-    let m = classify(&key)?;
+    let mut key = FlowKey {
+        dir,
+        ifindex,
+        ..FlowKey::default()
+    };
+    let l4 = parse::parse(ctx.data(), ctx.data_end(), &mut key)?;
+    let c = classify::prefilter(&key)?;
+    if c.flags & CFG_PORTS != 0 {
+        parse::ports(ctx.data(), ctx.data_end(), l4, &mut key);
+    }
+    let m = classify(&key, &c)?;
     if dir == DIR_INGRESS && !tc_only && m.rule.flags & RULE_NEEDS_SKB == 0 {
         // XDP already applied and counted this rule.
         return None;
