@@ -92,16 +92,12 @@ pub fn prefilter(key: &FlowKey) -> Option<Candidates> {
 struct Scan {
     key: FlowKey,
     generation: u32,
-    /// 0 while scanning rule tuples, 1 while scanning protection tuples.
-    phase: u32,
-    /// Tuples left to visit in this phase, and the protection tuples for the next.
+    _pad: u32,
+    /// Tuples left to visit: rule tuples, then protection tuples (they come last).
     todo: TupleSet,
     protects: TupleSet,
     best_prio: u32,
     best_slot: u32,
-    /// The rule match the protection phase may override.
-    rule_slot: u32,
-    _pad: u32,
     now: u64,
 }
 
@@ -163,6 +159,11 @@ fn visit(s: &mut Scan, i: u32) -> bool {
 }
 
 /// One candidate tuple: returns 1 to stop the scan, 0 to go on.
+///
+/// Protection tuples have the highest indices and the lowest priorities (`compile` puts
+/// protections first): they are reached only after the rule tuples, and visited only when a
+/// rule matched, which any protection that matches then beats. (No phase variable: a constant
+/// written here would multiply the states the verifier walks the body with.)
 extern "C" fn scan_tuple(_: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `classify` passed: a live `Scan` on its stack.
     let s = unsafe { &mut *(ctx as *mut Scan) };
@@ -170,23 +171,15 @@ extern "C" fn scan_tuple(_: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let i = s.todo.trailing_zeros();
+    if s.protects & (1 << (i & 63)) != 0 && s.best_prio == u32::MAX {
+        return 1; // no rule matched: no protection need be looked at
+    }
     s.todo &= s.todo - 1;
     if !visit(s, i) {
-        s.todo = 0;
+        // No later rule tuple can win; the protection tuples remain.
+        s.todo &= s.protects;
     }
-    if s.todo != 0 {
-        return 0;
-    }
-    // A rule matched: does a protection cover the packet? Protections never expire, and any
-    // one that matches wins, whatever the rule's priority.
-    if s.phase == 0 && s.best_prio != u32::MAX && s.protects != 0 {
-        s.phase = 1;
-        s.todo = s.protects;
-        s.rule_slot = s.best_slot;
-        s.best_prio = u32::MAX;
-        return 0;
-    }
-    1
+    0
 }
 
 /// Classifies a packet the prefilter let through, its ports parsed (when `CFG_PORTS` says
@@ -207,32 +200,32 @@ pub fn classify(key: &FlowKey, c: &Candidates) -> Option<Match> {
     if rules == 0 {
         return None;
     }
+    let protects = tuples & pf.protects;
     let mut s = Scan {
         key: *key,
         generation: c.generation,
-        phase: 0,
-        todo: rules,
-        protects: tuples & pf.protects,
+        _pad: 0,
+        todo: rules | protects,
+        protects,
         best_prio: u32::MAX,
         best_slot: 0,
-        rule_slot: 0,
-        _pad: 0,
         now: 0,
     };
     // SAFETY: callback and context follow bpf_loop's contract.
     unsafe {
         bpf_loop(
-            2 * MAX_TUPLES,
+            MAX_TUPLES + 1,
             scan_tuple as *mut c_void,
             &mut s as *mut Scan as *mut c_void,
             0,
         )
     };
-    let slot = match (s.phase, s.best_prio) {
-        (0, u32::MAX) => return None,
-        (1, u32::MAX) => s.rule_slot,
-        _ => s.best_slot,
-    };
-    let rule = NF_RULES.get(slot)?;
-    Some(Match { slot, rule })
+    if s.best_prio == u32::MAX {
+        return None;
+    }
+    let rule = NF_RULES.get(s.best_slot)?;
+    Some(Match {
+        slot: s.best_slot,
+        rule,
+    })
 }

@@ -33,7 +33,8 @@ pub struct Input<'a> {
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Compiled {
-    /// Sorted by `best_prio`, the order the data path scans them in.
+    /// Rule tuples, then protection tuples, each sorted by `best_prio`: the order the data
+    /// path visits them in.
     pub tuples: Vec<Tuple>,
     /// Keys carry their tuple index; `gen_` is set when written.
     pub flows: Vec<(FlowKey, FlowRef)>,
@@ -238,9 +239,10 @@ pub const RATE_QUEUE: std::time::Duration = std::time::Duration::from_millis(100
 
 /// Compiles rules given in evaluation order (first wins) into tuples and flows.
 ///
-/// Protections get tuples of their own, which the data path visits only for a packet some live
-/// rule or partition matched: a protection that matches it then wins, wherever it stands in
-/// the order (the controller puts them first), and counts the packet.
+/// Protections get tuples of their own, after the rules' (the highest indices), which the data
+/// path visits only for a packet some live rule or partition matched: a protection that
+/// matches it then wins, wherever it stands in `rules` (the controller puts them first; here
+/// they are taken first, in their order), and counts the packet.
 ///
 /// Rules with the same match (same mask and masked key) form a chain in evaluation order, at
 /// most `MAX_CHAIN` long: the data path walks it past expired rules, so the first live one wins.
@@ -250,7 +252,9 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
     type Chains = BTreeMap<KeyOrd, (Vec<FlowRef>, bool)>;
     let mut shapes: HashMap<(bool, FlowKey), (u32, Chains)> = HashMap::new();
     let mut config_flags = 0;
-    for (prio, input) in rules.iter().enumerate() {
+    let protections = rules.iter().filter(|r| r.spec.kind == Kind::Protect);
+    let others = rules.iter().filter(|r| r.spec.kind != Kind::Protect);
+    for (prio, input) in protections.chain(others).enumerate() {
         let prio = prio as u32;
         if input.spec.iface.is_some() && input.ifindex.is_none() {
             continue; // its interface is gone: the rule cannot match anything
@@ -293,7 +297,7 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
         return Err(CompileError::TooManyTuples(shapes.len()));
     }
     let mut shapes: Vec<_> = shapes.into_iter().collect();
-    shapes.sort_by_key(|((protect, mask), (best, _))| (*best, *protect, KeyOrd(*mask)));
+    shapes.sort_by_key(|((protect, mask), (best, _))| (*protect, *best, KeyOrd(*mask)));
     let mut out = Compiled {
         config_flags,
         ..Default::default()
