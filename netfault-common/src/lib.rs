@@ -179,7 +179,8 @@ pub struct Tuple {
     pub filter_mask: FlowKey,
     pub filter: FlowKey,
     pub best_prio: u32,
-    pub _pad: u32,
+    /// 1: a protection tuple (visited only after a rule matched), 0: a rule tuple.
+    pub protect: u32,
 }
 const _: () = assert!(core::mem::size_of::<Tuple>() == 152);
 

@@ -118,17 +118,23 @@ fn live(rule: &RuleValue, now: &mut u64) -> bool {
     *now < rule.expires_ns
 }
 
-/// Visits tuple `i`; false: no later tuple of this phase can win.
+/// Visits tuple `i`. Returns the tuples that may still be visited: all (`u64::MAX`), or, when
+/// no later tuple can win, the protection tuples after a rule tuple and none after a
+/// protection tuple.
 #[inline(always)]
-fn visit(s: &mut Scan, i: u32) -> bool {
+fn visit(s: &mut Scan, i: u32) -> TupleSet {
     let Some(t) = NF_TUPLES.get(s.generation * MAX_TUPLES + (i & (MAX_TUPLES - 1))) else {
-        return false;
+        return 0;
     };
-    if t.best_prio >= s.best_prio {
-        return false;
+    // A protection tuple is visited only when a rule matched (`best_prio` is not MAX; it then
+    // holds the rule's priority, which every protection's beats). As arithmetic, not a branch
+    // on `best_prio`: that would multiply the verifier's states.
+    let bound = s.best_prio.wrapping_add(t.protect & 1);
+    if t.best_prio >= bound {
+        return s.protects & u64::from(t.protect & 1).wrapping_sub(1);
     }
     if !s.key.agrees(&t.filter_mask, &t.filter) {
-        return true;
+        return u64::MAX;
     }
     let mut m = s.key.masked(&t.mask);
     m.gen_ = s.generation as u8;
@@ -155,7 +161,7 @@ fn visit(s: &mut Scan, i: u32) -> bool {
             break;
         }
     }
-    true
+    u64::MAX
 }
 
 /// One candidate tuple: returns 1 to stop the scan, 0 to go on.
@@ -171,14 +177,8 @@ extern "C" fn scan_tuple(_: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let i = s.todo.trailing_zeros();
-    if s.protects & (1 << (i & 63)) != 0 && s.best_prio == u32::MAX {
-        return 1; // no rule matched: no protection need be looked at
-    }
     s.todo &= s.todo - 1;
-    if !visit(s, i) {
-        // No later rule tuple can win; the protection tuples remain.
-        s.todo &= s.protects;
-    }
+    s.todo &= visit(s, i);
     0
 }
 

@@ -316,7 +316,7 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
             filter_mask,
             filter,
             best_prio: best,
-            _pad: 0,
+            protect: u32::from(protect),
         });
         for (KeyOrd(mut k), (chain, _)) in flows {
             k.tuple = i as u8;
