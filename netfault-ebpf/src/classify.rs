@@ -68,14 +68,14 @@ pub fn prefilter(key: &FlowKey) -> Option<Candidates> {
     let mut c = pf.meta[pf_meta_index(key.family, key.dir, key.proto) & 1023];
     if key.family == netfault_common::FAMILY_V6 {
         for j in 0..PF_ADDR_V6.len() {
-            c &= pf.addr[j][256 | b[PF_ADDR_V6[j]] as usize];
+            c &= pf.addr[j][256 | byte(b, PF_ADDR_V6[j])];
         }
     } else {
         for j in 0..PF_ADDR_V4.len() {
-            c &= pf.addr[j][b[PF_ADDR_V4[j]] as usize];
+            c &= pf.addr[j][byte(b, PF_ADDR_V4[j])];
         }
     }
-    c &= pf.iface[b[KEY_OFF_IFINDEX] as usize];
+    c &= pf.iface[byte(b, KEY_OFF_IFINDEX)];
     if c & pf.rules == 0 {
         return None;
     }
@@ -87,10 +87,20 @@ pub fn prefilter(key: &FlowKey) -> Option<Candidates> {
     })
 }
 
+/// Byte `off` of a key, as an index: one byte load, which every verifier bounds to 0..=255. (The
+/// compiler would otherwise merge neighbouring byte reads into a wider load and shifts, whose
+/// bounds 6.1's verifier loses: "unbounded memory access".)
+#[inline(always)]
+fn byte(b: &[u8; 48], off: usize) -> usize {
+    // SAFETY: `off` is a constant below 48; the read is of the caller's own key.
+    unsafe { core::ptr::read_volatile(b.as_ptr().add(off)) as usize }
+}
+
 /// The scan's state, on the caller's stack, shared with the loop body.
 #[repr(C)]
 struct Scan {
-    key: FlowKey,
+    /// The caller's key (a pointer, not a copy: the two stack frames share 512 bytes).
+    key: *const FlowKey,
     generation: u32,
     _pad: u32,
     /// Tuples left to visit: rule tuples, then protection tuples (they come last).
@@ -133,10 +143,12 @@ fn visit(s: &mut Scan, i: u32) -> TupleSet {
     if t.best_prio >= bound {
         return s.protects & u64::from(t.protect & 1).wrapping_sub(1);
     }
-    if !s.key.agrees(&t.filter_mask, &t.filter) {
+    // SAFETY: `classify`'s key outlives the loop that runs this.
+    let key = unsafe { &*s.key };
+    if !key.agrees(&t.filter_mask, &t.filter) {
         return u64::MAX;
     }
-    let mut m = s.key.masked(&t.mask);
+    let mut m = key.masked(&t.mask);
     m.gen_ = s.generation as u8;
     m.tuple = i as u8;
     // The chain of rules with this very match, best first: the first live one wins.
@@ -191,7 +203,7 @@ pub fn classify(key: &FlowKey, c: &Candidates) -> Option<Match> {
     if key.flags & KEY_PORTS != 0 {
         let b = key.bytes();
         for j in 0..KEY_OFF_PORTS.len() {
-            tuples &= pf.port[j][b[KEY_OFF_PORTS[j]] as usize];
+            tuples &= pf.port[j][byte(b, KEY_OFF_PORTS[j])];
         }
     } else {
         tuples &= !pf.ports;
@@ -202,7 +214,7 @@ pub fn classify(key: &FlowKey, c: &Candidates) -> Option<Match> {
     }
     let protects = tuples & pf.protects;
     let mut s = Scan {
-        key: *key,
+        key: key as *const FlowKey,
         generation: c.generation,
         _pad: 0,
         todo: rules | protects,

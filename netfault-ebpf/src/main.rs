@@ -52,8 +52,9 @@ pub fn nf_xdp_ingress(ctx: XdpContext) -> u32 {
 fn try_xdp_ingress(ctx: &XdpContext) -> Option<u32> {
     let mut key = FlowKey {
         dir: DIR_INGRESS,
-        // SAFETY: ctx is the program's own context.
-        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+        // SAFETY: ctx is the program's own context. One 4-byte load: the compiler would narrow
+        // it to the byte the prefilter reads, an XDP context access 6.1's verifier refuses.
+        ifindex: unsafe { core::ptr::read_volatile(&(*ctx.ctx).ingress_ifindex) },
         ..FlowKey::default()
     };
     let l4 = parse::parse(ctx.data(), ctx.data_end(), &mut key)?;
