@@ -133,6 +133,13 @@ impl FlowKey {
         }
     }
 
+    /// The key as bytes, in memory order (see `PF_*` for the offsets the prefilter reads).
+    #[inline(always)]
+    pub fn bytes(&self) -> &[u8; 48] {
+        // SAFETY: repr(C), 48 bytes, no implicit padding.
+        unsafe { &*(self as *const FlowKey as *const [u8; 48]) }
+    }
+
     /// The key as 32-bit words (every bit pattern is a valid key and the reverse).
     #[inline(always)]
     pub fn words(&self) -> &[u32; 12] {
@@ -172,9 +179,106 @@ pub struct Tuple {
     pub filter_mask: FlowKey,
     pub filter: FlowKey,
     pub best_prio: u32,
-    pub _pad: u32,
+    /// 1: a protection tuple (visited only after a rule matched), 0: a rule tuple.
+    pub protect: u32,
 }
 const _: () = assert!(core::mem::size_of::<Tuple>() == 152);
+
+/// Byte offsets in a `FlowKey` (`FlowKey::bytes`) of the fields the prefilter reads.
+pub const KEY_OFF_IFINDEX: usize = 32;
+/// sport's low and high byte (host order), then dport's.
+pub const KEY_OFF_PORTS: [usize; 4] = [36, 37, 38, 39];
+/// The address bytes the prefilter's address tables read, for IPv4: all of src, all of dst.
+pub const PF_ADDR_V4: [usize; PF_ADDR_TABLES] = [0, 1, 2, 3, 16, 17, 18, 19];
+/// For IPv6, per address: the low bytes of the site and subnet IDs (bits 40..48 and 56..64)
+/// and the last two bytes, where prefixes and hosts of one network most often differ.
+pub const PF_ADDR_V6: [usize; PF_ADDR_TABLES] = [5, 7, 14, 15, 21, 23, 30, 31];
+pub const PF_ADDR_TABLES: usize = 8;
+
+/// One bit per tuple of a generation (bit i: tuple i).
+pub type TupleSet = u64;
+const _: () = assert!(MAX_TUPLES as usize <= TupleSet::BITS as usize);
+
+/// The prefilter of one generation (bit-vector classification over the tuples): for each of a
+/// few fields of the packet's key, a table from the field's value to the tuples some flow of
+/// which has that value there. A packet can match only tuples in the AND of its tables' sets;
+/// most packets that match nothing get the empty set from a dozen array reads, before their
+/// ports are even parsed, and the tuples that remain are the only ones scanned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefilter {
+    /// Tuples that hold rules and partitions: scanned first.
+    pub rules: TupleSet,
+    /// Tuples that hold protections: scanned only for a packet a rule matched.
+    pub protects: TupleSet,
+    /// Tuples whose flows all need `KEY_PORTS`.
+    pub ports: TupleSet,
+    pub _pad: u64,
+    /// By `pf_meta_index(family, dir, proto)`.
+    pub meta: [TupleSet; 1024],
+    /// Table j, by `family bit << 8 | byte` (the byte at `PF_ADDR_V4[j]` or `PF_ADDR_V6[j]`).
+    pub addr: [[TupleSet; 512]; PF_ADDR_TABLES],
+    /// By the interface index's low byte.
+    pub iface: [TupleSet; 256],
+    /// By the bytes at `KEY_OFF_PORTS`; read only for a packet with ports.
+    pub port: [[TupleSet; 256]; 4],
+}
+const _: () =
+    assert!(core::mem::size_of::<Prefilter>() == 32 + 8 * (1024 + 8 * 512 + 256 + 4 * 256));
+
+impl Default for Prefilter {
+    fn default() -> Self {
+        Prefilter {
+            rules: 0,
+            protects: 0,
+            ports: 0,
+            _pad: 0,
+            meta: [0; 1024],
+            addr: [[0; 512]; PF_ADDR_TABLES],
+            iface: [0; 256],
+            port: [[0; 256]; 4],
+        }
+    }
+}
+
+impl Prefilter {
+    /// The tuples a packet with this key (ports included when it has them) may match: the
+    /// data path's two steps in one.
+    pub fn candidates(&self, key: &FlowKey) -> TupleSet {
+        let b = key.bytes();
+        let f = pf_family_bit(key.family);
+        let mut c = self.meta[pf_meta_index(key.family, key.dir, key.proto) & 1023];
+        let pos = if f == 1 { &PF_ADDR_V6 } else { &PF_ADDR_V4 };
+        let mut j = 0;
+        while j < PF_ADDR_TABLES {
+            c &= self.addr[j][(f << 8) | b[pos[j]] as usize];
+            j += 1;
+        }
+        c &= self.iface[b[KEY_OFF_IFINDEX] as usize];
+        if key.flags & KEY_PORTS != 0 {
+            let mut j = 0;
+            while j < KEY_OFF_PORTS.len() {
+                c &= self.port[j][b[KEY_OFF_PORTS[j]] as usize];
+                j += 1;
+            }
+        } else {
+            c &= !self.ports;
+        }
+        c
+    }
+}
+
+/// 1 for IPv6, 0 otherwise (`FAMILY_V4`).
+#[inline(always)]
+pub fn pf_family_bit(family: u8) -> usize {
+    ((family >> 1) & 1) as usize
+}
+
+/// Index of `Prefilter::meta`.
+#[inline(always)]
+pub fn pf_meta_index(family: u8, dir: u8, proto: u8) -> usize {
+    (pf_family_bit(family) << 9) | (((dir & 1) as usize) << 8) | proto as usize
+}
 
 /// Value of `FLOWS`: which rule a masked key belongs to, and its priority (lower wins).
 #[repr(C)]
@@ -265,8 +369,9 @@ pub mod maps {
     pub const PACE: &str = "NF_PACE";
     pub const RATE: &str = "NF_RATE";
     pub const IFB: &str = "NF_IFB";
-    pub const ALL: [&str; 10] = [
-        CONFIG, TUPLES, FLOWS, RULES, COUNTERS, TC_ONLY, DIST, PACE, RATE, IFB,
+    pub const PREFILTER: &str = "NF_PREFILTER";
+    pub const ALL: [&str; 11] = [
+        CONFIG, TUPLES, FLOWS, RULES, COUNTERS, TC_ONLY, DIST, PACE, RATE, IFB, PREFILTER,
     ];
 }
 
@@ -288,4 +393,5 @@ mod pod {
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for DistTable {}
+    unsafe impl aya::Pod for Prefilter {}
 }

@@ -1,4 +1,5 @@
-//! Tuple-space classification: first match (lowest priority value) wins.
+//! Tuple-space classification: first match (lowest priority value) wins, and a protection
+//! that matches a packet some rule matched wins over every rule.
 //!
 //! Why tuple space search: every rule is compiled into exact-match entries of a few masks
 //! ("tuples": which prefix lengths, port prefixes and fields it cares about). A packet is masked
@@ -8,23 +9,41 @@
 //! scan stops as soon as no remaining tuple can beat the match in hand (as in Open vSwitch's
 //! classifier). A linear scan would be O(rules); an LPM trie handles one field only.
 //!
-//! Each tuple carries a filter, the bits all its flows agree on: most tuples a packet cannot
-//! match (another family, protocol or direction, another prefix) cost a few ALU operations,
-//! not a hash lookup, so cost grows slowly with the number of shapes.
+//! Which tuples are scanned at all is decided first, without touching them: the generation's
+//! `Prefilter` maps a dozen bytes of the packet's key (family, direction and protocol; address
+//! bytes; the interface; later the ports) each to the set of tuples some flow of which has that
+//! byte, one bit per tuple, and only the tuples in the AND of those sets are visited. A packet
+//! that matches no rule usually gets the empty set after the network header (`prefilter`), and
+//! its ports are then not even parsed. Protections live in tuples of their own, visited only
+//! after a rule matched: they can only turn a match into a pass, so a packet no rule matches
+//! never pays for them.
 //!
-//! The scan runs under `bpf_loop` (kernel 5.17+): its body is verified once, where an open-coded
-//! loop of `MAX_TUPLES` iterations multiplies the verifier's states past its limit.
+//! Each tuple also carries a filter, the bits all its flows agree on, checked before its hash
+//! lookup. The scan runs under `bpf_loop` (kernel 5.17+), one candidate tuple per iteration: its
+//! body is verified once, where an open-coded loop of `MAX_TUPLES` iterations multiplies the
+//! verifier's states past its limit.
 use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_ktime_get_ns, generated::bpf_loop},
 };
-use netfault_common::{FlowKey, MAX_CHAIN, MAX_TUPLES, RULE_ACTIVE, RuleValue};
+use netfault_common::{
+    FlowKey, KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, MAX_CHAIN, MAX_TUPLES, PF_ADDR_V4,
+    PF_ADDR_V6, Prefilter, RULE_ACTIVE, RuleValue, TupleSet, pf_meta_index,
+};
 
-use crate::maps::{NF_CONFIG, NF_FLOWS, NF_RULES, NF_TUPLES};
+use crate::maps::{NF_CONFIG, NF_FLOWS, NF_PREFILTER, NF_RULES, NF_TUPLES};
 
 pub struct Match {
     pub slot: u32,
     pub rule: &'static RuleValue,
+}
+
+/// What the prefilter left after the network header: the tuples the packet may still match.
+pub struct Candidates {
+    pub flags: u32,
+    generation: u32,
+    tuples: TupleSet,
+    pf: &'static Prefilter,
 }
 
 #[inline(always)]
@@ -32,12 +51,65 @@ pub fn config_flags() -> u32 {
     NF_CONFIG.get(0).map(|c| c.flags).unwrap_or(0)
 }
 
+/// The tuples the packet (its key filled but for the ports) may match, or None when no rule's
+/// can: then nothing further of the packet need be parsed.
+#[expect(
+    clippy::needless_range_loop,
+    reason = "constant indices into two arrays at once; an iterator would hide the constants from the codegen the verifier sees"
+)]
+#[inline(always)]
+pub fn prefilter(key: &FlowKey) -> Option<Candidates> {
+    let cfg = NF_CONFIG.get(0)?;
+    // `active` is read once: the prefilter and the tuples read below are that generation's.
+    // SAFETY: the pointer comes from a live map value.
+    let generation = unsafe { core::ptr::read_volatile(&cfg.active) } & 1;
+    let flags = cfg.flags;
+    let pf = NF_PREFILTER.get(generation)?;
+    if pf.rules == 0 {
+        return None;
+    }
+    let b = key.bytes();
+    let mut c = pf.meta[pf_meta_index(key.family, key.dir, key.proto) & 1023];
+    if key.family == netfault_common::FAMILY_V6 {
+        for j in 0..PF_ADDR_V6.len() {
+            c &= pf.addr[j][256 | byte(b, PF_ADDR_V6[j])];
+        }
+    } else {
+        for j in 0..PF_ADDR_V4.len() {
+            c &= pf.addr[j][byte(b, PF_ADDR_V4[j])];
+        }
+    }
+    c &= pf.iface[byte(b, KEY_OFF_IFINDEX)];
+    if c & pf.rules == 0 {
+        return None;
+    }
+    Some(Candidates {
+        flags,
+        generation,
+        tuples: c,
+        pf,
+    })
+}
+
+/// Byte `off` of a key, as an index: one byte load, which every verifier bounds to 0..=255. (The
+/// compiler would otherwise merge neighbouring byte reads into a wider load and shifts, whose
+/// bounds 6.1's verifier loses: "unbounded memory access".)
+#[inline(always)]
+fn byte(b: &[u8; 48], off: usize) -> usize {
+    // SAFETY: `off` is a constant below 48; the read is of the caller's own key.
+    unsafe { core::ptr::read_volatile(b.as_ptr().add(off)) as usize }
+}
+
 /// The scan's state, on the caller's stack, shared with the loop body.
 #[repr(C)]
 struct Scan {
-    key: FlowKey,
+    /// The caller's key (a pointer, not a copy: the two stack frames share 512 bytes).
+    key: *const FlowKey,
     generation: u32,
-    ntuples: u32,
+    _pad: u32,
+    /// Tuples left to visit: rule tuples, then protection tuples (they come last).
+    todo: TupleSet,
+    protects: TupleSet,
     best_prio: u32,
     best_slot: u32,
     now: u64,
@@ -60,24 +132,27 @@ fn live(rule: &RuleValue, now: &mut u64) -> bool {
     *now < rule.expires_ns
 }
 
-/// One tuple: returns 1 to stop the scan, 0 to go on.
-extern "C" fn scan_tuple(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop hands back the pointer `classify` passed: a live `Scan` on its stack.
-    let s = unsafe { &mut *(ctx as *mut Scan) };
-    let i = i as u32;
-    if i >= s.ntuples || i >= MAX_TUPLES {
-        return 1;
-    }
-    let Some(t) = NF_TUPLES.get(s.generation * MAX_TUPLES + i) else {
-        return 1;
-    };
-    if t.best_prio >= s.best_prio {
-        return 1;
-    }
-    if !s.key.agrees(&t.filter_mask, &t.filter) {
+/// Visits tuple `i`. Returns the tuples that may still be visited: all (`u64::MAX`), or, when
+/// no later tuple can win, the protection tuples after a rule tuple and none after a
+/// protection tuple.
+#[inline(always)]
+fn visit(s: &mut Scan, i: u32) -> TupleSet {
+    let Some(t) = NF_TUPLES.get(s.generation * MAX_TUPLES + (i & (MAX_TUPLES - 1))) else {
         return 0;
+    };
+    // A protection tuple is visited only when a rule matched (`best_prio` is not MAX; it then
+    // holds the rule's priority, which every protection's beats). As arithmetic, not a branch
+    // on `best_prio`: that would multiply the verifier's states.
+    let bound = s.best_prio.wrapping_add(t.protect & 1);
+    if t.best_prio >= bound {
+        return s.protects & u64::from(t.protect & 1).wrapping_sub(1);
     }
-    let mut m = s.key.masked(&t.mask);
+    // SAFETY: `classify`'s key outlives the loop that runs this.
+    let key = unsafe { &*s.key };
+    if !key.agrees(&t.filter_mask, &t.filter) {
+        return u64::MAX;
+    }
+    let mut m = key.masked(&t.mask);
     m.gen_ = s.generation as u8;
     m.tuple = i as u8;
     // The chain of rules with this very match, best first: the first live one wins.
@@ -102,25 +177,56 @@ extern "C" fn scan_tuple(i: u64, ctx: *mut c_void) -> i64 {
             break;
         }
     }
+    u64::MAX
+}
+
+/// One candidate tuple: returns 1 to stop the scan, 0 to go on.
+///
+/// Protection tuples have the highest indices and the lowest priorities (`compile` puts
+/// protections first): they are reached only after the rule tuples, and visited only when a
+/// rule matched, which any protection that matches then beats. (No phase variable: a constant
+/// written here would multiply the states the verifier walks the body with.)
+extern "C" fn scan_tuple(_: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer `classify` passed: a live `Scan` on its stack.
+    let s = unsafe { &mut *(ctx as *mut Scan) };
+    if s.todo == 0 {
+        return 1;
+    }
+    let i = s.todo.trailing_zeros();
+    s.todo &= s.todo - 1;
+    s.todo &= visit(s, i);
     0
 }
 
+/// Classifies a packet the prefilter let through, its ports parsed (when `CFG_PORTS` says
+/// some rule needs them).
+#[expect(
+    clippy::needless_range_loop,
+    reason = "constant indices into two arrays at once; an iterator would hide the constants from the codegen the verifier sees"
+)]
 #[inline(always)]
-pub fn classify(key: &FlowKey) -> Option<Match> {
-    let cfg = NF_CONFIG.get(0)?;
-    // `active` first, then the count of that generation through an address that depends on it:
-    // neither the compiler (volatile) nor the CPU (address dependency) can read the count first,
-    // so a flip never pairs one generation's index with the other's count.
-    // SAFETY: both pointers come from a live map value.
-    let generation = unsafe { core::ptr::read_volatile(&cfg.active) } & 1;
-    let ntuples = unsafe { core::ptr::read_volatile(&cfg.ntuples[generation as usize]) };
-    if ntuples == 0 {
+pub fn classify(key: &FlowKey, c: &Candidates) -> Option<Match> {
+    let pf = c.pf;
+    let mut tuples = c.tuples;
+    if key.flags & KEY_PORTS != 0 {
+        let b = key.bytes();
+        for j in 0..KEY_OFF_PORTS.len() {
+            tuples &= pf.port[j][byte(b, KEY_OFF_PORTS[j])];
+        }
+    } else {
+        tuples &= !pf.ports;
+    }
+    let rules = tuples & pf.rules;
+    if rules == 0 {
         return None;
     }
+    let protects = tuples & pf.protects;
     let mut s = Scan {
-        key: *key,
-        generation,
-        ntuples,
+        key: key as *const FlowKey,
+        generation: c.generation,
+        _pad: 0,
+        todo: rules | protects,
+        protects,
         best_prio: u32::MAX,
         best_slot: 0,
         now: 0,
@@ -128,7 +234,7 @@ pub fn classify(key: &FlowKey) -> Option<Match> {
     // SAFETY: callback and context follow bpf_loop's contract.
     unsafe {
         bpf_loop(
-            MAX_TUPLES,
+            MAX_TUPLES + 1,
             scan_tuple as *mut c_void,
             &mut s as *mut Scan as *mut c_void,
             0,

@@ -50,20 +50,27 @@ pub fn nf_xdp_ingress(ctx: XdpContext) -> u32 {
 }
 
 fn try_xdp_ingress(ctx: &XdpContext) -> Option<u32> {
-    let flags = classify::config_flags();
-    // SAFETY: ctx is the program's own context.
-    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    // SAFETY: ctx is the program's own context. One 4-byte load: the compiler would narrow
+    // it to the byte the prefilter reads, an XDP context access 6.1's verifier refuses.
+    let ifindex = unsafe { core::ptr::read_volatile(&(*ctx.ctx).ingress_ifindex) };
     // On a tc-only interface tc ingress applies every rule: this program passes, so a packet
     // is never counted twice while the controller adds or removes XDP there.
     // SAFETY: read-only lookup.
-    if flags & CFG_TC_ONLY != 0 && unsafe { NF_TC_ONLY.get(&ifindex) }.is_some() {
+    if classify::config_flags() & CFG_TC_ONLY != 0 && unsafe { NF_TC_ONLY.get(&ifindex) }.is_some()
+    {
         return None;
     }
-    let mut key = FlowKey::default();
-    parse::parse(ctx.data(), ctx.data_end(), &mut key, flags & CFG_PORTS != 0)?;
-    key.dir = DIR_INGRESS;
-    key.ifindex = ifindex;
-    let m = classify(&key)?;
+    let mut key = FlowKey {
+        dir: DIR_INGRESS,
+        ifindex,
+        ..FlowKey::default()
+    };
+    let l4 = parse::parse(ctx.data(), ctx.data_end(), &mut key)?;
+    let c = classify::prefilter(&key)?;
+    if c.flags & CFG_PORTS != 0 {
+        parse::ports(ctx.data(), ctx.data_end(), l4, &mut key);
+    }
+    let m = classify(&key, &c)?;
     if m.rule.flags & RULE_NEEDS_SKB != 0 {
         // XDP cannot clone: tc ingress applies this rule, counters included.
         return None;
@@ -129,11 +136,17 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
     if ctx.data() + want > ctx.data_end() {
         let _ = ctx.pull_data(want as u32);
     }
-    let mut key = FlowKey::default();
-    let l4 = parse::parse(ctx.data(), ctx.data_end(), &mut key, flags & CFG_PORTS != 0)?;
-    key.dir = dir;
-    key.ifindex = ifindex;
-    let m = classify(&key)?;
+    let mut key = FlowKey {
+        dir,
+        ifindex,
+        ..FlowKey::default()
+    };
+    let l4 = parse::parse(ctx.data(), ctx.data_end(), &mut key)?;
+    let c = classify::prefilter(&key)?;
+    if c.flags & CFG_PORTS != 0 {
+        parse::ports(ctx.data(), ctx.data_end(), l4, &mut key);
+    }
+    let m = classify(&key, &c)?;
     if dir == DIR_INGRESS && !tc_only && m.rule.flags & RULE_NEEDS_SKB == 0 {
         // XDP already applied and counted this rule.
         return None;

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use netfault_common::{
     Config, Counters, DIST_TABLES, DistTable, FlowKey, FlowRef, GENERATIONS, MAX_FLOWS, MAX_IFB,
-    MAX_PACE_FLOWS, MAX_RULES, MAX_TUPLES, RuleValue, Tuple,
+    MAX_PACE_FLOWS, MAX_RULES, MAX_TUPLES, Prefilter, RuleValue, Tuple,
 };
 
 #[map(name = "NF_CONFIG")]
@@ -15,6 +15,10 @@ pub static NF_CONFIG: Array<Config> = Array::pinned(1, 0);
 /// `GENERATIONS * MAX_TUPLES` entries: generation g's tuples start at `g * MAX_TUPLES`.
 #[map(name = "NF_TUPLES")]
 pub static NF_TUPLES: Array<Tuple> = Array::pinned(GENERATIONS * MAX_TUPLES, 0);
+
+/// One prefilter per generation (see `Prefilter`).
+#[map(name = "NF_PREFILTER")]
+pub static NF_PREFILTER: Array<Prefilter> = Array::pinned(GENERATIONS, 0);
 
 /// Masked flow keys of both generations (told apart by `FlowKey::gen_`). No prealloc: most
 /// rule sets are small, and 512k preallocated entries would pin tens of MiB.

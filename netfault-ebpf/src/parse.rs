@@ -1,9 +1,11 @@
 //! Bounds-checked header parsing shared by the XDP and tc programs.
 //!
 //! Every read is checked against `end`; anything that does not parse (up to the end of the
-//! network headers) returns `None` and the caller passes the packet untouched. Transport ports
-//! are optional: a packet without them (a later fragment, ICMP, a frame cut short) is classified
-//! without `KEY_PORTS`, which every port-matching tuple requires.
+//! network headers) returns `None` and the caller passes the packet untouched. Two steps: the
+//! network header (`parse`), then, only when the prefilter left some rule that could match it,
+//! the ports (`ports`). Transport ports are optional: a packet without them (a later fragment,
+//! ICMP, a frame cut short) is classified without `KEY_PORTS`, which every port-matching tuple
+//! requires.
 use core::ptr::read_unaligned;
 
 use netfault_common::{FAMILY_V4, FAMILY_V6, FlowKey, KEY_PORTS};
@@ -40,11 +42,11 @@ fn load_be16(start: usize, end: usize, off: usize) -> Option<u16> {
     load::<u16>(start, end, off).map(u16::from_be)
 }
 
-/// Fills `key`'s address, protocol and (with `ports`) port fields from an Ethernet frame at
-/// `start..end`. Returns the transport header's offset in the frame (0 when there is none, as
-/// in a later fragment).
+/// Fills `key`'s family, address and protocol fields from an Ethernet frame at `start..end`.
+/// Returns the transport header's offset in the frame (0 when there is none, as in a later
+/// fragment).
 #[inline(always)]
-pub fn parse(start: usize, end: usize, key: &mut FlowKey, ports: bool) -> Option<usize> {
+pub fn parse(start: usize, end: usize, key: &mut FlowKey) -> Option<usize> {
     let mut ethertype = load_be16(start, end, 12)?;
     let mut l3 = ETH_HLEN;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
@@ -52,14 +54,14 @@ pub fn parse(start: usize, end: usize, key: &mut FlowKey, ports: bool) -> Option
         l3 = ETH_HLEN + 4;
     }
     match ethertype {
-        ETH_P_IP => parse_v4(start, end, l3, key, ports),
-        ETH_P_IPV6 => parse_v6(start, end, l3, key, ports),
+        ETH_P_IP => parse_v4(start, end, l3, key),
+        ETH_P_IPV6 => parse_v6(start, end, l3, key),
         _ => None,
     }
 }
 
 #[inline(always)]
-fn parse_v4(start: usize, end: usize, l3: usize, key: &mut FlowKey, ports: bool) -> Option<usize> {
+fn parse_v4(start: usize, end: usize, l3: usize, key: &mut FlowKey) -> Option<usize> {
     // Fixed part first, with a constant size: the verifier then knows every field below is in
     // bounds (a check with the variable header length alone does not tell it that).
     if start + l3 + 20 > end {
@@ -86,11 +88,11 @@ fn parse_v4(start: usize, end: usize, l3: usize, key: &mut FlowKey, ports: bool)
         // A later fragment has no L4 header: it matches rules without port fields only.
         return Some(0);
     }
-    parse_ports(start, end, l3 + ihl, key, ports)
+    Some(l3 + ihl)
 }
 
 #[inline(always)]
-fn parse_v6(start: usize, end: usize, l3: usize, key: &mut FlowKey, ports: bool) -> Option<usize> {
+fn parse_v6(start: usize, end: usize, l3: usize, key: &mut FlowKey) -> Option<usize> {
     if start + l3 + 40 > end {
         return None;
     }
@@ -143,32 +145,22 @@ fn parse_v6(start: usize, end: usize, l3: usize, key: &mut FlowKey, ports: bool)
         return None;
     }
     key.proto = next;
-    parse_ports(start, end, off, key, ports)
+    Some(off)
 }
 
+/// Fills `key`'s ports, and sets `KEY_PORTS`, when the packet has them: TCP, UDP or SCTP with
+/// the transport header at `l4` (0: none, as in a later fragment). Ports cut off (a truncated
+/// frame) leave the packet without ports, matching only rules without them.
 #[inline(always)]
-fn parse_ports(
-    start: usize,
-    end: usize,
-    l4: usize,
-    key: &mut FlowKey,
-    ports: bool,
-) -> Option<usize> {
-    if l4 > MAX_L4_OFF {
-        return None;
+pub fn ports(start: usize, end: usize, l4: usize, key: &mut FlowKey) {
+    if l4 == 0 || l4 > MAX_L4_OFF {
+        return;
     }
-    match key.proto {
-        // No rule matches ports (nor keys flows by them): the header need not even be there.
-        // Ports cut off (a truncated frame): the packet has no ports and matches only rules
-        // without them, as a later fragment does.
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP if ports => {
-            if let Some(p) = load::<[u8; 4]>(start, end, l4) {
-                key.sport = u16::from_be_bytes([p[0], p[1]]);
-                key.dport = u16::from_be_bytes([p[2], p[3]]);
-                key.flags = KEY_PORTS;
-            }
-            Some(l4)
-        }
-        _ => Some(l4),
+    if matches!(key.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP)
+        && let Some(p) = load::<[u8; 4]>(start, end, l4)
+    {
+        key.sport = u16::from_be_bytes([p[0], p[1]]);
+        key.dport = u16::from_be_bytes([p[2], p[3]]);
+        key.flags = KEY_PORTS;
     }
 }

@@ -71,7 +71,9 @@ fn net(v6_family: bool) -> impl Strategy<Value = IpNet> {
         any::<bool>(),
     )
         .prop_map(move |(d, shorten, wide)| {
-            let (a, max) = if v6_family {
+            let (a, max) = if v6_family && d >= 6 {
+                (v6_subnet(u16::from(d - 5), u16::from(d)), 128)
+            } else if v6_family {
                 (v6(u16::from(d)), 128)
             } else {
                 (v4(d), 32)
@@ -253,9 +255,15 @@ enum Frag {
     Later,
 }
 
+/// 2001:db8:0:`subnet`::`d`: v6 addresses that differ in a byte the prefilter reads.
+fn v6_subnet(subnet: u16, d: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, subnet, 0, 0, 0, d))
+}
+
 fn addr(v6_family: bool) -> impl Strategy<Value = IpAddr> {
     prop_oneof![
         8 => (0u8..10).prop_map(move |d| if v6_family { v6(u16::from(d)) } else { v4(d) }),
+        1 => (1u16..3, 0u16..10).prop_map(move |(s, d)| if v6_family { v6_subnet(s, d) } else { v4(d as u8) }),
         1 => Just(if v6_family { IpAddr::V6(Ipv6Addr::LOCALHOST) } else { IpAddr::V4(Ipv4Addr::LOCALHOST) }),
         1 => any::<u128>().prop_map(move |a| if v6_family { IpAddr::V6(a.into()) } else { IpAddr::V4((a as u32).into()) }),
     ]
@@ -438,12 +446,19 @@ fn matches(e: &Entry, f: &Fields, ingress: bool) -> bool {
     proto && ports && (forward || reverse)
 }
 
-/// Index of the entry that wins, if any.
+/// Index of the entry that wins, if any: the first live rule or partition, in evaluation
+/// order, that matches; unless a protection matches too, when the first such protection wins
+/// (it passes the packet and counts it). A packet only a protection matches matches nothing.
 fn reference(set: &[Entry], order: &[usize], f: &Fields, ingress: bool) -> Option<usize> {
-    order
-        .iter()
-        .copied()
-        .find(|&i| set[i].expiry != Expiry::Expired && matches(&set[i], f, ingress))
+    let first = |protect: bool| {
+        order.iter().copied().find(|&i| {
+            (set[i].spec.kind == Kind::Protect) == protect
+                && set[i].expiry != Expiry::Expired
+                && matches(&set[i], f, ingress)
+        })
+    };
+    let rule = first(false)?;
+    first(true).or(Some(rule))
 }
 
 fn drops(e: &Entry) -> bool {

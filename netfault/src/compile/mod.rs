@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use ipnet::IpNet;
 use netfault_common::{
     CFG_INGRESS_TC, CFG_PORTS, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, FlowRef,
-    KEY_PORTS, MAX_CHAIN, MAX_TUPLES, RULE_ACTIVE, RULE_NEEDS_SKB, RULE_REORDER, RULE_SHAPE,
-    RuleValue, Tuple,
+    KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, MAX_CHAIN, MAX_TUPLES, PF_ADDR_TABLES, PF_ADDR_V4,
+    PF_ADDR_V6, Prefilter, RULE_ACTIVE, RULE_NEEDS_SKB, RULE_REORDER, RULE_SHAPE, RuleValue, Tuple,
+    TupleSet, pf_meta_index,
 };
 
 use crate::spec::{Direction, Kind, PortRange, Proto, RuleSpec};
@@ -32,10 +33,13 @@ pub struct Input<'a> {
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Compiled {
-    /// Sorted by `best_prio`, the order the data path scans them in.
+    /// Rule tuples, then protection tuples, each sorted by `best_prio`: the order the data
+    /// path visits them in.
     pub tuples: Vec<Tuple>,
     /// Keys carry their tuple index; `gen_` is set when written.
     pub flows: Vec<(FlowKey, FlowRef)>,
+    /// Which tuples a packet may match, by a few bytes of its key (see `Prefilter`).
+    pub prefilter: Box<Prefilter>,
     pub config_flags: u32,
 }
 
@@ -235,15 +239,22 @@ pub const RATE_QUEUE: std::time::Duration = std::time::Duration::from_millis(100
 
 /// Compiles rules given in evaluation order (first wins) into tuples and flows.
 ///
+/// Protections get tuples of their own, after the rules' (the highest indices), which the data
+/// path visits only for a packet some live rule or partition matched: a protection that
+/// matches it then wins, wherever it stands in `rules` (the controller puts them first; here
+/// they are taken first, in their order), and counts the packet.
+///
 /// Rules with the same match (same mask and masked key) form a chain in evaluation order, at
 /// most `MAX_CHAIN` long: the data path walks it past expired rules, so the first live one wins.
-/// A chain ends at a protection, which never expires.
+/// A chain of protections is one long: they never expire.
 pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
-    // mask -> (best prio, masked key -> chain, whether it is closed)
+    // (protection?, mask) -> (best prio, masked key -> chain, whether it is closed)
     type Chains = BTreeMap<KeyOrd, (Vec<FlowRef>, bool)>;
-    let mut shapes: HashMap<FlowKey, (u32, Chains)> = HashMap::new();
+    let mut shapes: HashMap<(bool, FlowKey), (u32, Chains)> = HashMap::new();
     let mut config_flags = 0;
-    for (prio, input) in rules.iter().enumerate() {
+    let protections = rules.iter().filter(|r| r.spec.kind == Kind::Protect);
+    let others = rules.iter().filter(|r| r.spec.kind != Kind::Protect);
+    for (prio, input) in protections.chain(others).enumerate() {
         let prio = prio as u32;
         if input.spec.iface.is_some() && input.ifindex.is_none() {
             continue; // its interface is gone: the rule cannot match anything
@@ -258,11 +269,14 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
         if shaping {
             config_flags |= CFG_PORTS; // pacing keys flows by their ports
         }
+        let protect = input.spec.kind == Kind::Protect;
         for (mask, key) in expand(input.spec, input.ifindex) {
             if mask.flags & KEY_PORTS != 0 {
                 config_flags |= CFG_PORTS;
             }
-            let entry = shapes.entry(mask).or_insert((prio, BTreeMap::new()));
+            let entry = shapes
+                .entry((protect, mask))
+                .or_insert((prio, BTreeMap::new()));
             entry.0 = entry.0.min(prio);
             let (chain, closed) = entry.1.entry(KeyOrd(key)).or_default();
             if *closed
@@ -276,26 +290,33 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
                 prio,
                 more: 0,
             });
-            *closed = input.spec.kind == Kind::Protect;
+            *closed = protect;
         }
     }
     if shapes.len() > MAX_TUPLES as usize {
         return Err(CompileError::TooManyTuples(shapes.len()));
     }
     let mut shapes: Vec<_> = shapes.into_iter().collect();
-    shapes.sort_by_key(|(mask, (best, _))| (*best, KeyOrd(*mask)));
+    shapes.sort_by_key(|((protect, mask), (best, _))| (*protect, *best, KeyOrd(*mask)));
     let mut out = Compiled {
         config_flags,
         ..Default::default()
     };
-    for (i, (mask, (best, flows))) in shapes.into_iter().enumerate() {
+    for (i, ((protect, mask), (best, flows))) in shapes.into_iter().enumerate() {
         let (filter_mask, filter) = filter(&mask, flows.keys().map(|k| &k.0));
+        prefilter_add(
+            &mut out.prefilter,
+            i,
+            protect,
+            &mask,
+            flows.keys().map(|k| &k.0),
+        );
         out.tuples.push(Tuple {
             mask,
             filter_mask,
             filter,
             best_prio: best,
-            _pad: 0,
+            protect: u32::from(protect),
         });
         for (KeyOrd(mut k), (chain, _)) in flows {
             k.tuple = i as u8;
@@ -311,6 +332,79 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
         return Err(CompileError::TooManyFlows(out.flows.len(), cap));
     }
     Ok(out)
+}
+
+/// Adds tuple `i` (with `mask`, holding the masked `keys`) to the prefilter: for each table,
+/// the values some key accepts there. Each table is a projection of the tuple's flows, so the
+/// AND of a packet's tables holds every tuple it matches a flow of.
+fn prefilter_add<'a>(
+    pf: &mut Prefilter,
+    i: usize,
+    protect: bool,
+    mask: &FlowKey,
+    keys: impl Iterator<Item = &'a FlowKey>,
+) {
+    let bit: TupleSet = 1 << i;
+    if protect {
+        pf.protects |= bit;
+    } else {
+        pf.rules |= bit;
+    }
+    if mask.flags & KEY_PORTS != 0 {
+        pf.ports |= bit;
+    }
+    let m = mask.bytes();
+    // Distinct values per table: (family, dir, proto); and per byte offset.
+    let mut meta = std::collections::BTreeSet::new();
+    let mut seen = vec![[false; 256]; 48];
+    let mut fams = [false; 2];
+    for k in keys {
+        meta.insert((k.family, k.dir, k.proto));
+        for (off, &b) in k.bytes().iter().enumerate() {
+            seen[off][usize::from(b)] = true;
+        }
+        for (f, fam) in [FAMILY_V4, FAMILY_V6].into_iter().enumerate() {
+            fams[f] |= fam & mask.family == k.family;
+        }
+    }
+    for (family, dir, proto) in meta {
+        for fam in [FAMILY_V4, FAMILY_V6] {
+            for d in [DIR_INGRESS, DIR_EGRESS] {
+                if fam & mask.family != family || d & mask.dir != dir {
+                    continue;
+                }
+                for p in 0..=255u8 {
+                    if p & mask.proto == proto {
+                        pf.meta[pf_meta_index(fam, d, p)] |= bit;
+                    }
+                }
+            }
+        }
+    }
+    // The values `v` a table at byte `off` accepts: those some key's byte equals under the mask.
+    let accepts = |off: usize, v: u8| seen[off][usize::from(v & m[off])];
+    for j in 0..PF_ADDR_TABLES {
+        for (f, pos) in [PF_ADDR_V4[j], PF_ADDR_V6[j]].into_iter().enumerate() {
+            if !fams[f] {
+                continue;
+            }
+            for v in 0..=255u8 {
+                if accepts(pos, v) {
+                    pf.addr[j][(f << 8) | usize::from(v)] |= bit;
+                }
+            }
+        }
+    }
+    for v in 0..=255u8 {
+        if accepts(KEY_OFF_IFINDEX, v) {
+            pf.iface[usize::from(v)] |= bit;
+        }
+        for (j, &off) in KEY_OFF_PORTS.iter().enumerate() {
+            if accepts(off, v) {
+                pf.port[j][usize::from(v)] |= bit;
+            }
+        }
+    }
 }
 
 /// The bits of `mask` on which all `keys` agree, and their value.
@@ -391,8 +485,25 @@ pub fn classify(c: &Compiled, key: &FlowKey) -> Option<FlowRef> {
 /// As `classify`, with `live` saying which slots have not expired.
 pub fn classify_live(c: &Compiled, key: &FlowKey, live: impl Fn(u32) -> bool) -> Option<FlowRef> {
     let flows: HashMap<FlowKey, FlowRef> = c.flows.iter().copied().collect();
+    let cand = c.prefilter.candidates(key);
+    let rule = scan(c, &flows, key, cand & c.prefilter.rules, &live)?;
+    scan(c, &flows, key, cand & c.prefilter.protects, &live).or(Some(rule))
+}
+
+/// The first live flow, by priority, among the tuples in `set` (in index order, as the data
+/// path visits them).
+fn scan(
+    c: &Compiled,
+    flows: &HashMap<FlowKey, FlowRef>,
+    key: &FlowKey,
+    mut set: TupleSet,
+    live: &impl Fn(u32) -> bool,
+) -> Option<FlowRef> {
     let mut best: Option<FlowRef> = None;
-    for (i, t) in c.tuples.iter().enumerate() {
+    while set != 0 {
+        let i = set.trailing_zeros() as usize;
+        set &= set - 1;
+        let t = &c.tuples[i];
         if best.is_some_and(|b| t.best_prio >= b.prio) {
             break;
         }
@@ -536,6 +647,108 @@ mod tests {
         }
     }
 
+    /// The same as `classify_live`, but visiting every tuple: what the prefilter must not change.
+    fn classify_unfiltered(c: &Compiled, key: &FlowKey) -> Option<FlowRef> {
+        let flows: HashMap<FlowKey, FlowRef> = c.flows.iter().copied().collect();
+        let rule = scan(c, &flows, key, c.prefilter.rules, &|_| true)?;
+        scan(c, &flows, key, c.prefilter.protects, &|_| true).or(Some(rule))
+    }
+
+    fn arb_rule() -> impl Strategy<Value = RuleSpec> {
+        let net = (any::<bool>(), 0u8..4, 0u8..4, 0u8..=128).prop_map(|(v6, sub, host, plen)| {
+            if v6 {
+                let a = std::net::Ipv6Addr::new(
+                    0x2001,
+                    0xdb8,
+                    0,
+                    u16::from(sub),
+                    0,
+                    0,
+                    0,
+                    u16::from(host),
+                );
+                IpNet::V6(ipnet::Ipv6Net::new(a, plen).unwrap().trunc())
+            } else {
+                let a = std::net::Ipv4Addr::new(192, 0, 2 + sub % 2, host);
+                IpNet::V4(ipnet::Ipv4Net::new(a, plen % 33).unwrap().trunc())
+            }
+        });
+        (
+            prop::option::of(net.clone()),
+            prop::option::of(net),
+            prop::sample::select(vec![Proto::Any, Proto::Tcp, Proto::Udp, Proto::Icmp]),
+            prop::option::of((0u16..6, 0u16..300)),
+            prop::sample::select(vec![Direction::Both, Direction::Ingress, Direction::Egress]),
+            prop::sample::select(vec![Kind::Rule, Kind::Rule, Kind::Partition, Kind::Protect]),
+        )
+            .prop_map(|(src, dst, proto, dport, dir, kind)| {
+                let mut r = rule("r");
+                r.kind = kind;
+                r.src = src.into_iter().collect();
+                // One family per rule.
+                r.dst = dst
+                    .into_iter()
+                    .filter(|d| {
+                        r.src
+                            .iter()
+                            .all(|s| s.addr().is_ipv6() == d.addr().is_ipv6())
+                    })
+                    .collect();
+                r.proto = proto;
+                if let (Some((lo, n)), Proto::Tcp | Proto::Udp) = (dport, proto) {
+                    r.dport = PortRange { lo, hi: lo + n };
+                }
+                r.dir = dir;
+                r
+            })
+    }
+
+    fn arb_key() -> impl Strategy<Value = FlowKey> {
+        (
+            any::<bool>(),
+            (0u8..4, 0u8..4),
+            (0u8..4, 0u8..4),
+            prop::sample::select(vec![1u8, 6, 17, 58]),
+            (0u16..400, any::<bool>()),
+            prop::sample::select(vec![DIR_INGRESS, DIR_EGRESS]),
+        )
+            .prop_map(|(v6, (s1, s2), (d1, d2), proto, (port, ports), dir)| {
+                let a = |sub: u8, host: u8| {
+                    if v6 {
+                        format!("2001:db8:0:{sub}::{host}")
+                    } else {
+                        format!("192.0.{}.{host}", 2 + sub % 2)
+                    }
+                };
+                let mut k = pkt(&a(s1, s2), &a(d1, d2), proto, 1, port, dir);
+                if !ports {
+                    (k.sport, k.dport, k.flags) = (0, 0, 0);
+                }
+                k
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+        /// The prefilter only skips tuples that cannot match: with it, every packet gets the
+        /// verdict a visit of every tuple gives, with up to 64 tuples (every bit of the set).
+        #[test]
+        fn the_prefilter_never_hides_a_match(
+            rules in prop::collection::vec(arb_rule(), 1..80),
+            keys in prop::collection::vec(arb_key(), 32),
+        ) {
+            let inputs: Vec<_> = rules
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Input { slot: i as u32, spec: s, ifindex: None })
+                .collect();
+            let Ok(c) = compile(&inputs) else { return Ok(()) };
+            for k in &keys {
+                prop_assert_eq!(classify(&c, k), classify_unfiltered(&c, k), "{:?}", k);
+            }
+        }
+    }
+
     #[test]
     fn first_match_wins() {
         let mut a = rule("a");
@@ -571,13 +784,15 @@ mod tests {
         assert_eq!(classify_live(&c, &p, |s| s != 0).unwrap().slot, 1);
         assert_eq!(classify_live(&c, &p, |s| s == 2).unwrap().slot, 2);
         assert!(classify_live(&c, &p, |_| false).is_none());
-        // A protection closes its chain: nothing behind it could ever win.
+        // Protections have tuples of their own; one closes its chain (it never expires).
         let mut guard = rule("g");
         guard.kind = Kind::Protect;
         guard.src = vec![parse_net("192.0.2.7").unwrap()];
         let mut r = rule("r");
         r.src = guard.src.clone();
-        assert_eq!(compile_specs(&[guard, r]).flows.len(), 1);
+        let c = compile_specs(&[guard.clone(), guard.clone(), r]);
+        assert_eq!((c.tuples.len(), c.flows.len()), (2, 2));
+        assert_eq!(classify(&c, &p).unwrap().slot, 0, "the protection wins");
     }
 
     #[test]

@@ -6,7 +6,8 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues},
 };
 use netfault_common::{
-    CFG_TC_ONLY, Config, Counters, FlowKey, FlowRef, MAX_TUPLES, RuleValue, Tuple, maps as names,
+    CFG_TC_ONLY, Config, Counters, FlowKey, FlowRef, MAX_TUPLES, Prefilter, RuleValue, Tuple,
+    maps as names,
 };
 
 use super::{KernelError, Result, ebpf_err, io_err};
@@ -34,6 +35,7 @@ fn digest(c: &Compiled, rules: &[(u32, RuleValue)]) -> u64 {
 pub struct Maps {
     pub config: Array<MapData, Config>,
     pub tuples: Array<MapData, Tuple>,
+    pub prefilter: Array<MapData, Prefilter>,
     pub flows: BpfHashMap<MapData, FlowKey, FlowRef>,
     pub rules: Array<MapData, RuleValue>,
     pub counters: PerCpuArray<MapData, Counters>,
@@ -72,6 +74,7 @@ impl Maps {
         Ok(Self {
             config: typed(get(names::CONFIG)?, names::CONFIG)?,
             tuples: typed(get(names::TUPLES)?, names::TUPLES)?,
+            prefilter: typed(get(names::PREFILTER)?, names::PREFILTER)?,
             flows: typed(get(names::FLOWS)?, names::FLOWS)?,
             rules: typed(get(names::RULES)?, names::RULES)?,
             counters: typed(get(names::COUNTERS)?, names::COUNTERS)?,
@@ -195,7 +198,10 @@ impl Maps {
                 .set(g * MAX_TUPLES + i as u32, t, 0)
                 .map_err(ebpf_err("write tuple"))?;
         }
-        Ok(())
+        // 4. The prefilter, which names the tuples above (and no stale one).
+        self.prefilter
+            .set(g, &*c.prefilter, 0)
+            .map_err(ebpf_err("write prefilter"))
     }
 
     /// Rewrites one rule's action (its lease, for `run`).

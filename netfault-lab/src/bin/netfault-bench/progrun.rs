@@ -48,14 +48,18 @@ pub struct Row {
     pub verdict: u32,
     /// Median over runs of the kernel's own per-run average.
     pub ns: f64,
+    /// The trivial program's median over runs interleaved with this row's: the row's "vs pass"
+    /// is against it, so a machine that slows down during the bench (other load, frequency)
+    /// shifts both.
+    pub pass_ns: f64,
     /// The target this figure must meet, if any.
     pub target: Option<Target>,
 }
 
 #[derive(Clone, Copy)]
 pub enum Target {
-    /// At most this many ns over the trivial program.
-    OverPass(f64),
+    /// At most this many ns over the trivial program; the issue aims at the second figure.
+    OverPass(f64, f64),
     /// At most this many ns in all (5% over the same packet at 1 rule).
     Within(f64),
 }
@@ -63,18 +67,18 @@ pub enum Target {
 impl Target {
     pub fn met(self, ns: f64, pass_ns: f64) -> bool {
         match self {
-            Target::OverPass(t) => ns - pass_ns <= t,
+            Target::OverPass(t, _) => ns - pass_ns <= t,
             Target::Within(t) => ns <= t,
         }
     }
 }
 
 /// Targets of issue #9: a packet that matches nothing costs at most +30 ns over a trivial
-/// program at 1 rule and +60 ns at 16 shapes.
+/// program at 1 rule and +60 ns at 16 shapes (aims: +20 and +40).
 fn target_over_pass(shapes: u32, rules: u32, packet: &str) -> Option<Target> {
     match (shapes, rules, packet) {
-        (1, 1, "non-matching") => Some(Target::OverPass(30.0)),
-        (16, _, "non-matching") => Some(Target::OverPass(60.0)),
+        (1, 1, "non-matching") => Some(Target::OverPass(30.0, 20.0)),
+        (16, _, "non-matching") => Some(Target::OverPass(60.0, 40.0)),
         _ => None,
     }
 }
@@ -190,29 +194,48 @@ pub fn xdp<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
         .with_context(|| format!("{name} is not XDP"))
 }
 
-/// Median of `runs` BPF_PROG_TEST_RUN calls of `repeat` iterations each, in ns per packet, and
-/// the verdict. The kernel's figure (time in the program loop divided by iterations) excludes
-/// the syscall and the time the loop was scheduled out, which makes it steadier than a
+/// One BPF_PROG_TEST_RUN call of `repeat` iterations: ns per packet, and the verdict.
+fn test_run(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<(f64, u32)> {
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok((r.duration.as_nanos() as f64, r.return_value))
+}
+
+/// Median of `runs` BPF_PROG_TEST_RUN calls of `repeat` iterations each, in ns per packet, the
+/// verdict, and the median of as many runs of `pass` (the trivial program), each right before
+/// one of `prog`'s. The kernel's figure (time in the program loop divided by iterations)
+/// excludes the syscall and the time the loop was scheduled out, which makes it steadier than a
 /// wall clock on a shared 2-vCPU machine.
-fn time_prog(prog: &Xdp, frame: &[u8], repeat: u32, runs: usize) -> Result<(f64, u32)> {
+fn time_prog(
+    prog: &Xdp,
+    pass: &Xdp,
+    frame: &[u8],
+    repeat: u32,
+    runs: usize,
+) -> Result<(f64, u32, f64)> {
     let mut ns = Vec::with_capacity(runs);
+    let mut base = Vec::with_capacity(runs);
     let mut verdict = None;
     for _ in 0..runs {
         sys::check_stop()?;
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                ..Default::default()
-            })
-            .context("BPF_PROG_TEST_RUN")?;
-        if verdict.is_some_and(|v| v != r.return_value) {
+        base.push(test_run(pass, frame, repeat)?.0);
+        let (t, v) = test_run(prog, frame, repeat)?;
+        if verdict.is_some_and(|w| w != v) {
             bail!("verdict changed between runs");
         }
-        verdict = Some(r.return_value);
-        ns.push(r.duration.as_nanos() as f64);
+        verdict = Some(v);
+        ns.push(t);
     }
-    Ok((crate::median(&mut ns), verdict.unwrap_or(u32::MAX)))
+    Ok((
+        crate::median(&mut ns),
+        verdict.unwrap_or(u32::MAX),
+        crate::median(&mut base),
+    ))
 }
 
 pub fn run(plan: &Plan, pins: &Path) -> Result<Vec<Row>> {
@@ -223,8 +246,9 @@ pub fn run(plan: &Plan, pins: &Path) -> Result<Vec<Row>> {
     let mut bench = EbpfLoader::new()
         .load(netfault_lab::BENCH_OBJECT)
         .context("load the bench object")?;
-    let pass = xdp_mut(&mut bench, "bench_pass")?;
-    let (ns, verdict) = time_prog(pass, &hit, plan.repeat, plan.runs)?;
+    xdp_mut(&mut bench, "bench_pass")?;
+    let pass = xdp(&bench, "bench_pass")?;
+    let (ns, verdict, pass_ns) = time_prog(pass, pass, &hit, plan.repeat, plan.runs)?;
     rows.push(Row {
         program: "bench_pass",
         rules: None,
@@ -233,6 +257,7 @@ pub fn run(plan: &Plan, pins: &Path) -> Result<Vec<Row>> {
         packet: "any",
         verdict,
         ns,
+        pass_ns,
         target: None,
     });
 
@@ -240,7 +265,7 @@ pub fn run(plan: &Plan, pins: &Path) -> Result<Vec<Row>> {
     let mut maps = Maps::take(&mut nf)?;
     let prog = xdp_mut(&mut nf, progs::XDP_INGRESS)?;
     // No rules published: the program parses, reads the config and passes.
-    let (ns, verdict) = time_prog(prog, &hit, plan.repeat, plan.runs)?;
+    let (ns, verdict, pass_ns) = time_prog(prog, pass, &hit, plan.repeat, plan.runs)?;
     rows.push(Row {
         program: progs::XDP_INGRESS,
         rules: Some(0),
@@ -249,6 +274,7 @@ pub fn run(plan: &Plan, pins: &Path) -> Result<Vec<Row>> {
         packet: "any",
         verdict,
         ns,
+        pass_ns,
         target: None,
     });
     let sets = RULE_COUNTS
@@ -274,7 +300,7 @@ pub fn run(plan: &Plan, pins: &Path) -> Result<Vec<Row>> {
         .into_iter()
         .enumerate()
         {
-            let (ns, verdict) = time_prog(prog, f, plan.repeat, plan.runs)?;
+            let (ns, verdict, pass_ns) = time_prog(prog, pass, f, plan.repeat, plan.runs)?;
             if verdict != want {
                 bail!(
                     "{n} rules, {packet} packet: verdict {verdict}, expected {want}: the rules did not load as meant"
@@ -296,6 +322,7 @@ pub fn run(plan: &Plan, pins: &Path) -> Result<Vec<Row>> {
                 packet,
                 verdict,
                 ns,
+                pass_ns,
                 target,
             });
         }
