@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 use netfault::control::{netns, privileges};
 
+pub mod agent;
 pub mod apply;
 pub mod args;
 pub mod attach;
@@ -78,6 +79,7 @@ pub enum Cmd {
     Renew(renew::Args),
     Protect(protect::Args),
     Cluster(cluster::Args),
+    Agent(agent::Args),
     Completions(completions::Args),
     Manpage(manpage::Args),
 }
@@ -133,6 +135,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Renew(a) => renew::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Protect(a) => protect::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Cluster(a) => cluster::run(a, ns).map(|()| Done::Ok)?,
+        Cmd::Agent(a) => agent::run(a, ns)?,
         Cmd::Completions(_) | Cmd::Manpage(_) => unreachable!("handled above"),
     })
 }

@@ -1,15 +1,16 @@
-//! How the coordinator acts on one node: one module per transport. Only the network-namespace
-//! transport exists yet; the agent and SSH transports are parsed from the cluster file but
-//! refused here ([`for_node`]), before any node is touched.
+//! How the coordinator acts on one node: one module per transport: the network namespace on
+//! this host ([`Netns`]) and a `netfault agent` over HTTP(S) ([`Agent`]); the SSH transport is
+//! parsed from the cluster file but refused here ([`for_node`]), before any node is touched.
 //!
 //! A transport's methods block and may change the calling thread (the netns transport enters
 //! the node's namespace with setns, which applies to one thread only): the coordinator calls
 //! each on a fresh thread of its own.
+pub mod agent;
 mod netns;
 
 use std::time::Duration;
 
-pub use self::netns::Netns;
+pub use self::{agent::Agent, netns::Netns};
 use super::{Node, NodePlan, Transport};
 use crate::{
     control::{self, netns as ns},
@@ -23,6 +24,9 @@ pub enum NodeError {
     Netns(#[from] ns::NetnsError),
     #[error(transparent)]
     Control(#[from] control::Error),
+    /// The agent transport: what the agent answered, or why it could not be asked.
+    #[error("{0}")]
+    Agent(String),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("the node's worker thread panicked")]
@@ -67,7 +71,7 @@ pub trait NodeTransport: Send + Sync {
 
 /// A transport the cluster file names but this build cannot drive yet.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("node {node}: the {transport} transport is not implemented yet (only netns is)")]
+#[error("node {node}: the {transport} transport is not implemented yet (netns and agent are)")]
 pub struct NotImplemented {
     pub node: String,
     pub transport: &'static str,
@@ -77,10 +81,11 @@ pub struct NotImplemented {
 pub fn for_node(node: &Node) -> Result<Box<dyn NodeTransport>, NotImplemented> {
     match &node.transport {
         Transport::Netns(ns) => Ok(Box::new(Netns { ns: ns.clone() })),
-        Transport::Agent { .. } => Err(NotImplemented {
-            node: node.name.clone(),
-            transport: "agent",
-        }),
+        Transport::Agent {
+            url,
+            token_file,
+            ca_file,
+        } => Ok(Box::new(Agent::new(url, token_file, ca_file.as_deref()))),
         Transport::Ssh { .. } => Err(NotImplemented {
             node: node.name.clone(),
             transport: "ssh",
