@@ -98,26 +98,31 @@ fn agent_command(h: &Host, token: &Path, extra: &[&str]) -> Command {
     c
 }
 
-/// Starts an agent on `h` and waits (bounded) until it answers from `client_ns`.
-fn start_agent(h: &Host, token: &Path, extra: &[&str], client_ns: &str) -> Agent {
+/// Starts an agent on `h`, without waiting for it.
+fn spawn_agent(h: &Host, token: &Path, extra: &[&str]) -> Agent {
     let log = tmp_file("log", "", 0o600);
     let child = agent_command(h, token, extra)
         .stderr(std::fs::File::create(&log.0).unwrap())
         .spawn()
         .unwrap();
-    let mut a = Agent {
+    Agent {
         child: Some(child),
         log,
         addr: h.sock(false, PORT),
-    };
-    let end = Instant::now() + Duration::from_secs(20);
+    }
+}
+
+/// Waits (bounded: attaching loads and verifies the programs, slow on a loaded machine) until
+/// the agent listens and, over plain HTTP, answers from `client_ns`.
+fn wait_ready(a: &mut Agent, client_ns: &str, tls: bool) {
+    let end = Instant::now() + Duration::from_secs(90);
     loop {
         if let Some(st) = a.child.as_mut().unwrap().try_wait().unwrap() {
-            panic!("agent on {} exited ({st}): {}", h.ns, a.log());
+            panic!("agent {} exited ({st}): {}", a.addr, a.log());
         }
         if a.log().contains("agent listening on") {
-            if extra.contains(&"--tls-cert") {
-                return a;
+            if tls {
+                return;
             }
             if let Ok((200, _)) = try_http(
                 client_ns,
@@ -128,17 +133,24 @@ fn start_agent(h: &Host, token: &Path, extra: &[&str], client_ns: &str) -> Agent
                 b"",
                 &[],
             ) {
-                return a;
+                return;
             }
         }
         assert!(
             Instant::now() < end,
-            "agent on {} not ready: {}",
-            h.ns,
+            "agent {} not ready: {}",
+            a.addr,
             a.log()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Starts an agent on `h` and waits until it answers from `client_ns`.
+fn start_agent(h: &Host, token: &Path, extra: &[&str], client_ns: &str) -> Agent {
+    let mut a = spawn_agent(h, token, extra);
+    wait_ready(&mut a, client_ns, extra.contains(&"--tls-cert"));
+    a
 }
 
 /// One HTTP/1.1 request from inside `ns`, on a connection of its own: (status, body).
@@ -350,11 +362,13 @@ fn full(n: usize) -> BTreeMap<(usize, usize), bool> {
     )
 }
 
+/// One agent per node, started together.
 fn start_agents(hosts: &[Host], token: &Path, ctl: &Host) -> Vec<Agent> {
-    hosts
-        .iter()
-        .map(|h| start_agent(h, token, &[], &ctl.ns))
-        .collect()
+    let mut agents: Vec<Agent> = hosts.iter().map(|h| spawn_agent(h, token, &[])).collect();
+    for a in &mut agents {
+        wait_ready(a, &ctl.ns, false);
+    }
+    agents
 }
 
 #[test]

@@ -977,10 +977,22 @@ pub async fn serve(
                 .header_read_timeout(timeout)
                 .keep_alive(true);
             let started = Instant::now();
+            // No connection holds a slot for ever (idle keep-alive included): a long poll
+            // and a slow change both fit in this.
+            let life = MAX_WAIT + 4 * timeout;
+            let cap = |r: Result<Result<(), hyper::Error>, _>| r.unwrap_or(Ok(()));
             let r = match acceptor {
-                None => http.serve_connection(TokioIo::new(tcp), svc).await,
+                None => cap(tokio::time::timeout(
+                    life,
+                    http.serve_connection(TokioIo::new(tcp), svc),
+                )
+                .await),
                 Some(acc) => match tokio::time::timeout(timeout, acc.accept(tcp)).await {
-                    Ok(Ok(s)) => http.serve_connection(TokioIo::new(s), svc).await,
+                    Ok(Ok(s)) => cap(tokio::time::timeout(
+                        life,
+                        http.serve_connection(TokioIo::new(s), svc),
+                    )
+                    .await),
                     Ok(Err(e)) => {
                         log::info!("TLS handshake with {peer}: {e}");
                         return;
@@ -1011,7 +1023,10 @@ mod tests {
         let (specs, lease) = parse_ruleset(&ok).unwrap();
         assert_eq!(specs.len(), 2);
         assert_eq!(lease, None);
-        assert_eq!(specs[0].1, Ttl::For(Duration::from_secs(60)));
+        // Partitions and rules are bands of their own; within each, the order is the body's.
+        let ttl = |n: &str| specs.iter().find(|(s, _)| s.name == n).unwrap().1;
+        assert_eq!(ttl("r1"), Ttl::For(Duration::from_secs(60)));
+        assert_eq!(ttl("p1"), Ttl::default());
         let cases: &[(&[u8], &str)] = &[
             (br#"{"rule": [{"name": "r", "src": ["192.0.2.1"], "drop": "150%"}]}"#, "rule[0].drop"),
             (br#"{"rule": [{"name": "r", "srcc": ["192.0.2.1"], "drop": 1}]}"#, "rule[0].srcc"),
@@ -1072,6 +1087,7 @@ mod tests {
         assert_eq!(field(&p), "plan.protect[0].kind");
         let mut p = plan.clone();
         p.rules[0].kind = Kind::Rule;
+        p.rules[0].drop = crate::spec::Prob(0.0);
         assert_eq!(field(&p), "plan.rules[0].action");
     }
 }
