@@ -10,6 +10,10 @@
 //! - [`control`]: the controller: state, locking, namespaces, the publish pipeline shared by
 //!   pinned (CLI) and held (`run`) modes, queue planning.
 //! - [`observe`]: counters and lifetimes as users read them.
+//! - [`cluster`]: lab clusters: cluster files, topologies, plans, the coordinator and its
+//!   transports.
+//! - [`agent`]: `netfault agent`, the HTTP server a coordinator's agent transport talks to.
+pub mod agent;
 pub mod cluster;
 pub mod compile;
 pub mod control;

@@ -369,20 +369,32 @@ fn bad_input_changes_nothing_and_a_failed_node_rolls_everything_back() {
         );
         untouched(what);
     }
-    // An agent node: refused before any node is touched, naming it.
+    // An agent node whose token file cannot be read: fails naming it, and the netns nodes'
+    // changes are rolled back (tests/agent.rs drives real agents).
     let agent = good.replacen(
         &format!("netns = \"{}\"", hosts[2].ns),
         "agent = \"http://192.0.2.3:7070\"\ntoken_file = \"/nonexistent\"",
         1,
     );
-    let out = cluster(&cluster_file(&agent), &["partition", "halves"]);
+    let out = cluster(
+        &cluster_file(&agent),
+        &["partition", "halves", "--name", "noagent"],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("node n3") && err.contains("not implemented yet"),
+        err.contains("node n3") && err.contains("token file /nonexistent"),
         "{err}"
     );
-    untouched("agent transport");
+    for h in &hosts {
+        if let Ok(names) = nf.rule_names(&h.ns) {
+            assert!(
+                !names.iter().any(|n| n.starts_with("noagent.")),
+                "{}: {names:?}; {err}",
+                h.ns
+            );
+        }
+    }
 
     // n5's namespace does not exist: n1..n4 take their entries, then give them back.
     let missing = format!("{PREFIX}-{}-missing", std::process::id());

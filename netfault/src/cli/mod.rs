@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 use netfault::control::{netns, privileges};
 
+pub mod agent;
 pub mod apply;
 pub mod args;
 pub mod attach;
@@ -80,6 +81,7 @@ pub enum Cmd {
     Renew(renew::Args),
     Protect(protect::Args),
     Cluster(cluster::Args),
+    Agent(agent::Args),
     Completions(completions::Args),
     Manpage(manpage::Args),
     #[command(hide = true)]
@@ -145,6 +147,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Cluster(a) => cluster::run(a, ns)?,
         Cmd::Node(a) => node::run(a, ns).map(|()| Done::Ok)?,
         Cmd::ReapOffloads(a) => reap::run(a, ns).map(|()| Done::Ok)?,
+        Cmd::Agent(a) => agent::run(a, ns)?,
         Cmd::Completions(_) | Cmd::Manpage(_) => unreachable!("handled above"),
     };
     if reaper {

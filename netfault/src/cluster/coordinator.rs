@@ -13,7 +13,7 @@ use std::{
 
 use super::{
     Cluster, Grudge, Impair, NodePlan, plan,
-    transport::{self, LiveFault, NodeError, NodeTransport, NotImplemented},
+    transport::{self, LiveFault, NodeError, NodeTransport},
 };
 use crate::{
     observe::StatView,
@@ -33,8 +33,6 @@ pub enum Error {
     /// Bad input (cluster file, topology, names): nothing changed; exit 2.
     #[error(transparent)]
     Spec(#[from] SpecError),
-    #[error(transparent)]
-    NotImplemented(#[from] NotImplemented),
     /// One or more nodes failed; `outcome` says what was done about the others.
     #[error("node {node}: {source}{}{outcome}", others_text(others))]
     Node {
@@ -72,7 +70,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Spec(_) => 2,
-            Error::NotImplemented(_) | Error::Node { .. } => 1,
+            Error::Node { .. } => 1,
         }
     }
 }
@@ -128,14 +126,13 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Refuses a cluster with a node whose transport is not implemented yet, before any node
-    /// is touched.
+    /// A coordinator for every node of `cluster`, each by its own transport.
     pub fn new(cluster: Cluster) -> Result<Self, Error> {
         let transports = cluster
             .nodes
             .iter()
-            .map(|n| transport::for_node(n).map(Arc::from))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|n| Arc::from(transport::for_node(n)))
+            .collect::<Vec<_>>();
         Ok(Self {
             cluster,
             transports,
@@ -599,32 +596,5 @@ mod tests {
         assert!(!impair_entry("lossy.to-n9.v6", &any, &peers));
         assert!(!impair_entry("lossy.to-n1.v4", &named, &peers));
         assert!(impair_entry("a.b.to-n1.v4", &named, &peers));
-    }
-
-    fn netns_cluster() -> Cluster {
-        Cluster::parse(
-            r#"
-[[node]]
-name = "n1"
-addrs = ["192.0.2.1"]
-iface = ["eth0"]
-netns = "a"
-[[node]]
-name = "n2"
-addrs = ["192.0.2.2"]
-iface = ["eth0"]
-agent = "http://192.0.2.2:7070"
-token_file = "/nonexistent"
-"#,
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn transports_not_implemented_are_refused_naming_the_node() {
-        let e = Coordinator::new(netns_cluster()).err().unwrap();
-        assert_eq!(e.exit_code(), 1);
-        assert!(e.to_string().contains("node n2"), "{e}");
-        assert!(e.to_string().contains("not implemented yet"), "{e}");
     }
 }

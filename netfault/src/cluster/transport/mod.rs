@@ -1,17 +1,17 @@
-//! How the coordinator acts on one node: one module per transport. The network-namespace and
-//! SSH transports exist; the agent transport is parsed from the cluster file but refused here
-//! ([`for_node`]), before any node is touched.
+//! How the coordinator acts on one node: one module per transport: the network namespace on
+//! this host ([`Netns`]), a `netfault agent` over HTTP(S) ([`Agent`]) and OpenSSH running
+//! `netfault node` on the remote ([`Ssh`]).
 //!
 //! A transport's methods block and may change the calling thread (the netns transport enters
 //! the node's namespace with setns, which applies to one thread only): the coordinator calls
 //! each on a fresh thread of its own.
+pub mod agent;
 mod netns;
 pub mod ssh;
 
 use std::time::Duration;
 
-pub use self::netns::Netns;
-pub use self::ssh::Ssh;
+pub use self::{agent::Agent, netns::Netns, ssh::Ssh};
 use super::{Node, NodePlan, Transport};
 use crate::{
     control::{self, netns as ns},
@@ -27,6 +27,9 @@ pub enum NodeError {
     Control(#[from] control::Error),
     #[error(transparent)]
     Ssh(#[from] ssh::SshError),
+    /// The agent transport: what the agent answered, or why it could not be asked.
+    #[error("{0}")]
+    Agent(String),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("the node's worker thread panicked")]
@@ -73,30 +76,23 @@ pub trait NodeTransport: Send + Sync {
     }
 }
 
-/// A transport the cluster file names but this build cannot drive yet.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("node {node}: the {transport} transport is not implemented yet (only netns and ssh are)")]
-pub struct NotImplemented {
-    pub node: String,
-    pub transport: &'static str,
-}
-
-/// The transport for `node`; refuses those not implemented yet.
-pub fn for_node(node: &Node) -> Result<Box<dyn NodeTransport>, NotImplemented> {
+/// The transport for `node`.
+pub fn for_node(node: &Node) -> Box<dyn NodeTransport> {
     match &node.transport {
-        Transport::Netns(ns) => Ok(Box::new(Netns { ns: ns.clone() })),
-        Transport::Agent { .. } => Err(NotImplemented {
-            node: node.name.clone(),
-            transport: "agent",
-        }),
+        Transport::Netns(ns) => Box::new(Netns { ns: ns.clone() }),
+        Transport::Agent {
+            url,
+            token_file,
+            ca_file,
+        } => Box::new(Agent::new(url, token_file, ca_file.as_deref())),
         Transport::Ssh {
             target,
             options,
             netfault,
-        } => Ok(Box::new(Ssh {
+        } => Box::new(Ssh {
             target: target.clone(),
             options: options.clone(),
             netfault: netfault.clone(),
-        })),
+        }),
     }
 }

@@ -1,0 +1,390 @@
+//! The agent transport: a `netfault agent` on the node, over HTTP/1.1 (TLS with `https://`),
+//! authenticated by a bearer token. Blocking (ureq): every transport call runs on a thread of
+//! its own.
+//!
+//! How the coordinator's operations map onto the agent's API (the server is
+//! [`crate::agent`]):
+//!
+//! | operation           | request                                                    |
+//! |---------------------|------------------------------------------------------------|
+//! | `apply(plan, ttl)`  | `POST /v1/plan` `{"plan": NodePlan, "ttl": "10m"}`: additive |
+//! | `delete(names)`     | `POST /v1/delete` `{"names": [...]}`                       |
+//! | `heal(select)`      | `GET /v1/status`, then `POST /v1/delete` `{"names", "kind": "partition"}` |
+//! | `renew(names, ttl)` | `POST /v1/renew` `{"names": [...], "ttl": "5m"}`           |
+//! | `state()`           | `GET /v1/status`                                           |
+//!
+//! Additive changes (`/v1/plan`, `/v1/delete`) need no precondition: entries are named, a name
+//! taken is refused (409), so two coordinators never overwrite each other's entries. The
+//! desired-state call, `PUT /v1/ruleset`, replaces every rule and partition and takes
+//! `If-Match: GENERATION` for scripts that read, change and write back.
+//!
+//! The wire types live here (the cluster layer) so the server, a layer above, shares them.
+use std::{path::Path, sync::Arc, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use super::{LiveFault, NodeError, NodePlan, NodeState, NodeTransport};
+use crate::{
+    cluster::file::AgentUrl,
+    spec::{Kind, Ttl},
+};
+
+/// What every response that changed something says.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Changed {
+    /// The node's rule-set generation after the change.
+    pub generation: u64,
+    /// The entries the change added, deleted or renewed (by name).
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Rules that cover protected traffic (protection wins there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// `POST /v1/plan`: the coordinator's additive apply.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRequest {
+    pub plan: NodePlan,
+    /// `"10m"`, `"none"`; default 10m.
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// `POST /v1/delete`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteRequest {
+    pub names: Vec<String>,
+    /// Only entries of this kind; default any.
+    #[serde(default)]
+    pub kind: Option<Kind>,
+}
+
+/// `POST /v1/renew`: every field optional (default: the lease of the last `PUT /v1/ruleset`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// Default: the entries of the lease, or every rule and partition.
+    #[serde(default)]
+    pub names: Option<Vec<String>>,
+    /// `"5s"`, `"none"`; default: the lease.
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// The lease of the set the last `PUT /v1/ruleset` put, while it holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseView {
+    pub lease_ms: u64,
+    pub names: Vec<String>,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusView {
+    pub generation: u64,
+    /// Interfaces netfault is attached to on the node.
+    pub attached: Vec<String>,
+    /// The interfaces the agent serves (`--iface`): a plan may attach only these.
+    pub ifaces: Vec<String>,
+    /// Live rules and partitions.
+    pub faults: Vec<FaultView>,
+    /// Labels of the protections.
+    pub protected: Vec<String>,
+    pub lease: Option<LeaseView>,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FaultView {
+    pub name: String,
+    pub kind: Kind,
+    /// Milliseconds left; `None`: no expiry.
+    pub expires_in_ms: Option<u64>,
+}
+
+/// Every error response: `{"error": "...", "field": "rule[0].drop"}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// A TTL as the API writes it: `"10m"`, `"none"`.
+pub fn ttl_text(ttl: Ttl) -> String {
+    match ttl {
+        Ttl::Never => "none".into(),
+        Ttl::For(d) => humantime::format_duration(d).to_string(),
+    }
+}
+
+/// What went wrong talking to an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("read the token file {path}: {source}")]
+    Token {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the token file {0} is empty")]
+    EmptyToken(String),
+    #[error("CA file {path}: {msg}")]
+    Ca { path: String, msg: String },
+    #[error("{url}: {msg}")]
+    Transport { url: String, msg: String },
+    #[error("{url}: the agent answered {status}: {}{}", body.error, body.field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
+    Status {
+        url: String,
+        status: u16,
+        body: ErrorBody,
+    },
+    #[error("{url}: unexpected answer: {msg}")]
+    Protocol { url: String, msg: String },
+}
+
+/// Reads a bearer token file: its content, surrounding white space trimmed.
+pub fn read_token(path: &Path) -> Result<String, AgentError> {
+    let shown = path.display().to_string();
+    let t = std::fs::read_to_string(path).map_err(|source| AgentError::Token {
+        path: shown.clone(),
+        source,
+    })?;
+    let t = t.trim().to_string();
+    if t.is_empty() {
+        return Err(AgentError::EmptyToken(shown));
+    }
+    Ok(t)
+}
+
+/// Loads the certificates of a PEM bundle as roots.
+fn roots(path: &Path) -> Result<ureq::tls::RootCerts, AgentError> {
+    let ca = |msg: String| AgentError::Ca {
+        path: path.display().to_string(),
+        msg,
+    };
+    let pem = std::fs::read(path).map_err(|e| ca(e.to_string()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let ureq::tls::PemItem::Certificate(c) = item.map_err(|e| ca(e.to_string()))? {
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        return Err(ca("no certificate in it".into()));
+    }
+    Ok(ureq::tls::RootCerts::new_with_certs(&certs))
+}
+
+/// One agent, as the coordinator talks to it.
+pub struct Client {
+    pub base: String,
+    token: String,
+    http: ureq::Agent,
+}
+
+impl Client {
+    /// A client for the agent at `url`; `ca_file` verifies its certificate (https only;
+    /// default: the web PKI's roots). Agents are reached directly, never through a proxy.
+    pub fn new(
+        url: &AgentUrl,
+        token_file: &Path,
+        ca_file: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<Self, AgentError> {
+        let token = read_token(token_file)?;
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(ca) = ca_file {
+            tls = tls.root_certs(roots(ca)?);
+        }
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .max_redirects(0)
+            .timeout_global(Some(timeout))
+            .https_only(url.https)
+            .tls_config(tls.build())
+            .build();
+        Ok(Self {
+            base: url.to_string(),
+            token,
+            http: config.into(),
+        })
+    }
+
+    /// Sends a request; a 2xx answer is parsed as `T`, anything else is an [`AgentError`]
+    /// with the agent's `{"error", "field"}`.
+    pub fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, AgentError> {
+        let url = format!("{}{path}", self.base);
+        let bearer = format!("Bearer {}", self.token);
+        let transport = |e: ureq::Error| AgentError::Transport {
+            url: url.clone(),
+            msg: e.to_string(),
+        };
+        let resp = match (method, body) {
+            ("GET", _) => self.http.get(&url).header("Authorization", &bearer).call(),
+            ("DELETE", _) => self
+                .http
+                .delete(&url)
+                .header("Authorization", &bearer)
+                .call(),
+            (m, b) => {
+                let req = match m {
+                    "PUT" => self.http.put(&url),
+                    _ => self.http.post(&url),
+                }
+                .header("Authorization", &bearer);
+                match b {
+                    Some(b) => req.send_json(b),
+                    None => req.send_empty(),
+                }
+            }
+        }
+        .map_err(transport)?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        let text = body
+            .with_config()
+            .limit(16 << 20)
+            .read_to_string()
+            .map_err(transport)?;
+        if !(200..300).contains(&status) {
+            let body = serde_json::from_str(&text).unwrap_or(ErrorBody {
+                error: text.trim().chars().take(200).collect(),
+                field: None,
+            });
+            return Err(AgentError::Status { url, status, body });
+        }
+        serde_json::from_str(&text).map_err(|e| AgentError::Protocol {
+            url: url.clone(),
+            msg: format!("{e}: {}", text.chars().take(200).collect::<String>()),
+        })
+    }
+
+    pub fn status(&self) -> Result<StatusView, AgentError> {
+        self.call("GET", "/v1/status", None::<&()>)
+    }
+}
+
+/// The transport: a client, or why there is none (a token file that cannot be read fails
+/// the node's operations, so the coordinator names the node and rolls the others back).
+pub struct Agent {
+    client: Arc<Result<Client, String>>,
+}
+
+impl Agent {
+    pub fn new(url: &AgentUrl, token_file: &Path, ca_file: Option<&Path>) -> Self {
+        // Under the coordinator's per-node deadline.
+        let timeout = crate::cluster::coordinator::NODE_TIMEOUT;
+        Self {
+            client: Arc::new(
+                Client::new(url, token_file, ca_file, timeout).map_err(|e| e.to_string()),
+            ),
+        }
+    }
+
+    fn client(&self) -> Result<&Client, NodeError> {
+        self.client
+            .as_ref()
+            .as_ref()
+            .map_err(|e| NodeError::Agent(e.clone()))
+    }
+}
+
+fn node_err(e: AgentError) -> NodeError {
+    NodeError::Agent(e.to_string())
+}
+
+impl NodeTransport for Agent {
+    fn kind(&self) -> &'static str {
+        "agent"
+    }
+
+    fn apply(&self, plan: &NodePlan, ttl: Ttl) -> Result<Vec<String>, NodeError> {
+        let req = PlanRequest {
+            plan: plan.clone(),
+            ttl: Some(ttl_text(ttl)),
+        };
+        let c: Changed = self
+            .client()?
+            .call("POST", "/v1/plan", Some(&req))
+            .map_err(node_err)?;
+        Ok(c.names)
+    }
+
+    fn delete(&self, names: &[String]) -> Result<Vec<String>, NodeError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let req = DeleteRequest {
+            names: names.to_vec(),
+            kind: None,
+        };
+        let c: Changed = self
+            .client()?
+            .call("POST", "/v1/delete", Some(&req))
+            .map_err(node_err)?;
+        Ok(c.names)
+    }
+
+    fn heal(&self, select: &(dyn Fn(&str) -> bool + Sync)) -> Result<Vec<String>, NodeError> {
+        let client = self.client()?;
+        let st = client.status().map_err(node_err)?;
+        let names: Vec<String> = st
+            .faults
+            .into_iter()
+            .filter(|f| f.kind == Kind::Partition && select(&f.name))
+            .map(|f| f.name)
+            .collect();
+        if names.is_empty() {
+            return Ok(names);
+        }
+        let req = DeleteRequest {
+            names,
+            kind: Some(Kind::Partition),
+        };
+        let c: Changed = client
+            .call("POST", "/v1/delete", Some(&req))
+            .map_err(node_err)?;
+        Ok(c.names)
+    }
+
+    fn renew(&self, names: &[String], ttl: Ttl) -> Result<Vec<String>, NodeError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let req = RenewRequest {
+            names: Some(names.to_vec()),
+            ttl: Some(ttl_text(ttl)),
+        };
+        let c: Changed = self
+            .client()?
+            .call("POST", "/v1/renew", Some(&req))
+            .map_err(node_err)?;
+        Ok(c.names)
+    }
+
+    fn state(&self) -> Result<NodeState, NodeError> {
+        let st = self.client()?.status().map_err(node_err)?;
+        Ok(NodeState {
+            attached: st.attached,
+            faults: st
+                .faults
+                .into_iter()
+                .map(|f| LiveFault {
+                    name: f.name,
+                    kind: f.kind,
+                    ttl_left_s: f.expires_in_ms.map(|ms| ms / 1000),
+                })
+                .collect(),
+        })
+    }
+}
