@@ -950,3 +950,133 @@ fn partition_wall_time_via_agents() {
         times[times.len() - 1]
     );
 }
+
+/// A cluster-run scenario over agents: isolate:n1 three times, every change logged.
+const AGENT_FLAP: &str = r#"
+seed = 7
+lease = "2s"
+
+[[step]]
+name = "flap"
+at = "0s"
+partition = "isolate:n1"
+for = "1s"
+repeat = 3
+every = "2s"
+"#;
+
+/// A cut that only the lease ends once the coordinator is gone.
+const AGENT_LONG_CUT: &str = r#"
+lease = "2s"
+
+[[step]]
+name = "cut"
+at = "0s"
+partition = "complete"
+for = "2m"
+"#;
+
+fn event_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// `cluster run` over agents: a flapping scenario's log pairs every node's start with an end,
+/// and after `kill -9` of a run every node is back to normal within the lease plus 1 s, with no
+/// netfault process renewing (the agents stay up; the data path lets the entries go).
+#[test]
+fn cluster_run_via_agents_logs_paired_events_and_kill_9_heals_within_the_lease() {
+    let (_lab, _nf, hosts, ctl) = agent_lab();
+    let token = tmp_file("token", &format!("{TOKEN}\n"), 0o600);
+    let _agents = start_agents(&hosts, &token.0, &ctl);
+    let file = tmp_file("toml", &cluster_text(&hosts, &token.0, "http", None), 0o600);
+
+    let sc = tmp_file("toml", AGENT_FLAP, 0o600);
+    let events = tmp_file("jsonl", "", 0o600);
+    let (sc_path, ev_path) = (
+        sc.0.to_str().unwrap().to_string(),
+        events.0.to_str().unwrap().to_string(),
+    );
+    cluster_ok(&ctl, &file.0, &["run", &sc_path, "--events", &ev_path]);
+    let log = event_lines(&events.0);
+    assert_eq!(log.last().unwrap()["outcome"], "finished", "{log:#?}");
+    for k in 0..3u64 {
+        for n in 1..=5 {
+            let node = format!("n{n}");
+            let of = |phase: &str| {
+                log.iter()
+                    .filter(|l| {
+                        l["name"] == "flap"
+                            && l["occurrence"] == k
+                            && l["phase"] == phase
+                            && l["node"].as_str() == Some(node.as_str())
+                    })
+                    .count()
+            };
+            assert_eq!(
+                (of("start"), of("end")),
+                (1, 1),
+                "flap#{k} {node}: {log:#?}"
+            );
+        }
+    }
+    assert_matrix(&hosts, &full(5), "after the flapping run");
+
+    let sc = tmp_file("toml", AGENT_LONG_CUT, 0o600);
+    let events = tmp_file("jsonl", "", 0o600);
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ctl.ns, env!("CARGO_BIN_EXE_netfault")])
+        .args(["cluster", "--cluster"])
+        .arg(&file.0)
+        .arg("run")
+        .arg(&sc.0)
+        .arg("--events")
+        .arg(&events.0)
+        .env_remove("SSH_CONNECTION")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    while !event_lines(&events.0)
+        .iter()
+        .any(|l| l["node"].is_null() && l["phase"] == "start")
+    {
+        if let Some(s) = child.try_wait().unwrap() {
+            panic!("run exited ({s}) before its step started");
+        }
+        assert!(Instant::now() < end, "the step did not start within 30 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let none: BTreeMap<(usize, usize), bool> = full(5).into_keys().map(|k| (k, false)).collect();
+    assert_matrix(&hosts, &none, "complete via agents, run alive");
+    std::thread::sleep(Duration::from_millis(2500)); // past one lease: renewals keep it
+    assert_matrix(&hosts, &none, "complete via agents, after one lease");
+    child.kill().unwrap(); // `ip netns exec` execs netfault: this is SIGKILL to the coordinator
+    let killed = Instant::now();
+    child.wait().unwrap();
+    let lease = Duration::from_secs(2);
+    let mut healed_at = None;
+    for _ in 0..40 {
+        let t = Instant::now();
+        if matrix(&hosts) == full(5) {
+            healed_at = Some(t.duration_since(killed));
+            break;
+        }
+        if t > killed + lease + Duration::from_secs(4) {
+            break;
+        }
+    }
+    let healed_at = healed_at.expect("not healed within lease + 4 s of kill -9");
+    eprintln!(
+        "kill -9 of run via agents: full matrix {healed_at:?} after the kill (lease {lease:?})"
+    );
+    assert!(
+        healed_at <= lease + Duration::from_secs(1),
+        "full matrix only {healed_at:?} after kill -9 (lease {lease:?})"
+    );
+}

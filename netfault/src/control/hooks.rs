@@ -272,18 +272,8 @@ mod tests {
         idle(&[entry("loopback/v4", Kind::Protect, |_| {})]);
         idle(&[drop_rule("out", Direction::Egress, 1.0)]);
         idle(&[drop_rule("never", Direction::Ingress, 0.0)]);
-        // Duplication and shaping need an skb: tc ingress applies such a rule whole.
-        idle(&[entry("dup", Kind::Rule, |s| {
-            s.drop = Prob(0.5);
-            s.duplicate = Prob(0.5);
-        })]);
-        idle(&[entry("slow", Kind::Rule, |s| {
-            s.drop = Prob(0.5);
-            s.shape = Shape {
-                delay: Some(std::time::Duration::from_millis(5)),
-                ..Default::default()
-            };
-        })]);
+        // Every packet duplicated: no probability to draw per wire frame; tc applies it whole.
+        idle(&[entry("dup-all", Kind::Rule, |s| s.duplicate = Prob(1.0))]);
         // Bound to another interface.
         idle(&[entry("there", Kind::Rule, |s| {
             s.drop = Prob(1.0);
@@ -299,6 +289,29 @@ mod tests {
             assert!(c.xdp && !c.permanent, "{c:?}");
             assert_eq!(c.why, Why::VirtualDrop(name.into()));
         };
+        // tc ingress applies a rule that duplicates or shapes, but a probability there must be
+        // drawn per wire frame: XDP stays so the veth's peer sends wire frames.
+        wants(
+            &[entry("dup", Kind::Rule, |s| {
+                s.drop = Prob(0.5);
+                s.duplicate = Prob(0.5);
+            })],
+            "dup",
+        );
+        wants(
+            &[entry("slow", Kind::Rule, |s| {
+                s.drop = Prob(0.5);
+                s.shape = Shape {
+                    delay: Some(std::time::Duration::from_millis(5)),
+                    ..Default::default()
+                };
+            })],
+            "slow",
+        );
+        wants(
+            &[entry("dup10", Kind::Rule, |s| s.duplicate = Prob(0.1))],
+            "dup10",
+        );
         wants(&[drop_rule("in", Direction::Ingress, 0.01)], "in");
         wants(&[drop_rule("both", Direction::Both, 1.0)], "both");
         let mut live = drop_rule("live", Direction::Ingress, 1.0);
