@@ -14,7 +14,7 @@ use netfault::{
 use super::Done;
 
 /// Partition and impair a lab cluster: every node of a cluster file at once, all or nothing,
-/// by hand or from a scenario file. Only the netns transport is implemented yet.
+/// by hand or from a scenario file, over netns, agent (HTTP) or SSH transports.
 #[derive(clap::Args)]
 pub struct Args {
     /// The cluster file (`[[node]]`: name, addrs, iface, and one transport).
