@@ -444,7 +444,7 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
 
     let healed = cluster_ok(&ctl, &file.0, &["heal"]);
     assert!(
-        healed.starts_with("healed 24 partition entries"),
+        healed.starts_with("healed 24 entries"),
         "{healed}"
     );
     assert_matrix(&hosts, &full(5), "healed");
