@@ -393,7 +393,7 @@ fn isolate_over_ssh_cuts_the_wire_as_its_grudge_says_keeps_ssh_open_and_heals() 
 
     let healed = l.cluster_ok(&file, &["heal"]);
     assert!(
-        healed.starts_with("healed 16 partition entries"),
+        healed.starts_with("healed 16 entries"),
         "{healed}"
     );
     for i in 0..5 {
