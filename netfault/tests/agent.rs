@@ -443,10 +443,7 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
     assert_matrix(&hosts, &expected(&grudge, 5), "after the refused repeat");
 
     let healed = cluster_ok(&ctl, &file.0, &["heal"]);
-    assert!(
-        healed.starts_with("healed 24 entries"),
-        "{healed}"
-    );
+    assert!(healed.starts_with("healed 24 entries"), "{healed}");
     assert_matrix(&hosts, &full(5), "healed");
     // The events say what happened, in order.
     let (code, ev) = http(

@@ -392,10 +392,7 @@ fn isolate_over_ssh_cuts_the_wire_as_its_grudge_says_keeps_ssh_open_and_heals() 
     }
 
     let healed = l.cluster_ok(&file, &["heal"]);
-    assert!(
-        healed.starts_with("healed 16 entries"),
-        "{healed}"
-    );
+    assert!(healed.starts_with("healed 16 entries"), "{healed}");
     for i in 0..5 {
         assert!(l.partitions(i).is_empty(), "n{} after heal", i + 1);
     }
