@@ -33,6 +33,8 @@ use proptest::{
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const TC_ACT_SHOT: u32 = 2;
+/// An egress drop: a redirect to ifindex 0, which the stack takes for a packet sent (a loss).
+const TC_ACT_REDIRECT: u32 = 7;
 const TCX_NEXT: u32 = u32::MAX;
 /// BPF_PROG_TEST_RUN runs the programs on the namespace's loopback device.
 const LO: u32 = 1;
@@ -614,6 +616,7 @@ fn check(k: &mut Kernel, set: &[Entry], pkts: &[Pkt]) -> Result<(), TestCaseErro
             let expect = match (hook, drop) {
                 (Hook::Xdp, true) => XDP_DROP,
                 (Hook::Xdp, false) => XDP_PASS,
+                (Hook::TcEgress, true) => TC_ACT_REDIRECT,
                 (_, true) => TC_ACT_SHOT,
                 (_, false) => TCX_NEXT,
             };
