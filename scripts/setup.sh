@@ -61,10 +61,8 @@ if ! cargo-fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
   cargo +"$USER_TOOLCHAIN" install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi
 
-# bpffs, where netfault pins its programs and maps.
-if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
-  as_root mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
-fi
+# No bpffs mount here: netfault mounts it when it needs one and unmounts it again when it
+# leaves nothing pinned (netfault/src/dataplane/bpffs.rs); a mount made here would stay.
 # OpenSSH, for the SSH transport's tests: they run their own sshd (`sshd -D -e -f CONFIG`, in
 # lab namespaces, keys made with ssh-keygen). No system sshd may start: when this script
 # installs the server, /etc/ssh/sshd_not_to_be_run (honoured by Debian's service unit and init

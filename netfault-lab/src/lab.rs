@@ -133,6 +133,8 @@ pub struct Lab {
     /// Interfaces made per namespace, for the next free `ethN`.
     ifaces: HashMap<String, u32>,
     teardown: Vec<Teardown>,
+    /// Held while the lab has pin directories (last: dropped after they are removed).
+    bpffs: Option<netfault::dataplane::Bpffs>,
 }
 
 impl Lab {
@@ -156,6 +158,7 @@ impl Lab {
             prefix: prefix.into(),
             namespaces: Vec::new(),
             pin_dirs: Vec::new(),
+            bpffs: None,
             ifaces: HashMap::new(),
             teardown: Vec::new(),
         })
@@ -197,7 +200,10 @@ impl Lab {
     /// An empty directory of its own on the BPF filesystem (`/sys/fs/bpf/<name>`), for pins;
     /// removed with everything in it when the lab drops.
     pub fn pin_dir(&mut self, role: &str) -> Result<PathBuf> {
-        netfault::dataplane::ensure_bpffs().context("mount the BPF filesystem")?;
+        if self.bpffs.is_none() {
+            self.bpffs =
+                Some(netfault::dataplane::ensure_bpffs().context("mount the BPF filesystem")?);
+        }
         let dir = Path::new(BPFFS).join(self.name(role));
         fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
         self.pin_dirs.push(dir.clone());
@@ -1259,6 +1265,9 @@ pub struct Netfault {
     pub bin: PathBuf,
     env: Vec<(String, String)>,
     hide_iproute2: bool,
+    /// With `hide_iproute2`: the host's bpffs, held mounted. Each command's private mount
+    /// namespace would otherwise mount a bpffs of its own, and its pins would die with it.
+    bpffs: Option<std::sync::Arc<netfault::dataplane::Bpffs>>,
 }
 
 /// Where iproute2 lives on a merged-/usr system (`/sbin` and `/bin` are links to these).
@@ -1273,6 +1282,7 @@ impl Netfault {
             bin: bin.into(),
             env: Vec::new(),
             hide_iproute2: false,
+            bpffs: None,
         }
     }
 
@@ -1280,10 +1290,14 @@ impl Netfault {
     /// [`IPROUTE2_DIRS`] are empty read-only tmpfs mounts: no `tc`, no `ip`, nothing else from
     /// there either (netfault runs from `target/` and needs nothing of them). Everything else
     /// (/run/netns, bpffs, /run/netfault) is the host's: the copied mounts share their
-    /// filesystems.
+    /// filesystems (bpffs is mounted on the host for as long as this driver lives; if that
+    /// fails, the commands say why).
     pub fn without_iproute2(&self) -> Self {
         let mut n = self.clone();
         n.hide_iproute2 = true;
+        n.bpffs = netfault::dataplane::ensure_bpffs()
+            .map(std::sync::Arc::new)
+            .ok();
         n
     }
 

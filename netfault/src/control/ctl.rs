@@ -41,13 +41,15 @@ pub struct Ctl {
     pub warnings: Vec<String>,
     /// Delay and rate may replace a root qdisc another tool installed.
     pub replace_qdisc: bool,
+    /// Last: bpffs stays mounted until the lock and everything else are gone.
+    _bpffs: kernel::Bpffs,
 }
 
 impl Ctl {
     /// Locks the current namespace's state. Call after entering the namespace.
     pub fn open(netns_name: Option<&str>) -> Result<Self> {
         check_privileges()?;
-        kernel::ensure_bpffs()?;
+        let bpffs = kernel::ensure_bpffs()?;
         let key = netns::state_key(netns_name).map_err(Error::NetnsIdentity)?;
         let lock = Locked::acquire(Paths::new(&key), lock_wait())?;
         let mut state = lock.load()?;
@@ -66,6 +68,7 @@ impl Ctl {
             state,
             warnings: Vec::new(),
             replace_qdisc: false,
+            _bpffs: bpffs,
         })
     }
 

@@ -51,7 +51,8 @@ pub fn start(
     replace_qdisc: bool,
 ) -> Result<Running> {
     check_privileges()?;
-    kernel::ensure_bpffs()?;
+    // Only while loading: the private copy is pinned for an instant, then lives by its fds.
+    let _bpffs = kernel::ensure_bpffs()?;
     let mut devices = Vec::new();
     for i in ifaces {
         devices.push((i.clone(), pipeline::check_iface("--iface", i)?));

@@ -15,27 +15,6 @@ use super::{KernelError, Result, ebpf_err, io_err};
 /// The eBPF object built by build.rs from netfault-ebpf.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netfault"));
 
-/// Mounts bpffs at /sys/fs/bpf when it is missing.
-pub fn ensure_bpffs() -> Result<()> {
-    let mounts =
-        std::fs::read_to_string("/proc/self/mounts").map_err(io_err("read /proc/self/mounts"))?;
-    if mounts.lines().any(|l| {
-        l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
-            && l.split_whitespace().nth(2) == Some("bpf")
-    }) {
-        return Ok(());
-    }
-    let (src, dst, ty) = (c"bpf", c"/sys/fs/bpf", c"bpf");
-    // SAFETY: valid C strings; no data argument.
-    let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
-    if rc != 0 {
-        return Err(io_err("mount bpffs at /sys/fs/bpf")(
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
-}
-
 /// Loads the object with its maps pinned in (or reused from) `maps_dir`.
 pub fn load(maps_dir: &Path) -> Result<Ebpf> {
     std::fs::create_dir_all(maps_dir).map_err(io_err(format!("create {}", maps_dir.display())))?;

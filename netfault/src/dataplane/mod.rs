@@ -1,12 +1,14 @@
 //! Everything that touches BPF: loading the object, attaching and detaching programs, and
 //! reading and writing the maps (with the generation flip and its grace period).
 mod attach;
+mod bpffs;
 mod error;
 mod grace;
 mod load;
 mod maps;
 
 pub use attach::*;
+pub use bpffs::{Bpffs, ensure_bpffs};
 pub use error::{KernelError, Result};
 pub(crate) use error::{ebpf_err, io_err};
 pub use load::*;

@@ -130,7 +130,8 @@ fn run(args: &Args) -> Result<()> {
         report::header(&Plan::new(args));
         return retrans::run(r);
     }
-    netfault::dataplane::ensure_bpffs()?;
+    // Held to the end: pins and the CLI's attachments live under it.
+    let _bpffs = netfault::dataplane::ensure_bpffs()?;
     for what in topo::sweep_leftovers().context("remove leftovers of earlier runs")? {
         eprintln!("netfault-bench: removed leftover {what}");
     }
