@@ -258,6 +258,9 @@ impl Ctl {
         values: &[(u32, netfault_common::RuleValue)],
     ) -> Result<()> {
         // Queues first: a stamped packet must never meet a device without fq.
+        // One clock reading and one evaluation order for every step of this publish: the
+        // offloads tuned for XDP are those of the XDP the hooks step then adds.
+        let now = monotonic_ns();
         let devices = self.state.devices();
         shaping::reconcile(
             &devices,
@@ -265,12 +268,12 @@ impl Ctl {
             &mut self.state.shaped,
             maps,
             self.replace_qdisc,
-            monotonic_ns(),
+            now,
         )?;
         // One packet per skb before a probability applies, the old settings back after the
         // last rule that needed them is gone (features.rs).
-        let now = monotonic_ns();
-        let xdp = self.xdp_frames();
+        let ordered = pipeline::ordered(&self.state.rules);
+        let xdp = self.xdp_frames(&ordered, now);
         let added = features::tune(&devices, &self.state.rules, &mut self.state.wire, now, &xdp)?;
         if let Err(e) = maps.publish_set(compiled, values) {
             features::undo(&added, &mut self.state.wire);
@@ -285,13 +288,15 @@ impl Ctl {
             log::warn!("put back the offload settings: {e}");
         }
         // XDP comes and goes with the rules that need it (virtual devices).
-        let (links, maps_dir) = (self.paths().links(), self.paths().maps());
-        let super::state::State {
-            attached, rules, ..
-        } = &mut self.state;
-        let ordered = pipeline::ordered(rules);
-        let w =
-            hooks::apply::reconcile(attached, &ordered, maps, &links, &maps_dir, monotonic_ns())?;
+        let (links, maps_dir) = (self.lock.paths.links(), self.lock.paths.maps());
+        let w = hooks::apply::reconcile(
+            &mut self.state.attached,
+            &ordered,
+            maps,
+            &links,
+            &maps_dir,
+            now,
+        )?;
         self.warnings.extend(w);
         Ok(())
     }
@@ -307,7 +312,8 @@ impl Ctl {
         }
         let now = monotonic_ns();
         self.prune_expired(now);
-        let (devices, xdp) = (self.state.devices(), self.xdp_frames());
+        let devices = self.state.devices();
+        let xdp = self.xdp_frames(&pipeline::ordered(&self.state.rules), now);
         let res = features::release(&devices, &self.state.rules, &mut self.state.wire, now, &xdp);
         self.save()?;
         res?;
@@ -315,12 +321,10 @@ impl Ctl {
     }
 
     /// Whether netfault's native XDP program applies ingress drops on an interface (it sees
-    /// wire frames there; generic XDP runs after GRO).
-    fn xdp_frames(&self) -> impl Fn(&str) -> bool + use<> {
+    /// wire frames there; generic XDP runs after GRO), with the rules `ordered` at `now`.
+    fn xdp_frames(&self, ordered: &[&RuleEntry], now: u64) -> impl Fn(&str) -> bool + use<> {
         // Native XDP there now, or the XDP hook choice adds for these rules after the publish
         // (virtual devices; native unless generic was forced or another program holds XDP).
-        let now = monotonic_ns();
-        let ordered = pipeline::ordered(&self.state.rules);
         let native: Vec<String> = self
             .state
             .attached
