@@ -40,7 +40,9 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<()> {
         NodeCmd::State => Op::State,
     };
     // Inside a named namespace (an sshd started there), the state `--netns NAME` uses.
-    let name = ns.map(str::to_owned).or_else(ssh::own_netns_name);
+    let name = ns
+        .map(str::to_owned)
+        .or_else(netfault::control::netns::own_name);
     let mut input = std::io::BufReader::new(ssh::DeadlineStdin::new(ssh::CALL_LIMIT));
     let mut out = std::io::stdout().lock();
     match ssh::serve(op, &mut input, &mut out, name.as_deref()) {

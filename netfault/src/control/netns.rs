@@ -51,16 +51,41 @@ pub fn cookie() -> io::Result<u64> {
     }
 }
 
-fn ns_inode(path: &str) -> Option<u64> {
+/// A namespace file's identity: its device and inode.
+fn ns_id(path: &std::path::Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata(path).ok().map(|m| m.ino())
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// This process is in the host's (pid 1's) network namespace.
+fn in_host_netns() -> bool {
+    ns_id("/proc/self/ns/net".as_ref()) == ns_id("/proc/1/ns/net".as_ref())
 }
 
 /// Directory name that keeps one namespace's state apart from the others'.
 pub fn state_key(name: Option<&str>) -> io::Result<String> {
     Ok(match name {
         Some(n) => format!("netns-{n}"),
-        None if ns_inode("/proc/self/ns/net") == ns_inode("/proc/1/ns/net") => "host".into(),
+        None if in_host_netns() => "host".into(),
         None => format!("cookie-{}", cookie()?),
     })
+}
+
+/// The name under /run/netns of the namespace this process is in, when it is not the host's
+/// (pid 1's) and has one: a process started inside a named namespace (an sshd there) then
+/// finds the state `netfault --netns NAME` uses. The first name in sorted order if several
+/// name it; `None` in the host's namespace or an unnamed one.
+pub fn own_name() -> Option<String> {
+    let me = ns_id("/proc/self/ns/net".as_ref())?;
+    if in_host_netns() {
+        return None;
+    }
+    let mut names: Vec<String> = std::fs::read_dir("/run/netns")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| ns_id(&e.path()) == Some(me))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names.into_iter().next()
 }

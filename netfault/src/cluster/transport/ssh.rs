@@ -22,7 +22,7 @@
 //!   session (`"pick"`), under the node's lock, the node lists its partitions, the coordinator
 //!   picks among them, and the node deletes the picked names (`{"partitions": [...]}`).
 //! - State: the remote finds the state `netfault --netns NS` uses when its sshd runs inside a
-//!   named namespace ([`own_netns_name`]), the host's otherwise.
+//!   named namespace ([`netns::own_name`]), the host's otherwise.
 use std::{
     io::{self, BufRead as _, Read as _, Write as _},
     os::unix::process::CommandExt as _,
@@ -705,27 +705,6 @@ pub fn exit_code(e: &NodeError) -> u8 {
 /// The failure document `netfault node` writes on stdout.
 pub fn failure(e: &NodeError) -> String {
     serde_json::json!({ "error": e.to_string(), "exit": exit_code(e) }).to_string()
-}
-
-/// The name under /run/netns of the namespace this process is in, when it is not the host's
-/// (pid 1's) and has one: a process started inside a named namespace (an sshd there) then
-/// finds the state `netfault --netns NAME` uses. The first name in sorted order if several
-/// name it; `None` in the host's namespace or an unnamed one.
-pub fn own_netns_name() -> Option<String> {
-    use std::os::unix::fs::MetadataExt as _;
-    let id = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    let me = id("/proc/self/ns/net".as_ref())?;
-    if id("/proc/1/ns/net".as_ref()) == Some(me) {
-        return None;
-    }
-    let mut names: Vec<String> = std::fs::read_dir("/run/netns")
-        .ok()?
-        .filter_map(Result::ok)
-        .filter(|e| id(&e.path()) == Some(me))
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    names.into_iter().next()
 }
 
 #[cfg(test)]
