@@ -52,6 +52,16 @@ pub fn delete(ctl: &mut Ctl, names: &[String]) -> Result<Vec<String>, NodeError>
     Ok(ctl.delete(&present, &[Kind::Partition, Kind::Rule, Kind::Protect])?)
 }
 
+/// Every partition entry the node holds, live or expired: what [`heal`] picks from.
+pub fn partitions(ctl: &Ctl) -> Vec<String> {
+    ctl.state
+        .rules
+        .iter()
+        .filter(|r| r.spec.kind == Kind::Partition)
+        .map(|r| r.spec.name.clone())
+        .collect()
+}
+
 /// Deletes the partitions `select` picks. Returns the names deleted.
 pub fn heal(
     ctl: &mut Ctl,
@@ -60,13 +70,7 @@ pub fn heal(
     if !attached(ctl) {
         return Ok(Vec::new());
     }
-    let picked: Vec<String> = ctl
-        .state
-        .rules
-        .iter()
-        .filter(|r| r.spec.kind == Kind::Partition && select(&r.spec.name))
-        .map(|r| r.spec.name.clone())
-        .collect();
+    let picked: Vec<String> = partitions(ctl).into_iter().filter(|n| select(n)).collect();
     if picked.is_empty() {
         return Ok(picked);
     }

@@ -561,15 +561,6 @@ fn to_json(v: &impl Serialize) -> Result<String, NodeError> {
     })
 }
 
-fn partition_names(ctl: &Ctl) -> Vec<String> {
-    ctl.state
-        .rules
-        .iter()
-        .filter(|r| r.spec.kind == Kind::Partition)
-        .map(|r| r.spec.name.clone())
-        .collect()
-}
-
 fn io_error(e: io::Error) -> NodeError {
     NodeError::Ssh(SshError::Io(e))
 }
@@ -603,7 +594,7 @@ pub fn serve(
         Request::Heal(h) => {
             let h = if h == wire::Heal::Pick {
                 let list = to_json(&wire::Partitions {
-                    partitions: partition_names(&ctl),
+                    partitions: local::partitions(&ctl),
                 })?;
                 writeln!(output, "{list}")
                     .and_then(|()| output.flush())
@@ -643,7 +634,7 @@ pub fn serve(
                         ttl_left_s: f.ttl_left_s,
                     })
                     .collect(),
-                partitions: partition_names(&ctl),
+                partitions: local::partitions(&ctl),
             })
         }
     }?;
