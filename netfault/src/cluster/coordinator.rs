@@ -45,7 +45,7 @@ pub enum Error {
 }
 
 /// The error for a change that failed on some nodes (the first one named, the others listed).
-fn node_error(mut failed: Vec<(String, NodeError)>, outcome: String) -> Error {
+pub(super) fn node_error(mut failed: Vec<(String, NodeError)>, outcome: String) -> Error {
     let (node, source) = failed.remove(0);
     Error::Node {
         node,

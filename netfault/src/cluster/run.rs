@@ -135,18 +135,7 @@ impl Runner<'_> {
     }
 
     fn fail(&self, failed: Vec<(String, NodeError)>, outcome: &str) -> Error {
-        let mut failed = failed;
-        let (node, source) = failed.remove(0);
-        coordinator::Error::Node {
-            node,
-            source: Box::new(source),
-            others: failed
-                .into_iter()
-                .map(|(n, e)| (n, e.to_string()))
-                .collect(),
-            outcome: outcome.to_string(),
-        }
-        .into()
+        coordinator::node_error(failed, outcome.to_string()).into()
     }
 
     fn occurrence(&self, ev: &Event) -> Result<(Occurrence, Vec<NodePlan>), Error> {
