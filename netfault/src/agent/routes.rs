@@ -257,6 +257,18 @@ async fn read_body(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> R
         .await
 }
 
+/// The agent's core, waiting at most the request timeout for the change that holds it.
+async fn hold_core(sh: &Arc<Shared>) -> ApiResult<tokio::sync::OwnedMutexGuard<Core>> {
+    tokio::time::timeout(sh.timeout, Arc::clone(&sh.core).lock_owned())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy: another change holds the node",
+            )
+        })
+}
+
 /// Runs a change of the node: one at a time (waiting at most the request timeout for the one
 /// before), under the controller's lock, on a blocking thread. A change made behind the
 /// agent's back since the last request counts as a generation; `if_match` must be the current
@@ -266,14 +278,7 @@ async fn change<T: Send + 'static>(
     if_match: Option<u64>,
     op: impl FnOnce(&mut Ctl, &mut Core) -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<(T, u64)> {
-    let guard = tokio::time::timeout(sh.timeout, Arc::clone(&sh.core).lock_owned())
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy: another change holds the node",
-            )
-        })?;
+    let guard = hold_core(sh).await?;
     let ns = sh.netns.clone();
     let ifaces = sh.ifaces.clone();
     tokio::task::spawn_blocking(move || {
@@ -309,14 +314,7 @@ async fn read<T: Send + 'static>(
     sh: &Arc<Shared>,
     f: impl FnOnce(&Paths, &NodeState, &Core) -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
-    let guard = tokio::time::timeout(sh.timeout, Arc::clone(&sh.core).lock_owned())
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy: another change holds the node",
-            )
-        })?;
+    let guard = hold_core(sh).await?;
     let ns = sh.netns.clone();
     tokio::task::spawn_blocking(move || {
         let mut core = guard;
