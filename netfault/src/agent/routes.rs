@@ -909,11 +909,8 @@ pub async fn watch_expiry(sh: Arc<Shared>) {
 pub async fn clean_stop(sh: &Arc<Shared>) {
     let owned: Vec<String> = sh.core.lock().await.owned.iter().cloned().collect();
     let r = change(sh, None, move |ctl, core| {
-        let present: Vec<String> = owned
-            .into_iter()
-            .filter(|n| ctl.state.find(n).is_some())
-            .collect();
-        let deleted = local::delete(ctl, &present)?;
+        // Those that still exist (local::delete skips the others).
+        let deleted = local::delete(ctl, &owned)?;
         core.owned.clear();
         core.lease = None;
         Ok(deleted)
