@@ -297,6 +297,15 @@ impl Agent {
             .as_ref()
             .map_err(|e| NodeError::Agent(e.clone()))
     }
+
+    /// A change (`POST`): the names the agent says it acted on.
+    fn post(&self, path: &str, req: &impl Serialize) -> Result<Vec<String>, NodeError> {
+        let c: Changed = self
+            .client()?
+            .call("POST", path, Some(req))
+            .map_err(node_err)?;
+        Ok(c.names)
+    }
 }
 
 fn node_err(e: AgentError) -> NodeError {
@@ -313,11 +322,7 @@ impl NodeTransport for Agent {
             plan: plan.clone(),
             ttl: Some(ttl_text(ttl)),
         };
-        let c: Changed = self
-            .client()?
-            .call("POST", "/v1/plan", Some(&req))
-            .map_err(node_err)?;
-        Ok(c.names)
+        self.post("/v1/plan", &req)
     }
 
     fn delete(&self, names: &[String]) -> Result<Vec<String>, NodeError> {
@@ -328,11 +333,7 @@ impl NodeTransport for Agent {
             names: names.to_vec(),
             kind: None,
         };
-        let c: Changed = self
-            .client()?
-            .call("POST", "/v1/delete", Some(&req))
-            .map_err(node_err)?;
-        Ok(c.names)
+        self.post("/v1/delete", &req)
     }
 
     fn heal(&self, select: &(dyn Fn(&str) -> bool + Sync)) -> Result<Vec<String>, NodeError> {
@@ -351,10 +352,7 @@ impl NodeTransport for Agent {
             names,
             kind: Some(Kind::Partition),
         };
-        let c: Changed = client
-            .call("POST", "/v1/delete", Some(&req))
-            .map_err(node_err)?;
-        Ok(c.names)
+        self.post("/v1/delete", &req)
     }
 
     fn renew(&self, names: &[String], ttl: Ttl) -> Result<Vec<String>, NodeError> {
@@ -365,11 +363,7 @@ impl NodeTransport for Agent {
             names: Some(names.to_vec()),
             ttl: Some(ttl_text(ttl)),
         };
-        let c: Changed = self
-            .client()?
-            .call("POST", "/v1/renew", Some(&req))
-            .map_err(node_err)?;
-        Ok(c.names)
+        self.post("/v1/renew", &req)
     }
 
     fn state(&self) -> Result<NodeState, NodeError> {
