@@ -27,7 +27,7 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, generated::bpf_loop},
 };
 use netfault_common::{
-    FlowKey, KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, MAX_CHAIN, MAX_TUPLES, PF_ADDR_V4,
+    Config, FlowKey, KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, MAX_CHAIN, MAX_TUPLES, PF_ADDR_V4,
     PF_ADDR_V6, Prefilter, RULE_ACTIVE, RuleValue, TupleSet, pf_meta_index,
 };
 
@@ -40,15 +40,15 @@ pub struct Match {
 
 /// What the prefilter left after the network header: the tuples the packet may still match.
 pub struct Candidates {
-    pub flags: u32,
     generation: u32,
     tuples: TupleSet,
     pf: &'static Prefilter,
 }
 
+/// The controller's configuration, read once per packet: its flags and active generation.
 #[inline(always)]
-pub fn config_flags() -> u32 {
-    NF_CONFIG.get(0).map(|c| c.flags).unwrap_or(0)
+pub fn config() -> Option<&'static Config> {
+    NF_CONFIG.get(0)
 }
 
 /// The tuples the packet (its key filled but for the ports) may match, or None when no rule's
@@ -58,12 +58,10 @@ pub fn config_flags() -> u32 {
     reason = "constant indices into two arrays at once; an iterator would hide the constants from the codegen the verifier sees"
 )]
 #[inline(always)]
-pub fn prefilter(key: &FlowKey) -> Option<Candidates> {
-    let cfg = NF_CONFIG.get(0)?;
+pub fn prefilter(cfg: &Config, key: &FlowKey) -> Option<Candidates> {
     // `active` is read once: the prefilter and the tuples read below are that generation's.
     // SAFETY: the pointer comes from a live map value.
     let generation = unsafe { core::ptr::read_volatile(&cfg.active) } & 1;
-    let flags = cfg.flags;
     let pf = NF_PREFILTER.get(generation)?;
     if pf.rules == 0 {
         return None;
@@ -84,7 +82,6 @@ pub fn prefilter(key: &FlowKey) -> Option<Candidates> {
         return None;
     }
     Some(Candidates {
-        flags,
         generation,
         tuples: c,
         pf,

@@ -21,12 +21,12 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use netfault_common::{
-    CFG_INGRESS_TC, CFG_PORTS, CFG_TC_ONLY, CLONE_MARK, Counters, DIR_EGRESS, DIR_INGRESS, FlowKey,
-    IFB_VIA_MIRRED, PROB_ALWAYS, RULE_NEEDS_SKB, RULE_SHAPE, SHAPE_TC_INDEX,
+    CFG_INGRESS_TC, CFG_PORTS, CFG_TC_ONLY, CLONE_MARK, Config, Counters, DIR_EGRESS, DIR_INGRESS,
+    FlowKey, IFB_VIA_MIRRED, PROB_ALWAYS, RULE_NEEDS_SKB, RULE_SHAPE, SHAPE_TC_INDEX,
 };
 
 use crate::{
-    classify::classify,
+    classify::{Match, classify},
     maps::{NF_COUNTERS, NF_IFB, NF_TC_ONLY},
     shape::Stamp,
 };
@@ -44,6 +44,24 @@ fn counters(slot: u32) -> Option<&'static mut Counters> {
     NF_COUNTERS.get_ptr_mut(slot).map(|p| unsafe { &mut *p })
 }
 
+/// Classifies the frame at `start..end` (`key` holds its direction and interface): the network
+/// header, the prefilter, the ports only when some rule needs them (`CFG_PORTS`), then the
+/// candidate tuples. Returns the match and the transport header's offset (0: none).
+#[inline(always)]
+fn classify_frame(
+    cfg: &Config,
+    start: usize,
+    end: usize,
+    key: &mut FlowKey,
+) -> Option<(Match, usize)> {
+    let l4 = parse::parse(start, end, key)?;
+    let c = classify::prefilter(cfg, key)?;
+    if cfg.flags & CFG_PORTS != 0 {
+        parse::ports(start, end, l4, key);
+    }
+    Some((classify(key, &c)?, l4))
+}
+
 #[xdp]
 pub fn nf_xdp_ingress(ctx: XdpContext) -> u32 {
     try_xdp_ingress(&ctx).unwrap_or(xdp_action::XDP_PASS)
@@ -53,11 +71,11 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Option<u32> {
     // SAFETY: ctx is the program's own context. One 4-byte load: the compiler would narrow
     // it to the byte the prefilter reads, an XDP context access 6.1's verifier refuses.
     let ifindex = unsafe { core::ptr::read_volatile(&(*ctx.ctx).ingress_ifindex) };
+    let cfg = classify::config()?;
     // On a tc-only interface tc ingress applies every rule: this program passes, so a packet
     // is never counted twice while the controller adds or removes XDP there.
     // SAFETY: read-only lookup.
-    if classify::config_flags() & CFG_TC_ONLY != 0 && unsafe { NF_TC_ONLY.get(&ifindex) }.is_some()
-    {
+    if cfg.flags & CFG_TC_ONLY != 0 && unsafe { NF_TC_ONLY.get(&ifindex) }.is_some() {
         return None;
     }
     let mut key = FlowKey {
@@ -65,12 +83,7 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Option<u32> {
         ifindex,
         ..FlowKey::default()
     };
-    let l4 = parse::parse(ctx.data(), ctx.data_end(), &mut key)?;
-    let c = classify::prefilter(&key)?;
-    if c.flags & CFG_PORTS != 0 {
-        parse::ports(ctx.data(), ctx.data_end(), l4, &mut key);
-    }
-    let m = classify(&key, &c)?;
+    let (m, _) = classify_frame(cfg, ctx.data(), ctx.data_end(), &mut key)?;
     if m.rule.flags & RULE_NEEDS_SKB != 0 {
         // XDP cannot clone: tc ingress applies this rule, counters included.
         return None;
@@ -117,7 +130,8 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
     if mark == CLONE_MARK {
         return None;
     }
-    let flags = classify::config_flags();
+    let cfg = classify::config()?;
+    let flags = cfg.flags;
     // SAFETY: read-only lookup.
     let tc_only = dir == DIR_INGRESS
         && flags & CFG_TC_ONLY != 0
@@ -141,12 +155,7 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
         ifindex,
         ..FlowKey::default()
     };
-    let l4 = parse::parse(ctx.data(), ctx.data_end(), &mut key)?;
-    let c = classify::prefilter(&key)?;
-    if c.flags & CFG_PORTS != 0 {
-        parse::ports(ctx.data(), ctx.data_end(), l4, &mut key);
-    }
-    let m = classify(&key, &c)?;
+    let (m, l4) = classify_frame(cfg, ctx.data(), ctx.data_end(), &mut key)?;
     if dir == DIR_INGRESS && !tc_only && m.rule.flags & RULE_NEEDS_SKB == 0 {
         // XDP already applied and counted this rule.
         return None;
