@@ -542,7 +542,24 @@ pub fn exec_in(ns: &str, prog: &str, args: &[&str]) -> Result<String> {
 
 /// Waits for a child at most `limit`, then kills it: no external command can hang a caller.
 /// Its pipes are drained meanwhile, so a chatty child never blocks on a full pipe.
-fn wait_bounded(mut child: Child, limit: Duration) -> Result<Output> {
+pub fn wait_bounded(mut child: Child, limit: Duration) -> Result<Output> {
+    Ok(wait_within(&mut child, limit)?.0)
+}
+
+/// Like [`wait_bounded`], but a child that outlived `limit` (and was killed) is an error: for a
+/// command that must finish by itself.
+pub fn output_within(child: &mut Child, limit: Duration) -> Result<Output> {
+    let (out, finished) = wait_within(child, limit)?;
+    ensure!(
+        finished,
+        "ran for over {limit:?} (killed); stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+/// The output, and whether the child ended by itself within `limit`.
+fn wait_within(child: &mut Child, limit: Duration) -> Result<(Output, bool)> {
     fn drain(pipe: Option<impl io::Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
         thread::spawn(move || {
             let mut buf = Vec::new();
@@ -554,17 +571,47 @@ fn wait_bounded(mut child: Child, limit: Duration) -> Result<Output> {
     }
     let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
     let end = Instant::now() + limit;
-    while child.try_wait()?.is_none() && Instant::now() < end {
+    let mut finished = child.try_wait()?.is_some();
+    while !finished && Instant::now() < end {
         thread::sleep(Duration::from_millis(5));
+        finished = child.try_wait()?.is_some();
     }
     let _ = child.kill(); // no-op when it has exited
     let status = child.wait()?;
     let join = |h: JoinHandle<Vec<u8>>| h.join().unwrap_or_default();
-    Ok(Output {
-        status,
-        stdout: join(stdout),
-        stderr: join(stderr),
-    })
+    Ok((
+        Output {
+            status,
+            stdout: join(stdout),
+            stderr: join(stderr),
+        },
+        finished,
+    ))
+}
+
+/// A child process killed (SIGKILL) and reaped when this drops: a test that fails while it
+/// runs leaves no process behind. Derefs to the [`Child`].
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Both no-ops once it has been reaped.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@
 //! makes it) when missing and left in place.
 use std::{
     fs,
-    io::Read as _,
     net::{SocketAddr, TcpStream},
     os::{
         fd::AsRawFd as _,
@@ -31,7 +30,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::lab::{is_documentation, run_in};
+use crate::lab::{is_documentation, run_in, wait_bounded};
 
 /// Debian's sshd; it must be run by its absolute path (it re-executes itself).
 pub const SSHD: &str = "/usr/sbin/sshd";
@@ -392,42 +391,6 @@ impl SshServers {
         let child = run_in(ns, || cmd.spawn())?.context("run ssh")?;
         wait_bounded(child, limit)
     }
-}
-
-/// Waits for `child` at most `limit`, then kills it; its pipes drained meanwhile.
-pub fn wait_bounded(mut child: Child, limit: Duration) -> Result<Output> {
-    let drain = |p: Option<Box<dyn std::io::Read + Send>>| {
-        thread::spawn(move || {
-            let mut b = Vec::new();
-            if let Some(mut p) = p {
-                let _ = p.read_to_end(&mut b);
-            }
-            b
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-    );
-    let end = Instant::now() + limit;
-    while child.try_wait()?.is_none() && Instant::now() < end {
-        thread::sleep(Duration::from_millis(2));
-    }
-    let _ = child.kill();
-    let status = child.wait()?;
-    Ok(Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    })
 }
 
 impl Drop for SshServers {

@@ -12,7 +12,7 @@
 mod common;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     os::unix::fs::PermissionsExt as _,
@@ -23,12 +23,13 @@ use std::{
 };
 
 use common::*;
-use netfault_lab::lab::run_in;
+use netfault_lab::{
+    cluster::{self, Grudge},
+    lab::{output_within, run_in},
+};
 
 const PORT: u16 = 7070;
 const TOKEN: &str = "5f1c0a9e7b3d4e2f8a6c1b0d9e7f3a2c";
-
-type Grudge = BTreeMap<String, BTreeSet<String>>;
 
 /// A file under /tmp with a mode, removed on drop.
 struct TmpFile(PathBuf);
@@ -223,65 +224,30 @@ fn status(ns: &str, a: &Agent) -> serde_json::Value {
 fn agent_lab() -> (Lab, Netfault, Vec<Host>, Host) {
     let (mut lab, nf, mut hosts) = star(6);
     let ctl = hosts.pop().unwrap();
-    for h in &hosts {
-        let (nf, ns) = (nf.clone(), h.ns.clone());
-        lab.on_teardown(move || {
-            if netfault_dirs(&ns)[1].exists() {
-                let _ = nf.run(&ns, &["detach"]);
-            }
-        });
-    }
+    detach_on_teardown(&mut lab, &nf, &hosts);
     (lab, nf, hosts, ctl)
 }
 
 fn cluster_text(hosts: &[Host], token: &Path, scheme: &str, ca: Option<&Path>) -> String {
-    let mut s = String::new();
-    for (i, h) in hosts.iter().enumerate() {
-        s.push_str(&format!(
-            "[[node]]\nname = \"n{}\"\naddrs = [\"{}\", \"{}\"]\niface = [\"{}\"]\nagent = \"{scheme}://{}\"\ntoken_file = \"{}\"\n",
-            i + 1,
-            h.v4,
-            h.v6,
-            h.iface,
-            h.sock(false, PORT),
-            token.display()
-        ));
+    cluster::cluster_text(hosts, |_, h, lines| {
+        lines.push(format!("agent = \"{scheme}://{}\"", h.sock(false, PORT)));
+        lines.push(format!("token_file = \"{}\"", token.display()));
         if let Some(ca) = ca {
-            s.push_str(&format!("ca_file = \"{}\"\n", ca.display()));
+            lines.push(format!("ca_file = \"{}\"", ca.display()));
         }
-        s.push('\n');
-    }
-    s
+    })
 }
 
 /// `netfault cluster --cluster FILE args...` inside the control namespace, bounded.
 fn cluster(ctl: &Host, file: &Path, args: &[&str]) -> Output {
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ctl.ns,
-            env!("CARGO_BIN_EXE_netfault"),
-            "cluster",
-            "--cluster",
-        ])
-        .arg(file)
-        .args(args)
-        .env_remove("SSH_CONNECTION")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("netfault cluster {args:?} ran for over 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.wait_with_output().unwrap()
+    cluster::run_cluster(
+        Some(&ctl.ns),
+        Path::new(env!("CARGO_BIN_EXE_netfault")),
+        file,
+        args,
+        Duration::from_secs(30),
+    )
+    .unwrap()
 }
 
 fn cluster_ok(ctl: &Host, file: &Path, args: &[&str]) -> String {
@@ -293,73 +259,6 @@ fn cluster_ok(ctl: &Host, file: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// reach[(j, x)]: whether UDP from node j arrives at node x, both families agreeing. All 40
-/// bursts at once, each to a port of its own.
-fn matrix(hosts: &[Host]) -> BTreeMap<(usize, usize), bool> {
-    let mut burst = UdpBurst::new(20).rate(2000);
-    burst.quiet = Duration::from_millis(150);
-    let pairs: Vec<(usize, usize, bool)> = (0..hosts.len())
-        .flat_map(|j| (0..hosts.len()).map(move |x| (j, x)))
-        .filter(|(j, x)| j != x)
-        .flat_map(|(j, x)| [(j, x, false), (j, x, true)])
-        .collect();
-    let got: Vec<((usize, usize, bool), bool)> = std::thread::scope(|s| {
-        let handles: Vec<_> = pairs
-            .iter()
-            .map(|&(j, x, v6)| {
-                let (from, to) = (&hosts[j], &hosts[x]);
-                let port = 4100 + 100 * u16::from(v6) + 10 * j as u16 + x as u16;
-                s.spawn(move || {
-                    let r = burst.run(&from.ns, &to.ns, to.sock(v6, port)).unwrap();
-                    ((j, x, v6), r.received() > 0)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let mut out = BTreeMap::new();
-    for ((j, x, v6), ok) in got {
-        if let Some(p) = out.insert((j, x), ok) {
-            assert_eq!(
-                p,
-                ok,
-                "n{} -> n{}: v4 and v6 disagree (v6 {v6})",
-                j + 1,
-                x + 1
-            );
-        }
-    }
-    out
-}
-
-fn expected(grudge: &Grudge, n: usize) -> BTreeMap<(usize, usize), bool> {
-    let name = |i: usize| format!("n{}", i + 1);
-    (0..n)
-        .flat_map(|j| (0..n).map(move |x| (j, x)))
-        .filter(|(j, x)| j != x)
-        .map(|(j, x)| ((j, x), !grudge[&name(x)].contains(&name(j))))
-        .collect()
-}
-
-fn assert_matrix(hosts: &[Host], want: &BTreeMap<(usize, usize), bool>, when: &str) {
-    let got = matrix(hosts);
-    let wrong: Vec<String> = want
-        .iter()
-        .filter(|(k, w)| got[k] != **w)
-        .map(|((j, x), w)| format!("n{}->n{} want {w}", j + 1, x + 1))
-        .collect();
-    assert!(wrong.is_empty(), "{when}: {wrong:?}");
-}
-
-fn full(n: usize) -> BTreeMap<(usize, usize), bool> {
-    expected(
-        &(1..=n)
-            .map(|i| (format!("n{i}"), BTreeSet::new()))
-            .collect(),
-        n,
-    )
 }
 
 /// One agent per node, started together.
@@ -377,7 +276,7 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
     let token = tmp_file("token", &format!("{TOKEN}\n"), 0o600);
     let agents = start_agents(&hosts, &token.0, &ctl);
     let file = tmp_file("toml", &cluster_text(&hosts, &token.0, "http", None), 0o600);
-    assert_matrix(&hosts, &full(5), "before any partition");
+    assert_matrix(&hosts, &cluster::full(5), "before any partition");
 
     let doc: serde_json::Value = serde_json::from_str(&cluster_ok(
         &ctl,
@@ -389,7 +288,11 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
     for n in ["n1", "n2"] {
         assert_eq!(grudge[n], ["n3", "n4", "n5"].map(String::from).into());
     }
-    assert_matrix(&hosts, &expected(&grudge, 5), "halves via agents");
+    assert_matrix(
+        &hosts,
+        &cluster::expected(&grudge, 5).unwrap(),
+        "halves via agents",
+    );
     // Each node holds exactly its share, and the agent's port stays protected.
     for (i, h) in hosts.iter().enumerate() {
         let mut want: Vec<String> = grudge[&format!("n{}", i + 1)]
@@ -440,11 +343,15 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
         err.contains("409") && err.contains("exists already"),
         "{err}"
     );
-    assert_matrix(&hosts, &expected(&grudge, 5), "after the refused repeat");
+    assert_matrix(
+        &hosts,
+        &cluster::expected(&grudge, 5).unwrap(),
+        "after the refused repeat",
+    );
 
     let healed = cluster_ok(&ctl, &file.0, &["heal"]);
     assert!(healed.starts_with("healed 24 entries"), "{healed}");
-    assert_matrix(&hosts, &full(5), "healed");
+    assert_matrix(&hosts, &cluster::full(5), "healed");
     // The events say what happened, in order.
     let (code, ev) = http(
         &ctl.ns,
@@ -924,15 +831,8 @@ fn netfault_lab_output(mut c: Command) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let end = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("the agent did not exit within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
+    output_within(&mut child, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("the agent did not exit: {e:#}"))
 }
 
 /// The timing via agents: wall time of `cluster partition halves` (5 nodes) from the
@@ -1044,7 +944,7 @@ fn cluster_run_via_agents_logs_paired_events_and_kill_9_heals_within_the_lease()
             );
         }
     }
-    assert_matrix(&hosts, &full(5), "after the flapping run");
+    assert_matrix(&hosts, &cluster::full(5), "after the flapping run");
 
     let sc = tmp_file("toml", AGENT_LONG_CUT, 0o600);
     let events = tmp_file("jsonl", "", 0o600);
@@ -1073,7 +973,8 @@ fn cluster_run_via_agents_logs_paired_events_and_kill_9_heals_within_the_lease()
         assert!(Instant::now() < end, "the step did not start within 30 s");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let none: BTreeMap<(usize, usize), bool> = full(5).into_keys().map(|k| (k, false)).collect();
+    let none: BTreeMap<(usize, usize), bool> =
+        cluster::full(5).into_keys().map(|k| (k, false)).collect();
     assert_matrix(&hosts, &none, "complete via agents, run alive");
     std::thread::sleep(Duration::from_millis(2500)); // past one lease: renewals keep it
     assert_matrix(&hosts, &none, "complete via agents, after one lease");
@@ -1084,7 +985,7 @@ fn cluster_run_via_agents_logs_paired_events_and_kill_9_heals_within_the_lease()
     let mut healed_at = None;
     for _ in 0..40 {
         let t = Instant::now();
-        if matrix(&hosts) == full(5) {
+        if cluster::matrix(&hosts).unwrap() == cluster::full(5) {
             healed_at = Some(t.duration_since(killed));
             break;
         }

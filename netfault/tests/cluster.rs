@@ -10,15 +10,14 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
-    process::{Command, Output, Stdio},
+    path::{Path, PathBuf},
+    process::Output,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use common::*;
-
-type Grudge = BTreeMap<String, BTreeSet<String>>;
+use netfault_lab::cluster::{self, Grudge};
 
 /// A cluster file under /tmp, removed on drop.
 struct ClusterFile(PathBuf);
@@ -41,42 +40,21 @@ fn cluster_file(text: &str) -> ClusterFile {
 /// `[[node]]` n1..: each host's namespace, both addresses, its interface. `netns[i]`
 /// overrides a node's namespace name.
 fn cluster_text(hosts: &[Host], netns: &BTreeMap<usize, String>) -> String {
-    let mut s = String::new();
-    for (i, h) in hosts.iter().enumerate() {
-        let ns = netns.get(&i).unwrap_or(&h.ns);
-        s.push_str(&format!(
-            "[[node]]\nname = \"n{}\"\naddrs = [\"{}\", \"{}\"]\niface = [\"{}\"]\nnetns = \"{ns}\"\n\n",
-            i + 1,
-            h.v4,
-            h.v6,
-            h.iface
-        ));
-    }
-    s
+    cluster::cluster_text(hosts, |i, h, lines| {
+        lines.push(format!("netns = \"{}\"", netns.get(&i).unwrap_or(&h.ns)));
+    })
 }
 
 /// `netfault cluster --cluster FILE args...` from the host namespace, bounded.
 fn cluster(file: &ClusterFile, args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_netfault"))
-        .env_remove("SSH_CONNECTION")
-        .arg("cluster")
-        .arg("--cluster")
-        .arg(&file.0)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("netfault cluster {args:?} ran for over 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.wait_with_output().unwrap()
+    cluster::run_cluster(
+        None,
+        Path::new(env!("CARGO_BIN_EXE_netfault")),
+        &file.0,
+        args,
+        Duration::from_secs(30),
+    )
+    .unwrap()
 }
 
 fn cluster_ok(file: &ClusterFile, args: &[&str]) -> String {
@@ -93,77 +71,8 @@ fn cluster_ok(file: &ClusterFile, args: &[&str]) -> String {
 /// The lab detaches every node on teardown (the coordinator attached them).
 fn cluster_lab() -> (Lab, Netfault, Vec<Host>) {
     let (mut lab, nf, hosts) = star(5);
-    for h in &hosts {
-        let (nf, ns) = (nf.clone(), h.ns.clone());
-        lab.on_teardown(move || {
-            // Never attached (a failed test, or a node the test kept out): nothing to detach.
-            if netfault_dirs(&ns)[1].exists() {
-                let _ = nf.run(&ns, &["detach"]);
-            }
-        });
-    }
+    detach_on_teardown(&mut lab, &nf, &hosts);
     (lab, nf, hosts)
-}
-
-/// reach[(j, x)]: whether UDP from node j arrives at node x, in both families (a partition
-/// drops everything, so one datagram arriving means reachable). All 40 bursts at once, each to
-/// a port of its own.
-fn matrix(hosts: &[Host]) -> BTreeMap<(usize, usize), bool> {
-    let mut burst = UdpBurst::new(20).rate(2000);
-    burst.quiet = Duration::from_millis(150);
-    let pairs: Vec<(usize, usize, bool)> = (0..hosts.len())
-        .flat_map(|j| (0..hosts.len()).map(move |x| (j, x)))
-        .filter(|(j, x)| j != x)
-        .flat_map(|(j, x)| [(j, x, false), (j, x, true)])
-        .collect();
-    let got: Vec<((usize, usize, bool), bool)> = std::thread::scope(|s| {
-        let handles: Vec<_> = pairs
-            .iter()
-            .map(|&(j, x, v6)| {
-                let (from, to) = (&hosts[j], &hosts[x]);
-                let port = 4100 + 100 * u16::from(v6) + 10 * j as u16 + x as u16;
-                s.spawn(move || {
-                    let r = burst.run(&from.ns, &to.ns, to.sock(v6, port)).unwrap();
-                    ((j, x, v6), r.received() > 0)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let mut out = BTreeMap::new();
-    for ((j, x, v6), ok) in got {
-        let prev = out.insert((j, x), ok);
-        if let Some(p) = prev {
-            assert_eq!(
-                p,
-                ok,
-                "n{} -> n{}: v4 and v6 disagree (v6 {ok})",
-                j + 1,
-                x + 1
-            );
-        }
-        let _ = v6;
-    }
-    out
-}
-
-fn expected(grudge: &Grudge, n: usize) -> BTreeMap<(usize, usize), bool> {
-    let name = |i: usize| format!("n{}", i + 1);
-    (0..n)
-        .flat_map(|j| (0..n).map(move |x| (j, x)))
-        .filter(|(j, x)| j != x)
-        .map(|(j, x)| ((j, x), !grudge[&name(x)].contains(&name(j))))
-        .collect()
-}
-
-fn assert_matrix(hosts: &[Host], want: &BTreeMap<(usize, usize), bool>, when: &str) {
-    let got = matrix(hosts);
-    let wrong: Vec<String> = want
-        .iter()
-        .filter(|(k, w)| got[k] != **w)
-        .map(|((j, x), w)| format!("n{}->n{} want {w}", j + 1, x + 1))
-        .collect();
-    assert!(wrong.is_empty(), "{when}: {wrong:?}");
 }
 
 fn set(names: &[&str]) -> BTreeSet<String> {
@@ -232,12 +141,7 @@ fn every_topology_cuts_the_wire_as_its_grudge_says_and_heal_restores() {
     let started = Instant::now();
     let (_lab, nf, hosts) = cluster_lab();
     let file = cluster_file(&cluster_text(&hosts, &BTreeMap::new()));
-    let full = expected(
-        &(1..=5)
-            .map(|i| (format!("n{i}"), BTreeSet::new()))
-            .collect(),
-        5,
-    );
+    let full = cluster::full(5);
     assert_matrix(&hosts, &full, "before any partition");
     let cases: [(&str, &[&str]); 7] = [
         ("halves", &[]),
@@ -284,7 +188,7 @@ fn every_topology_cuts_the_wire_as_its_grudge_says_and_heal_restores() {
             got.sort();
             assert_eq!(got, want, "{topology}: entries on n{}", i + 1);
         }
-        assert_matrix(&hosts, &expected(&grudge, 5), topology);
+        assert_matrix(&hosts, &cluster::expected(&grudge, 5).unwrap(), topology);
         if topology == "halves" {
             let st: serde_json::Value =
                 serde_json::from_str(&cluster_ok(&file, &["status", "--json"])).unwrap();

@@ -11,15 +11,14 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Output},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant, SystemTime},
 };
 
 use common::*;
+use netfault_lab::{cluster, lab::output_within};
 use serde_json::Value;
-
-type Matrix = BTreeMap<(usize, usize), bool>;
 
 /// A file under /tmp, removed on drop.
 struct TempFile(PathBuf);
@@ -44,56 +43,24 @@ fn temp_file(ext: &str, text: &str) -> TempFile {
     f
 }
 
-/// `[[node]]` n1..: each host's namespace, both addresses, its interface.
-fn cluster_text(hosts: &[Host]) -> String {
-    let mut s = String::new();
-    for (i, h) in hosts.iter().enumerate() {
-        s.push_str(&format!(
-            "[[node]]\nname = \"n{}\"\naddrs = [\"{}\", \"{}\"]\niface = [\"{}\"]\nnetns = \"{}\"\n\n",
-            i + 1,
-            h.v4,
-            h.v6,
-            h.iface,
-            h.ns
-        ));
-    }
-    s
-}
-
 fn command(file: &TempFile, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_netfault"));
-    c.env_remove("SSH_CONNECTION")
-        .arg("cluster")
-        .arg("--cluster")
-        .arg(&file.0)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
+    cluster::cluster_command(Path::new(env!("CARGO_BIN_EXE_netfault")), &file.0, args)
 }
 
 fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> Output {
-    let end = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} ran for over {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.wait_with_output().unwrap()
+    output_within(&mut child, limit).unwrap_or_else(|e| panic!("{what}: {e:#}"))
 }
 
 /// `netfault cluster --cluster FILE args...` from the host namespace, bounded.
 fn cluster(file: &TempFile, args: &[&str]) -> Output {
-    let child = command(file, args).spawn().unwrap();
-    wait_bounded(
-        child,
+    cluster::run_cluster(
+        None,
+        Path::new(env!("CARGO_BIN_EXE_netfault")),
+        &file.0,
+        args,
         Duration::from_secs(60),
-        &format!("netfault cluster {args:?}"),
     )
+    .unwrap()
 }
 
 fn cluster_ok(file: &TempFile, args: &[&str]) -> String {
@@ -118,17 +85,12 @@ fn cluster_lab_with(attached: bool) -> (Serial, Lab, Netfault, Vec<Host>) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (mut lab, nf, hosts) = star(5);
-    for h in &hosts {
-        if attached {
+    if attached {
+        for h in &hosts {
             attach(&mut lab, &nf, h);
-        } else {
-            let (nf, ns) = (nf.clone(), h.ns.clone());
-            lab.on_teardown(move || {
-                if netfault_dirs(&ns)[1].exists() {
-                    let _ = nf.run(&ns, &["detach"]);
-                }
-            });
         }
+    } else {
+        detach_on_teardown(&mut lab, &nf, &hosts);
     }
     (guard, lab, nf, hosts)
 }
@@ -139,74 +101,12 @@ fn cluster_lab() -> (Serial, Lab, Netfault, Vec<Host>) {
     cluster_lab_with(true)
 }
 
-/// reach[(j, x)]: whether UDP from node j arrives at node x, in both families (the faults
-/// here drop everything or nothing, so one datagram arriving means reachable).
-/// reach[(j, x, v6)] for every ordered pair and family.
-fn reach(hosts: &[Host]) -> BTreeMap<(usize, usize, bool), bool> {
-    let mut burst = UdpBurst::new(20).rate(2000);
-    burst.quiet = Duration::from_millis(150);
-    let pairs: Vec<(usize, usize, bool)> = (0..hosts.len())
-        .flat_map(|j| (0..hosts.len()).map(move |x| (j, x)))
-        .filter(|(j, x)| j != x)
-        .flat_map(|(j, x)| [(j, x, false), (j, x, true)])
-        .collect();
-    let got: Vec<((usize, usize, bool), bool)> = std::thread::scope(|s| {
-        let handles: Vec<_> = pairs
-            .iter()
-            .map(|&(j, x, v6)| {
-                let (from, to) = (&hosts[j], &hosts[x]);
-                let port = 4100 + 100 * u16::from(v6) + 10 * j as u16 + x as u16;
-                s.spawn(move || {
-                    let r = burst.run(&from.ns, &to.ns, to.sock(v6, port)).unwrap();
-                    ((j, x, v6), r.received() > 0)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    got.into_iter().collect()
-}
-
 /// Whether every pair and family is reachable (`want` true) or cut (`want` false).
 fn all_are(hosts: &[Host], want: bool) -> bool {
-    reach(hosts).values().all(|r| *r == want)
-}
-
-fn matrix(hosts: &[Host]) -> Matrix {
-    let mut out = BTreeMap::new();
-    for ((j, x, v6), ok) in reach(hosts) {
-        if let Some(p) = out.insert((j, x), ok) {
-            assert_eq!(
-                p,
-                ok,
-                "n{} -> n{}: v4 and v6 disagree (v6 {v6})",
-                j + 1,
-                x + 1
-            );
-        }
-    }
-    out
-}
-
-/// Every pair reachable but those in `cut` (0-based (from, to)).
-fn want(n: usize, cut: &[(usize, usize)]) -> Matrix {
-    (0..n)
-        .flat_map(|j| (0..n).map(move |x| (j, x)))
-        .filter(|(j, x)| j != x)
-        .map(|p| (p, !cut.contains(&p)))
-        .collect()
-}
-
-fn diff(got: &Matrix, want: &Matrix) -> Vec<String> {
-    want.iter()
-        .filter(|(k, w)| got[k] != **w)
-        .map(|((j, x), w)| format!("n{}->n{} want {w}", j + 1, x + 1))
-        .collect()
-}
-
-fn assert_matrix(hosts: &[Host], want: &Matrix, when: &str) {
-    let wrong = diff(&matrix(hosts), want);
-    assert!(wrong.is_empty(), "{when}: {wrong:?}");
+    cluster::reach(hosts, &[false, true])
+        .unwrap()
+        .values()
+        .all(|r| *r == want)
 }
 
 fn live_faults(file: &TempFile) -> Vec<(String, Vec<String>)> {
@@ -267,8 +167,8 @@ fn wait_started(path: &Path, child: &mut Child) {
 #[test]
 fn impair_drops_exactly_the_pairs_it_names_one_way_at_the_receivers() {
     let (_serial, _lab, _nf, hosts) = cluster_lab();
-    let file = temp_file("toml", &cluster_text(&hosts));
-    assert_matrix(&hosts, &want(5, &[]), "before");
+    let file = temp_file("toml", &cluster::netns_cluster_text(&hosts));
+    assert_matrix(&hosts, &cluster::want(5, &[]), "before");
     let out = cluster_ok(
         &file,
         &[
@@ -278,7 +178,7 @@ fn impair_drops_exactly_the_pairs_it_names_one_way_at_the_receivers() {
     );
     assert!(out.starts_with("impairment lossy applied"), "{out}");
     // n1 -> n2 and n1 -> n3 cut; n2 -> n1 and everything else untouched.
-    assert_matrix(&hosts, &want(5, &[(0, 1), (0, 2)]), "impaired");
+    assert_matrix(&hosts, &cluster::want(5, &[(0, 1), (0, 2)]), "impaired");
     // The receivers hold the rules (per wire packet at ingress); the sender holds nothing.
     let faults: BTreeMap<String, Vec<String>> = live_faults(&file).into_iter().collect();
     assert!(faults["n1"].is_empty(), "{faults:?}");
@@ -328,7 +228,7 @@ fn impair_drops_exactly_the_pairs_it_names_one_way_at_the_receivers() {
     let healed = cluster_ok(&file, &["heal", "lossy"]);
     assert!(healed.starts_with("healed 4 entries"), "{healed}");
     assert_no_live_faults(&file, "after heal");
-    assert_matrix(&hosts, &want(5, &[]), "healed");
+    assert_matrix(&hosts, &cluster::want(5, &[]), "healed");
 }
 
 const FLAP: &str = r#"
@@ -353,7 +253,7 @@ for = "4s"
 #[test]
 fn a_flapping_scenario_logs_every_start_and_end_and_ends_healed() {
     let (_serial, _lab, _nf, hosts) = cluster_lab();
-    let file = temp_file("toml", &cluster_text(&hosts));
+    let file = temp_file("toml", &cluster::netns_cluster_text(&hosts));
     let sc = temp_file("toml", FLAP);
     let events = temp_path("jsonl");
     let sc_path = sc.0.to_str().unwrap().to_string();
@@ -463,7 +363,7 @@ fn a_flapping_scenario_logs_every_start_and_end_and_ends_healed() {
     assert_eq!(s["fault"], "impair");
     assert!(stdout.contains("run finished"), "{stdout}");
     assert_no_live_faults(&file, "after the run");
-    assert_matrix(&hosts, &want(5, &[]), "after the run");
+    assert_matrix(&hosts, &cluster::want(5, &[]), "after the run");
 }
 
 const LONG_CUT: &str = r#"
@@ -480,7 +380,7 @@ for = "2m"
 #[test]
 fn kill_9_of_a_run_heals_every_node_within_the_lease() {
     let (_serial, _lab, _nf, hosts) = cluster_lab();
-    let file = temp_file("toml", &cluster_text(&hosts));
+    let file = temp_file("toml", &cluster::netns_cluster_text(&hosts));
     let sc = temp_file("toml", LONG_CUT);
     let events = temp_path("jsonl");
     let lease = Duration::from_secs(2);
@@ -494,10 +394,14 @@ fn kill_9_of_a_run_heals_every_node_within_the_lease() {
         .flat_map(|j| (0..5).map(move |x| (j, x)))
         .filter(|(j, x)| j != x)
         .collect();
-    assert_matrix(&hosts, &want(5, &all_cut), "complete, run alive");
+    assert_matrix(&hosts, &cluster::want(5, &all_cut), "complete, run alive");
     // Let a few renewals pass: the cut outlives the first lease.
     std::thread::sleep(lease + Duration::from_millis(500));
-    assert_matrix(&hosts, &want(5, &all_cut), "complete, after one lease");
+    assert_matrix(
+        &hosts,
+        &cluster::want(5, &all_cut),
+        "complete, after one lease",
+    );
     child.kill().unwrap(); // SIGKILL
     let killed = Instant::now();
     child.wait().unwrap();
@@ -540,7 +444,7 @@ fn kill_9_of_a_run_heals_every_node_within_the_lease() {
 
 fn signal_run(sig: libc::c_int, code: i32) {
     let (_serial, _lab, _nf, hosts) = cluster_lab();
-    let file = temp_file("toml", &cluster_text(&hosts));
+    let file = temp_file("toml", &cluster::netns_cluster_text(&hosts));
     let sc = temp_file(
         "toml",
         "[[step]]\nname = \"split\"\nat = \"0s\"\npartition = \"halves\"\nfor = \"2m\"\n",
@@ -556,7 +460,7 @@ fn signal_run(sig: libc::c_int, code: i32) {
         .flat_map(|j| (0..5).map(move |x| (j, x)))
         .filter(|(j, x)| (*j < 2) != (*x < 2))
         .collect();
-    assert_matrix(&hosts, &want(5, &halves), "halves, run alive");
+    assert_matrix(&hosts, &cluster::want(5, &halves), "halves, run alive");
     // SAFETY: signalling our own child, by its pid.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
     let out = wait_bounded(child, Duration::from_secs(20), "cluster run after a signal");
@@ -583,7 +487,7 @@ fn signal_run(sig: libc::c_int, code: i32) {
         .collect();
     assert_eq!(ends.len(), 5, "{log:#?}");
     assert_no_live_faults(&file, "after the signal");
-    assert_matrix(&hosts, &want(5, &[]), "after the signal");
+    assert_matrix(&hosts, &cluster::want(5, &[]), "after the signal");
 }
 
 /// A node that loses entries behind the coordinator's back (here: deleted by hand, as an
@@ -591,7 +495,7 @@ fn signal_run(sig: libc::c_int, code: i32) {
 #[test]
 fn entries_lost_on_a_node_end_the_run_with_exit_1_and_everything_healed() {
     let (_serial, _lab, nf, hosts) = cluster_lab();
-    let file = temp_file("toml", &cluster_text(&hosts));
+    let file = temp_file("toml", &cluster::netns_cluster_text(&hosts));
     let sc = temp_file(
         "toml",
         "lease = \"2s\"\n[[step]]\nname = \"split\"\nat = \"0s\"\npartition = \"halves\"\nfor = \"2m\"\n",
@@ -618,7 +522,7 @@ fn entries_lost_on_a_node_end_the_run_with_exit_1_and_everything_healed() {
     assert_eq!(exp[0]["entries"], serde_json::json!(["split.from-n3.v4"]));
     assert_eq!(log.last().unwrap()["outcome"], "error");
     assert_no_live_faults(&file, "after the error");
-    assert_matrix(&hosts, &want(5, &[]), "after the error");
+    assert_matrix(&hosts, &cluster::want(5, &[]), "after the error");
 }
 
 #[test]
@@ -634,7 +538,7 @@ fn sigterm_of_a_run_exits_143_with_everything_healed() {
 #[test]
 fn bad_scenarios_exit_2_naming_the_key_path_and_change_nothing() {
     let (_serial, _lab, _nf, hosts) = cluster_lab_with(false);
-    let file = temp_file("toml", &cluster_text(&hosts));
+    let file = temp_file("toml", &cluster::netns_cluster_text(&hosts));
     let ok = "at = \"0s\"\npartition = \"halves\"\nfor = \"10s\"";
     let cases = [
         (format!("[[step]]\n{ok}\ncolour = \"red\"\n"), "step[0].colour"),

@@ -16,18 +16,17 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::PathBuf,
-    process::{Command, Output, Stdio},
+    process::Output,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use common::*;
 use netfault_lab::{
-    lab::{host_v4, host_v6, run_in},
-    sshd::{SshServers, wait_bounded},
+    cluster::{self, Grudge},
+    lab::{host_v4, host_v6},
+    sshd::SshServers,
 };
-
-type Grudge = BTreeMap<String, BTreeSet<String>>;
 
 /// Where the coordinator lives on the bridge: not a node's address, so no cut applies to it.
 const CTL_HOST: u8 = 100;
@@ -130,40 +129,19 @@ impl SshLab {
             .iter()
             .map(|o| format!("{o:?}"))
             .collect();
-        let mut s = String::new();
-        for (i, h) in self.nodes.iter().enumerate() {
-            let mut lines = vec![
-                format!("name = \"n{}\"", i + 1),
-                format!("addrs = [\"{}\", \"{}\"]", h.v4, h.v6),
-                format!("iface = [\"{}\"]", h.iface),
+        cluster::cluster_text(&self.nodes, |i, h, lines| {
+            lines.extend([
                 format!("ssh = \"root@{}\"", h.v4),
                 format!("ssh_options = [{}]", opts.join(", ")),
                 format!("netfault = {:?}", self.nf.bin.display().to_string()),
-            ];
-            edit(i, &mut lines);
-            s.push_str("[[node]]\n");
-            for l in lines {
-                s.push_str(&l);
-                s.push('\n');
-            }
-            s.push('\n');
-        }
-        s
+            ]);
+            edit(i, lines);
+        })
     }
 
     /// `netfault cluster --cluster FILE args...` run from namespace `ns`, bounded.
     fn cluster_from(&self, ns: &str, file: &ClusterFile, args: &[&str]) -> Output {
-        let mut cmd = Command::new(&self.nf.bin);
-        cmd.env_remove("SSH_CONNECTION")
-            .arg("cluster")
-            .arg("--cluster")
-            .arg(&file.0)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let child = run_in(ns, || cmd.spawn()).unwrap().unwrap();
-        wait_bounded(child, CLUSTER_LIMIT).unwrap()
+        cluster::run_cluster(Some(ns), &self.nf.bin, &file.0, args, CLUSTER_LIMIT).unwrap()
     }
 
     fn cluster(&self, file: &ClusterFile, args: &[&str]) -> Output {
@@ -232,73 +210,6 @@ fn cluster_file(text: &str) -> ClusterFile {
     ClusterFile(p)
 }
 
-/// reach[(j, x)]: whether UDP from node j arrives at node x, in both families (a partition
-/// drops everything, so one datagram arriving means reachable). All 40 bursts at once.
-fn matrix(hosts: &[Host]) -> BTreeMap<(usize, usize), bool> {
-    let mut burst = UdpBurst::new(20).rate(2000);
-    burst.quiet = Duration::from_millis(150);
-    let pairs: Vec<(usize, usize, bool)> = (0..hosts.len())
-        .flat_map(|j| (0..hosts.len()).map(move |x| (j, x)))
-        .filter(|(j, x)| j != x)
-        .flat_map(|(j, x)| [(j, x, false), (j, x, true)])
-        .collect();
-    let got: Vec<((usize, usize, bool), bool)> = std::thread::scope(|s| {
-        let handles: Vec<_> = pairs
-            .iter()
-            .map(|&(j, x, v6)| {
-                let (from, to) = (&hosts[j], &hosts[x]);
-                let port = 4100 + 100 * u16::from(v6) + 10 * j as u16 + x as u16;
-                s.spawn(move || {
-                    let r = burst.run(&from.ns, &to.ns, to.sock(v6, port)).unwrap();
-                    ((j, x, v6), r.received() > 0)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let mut out = BTreeMap::new();
-    for ((j, x, v6), ok) in got {
-        if let Some(p) = out.insert((j, x), ok) {
-            assert_eq!(
-                p,
-                ok,
-                "n{} -> n{}: v4 and v6 disagree (v6 {v6})",
-                j + 1,
-                x + 1
-            );
-        }
-    }
-    out
-}
-
-fn expected(grudge: &Grudge, n: usize) -> BTreeMap<(usize, usize), bool> {
-    let name = |i: usize| format!("n{}", i + 1);
-    (0..n)
-        .flat_map(|j| (0..n).map(move |x| (j, x)))
-        .filter(|(j, x)| j != x)
-        .map(|(j, x)| ((j, x), !grudge[&name(x)].contains(&name(j))))
-        .collect()
-}
-
-fn full() -> BTreeMap<(usize, usize), bool> {
-    expected(
-        &(1..=5)
-            .map(|i| (format!("n{i}"), BTreeSet::new()))
-            .collect(),
-        5,
-    )
-}
-
-fn assert_matrix(hosts: &[Host], want: &BTreeMap<(usize, usize), bool>, when: &str) {
-    let got = matrix(hosts);
-    let wrong: Vec<String> = want
-        .iter()
-        .filter(|(k, w)| got[k] != **w)
-        .map(|((j, x), w)| format!("n{}->n{} want {w}", j + 1, x + 1))
-        .collect();
-    assert!(wrong.is_empty(), "{when}: {wrong:?}");
-}
-
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -315,7 +226,7 @@ fn isolate_over_ssh_cuts_the_wire_as_its_grudge_says_keeps_ssh_open_and_heals() 
     let n3 = &l.nodes[2];
     let plain = SocketAddr::new(n3.v4.into(), PLAIN_PORT);
     let _echo = TcpEcho::start(&n3.ns, plain).unwrap();
-    assert_matrix(&l.nodes, &full(), "before any partition");
+    assert_matrix(&l.nodes, &cluster::full(5), "before any partition");
     assert!(
         tcp(&l.nodes[0], plain, TCP_OK).ok(),
         "n1 -> n3:{PLAIN_PORT} before any partition"
@@ -345,7 +256,11 @@ fn isolate_over_ssh_cuts_the_wire_as_its_grudge_says_keeps_ssh_open_and_heals() 
             assert!(prot.contains_key(&ssh_label(h)), "n{}: {prot:?}", i + 1);
         }
     }
-    assert_matrix(&l.nodes, &expected(&grudge, 5), "isolate:n3");
+    assert_matrix(
+        &l.nodes,
+        &cluster::expected(&grudge, 5).unwrap(),
+        "isolate:n3",
+    );
 
     // n1 drops n3's packets and n3 drops n1's, but n3's SSH port stays open to n1, through
     // the protection (its counter moves), while another TCP port on n3 is cut.
@@ -396,7 +311,7 @@ fn isolate_over_ssh_cuts_the_wire_as_its_grudge_says_keeps_ssh_open_and_heals() 
     for i in 0..5 {
         assert!(l.partitions(i).is_empty(), "n{} after heal", i + 1);
     }
-    assert_matrix(&l.nodes, &full(), "healed");
+    assert_matrix(&l.nodes, &cluster::full(5), "healed");
     assert!(tcp(&l.nodes[0], plain, TCP_OK).ok(), "n1 -> n3 healed");
     drop(_echo);
     l.finish();

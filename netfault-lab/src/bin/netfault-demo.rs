@@ -12,12 +12,13 @@
 use std::{
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Result, bail};
-use netfault_lab::lab::{
-    self, Host, Lab, Netfault, UdpBurst, UdpReport, Z_ALPHA_1E4, wilson_interval,
+use netfault_lab::{
+    cluster,
+    lab::{self, Host, Lab, Netfault, UdpBurst, UdpReport, Z_ALPHA_1E4, wilson_interval},
 };
 
 const PORT: u16 = 4000;
@@ -325,17 +326,7 @@ impl Demo {
         section("Lab cluster: five hosts, Jepsen-style partitions with `netfault cluster`");
         let mut lab = Lab::new("nfdemo")?;
         let hosts = lab.star(5)?;
-        let mut text = String::new();
-        for (i, h) in hosts.iter().enumerate() {
-            text.push_str(&format!(
-                "[[node]]\nname = \"n{}\"\naddrs = [\"{}\", \"{}\"]\niface = [\"{}\"]\nnetns = \"{}\"\n\n",
-                i + 1,
-                h.v4,
-                h.v6,
-                h.iface,
-                h.ns
-            ));
-        }
+        let text = cluster::netns_cluster_text(&hosts);
         let file = std::env::temp_dir().join(format!("nfdemo-cluster-{}.toml", std::process::id()));
         std::fs::write(&file, &text)?;
         let _file = RemoveOnDrop(file.clone());
@@ -448,16 +439,9 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// `netfault cluster --cluster FILE args...` from the host namespace; its stdout.
+/// `netfault cluster --cluster FILE args...` from the host namespace (bounded); its stdout.
 fn cluster_cmd(nf: &Netfault, file: &std::path::Path, args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new(&nf.bin)
-        .env_remove("SSH_CONNECTION")
-        .arg("cluster")
-        .arg("--cluster")
-        .arg(file)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()?;
+    let out = cluster::run_cluster(None, &nf.bin, file, args, Duration::from_secs(60))?;
     if !out.status.success() {
         bail!(
             "netfault cluster {}: {}: {}",
@@ -472,33 +456,9 @@ fn cluster_cmd(nf: &Netfault, file: &std::path::Path, args: &[&str]) -> Result<S
 /// m[j][x]: whether UDP (v4) from node j arrives at node x; `None` on the diagonal. All 20
 /// bursts at once, each to a port of its own.
 fn reach_matrix(hosts: &[Host]) -> Result<Vec<Vec<Option<bool>>>> {
-    let mut burst = UdpBurst::new(20).rate(2000);
-    burst.quiet = std::time::Duration::from_millis(150);
     let n = hosts.len();
-    let got: Vec<Result<(usize, usize, bool)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .flat_map(|j| (0..n).map(move |x| (j, x)))
-            .filter(|(j, x)| j != x)
-            .map(|(j, x)| {
-                let (from, to) = (&hosts[j], &hosts[x]);
-                let port = PORT + 100 + 10 * j as u16 + x as u16;
-                s.spawn(move || {
-                    let r = burst.run(&from.ns, &to.ns, to.sock(false, port))?;
-                    Ok((j, x, r.received() > 0))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a probe panicked")))
-            })
-            .collect()
-    });
     let mut m = vec![vec![None; n]; n];
-    for r in got {
-        let (j, x, ok) = r?;
+    for ((j, x, _), ok) in cluster::reach(hosts, &[false])? {
         m[j][x] = Some(ok);
     }
     Ok(m)

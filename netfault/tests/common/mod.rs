@@ -13,8 +13,11 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use netfault_lab::lab::{self, Counters};
 pub use netfault_lab::lab::{Host, Lab, Netfault, TcpEcho, TcpOutcome, UdpBurst, UdpReport};
+use netfault_lab::{
+    cluster,
+    lab::{self, Counters},
+};
 
 /// Namespaces of these tests are `nfe2e-<pid>-<n>-<role>`.
 pub const PREFIX: &str = "nfe2e";
@@ -131,4 +134,24 @@ pub fn netfault_dirs(ns: &str) -> [std::path::PathBuf; 2] {
         std::path::Path::new(netfault::control::state::PIN_ROOT).join(format!("netns-{ns}")),
         std::path::Path::new(netfault::control::state::RUN_ROOT).join(format!("netns-{ns}")),
     ]
+}
+
+/// Detaches each of `hosts` on the lab's teardown, if it was attached (by a coordinator, say:
+/// a node never attached, in a failed test or one kept out, has nothing to detach).
+pub fn detach_on_teardown(lab: &mut Lab, nf: &Netfault, hosts: &[Host]) {
+    for h in hosts {
+        let (nf, ns) = (nf.clone(), h.ns.clone());
+        lab.on_teardown(move || {
+            if netfault_dirs(&ns)[1].exists() {
+                let _ = nf.run(&ns, &["detach"]);
+            }
+        });
+    }
+}
+
+/// The 5×5 (n×n) UDP matrix on the wire, both families agreeing, is `want`.
+pub fn assert_matrix(hosts: &[Host], want: &cluster::Matrix, when: &str) {
+    let got = cluster::matrix(hosts).unwrap_or_else(|e| panic!("{when}: {e:#}"));
+    let wrong = cluster::diff(&got, want);
+    assert!(wrong.is_empty(), "{when}: {wrong:?}");
 }
