@@ -93,6 +93,12 @@ pub fn reach(hosts: &[Host], families: &[bool]) -> Result<BTreeMap<(usize, usize
     })
 }
 
+/// Whether every probe of [`reach`] (both families, every pair) is `want`. For polling across a
+/// transition, when one family may already pass while the other does not: no agreement asked.
+pub fn all_reach(hosts: &[Host], want: bool) -> Result<bool> {
+    Ok(reach(hosts, &[false, true])?.values().all(|r| *r == want))
+}
+
 /// The matrix on the wire, both families measured and required to agree (the faults of these
 /// tests drop everything or nothing, so one datagram arriving means reachable).
 pub fn matrix(hosts: &[Host]) -> Result<Matrix> {

@@ -985,7 +985,9 @@ fn cluster_run_via_agents_logs_paired_events_and_kill_9_heals_within_the_lease()
     let mut healed_at = None;
     for _ in 0..40 {
         let t = Instant::now();
-        if cluster::matrix(&hosts).unwrap() == cluster::full(5) {
+        // While the leases expire node by node one family may pass before the other: poll
+        // without asking them to agree.
+        if cluster::all_reach(&hosts, true).unwrap() {
             healed_at = Some(t.duration_since(killed));
             break;
         }

@@ -102,13 +102,6 @@ fn cluster_lab() -> (Serial, Lab, Netfault, Vec<Host>) {
 }
 
 /// Whether every pair and family is reachable (`want` true) or cut (`want` false).
-fn all_are(hosts: &[Host], want: bool) -> bool {
-    cluster::reach(hosts, &[false, true])
-        .unwrap()
-        .values()
-        .all(|r| *r == want)
-}
-
 fn live_faults(file: &TempFile) -> Vec<(String, Vec<String>)> {
     let st: Value = serde_json::from_str(&cluster_ok(file, &["status", "--json"])).unwrap();
     st["nodes"]
@@ -406,7 +399,7 @@ fn kill_9_of_a_run_heals_every_node_within_the_lease() {
     let killed = Instant::now();
     child.wait().unwrap();
     // Renewed at most lease/4 before the kill: still cut right after it (nothing else heals).
-    let still_cut = all_are(&hosts, false);
+    let still_cut = cluster::all_reach(&hosts, false).unwrap();
     let first_took = killed.elapsed();
     if first_took < lease / 2 {
         assert!(
@@ -421,7 +414,7 @@ fn kill_9_of_a_run_heals_every_node_within_the_lease() {
         if started > deadline + Duration::from_secs(2) {
             break;
         }
-        if all_are(&hosts, true) {
+        if cluster::all_reach(&hosts, true).unwrap() {
             healed_at = Some(started.duration_since(killed));
             break;
         }
