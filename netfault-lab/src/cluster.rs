@@ -139,6 +139,19 @@ pub fn expected(grudge: &Grudge, n: usize) -> Result<Matrix> {
         .collect()
 }
 
+/// The entries of partition `name` that node `i` (0-based) holds under `grudge`: one per peer it
+/// drops and family, `NAME.from-PEER.v4` and `.v6`, sorted.
+pub fn share(grudge: &Grudge, i: usize, name: &str) -> Vec<String> {
+    let mut s: Vec<String> = grudge
+        .get(&node_name(i))
+        .into_iter()
+        .flatten()
+        .flat_map(|p| [format!("{name}.from-{p}.v4"), format!("{name}.from-{p}.v6")])
+        .collect();
+    s.sort();
+    s
+}
+
 /// The pairs where `got` is not what `want` says, as `n1->n2 want true`.
 pub fn diff(got: &Matrix, want: &Matrix) -> Vec<String> {
     want.iter()

@@ -15,10 +15,8 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -31,29 +29,10 @@ use netfault_lab::{
 const PORT: u16 = 7070;
 const TOKEN: &str = "5f1c0a9e7b3d4e2f8a6c1b0d9e7f3a2c";
 
-/// A file under /tmp with a mode, removed on drop.
-struct TmpFile(PathBuf);
-
-impl Drop for TmpFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-static NEXT_FILE: AtomicU32 = AtomicU32::new(0);
-
-fn tmp_file(ext: &str, content: &str, mode: u32) -> TmpFile {
-    let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
-    let p = std::env::temp_dir().join(format!("nfagent-{}-{n}.{ext}", std::process::id()));
-    std::fs::write(&p, content).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-    TmpFile(p)
-}
-
 /// A running `netfault --netns NS agent ...`, stopped (SIGTERM, then SIGKILL) on drop.
 struct Agent {
     child: Option<Child>,
-    log: TmpFile,
+    log: TempFile,
     addr: SocketAddr,
 }
 
@@ -101,7 +80,7 @@ fn agent_command(h: &Host, token: &Path, extra: &[&str]) -> Command {
 
 /// Starts an agent on `h`, without waiting for it.
 fn spawn_agent(h: &Host, token: &Path, extra: &[&str]) -> Agent {
-    let log = tmp_file("log", "", 0o600);
+    let log = temp_file_mode("log", "", 0o600);
     let child = agent_command(h, token, extra)
         .stderr(std::fs::File::create(&log.0).unwrap())
         .spawn()
@@ -251,14 +230,10 @@ fn cluster(ctl: &Host, file: &Path, args: &[&str]) -> Output {
 }
 
 fn cluster_ok(ctl: &Host, file: &Path, args: &[&str]) -> String {
-    let out = cluster(ctl, file, args);
-    assert!(
-        out.status.success(),
-        "netfault cluster {args:?}: {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    ok_stdout(
+        cluster(ctl, file, args),
+        &format!("netfault cluster {args:?}"),
+    )
 }
 
 /// One agent per node, started together.
@@ -273,9 +248,9 @@ fn start_agents(hosts: &[Host], token: &Path, ctl: &Host) -> Vec<Agent> {
 #[test]
 fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restores() {
     let (_lab, nf, hosts, ctl) = agent_lab();
-    let token = tmp_file("token", &format!("{TOKEN}\n"), 0o600);
+    let token = temp_file_mode("token", &format!("{TOKEN}\n"), 0o600);
     let agents = start_agents(&hosts, &token.0, &ctl);
-    let file = tmp_file("toml", &cluster_text(&hosts, &token.0, "http", None), 0o600);
+    let file = temp_file_mode("toml", &cluster_text(&hosts, &token.0, "http", None), 0o600);
     assert_matrix(&hosts, &cluster::full(5), "before any partition");
 
     let doc: serde_json::Value = serde_json::from_str(&cluster_ok(
@@ -295,19 +270,12 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
     );
     // Each node holds exactly its share, and the agent's port stays protected.
     for (i, h) in hosts.iter().enumerate() {
-        let mut want: Vec<String> = grudge[&format!("n{}", i + 1)]
-            .iter()
-            .flat_map(|p| [format!("halves.from-{p}.v4"), format!("halves.from-{p}.v6")])
-            .collect();
-        want.sort();
-        let mut got: Vec<String> = nf
-            .rule_names(&h.ns)
-            .unwrap()
-            .into_iter()
-            .filter(|r| r.contains(".from-"))
-            .collect();
-        got.sort();
-        assert_eq!(got, want, "entries on n{}", i + 1);
+        assert_eq!(
+            partition_entries(&nf, &h.ns),
+            cluster::share(&grudge, i, "halves"),
+            "entries on n{}",
+            i + 1
+        );
         let st = status(&ctl.ns, &agents[i]);
         let protected: Vec<&str> = st["protected"]
             .as_array()
@@ -398,7 +366,7 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
 #[test]
 fn the_api_refuses_bad_requests_and_changes_nothing() {
     let (_lab, nf, hosts, ctl) = agent_lab();
-    let token = tmp_file("token", TOKEN, 0o600);
+    let token = temp_file_mode("token", TOKEN, 0o600);
     let h = &hosts[0];
     let a = start_agent(h, &token.0, &[], &ctl.ns);
     let before = status(&ctl.ns, &a);
@@ -572,7 +540,7 @@ fn parse_metrics(text: &str) -> BTreeMap<(String, String), u64> {
 #[test]
 fn metrics_parse_and_their_counters_equal_stats() {
     let (_lab, nf, hosts, ctl) = agent_lab();
-    let token = tmp_file("token", TOKEN, 0o600);
+    let token = temp_file_mode("token", TOKEN, 0o600);
     let h = &hosts[0];
     let a = start_agent(h, &token.0, &[], &ctl.ns);
     let set = r#"{"rule": [{"name": "lossy", "src": ["192.0.2.2"], "proto": "udp", "drop": "30%"},
@@ -639,7 +607,7 @@ fn metrics_parse_and_their_counters_equal_stats() {
 #[test]
 fn kill_9_leaves_faults_that_expire_by_their_lease() {
     let (_lab, nf, hosts, ctl) = agent_lab();
-    let token = tmp_file("token", TOKEN, 0o600);
+    let token = temp_file_mode("token", TOKEN, 0o600);
     let h = &hosts[0];
     let mut a = start_agent(h, &token.0, &[], &ctl.ns);
     let set = format!(
@@ -700,12 +668,12 @@ fn certificate(ip: &str) -> (String, String, String) {
 #[test]
 fn tls_with_a_generated_certificate_and_ca_file() {
     let (_lab, _nf, hosts, ctl) = agent_lab();
-    let token = tmp_file("token", TOKEN, 0o600);
+    let token = temp_file_mode("token", TOKEN, 0o600);
     let nodes = &hosts[..2];
     let mut files = Vec::new();
     let mut agents = Vec::new();
     let (ca_pem, _, _) = certificate("192.0.2.250");
-    let ca = tmp_file("pem", &ca_pem, 0o644);
+    let ca = temp_file_mode("pem", &ca_pem, 0o644);
     // Both node certificates from one CA.
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -719,8 +687,8 @@ fn tls_with_a_generated_certificate_and_ca_file() {
             .unwrap()
             .signed_by(&key, &issuer)
             .unwrap();
-        let cert = tmp_file("pem", &leaf.pem(), 0o644);
-        let keyf = tmp_file("key", &key.serialize_pem(), 0o600);
+        let cert = temp_file_mode("pem", &leaf.pem(), 0o644);
+        let keyf = temp_file_mode("key", &key.serialize_pem(), 0o600);
         let extra = [
             "--tls-cert",
             cert.0.to_str().unwrap(),
@@ -730,7 +698,7 @@ fn tls_with_a_generated_certificate_and_ca_file() {
         agents.push(start_agent(h, &token.0, &extra, &ctl.ns));
         files.push((cert, keyf));
     }
-    let file = tmp_file(
+    let file = temp_file_mode(
         "toml",
         &cluster_text(nodes, &token.0, "https", Some(&ca.0)),
         0o600,
@@ -763,8 +731,8 @@ fn tls_with_a_generated_certificate_and_ca_file() {
 
     // Another CA: the certificate is refused, the node unreachable, and it says why.
     let (other, _, _) = certificate("192.0.2.251");
-    let wrong = tmp_file("pem", &other, 0o644);
-    let bad = tmp_file(
+    let wrong = temp_file_mode("pem", &other, 0o644);
+    let bad = temp_file_mode(
         "toml",
         &cluster_text(nodes, &token.0, "https", Some(&wrong.0)),
         0o600,
@@ -794,7 +762,7 @@ fn a_token_file_others_can_read_is_refused() {
     let (_lab, _nf, hosts, _ctl) = agent_lab();
     let h = &hosts[0];
     for (mode, content) in [(0o644, TOKEN), (0o640, TOKEN), (0o600, "short")] {
-        let token = tmp_file("token", content, mode);
+        let token = temp_file_mode("token", content, mode);
         let out = netfault_lab_output(agent_command(h, &token.0, &[]));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{mode:o}: {err}");
@@ -813,7 +781,7 @@ fn a_token_file_others_can_read_is_refused() {
         }
     }
     // --listen is required.
-    let token = tmp_file("token", TOKEN, 0o600);
+    let token = temp_file_mode("token", TOKEN, 0o600);
     let out = Command::new(env!("CARGO_BIN_EXE_netfault"))
         .args(["agent", "--token-file"])
         .arg(&token.0)
@@ -841,9 +809,9 @@ fn netfault_lab_output(mut c: Command) -> Output {
 #[ignore = "a measurement; run with --ignored --nocapture"]
 fn partition_wall_time_via_agents() {
     let (_lab, _nf, hosts, ctl) = agent_lab();
-    let token = tmp_file("token", TOKEN, 0o600);
+    let token = temp_file_mode("token", TOKEN, 0o600);
     let _agents = start_agents(&hosts, &token.0, &ctl);
-    let file = tmp_file("toml", &cluster_text(&hosts, &token.0, "http", None), 0o600);
+    let file = temp_file_mode("toml", &cluster_text(&hosts, &token.0, "http", None), 0o600);
     let mut times = Vec::new();
     for i in 0..21 {
         let t = Instant::now();
@@ -911,12 +879,12 @@ fn event_lines(path: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn cluster_run_via_agents_logs_paired_events_and_kill_9_heals_within_the_lease() {
     let (_lab, _nf, hosts, ctl) = agent_lab();
-    let token = tmp_file("token", &format!("{TOKEN}\n"), 0o600);
+    let token = temp_file_mode("token", &format!("{TOKEN}\n"), 0o600);
     let _agents = start_agents(&hosts, &token.0, &ctl);
-    let file = tmp_file("toml", &cluster_text(&hosts, &token.0, "http", None), 0o600);
+    let file = temp_file_mode("toml", &cluster_text(&hosts, &token.0, "http", None), 0o600);
 
-    let sc = tmp_file("toml", AGENT_FLAP, 0o600);
-    let events = tmp_file("jsonl", "", 0o600);
+    let sc = temp_file_mode("toml", AGENT_FLAP, 0o600);
+    let events = temp_file_mode("jsonl", "", 0o600);
     let (sc_path, ev_path) = (
         sc.0.to_str().unwrap().to_string(),
         events.0.to_str().unwrap().to_string(),
@@ -946,8 +914,8 @@ fn cluster_run_via_agents_logs_paired_events_and_kill_9_heals_within_the_lease()
     }
     assert_matrix(&hosts, &cluster::full(5), "after the flapping run");
 
-    let sc = tmp_file("toml", AGENT_LONG_CUT, 0o600);
-    let events = tmp_file("jsonl", "", 0o600);
+    let sc = temp_file_mode("toml", AGENT_LONG_CUT, 0o600);
+    let events = temp_file_mode("jsonl", "", 0o600);
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ctl.ns, env!("CARGO_BIN_EXE_netfault")])
         .args(["cluster", "--cluster"])

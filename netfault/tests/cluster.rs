@@ -10,32 +10,13 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
+    path::Path,
     process::Output,
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use common::*;
 use netfault_lab::cluster::{self, Grudge};
-
-/// A cluster file under /tmp, removed on drop.
-struct ClusterFile(PathBuf);
-
-impl Drop for ClusterFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-static NEXT_FILE: AtomicU32 = AtomicU32::new(0);
-
-fn cluster_file(text: &str) -> ClusterFile {
-    let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
-    let p = std::env::temp_dir().join(format!("nfcluster-{}-{n}.toml", std::process::id()));
-    std::fs::write(&p, text).unwrap();
-    ClusterFile(p)
-}
 
 /// `[[node]]` n1..: each host's namespace, both addresses, its interface. `netns[i]`
 /// overrides a node's namespace name.
@@ -46,7 +27,7 @@ fn cluster_text(hosts: &[Host], netns: &BTreeMap<usize, String>) -> String {
 }
 
 /// `netfault cluster --cluster FILE args...` from the host namespace, bounded.
-fn cluster(file: &ClusterFile, args: &[&str]) -> Output {
+fn cluster(file: &TempFile, args: &[&str]) -> Output {
     cluster::run_cluster(
         None,
         Path::new(env!("CARGO_BIN_EXE_netfault")),
@@ -57,15 +38,8 @@ fn cluster(file: &ClusterFile, args: &[&str]) -> Output {
     .unwrap()
 }
 
-fn cluster_ok(file: &ClusterFile, args: &[&str]) -> String {
-    let out = cluster(file, args);
-    assert!(
-        out.status.success(),
-        "netfault cluster {args:?}: {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+fn cluster_ok(file: &TempFile, args: &[&str]) -> String {
+    ok_stdout(cluster(file, args), &format!("netfault cluster {args:?}"))
 }
 
 /// The lab detaches every node on teardown (the coordinator attached them).
@@ -140,7 +114,7 @@ fn check_property(topology: &str, g: &Grudge) {
 fn every_topology_cuts_the_wire_as_its_grudge_says_and_heal_restores() {
     let started = Instant::now();
     let (_lab, nf, hosts) = cluster_lab();
-    let file = cluster_file(&cluster_text(&hosts, &BTreeMap::new()));
+    let file = temp_file("toml", &cluster_text(&hosts, &BTreeMap::new()));
     let full = cluster::full(5);
     assert_matrix(&hosts, &full, "before any partition");
     let cases: [(&str, &[&str]); 7] = [
@@ -174,19 +148,12 @@ fn every_topology_cuts_the_wire_as_its_grudge_says_and_heal_restores() {
         let name = doc["name"].as_str().unwrap();
         // Each node holds exactly its share: one entry per dropped peer and family.
         for (i, h) in hosts.iter().enumerate() {
-            let mut want: Vec<String> = grudge[&format!("n{}", i + 1)]
-                .iter()
-                .flat_map(|p| [format!("{name}.from-{p}.v4"), format!("{name}.from-{p}.v6")])
-                .collect();
-            want.sort();
-            let mut got: Vec<String> = nf
-                .rule_names(&h.ns)
-                .unwrap()
-                .into_iter()
-                .filter(|r| r.contains(".from-"))
-                .collect();
-            got.sort();
-            assert_eq!(got, want, "{topology}: entries on n{}", i + 1);
+            assert_eq!(
+                partition_entries(&nf, &h.ns),
+                cluster::share(&grudge, i, name),
+                "{topology}: entries on n{}",
+                i + 1
+            );
         }
         assert_matrix(&hosts, &cluster::expected(&grudge, 5).unwrap(), topology);
         if topology == "halves" {
@@ -251,14 +218,14 @@ fn bad_input_changes_nothing_and_a_failed_node_rolls_everything_back() {
         (with("ssh = \"root@192.0.2.2\""), "node[1].netns"),
     ];
     for (text, key) in &bad_files {
-        let f = cluster_file(text);
+        let f = temp_file("toml", text);
         let out = cluster(&f, &["partition", "halves"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{key}: {err}");
         assert!(err.contains(key), "{key}: {err}");
         untouched(key);
     }
-    let f = cluster_file(&good);
+    let f = temp_file("toml", &good);
     for (args, what) in [
         (&["partition", "triangles"][..], "unknown topology"),
         (&["partition", "isolate:n9"][..], "'n9'"),
@@ -281,7 +248,7 @@ fn bad_input_changes_nothing_and_a_failed_node_rolls_everything_back() {
         1,
     );
     let out = cluster(
-        &cluster_file(&agent),
+        &temp_file("toml", &agent),
         &["partition", "halves", "--name", "noagent"],
     );
     let err = String::from_utf8_lossy(&out.stderr);
@@ -303,7 +270,7 @@ fn bad_input_changes_nothing_and_a_failed_node_rolls_everything_back() {
     // n5's namespace does not exist: n1..n4 take their entries, then give them back.
     let missing = format!("{PREFIX}-{}-missing", std::process::id());
     let text = cluster_text(&hosts, &BTreeMap::from([(4, missing.clone())]));
-    let f = cluster_file(&text);
+    let f = temp_file("toml", &text);
     let out = cluster(&f, &["partition", "complete", "--name", "doomed"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -330,7 +297,7 @@ fn bad_input_changes_nothing_and_a_failed_node_rolls_everything_back() {
 #[ignore = "a measurement; run with --ignored --nocapture"]
 fn partition_wall_time() {
     let (_lab, _nf, hosts) = cluster_lab();
-    let file = cluster_file(&cluster_text(&hosts, &BTreeMap::new()));
+    let file = temp_file("toml", &cluster_text(&hosts, &BTreeMap::new()));
     let mut times = Vec::new();
     for i in 0..21 {
         let t = Instant::now();

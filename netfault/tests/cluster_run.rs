@@ -10,9 +10,8 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -20,28 +19,7 @@ use common::*;
 use netfault_lab::{cluster, lab::output_within};
 use serde_json::Value;
 
-/// A file under /tmp, removed on drop.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-static NEXT_FILE: AtomicU32 = AtomicU32::new(0);
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn temp_path(ext: &str) -> TempFile {
-    let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
-    TempFile(std::env::temp_dir().join(format!("nfrun-{}-{n}.{ext}", std::process::id())))
-}
-
-fn temp_file(ext: &str, text: &str) -> TempFile {
-    let f = temp_path(ext);
-    std::fs::write(&f.0, text).unwrap();
-    f
-}
 
 fn command(file: &TempFile, args: &[&str]) -> Command {
     cluster::cluster_command(Path::new(env!("CARGO_BIN_EXE_netfault")), &file.0, args)
@@ -64,14 +42,7 @@ fn cluster(file: &TempFile, args: &[&str]) -> Output {
 }
 
 fn cluster_ok(file: &TempFile, args: &[&str]) -> String {
-    let out = cluster(file, args);
-    assert!(
-        out.status.success(),
-        "netfault cluster {args:?}: {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    ok_stdout(cluster(file, args), &format!("netfault cluster {args:?}"))
 }
 
 /// Five hosts, each attached beforehand (one at a time: loading the programs is the slow part
@@ -154,6 +125,32 @@ fn wait_started(path: &Path, child: &mut Child) {
         }
         assert!(Instant::now() < end, "no step started within 30 s");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A `netfault cluster run SCENARIO --events LOG` over `hosts` (netns transport), spawned: its
+/// cluster file, scenario and event log (removed on drop) and the child.
+struct Running {
+    file: TempFile,
+    _sc: TempFile,
+    events: TempFile,
+    child: Child,
+}
+
+/// Starts [`Running`] and waits (bounded) until its first step is on every node.
+fn start_run(hosts: &[Host], scenario: &str) -> Running {
+    let file = temp_file("toml", &cluster::netns_cluster_text(hosts));
+    let sc = temp_file("toml", scenario);
+    let events = temp_path("jsonl");
+    let mut child = command(&file, &["run", sc.arg(), "--events", events.arg()])
+        .spawn()
+        .unwrap();
+    wait_started(&events.0, &mut child);
+    Running {
+        file,
+        _sc: sc,
+        events,
+        child,
     }
 }
 
@@ -246,16 +243,13 @@ for = "4s"
 #[test]
 fn a_flapping_scenario_logs_every_start_and_end_and_ends_healed() {
     let (_serial, _lab, _nf, hosts) = cluster_lab();
-    let file = temp_file("toml", &cluster::netns_cluster_text(&hosts));
-    let sc = temp_file("toml", FLAP);
-    let events = temp_path("jsonl");
-    let sc_path = sc.0.to_str().unwrap().to_string();
-    let ev_path = events.0.to_str().unwrap().to_string();
-    let mut child = command(&file, &["run", &sc_path, "--events", &ev_path])
-        .spawn()
-        .unwrap();
+    let Running {
+        file,
+        _sc,
+        events,
+        child,
+    } = start_run(&hosts, FLAP);
     // On the wire while the first occurrence is on: n2 cannot reach n1.
-    wait_started(&events.0, &mut child);
     let r = UdpBurst::new(20)
         .run(&hosts[1].ns, &hosts[0].ns, hosts[0].sock(false, 4999))
         .unwrap();
@@ -373,16 +367,13 @@ for = "2m"
 #[test]
 fn kill_9_of_a_run_heals_every_node_within_the_lease() {
     let (_serial, _lab, _nf, hosts) = cluster_lab();
-    let file = temp_file("toml", &cluster::netns_cluster_text(&hosts));
-    let sc = temp_file("toml", LONG_CUT);
-    let events = temp_path("jsonl");
     let lease = Duration::from_secs(2);
-    let sc_path = sc.0.to_str().unwrap().to_string();
-    let ev_path = events.0.to_str().unwrap().to_string();
-    let mut child = command(&file, &["run", &sc_path, "--events", &ev_path])
-        .spawn()
-        .unwrap();
-    wait_started(&events.0, &mut child);
+    let Running {
+        file,
+        _sc,
+        events,
+        mut child,
+    } = start_run(&hosts, LONG_CUT);
     let all_cut: Vec<(usize, usize)> = (0..5)
         .flat_map(|j| (0..5).map(move |x| (j, x)))
         .filter(|(j, x)| j != x)
@@ -437,18 +428,15 @@ fn kill_9_of_a_run_heals_every_node_within_the_lease() {
 
 fn signal_run(sig: libc::c_int, code: i32) {
     let (_serial, _lab, _nf, hosts) = cluster_lab();
-    let file = temp_file("toml", &cluster::netns_cluster_text(&hosts));
-    let sc = temp_file(
-        "toml",
+    let Running {
+        file,
+        _sc,
+        events,
+        child,
+    } = start_run(
+        &hosts,
         "[[step]]\nname = \"split\"\nat = \"0s\"\npartition = \"halves\"\nfor = \"2m\"\n",
     );
-    let events = temp_path("jsonl");
-    let sc_path = sc.0.to_str().unwrap().to_string();
-    let ev_path = events.0.to_str().unwrap().to_string();
-    let mut child = command(&file, &["run", &sc_path, "--events", &ev_path])
-        .spawn()
-        .unwrap();
-    wait_started(&events.0, &mut child);
     let halves: Vec<(usize, usize)> = (0..5)
         .flat_map(|j| (0..5).map(move |x| (j, x)))
         .filter(|(j, x)| (*j < 2) != (*x < 2))
@@ -488,18 +476,15 @@ fn signal_run(sig: libc::c_int, code: i32) {
 #[test]
 fn entries_lost_on_a_node_end_the_run_with_exit_1_and_everything_healed() {
     let (_serial, _lab, nf, hosts) = cluster_lab();
-    let file = temp_file("toml", &cluster::netns_cluster_text(&hosts));
-    let sc = temp_file(
-        "toml",
+    let Running {
+        file,
+        _sc,
+        events,
+        child,
+    } = start_run(
+        &hosts,
         "lease = \"2s\"\n[[step]]\nname = \"split\"\nat = \"0s\"\npartition = \"halves\"\nfor = \"2m\"\n",
     );
-    let events = temp_path("jsonl");
-    let sc_path = sc.0.to_str().unwrap().to_string();
-    let ev_path = events.0.to_str().unwrap().to_string();
-    let mut child = command(&file, &["run", &sc_path, "--events", &ev_path])
-        .spawn()
-        .unwrap();
-    wait_started(&events.0, &mut child);
     nf.run(&hosts[0].ns, &["heal", "split.from-n3.v4"]).unwrap();
     let out = wait_bounded(child, Duration::from_secs(20), "cluster run");
     let err = String::from_utf8_lossy(&out.stderr);

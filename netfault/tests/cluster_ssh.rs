@@ -15,9 +15,7 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
-    path::PathBuf,
     process::Output,
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -140,23 +138,19 @@ impl SshLab {
     }
 
     /// `netfault cluster --cluster FILE args...` run from namespace `ns`, bounded.
-    fn cluster_from(&self, ns: &str, file: &ClusterFile, args: &[&str]) -> Output {
+    fn cluster_from(&self, ns: &str, file: &TempFile, args: &[&str]) -> Output {
         cluster::run_cluster(Some(ns), &self.nf.bin, &file.0, args, CLUSTER_LIMIT).unwrap()
     }
 
-    fn cluster(&self, file: &ClusterFile, args: &[&str]) -> Output {
+    fn cluster(&self, file: &TempFile, args: &[&str]) -> Output {
         self.cluster_from(&self.ctl.ns, file, args)
     }
 
-    fn cluster_ok(&self, file: &ClusterFile, args: &[&str]) -> String {
-        let out = self.cluster(file, args);
-        assert!(
-            out.status.success(),
-            "netfault cluster {args:?}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+    fn cluster_ok(&self, file: &TempFile, args: &[&str]) -> String {
+        ok_stdout(
+            self.cluster(file, args),
+            &format!("netfault cluster {args:?}"),
+        )
     }
 
     /// The partition entries a node holds, as `netfault --netns NODE` sees them.
@@ -192,24 +186,6 @@ impl SshLab {
     }
 }
 
-/// A cluster file under /tmp, removed on drop.
-struct ClusterFile(PathBuf);
-
-impl Drop for ClusterFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-static NEXT_FILE: AtomicU32 = AtomicU32::new(0);
-
-fn cluster_file(text: &str) -> ClusterFile {
-    let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
-    let p = std::env::temp_dir().join(format!("nfcluster-ssh-{}-{n}.toml", std::process::id()));
-    std::fs::write(&p, text).unwrap();
-    ClusterFile(p)
-}
-
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -222,7 +198,7 @@ fn ssh_label(h: &Host) -> String {
 #[test]
 fn isolate_over_ssh_cuts_the_wire_as_its_grudge_says_keeps_ssh_open_and_heals() {
     let l = ssh_lab();
-    let file = cluster_file(&l.cluster_text(|_, _| {}));
+    let file = temp_file("toml", &l.cluster_text(|_, _| {}));
     let n3 = &l.nodes[2];
     let plain = SocketAddr::new(n3.v4.into(), PLAIN_PORT);
     let _echo = TcpEcho::start(&n3.ns, plain).unwrap();
@@ -244,11 +220,7 @@ fn isolate_over_ssh_cuts_the_wire_as_its_grudge_says_keeps_ssh_open_and_heals() 
     }
     // The remote netfault wrote where `netfault --netns NODE` reads: each node holds its share.
     for i in 0..5 {
-        let mut want: Vec<String> = grudge[&format!("n{}", i + 1)]
-            .iter()
-            .flat_map(|p| [format!("{name}.from-{p}.v4"), format!("{name}.from-{p}.v6")])
-            .collect();
-        want.sort();
+        let want = cluster::share(&grudge, i, name);
         assert_eq!(l.partitions(i), want, "entries on n{}", i + 1);
         // Every node protects every node's SSH endpoint (a coordinator may run on any).
         let prot = l.protections(i);
@@ -347,7 +319,7 @@ fn a_node_that_fails_over_ssh_fails_the_run_naming_it_and_the_others_are_rolled_
                 lines.push(line.to_string());
             }
         });
-        let file = cluster_file(&text);
+        let file = temp_file("toml", &text);
         let out = l.cluster(&file, &["partition", "complete", "--name", "doomed"]);
         let err = String::from_utf8_lossy(&out.stderr);
         eprintln!("n{} failing: {}", bad + 1, err.trim());
@@ -405,7 +377,7 @@ fn a_node_that_fails_over_ssh_fails_the_run_naming_it_and_the_others_are_rolled_
 #[ignore = "a measurement; run with --ignored --nocapture"]
 fn partition_wall_time_ssh() {
     let l = ssh_lab();
-    let file = cluster_file(&l.cluster_text(|_, _| {}));
+    let file = temp_file("toml", &l.cluster_text(|_, _| {}));
     // Where the time goes: one ssh session doing nothing, then one running `node state`.
     let n1 = format!("root@{}", l.nodes[0].v4);
     let state = format!("{} node state", l.nf.bin.display());

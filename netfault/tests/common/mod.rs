@@ -11,7 +11,14 @@
               expectation would be unfulfilled in some"
 )]
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt as _,
+    path::PathBuf,
+    process::Output,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
 
 pub use netfault_lab::lab::{Host, Lab, Netfault, TcpEcho, TcpOutcome, UdpBurst, UdpReport};
 use netfault_lab::{
@@ -154,4 +161,66 @@ pub fn assert_matrix(hosts: &[Host], want: &cluster::Matrix, when: &str) {
     let got = cluster::matrix(hosts).unwrap_or_else(|e| panic!("{when}: {e:#}"));
     let wrong = cluster::diff(&got, want);
     assert!(wrong.is_empty(), "{when}: {wrong:?}");
+}
+
+/// A file under the temp directory, `nftest-<pid>-<n>.<ext>`, removed on drop.
+pub struct TempFile(pub PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl TempFile {
+    /// The path as a command argument.
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("temp paths are UTF-8")
+    }
+}
+
+static NEXT_FILE: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh temp path, nothing written yet (removed on drop if something writes it).
+pub fn temp_path(ext: &str) -> TempFile {
+    let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
+    TempFile(std::env::temp_dir().join(format!("nftest-{}-{n}.{ext}", std::process::id())))
+}
+
+/// A temp file holding `text`, with the umask's mode.
+pub fn temp_file(ext: &str, text: &str) -> TempFile {
+    let f = temp_path(ext);
+    std::fs::write(&f.0, text).unwrap();
+    f
+}
+
+/// A temp file holding `text`, with mode `mode`.
+pub fn temp_file_mode(ext: &str, text: &str, mode: u32) -> TempFile {
+    let f = temp_file(ext, text);
+    std::fs::set_permissions(&f.0, std::fs::Permissions::from_mode(mode)).unwrap();
+    f
+}
+
+/// The stdout of a command that had to succeed; otherwise a panic with `what`, its exit status
+/// and its stderr.
+pub fn ok_stdout(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The partition entries (names with `.from-`) in namespace `ns`, sorted.
+pub fn partition_entries(nf: &Netfault, ns: &str) -> Vec<String> {
+    let mut got: Vec<String> = nf
+        .rule_names(ns)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.contains(".from-"))
+        .collect();
+    got.sort();
+    got
 }
