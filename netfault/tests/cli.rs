@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Lab, Netfault, PREFIX, nf};
+use common::{Lab, Netfault, PREFIX, nf, temp_file};
 use netfault::dataplane::Maps;
 use netfault_common::{GENERATIONS, MAX_TUPLES};
 use netfault_lab::lab::Single;
@@ -647,17 +647,15 @@ fn sigint_ends_stats_watch_with_130() {
 #[test]
 fn signals_end_run_with_130_and_143_and_it_detaches() {
     let h = Host::new("rsig");
-    let file = std::env::temp_dir().join(format!("nf-cli-run-{}.toml", std::process::id()));
-    std::fs::write(
-        &file,
+    let file = temp_file(
+        "toml",
         "[[rule]]\nname = \"r\"\nproto = \"udp\"\ndport = \"9\"\ndrop = 1\n",
-    )
-    .unwrap();
+    );
     for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
         let mut c = Reaped::spawn(
             Command::new(BIN)
                 .args(["--netns", &h.ns, "run"])
-                .arg(&file)
+                .arg(&file.0)
                 .args(["--iface", &h.peer, "--duration", "60s"]),
         );
         let lines = c.lines();
@@ -691,7 +689,6 @@ fn signals_end_run_with_130_and_143_and_it_detaches() {
             h.peer
         );
     }
-    let _ = std::fs::remove_file(file);
 }
 
 /// `| head -c1`: the reader goes away; netfault ends quietly (exit 0), no panic, no message.

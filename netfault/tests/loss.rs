@@ -287,15 +287,13 @@ fn settings_come_back_on_delete_expiry_detach_and_run_exit() {
     back("after detach");
 
     // run: the settings live as long as the process.
-    let file = std::env::temp_dir().join(format!("nf-loss-run-{}.toml", std::process::id()));
-    std::fs::write(
-        &file,
+    let file = temp_file(
+        "toml",
         "[[rule]]\nname = \"r\"\ndir = \"both\"\nproto = \"udp\"\ndport = \"9\"\nduplicate = \"10%\"\n",
-    )
-    .unwrap();
+    );
     let mut child = std::process::Command::new(&nf.bin)
         .env_remove("SSH_CONNECTION")
-        .args(["--netns", &a.ns, "run", file.to_str().unwrap()])
+        .args(["--netns", &a.ns, "run", file.arg()])
         .args(["--iface", &a.iface, "--duration", "4s"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -319,7 +317,6 @@ fn settings_come_back_on_delete_expiry_detach_and_run_exit() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let _ = std::fs::remove_file(&file);
     assert!(status.success(), "run: {status}");
     back("after run");
 }

@@ -7,9 +7,8 @@
 //!    drop, interleaved rounds.
 //! 3. TCP goodput (iperf3) across a veth pair, with nothing attached and with netfault attached
 //!    on both ends through the CLI, idle and with 1k rules (goodput.rs).
-//!
-//! `netfault-bench retrans`: retransmissions per drop for 10 % TCP loss at egress and at
-//! ingress, through the CLI (retrans.rs).
+//! 4. Retransmissions per drop for 10 % TCP loss at egress and at ingress, through the CLI
+//!    (retrans.rs; alone, with its flags: `netfault-bench retrans`).
 //!
 //! `netfault-bench delay` instead: one-way delay and jitter through netfault against netem
 //! (delay.rs; needs sch_fq and sch_netem, so `cargo xtask bench --vm` runs it in a VM).
@@ -70,6 +69,8 @@ enum Part {
     Veth,
     /// TCP goodput across a veth pair (iperf3).
     Goodput,
+    /// Retransmissions per drop for 10% TCP loss, egress and ingress.
+    Retrans,
 }
 
 /// How much work each part does.
@@ -150,6 +151,9 @@ fn run(args: &Args) -> Result<()> {
     if part(Part::Goodput) {
         let rows = goodput::run(&plan)?;
         goodput::report(&plan, &rows);
+    }
+    if part(Part::Retrans) {
+        retrans::run(&retrans::Args::default())?;
     }
     Ok(())
 }

@@ -35,6 +35,17 @@ pub struct Args {
 
 /// Namespaces of this benchmark are `nfbr-<pid>-<n>-<role>` (the lab removes stale ones).
 const PREFIX: &str = "nfbr";
+
+impl Default for Args {
+    /// What `netfault-bench` runs as its part 4: the flags' defaults.
+    fn default() -> Self {
+        Self {
+            packets: 30_000,
+            limit: 120,
+            netem: false,
+        }
+    }
+}
 const P: f64 = 0.10;
 
 struct Row {
@@ -108,7 +119,7 @@ fn met(ok: bool) -> &'static str {
 fn print(rows: &[Row]) {
     println!();
     println!(
-        "retrans: retransmissions per drop for 10% TCP loss (one bulk flow across a veth pair; \
+        "4. retransmissions per drop for 10% TCP loss (one bulk flow across a veth pair; \
          retransmissions are the sender's TCP RetransSegs)"
     );
     println!(
