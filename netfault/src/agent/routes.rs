@@ -327,6 +327,23 @@ async fn read<T: Send + 'static>(
 }
 
 /// Parses a JSON body into `T`, naming the field of a mismatch (`plan.rules[0].drop`).
+/// The answer to a change that left no warnings, logged first as a `kind` event.
+fn logged(
+    sh: &Shared,
+    kind: &'static str,
+    generation: u64,
+    names: Vec<String>,
+    detail: Option<String>,
+) -> Json<Changed> {
+    sh.events
+        .push(kind, Some(generation), names.clone(), detail);
+    Json(Changed {
+        generation,
+        names,
+        warnings: Vec::new(),
+    })
+}
+
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -587,17 +604,13 @@ async fn delete_ruleset(
         Ok(names)
     })
     .await?;
-    sh.events.push(
+    Ok(logged(
+        &sh,
         "delete",
-        Some(generation),
-        names.clone(),
-        Some("ruleset".into()),
-    );
-    Ok(Json(Changed {
         generation,
         names,
-        warnings: Vec::new(),
-    }))
+        Some("ruleset".into()),
+    ))
 }
 
 async fn renew(State(sh): State<Arc<Shared>>, body: Bytes) -> ApiResult<Json<Changed>> {
@@ -639,13 +652,7 @@ async fn renew(State(sh): State<Arc<Shared>>, body: Bytes) -> ApiResult<Json<Cha
         Ok(local::renew(ctl, &names, ttl)?)
     })
     .await?;
-    sh.events
-        .push("renew", Some(generation), names.clone(), None);
-    Ok(Json(Changed {
-        generation,
-        names,
-        warnings: Vec::new(),
-    }))
+    Ok(logged(&sh, "renew", generation, names, None))
 }
 
 /// The checks of a plan from the wire (serde checked only its shape): interfaces the agent
@@ -734,13 +741,7 @@ async fn plan(State(sh): State<Arc<Shared>>, body: Bytes) -> ApiResult<Json<Chan
         Ok(names)
     })
     .await?;
-    sh.events
-        .push("plan", Some(generation), names.clone(), None);
-    Ok(Json(Changed {
-        generation,
-        names,
-        warnings: Vec::new(),
-    }))
+    Ok(logged(&sh, "plan", generation, names, None))
 }
 
 /// Deletes the entries named `names` (of `kind`, when given) that exist.
@@ -773,13 +774,7 @@ async fn delete_by_names(
 async fn delete_names(State(sh): State<Arc<Shared>>, body: Bytes) -> ApiResult<Json<Changed>> {
     let req: DeleteRequest = parse_json(&body)?;
     let (names, generation) = delete_by_names(&sh, req.names, req.kind).await?;
-    sh.events
-        .push("delete", Some(generation), names.clone(), None);
-    Ok(Json(Changed {
-        generation,
-        names,
-        warnings: Vec::new(),
-    }))
+    Ok(logged(&sh, "delete", generation, names, None))
 }
 
 async fn delete_one(
@@ -794,13 +789,7 @@ async fn delete_one(
             format!("no entry named '{name}'"),
         ));
     }
-    sh.events
-        .push("delete", Some(generation), names.clone(), None);
-    Ok(Json(Changed {
-        generation,
-        names,
-        warnings: Vec::new(),
-    }))
+    Ok(logged(&sh, "delete", generation, names, None))
 }
 
 /// The document of `netfault stats --json`: rules and partitions with their counters, lost
