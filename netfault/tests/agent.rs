@@ -219,21 +219,11 @@ fn cluster_text(hosts: &[Host], token: &Path, scheme: &str, ca: Option<&Path>) -
 
 /// `netfault cluster --cluster FILE args...` inside the control namespace, bounded.
 fn cluster(ctl: &Host, file: &Path, args: &[&str]) -> Output {
-    cluster::run_cluster(
-        Some(&ctl.ns),
-        Path::new(env!("CARGO_BIN_EXE_netfault")),
-        file,
-        args,
-        Duration::from_secs(30),
-    )
-    .unwrap()
+    run_cluster(Some(&ctl.ns), file, args, Duration::from_secs(30))
 }
 
 fn cluster_ok(ctl: &Host, file: &Path, args: &[&str]) -> String {
-    ok_stdout(
-        cluster(ctl, file, args),
-        &format!("netfault cluster {args:?}"),
-    )
+    run_cluster_ok(Some(&ctl.ns), file, args, Duration::from_secs(30))
 }
 
 /// One agent per node, started together.
@@ -289,20 +279,7 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
     // The coordinator still reaches every agent across the cut.
     let st: serde_json::Value =
         serde_json::from_str(&cluster_ok(&ctl, &file.0, &["status", "--json"])).unwrap();
-    let nodes = st["nodes"].as_array().unwrap();
-    assert_eq!(nodes.len(), 5);
-    for (i, n) in nodes.iter().enumerate() {
-        assert_eq!(n["reachable"], true, "{n}");
-        assert_eq!(n["transport"], "agent");
-        assert_eq!(n["attached"][0], hosts[i].iface.as_str());
-        let faults = n["faults"].as_array().unwrap();
-        assert_eq!(faults.len(), if i < 2 { 6 } else { 4 }, "{n}");
-        assert!(
-            faults
-                .iter()
-                .all(|f| f["ttl_left_s"].as_u64().unwrap() <= 120)
-        );
-    }
+    assert_halves_status(&st, &hosts, "agent");
     // The same name again: refused by every node (409), nothing left half done.
     let out = cluster(&ctl, &file.0, &["partition", "halves"]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -854,17 +831,6 @@ repeat = 3
 every = "2s"
 "#;
 
-/// A cut that only the lease ends once the coordinator is gone.
-const AGENT_LONG_CUT: &str = r#"
-lease = "2s"
-
-[[step]]
-name = "cut"
-at = "0s"
-partition = "complete"
-for = "2m"
-"#;
-
 fn event_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -914,7 +880,7 @@ fn cluster_run_via_agents_logs_paired_events_and_kill_9_heals_within_the_lease()
     }
     assert_matrix(&hosts, &cluster::full(5), "after the flapping run");
 
-    let sc = temp_file_mode("toml", AGENT_LONG_CUT, 0o600);
+    let sc = temp_file_mode("toml", LONG_CUT, 0o600);
     let events = temp_file_mode("jsonl", "", 0o600);
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ctl.ns, env!("CARGO_BIN_EXE_netfault")])

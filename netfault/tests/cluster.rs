@@ -10,7 +10,6 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::Path,
     process::Output,
     time::{Duration, Instant},
 };
@@ -28,18 +27,11 @@ fn cluster_text(hosts: &[Host], netns: &BTreeMap<usize, String>) -> String {
 
 /// `netfault cluster --cluster FILE args...` from the host namespace, bounded.
 fn cluster(file: &TempFile, args: &[&str]) -> Output {
-    cluster::run_cluster(
-        None,
-        Path::new(env!("CARGO_BIN_EXE_netfault")),
-        &file.0,
-        args,
-        Duration::from_secs(30),
-    )
-    .unwrap()
+    run_cluster(None, &file.0, args, Duration::from_secs(30))
 }
 
 fn cluster_ok(file: &TempFile, args: &[&str]) -> String {
-    ok_stdout(cluster(file, args), &format!("netfault cluster {args:?}"))
+    run_cluster_ok(None, &file.0, args, Duration::from_secs(30))
 }
 
 /// The lab detaches every node on teardown (the coordinator attached them).
@@ -159,20 +151,7 @@ fn every_topology_cuts_the_wire_as_its_grudge_says_and_heal_restores() {
         if topology == "halves" {
             let st: serde_json::Value =
                 serde_json::from_str(&cluster_ok(&file, &["status", "--json"])).unwrap();
-            let nodes = st["nodes"].as_array().unwrap();
-            assert_eq!(nodes.len(), 5);
-            for (i, n) in nodes.iter().enumerate() {
-                assert_eq!(n["reachable"], true, "{n}");
-                assert_eq!(n["transport"], "netns");
-                assert_eq!(n["attached"][0], hosts[i].iface.as_str());
-                let faults = n["faults"].as_array().unwrap();
-                assert_eq!(faults.len(), if i < 2 { 6 } else { 4 }, "{n}");
-                assert!(
-                    faults
-                        .iter()
-                        .all(|f| f["ttl_left_s"].as_u64().unwrap() <= 120)
-                );
-            }
+            assert_halves_status(&st, &hosts, "netns");
         }
         let healed = cluster_ok(&file, &["heal"]);
         assert!(healed.starts_with("healed "), "{healed}");

@@ -31,18 +31,11 @@ fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> Output {
 
 /// `netfault cluster --cluster FILE args...` from the host namespace, bounded.
 fn cluster(file: &TempFile, args: &[&str]) -> Output {
-    cluster::run_cluster(
-        None,
-        Path::new(env!("CARGO_BIN_EXE_netfault")),
-        &file.0,
-        args,
-        Duration::from_secs(60),
-    )
-    .unwrap()
+    run_cluster(None, &file.0, args, Duration::from_secs(60))
 }
 
 fn cluster_ok(file: &TempFile, args: &[&str]) -> String {
-    ok_stdout(cluster(file, args), &format!("netfault cluster {args:?}"))
+    run_cluster_ok(None, &file.0, args, Duration::from_secs(60))
 }
 
 /// Five hosts, each attached beforehand (one at a time: loading the programs is the slow part
@@ -352,16 +345,6 @@ fn a_flapping_scenario_logs_every_start_and_end_and_ends_healed() {
     assert_no_live_faults(&file, "after the run");
     assert_matrix(&hosts, &cluster::want(5, &[]), "after the run");
 }
-
-const LONG_CUT: &str = r#"
-lease = "2s"
-
-[[step]]
-name = "cut"
-at = "0s"
-partition = "complete"
-for = "2m"
-"#;
 
 /// Nobody renews after kill -9: the data path lets the entries go within the lease (+1 s).
 #[test]

@@ -14,7 +14,7 @@
 use std::{
     net::SocketAddr,
     os::unix::fs::PermissionsExt as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Output,
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
@@ -223,4 +223,57 @@ pub fn partition_entries(nf: &Netfault, ns: &str) -> Vec<String> {
         .collect();
     got.sort();
     got
+}
+
+/// `netfault cluster --cluster FILE args...` with this package's binary, from namespace `ns`
+/// (None: the host's), bounded by `limit`.
+pub fn run_cluster(ns: Option<&str>, file: &Path, args: &[&str], limit: Duration) -> Output {
+    cluster::run_cluster(
+        ns,
+        Path::new(env!("CARGO_BIN_EXE_netfault")),
+        file,
+        args,
+        limit,
+    )
+    .unwrap()
+}
+
+/// [`run_cluster`], which must succeed: its stdout.
+pub fn run_cluster_ok(ns: Option<&str>, file: &Path, args: &[&str], limit: Duration) -> String {
+    ok_stdout(
+        run_cluster(ns, file, args, limit),
+        &format!("netfault cluster {args:?}"),
+    )
+}
+
+/// A `cluster run` scenario whose one cut (complete, 2 minutes) only the lease (2 s) ends once
+/// the coordinator is gone.
+pub const LONG_CUT: &str = r#"
+lease = "2s"
+
+[[step]]
+name = "cut"
+at = "0s"
+partition = "complete"
+for = "2m"
+"#;
+
+/// `cluster status --json` (`st`) during a `halves` partition of the 5 `hosts`: every node
+/// reachable over `transport` with its interface attached; n1 and n2 hold 6 faults (3 peers,
+/// 2 families), the others 4, none with more than 120 s left.
+pub fn assert_halves_status(st: &serde_json::Value, hosts: &[Host], transport: &str) {
+    let nodes = st["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 5);
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(n["reachable"], true, "{n}");
+        assert_eq!(n["transport"], transport);
+        assert_eq!(n["attached"][0], hosts[i].iface.as_str());
+        let faults = n["faults"].as_array().unwrap();
+        assert_eq!(faults.len(), if i < 2 { 6 } else { 4 }, "{n}");
+        assert!(
+            faults
+                .iter()
+                .all(|f| f["ttl_left_s"].as_u64().unwrap() <= 120)
+        );
+    }
 }
