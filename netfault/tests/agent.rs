@@ -789,32 +789,9 @@ fn partition_wall_time_via_agents() {
     let token = temp_file_mode("token", TOKEN, 0o600);
     let _agents = start_agents(&hosts, &token.0, &ctl);
     let file = temp_file_mode("toml", &cluster_text(&hosts, &token.0, "http", None), 0o600);
-    let mut times = Vec::new();
-    for i in 0..21 {
-        let t = Instant::now();
-        cluster_ok(&ctl, &file.0, &["partition", "halves"]);
-        let d = t.elapsed();
-        if i == 0 {
-            eprintln!("first run: {d:?}");
-        } else {
-            times.push(d);
-        }
-        let r = UdpBurst::new(20)
-            .run(&hosts[0].ns, &hosts[4].ns, hosts[4].sock(false, 4999))
-            .unwrap();
-        assert_eq!(r.received(), 0, "cut on the wire once the command returned");
-        cluster_ok(&ctl, &file.0, &["heal"]);
-    }
-    times.sort();
-    let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
-    eprintln!(
-        "partition halves via agents, 5 nodes, {} runs: min {:?} p50 {:?} p99 {:?} max {:?}",
-        times.len(),
-        times[0],
-        pct(0.5),
-        pct(0.99),
-        times[times.len() - 1]
-    );
+    let w = partition_wall_times(&hosts, |args| cluster_ok(&ctl, &file.0, args));
+    eprintln!("first run: {:?}", w.first);
+    report_times("partition halves via agents", w.partitions);
 }
 
 /// A cluster-run scenario over agents: isolate:n1 three times, every change logged.

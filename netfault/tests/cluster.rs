@@ -277,31 +277,8 @@ fn bad_input_changes_nothing_and_a_failed_node_rolls_everything_back() {
 fn partition_wall_time() {
     let (_lab, _nf, hosts) = cluster_lab();
     let file = temp_file("toml", &cluster_text(&hosts, &BTreeMap::new()));
-    let mut times = Vec::new();
-    for i in 0..21 {
-        let t = Instant::now();
-        cluster_ok(&file, &["partition", "halves"]);
-        let d = t.elapsed();
-        // The first run attaches every node: reported apart.
-        if i == 0 {
-            eprintln!("first run (attaching 5 nodes): {d:?}");
-        } else {
-            times.push(d);
-        }
-        let r = UdpBurst::new(20)
-            .run(&hosts[0].ns, &hosts[4].ns, hosts[4].sock(false, 4999))
-            .unwrap();
-        assert_eq!(r.received(), 0, "cut on the wire once the command returned");
-        cluster_ok(&file, &["heal"]);
-    }
-    times.sort();
-    let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
-    eprintln!(
-        "partition halves, 5 nodes, {} runs: min {:?} p50 {:?} p99 {:?} max {:?}",
-        times.len(),
-        times[0],
-        pct(0.5),
-        pct(0.99),
-        times[times.len() - 1]
-    );
+    let w = partition_wall_times(&hosts, |args| cluster_ok(&file, args));
+    // The first run attaches every node: reported apart.
+    eprintln!("first run (attaching 5 nodes): {:?}", w.first);
+    report_times("partition halves", w.partitions);
 }

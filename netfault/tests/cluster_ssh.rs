@@ -399,37 +399,9 @@ fn partition_wall_time_ssh() {
         t.sort();
         eprintln!("{what}: min {:?} median {:?} (5 runs)", t[0], t[2]);
     }
-    let (mut parts, mut heals) = (Vec::new(), Vec::new());
-    for i in 0..21 {
-        let t = Instant::now();
-        l.cluster_ok(&file, &["partition", "halves"]);
-        let d = t.elapsed();
-        if i == 0 {
-            eprintln!("first run (nodes attached beforehand): {d:?}");
-        } else {
-            parts.push(d);
-        }
-        let r = UdpBurst::new(20)
-            .run(&l.nodes[0].ns, &l.nodes[4].ns, l.nodes[4].sock(false, 4999))
-            .unwrap();
-        assert_eq!(r.received(), 0, "cut on the wire once the command returned");
-        let t = Instant::now();
-        l.cluster_ok(&file, &["heal"]);
-        if i > 0 {
-            heals.push(t.elapsed());
-        }
-    }
-    for (what, mut times) in [("partition halves", parts), ("heal", heals)] {
-        times.sort();
-        let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
-        eprintln!(
-            "ssh: {what}, 5 nodes, {} runs: min {:?} p50 {:?} p99 {:?} max {:?}",
-            times.len(),
-            times[0],
-            pct(0.5),
-            pct(0.99),
-            times[times.len() - 1]
-        );
-    }
+    let w = partition_wall_times(&l.nodes, |args| l.cluster_ok(&file, args));
+    eprintln!("first run (nodes attached beforehand): {:?}", w.first);
+    report_times("ssh: partition halves", w.partitions);
+    report_times("ssh: heal", w.heals);
     l.finish();
 }
