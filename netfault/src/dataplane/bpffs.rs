@@ -15,12 +15,14 @@ use std::{
     fs::File,
     io,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use super::{KernelError, Result, io_err};
 
 const MOUNT_POINT: &str = "/sys/fs/bpf";
+/// The same, for the libc calls.
+const MOUNT_POINT_C: &std::ffi::CStr = c"/sys/fs/bpf";
 /// `statfs` magic of the BPF filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// What the kernel creates in every new bpffs; not anybody's pins.
@@ -39,12 +41,12 @@ pub struct Bpffs {
 /// Mounts bpffs at /sys/fs/bpf when it is missing, and holds it mounted until the guard drops.
 pub fn ensure_bpffs() -> Result<Bpffs> {
     for _ in 0..TRIES {
-        if !is_bpffs(Path::new(MOUNT_POINT))? {
+        if !mounted()? {
             // One mounter at a time (the lock is on the directory under the mount point), so
             // two processes never stack two mounts there.
             let under = File::open(MOUNT_POINT).map_err(io_err(format!("open {MOUNT_POINT}")))?;
             flock(&under, libc::LOCK_EX).map_err(io_err(format!("lock {MOUNT_POINT}")))?;
-            if !is_bpffs(Path::new(MOUNT_POINT))? {
+            if !mounted()? {
                 mount()?;
             }
         }
@@ -55,7 +57,7 @@ pub fn ensure_bpffs() -> Result<Bpffs> {
         let locked = root
             .metadata()
             .map_err(io_err(format!("stat {MOUNT_POINT}")))?;
-        if here.dev() == locked.dev() && is_bpffs(Path::new(MOUNT_POINT))? {
+        if here.dev() == locked.dev() && mounted()? {
             return Ok(Bpffs { root: Some(root) });
         }
     }
@@ -73,14 +75,13 @@ impl Drop for Bpffs {
     }
 }
 
-fn is_bpffs(p: &Path) -> Result<bool> {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-        .map_err(|e| io_err(format!("statfs {}", p.display()))(io::Error::other(e)))?;
+/// Whether a bpffs is mounted at the mount point.
+fn mounted() -> Result<bool> {
     // SAFETY: statfs is plain old data, filled by the kernel.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and out pointer.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io_err(format!("statfs {}", p.display()))(
+    if unsafe { libc::statfs(MOUNT_POINT_C.as_ptr(), &mut st) } != 0 {
+        return Err(io_err(format!("statfs {MOUNT_POINT}"))(
             io::Error::last_os_error(),
         ));
     }
@@ -115,7 +116,7 @@ fn marker_text(dev: u64) -> io::Result<String> {
 }
 
 fn mount() -> Result<()> {
-    let (src, dst, ty) = (c"bpf", c"/sys/fs/bpf", c"bpf");
+    let (src, dst, ty) = (c"bpf", MOUNT_POINT_C, c"bpf");
     // SAFETY: valid C strings; no data argument.
     let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
@@ -142,7 +143,7 @@ fn release() -> Result<()> {
     let Ok(noted) = std::fs::read_to_string(&mark) else {
         return Ok(()); // not ours (or already gone)
     };
-    if !is_bpffs(Path::new(MOUNT_POINT))? {
+    if !mounted()? {
         let _ = std::fs::remove_file(&mark); // unmounted by someone else
         return Ok(());
     }
@@ -173,7 +174,7 @@ fn release() -> Result<()> {
     }
     // Detached now, freed once our lock's fd closes below; a waiter sees the path change.
     // SAFETY: valid C string.
-    if unsafe { libc::umount2(c"/sys/fs/bpf".as_ptr(), libc::MNT_DETACH) } != 0 {
+    if unsafe { libc::umount2(MOUNT_POINT_C.as_ptr(), libc::MNT_DETACH) } != 0 {
         return Err(KernelError::Io {
             what: format!("unmount {MOUNT_POINT}"),
             source: io::Error::last_os_error(),
