@@ -38,8 +38,8 @@ pub enum NodeError {
     Spawn(#[source] std::io::Error),
 }
 
-/// A fault live on a node, as `status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// A fault live on a node, as `status` shows it (and as the SSH transport's `state` carries it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LiveFault {
     pub name: String,
     pub kind: Kind,

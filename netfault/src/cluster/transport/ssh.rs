@@ -38,7 +38,7 @@ use super::{LiveFault, NodeError, NodePlan, NodeState, NodeTransport};
 use crate::{
     cluster::local,
     control::{self, Ctl, netns},
-    spec::{Kind, SpecError, Ttl},
+    spec::{SpecError, Ttl},
 };
 
 /// How long one call may take, connection included; then ssh is killed. Longer than the
@@ -76,7 +76,7 @@ impl Op {
 pub mod wire {
     use serde::{Deserialize, Serialize};
 
-    use super::{Kind, NodePlan, Ttl};
+    use super::{LiveFault, NodePlan, Ttl};
 
     /// `apply`: attach, protect, add (one publish).
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,16 +130,9 @@ pub mod wire {
     pub struct State {
         pub attached: Vec<String>,
         /// Live faults (not protections).
-        pub faults: Vec<Fault>,
+        pub faults: Vec<LiveFault>,
         /// Every partition entry, live or expired: what `heal` picks from.
         pub partitions: Vec<String>,
-    }
-
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct Fault {
-        pub name: String,
-        pub kind: Kind,
-        pub ttl_left_s: Option<u64>,
     }
 
     /// What the remote writes on stdout when it fails, before exiting with `exit`.
@@ -495,15 +488,7 @@ impl NodeTransport for Ssh {
         let st: wire::State = self.call(Op::State, &serde_json::json!({}))?;
         Ok(NodeState {
             attached: st.attached,
-            faults: st
-                .faults
-                .into_iter()
-                .map(|f| LiveFault {
-                    name: f.name,
-                    kind: f.kind,
-                    ttl_left_s: f.ttl_left_s,
-                })
-                .collect(),
+            faults: st.faults,
         })
     }
 }
@@ -625,15 +610,7 @@ pub fn serve(
             let st = local::state(&ctl);
             to_json(&wire::State {
                 attached: st.attached,
-                faults: st
-                    .faults
-                    .into_iter()
-                    .map(|f| wire::Fault {
-                        name: f.name,
-                        kind: f.kind,
-                        ttl_left_s: f.ttl_left_s,
-                    })
-                    .collect(),
+                faults: st.faults,
                 partitions: local::partitions(&ctl),
             })
         }
