@@ -258,7 +258,7 @@ pub fn flow(
     sent?;
     got?;
     let secs = start.elapsed().as_secs_f64();
-    // The last ACKs and FIN have crossed by the time the sink saw EOF.
+    // Every segment of the flow is sent: the sink saw EOF, and the sender the sink's FIN.
     Ok(LossRun {
         counters: Counters::default(),
         out_segs: snmp(&tx.ns, "Tcp", "OutSegs")? - out0,
@@ -326,7 +326,27 @@ fn send(ns: &str, dst: SocketAddr, stop: &AtomicBool, hard_stop: Instant) -> Res
     }
     s.shutdown(std::net::Shutdown::Write)
         .context("close the flow")?;
-    Ok(())
+    // Wait for the sink's FIN: the kernel ACKs it before this read sees EOF, so the flow's last
+    // segment has been sent (and counted, by TCP and by any rule) when this returns. Without
+    // it that ACK raced the counters read after the flow (off by one, seen under TCG).
+    use std::io::Read as _;
+    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut buf = [0u8; 512];
+    while Instant::now() < hard_stop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e).context("wait for the sink to close"),
+        }
+    }
+    anyhow::bail!("the sink did not close before the hard stop")
 }
 
 /// Accepts one connection and reads it to EOF (or the hard stop), counting bytes.
