@@ -7,6 +7,8 @@
 // no read-modify-write on this target.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
+// Packet loads of any alignment in one instruction (parse::load_word).
+#![feature(asm_experimental_arch)]
 
 mod classify;
 mod maps;
@@ -26,7 +28,7 @@ use netfault_common::{
 };
 
 use crate::{
-    classify::{Match, classify},
+    classify::{Match, Published, classify},
     maps::{NF_COUNTERS, NF_IFB, NF_TC_ONLY},
     shape::Stamp,
 };
@@ -50,14 +52,53 @@ fn counters(slot: u32) -> Option<&'static mut Counters> {
 #[inline(always)]
 fn classify_frame(
     cfg: &Config,
+    set: &Published,
     start: usize,
     end: usize,
     key: &mut FlowKey,
 ) -> Option<(Match, usize)> {
     let l4 = parse::parse(start, end, key)?;
-    let c = classify::prefilter(cfg, key)?;
+    let c = classify::prefilter(set, key)?;
     if cfg.flags & CFG_PORTS != 0 {
         parse::ports(start, end, l4, key);
+    }
+    Some((classify(key, &c)?, l4))
+}
+
+/// `classify_frame` for an skb, whose headers may continue past its linear part into paged
+/// data: when the parser comes up short there, what it can reach is pulled into the linear
+/// part and the frame parsed again, so tc parses as deep as XDP. Only then: a pull makes a
+/// cloned skb private (a copy), and every TCP transmit is a clone whose headers are linear.
+#[inline(always)]
+fn classify_skb(
+    ctx: &TcContext,
+    cfg: &Config,
+    set: &Published,
+    key: &mut FlowKey,
+) -> Option<(Match, usize)> {
+    let len = ctx.len() as usize;
+    let reach = if len < parse::REACH {
+        len
+    } else {
+        parse::REACH
+    };
+    let l4 = match parse::parse(ctx.data(), ctx.data_end(), key) {
+        Some(l4) => l4,
+        // All the parser could read was linear: not a frame it parses.
+        None if ctx.data() + reach <= ctx.data_end() => return None,
+        None => {
+            ctx.pull_data(reach as u32).ok()?;
+            // Every field the first parse wrote, this one writes again.
+            parse::parse(ctx.data(), ctx.data_end(), key)?
+        }
+    };
+    let c = classify::prefilter(set, key)?;
+    if cfg.flags & CFG_PORTS != 0 {
+        // The ports may be all that lies past the linear part.
+        if l4 != 0 && ctx.data() + l4 + 4 > ctx.data_end() && l4 + 4 <= len {
+            let _ = ctx.pull_data((l4 + 4) as u32);
+        }
+        parse::ports(ctx.data(), ctx.data_end(), l4, key);
     }
     Some((classify(key, &c)?, l4))
 }
@@ -78,12 +119,14 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Option<u32> {
     if cfg.flags & CFG_TC_ONLY != 0 && unsafe { NF_TC_ONLY.get(&ifindex) }.is_some() {
         return None;
     }
+    // No rule at all: nothing is parsed.
+    let set = classify::published(cfg)?;
     let mut key = FlowKey {
         dir: DIR_INGRESS,
         ifindex,
         ..FlowKey::default()
     };
-    let (m, _) = classify_frame(cfg, ctx.data(), ctx.data_end(), &mut key)?;
+    let (m, _) = classify_frame(cfg, &set, ctx.data(), ctx.data_end(), &mut key)?;
     if m.rule.flags & RULE_NEEDS_SKB != 0 {
         // XDP cannot clone: tc ingress applies this rule, counters included.
         return None;
@@ -123,6 +166,9 @@ fn lost_on_the_wire() -> i32 {
 }
 
 /// Untouched packets return TC_ACT_UNSPEC, which is TCX_NEXT: later programs still see them.
+/// Inlined into each entry: a BPF-to-BPF call and return per packet cost more than the copy
+/// (return thunks), and `dir` becomes a constant there.
+#[inline(always)]
 fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
     let skb = ctx.as_ptr() as *mut __sk_buff;
     // SAFETY: skb is the program's own context.
@@ -139,23 +185,14 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
     if dir == DIR_INGRESS && !tc_only && flags & CFG_INGRESS_TC == 0 {
         return None;
     }
-    // Headers may sit in paged data: pull what the parser can reach into the linear part, so tc
-    // parses as deep as XDP. Only when it is short: a pull makes a cloned skb private (a copy).
-    let len = ctx.len() as usize;
-    let want = if len < parse::REACH {
-        len
-    } else {
-        parse::REACH
-    };
-    if ctx.data() + want > ctx.data_end() {
-        let _ = ctx.pull_data(want as u32);
-    }
+    // No rule at all: nothing is parsed or pulled.
+    let set = classify::published(cfg)?;
     let mut key = FlowKey {
         dir,
         ifindex,
         ..FlowKey::default()
     };
-    let (m, l4) = classify_frame(cfg, ctx.data(), ctx.data_end(), &mut key)?;
+    let (m, l4) = classify_skb(ctx, cfg, &set, &mut key)?;
     if dir == DIR_INGRESS && !tc_only && m.rule.flags & RULE_NEEDS_SKB == 0 {
         // XDP already applied and counted this rule.
         return None;

@@ -111,7 +111,7 @@ impl Dp {
         ctx[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&1u32.to_ne_bytes());
         ctx[SKB_GSO_SEGS..SKB_GSO_SEGS + 4].copy_from_slice(&gso_segs.to_ne_bytes());
         let mut out = [0u8; SKB_CTX_LEN];
-        let before = netfault::control::monotonic_ns();
+        let before = precise_ns();
         let r = p
             .test_run(TestRunOptions {
                 data_in: Some(pkt),
@@ -121,10 +121,21 @@ impl Dp {
             })
             .unwrap()
             .return_value;
-        let after = netfault::control::monotonic_ns();
+        let after = precise_ns();
         let ts = u64::from_ne_bytes(out[SKB_TSTAMP..SKB_TSTAMP + 8].try_into().unwrap());
         (r, ts, before, after)
     }
+}
+
+/// CLOCK_MONOTONIC, the clock departure times are stamped on (fq compares them with it).
+fn precise_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// `struct __sk_buff`: its size and the offsets of the fields BPF_PROG_TEST_RUN lets a test set
@@ -572,6 +583,39 @@ fn an_expired_rule_never_hides_a_live_one_with_the_same_match() {
     );
     assert_eq!(dp.xdp(&f, 1), XDP_DROP);
     assert_eq!(dp.counters(2).matched, 1);
+}
+
+/// The data path and the controller keep lifetimes on one clock: a rule is live right up to
+/// the instant the controller's clock reaches its expiry, and not one packet after.
+#[test]
+fn a_rule_ends_when_the_controllers_clock_says() {
+    let mut dp = Dp::new();
+    let f = udp("192.0.2.7", "198.51.100.1", 9, 53).bytes();
+    let mut drop = rule("drop");
+    drop.src = vec![net("192.0.2.7")];
+    let clock = netfault::control::monotonic_ns;
+    let expiry = clock() + 60_000_000;
+    set_expiring(&mut dp, &[(drop, expiry)]);
+    let mut live = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    // Packets until the controller's clock passes the expiry (bounded: 5 s).
+    while clock() < expiry {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock stood still"
+        );
+        // The clock is read after the run: if it has not reached the expiry then, the data
+        // path's reading, taken earlier, had not either.
+        let verdict = dp.xdp(&f, 1);
+        if clock() < expiry {
+            assert_eq!(verdict, XDP_DROP, "live on the controller's clock");
+            live += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(500));
+    }
+    // Read before the run: the data path's reading, taken later, is past the expiry too.
+    assert_eq!(dp.xdp(&f, 1), XDP_PASS, "expired on the controller's clock");
+    assert!(live > 10, "only {live} packets before the expiry");
 }
 
 /// IPv4 `frame` marked as a fragment at `offset` (8-byte units) with more to come.
