@@ -3,7 +3,7 @@
 //! `netfault` binary (so with its protections, default TTL and the hooks it picks): with no
 //! rules, with 1k egress drop rules that match nothing of the stream, and with 1k ingress drop
 //! rules that match nothing either. Configurations are interleaved, the order rotating each
-//! round; the median is reported.
+//! round; medians are reported, and ratios are medians of each round's own ratio.
 //!
 //! The last configuration shows the price of XDP on a veth: an ingress drop rule makes the CLI
 //! add XDP on each end, and an XDP program on a veth turns off TSO/GSO on its peer, so TCP is
@@ -362,11 +362,20 @@ pub fn report(plan: &Plan, rows: &[Row]) {
         "   (rules: {RULES} drop rules to documentation hosts and UDP ports the stream never uses, \
          applied on both ends)"
     );
+    println!(
+        "   (\"vs none\": the median over rounds of this run / the run with nothing attached in \
+         the same round, so what drifts between rounds cancels)"
+    );
     let med = |r: &Row| median(&mut r.gbps.clone());
     let med_cpu = |r: &Row| median(&mut r.gbit_per_cpu.clone());
     let nothing = rows.iter().find(|r| r.config == Config::Nothing);
-    let base = nothing.map_or(f64::NAN, med);
-    let base_cpu = nothing.map_or(f64::NAN, med_cpu);
+    // Round i of every row is at index i: each round runs every configuration once.
+    let paired = |v: &[f64], base: Option<&[f64]>| {
+        let mut q: Vec<f64> = base
+            .map(|b| v.iter().zip(b).map(|(x, y)| x / y).collect())
+            .unwrap_or_default();
+        median(&mut q)
+    };
     println!(
         "{:<34} {:<28} {:>7} {:>6} {:>6} {:>8} {:>8} {:>8}  target (goodput vs none)",
         "config", "receiver's ingress", "Gbit/s", "min", "max", "vs none", "Gb/cpu-s", "vs none"
@@ -375,7 +384,7 @@ pub fn report(plan: &Plan, rows: &[Row]) {
         let m = med(r);
         let mut v = r.gbps.clone();
         v.sort_by(f64::total_cmp);
-        let ratio = m / base;
+        let ratio = paired(&r.gbps, nothing.map(|n| &n.gbps[..]));
         let target = match r.config.target() {
             Some((t, aim)) => format!(
                 ">= {t:.2}x (aim {aim:.2}x): {}",
@@ -396,7 +405,7 @@ pub fn report(plan: &Plan, rows: &[Row]) {
             v.last().copied().unwrap_or(f64::NAN),
             ratio,
             c,
-            c / base_cpu,
+            paired(&r.gbit_per_cpu, nothing.map(|n| &n.gbit_per_cpu[..])),
             target
         );
     }

@@ -91,7 +91,7 @@ impl Plan {
         let (repeat, runs, rounds, round_secs) = if a.quick {
             (100_000, 3, 3, 0.2)
         } else {
-            (1_000_000, 5, 7, 0.7)
+            (1_000_000, 9, 7, 0.7)
         };
         Self {
             quick: a.quick,

@@ -37,48 +37,50 @@ pub fn header(plan: &Plan) {
 pub fn progrun(plan: &Plan, rows: &[Row]) {
     println!();
     println!(
-        "1. ns/packet, BPF_PROG_TEST_RUN: {}-byte UDP/IPv4 frame, {} iterations per run, median of {} \
-         runs (the kernel's per-run average, whole ns)",
+        "1. ns/packet, BPF_PROG_TEST_RUN: {}-byte UDP/IPv4 frame, {} iterations per run, {} \
+         interleaved runs (the kernel's per-run average, whole ns)",
         frame::FRAME_LEN,
         plan.repeat,
         plan.runs
     );
     println!(
         "(each set after the CLI's protections: 4 loopback entries and an SSH 4-tuple; rules \
-         with the default TTL; each run follows one of the trivial program's, and \"vs pass\" \
-         is against the median of those, \"pass\")"
+         with the default TTL. Each run of a set follows one of the trivial program's and, for \
+         one shape, one of a second instance holding 1 rule: \"ns/pkt\" and \"pass\" are \
+         medians, \"vs pass\" the median of the paired differences, \"vs 1 rule\" of the \
+         paired ratios)"
     );
     println!(
-        "{:<16} {:>6} {:>6} {:>6}  {:<13} {:<9} {:>7} {:>5} {:>8}  target",
-        "program", "rules", "shapes", "tuples", "packet", "verdict", "ns/pkt", "pass", "vs pass"
+        "{:<16} {:>6} {:>6} {:>6}  {:<13} {:<9} {:>7} {:>5} {:>8} {:>10}  target",
+        "program",
+        "rules",
+        "shapes",
+        "tuples",
+        "packet",
+        "verdict",
+        "ns/pkt",
+        "pass",
+        "vs pass",
+        "vs 1 rule"
     );
     for r in rows {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-        let delta = format!("{:+.0}", r.ns - r.pass_ns);
         let target = match r.target {
             Some(t) => {
                 let what = match t {
                     progrun::Target::OverPass(x, aim) => {
-                        let a = if r.ns - r.pass_ns <= aim {
-                            "met"
-                        } else {
-                            "not met"
-                        };
+                        let a = if r.over_pass <= aim { "met" } else { "not met" };
                         format!("<= {x:+.0} over pass (aim {aim:+.0}: {a})")
                     }
-                    progrun::Target::Within(x) => format!("<= {x:.0} (1 rule +5%)"),
+                    progrun::Target::VsOne(x) => format!("<= {x:.2}x 1 rule"),
                 };
-                let met = if t.met(r.ns, r.pass_ns) {
-                    "met"
-                } else {
-                    "NOT MET"
-                };
+                let met = if t.met(r) { "met" } else { "NOT MET" };
                 format!("{what}: {met}")
             }
             None => String::new(),
         };
         println!(
-            "{:<16} {:>6} {:>6} {:>6}  {:<13} {:<9} {:>7.0} {:>5.0} {:>8}  {}",
+            "{:<16} {:>6} {:>6} {:>6}  {:<13} {:<9} {:>7.0} {:>5.0} {:>+8.0} {:>10}  {}",
             r.program,
             opt(r.rules.map(|n| n.to_string())),
             opt(r.shapes.map(|n| n.to_string())),
@@ -87,7 +89,8 @@ pub fn progrun(plan: &Plan, rows: &[Row]) {
             progrun::verdict_name(r.verdict),
             r.ns,
             r.pass_ns,
-            delta,
+            r.over_pass,
+            opt(r.vs_one.map(|v| format!("{v:.3}x"))),
             target
         );
     }
