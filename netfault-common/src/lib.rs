@@ -59,9 +59,10 @@ pub const CFG_INGRESS_TC: u32 = 1;
 /// `Config::flags`: some interface has no netfault XDP program (another one holds XDP there),
 /// so tc ingress applies every rule on the interfaces listed in `NF_TC_ONLY`.
 pub const CFG_TC_ONLY: u32 = 1 << 1;
-/// `Config::flags`: some tuple matches ports, or some rule paces flows (its per-flow key has
-/// them); without it the parser stops after the protocol.
-pub const CFG_PORTS: u32 = 1 << 2;
+/// `Prefilter::flags`: some rule of the generation paces flows, and its per-flow key has the
+/// ports. (Per generation, not in `Config`: a packet reads one generation's tuples, and whether
+/// to parse the ports must come from the same generation.)
+pub const PF_PACES: u64 = 1;
 
 /// `FlowKey::flags`: the packet has transport ports (TCP, UDP or SCTP, and not a later
 /// fragment). Every tuple that matches a port also requires this bit, so a packet without
@@ -77,7 +78,8 @@ pub const MAX_CHAIN: u8 = 4;
 ///
 /// Addresses are raw network-order bytes in `u32` words (IPv4 in the first word, the rest zero);
 /// ports are host order. `gen_`, `tuple` and `rank` tag `FLOWS` keys only.
-#[repr(C)]
+/// 8-aligned, so masking and comparing take six 64-bit words (`dwords`).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u32; 4],
@@ -99,38 +101,38 @@ pub struct FlowKey {
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
 const _: () = assert!(MAX_TUPLES <= 256);
 
-/// Words of a `FlowKey` that hold match fields (the 12th holds the tags).
-pub const KEY_MATCH_WORDS: usize = 11;
+/// The match bytes (40..44: proto to flags) of a key's last 64-bit word; the tags are the rest.
+pub const LAST_DWORD_MATCH: u64 = u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+const _: () = assert!(core::mem::offset_of!(FlowKey, gen_) == 44);
+const _: () = assert!(core::mem::align_of::<FlowKey>() == 8);
 
 impl FlowKey {
-    /// `self & mask`, field by field (gen_ and tuple are left zero).
+    /// `self & mask` (the tags, `gen_` to `_pad`, left zero), word by word: on the data
+    /// path's every visit, six ANDs where field by field takes twenty.
     #[inline(always)]
     pub fn masked(&self, m: &FlowKey) -> FlowKey {
-        FlowKey {
-            src: [
-                self.src[0] & m.src[0],
-                self.src[1] & m.src[1],
-                self.src[2] & m.src[2],
-                self.src[3] & m.src[3],
-            ],
-            dst: [
-                self.dst[0] & m.dst[0],
-                self.dst[1] & m.dst[1],
-                self.dst[2] & m.dst[2],
-                self.dst[3] & m.dst[3],
-            ],
-            ifindex: self.ifindex & m.ifindex,
-            sport: self.sport & m.sport,
-            dport: self.dport & m.dport,
-            proto: self.proto & m.proto,
-            family: self.family & m.family,
-            dir: self.dir & m.dir,
-            flags: self.flags & m.flags,
-            gen_: 0,
-            tuple: 0,
-            rank: 0,
-            _pad: 0,
-        }
+        let (k, m) = (self.dwords(), m.dwords());
+        FlowKey::from_dwords([
+            k[0] & m[0],
+            k[1] & m[1],
+            k[2] & m[2],
+            k[3] & m[3],
+            k[4] & m[4],
+            k[5] & m[5] & LAST_DWORD_MATCH,
+        ])
+    }
+
+    /// The key as 64-bit words.
+    #[inline(always)]
+    pub fn dwords(&self) -> &[u64; 6] {
+        // SAFETY: repr(C), 48 bytes, 8-aligned, no implicit padding.
+        unsafe { &*(self as *const FlowKey as *const [u64; 6]) }
+    }
+
+    #[inline(always)]
+    pub fn from_dwords(w: [u64; 6]) -> FlowKey {
+        // SAFETY: as in `dwords`; every bit pattern of the fields is valid.
+        unsafe { core::mem::transmute(w) }
     }
 
     /// The key as bytes, in memory order (see `PF_*` for the offsets the prefilter reads).
@@ -156,10 +158,10 @@ impl FlowKey {
     /// Does `self` equal `val` on the bits of `mask`? (Tags are ignored.)
     #[inline(always)]
     pub fn agrees(&self, mask: &FlowKey, val: &FlowKey) -> bool {
-        let (k, m, v) = (self.words(), mask.words(), val.words());
-        let mut diff = 0;
+        let (k, m, v) = (self.dwords(), mask.dwords(), val.dwords());
+        let mut diff = ((k[5] & m[5]) ^ v[5]) & LAST_DWORD_MATCH;
         let mut i = 0;
-        while i < KEY_MATCH_WORDS {
+        while i < 5 {
             diff |= (k[i] & m[i]) ^ v[i];
             i += 1;
         }
@@ -213,7 +215,8 @@ pub struct Prefilter {
     pub protects: TupleSet,
     /// Tuples whose flows all need `KEY_PORTS`.
     pub ports: TupleSet,
-    pub _pad: u64,
+    /// `PF_PACES`.
+    pub flags: u64,
     /// By `pf_meta_index(family, dir, proto)`.
     pub meta: [TupleSet; 1024],
     /// Table j, by `family bit << 8 | byte` (the byte at `PF_ADDR_V4[j]` or `PF_ADDR_V6[j]`).
@@ -232,7 +235,7 @@ impl Default for Prefilter {
             rules: 0,
             protects: 0,
             ports: 0,
-            _pad: 0,
+            flags: 0,
             meta: [0; 1024],
             addr: [[0; 512]; PF_ADDR_TABLES],
             iface: [0; 256],

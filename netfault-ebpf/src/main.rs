@@ -23,8 +23,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use netfault_common::{
-    CFG_INGRESS_TC, CFG_PORTS, CFG_TC_ONLY, CLONE_MARK, Config, Counters, DIR_EGRESS, DIR_INGRESS,
-    FlowKey, IFB_VIA_MIRRED, PROB_ALWAYS, RULE_NEEDS_SKB, RULE_SHAPE, SHAPE_TC_INDEX,
+    CFG_INGRESS_TC, CFG_TC_ONLY, CLONE_MARK, Counters, DIR_EGRESS, DIR_INGRESS, FlowKey,
+    IFB_VIA_MIRRED, PROB_ALWAYS, RULE_NEEDS_SKB, RULE_SHAPE, SHAPE_TC_INDEX,
 };
 
 use crate::{
@@ -47,11 +47,10 @@ fn counters(slot: u32) -> Option<&'static mut Counters> {
 }
 
 /// Classifies the frame at `start..end` (`key` holds its direction and interface): the network
-/// header, the prefilter, the ports only when some rule needs them (`CFG_PORTS`), then the
+/// header, the prefilter, the ports only when a candidate needs them, then the
 /// candidate tuples. Returns the match and the transport header's offset (0: none).
 #[inline(always)]
 fn classify_frame(
-    cfg: &Config,
     set: &Published,
     start: usize,
     end: usize,
@@ -59,48 +58,27 @@ fn classify_frame(
 ) -> Option<(Match, usize)> {
     let l4 = parse::parse(start, end, key)?;
     let c = classify::prefilter(set, key)?;
-    if cfg.flags & CFG_PORTS != 0 {
+    if c.need_ports() {
         parse::ports(start, end, l4, key);
     }
     Some((classify(key, &c)?, l4))
 }
 
 /// `classify_frame` for an skb, whose headers may continue past its linear part into paged
-/// data: when the parser comes up short there, what it can reach is pulled into the linear
-/// part and the frame parsed again, so tc parses as deep as XDP. Only then: a pull makes a
-/// cloned skb private (a copy), and every TCP transmit is a clone whose headers are linear.
+/// data. What the parser will read (`parse::reach`, from a few fixed fields) is pulled into the
+/// linear part when it is not all there, so tc parses as deep as XDP; only then, as a pull
+/// makes a cloned skb private (a copy), and every TCP transmit is a clone whose headers are
+/// linear. (One parse after the pull: a second parse on the failure paths of a first one would
+/// multiply what the verifier walks.)
 #[inline(always)]
-fn classify_skb(
-    ctx: &TcContext,
-    cfg: &Config,
-    set: &Published,
-    key: &mut FlowKey,
-) -> Option<(Match, usize)> {
+fn classify_skb(ctx: &TcContext, set: &Published, key: &mut FlowKey) -> Option<(Match, usize)> {
     let len = ctx.len() as usize;
-    let reach = if len < parse::REACH {
-        len
-    } else {
-        parse::REACH
-    };
-    let l4 = match parse::parse(ctx.data(), ctx.data_end(), key) {
-        Some(l4) => l4,
-        // All the parser could read was linear: not a frame it parses.
-        None if ctx.data() + reach <= ctx.data_end() => return None,
-        None => {
-            ctx.pull_data(reach as u32).ok()?;
-            // Every field the first parse wrote, this one writes again.
-            parse::parse(ctx.data(), ctx.data_end(), key)?
-        }
-    };
-    let c = classify::prefilter(set, key)?;
-    if cfg.flags & CFG_PORTS != 0 {
-        // The ports may be all that lies past the linear part.
-        if l4 != 0 && ctx.data() + l4 + 4 > ctx.data_end() && l4 + 4 <= len {
-            let _ = ctx.pull_data((l4 + 4) as u32);
-        }
-        parse::ports(ctx.data(), ctx.data_end(), l4, key);
+    let reach = parse::reach(ctx.data(), ctx.data_end());
+    let want = if len < reach { len } else { reach };
+    if ctx.data() + want > ctx.data_end() {
+        ctx.pull_data(want as u32).ok()?;
     }
-    Some((classify(key, &c)?, l4))
+    classify_frame(set, ctx.data(), ctx.data_end(), key)
 }
 
 #[xdp]
@@ -126,7 +104,7 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Option<u32> {
         ifindex,
         ..FlowKey::default()
     };
-    let (m, _) = classify_frame(cfg, &set, ctx.data(), ctx.data_end(), &mut key)?;
+    let (m, _) = classify_frame(&set, ctx.data(), ctx.data_end(), &mut key)?;
     if m.rule.flags & RULE_NEEDS_SKB != 0 {
         // XDP cannot clone: tc ingress applies this rule, counters included.
         return None;
@@ -192,7 +170,7 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
         ifindex,
         ..FlowKey::default()
     };
-    let (m, l4) = classify_skb(ctx, cfg, &set, &mut key)?;
+    let (m, l4) = classify_skb(ctx, &set, &mut key)?;
     if dir == DIR_INGRESS && !tc_only && m.rule.flags & RULE_NEEDS_SKB == 0 {
         // XDP already applied and counted this rule.
         return None;

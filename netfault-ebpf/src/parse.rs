@@ -68,6 +68,36 @@ fn load_be16(start: usize, end: usize, off: usize) -> Option<u16> {
     load_u16(start, end, off).map(u16::from_be)
 }
 
+/// How many bytes of the frame at `start..end` (its linear part, for an skb) the parser will
+/// read, through the ports: from the EtherType, the IPv4 header length or the IPv6 next header,
+/// and `REACH` where those are not there or extension headers follow. 0 for a frame it does not
+/// parse.
+#[inline(always)]
+pub fn reach(start: usize, end: usize) -> usize {
+    let Some(mut ethertype) = load_be16(start, end, 12) else {
+        return REACH;
+    };
+    let mut l3 = ETH_HLEN;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let Some(inner) = load_be16(start, end, 16) else {
+            return REACH;
+        };
+        ethertype = inner;
+        l3 = ETH_HLEN + 4;
+    }
+    match ethertype {
+        ETH_P_IP => match load::<u8>(start, end, l3) {
+            Some(ver_ihl) => l3 + usize::from(ver_ihl & 0x0f) * 4 + 4,
+            None => REACH,
+        },
+        ETH_P_IPV6 => match load::<u8>(start, end, l3 + 6) {
+            Some(IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) => l3 + 40 + 4,
+            _ => REACH,
+        },
+        _ => 0,
+    }
+}
+
 /// Fills `key`'s family, address and protocol fields from an Ethernet frame at `start..end`.
 /// Returns the transport header's offset in the frame (0 when there is none, as in a later
 /// fragment).

@@ -4,10 +4,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use ipnet::IpNet;
 use netfault_common::{
-    CFG_INGRESS_TC, CFG_PORTS, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, FlowRef,
+    CFG_INGRESS_TC, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, FlowRef,
     KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, MAX_CHAIN, MAX_TUPLES, PF_ADDR_TABLES, PF_ADDR_V4,
-    PF_ADDR_V6, Prefilter, RULE_ACTIVE, RULE_NEEDS_SKB, RULE_REORDER, RULE_SHAPE, RuleValue, Tuple,
-    TupleSet, pf_meta_index,
+    PF_ADDR_V6, PF_PACES, Prefilter, RULE_ACTIVE, RULE_NEEDS_SKB, RULE_REORDER, RULE_SHAPE,
+    RuleValue, Tuple, TupleSet, pf_meta_index,
 };
 
 use crate::spec::{Direction, Kind, PortRange, Proto, RuleSpec};
@@ -252,6 +252,7 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
     type Chains = BTreeMap<KeyOrd, (Vec<FlowRef>, bool)>;
     let mut shapes: HashMap<(bool, FlowKey), (u32, Chains)> = HashMap::new();
     let mut config_flags = 0;
+    let mut paces = false;
     let protections = rules.iter().filter(|r| r.spec.kind == Kind::Protect);
     let others = rules.iter().filter(|r| r.spec.kind != Kind::Protect);
     for (prio, input) in protections.chain(others).enumerate() {
@@ -266,14 +267,9 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
         {
             config_flags |= CFG_INGRESS_TC;
         }
-        if shaping {
-            config_flags |= CFG_PORTS; // pacing keys flows by their ports
-        }
+        paces |= shaping;
         let protect = input.spec.kind == Kind::Protect;
         for (mask, key) in expand(input.spec, input.ifindex) {
-            if mask.flags & KEY_PORTS != 0 {
-                config_flags |= CFG_PORTS;
-            }
             let entry = shapes
                 .entry((protect, mask))
                 .or_insert((prio, BTreeMap::new()));
@@ -302,6 +298,9 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
         config_flags,
         ..Default::default()
     };
+    if paces {
+        out.prefilter.flags |= PF_PACES;
+    }
     for (i, ((protect, mask), (best, flows))) in shapes.into_iter().enumerate() {
         let (filter_mask, filter) = filter(&mask, flows.keys().map(|k| &k.0));
         prefilter_add(
@@ -808,8 +807,9 @@ mod tests {
         assert_eq!(classify(&c, &frag).unwrap().slot, 1);
         frag.flags = KEY_PORTS;
         assert_eq!(classify(&c, &frag).unwrap().slot, 0);
-        assert_ne!(c.config_flags & CFG_PORTS, 0);
-        assert_eq!(compile_specs(&[rule("r")]).config_flags & CFG_PORTS, 0);
+        // The port tuple is the data path's reason to parse the ports.
+        assert_ne!(c.prefilter.ports, 0);
+        assert_eq!(compile_specs(&[rule("r")]).prefilter.ports, 0);
     }
 
     #[test]
