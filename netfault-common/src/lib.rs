@@ -59,10 +59,6 @@ pub const CFG_INGRESS_TC: u32 = 1;
 /// `Config::flags`: some interface has no netfault XDP program (another one holds XDP there),
 /// so tc ingress applies every rule on the interfaces listed in `NF_TC_ONLY`.
 pub const CFG_TC_ONLY: u32 = 1 << 1;
-/// `Prefilter::flags`: some rule of the generation paces flows, and its per-flow key has the
-/// ports. (Per generation, not in `Config`: a packet reads one generation's tuples, and whether
-/// to parse the ports must come from the same generation.)
-pub const PF_PACES: u64 = 1;
 
 /// `FlowKey::flags`: the packet has transport ports (TCP, UDP or SCTP, and not a later
 /// fragment). Every tuple that matches a port also requires this bit, so a packet without
@@ -215,8 +211,7 @@ pub struct Prefilter {
     pub protects: TupleSet,
     /// Tuples whose flows all need `KEY_PORTS`.
     pub ports: TupleSet,
-    /// `PF_PACES`.
-    pub flags: u64,
+    pub _pad: u64,
     /// By `pf_meta_index(family, dir, proto)`.
     pub meta: [TupleSet; 1024],
     /// Table j, by `family bit << 8 | byte` (the byte at `PF_ADDR_V4[j]` or `PF_ADDR_V6[j]`).
@@ -235,7 +230,7 @@ impl Default for Prefilter {
             rules: 0,
             protects: 0,
             ports: 0,
-            flags: 0,
+            _pad: 0,
             meta: [0; 1024],
             addr: [[0; 512]; PF_ADDR_TABLES],
             iface: [0; 256],

@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 use netfault_common::{
     Config, FlowKey, KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, MAX_CHAIN, MAX_TUPLES, PF_ADDR_V4,
-    PF_ADDR_V6, PF_PACES, Prefilter, RULE_ACTIVE, RuleValue, TupleSet, pf_meta_index,
+    PF_ADDR_V6, Prefilter, RULE_ACTIVE, RuleValue, TupleSet, pf_meta_index,
 };
 
 use crate::maps::{NF_CONFIG, NF_FLOWS, NF_PREFILTER, NF_RULES, NF_TUPLES};
@@ -49,17 +49,6 @@ pub struct Candidates {
     generation: u32,
     tuples: TupleSet,
     pf: &'static Prefilter,
-}
-
-impl Candidates {
-    /// Must the ports be parsed? When a candidate tuple matches them, or a rule of this
-    /// generation paces flows (its per-flow key has them). Read from the generation itself, as
-    /// everything else the classification uses, so a flip cannot hand the packet one set's
-    /// tuples with the other's need for ports.
-    #[inline(always)]
-    pub fn need_ports(&self) -> bool {
-        self.tuples & self.pf.ports != 0 || self.pf.flags & PF_PACES != 0
-    }
 }
 
 /// The controller's configuration, read once per packet: its flags and active generation.
@@ -231,7 +220,7 @@ fn next(s: &mut Scan) {
     s.todo &= visit(s, i);
 }
 
-/// Classifies a packet the prefilter let through, its ports parsed (when `need_ports`).
+/// Classifies a packet the prefilter let through, its ports parsed.
 #[expect(
     clippy::needless_range_loop,
     reason = "constant indices into two arrays at once; an iterator would hide the constants from the codegen the verifier sees"

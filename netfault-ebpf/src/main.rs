@@ -47,7 +47,7 @@ fn counters(slot: u32) -> Option<&'static mut Counters> {
 }
 
 /// Classifies the frame at `start..end` (`key` holds its direction and interface): the network
-/// header, the prefilter, the ports only when a candidate needs them, then the
+/// header, the prefilter, the ports once some tuple may match, then the
 /// candidate tuples. Returns the match and the transport header's offset (0: none).
 #[inline(always)]
 fn classify_frame(
@@ -58,9 +58,10 @@ fn classify_frame(
 ) -> Option<(Match, usize)> {
     let l4 = parse::parse(start, end, key)?;
     let c = classify::prefilter(set, key)?;
-    if c.need_ports() {
-        parse::ports(start, end, l4, key);
-    }
+    // Some tuple may match: the ports are parsed whatever the candidates are. (A branch on
+    // whether they need them made the verifier walk the rest twice: attach took 12 s instead of
+    // 8 under TCG on 6.12.)
+    parse::ports(start, end, l4, key);
     Some((classify(key, &c)?, l4))
 }
 

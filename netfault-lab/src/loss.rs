@@ -193,13 +193,13 @@ pub fn run(
     nf.run(&host.ns, &args)?;
 
     let poll_ns = host.ns.clone();
-    let f = flow(tx, rx, limit, || {
-        Ok(nf.counters(&poll_ns, name)?.matched >= min_packets)
-    })?;
-    Ok(LossRun {
-        counters: nf.counters(&host.ns, name)?,
-        ..f
-    })
+    flow(
+        tx,
+        rx,
+        limit,
+        || Ok(nf.counters(&poll_ns, name)?.matched >= min_packets),
+        || nf.counters(&host.ns, name),
+    )
 }
 
 /// A TCP flow from `tx` to `rx` (port [`PORT`]) until `done` says so (asked every 500 ms) or
@@ -210,6 +210,7 @@ pub fn flow(
     rx: &Host,
     limit: Duration,
     mut done: impl FnMut() -> Result<bool>,
+    mut counters: impl FnMut() -> Result<Counters>,
 ) -> Result<LossRun> {
     let dst = rx.sock(false, PORT);
     ensure!(
@@ -258,11 +259,29 @@ pub fn flow(
     sent?;
     got?;
     let secs = start.elapsed().as_secs_f64();
-    // Every segment of the flow is sent: the sink saw EOF, and the sender the sink's FIN.
+    // Every segment of the flow is sent: the sink saw EOF, and the sender the sink's FIN. The
+    // stack may still answer a FIN sent again (its ACK was dropped) from TIME_WAIT: the rule's
+    // counters are taken between two equal readings of the sender's, so both count the same
+    // packets (at most 20 tries, 50 ms apart).
+    let sent = || -> Result<(u64, u64)> {
+        Ok((
+            snmp(&tx.ns, "Tcp", "OutSegs")? - out0,
+            snmp(&tx.ns, "Tcp", "RetransSegs")? - re0,
+        ))
+    };
+    let mut read = (sent()?, counters()?, sent()?);
+    for _ in 0..20 {
+        if read.0 == read.2 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+        read = (sent()?, counters()?, sent()?);
+    }
+    let ((out_segs, retrans), counters, _) = read;
     Ok(LossRun {
-        counters: Counters::default(),
-        out_segs: snmp(&tx.ns, "Tcp", "OutSegs")? - out0,
-        retrans: snmp(&tx.ns, "Tcp", "RetransSegs")? - re0,
+        counters,
+        out_segs,
+        retrans,
         rx_packets: link_stats(&rx.ns, &rx.iface)?.rx_packets - rx0,
         goodput_bits: received.load(Ordering::Relaxed) as f64 * 8.0 / secs,
         secs,
@@ -276,7 +295,7 @@ pub fn netem_flow(tx: &Host, rx: &Host, args: &[&str], secs: Duration) -> Result
     let mut add = vec!["qdisc", "add", "dev", &tx.iface, "root", "netem"];
     add.extend_from_slice(args);
     crate::lab::exec_in(&tx.ns, "tc", &add)?;
-    let f = flow(tx, rx, secs, || Ok(false));
+    let f = flow(tx, rx, secs, || Ok(false), || Ok(Counters::default()));
     let stats = crate::lab::exec_in(&tx.ns, "tc", &["-s", "qdisc", "show", "dev", &tx.iface]);
     let _ = crate::lab::exec_in(&tx.ns, "tc", &["qdisc", "del", "dev", &tx.iface, "root"]);
     let (f, stats) = (f?, stats?);

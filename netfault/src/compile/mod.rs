@@ -6,8 +6,8 @@ use ipnet::IpNet;
 use netfault_common::{
     CFG_INGRESS_TC, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, FlowRef,
     KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, MAX_CHAIN, MAX_TUPLES, PF_ADDR_TABLES, PF_ADDR_V4,
-    PF_ADDR_V6, PF_PACES, Prefilter, RULE_ACTIVE, RULE_NEEDS_SKB, RULE_REORDER, RULE_SHAPE,
-    RuleValue, Tuple, TupleSet, pf_meta_index,
+    PF_ADDR_V6, Prefilter, RULE_ACTIVE, RULE_NEEDS_SKB, RULE_REORDER, RULE_SHAPE, RuleValue, Tuple,
+    TupleSet, pf_meta_index,
 };
 
 use crate::spec::{Direction, Kind, PortRange, Proto, RuleSpec};
@@ -252,7 +252,6 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
     type Chains = BTreeMap<KeyOrd, (Vec<FlowRef>, bool)>;
     let mut shapes: HashMap<(bool, FlowKey), (u32, Chains)> = HashMap::new();
     let mut config_flags = 0;
-    let mut paces = false;
     let protections = rules.iter().filter(|r| r.spec.kind == Kind::Protect);
     let others = rules.iter().filter(|r| r.spec.kind != Kind::Protect);
     for (prio, input) in protections.chain(others).enumerate() {
@@ -267,7 +266,6 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
         {
             config_flags |= CFG_INGRESS_TC;
         }
-        paces |= shaping;
         let protect = input.spec.kind == Kind::Protect;
         for (mask, key) in expand(input.spec, input.ifindex) {
             let entry = shapes
@@ -298,9 +296,6 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
         config_flags,
         ..Default::default()
     };
-    if paces {
-        out.prefilter.flags |= PF_PACES;
-    }
     for (i, ((protect, mask), (best, flows))) in shapes.into_iter().enumerate() {
         let (filter_mask, filter) = filter(&mask, flows.keys().map(|k| &k.0));
         prefilter_add(
