@@ -348,13 +348,28 @@ fn send(ns: &str, dst: SocketAddr, stop: &AtomicBool, hard_stop: Instant) -> Res
     // Wait for the sink's FIN: the kernel ACKs it before this read sees EOF, so the flow's last
     // segment has been sent (and counted, by TCP and by any rule) when this returns. Without
     // it that ACK raced the counters read after the flow (off by one, seen under TCG).
-    use std::io::Read as _;
     s.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let mut buf = [0u8; 512];
+    ensure!(
+        read_to_eof(&mut s, &mut [0u8; 512], hard_stop, |_| {})
+            .context("wait for the sink to close")?,
+        "the sink did not close before the hard stop"
+    );
+    Ok(())
+}
+
+/// Reads `s` to EOF, handing each read's length to `got`, until `hard_stop`: true at EOF, false
+/// when the hard stop came first. Read timeouts and interruptions are waited through.
+fn read_to_eof(
+    s: &mut TcpStream,
+    buf: &mut [u8],
+    hard_stop: Instant,
+    mut got: impl FnMut(usize),
+) -> io::Result<bool> {
+    use std::io::Read as _;
     while Instant::now() < hard_stop {
-        match s.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
+        match s.read(buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => got(n),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -362,15 +377,14 @@ fn send(ns: &str, dst: SocketAddr, stop: &AtomicBool, hard_stop: Instant) -> Res
                         | io::ErrorKind::TimedOut
                         | io::ErrorKind::Interrupted
                 ) => {}
-            Err(e) => return Err(e).context("wait for the sink to close"),
+            Err(e) => return Err(e),
         }
     }
-    anyhow::bail!("the sink did not close before the hard stop")
+    Ok(false)
 }
 
 /// Accepts one connection and reads it to EOF (or the hard stop), counting bytes.
 fn sink(listener: &TcpListener, received: &AtomicU64, hard_stop: Instant) -> Result<()> {
-    use std::io::Read as _;
     listener.set_nonblocking(true)?;
     let mut s = loop {
         match listener.accept() {
@@ -384,24 +398,12 @@ fn sink(listener: &TcpListener, received: &AtomicU64, hard_stop: Instant) -> Res
     };
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let mut buf = vec![0u8; 256 << 10];
-    while Instant::now() < hard_stop {
-        match s.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => {
-                received.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(e).context("read on the sink"),
-        }
-    }
-    anyhow::bail!("the flow did not end before the hard stop")
+    let eof = read_to_eof(&mut s, &mut vec![0u8; 256 << 10], hard_stop, |n| {
+        received.fetch_add(n as u64, Ordering::Relaxed);
+    })
+    .context("read on the sink")?;
+    ensure!(eof, "the flow did not end before the hard stop");
+    Ok(())
 }
 
 #[cfg(test)]
