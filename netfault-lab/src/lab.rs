@@ -186,6 +186,12 @@ impl Lab {
         ip(&["netns", "add", &name])?;
         self.namespaces.push(name.clone());
         ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        // No router solicitations (there is no router): devices made here later send no
+        // frames but their traffic and a few MLD reports when addressed.
+        run_in(&name, || {
+            fs::write("/proc/sys/net/ipv6/conf/default/router_solicitations", "0")
+        })?
+        .with_context(|| format!("turn router solicitations off in {name}"))?;
         Ok(name)
     }
 

@@ -259,30 +259,34 @@ pub fn flow(
     sent?;
     got?;
     let secs = start.elapsed().as_secs_f64();
-    // Every segment of the flow is sent: the sink saw EOF, and the sender the sink's FIN. The
-    // stack may still answer a FIN sent again (its ACK was dropped) from TIME_WAIT: the rule's
-    // counters are taken between two equal readings of the sender's, so both count the same
-    // packets (at most 20 tries, 50 ms apart).
-    let sent = || -> Result<(u64, u64)> {
+    // Every segment of the flow is sent: the sink saw EOF, and the sender the sink's FIN. Its
+    // last ACK may still be in flight (counted by the receiving veth, not yet by the rule
+    // behind the backlog), and the stack may answer a FIN sent again (its ACK was dropped) from
+    // TIME_WAIT. So everything is read until two readings 50 ms apart agree (at most 20 tries):
+    // the rule's counters, the sender's and the receiving device's then count the same packets.
+    let mut read = || -> Result<(u64, u64, u64, Counters)> {
         Ok((
             snmp(&tx.ns, "Tcp", "OutSegs")? - out0,
             snmp(&tx.ns, "Tcp", "RetransSegs")? - re0,
+            link_stats(&rx.ns, &rx.iface)?.rx_packets - rx0,
+            counters()?,
         ))
     };
-    let mut read = (sent()?, counters()?, sent()?);
+    let mut last = read()?;
     for _ in 0..20 {
-        if read.0 == read.2 {
+        thread::sleep(Duration::from_millis(50));
+        let now = read()?;
+        if now == last {
             break;
         }
-        thread::sleep(Duration::from_millis(50));
-        read = (sent()?, counters()?, sent()?);
+        last = now;
     }
-    let ((out_segs, retrans), counters, _) = read;
+    let (out_segs, retrans, rx_packets, counters) = last;
     Ok(LossRun {
         counters,
         out_segs,
         retrans,
-        rx_packets: link_stats(&rx.ns, &rx.iface)?.rx_packets - rx0,
+        rx_packets,
         goodput_bits: received.load(Ordering::Relaxed) as f64 * 8.0 / secs,
         secs,
     })

@@ -199,10 +199,15 @@ fn duplicates_are_per_wire_packet_and_reach_the_receiver() {
         "GRO is on while a probabilistic rule applies at tc ingress: {during:?}"
     );
     check_wilson(&r, r.counters.duplicated, "duplicated");
-    // Every frame the receiving device got met the rule once (XDP on the veth makes its peer
-    // send wire frames, GRO is off). A few frames may be lost before any hook when the veth's
-    // ring is full under load: TCP resends those, so they are bounded by the retransmits.
-    assert_eq!(r.counters.matched, r.rx_packets, "not wire packets: {r}");
+    // Every frame of the flow the receiving device got met the rule once (XDP on the veth
+    // makes its peer send wire frames, GRO is off); beside them the device gets a few frames
+    // of no flow (neighbour discovery, MLD reports). A few frames may be lost before any hook
+    // when the veth's ring is full under load: TCP resends those, so they are bounded by the
+    // retransmits.
+    assert!(
+        r.rx_packets >= r.counters.matched && r.rx_packets <= r.counters.matched + 50,
+        "not wire packets: the receiving device's rx_packets are not the matched frames: {r}"
+    );
     assert!(
         r.counters.matched <= r.sent() && r.sent() - r.counters.matched <= r.retrans.max(50),
         "the rule did not see the frames the sender sent: {r}"
