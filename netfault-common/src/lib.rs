@@ -165,6 +165,67 @@ impl FlowKey {
     }
 }
 
+/// The key of `NF_FLOWS4`: a masked `FlowKey` of an IPv4 packet without the six address words
+/// IPv4 leaves zero. Half the bytes to hash and compare on every lookup of the common family
+/// (jhash mixes 12 bytes a round: one round and the final mix, where 48 bytes take three and
+/// the final). Its words are the `FlowKey`'s words 0, 4, 8, 9, 10 and 11 (`FlowKey::short`).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey4 {
+    pub src: u32,
+    pub dst: u32,
+    pub ifindex: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub dir: u8,
+    pub flags: u8,
+    pub gen_: u8,
+    pub tuple: u8,
+    pub rank: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<FlowKey4>() == 24);
+const _: () = assert!(core::mem::offset_of!(FlowKey4, gen_) == 20);
+
+impl FlowKey4 {
+    /// The key as 32-bit words.
+    #[inline(always)]
+    pub fn words(&self) -> &[u32; 6] {
+        // SAFETY: repr(C), 24 bytes, 8-aligned, no implicit padding.
+        unsafe { &*(self as *const FlowKey4 as *const [u32; 6]) }
+    }
+
+    #[inline(always)]
+    pub fn from_words(w: [u32; 6]) -> FlowKey4 {
+        // SAFETY: as in `words`; every bit pattern of the fields is valid.
+        unsafe { core::mem::transmute(w) }
+    }
+}
+
+impl FlowKey {
+    /// The words of `NF_FLOWS4`'s key (`FlowKey4`): all of the key for IPv4 and for a flow of
+    /// no family, whose address words 1..4 are zero (`fits_v4`).
+    #[inline(always)]
+    pub fn short(&self) -> FlowKey4 {
+        let w = self.words();
+        FlowKey4::from_words([w[0], w[4], w[8], w[9], w[10], w[11]])
+    }
+
+    /// Can an IPv4 packet match this flow (masked key)? Then `NF_FLOWS4` holds it, as `short`.
+    pub fn fits_v4(&self) -> bool {
+        (self.family == 0 || self.family == FAMILY_V4)
+            && self.src[1..] == [0; 3]
+            && self.dst[1..] == [0; 3]
+    }
+
+    /// Can an IPv6 packet match this flow? Then `NF_FLOWS` holds it.
+    pub fn fits_v6(&self) -> bool {
+        self.family == 0 || self.family == FAMILY_V6
+    }
+}
+
 /// One match shape of a generation: the mask, and the best (lowest) priority among its flows,
 /// which lets the lookup stop early once nothing in the remaining tuples can win.
 #[repr(C)]
@@ -179,8 +240,13 @@ pub struct Tuple {
     pub best_prio: u32,
     /// 1: a protection tuple (visited only after a rule matched), 0: a rule tuple.
     pub protect: u32,
+    /// 1: the tuple holds one flow, `flow`, with no other rule of the same match: the filter
+    /// is then that flow's whole match, and a packet that passes it matches without a hash
+    /// lookup (a call, a hash of the key and a compare on every packet). 0: look it up.
+    pub one_flow: u32,
+    pub flow: FlowRef,
 }
-const _: () = assert!(core::mem::size_of::<Tuple>() == 152);
+const _: () = assert!(core::mem::size_of::<Tuple>() == 168);
 
 /// Byte offsets in a `FlowKey` (`FlowKey::bytes`) of the fields the prefilter reads.
 pub const KEY_OFF_IFINDEX: usize = 32;
@@ -360,6 +426,7 @@ pub mod maps {
     pub const CONFIG: &str = "NF_CONFIG";
     pub const TUPLES: &str = "NF_TUPLES";
     pub const FLOWS: &str = "NF_FLOWS";
+    pub const FLOWS4: &str = "NF_FLOWS4";
     pub const RULES: &str = "NF_RULES";
     pub const COUNTERS: &str = "NF_COUNTERS";
     pub const TC_ONLY: &str = "NF_TC_ONLY";
@@ -368,8 +435,8 @@ pub mod maps {
     pub const RATE: &str = "NF_RATE";
     pub const IFB: &str = "NF_IFB";
     pub const PREFILTER: &str = "NF_PREFILTER";
-    pub const ALL: [&str; 11] = [
-        CONFIG, TUPLES, FLOWS, RULES, COUNTERS, TC_ONLY, DIST, PACE, RATE, IFB, PREFILTER,
+    pub const ALL: [&str; 12] = [
+        CONFIG, TUPLES, FLOWS, FLOWS4, RULES, COUNTERS, TC_ONLY, DIST, PACE, RATE, IFB, PREFILTER,
     ];
 }
 
@@ -385,6 +452,7 @@ mod pod {
     use super::*;
     // SAFETY: all are repr(C), Copy, with explicit padding and no pointers.
     unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowKey4 {}
     unsafe impl aya::Pod for Tuple {}
     unsafe impl aya::Pod for FlowRef {}
     unsafe impl aya::Pod for RuleValue {}

@@ -3,11 +3,12 @@
 //!
 //! Why tuple space search: every rule is compiled into exact-match entries of a few masks
 //! ("tuples": which prefix lengths, port prefixes and fields it cares about). A packet is masked
-//! once per tuple and looked up in one hash map, so the cost per packet is one hash lookup per
-//! distinct tuple, independent of how many rules share it: 64k host-to-host rules or a large
-//! partition cost the same as one. Tuples are kept sorted by the best priority they hold, so the
-//! scan stops as soon as no remaining tuple can beat the match in hand (as in Open vSwitch's
-//! classifier). A linear scan would be O(rules); an LPM trie handles one field only.
+//! once per tuple and looked up in one hash map (of two: IPv4 packets use keys of half the
+//! size), so the cost per packet is one hash lookup per distinct tuple, independent of how many
+//! rules share it: 64k host-to-host rules or a large partition cost the same as one. Tuples
+//! are kept sorted by the best priority they hold, so the scan stops as soon as no remaining
+//! tuple can beat the match in hand (as in Open vSwitch's classifier). A linear scan would be
+//! O(rules); an LPM trie handles one field only.
 //!
 //! Which tuples are scanned at all is decided first, without touching them: the generation's
 //! `Prefilter` maps a dozen bytes of the packet's key (family, direction and protocol; address
@@ -27,11 +28,11 @@ use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop},
 };
 use netfault_common::{
-    Config, FlowKey, KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, MAX_CHAIN, MAX_TUPLES, PF_ADDR_V4,
-    PF_ADDR_V6, Prefilter, RULE_ACTIVE, RuleValue, TupleSet, pf_meta_index,
+    Config, FAMILY_V4, FlowKey, FlowKey4, KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, MAX_CHAIN,
+    MAX_TUPLES, PF_ADDR_V4, PF_ADDR_V6, Prefilter, RULE_ACTIVE, RuleValue, TupleSet, pf_meta_index,
 };
 
-use crate::maps::{NF_CONFIG, NF_FLOWS, NF_PREFILTER, NF_RULES, NF_TUPLES};
+use crate::maps::{NF_CONFIG, NF_FLOWS, NF_FLOWS4, NF_PREFILTER, NF_RULES, NF_TUPLES};
 
 pub struct Match {
     pub slot: u32,
@@ -124,10 +125,11 @@ struct Scan {
     best_prio: u32,
     best_slot: u32,
     now: u64,
-    /// The key masked by the tuple being visited: scratch space here rather than on the
-    /// visitor's stack, which the bpf_loop callback's frame would add to its caller's (512
-    /// bytes in all).
+    /// The key masked by the tuple being visited, for `NF_FLOWS`, and its short form for
+    /// `NF_FLOWS4`: scratch space here rather than on the visitor's stack, which the bpf_loop
+    /// callback's frame would add to its caller's (512 bytes in all).
     m: FlowKey,
+    m4: FlowKey4,
 }
 
 /// Has the rule in `slot` neither expired nor been switched off? Reads the clock only for a
@@ -150,9 +152,11 @@ fn live(rule: &RuleValue, now: &mut u64) -> bool {
 
 /// Visits tuple `i`. Returns the tuples that may still be visited: all (`u64::MAX`), or, when
 /// no later tuple can win, the protection tuples after a rule tuple and none after a
-/// protection tuple.
+/// protection tuple. `V4`: the packet is IPv4, and looks up its short key in `NF_FLOWS4` (half
+/// the bytes to hash and compare); a constant, so that no branch on the family is left for the
+/// verifier to walk each lookup twice for.
 #[inline(always)]
-fn visit(s: &mut Scan, i: u32) -> TupleSet {
+fn visit<const V4: bool>(s: &mut Scan, i: u32) -> TupleSet {
     let Some(t) = NF_TUPLES.get(s.generation * MAX_TUPLES + (i & (MAX_TUPLES - 1))) else {
         return 0;
     };
@@ -168,32 +172,55 @@ fn visit(s: &mut Scan, i: u32) -> TupleSet {
     if !key.agrees(&t.filter_mask, &t.filter) {
         return u64::MAX;
     }
-    s.m = key.masked(&t.mask);
-    s.m.gen_ = s.generation as u8;
-    s.m.tuple = i as u8;
+    if t.one_flow != 0 {
+        // The filter was the tuple's only flow, whole: no lookup.
+        let (slot, prio) = (t.flow.slot, t.flow.prio);
+        take(s, slot, prio);
+        return u64::MAX;
+    }
+    if V4 {
+        s.m4 = key.masked(&t.mask).short();
+        s.m4.gen_ = s.generation as u8;
+        s.m4.tuple = i as u8;
+    } else {
+        s.m = key.masked(&t.mask);
+        s.m.gen_ = s.generation as u8;
+        s.m.tuple = i as u8;
+    }
     // The chain of rules with this very match, best first: the first live one wins.
     for rank in 0..MAX_CHAIN {
-        s.m.rank = rank;
-        // SAFETY: read-only lookup; entries are replaced, never mutated in place.
-        let Some(r) = (unsafe { NF_FLOWS.get(&s.m) }) else {
+        // SAFETY: read-only lookups; entries are replaced, never mutated in place.
+        let found = if V4 {
+            s.m4.rank = rank;
+            unsafe { NF_FLOWS4.get(&s.m4) }
+        } else {
+            s.m.rank = rank;
+            unsafe { NF_FLOWS.get(&s.m) }
+        };
+        let Some(r) = found else {
             break;
         };
         let (slot, prio, more) = (r.slot, r.prio, r.more);
-        if prio >= s.best_prio {
-            break;
-        }
-        if let Some(rule) = NF_RULES.get(slot)
-            && live(rule, &mut s.now)
-        {
-            s.best_prio = prio;
-            s.best_slot = slot;
-            break;
-        }
-        if more == 0 {
+        if prio >= s.best_prio || take(s, slot, prio) || more == 0 {
             break;
         }
     }
     u64::MAX
+}
+
+/// Takes the rule in `slot` as the best match so far if it is live. (Callers know that `prio`
+/// beats the best so far.)
+#[inline(always)]
+fn take(s: &mut Scan, slot: u32, prio: u32) -> bool {
+    let Some(rule) = NF_RULES.get(slot) else {
+        return false;
+    };
+    if !live(rule, &mut s.now) {
+        return false;
+    }
+    s.best_prio = prio;
+    s.best_slot = slot;
+    true
 }
 
 /// One candidate tuple: returns 1 to stop the scan, 0 to go on.
@@ -202,22 +229,42 @@ fn visit(s: &mut Scan, i: u32) -> TupleSet {
 /// protections first): they are reached only after the rule tuples, and visited only when a
 /// rule matched, which any protection that matches then beats. (No phase variable: a constant
 /// written here would multiply the states the verifier walks the body with.)
-extern "C" fn scan_tuple(_: u64, ctx: *mut c_void) -> i64 {
+extern "C" fn scan_tuple<const V4: bool>(_: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `classify` passed: a live `Scan` on its stack.
     let s = unsafe { &mut *(ctx as *mut Scan) };
     if s.todo == 0 {
         return 1;
     }
-    next(s);
+    next::<V4>(s);
     0
 }
 
 /// Visits the lowest tuple left to visit.
 #[inline(always)]
-fn next(s: &mut Scan) {
+fn next<const V4: bool>(s: &mut Scan) {
     let i = s.todo.trailing_zeros();
     s.todo &= s.todo - 1;
-    s.todo &= visit(s, i);
+    s.todo &= visit::<V4>(s, i);
+}
+
+/// Visits the candidate tuples: the first here, the rest under bpf_loop. Most packets some
+/// rule matches have one candidate, and each bpf_loop iteration is a call and a return, what
+/// costs most on hosts with return-thunk mitigations (measured: about 15 ns each on AMD with
+/// Safe RET, against a whole visit's hash lookup).
+#[inline(always)]
+fn scan<const V4: bool>(s: &mut Scan) {
+    next::<V4>(s);
+    if s.todo != 0 {
+        // SAFETY: callback and context follow bpf_loop's contract.
+        unsafe {
+            bpf_loop(
+                MAX_TUPLES,
+                scan_tuple::<V4> as *mut c_void,
+                s as *mut Scan as *mut c_void,
+                0,
+            )
+        };
+    }
 }
 
 /// Classifies a packet the prefilter let through, its ports parsed.
@@ -252,22 +299,12 @@ pub fn classify(key: &FlowKey, c: &Candidates) -> Option<Match> {
         best_slot: 0,
         now: 0,
         m: FlowKey::default(),
+        m4: FlowKey4::default(),
     };
-    // The first candidate is visited here, the rest under bpf_loop: most packets some rule
-    // matches have one candidate, and each bpf_loop iteration is a call and a return, what
-    // costs most on hosts with return-thunk mitigations (measured: about 15 ns each on AMD
-    // with Safe RET, against a whole visit's hash lookup).
-    next(&mut s);
-    if s.todo != 0 {
-        // SAFETY: callback and context follow bpf_loop's contract.
-        unsafe {
-            bpf_loop(
-                MAX_TUPLES,
-                scan_tuple as *mut c_void,
-                &mut s as *mut Scan as *mut c_void,
-                0,
-            )
-        };
+    if key.family == FAMILY_V4 {
+        scan::<true>(&mut s);
+    } else {
+        scan::<false>(&mut s);
     }
     if s.best_prio == u32::MAX {
         return None;

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use netfault_common::{
-    Config, Counters, DIST_TABLES, DistTable, FlowKey, FlowRef, GENERATIONS, MAX_FLOWS, MAX_IFB,
-    MAX_PACE_FLOWS, MAX_RULES, MAX_TUPLES, Prefilter, RuleValue, Tuple,
+    Config, Counters, DIST_TABLES, DistTable, FlowKey, FlowKey4, FlowRef, GENERATIONS, MAX_FLOWS,
+    MAX_IFB, MAX_PACE_FLOWS, MAX_RULES, MAX_TUPLES, Prefilter, RuleValue, Tuple,
 };
 
 #[map(name = "NF_CONFIG")]
@@ -20,10 +20,16 @@ pub static NF_TUPLES: Array<Tuple> = Array::pinned(GENERATIONS * MAX_TUPLES, 0);
 #[map(name = "NF_PREFILTER")]
 pub static NF_PREFILTER: Array<Prefilter> = Array::pinned(GENERATIONS, 0);
 
-/// Masked flow keys of both generations (told apart by `FlowKey::gen_`). No prealloc: most
-/// rule sets are small, and 512k preallocated entries would pin tens of MiB.
+/// Masked flow keys of both generations (told apart by `FlowKey::gen_`) that IPv6 packets
+/// can match. No prealloc: most rule sets are small, and 512k preallocated entries would pin
+/// tens of MiB.
 #[map(name = "NF_FLOWS")]
 pub static NF_FLOWS: HashMap<FlowKey, FlowRef> = HashMap::pinned(MAX_FLOWS, BPF_F_NO_PREALLOC);
+
+/// The same for IPv4 packets, on keys of half the size (`FlowKey4`). A flow of no family is
+/// in both maps.
+#[map(name = "NF_FLOWS4")]
+pub static NF_FLOWS4: HashMap<FlowKey4, FlowRef> = HashMap::pinned(MAX_FLOWS, BPF_F_NO_PREALLOC);
 
 #[map(name = "NF_RULES")]
 pub static NF_RULES: Array<RuleValue> = Array::pinned(MAX_RULES, 0);

@@ -63,6 +63,7 @@ impl Host {
             .flows
             .iter()
             .map(|r| format!("{:?}", r.unwrap()))
+            .chain(maps.flows4.iter().map(|r| format!("{:?}", r.unwrap())))
             .collect();
         let rules: Vec<_> = (0..64u32).map(|i| maps.rules.get(&i, 0).unwrap()).collect();
         let list = self.nf(&["rule", "list", "--json"]);

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use ipnet::IpNet;
 use netfault_common::{
-    CFG_INGRESS_TC, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, FlowRef,
+    CFG_INGRESS_TC, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, FlowKey4, FlowRef,
     KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, MAX_CHAIN, MAX_TUPLES, PF_ADDR_TABLES, PF_ADDR_V4,
     PF_ADDR_V6, Prefilter, RULE_ACTIVE, RULE_NEEDS_SKB, RULE_REORDER, RULE_SHAPE, RuleValue, Tuple,
     TupleSet, pf_meta_index,
@@ -41,6 +41,22 @@ pub struct Compiled {
     /// Which tuples a packet may match, by a few bytes of its key (see `Prefilter`).
     pub prefilter: Box<Prefilter>,
     pub config_flags: u32,
+}
+
+impl Compiled {
+    /// The entries of `NF_FLOWS`: the flows an IPv6 packet can match.
+    pub fn flows_v6(&self) -> impl Iterator<Item = (FlowKey, FlowRef)> + '_ {
+        self.flows.iter().copied().filter(|(k, _)| k.fits_v6())
+    }
+
+    /// The entries of `NF_FLOWS4`: the flows an IPv4 packet can match, on short keys. A flow
+    /// of no family is in both.
+    pub fn flows_v4(&self) -> impl Iterator<Item = (FlowKey4, FlowRef)> + '_ {
+        self.flows
+            .iter()
+            .filter(|(k, _)| k.fits_v4())
+            .map(|(k, r)| (k.short(), *r))
+    }
 }
 
 /// Splits an inclusive port range into the fewest (value, prefix length) blocks that cover it.
@@ -305,12 +321,19 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
             &mask,
             flows.keys().map(|k| &k.0),
         );
+        // One flow of one rule: the filter is its whole match (see `Tuple::one_flow`).
+        let (one_flow, flow) = match flows.values().next() {
+            Some((chain, _)) if flows.len() == 1 && chain.len() == 1 => (1, chain[0]),
+            _ => (0, FlowRef::default()),
+        };
         out.tuples.push(Tuple {
             mask,
             filter_mask,
             filter,
             best_prio: best,
             protect: u32::from(protect),
+            one_flow,
+            flow,
         });
         for (KeyOrd(mut k), (chain, _)) in flows {
             k.tuple = i as u8;
@@ -478,20 +501,47 @@ pub fn classify(c: &Compiled, key: &FlowKey) -> Option<FlowRef> {
 
 /// As `classify`, with `live` saying which slots have not expired.
 pub fn classify_live(c: &Compiled, key: &FlowKey, live: impl Fn(u32) -> bool) -> Option<FlowRef> {
-    let flows: HashMap<FlowKey, FlowRef> = c.flows.iter().copied().collect();
+    let flows = FlowMaps::of(c);
+    let get = |m: &FlowKey| flows.get(key, m);
     let cand = c.prefilter.candidates(key);
-    let rule = scan(c, &flows, key, cand & c.prefilter.rules, &live)?;
-    scan(c, &flows, key, cand & c.prefilter.protects, &live).or(Some(rule))
+    let rule = scan(c, &get, key, cand & c.prefilter.rules, &live, true)?;
+    scan(c, &get, key, cand & c.prefilter.protects, &live, true).or(Some(rule))
+}
+
+/// The two flow maps as the data path holds them (`Compiled::flows_v6`, `flows_v4`).
+struct FlowMaps {
+    v6: HashMap<FlowKey, FlowRef>,
+    v4: HashMap<FlowKey4, FlowRef>,
+}
+
+impl FlowMaps {
+    fn of(c: &Compiled) -> FlowMaps {
+        FlowMaps {
+            v6: c.flows_v6().collect(),
+            v4: c.flows_v4().collect(),
+        }
+    }
+
+    /// The data path's lookup of a masked, tagged key: IPv4 packets in the short-key map.
+    fn get(&self, packet: &FlowKey, m: &FlowKey) -> Option<FlowRef> {
+        if packet.family == FAMILY_V4 {
+            self.v4.get(&m.short()).copied()
+        } else {
+            self.v6.get(m).copied()
+        }
+    }
 }
 
 /// The first live flow, by priority, among the tuples in `set` (in index order, as the data
-/// path visits them).
+/// path visits them). `one_flow`: take a tuple's only flow from the tuple, as the data path
+/// does, rather than from the maps.
 fn scan(
     c: &Compiled,
-    flows: &HashMap<FlowKey, FlowRef>,
+    get: &impl Fn(&FlowKey) -> Option<FlowRef>,
     key: &FlowKey,
     mut set: TupleSet,
     live: &impl Fn(u32) -> bool,
+    one_flow: bool,
 ) -> Option<FlowRef> {
     let mut best: Option<FlowRef> = None;
     while set != 0 {
@@ -504,16 +554,23 @@ fn scan(
         if !key.agrees(&t.filter_mask, &t.filter) {
             continue;
         }
+        if t.one_flow != 0 && one_flow {
+            // The filter was the flow's whole match.
+            if live(t.flow.slot) {
+                best = Some(t.flow);
+            }
+            continue;
+        }
         let mut m = key.masked(&t.mask);
         m.tuple = i as u8;
         for rank in 0..MAX_CHAIN {
             m.rank = rank;
-            let Some(r) = flows.get(&m) else { break };
+            let Some(r) = get(&m) else { break };
             if best.is_some_and(|b| r.prio >= b.prio) {
                 break;
             }
             if live(r.slot) {
-                best = Some(*r);
+                best = Some(r);
                 break;
             }
             if r.more == 0 {
@@ -642,10 +699,77 @@ mod tests {
     }
 
     /// The same as `classify_live`, but visiting every tuple: what the prefilter must not change.
+    /// Every tuple visited, each flow looked up in one map of full keys: what neither the
+    /// prefilter, the maps' split by family nor one-flow tuples may change.
     fn classify_unfiltered(c: &Compiled, key: &FlowKey) -> Option<FlowRef> {
         let flows: HashMap<FlowKey, FlowRef> = c.flows.iter().copied().collect();
-        let rule = scan(c, &flows, key, c.prefilter.rules, &|_| true)?;
-        scan(c, &flows, key, c.prefilter.protects, &|_| true).or(Some(rule))
+        let get = |m: &FlowKey| flows.get(m).copied();
+        let rule = scan(c, &get, key, c.prefilter.rules, &|_| true, false)?;
+        scan(c, &get, key, c.prefilter.protects, &|_| true, false).or(Some(rule))
+    }
+
+    /// A tuple of one flow of one rule carries it (the data path then needs no lookup); one of
+    /// two flows, or of a chain of two rules with one match, does not.
+    #[test]
+    fn a_tuple_of_one_flow_carries_it() {
+        let host = |name: &str, a: &str| {
+            let mut r = rule(name);
+            r.src = vec![parse_net(a).unwrap()];
+            r
+        };
+        let c = compile_specs(&[host("a", "192.0.2.1")]);
+        assert_eq!(c.tuples.len(), 1);
+        assert_eq!((c.tuples[0].one_flow, c.tuples[0].flow), (1, c.flows[0].1));
+        assert_eq!(c.tuples[0].filter_mask, c.tuples[0].mask);
+        let c = compile_specs(&[host("a", "192.0.2.1"), host("b", "192.0.2.2")]);
+        assert_eq!((c.tuples.len(), c.tuples[0].one_flow), (1, 0));
+        let c = compile_specs(&[host("a", "192.0.2.1"), host("b", "192.0.2.1")]);
+        assert_eq!(
+            (c.tuples.len(), c.flows.len(), c.tuples[0].one_flow),
+            (1, 2, 0)
+        );
+        // With the first rule expired, the second matches: the chain is looked up.
+        let p = pkt("192.0.2.1", "198.51.100.1", 6, 1, 2, DIR_INGRESS);
+        assert_eq!(classify_live(&c, &p, |slot| slot != 0).unwrap().slot, 1);
+    }
+
+    /// Each flow is in the map of every family whose packets can match it, and only there.
+    #[test]
+    fn flows_are_split_by_the_family_that_can_match_them() {
+        let mut v4 = rule("v4");
+        v4.src = vec![parse_net("192.0.2.0/24").unwrap()];
+        let mut v6 = rule("v6");
+        v6.dst = vec![parse_net("2001:db8::/32").unwrap()];
+        let mut any = rule("any");
+        any.proto = Proto::Tcp;
+        any.dport = PortRange { lo: 80, hi: 80 };
+        let mut icmp = rule("icmp");
+        icmp.proto = Proto::Icmp;
+        let c = compile_specs(&[v4, v6, any, icmp]);
+        let slots = |it: &mut dyn Iterator<Item = FlowRef>| {
+            let mut s: Vec<u32> = it.map(|r| r.slot).collect();
+            s.sort();
+            s.dedup();
+            s
+        };
+        // icmp is two flows: ICMP (v4) and ICMPv6 (v6), one per map.
+        assert_eq!(slots(&mut c.flows_v4().map(|(_, r)| r)), [0, 2, 3]);
+        assert_eq!(slots(&mut c.flows_v6().map(|(_, r)| r)), [1, 2, 3]);
+        assert_eq!(
+            c.flows_v4().count() + c.flows_v6().count(),
+            c.flows.len() + 1,
+            "only the flow of no family is in both"
+        );
+        // The short key is the full key's words 0, 4, 8..12; v4 flows leave the rest zero.
+        for (k, _) in c.flows.iter().filter(|(k, _)| k.fits_v4()) {
+            let w = k.words();
+            let s = k.short();
+            assert_eq!(s.words(), &[w[0], w[4], w[8], w[9], w[10], w[11]]);
+            assert_eq!((s.src, s.dst, s.ifindex), (k.src[0], k.dst[0], k.ifindex));
+            assert_eq!((s.sport, s.dport, s.proto), (k.sport, k.dport, k.proto));
+            assert_eq!((s.family, s.dir, s.flags), (k.family, k.dir, k.flags));
+            assert_eq!((s.tuple, s.rank), (k.tuple, k.rank));
+        }
     }
 
     fn arb_rule() -> impl Strategy<Value = RuleSpec> {

@@ -6,8 +6,8 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues},
 };
 use netfault_common::{
-    CFG_TC_ONLY, Config, Counters, FlowKey, FlowRef, MAX_TUPLES, Prefilter, RuleValue, Tuple,
-    maps as names,
+    CFG_TC_ONLY, Config, Counters, FlowKey, FlowKey4, FlowRef, MAX_TUPLES, Prefilter, RuleValue,
+    Tuple, maps as names,
 };
 
 use super::{KernelError, Result, ebpf_err, io_err};
@@ -36,7 +36,10 @@ pub struct Maps {
     pub config: Array<MapData, Config>,
     pub tuples: Array<MapData, Tuple>,
     pub prefilter: Array<MapData, Prefilter>,
+    /// Flows IPv6 packets can match.
     pub flows: BpfHashMap<MapData, FlowKey, FlowRef>,
+    /// Flows IPv4 packets can match, on short keys (`FlowKey::short`).
+    pub flows4: BpfHashMap<MapData, FlowKey4, FlowRef>,
     pub rules: Array<MapData, RuleValue>,
     pub counters: PerCpuArray<MapData, Counters>,
     pub tc_only: BpfHashMap<MapData, u32, u32>,
@@ -76,6 +79,7 @@ impl Maps {
             tuples: typed(get(names::TUPLES)?, names::TUPLES)?,
             prefilter: typed(get(names::PREFILTER)?, names::PREFILTER)?,
             flows: typed(get(names::FLOWS)?, names::FLOWS)?,
+            flows4: typed(get(names::FLOWS4)?, names::FLOWS4)?,
             rules: typed(get(names::RULES)?, names::RULES)?,
             counters: typed(get(names::COUNTERS)?, names::COUNTERS)?,
             tc_only: typed(get(names::TC_ONLY)?, names::TC_ONLY)?,
@@ -178,6 +182,18 @@ impl Maps {
                 Err(e) => return Err(ebpf_err("clear flows")(e)),
             }
         }
+        let stale: Vec<FlowKey4> = self
+            .flows4
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| u32::from(k.gen_) == g)
+            .collect();
+        for k in &stale {
+            match self.flows4.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(ebpf_err("clear flows")(e)),
+            }
+        }
         // 2. Actions of live rules. Slots are stable, and a slot is reused only by a rule the
         //    active generation does not reference, so the active set reads the same values.
         for (slot, v) in rules {
@@ -186,11 +202,18 @@ impl Maps {
                 .map_err(ebpf_err("write rule"))?;
         }
         // 3. Flows and tuples.
-        for (k, r) in &c.flows {
-            let mut k = *k;
+        // Each flow goes where the packets that can match it look it up: IPv6 packets in
+        // `flows`, IPv4 packets in `flows4` (short keys); a flow of no family in both.
+        for (mut k, r) in c.flows_v6() {
             k.gen_ = g as u8;
             self.flows
-                .insert(&k, r, 0)
+                .insert(&k, &r, 0)
+                .map_err(ebpf_err("write flow"))?;
+        }
+        for (mut k, r) in c.flows_v4() {
+            k.gen_ = g as u8;
+            self.flows4
+                .insert(&k, &r, 0)
                 .map_err(ebpf_err("write flow"))?;
         }
         for (i, t) in c.tuples.iter().enumerate() {

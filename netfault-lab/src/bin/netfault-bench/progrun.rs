@@ -1,6 +1,7 @@
 //! Part 1: nanoseconds per packet under BPF_PROG_TEST_RUN, netfault's XDP program against a
-//! program that only returns XDP_PASS, with 1, 1k and 64k rules of one shape and with 1, 4, 16
-//! and 64 rules of as many shapes, for a packet that matches one rule and one that matches none.
+//! program that only returns XDP_PASS, with 1, 2, 1k and 64k rules of one shape and with 1, 4,
+//! 16 and 64 rules of as many shapes, for a packet that matches one rule and one that matches
+//! none.
 //!
 //! Every set is deployed as the CLI deploys it: after the protections it always carries
 //! (loopback, and the SSH connection's 4-tuple), ordered and compiled by the controller's
@@ -24,7 +25,9 @@ use netfault_common::progs;
 
 use crate::{Plan, frame, sys, topo};
 
-pub const RULE_COUNTS: [u32; 3] = [1, 1 << 10, 1 << 16];
+/// 2: the fewest rules of one shape whose tuple is looked up in a flow map (a tuple of one flow
+/// of one rule is matched by its filter alone).
+pub const RULE_COUNTS: [u32; 4] = [1, 2, 1 << 10, 1 << 16];
 /// The protections take 5 of the 64 tuples (loopback's 4, the SSH 4-tuple's 1): "64" runs the
 /// 59 shapes that fit beside them, the most a deployed set can hold.
 pub const SHAPE_COUNTS: [u32; 4] = [1, 4, 16, 64];
@@ -53,9 +56,10 @@ pub struct Row {
     /// Median over runs of (this run - the trivial program's run right before it): a machine
     /// that slows down during the bench (other load, frequency) shifts both of a pair.
     pub over_pass: f64,
-    /// Median over runs of (this run / the 1-rule set's run right before it, same packet), the
-    /// 1-rule set held by a second instance of the program so the two interleave.
-    pub vs_one: Option<f64>,
+    /// Median over runs of (this run / the reference set's run right before it, same packet),
+    /// the reference held by another instance of the program so the two interleave: 1 rule
+    /// for a packet that matches none, 2 rules for a matching one (`REF_RULES`).
+    pub vs_ref: Option<f64>,
     /// The target this figure must meet, if any.
     pub target: Option<Target>,
 }
@@ -64,26 +68,33 @@ pub struct Row {
 pub enum Target {
     /// At most this many ns over the trivial program; the issue aims at the second figure.
     OverPass(f64, f64),
-    /// At most this ratio to the same packet at 1 rule.
-    VsOne(f64),
+    /// At most this ratio to the same packet at the reference set (`REF_RULES` rules).
+    VsRef(f64, u32),
+}
+
+/// The reference a set of one shape is timed against, by packet: for a packet that matches
+/// nothing, the 1-rule set; for a matching one, the 2-rule set, the smallest whose tuple is
+/// looked up in a flow map as a large set's is (1 rule is cheaper still: no lookup at all).
+pub fn ref_rules(packet: &str) -> u32 {
+    if packet == "matching" { 2 } else { 1 }
 }
 
 impl Target {
     pub fn met(self, r: &Row) -> bool {
         match self {
             Target::OverPass(t, _) => r.over_pass <= t,
-            Target::VsOne(t) => r.vs_one.is_some_and(|v| v <= t),
+            Target::VsRef(t, _) => r.vs_ref.is_some_and(|v| v <= t),
         }
     }
 }
 
 /// Targets of issue #9: a packet that matches nothing costs at most +30 ns over a trivial
 /// program at 1 rule and +60 ns at 16 shapes (aims: +20 and +40), and at 64k rules what it
-/// costs at 1, within 5%.
+/// costs at 1, within 5%. The bench holds a matching packet to the same at 64k rules against 2.
 fn target(shapes: u32, rules: u32, packet: &str) -> Option<Target> {
     match (shapes, rules, packet) {
         (1, 1, "non-matching") => Some(Target::OverPass(30.0, 20.0)),
-        (1, n, _) if n > 1 << 15 => Some(Target::VsOne(1.05)),
+        (1, n, p) if n > 1 << 15 => Some(Target::VsRef(1.05, ref_rules(p))),
         (16, _, "non-matching") => Some(Target::OverPass(60.0, 40.0)),
         _ => None,
     }
@@ -213,16 +224,16 @@ fn test_run(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<(f64, u32)> {
 }
 
 /// What `runs` interleaved rounds of BPF_PROG_TEST_RUN calls (`repeat` iterations each) gave:
-/// each round runs the trivial program, then the 1-rule reference (if any), then `prog`.
+/// each round runs the trivial program, then the reference (if any), then `prog`.
 struct Timing {
     ns: f64,
     verdict: u32,
     pass_ns: f64,
     over_pass: f64,
-    vs_one: Option<f64>,
+    vs_ref: Option<f64>,
 }
 
-/// Times `prog` on `frame`, interleaved with `pass` and `one`. The kernel's figure (time in the
+/// Times `prog` on `frame`, interleaved with `pass` and the reference `one`. The kernel's figure (time in the
 /// program loop divided by iterations) excludes the syscall and the time the loop was
 /// scheduled out, which makes it steadier than a wall clock on a shared 2-vCPU machine; the
 /// pairing takes out what drifts between rounds.
@@ -259,7 +270,7 @@ fn time_prog(
         verdict: verdict.unwrap_or(u32::MAX),
         pass_ns: crate::median(&mut base),
         over_pass: crate::median(&mut over),
-        vs_one: one.map(|_| crate::median(&mut ratio)),
+        vs_ref: one.map(|_| crate::median(&mut ratio)),
     })
 }
 
@@ -284,17 +295,21 @@ pub fn run(plan: &Plan, pins: &Path) -> Result<Vec<Row>> {
         ns: t.ns,
         pass_ns: t.pass_ns,
         over_pass: t.over_pass,
-        vs_one: None,
+        vs_ref: None,
         target: None,
     });
 
-    // A second instance (maps of its own) holds the 1-rule set throughout, so every set is
-    // timed interleaved with it.
+    // Two more instances (maps of their own) hold the reference sets throughout, 1 rule and 2
+    // rules, so every set of one shape is timed interleaved with its reference.
     let mut one = kernel::load(&pins.join("progrun-one")).context("load netfault's object")?;
     // Held to the end: the program's maps close with it.
     let mut one_maps = Maps::take(&mut one)?;
     publish(&mut one_maps, rule_set(1))?;
     let one = xdp_mut(&mut one, progs::XDP_INGRESS)?;
+    let mut two = kernel::load(&pins.join("progrun-two")).context("load netfault's object")?;
+    let mut two_maps = Maps::take(&mut two)?;
+    publish(&mut two_maps, rule_set(2))?;
+    let two = xdp_mut(&mut two, progs::XDP_INGRESS)?;
     let mut nf = kernel::load(&pins.join("progrun")).context("load netfault's object")?;
     let mut maps = Maps::take(&mut nf)?;
     let prog = xdp_mut(&mut nf, progs::XDP_INGRESS)?;
@@ -310,7 +325,7 @@ pub fn run(plan: &Plan, pins: &Path) -> Result<Vec<Row>> {
         ns: t.ns,
         pass_ns: t.pass_ns,
         over_pass: t.over_pass,
-        vs_one: None,
+        vs_ref: None,
         target: None,
     });
     let sets = RULE_COUNTS
@@ -332,7 +347,8 @@ pub fn run(plan: &Plan, pins: &Path) -> Result<Vec<Row>> {
             ("matching", &hit, XDP_DROP),
             ("non-matching", &miss, XDP_PASS),
         ] {
-            let reference = (shapes == 1).then_some(&*one);
+            let reference =
+                (shapes == 1).then_some(if ref_rules(packet) == 2 { &*two } else { &*one });
             let t = time_prog(prog, pass, reference, f, plan)?;
             if t.verdict != want {
                 bail!(
@@ -350,7 +366,7 @@ pub fn run(plan: &Plan, pins: &Path) -> Result<Vec<Row>> {
                 ns: t.ns,
                 pass_ns: t.pass_ns,
                 over_pass: t.over_pass,
-                vs_one: t.vs_one,
+                vs_ref: t.vs_ref,
                 target: target(shapes, n, packet),
             });
         }

@@ -46,9 +46,10 @@ pub fn progrun(plan: &Plan, rows: &[Row]) {
     println!(
         "(each set after the CLI's protections: 4 loopback entries and an SSH 4-tuple; rules \
          with the default TTL. Each run of a set follows one of the trivial program's and, for \
-         one shape, one of a second instance holding 1 rule: \"ns/pkt\" and \"pass\" are \
-         medians, \"vs pass\" the median of the paired differences, \"vs 1 rule\" of the \
-         paired ratios)"
+         one shape, one of another instance holding the reference set, 1 rule for a packet that \
+         matches none and 2 for a matching one (1 rule is matched without a lookup): \"ns/pkt\" \
+         and \"pass\" are medians, \"vs pass\" the median of the paired differences, \"vs ref\" \
+         of the paired ratios)"
     );
     println!(
         "{:<16} {:>6} {:>6} {:>6}  {:<13} {:<9} {:>7} {:>5} {:>8} {:>10}  target",
@@ -61,7 +62,7 @@ pub fn progrun(plan: &Plan, rows: &[Row]) {
         "ns/pkt",
         "pass",
         "vs pass",
-        "vs 1 rule"
+        "vs ref"
     );
     for r in rows {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
@@ -72,7 +73,9 @@ pub fn progrun(plan: &Plan, rows: &[Row]) {
                         let a = if r.over_pass <= aim { "met" } else { "not met" };
                         format!("<= {x:+.0} over pass (aim {aim:+.0}: {a})")
                     }
-                    progrun::Target::VsOne(x) => format!("<= {x:.2}x 1 rule"),
+                    progrun::Target::VsRef(x, n) => {
+                        format!("<= {x:.2}x {n} rule{}", if n == 1 { "" } else { "s" })
+                    }
                 };
                 let met = if t.met(r) { "met" } else { "NOT MET" };
                 format!("{what}: {met}")
@@ -90,7 +93,7 @@ pub fn progrun(plan: &Plan, rows: &[Row]) {
             r.ns,
             r.pass_ns,
             r.over_pass,
-            opt(r.vs_one.map(|v| format!("{v:.3}x"))),
+            opt(r.vs_ref.map(|v| format!("{v:.3}x"))),
             target
         );
     }
