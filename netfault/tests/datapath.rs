@@ -72,6 +72,23 @@ impl Dp {
         publish_at(&mut self.maps, rules, first);
     }
 
+    /// The flow maps' entries of generation `g`: (IPv6 map, IPv4 map), sorted, tags as stored.
+    fn flows_of(&self, g: u8) -> (Vec<String>, Vec<String>) {
+        let mut v6: Vec<String> = (self.maps.flows.iter())
+            .map(|r| r.unwrap())
+            .filter(|(k, _)| k.gen_ == g)
+            .map(|(k, r)| format!("{k:?} {r:?}"))
+            .collect();
+        let mut v4: Vec<String> = (self.maps.flows4.iter())
+            .map(|r| r.unwrap())
+            .filter(|(k, _)| k.gen_ == g)
+            .map(|(k, r)| format!("{k:?} {r:?}"))
+            .collect();
+        v6.sort();
+        v4.sort();
+        (v6, v4)
+    }
+
     fn xdp(&self, pkt: &[u8], repeat: u32) -> u32 {
         let p: &Xdp = self
             .ebpf
@@ -150,8 +167,8 @@ const TC_ACT_REDIRECT: u32 = 7;
 /// stack sees as a local drop and resends at once).
 const EGRESS_LOST: u32 = TC_ACT_REDIRECT;
 
-/// Publishes `rules` in slots `first..`, counters untouched.
-fn publish_at(maps: &mut Maps, rules: &[RuleSpec], first: u32) {
+/// Publishes `rules` in slots `first..`, counters untouched; returns what it compiled to.
+fn publish_at(maps: &mut Maps, rules: &[RuleSpec], first: u32) -> netfault::compile::Compiled {
     let inputs: Vec<Input<'_>> = rules
         .iter()
         .enumerate()
@@ -168,6 +185,7 @@ fn publish_at(maps: &mut Maps, rules: &[RuleSpec], first: u32) {
         .map(|(i, s)| (first + i as u32, rule_value(s, 0)))
         .collect();
     maps.publish_set(&c, &values).unwrap();
+    c
 }
 
 /// A rule that drops everything it matches; tests narrow it.
@@ -802,6 +820,72 @@ fn generations_flip_cleanly() {
     }
 }
 
+/// Each publish leaves in the flow maps exactly the flows of the two generations it keeps:
+/// the one it wrote (IPv4 flows in `flows4`, IPv6 ones in `flows`, flows of no family in both)
+/// and the one before; the one from two publishes ago is cleared from both maps.
+#[test]
+fn a_publish_keeps_exactly_two_generations_of_flows() {
+    let mut dp = Dp::new();
+    let host = |name: &str, a: &str| {
+        let mut r = rule(name);
+        r.src = vec![net(a)];
+        r
+    };
+    let port = |name: &str, p: u16| {
+        let mut r = rule(name);
+        r.proto = Proto::Tcp;
+        r.dport = PortRange { lo: p, hi: p };
+        r
+    };
+    let sets = [
+        vec![
+            host("a", "192.0.2.1"),
+            host("b", "192.0.2.2"),
+            port("c", 80),
+        ],
+        vec![
+            host("d", "2001:db8::1"),
+            host("e", "2001:db8::2"),
+            port("f", 81),
+            port("g", 82),
+        ],
+        vec![host("h", "192.0.2.3"), host("i", "2001:db8::3")],
+    ];
+    // Per publish: its generation, and its flows as (IPv6 map, IPv4 map) entries.
+    type Written = (u8, (Vec<String>, Vec<String>));
+    let mut written: Vec<Written> = Vec::new();
+    for set in sets.iter().cycle().take(5) {
+        let c = publish_at(&mut dp.maps, set, 0);
+        let g = (dp.maps.config().unwrap().active & 1) as u8;
+        let mut v6: Vec<String> = c
+            .flows_v6()
+            .map(|(mut k, r)| {
+                k.gen_ = g;
+                format!("{k:?} {r:?}")
+            })
+            .collect();
+        let mut v4: Vec<String> = c
+            .flows_v4()
+            .map(|(mut k, r)| {
+                k.gen_ = g;
+                format!("{k:?} {r:?}")
+            })
+            .collect();
+        v6.sort();
+        v4.sort();
+        assert!(!v6.is_empty() || !v4.is_empty());
+        written.push((g, (v6, v4)));
+        for (g, want) in written.iter().rev().take(2) {
+            assert_eq!(&dp.flows_of(*g), want, "generation {g}");
+        }
+        let entries = dp.maps.flows.iter().count() + dp.maps.flows4.iter().count();
+        let kept: usize = (written.iter().rev().take(2))
+            .map(|(_, (v6, v4))| v6.len() + v4.len())
+            .sum();
+        assert_eq!(entries, kept, "entries of an older generation are left");
+    }
+}
+
 /// Pushes `pkt` through XDP from several threads until `stop`; returns (runs, passes).
 fn hammer(ebpf: &Ebpf, pkt: &[u8], stop: &std::sync::atomic::AtomicBool) -> (u64, u64) {
     let prog: &Xdp = ebpf.program("nf_xdp_ingress").unwrap().try_into().unwrap();
@@ -834,10 +918,11 @@ fn hammer(ebpf: &Ebpf, pkt: &[u8], stop: &std::sync::atomic::AtomicBool) -> (u64
 
 /// Two sets that both drop P, shaped so that any mix of them passes P: set A matches P in its
 /// only tuple; set B only in its fourth. Reading A's tuple count with B's tuples, B's count with
-/// A's flows, or a generation being rewritten, all miss and pass.
+/// A's flows, or a generation being rewritten, all miss and pass. The tuples that match P hold
+/// two flows each, so that P's match is a lookup in the flow map, not a tuple's own flow.
 fn mixed_sets() -> (Vec<RuleSpec>, Vec<RuleSpec>) {
     let mut a = rule("a");
-    a.src = vec![net("192.0.2.1")];
+    a.src = vec![net("192.0.2.1"), net("192.0.2.9")];
     let mut b0 = rule("b0");
     b0.dst = vec![net("203.0.113.0/24")];
     let mut b1 = rule("b1");
@@ -848,7 +933,10 @@ fn mixed_sets() -> (Vec<RuleSpec>, Vec<RuleSpec>) {
     let mut b3 = rule("b3");
     b3.proto = Proto::Udp;
     b3.dport = PortRange { lo: 53, hi: 53 };
-    (vec![a], vec![b0, b1, b2, b3])
+    let mut b4 = b3.clone();
+    b4.name = "b4".into();
+    b4.dport = PortRange { lo: 54, hi: 54 };
+    (vec![a], vec![b0, b1, b2, b3, b4])
 }
 
 #[test]

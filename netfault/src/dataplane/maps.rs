@@ -31,6 +31,26 @@ fn digest(c: &Compiled, rules: &[(u32, RuleValue)]) -> u64 {
     h.finish().max(1)
 }
 
+/// Removes the entries of generation `g` (`gen_of` reads a key's) from a flow map.
+fn clear_generation<K: aya::Pod>(
+    map: &mut BpfHashMap<MapData, K, FlowRef>,
+    g: u32,
+    gen_of: impl Fn(&K) -> u8,
+) -> Result<()> {
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| u32::from(gen_of(k)) == g)
+        .collect();
+    for k in &stale {
+        match map.remove(k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(ebpf_err("clear flows")(e)),
+        }
+    }
+    Ok(())
+}
+
 /// The maps, typed.
 pub struct Maps {
     pub config: Array<MapData, Config>,
@@ -170,30 +190,8 @@ impl Maps {
 
     fn write_generation(&mut self, g: u32, c: &Compiled, rules: &[(u32, RuleValue)]) -> Result<()> {
         // 1. Clear the generation's flows (left over from two publishes ago).
-        let stale: Vec<FlowKey> = self
-            .flows
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| u32::from(k.gen_) == g)
-            .collect();
-        for k in &stale {
-            match self.flows.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(ebpf_err("clear flows")(e)),
-            }
-        }
-        let stale: Vec<FlowKey4> = self
-            .flows4
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| u32::from(k.gen_) == g)
-            .collect();
-        for k in &stale {
-            match self.flows4.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(ebpf_err("clear flows")(e)),
-            }
-        }
+        clear_generation(&mut self.flows, g, |k| k.gen_)?;
+        clear_generation(&mut self.flows4, g, |k| k.gen_)?;
         // 2. Actions of live rules. Slots are stable, and a slot is reused only by a rule the
         //    active generation does not reference, so the active set reads the same values.
         for (slot, v) in rules {
