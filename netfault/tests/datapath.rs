@@ -22,7 +22,7 @@ use netfault::{
     dataplane::{self as kernel, Maps},
     spec::{Direction, Kind, PortRange, Prob, Proto, RuleSpec, parse_net},
 };
-use netfault_common::Counters;
+use netfault_common::{Counters, FlowKey, FlowKey4};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -74,19 +74,10 @@ impl Dp {
 
     /// The flow maps' entries of generation `g`: (IPv6 map, IPv4 map), sorted, tags as stored.
     fn flows_of(&self, g: u8) -> (Vec<String>, Vec<String>) {
-        let mut v6: Vec<String> = (self.maps.flows.iter())
-            .map(|r| r.unwrap())
-            .filter(|(k, _)| k.gen_ == g)
-            .map(|(k, r)| format!("{k:?} {r:?}"))
-            .collect();
-        let mut v4: Vec<String> = (self.maps.flows4.iter())
-            .map(|r| r.unwrap())
-            .filter(|(k, _)| k.gen_ == g)
-            .map(|(k, r)| format!("{k:?} {r:?}"))
-            .collect();
-        v6.sort();
-        v4.sort();
-        (v6, v4)
+        (
+            entries(self.maps.flows.iter().map(|r| r.unwrap()), |k| k.gen_ == g),
+            entries(self.maps.flows4.iter().map(|r| r.unwrap()), |k| k.gen_ == g),
+        )
     }
 
     fn xdp(&self, pkt: &[u8], repeat: u32) -> u32 {
@@ -820,6 +811,19 @@ fn generations_flip_cleanly() {
     }
 }
 
+/// Flow-map entries (those `keep` keeps) as sorted text, to compare sets of them.
+fn entries<K: std::fmt::Debug>(
+    it: impl Iterator<Item = (K, netfault_common::FlowRef)>,
+    keep: impl Fn(&K) -> bool,
+) -> Vec<String> {
+    let mut v: Vec<String> = it
+        .filter(|(k, _)| keep(k))
+        .map(|(k, r)| format!("{k:?} {r:?}"))
+        .collect();
+    v.sort();
+    v
+}
+
 /// Each publish leaves in the flow maps exactly the flows of the two generations it keeps:
 /// the one it wrote (IPv4 flows in `flows4`, IPv6 ones in `flows`, flows of no family in both)
 /// and the one before; the one from two publishes ago is cleared from both maps.
@@ -857,22 +861,14 @@ fn a_publish_keeps_exactly_two_generations_of_flows() {
     for set in sets.iter().cycle().take(5) {
         let c = publish_at(&mut dp.maps, set, 0);
         let g = (dp.maps.config().unwrap().active & 1) as u8;
-        let mut v6: Vec<String> = c
-            .flows_v6()
-            .map(|(mut k, r)| {
-                k.gen_ = g;
-                format!("{k:?} {r:?}")
-            })
-            .collect();
-        let mut v4: Vec<String> = c
-            .flows_v4()
-            .map(|(mut k, r)| {
-                k.gen_ = g;
-                format!("{k:?} {r:?}")
-            })
-            .collect();
-        v6.sort();
-        v4.sort();
+        let v6 = entries(
+            c.flows_v6().map(|(k, r)| (FlowKey { gen_: g, ..k }, r)),
+            |_| true,
+        );
+        let v4 = entries(
+            c.flows_v4().map(|(k, r)| (FlowKey4 { gen_: g, ..k }, r)),
+            |_| true,
+        );
         assert!(!v6.is_empty() || !v4.is_empty());
         written.push((g, (v6, v4)));
         for (g, want) in written.iter().rev().take(2) {
