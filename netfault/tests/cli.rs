@@ -378,6 +378,55 @@ fn malformed_input_exits_2_names_the_field_and_changes_nothing() {
     }
 }
 
+/// The data path walks at most `MAX_CHAIN` rules with one match: a fifth is refused, never
+/// left out of the set.
+#[test]
+fn a_fifth_rule_with_one_match_is_refused_and_changes_nothing() {
+    let h = Host::new("chain");
+    let same = ["--dir", "egress", "--dst", "198.51.100.9", "--drop", "10%"];
+    let n = netfault_common::MAX_CHAIN as usize;
+    for i in 0..n {
+        let name = format!("r{i}");
+        let mut args = vec!["rule", "add", name.as_str()];
+        args.extend(same);
+        let out = h.nf(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let before = h.snapshot();
+    let mut args = vec!["rule", "add", "late"];
+    args.extend(same);
+    let out = h.nf(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("'late'") && err.contains(&format!("at most {n} rules with one match")),
+        "the message names neither the rule nor the limit: {err}"
+    );
+    assert_eq!(
+        h.snapshot(),
+        before,
+        "the refused rule changed the kernel state"
+    );
+    // The same through a rule-set file.
+    let text: String = (0..=n)
+        .map(|i| format!("[[rule]]\nname = \"f{i}\"\ndst = [\"198.51.100.9\"]\ndrop = 1\n"))
+        .collect();
+    let file = temp_file("toml", &text);
+    let out = h.nf(&["apply", file.arg()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("'f{n}'")), "{err}");
+    assert_eq!(
+        h.snapshot(),
+        before,
+        "the refused file changed the kernel state"
+    );
+}
+
 #[test]
 fn unknown_netns_is_bad_usage() {
     let out = Command::new(BIN)

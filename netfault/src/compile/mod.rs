@@ -21,6 +21,26 @@ pub enum CompileError {
     TooManyTuples(usize),
     #[error("the rule set compiles to {0} flow entries; the data path holds {1}")]
     TooManyFlows(usize, usize),
+    /// More rules with one same match than the data path walks past expired ones: the last
+    /// would never apply.
+    #[error(
+        "{kind} '{name}' has the same match as {earlier} (in evaluation order); the data path holds at most {max} rules with one match",
+        earlier = quoted(.earlier),
+        max = MAX_CHAIN
+    )]
+    ChainTooLong {
+        kind: &'static str,
+        name: String,
+        earlier: Vec<String>,
+    },
+}
+
+fn quoted(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A rule in evaluation order, with the slot its action and counters live in.
@@ -289,11 +309,25 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
                 .or_insert((prio, BTreeMap::new()));
             entry.0 = entry.0.min(prio);
             let (chain, closed) = entry.1.entry(KeyOrd(key)).or_default();
-            if *closed
-                || chain.len() >= MAX_CHAIN as usize
-                || chain.last().is_some_and(|r| r.slot == input.slot)
-            {
+            if *closed || chain.last().is_some_and(|r| r.slot == input.slot) {
                 continue;
+            }
+            if chain.len() >= MAX_CHAIN as usize {
+                let name_of = |slot: u32| {
+                    rules
+                        .iter()
+                        .find(|r| r.slot == slot)
+                        .map_or_else(|| format!("slot {slot}"), |r| r.spec.name.clone())
+                };
+                return Err(CompileError::ChainTooLong {
+                    kind: if input.spec.kind == Kind::Partition {
+                        "partition"
+                    } else {
+                        "rule"
+                    },
+                    name: input.spec.name.clone(),
+                    earlier: chain.iter().map(|r| name_of(r.slot)).collect(),
+                });
             }
             chain.push(FlowRef {
                 slot: input.slot,
@@ -1039,6 +1073,62 @@ mod tests {
         other.src = vec![parse_net("198.51.100.0/24").unwrap()];
         assert!(!overlaps(&other, &ssh));
         assert!(overlaps(&rule("all"), &ssh));
+    }
+
+    #[test]
+    fn a_fifth_rule_with_one_match_is_refused_by_name() {
+        let specs: Vec<_> = (0..=MAX_CHAIN).map(|i| rule(&format!("r{i}"))).collect();
+        let inputs: Vec<_> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| Input {
+                slot: i as u32,
+                spec,
+                ifindex: None,
+            })
+            .collect();
+        let n = MAX_CHAIN as usize;
+        assert!(
+            compile(&inputs[..n]).is_ok(),
+            "{n} rules with one match fit"
+        );
+        let e = compile(&inputs).unwrap_err();
+        assert_eq!(
+            e,
+            CompileError::ChainTooLong {
+                kind: "rule",
+                name: format!("r{n}"),
+                earlier: (0..n).map(|i| format!("r{i}")).collect(),
+            }
+        );
+        assert!(e.to_string().contains(&format!("at most {n} rules")), "{e}");
+        // One address in common is one match in common too.
+        let mut wide = rule("wide");
+        wide.dst = vec![
+            parse_net("198.51.100.1").unwrap(),
+            parse_net("198.51.100.2").unwrap(),
+        ];
+        let mut narrow: Vec<_> = (0..n)
+            .map(|i| {
+                let mut r = rule(&format!("n{i}"));
+                r.dst = vec![parse_net("198.51.100.2").unwrap()];
+                r
+            })
+            .collect();
+        narrow.insert(0, wide);
+        let inputs: Vec<_> = narrow
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| Input {
+                slot: i as u32,
+                spec,
+                ifindex: None,
+            })
+            .collect();
+        assert!(matches!(
+            compile(&inputs),
+            Err(CompileError::ChainTooLong { ref name, .. }) if name == &format!("n{}", n - 1)
+        ));
     }
 
     #[test]
