@@ -4,7 +4,7 @@
 //! asserted at compile time: both sides read the same bytes out of BPF maps.
 #![no_std]
 
-/// Rule slots: index into `RULES` and `COUNTERS`.
+/// Rule slots: index into `COUNTERS`, and into `RULES` within a generation (`rule_index`).
 pub const MAX_RULES: u32 = 65_536;
 /// Distinct match shapes (tuples) per generation. Per-packet cost grows with this, not with rules.
 pub const MAX_TUPLES: u32 = 64;
@@ -12,6 +12,14 @@ pub const MAX_TUPLES: u32 = 64;
 pub const MAX_FLOWS: u32 = 1 << 19;
 /// Generations: the data path reads one while the controller writes the other.
 pub const GENERATIONS: u32 = 2;
+
+/// Index into `RULES` of a slot's value in generation `generation`: each generation holds its own
+/// copy of every value it reads, so a flip back to a generation already written (and not
+/// rewritten, `Config::digest`) reads exactly the values it was published with.
+#[inline(always)]
+pub const fn rule_index(generation: u32, slot: u32) -> u32 {
+    ((generation & 1) * MAX_RULES) | (slot & (MAX_RULES - 1))
+}
 
 /// `skb->mark` carried by our own clones, so they are never impaired or cloned again.
 pub const CLONE_MARK: u32 = 0x4e46_c10e;
@@ -356,7 +364,7 @@ pub struct FlowRef {
 }
 const _: () = assert!(core::mem::size_of::<FlowRef>() == 12);
 
-/// What a rule does. Indexed by slot in `RULES`.
+/// What a rule does. `RULES` holds one per generation and slot (`rule_index`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleValue {

@@ -30,6 +30,7 @@ use aya_ebpf::{
 use netfault_common::{
     Config, FAMILY_V4, FlowKey, FlowKey4, KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, MAX_CHAIN,
     MAX_TUPLES, PF_ADDR_V4, PF_ADDR_V6, Prefilter, RULE_ACTIVE, RuleValue, TupleSet, pf_meta_index,
+    rule_index,
 };
 
 use crate::maps::{NF_CONFIG, NF_FLOWS, NF_FLOWS4, NF_PREFILTER, NF_RULES, NF_TUPLES};
@@ -212,7 +213,7 @@ fn visit<const V4: bool>(s: &mut Scan, i: u32) -> TupleSet {
 /// beats the best so far.)
 #[inline(always)]
 fn take(s: &mut Scan, slot: u32, prio: u32) -> bool {
-    let Some(rule) = NF_RULES.get(slot) else {
+    let Some(rule) = NF_RULES.get(rule_index(s.generation, slot)) else {
         return false;
     };
     if !live(rule, &mut s.now) {
@@ -309,7 +310,7 @@ pub fn classify(key: &FlowKey, c: &Candidates) -> Option<Match> {
     if s.best_prio == u32::MAX {
         return None;
     }
-    let rule = NF_RULES.get(s.best_slot)?;
+    let rule = NF_RULES.get(rule_index(c.generation, s.best_slot))?;
     Some(Match {
         slot: s.best_slot,
         rule,

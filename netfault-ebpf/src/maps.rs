@@ -31,8 +31,9 @@ pub static NF_FLOWS: HashMap<FlowKey, FlowRef> = HashMap::pinned(MAX_FLOWS, BPF_
 #[map(name = "NF_FLOWS4")]
 pub static NF_FLOWS4: HashMap<FlowKey4, FlowRef> = HashMap::pinned(MAX_FLOWS, BPF_F_NO_PREALLOC);
 
+/// `GENERATIONS * MAX_RULES` entries: generation g's values start at `g * MAX_RULES` (`rule_index`).
 #[map(name = "NF_RULES")]
-pub static NF_RULES: Array<RuleValue> = Array::pinned(MAX_RULES, 0);
+pub static NF_RULES: Array<RuleValue> = Array::pinned(GENERATIONS * MAX_RULES, 0);
 
 #[map(name = "NF_COUNTERS")]
 pub static NF_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_RULES, 0);

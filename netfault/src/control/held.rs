@@ -174,10 +174,9 @@ impl Running {
 
     /// Extends the lease; puts back the offload settings of rules whose TTL has run out.
     pub fn renew(&mut self) -> Result<()> {
-        let (_, values) = self.compiled(monotonic_ns())?;
-        for (slot, v) in values {
-            self.maps.set_rule(slot, &v)?;
-        }
+        // A new generation with the new expiries, flipped to as every change is.
+        let (compiled, values) = self.compiled(monotonic_ns())?;
+        self.maps.publish_set(&compiled, &values)?;
         if !self.wire.is_empty() {
             let xdp = self.xdp_frames();
             // Not fatal: the impairment goes on; the record stays and is tried again.

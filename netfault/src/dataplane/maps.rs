@@ -7,7 +7,7 @@ use aya::{
 };
 use netfault_common::{
     CFG_TC_ONLY, Config, Counters, FlowKey, FlowKey4, FlowRef, MAX_TUPLES, Prefilter, RuleValue,
-    Tuple, maps as names,
+    Tuple, maps as names, rule_index,
 };
 
 use super::{KernelError, Result, ebpf_err, io_err};
@@ -118,7 +118,9 @@ impl Maps {
     ///
     /// The retired generation is rewritten only after a grace period (`grace`), so no program
     /// still reading it sees it change; when it already holds exactly this set, it is not
-    /// rewritten at all. `rules` are the action values of every live slot.
+    /// rewritten at all. `rules` are the action values of every live slot; they are part of
+    /// the generation (`rule_index`), so what a generation's digest says it holds is all that it
+    /// holds.
     pub fn publish_set(&mut self, c: &Compiled, rules: &[(u32, RuleValue)]) -> Result<()> {
         let mut cfg = self.config()?;
         let cur = (cfg.active & 1) as usize;
@@ -192,11 +194,12 @@ impl Maps {
         // 1. Clear the generation's flows (left over from two publishes ago).
         clear_generation(&mut self.flows, g, |k| k.gen_)?;
         clear_generation(&mut self.flows4, g, |k| k.gen_)?;
-        // 2. Actions of live rules. Slots are stable, and a slot is reused only by a rule the
-        //    active generation does not reference, so the active set reads the same values.
+        // 2. Actions of live rules, in the generation's own copy: the other generation keeps
+        //    reading the values it was published with, and a later flip back to this one (its
+        //    digest unchanged) reads these.
         for (slot, v) in rules {
             self.rules
-                .set(*slot, v, 0)
+                .set(rule_index(g, *slot), v, 0)
                 .map_err(ebpf_err("write rule"))?;
         }
         // 3. Flows and tuples.
@@ -223,11 +226,6 @@ impl Maps {
         self.prefilter
             .set(g, &*c.prefilter, 0)
             .map_err(ebpf_err("write prefilter"))
-    }
-
-    /// Rewrites one rule's action (its lease, for `run`).
-    pub fn set_rule(&mut self, slot: u32, v: &RuleValue) -> Result<()> {
-        self.rules.set(slot, v, 0).map_err(ebpf_err("write rule"))
     }
 
     /// Counters of one slot, summed over CPUs.
