@@ -964,8 +964,15 @@ fn ten_thousand_flips_never_mix_two_sets() {
     eprintln!("{runs} verdicts across 10,000 flips, none mixed");
 }
 
+/// Held by the tests that keep a core busy (a hammer, a spinning program): two of them at once
+/// on a 2-core machine would starve each other's overlap.
+static BUSY_CORE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn rewrites_under_load_wait_for_readers() {
+    let _busy = BUSY_CORE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut dp = Dp::new();
     let (a, b) = mixed_sets();
     // A third set, also dropping P, so every publish rewrites the retired generation.
@@ -990,6 +997,76 @@ fn rewrites_under_load_wait_for_readers() {
         "too few packets overlapped the rewrites: {runs}"
     );
     assert_eq!(passes, 0, "{passes} of {runs} verdicts matched neither set");
+}
+
+/// A publish that rewrites the generation retired before returns only once every program that
+/// may still read that generation has finished. netfault-lab's `lab_spin` counts its start,
+/// spins for milliseconds and counts its end; a thread runs it back to back. Each round catches
+/// a run in progress and publishes a set held by neither generation (so the retired one is
+/// rewritten): when the publish returns, that run has finished. Without the grace period in
+/// `publish_set`, the publish returns within the run. (`rewrites_under_load_wait_for_readers`
+/// shows the verdicts under load; its window is too narrow to catch a missing wait.)
+#[test]
+fn a_rewriting_publish_waits_for_running_programs() {
+    use aya::{maps::Array, programs::Xdp};
+    let _busy = BUSY_CORE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut dp = Dp::new();
+    let (a, b) = mixed_sets();
+    let mut c = rule("c");
+    c.dst = vec![net("198.51.100.1")];
+    let sets = [(a, 0), (b, 1), (vec![c], 5)];
+    let mut spin = aya::Ebpf::load(netfault_lab::BENCH_OBJECT).unwrap();
+    let p: &mut Xdp = spin.program_mut("lab_spin").unwrap().try_into().unwrap();
+    p.load().unwrap();
+    let p: &Xdp = spin.program("lab_spin").unwrap().try_into().unwrap();
+    let runs: Array<_, u64> = Array::try_from(spin.map("SPIN_RUNS").unwrap()).unwrap();
+    let runs = || (runs.get(&0, 0).unwrap(), runs.get(&1, 0).unwrap());
+    let frame = [0u8; 64];
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = Vec::new();
+    std::thread::scope(|sc| {
+        let runner = sc.spawn(|| {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed)
+                && n < 10_000
+                && std::time::Instant::now() < deadline
+            {
+                p.test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    ..Default::default()
+                })
+                .unwrap();
+                n += 1;
+            }
+        });
+        for round in 0..12 {
+            let started = loop {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never caught a run in progress"
+                );
+                let (started, finished) = runs();
+                if started > finished {
+                    break started;
+                }
+                std::hint::spin_loop();
+            };
+            let (set, first) = &sets[round % 3];
+            publish_at(&mut dp.maps, set, *first);
+            seen.push((started, runs().1));
+        }
+        stop.store(true, Ordering::Relaxed);
+        runner.join().unwrap();
+    });
+    let early: Vec<_> = seen.iter().filter(|(s, f)| f < s).collect();
+    assert!(
+        early.is_empty(),
+        "a rewriting publish returned while a program that started before it still ran \
+         (started, finished): {early:?} of {seen:?}"
+    );
 }
 
 // ---- shaping: departure times, read back from the context ----
