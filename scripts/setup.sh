@@ -12,9 +12,11 @@ LLVM_MAJOR=22
 log() { printf 'setup: %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages: LLVM for bpf-linker, and the tools the tests and demo drive.
+# Debian packages: LLVM for bpf-linker, and the tools the tests and demo drive (sudo and
+# passwd's useradd: tests/sshprot.rs logs a throwaway user in over SSH to run `sudo netfault`).
 APT_PKGS=(llvm-${LLVM_MAJOR}-dev libpolly-${LLVM_MAJOR}-dev zlib1g-dev libzstd-dev
-          iproute2 bpftool nftables iptables ethtool iperf3 python3 iputils-ping procps qemu-system-x86 busybox-static xz-utils zstd)
+          iproute2 bpftool nftables iptables ethtool iperf3 python3 iputils-ping procps qemu-system-x86 busybox-static xz-utils zstd
+          sudo passwd)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

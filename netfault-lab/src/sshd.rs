@@ -132,6 +132,8 @@ pub struct SshServers {
     known_hosts: PathBuf,
     host_key: PathBuf,
     authorized_keys: PathBuf,
+    /// Users other than root who may log in, each with its own authorized_keys file.
+    users: Vec<(String, PathBuf)>,
     servers: Vec<Server>,
 }
 
@@ -171,6 +173,7 @@ impl SshServers {
             host_key: dir.join("host_ed25519"),
             authorized_keys: dir.join("authorized_keys"),
             dir,
+            users: Vec::new(),
             servers: Vec::new(),
         };
         // From here on, a failure removes the directory (Drop).
@@ -234,7 +237,32 @@ impl SshServers {
              LoginGraceTime 20\nMaxStartups 64:30:128\nMaxSessions 16\nLogLevel VERBOSE\n",
         );
         c.push_str(&format!("# server {i}\n"));
+        // Match blocks last: they run to the end of the file.
+        for (user, keys) in &self.users {
+            c.push_str(&format!(
+                "Match User {user}\n  AuthorizedKeysFile {}\n",
+                keys.display()
+            ));
+        }
         c
+    }
+
+    /// Lets `user` log in by the client key on servers started from now on. sshd reads
+    /// authorized keys as that user: the file is written in their home and given to them.
+    pub fn allow(&mut self, user: &LoginUser) -> Result<()> {
+        let ssh_dir = user.home.join(".ssh");
+        fs::create_dir_all(&ssh_dir)?;
+        let keys = ssh_dir.join("authorized_keys");
+        fs::write(
+            &keys,
+            fs::read_to_string(self.client_key.with_extension("pub"))?,
+        )?;
+        for p in [&ssh_dir, &keys] {
+            std::os::unix::fs::chown(p, Some(user.uid), None)
+                .with_context(|| format!("chown {}", p.display()))?;
+        }
+        self.users.push((user.name.clone(), keys));
+        Ok(())
     }
 
     /// Starts an sshd in namespace `ns` listening on `listen` (port included), and waits until
@@ -402,6 +430,158 @@ impl Drop for SshServers {
         }
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             eprintln!("sshd: remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+static NEXT_USER: AtomicU32 = AtomicU32::new(0);
+
+/// A throwaway local user (`useradd`) who can log in over SSH by key alone (its password field
+/// is `*`: no password, yet not a locked account, which sshd without PAM would refuse), with a
+/// home under /tmp. Dropping it removes the user, their group and home (`userdel --force
+/// --remove`), also when the test failed; drop the [`SshServers`] first (declare them after
+/// the user), which ends the user's sessions.
+pub struct LoginUser {
+    pub name: String,
+    pub uid: u32,
+    pub home: PathBuf,
+}
+
+impl LoginUser {
+    /// A new user named `PREFIX<pid>u<n>` (at most 32 characters: keep `prefix` short).
+    pub fn new(prefix: &str) -> Result<Self> {
+        let n = NEXT_USER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{prefix}{}u{n}", std::process::id());
+        ensure!(name.len() <= 32, "user name {name} is too long");
+        let home = std::env::temp_dir().join(format!("{name}-home"));
+        // The guard exists before useradd runs: a half-made user goes too.
+        let mut user = Self {
+            name,
+            uid: u32::MAX,
+            home,
+        };
+        let out = Command::new("useradd")
+            .args(["--create-home", "--user-group", "--shell", "/bin/sh"])
+            .args(["--password", "*", "--home-dir"])
+            .arg(&user.home)
+            .arg(&user.name)
+            .stdin(Stdio::null())
+            .output()
+            .context("run useradd (install passwd)")?;
+        ensure!(
+            out.status.success(),
+            "useradd {}: {}",
+            user.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        user.uid = uid_of(&user.name)?;
+        Ok(user)
+    }
+
+    fn exists(&self) -> bool {
+        uid_of(&self.name).is_ok()
+    }
+}
+
+/// A user's uid (`id -u NAME`).
+fn uid_of(name: &str) -> Result<u32> {
+    let out = Command::new("id")
+        .args(["-u", name])
+        .stdin(Stdio::null())
+        .output()
+        .context("run id")?;
+    ensure!(out.status.success(), "no user {name}");
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+impl Drop for LoginUser {
+    fn drop(&mut self) {
+        if self.exists() {
+            match Command::new("userdel")
+                .args(["--force", "--remove", &self.name])
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+            {
+                Ok(st) if st.success() || !self.exists() => {}
+                Ok(st) => eprintln!("userdel {}: {st}", self.name),
+                Err(e) => eprintln!("userdel {}: {e}", self.name),
+            }
+        }
+        if self.home.exists()
+            && let Err(e) = fs::remove_dir_all(&self.home)
+        {
+            eprintln!("remove {}: {e}", self.home.display());
+        }
+    }
+}
+
+/// Where sudo reads drop-in rules (Debian's /etc/sudoers includes the directory).
+const SUDOERS_DIR: &str = "/etc/sudoers.d";
+
+/// A sudoers drop-in that lets `user` run one command as root without a password: the file is
+/// checked with `visudo -cf` before it is put in place (a broken one would break sudo for
+/// everyone), and removed on drop. Its name has no dot, which sudo would skip.
+pub struct SudoRule {
+    pub path: PathBuf,
+}
+
+impl SudoRule {
+    pub fn new(user: &LoginUser, command: &Path) -> Result<Self> {
+        ensure!(
+            command.is_absolute(),
+            "{}: sudoers needs an absolute path",
+            command.display()
+        );
+        let cmd = command.to_str().context("command path is not UTF-8")?;
+        ensure!(
+            !cmd.contains(|c: char| c.is_whitespace() || ",:=\\".contains(c)),
+            "{cmd}: a path sudoers would need escaped"
+        );
+        let n = NEXT_USER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("netfault-test-{}-{n}", std::process::id());
+        let staged = std::env::temp_dir().join(&name);
+        fs::write(
+            &staged,
+            format!("{} ALL=(root) NOPASSWD: {cmd}\n", user.name),
+        )?;
+        fs::set_permissions(&staged, fs::Permissions::from_mode(0o440))?;
+        let check = Command::new("visudo")
+            .arg("-cf")
+            .arg(&staged)
+            .stdin(Stdio::null())
+            .output();
+        let check = match check {
+            Ok(c) => c,
+            Err(e) => {
+                fs::remove_file(&staged).ok();
+                bail!("run visudo (install sudo: scripts/setup.sh): {e}");
+            }
+        };
+        if !check.status.success() {
+            fs::remove_file(&staged).ok();
+            bail!(
+                "visudo -cf: {}",
+                String::from_utf8_lossy(&check.stdout).trim()
+            );
+        }
+        let path = Path::new(SUDOERS_DIR).join(&name);
+        // Copied, not renamed: /tmp may be another filesystem.
+        let rule = Self { path };
+        let placed = fs::copy(&staged, &rule.path)
+            .and_then(|_| fs::set_permissions(&rule.path, fs::Permissions::from_mode(0o440)));
+        fs::remove_file(&staged).ok();
+        placed.with_context(|| format!("write {}", rule.path.display()))?;
+        Ok(rule)
+    }
+}
+
+impl Drop for SudoRule {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_file(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("remove {}: {e}", self.path.display());
         }
     }
 }

@@ -216,7 +216,7 @@ fn rule_set() -> impl Strategy<Value = Vec<Entry>> {
             };
             if lo {
                 v.extend(
-                    pipeline::protections(false, |_| false)
+                    pipeline::protections(Vec::new(), |_| false)
                         .into_iter()
                         .map(never),
                 );

@@ -26,6 +26,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<()> {
     for w in ctl.apply(specs, !a.no_protect)? {
         super::warn(w);
     }
+    ctl.notes.iter().for_each(super::note);
     writeln!(
         std::io::stdout(),
         "applied {n} rules and partitions from {}",

@@ -162,6 +162,13 @@ pub fn warn(msg: impl std::fmt::Display) {
     let _ = writeln!(std::io::stderr(), "netfault: warning: {msg}");
 }
 
+/// Writes what the operator should know that is no warning (which SSH connection netfault
+/// found and protected).
+pub fn note(msg: impl std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "netfault: {msg}");
+}
+
 /// Reads and validates a rule-set file; any problem with it is bad input (exit 2).
 pub fn read_ruleset(
     file: &std::path::Path,

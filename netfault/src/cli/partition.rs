@@ -19,6 +19,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<()> {
     for w in ctl.add(vec![spec], p.ttl.unwrap_or_default(), !p.no_protect)? {
         super::warn(w);
     }
+    ctl.notes.iter().for_each(super::note);
     writeln!(std::io::stdout(), "partition {name} added")?;
     Ok(())
 }

@@ -54,6 +54,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<()> {
             for w in ctl.add(vec![spec], add.ttl.unwrap_or_default(), !add.no_protect)? {
                 super::warn(w);
             }
+            ctl.notes.iter().for_each(super::note);
             writeln!(std::io::stdout(), "rule {name} added")?;
         }
         RuleCmd::Del(d) => {

@@ -40,6 +40,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
         !a.no_protect,
         a.replace_qdisc,
     )?;
+    running.notes.iter().for_each(super::note);
     let mut out = std::io::stdout().lock();
     for ((i, hooks), why) in running.hooks.iter().zip(&running.why) {
         let how: Vec<String> = hooks.iter().map(ToString::to_string).collect();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use aya::programs::XdpMode;
 
 use super::{
-    Error, Result, features, hooks, monotonic_ns, pipeline,
+    Error, Result, features, hooks, monotonic_ns, operator, pipeline,
     privileges::check_privileges,
     shaping::{self, unshape},
 };
@@ -39,6 +39,9 @@ pub struct Ctl {
     pub state: State,
     /// Things the operator should know that are not errors (fallbacks), for stderr.
     pub warnings: Vec<String>,
+    /// What the operator should know that is neither an error nor a warning (which SSH
+    /// connection was found and protected), for stderr.
+    pub notes: Vec<String>,
     /// Delay and rate may replace a root qdisc another tool installed.
     pub replace_qdisc: bool,
     /// Last: bpffs stays mounted until the lock and everything else are gone.
@@ -67,6 +70,7 @@ impl Ctl {
             lock,
             state,
             warnings: Vec::new(),
+            notes: Vec::new(),
             replace_qdisc: false,
             _bpffs: bpffs,
         })
@@ -178,7 +182,7 @@ impl Ctl {
         // Loopback is always protected; rules bound to an interface that has just (re)appeared
         // compile now.
         if ebpf.is_some() {
-            let lo = pipeline::protections(false, |n| self.state.find(n).is_some());
+            let lo = pipeline::protections(Vec::new(), |n| self.state.find(n).is_some());
             if lo.is_empty() {
                 self.publish()?;
             } else {
@@ -346,7 +350,8 @@ impl Ctl {
     }
 
     /// Adds rules (or partitions); all or nothing. Unless `protect` is false, the SSH connection
-    /// the command runs over is protected first, in the same publish. Returns warnings for rules
+    /// the command runs over is protected first, in the same publish (refused if it runs under
+    /// sshd but that connection is not found: control::operator). Returns warnings for rules
     /// that cover a protected flow (protection wins there).
     pub fn add(
         &mut self,
@@ -354,12 +359,30 @@ impl Ctl {
         ttl: Ttl,
         protect: bool,
     ) -> Result<Vec<String>> {
-        specs.extend(self.missing_protections(protect));
+        let ssh = self.operator(protect, &specs)?;
+        specs.extend(self.missing_protections(ssh));
         self.add_inner(specs, ttl)
     }
 
-    /// Loopback, and with `ssh` the SSH connection this command runs over, unless there.
-    fn missing_protections(&self, ssh: bool) -> Vec<RuleSpec> {
+    /// With `protect`, the pass entries for the SSH connection this command runs over, looked
+    /// for now (control::operator); refused when that connection is not found and `specs`
+    /// could cut it.
+    fn operator<'a>(
+        &mut self,
+        protect: bool,
+        specs: impl IntoIterator<Item = &'a RuleSpec>,
+    ) -> Result<Vec<RuleSpec>> {
+        if !protect {
+            return Ok(Vec::new());
+        }
+        let op = operator::find();
+        let ssh = operator::guard(&op, specs)?;
+        self.notes.extend(op.note());
+        Ok(ssh)
+    }
+
+    /// Loopback, and `ssh` (the SSH connection this command runs over), unless there.
+    fn missing_protections(&self, ssh: Vec<RuleSpec>) -> Vec<RuleSpec> {
         pipeline::protections(ssh, |n| self.state.find(n).is_some())
     }
 
@@ -418,7 +441,8 @@ impl Ctl {
     /// Replaces the whole rule set (rules and partitions) in one step.
     pub fn apply(&mut self, specs: Vec<(RuleSpec, Ttl)>, protect: bool) -> Result<Vec<String>> {
         let mut specs = specs;
-        for s in self.missing_protections(protect) {
+        let ssh = self.operator(protect, specs.iter().map(|(s, _)| s))?;
+        for s in self.missing_protections(ssh) {
             specs.push((s, Ttl::Never));
         }
         self.install(specs, true)

@@ -25,6 +25,18 @@ pub enum Error {
         "{iface} is attached already (by `netfault attach`); detach it first or use another interface"
     )]
     AttachedByAttach { iface: String },
+    /// Under sshd, the operator's connection not found, and rule `name` could cut it.
+    #[error(
+        "{name} could cut the SSH connection netfault runs under, which it could not find (sshd \
+         session process {sshd}: {why}); protect it with `netfault protect add CLIENT_ADDR[:PORT]` \
+         (the address you connect from) and run this command again with --no-protect, or keep \
+         SSH_CONNECTION (`sudo --preserve-env=SSH_CONNECTION netfault ...`)"
+    )]
+    OperatorNotFound {
+        name: String,
+        sshd: u32,
+        why: String,
+    },
     #[error("all {max} rule slots are in use")]
     RuleSlotsFull { max: usize },
     #[error(transparent)]
@@ -60,6 +72,7 @@ impl Error {
             | Error::Compile(_)
             | Error::IfaceNotAttached { .. }
             | Error::RuleSlotsFull { .. }
+            | Error::OperatorNotFound { .. }
             | Error::Qdisc(QdiscError::TooBig { .. }) => 2,
             _ => 1,
         }

@@ -32,6 +32,8 @@ pub struct Running {
     pub hooks: Vec<(String, Vec<HookState>)>,
     /// Per interface (in `hooks`' order): why it has XDP or not, for people.
     pub why: Vec<String>,
+    /// Which SSH connection was found and protected, when it came from the ancestry.
+    pub notes: Vec<String>,
     /// Slots in file order; `expires_mono_ns` is the TTL's (the lease comes on top).
     rules: Vec<RuleEntry>,
     /// fq qdiscs and IFB devices installed for delay and rate, removed on exit.
@@ -69,7 +71,14 @@ pub fn start(
     }
     pipeline::check_new(specs.iter().map(|(s, _)| s), |_| false)?;
     let now = monotonic_ns();
-    let mut all: Vec<(RuleSpec, Ttl)> = pipeline::protections(protect, |_| false)
+    let op = if protect {
+        super::operator::find()
+    } else {
+        // --no-protect: not looked for, nothing protected, nothing refused.
+        super::operator::Operator::NoSsh
+    };
+    let ssh = super::operator::guard(&op, specs.iter().map(|(s, _)| s))?;
+    let mut all: Vec<(RuleSpec, Ttl)> = pipeline::protections(ssh, |_| false)
         .into_iter()
         .map(|s| (s, Ttl::Never))
         .collect();
@@ -128,6 +137,7 @@ pub fn start(
         _links: links,
         hooks,
         why,
+        notes: op.note().into_iter().collect(),
         rules,
         shaped: Vec::new(),
         wire: Vec::new(),

@@ -7,10 +7,7 @@ use super::{Error, Result, state::RuleEntry};
 use crate::{
     compile::{self, Compiled, Input},
     dataplane,
-    spec::{
-        Kind, RuleSpec, SpecError, Ttl,
-        protection::{self, ssh_from_env},
-    },
+    spec::{Kind, RuleSpec, SpecError, Ttl, protection},
 };
 
 /// Evaluation bands: protections, then partitions (a cut is a cut), then rules.
@@ -73,20 +70,17 @@ pub fn check_iface(field: &str, iface: &str) -> Result<u32> {
     })
 }
 
-/// The protections a rule set always carries: loopback, and with `ssh` the SSH connection this
-/// command runs over (from `SSH_CONNECTION`). `have` says which names are there already, so
-/// none is added twice.
-pub fn protections(ssh: bool, have: impl Fn(&str) -> bool) -> Vec<RuleSpec> {
+/// The protections a rule set always carries: loopback, and `ssh`, the SSH connection this
+/// command runs over ([`operator::guard`](super::operator::guard)). `have` says which names are
+/// there already, so none is added twice.
+pub fn protections(ssh: Vec<RuleSpec>, have: impl Fn(&str) -> bool) -> Vec<RuleSpec> {
     let mut out = Vec::new();
     let lo = protection::loopback();
     if !lo.iter().all(|s| have(&s.name)) {
         out.extend(lo);
     }
-    if ssh
-        && let Some(s) = ssh_from_env()
-        && !s.iter().all(|s| have(&s.name))
-    {
-        out.extend(s);
+    if !ssh.is_empty() && !ssh.iter().all(|s| have(&s.name)) {
+        out.extend(ssh);
     }
     out
 }
@@ -201,13 +195,13 @@ mod tests {
 
     #[test]
     fn loopback_is_added_once() {
-        let lo = protections(false, |_| false);
+        let lo = protections(Vec::new(), |_| false);
         assert!(!lo.is_empty());
         assert!(
             lo.iter()
                 .all(|s| s.kind == Kind::Protect && s.name.starts_with("loopback/"))
         );
         let names: Vec<String> = lo.iter().map(|s| s.name.clone()).collect();
-        assert!(protections(false, |n| names.iter().any(|m| m == n)).is_empty());
+        assert!(protections(Vec::new(), |n| names.iter().any(|m| m == n)).is_empty());
     }
 }

@@ -78,11 +78,7 @@ pub fn loopback() -> Vec<RuleSpec> {
     v
 }
 
-/// Pass entries for the 4-tuple in SSH_CONNECTION, both directions, if it is set.
-pub fn ssh_from_env() -> Option<Vec<RuleSpec>> {
-    let (c, cp, sv, sp) = std::env::var("SSH_CONNECTION")
-        .ok()
-        .as_deref()
-        .and_then(super::parse_ssh_connection)?;
-    Some(ssh(&format!("ssh:{c}:{cp}"), c, cp, sv, sp))
+/// The label of the SSH connection from `client`:`cport` (as `protect list` shows it).
+pub fn ssh_label(client: IpAddr, cport: u16) -> String {
+    format!("ssh:{client}:{cport}")
 }

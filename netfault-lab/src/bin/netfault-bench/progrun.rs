@@ -162,7 +162,7 @@ const SSH_SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 /// expiring after the default TTL. Rules that would not fit the slots left by the protections
 /// are left out. Returns the number of tuples and of rules.
 pub fn publish(maps: &mut Maps, specs: Vec<RuleSpec>) -> Result<(usize, u32)> {
-    let mut all = pipeline::protections(false, |_| false);
+    let mut all = pipeline::protections(Vec::new(), |_| false);
     all.extend(protection::ssh(
         &format!("ssh:{SSH_CLIENT}:50022"),
         SSH_CLIENT.into(),
