@@ -358,11 +358,11 @@ fn any_sequence_of_changes_keeps_the_data_path_and_the_list_equal() {
         let name = format!("r{i}");
         let ttl = TTLS[rng.random_range(0..TTLS.len())];
         let step = match rng.random_range(0..8) {
-            0 | 1 if !listed.contains_key(&name) => {
+            0..=1 if !listed.contains_key(&name) => {
                 add_rule(&b, i, Some(ttl));
                 format!("rule add {name} --ttl {ttl}")
             }
-            0 | 1 | 2 if safe(&name) => {
+            0..=2 if safe(&name) => {
                 b.ok(&["renew", &name, "--ttl", ttl]);
                 format!("renew {name} --ttl {ttl}")
             }
