@@ -79,12 +79,16 @@ const SMOKE_SCRIPT: &str = "scripts/vm-smoke.sh";
 const SHAPING_TEST: &str = "shaping";
 /// Issue #9's loss tests: netfault's egress loss next to netem's (`vm_` tests, `--ignored`).
 const LOSS_TEST: &str = "loss";
+/// netfault::netlink against tc and ip, where fq, IFB and mirred exist (the dev kernel has no
+/// sch_fq): run with NETFAULT_FULL_KERNEL set, so a missing feature fails.
+const NETLINK_TEST: &str = "netlink";
 
-/// What `vm-test` runs in each guest (`sh <this> <smoke script> <shaping binary> <loss binary>`). Each step
+/// What `vm-test` runs in each guest (`sh <this> <smoke script> <shaping binary> <loss binary>
+/// <netlink binary>`). Each step
 /// prints a NETFAULT-VM-STEP marker (name, exit code, guest uptime before and after) for the
 /// summary; the exit code is the first failure's, or 0.
 /// The steps VM_TEST_SCRIPT runs: a guest passed when all of them finished with 0.
-const VM_TEST_STEPS: usize = 3;
+const VM_TEST_STEPS: usize = 4;
 const VM_TEST_SCRIPT: &str = r#"# Written by xtask (vm.rs, VM_TEST_SCRIPT) for `cargo xtask vm-test`.
 rc=0
 step() {
@@ -100,6 +104,7 @@ step() {
 step smoke "$1"
 step shaping "$2" --ignored --test-threads=1
 step loss "$3" --ignored --test-threads=1 --nocapture vm_
+step netlink env NETFAULT_FULL_KERNEL=1 "$4" --test-threads=1
 exit $rc
 "#;
 
@@ -120,7 +125,8 @@ pub fn vm(kernel: &str, cmd: &[String]) -> anyhow::Result<()> {
 
 /// On every pinned kernel, in one boot: the smoke script, then the shaping tests
 /// (`<shaping> --ignored --test-threads=1`), then the loss tests that need netem (`<loss>
-/// --ignored vm_`). Fails if any step failed on any kernel.
+/// --ignored vm_`), then the netlink tests with every kernel feature required. Fails if any
+/// step failed on any kernel.
 pub fn vm_test() -> anyhow::Result<()> {
     let mut opts = Options::from_env(Sched::RoundRobin)?;
     let netfault = netfault_binary()?;
@@ -128,6 +134,8 @@ pub fn vm_test() -> anyhow::Result<()> {
     opts.include.push(shaping.clone());
     let loss = test_binary(LOSS_TEST)?;
     opts.include.push(loss.clone());
+    let netlink = test_binary(NETLINK_TEST)?;
+    opts.include.push(netlink.clone());
     // A file rather than `sh -c`, so the guest's "running ..." line stays one line.
     let script = target_dir().join("vm-test-steps.sh");
     fs::write(&script, VM_TEST_SCRIPT).with_context(|| format!("write {}", script.display()))?;
@@ -138,6 +146,7 @@ pub fn vm_test() -> anyhow::Result<()> {
         SMOKE_SCRIPT.to_owned(),
         shaping.to_string_lossy().into_owned(),
         loss.to_string_lossy().into_owned(),
+        netlink.to_string_lossy().into_owned(),
     ];
     let mut report = Vec::new();
     for pin in KERNELS {
