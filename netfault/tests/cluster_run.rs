@@ -372,15 +372,18 @@ fn kill_9_of_a_run_heals_every_node_within_the_lease() {
     child.kill().unwrap(); // SIGKILL
     let killed = Instant::now();
     child.wait().unwrap();
-    // Renewed at most lease/4 before the kill: still cut right after it (nothing else heals).
+    // Renewed at most lease/4 before the kill: still cut for 3/4 of the lease after it
+    // (nothing else heals). A check that took longer could not tell, and fails as such.
     let still_cut = cluster::all_reach(&hosts, false).unwrap();
     let first_took = killed.elapsed();
-    if first_took < lease / 2 {
-        assert!(
-            still_cut,
-            "healed before the lease ran out ({first_took:?} after kill)"
-        );
-    }
+    assert!(
+        first_took < lease * 3 / 4,
+        "the check after the kill took {first_took:?}: it cannot tell a heal before the lease ran out"
+    );
+    assert!(
+        still_cut,
+        "healed before the lease ran out ({first_took:?} after kill)"
+    );
     let deadline = killed + lease + Duration::from_secs(1);
     let mut healed_at = None;
     for _ in 0..60 {
@@ -484,6 +487,118 @@ fn entries_lost_on_a_node_end_the_run_with_exit_1_and_everything_healed() {
     assert_eq!(log.last().unwrap()["outcome"], "error");
     assert_no_live_faults(&file, "after the error");
     assert_matrix(&hosts, &cluster::want(5, &[]), "after the error");
+}
+
+/// A busy loop on one core until dropped, at nice 19: a loaded machine.
+struct Load(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Vec<std::thread::JoinHandle<()>>,
+);
+
+impl Load {
+    fn new() -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..1)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    // At the lowest priority: it takes every cycle the run leaves, and no more
+                    // (the run's own deadlines are for slow nodes, not for a starved CPU).
+                    // SAFETY: gettid and setpriority on this thread have no preconditions.
+                    unsafe {
+                        let tid = libc::gettid() as libc::id_t;
+                        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+                    }
+                    // Bounded: the test ends it, and so does a minute passing.
+                    let end = Instant::now() + Duration::from_secs(60);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < end {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        Load(stop, threads)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.1.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Eleven steps due at the same instant on a 1 s lease, a core busy: their changes take longer
+/// together than the lease, and the renewals go on meanwhile, so the run finishes. (No pair is
+/// cut by more than four of them: the data path holds four rules with one match.)
+#[test]
+fn renewals_go_on_while_many_steps_start_at_once() {
+    let (_serial, _lab, _nf, hosts) = cluster_lab();
+    let mut sc = String::from("seed = 3\nlease = \"1s\"\n");
+    let tops = [
+        "isolate:n1",
+        "isolate:n2",
+        "isolate:n3",
+        "isolate:n4",
+        "isolate:n5",
+        "halves",
+    ];
+    for (i, t) in tops.iter().enumerate() {
+        sc +=
+            &format!("[[step]]\nname = \"s{i}\"\nat = \"0s\"\npartition = \"{t}\"\nfor = \"4s\"\n");
+    }
+    for n in 1..=5 {
+        let to: Vec<String> = (1..=5)
+            .filter(|&m| m != n)
+            .map(|m| format!("\"n{m}\""))
+            .collect();
+        sc += &format!(
+            "[[step]]\nname = \"i{n}\"\nat = \"0s\"\nimpair = {{ from = [\"n{n}\"], to = [{}], drop = \"100%\" }}\nfor = \"4s\"\n",
+            to.join(", ")
+        );
+    }
+    let steps = tops.len() + 5;
+    let file = temp_file("toml", &cluster::netns_cluster_text(&hosts));
+    let sc = temp_file("toml", &sc);
+    let events = temp_path("jsonl");
+    let load = Load::new();
+    let child = command(&file, &["run", sc.arg(), "--events", events.arg()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_bounded(child, Duration::from_secs(60), "cluster run");
+    drop(load);
+    let log = lines(&events.0);
+    assert!(
+        out.status.success(),
+        "{}: {}{}\n{log:#?}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout),
+    );
+    assert_eq!(log.last().unwrap()["outcome"], "finished");
+    let starts = log
+        .iter()
+        .filter(|l| l["phase"] == "start" && l["node"].is_null())
+        .count();
+    assert_eq!(starts, steps, "{log:#?}");
+    // The changes took longer than the lease together (or nothing was tested).
+    let first = log.iter().find(|l| l["phase"] == "start").map(ts).unwrap();
+    let last = log
+        .iter()
+        .filter(|l| l["phase"] == "start")
+        .map(ts)
+        .max()
+        .unwrap();
+    let took = last.duration_since(first).unwrap();
+    assert!(
+        took > Duration::from_secs(1),
+        "the {steps} starts took {took:?}, under the 1 s lease: this run could not starve a renewal"
+    );
+    assert_no_live_faults(&file, "after the run");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! `cluster run SCENARIO`: a scenario's timeline played on the cluster, under a lease.
 //!
 //! Every entry the run installs expires in the data path `lease` after it was last renewed
-//! (default 5 s); the coordinator renews every live one each `lease / 4`. However the run ends,
+//! (default 5 s); the coordinator renews every live one each `lease / 4`, also while a change is
+//! under way (`Runner::during`), so no number of steps due at once delays it. However the run ends,
 //! each node is back to normal within the lease: finished (exit 0), Ctrl-C (130) or SIGTERM
 //! (143) and errors (1) heal every step before returning, and after `kill -9` nobody renews, so
 //! the kernel lets the entries go by itself.
@@ -108,6 +109,10 @@ struct Runner<'a> {
     wall0: SystemTime,
     active: BTreeMap<(usize, u32), Active>,
     summary: Summary,
+    renew_every: Duration,
+    /// When the live entries are renewed next: on this schedule whatever the steps are doing
+    /// (`during`).
+    next_renew: Instant,
 }
 
 /// Lines of a batch of node answers, in time order: the log's `ts` stays monotone.
@@ -176,10 +181,10 @@ impl Runner<'_> {
             .map(|(i, p)| (*i, p.rules.iter().map(|r| r.name.clone()).collect()))
             .collect();
         let planned = self.wall0 + ev.t;
-        let results = by_time(
-            self.coord
-                .apply_timed(plans, Ttl::For(self.lease), self.op_timeout),
-        );
+        let (lease, timeout) = (self.lease, self.op_timeout);
+        let (results, renew_failed) =
+            self.during(move |c| c.apply_timed(plans, Ttl::For(lease), timeout));
+        let results = by_time(results);
         let (mut ok, mut failed, mut stamps) = (BTreeMap::new(), Vec::new(), Vec::new());
         for t in results {
             let node = self.name(t.node).to_string();
@@ -213,6 +218,9 @@ impl Runner<'_> {
                     nodes: ok,
                 },
             );
+        }
+        if let Some(e) = renew_failed {
+            return Err(e);
         }
         if !failed.is_empty() {
             return Err(self.fail(failed, "; the run stops and heals every node"));
@@ -253,10 +261,9 @@ impl Runner<'_> {
         } else {
             self.op_timeout
         };
-        let results = by_time(
-            self.coord
-                .delete_timed(a.nodes.clone().into_iter().collect(), timeout),
-        );
+        let nodes: Vec<(usize, Vec<String>)> = a.nodes.clone().into_iter().collect();
+        let (results, renew_failed) = self.during(move |c| c.delete_timed(nodes, timeout));
+        let results = by_time(results);
         let extra: Vec<(&str, serde_json::Value)> =
             reason.map(|r| ("reason", json!(r))).into_iter().collect();
         let (mut failed, mut stamps) = (Vec::new(), Vec::new());
@@ -297,6 +304,9 @@ impl Runner<'_> {
             ms(spread),
             reason.map(|r| format!(" ({r})")).unwrap_or_default()
         ));
+        if let Some(e) = renew_failed {
+            return Err(e);
+        }
         if failed.is_empty() {
             Ok(())
         } else {
@@ -306,6 +316,58 @@ impl Runner<'_> {
             );
             Err(self.fail(failed, &outcome))
         }
+    }
+
+    /// Runs a change (`op`, which blocks for up to `op_timeout`) on a thread of its own, while
+    /// this one renews the live entries whenever they are due: several changes due at once,
+    /// each as slow as its deadline allows, never starve the renewals. Entries the change
+    /// touches are not among those renewed: a start's are recorded after it, an end's were
+    /// removed before. A renewal that fails is handed back with the change's result (the
+    /// change's entries are recorded first, so that they are healed).
+    fn during<T: Send>(&mut self, op: impl FnOnce(&Coordinator) -> T + Send) -> (T, Option<Error>) {
+        let coord = self.coord;
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let h = s.spawn(move || {
+                let _ = tx.send(op(coord));
+            });
+            let mut failed = None;
+            loop {
+                // After a failed renewal, none more: the run stops once the change is done.
+                let wait = if failed.is_none() {
+                    self.next_renew.saturating_duration_since(Instant::now())
+                } else {
+                    NODE_TIMEOUT * 4
+                };
+                match rx.recv_timeout(wait) {
+                    Ok(v) => return (v, failed),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        if failed.is_none()
+                            && let Err(e) = self.renew_due()
+                        {
+                            failed = Some(e);
+                        }
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                        // The change panicked: so does the run, as it would have inline.
+                        match h.join() {
+                            Err(p) => std::panic::resume_unwind(p),
+                            Ok(()) => unreachable!("the change ended without an answer"),
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Renews the live entries if their renewal is due.
+    fn renew_due(&mut self) -> Result<(), Error> {
+        if Instant::now() < self.next_renew {
+            return Ok(());
+        }
+        let res = self.renew();
+        self.next_renew = Instant::now() + self.renew_every;
+        res
     }
 
     /// Renews every live entry on every node holding some. A node that fails, or that no
@@ -446,6 +508,8 @@ pub fn run(
             wall0: SystemTime::now(),
             active: BTreeMap::new(),
             summary: Summary::default(),
+            renew_every,
+            next_renew: Instant::now() + renew_every,
         };
         let nodes: Vec<&str> = coord.cluster.names();
         r.write(&run_line(
@@ -459,7 +523,7 @@ pub fn run(
                 ("duration_ms", json!(sc.end().as_millis() as u64)),
             ],
         ))?;
-        let outcome = play(&mut r, renew_every, &mut int, &mut term).await;
+        let outcome = play(&mut r, &mut int, &mut term).await;
         let reason = match &outcome {
             Ok(e) => e.word(),
             Err(_) => "error",
@@ -488,7 +552,6 @@ pub fn run(
 
 async fn play(
     r: &mut Runner<'_>,
-    renew_every: Duration,
     int: &mut tokio::signal::unix::Signal,
     term: &mut tokio::signal::unix::Signal,
 ) -> Result<Ended, Error> {
@@ -507,7 +570,7 @@ async fn play(
     r.t0 = Instant::now();
     r.wall0 = SystemTime::now();
     let mut next = 0;
-    let mut next_renew = r.t0 + renew_every;
+    r.next_renew = r.t0 + r.renew_every;
     loop {
         // Signals first: one that came during a change is seen before the next.
         if let Some(e) = pending(int, term) {
@@ -517,21 +580,20 @@ async fn play(
             return Ok(Ended::Finished);
         };
         let due = r.t0 + ev.t;
-        let wake = due.min(next_renew);
+        let wake = due.min(r.next_renew);
         tokio::select! {
             biased;
             _ = int.recv() => return Ok(Ended::Interrupted),
             _ = term.recv() => return Ok(Ended::Terminated),
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
-        if Instant::now() >= next_renew {
-            r.renew()?;
-            next_renew = Instant::now() + renew_every;
-        }
+        r.renew_due()?;
         while let Some(ev) = timeline.get(next) {
             if r.t0 + ev.t > Instant::now() {
                 break;
             }
+            // Between changes too: many due at once take their time (`during` renews meanwhile).
+            r.renew_due()?;
             match ev.action {
                 Action::Start => r.start(ev)?,
                 Action::End => r.end((ev.step, ev.occurrence), r.wall0 + ev.t, None)?,
