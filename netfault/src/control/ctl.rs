@@ -503,9 +503,13 @@ impl Ctl {
     }
 
     /// Deletes rules or partitions by name (among `kinds`), or all of those kinds.
+    /// A named entry that has expired is still there to delete (and reported deleted): a
+    /// caller clearing names it is about to reuse learns what it removed.
     pub fn delete(&mut self, names: &[String], kinds: &[Kind]) -> Result<Vec<String>> {
         let now = monotonic_ns();
-        self.prune_expired(now);
+        if names.is_empty() {
+            self.prune_expired(now);
+        }
         let _ = self.maps()?;
         let matches_kind = |r: &RuleEntry| kinds.contains(&r.spec.kind);
         let mut removed = Vec::new();
@@ -539,6 +543,7 @@ impl Ctl {
                     true
                 }
             });
+            self.prune_expired(now);
         }
         self.publish()?;
         self.save()?;
