@@ -25,6 +25,9 @@ pub enum Error {
         "{iface} is attached already (by `netfault attach`); detach it first or use another interface"
     )]
     AttachedByAttach { iface: String },
+    /// `attach` finds netfault's programs on the interface that this state does not hold.
+    #[error("{0}")]
+    HeldByAnother(String),
     #[error("all {max} rule slots are in use")]
     RuleSlotsFull { max: usize },
     #[error(transparent)]

@@ -7,6 +7,7 @@ pub mod features;
 pub mod held;
 pub mod hooks;
 pub mod netns;
+pub mod others;
 pub mod pipeline;
 pub mod privileges;
 pub mod queues;

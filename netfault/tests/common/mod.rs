@@ -135,11 +135,13 @@ pub fn tcp(from: &Host, dst: SocketAddr, timeout: Duration) -> TcpOutcome {
     lab::tcp_transfer(&from.ns, dst, 64 << 10, timeout).expect("tcp check")
 }
 
-/// netfault's pin and state directories for a namespace.
+/// netfault's pin and state directories for a namespace (which must exist: the key is its
+/// identity).
 pub fn netfault_dirs(ns: &str) -> [std::path::PathBuf; 2] {
+    let key = netfault::control::netns::key_of(ns).expect("the namespace's state key");
     [
-        std::path::Path::new(netfault::control::state::PIN_ROOT).join(format!("netns-{ns}")),
-        std::path::Path::new(netfault::control::state::RUN_ROOT).join(format!("netns-{ns}")),
+        std::path::Path::new(netfault::control::state::PIN_ROOT).join(&key),
+        std::path::Path::new(netfault::control::state::RUN_ROOT).join(&key),
     ]
 }
 
