@@ -409,10 +409,12 @@ impl Drop for Lab {
         }
         // Deleting a namespace deletes every link in it, and veth pairs go with either end.
         for ns in self.namespaces.drain(..).rev() {
+            // netfault keys its state by the namespace's identity: read it while it exists.
+            let key = netfault::control::netns::key_of(&ns).ok();
             if let Err(e) = ip(&["netns", "del", &ns]) {
                 eprintln!("lab: {e:#}");
             }
-            remove_netfault_state(&ns, true);
+            remove_netfault_state(key.as_deref(), true);
         }
         for dir in self.pin_dirs.drain(..) {
             if let Err(e) = fs::remove_dir_all(&dir) {
@@ -425,11 +427,19 @@ impl Drop for Lab {
 /// Where the BPF filesystem is mounted.
 const BPFFS: &str = "/sys/fs/bpf";
 
-/// Removes netfault's pins and state for a namespace (the safety net: `netfault detach` should
-/// have done it). Pinned links hold their programs alive, so this is what frees them.
-fn remove_netfault_state(ns: &str, warn: bool) {
+/// Removes netfault's pins and state kept under `key` (the safety net: `netfault detach` should
+/// have done it). Pinned links hold their programs alive, so this is what frees them. `None`:
+/// the key could not be read (the namespace was gone already); netfault removes the state of
+/// a namespace that is gone itself, as [`remove_stale`] asks it to.
+fn remove_netfault_state(key: Option<&str>, warn: bool) {
+    let Some(key) = key else {
+        return;
+    };
+    if key == "host" {
+        return;
+    }
     for root in [PIN_ROOT, RUN_ROOT] {
-        let dir = Path::new(root).join(format!("netns-{ns}"));
+        let dir = Path::new(root).join(key);
         if dir.exists() {
             if warn {
                 eprintln!("lab: netfault left {} behind; removing it", dir.display());
@@ -479,25 +489,33 @@ fn remove_stale(prefix: &str) {
             let _ = fs::remove_dir_all(Path::new(BPFFS).join(&name));
         }
     }
-    let mut names = names_in("/run/netns", "");
-    names.extend(names_in(PIN_ROOT, "netns-"));
-    names.extend(names_in(RUN_ROOT, "netns-"));
-    names.sort();
-    names.dedup();
-    for name in names {
+    for name in names_in("/run/netns", "") {
         let Some(pid) = owner_pid(prefix, &name) else {
             continue;
         };
         if pid == me || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        if Path::new("/run/netns").join(&name).exists() {
-            eprintln!("lab: removing stale namespace {name}");
-            if let Err(e) = ip(&["netns", "del", &name]) {
-                eprintln!("lab: {e:#}");
+        let key = netfault::control::netns::key_of(&name).ok();
+        eprintln!("lab: removing stale namespace {name}");
+        if let Err(e) = ip(&["netns", "del", &name]) {
+            eprintln!("lab: {e:#}");
+        }
+        remove_netfault_state(key.as_deref(), false);
+    }
+    // netfault's state of namespaces that are gone (a lab killed before its teardown), and
+    // what an older netfault kept by name.
+    for gone in netfault::control::others::sweep_gone("") {
+        eprintln!("lab: {gone}");
+    }
+    for root in [PIN_ROOT, RUN_ROOT] {
+        for name in names_in(root, "netns-") {
+            if owner_pid(prefix, &name)
+                .is_some_and(|pid| pid != me && !Path::new(&format!("/proc/{pid}")).exists())
+            {
+                let _ = fs::remove_dir_all(Path::new(root).join(format!("netns-{name}")));
             }
         }
-        remove_netfault_state(&name, false);
     }
 }
 

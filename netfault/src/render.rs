@@ -309,13 +309,17 @@ pub fn status(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow:
             out,
             "{}",
             json!({
-                "state": paths.key, "interfaces": ifaces, "rules": rules.len(),
+                "state": paths.key, "namespace": state.netns_name,
+                "interfaces": ifaces, "rules": rules.len(),
                 "protected": protected, "lifetimes": rules,
             })
         )?;
         return Ok(());
     }
-    writeln!(out, "namespace state: {}", paths.key)?;
+    match &state.netns_name {
+        Some(n) => writeln!(out, "namespace state: {} ({n})", paths.key)?,
+        None => writeln!(out, "namespace state: {} (unnamed namespace)", paths.key)?,
+    }
     if ifaces.is_empty() {
         writeln!(out, "not attached")?;
     }

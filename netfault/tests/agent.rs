@@ -915,3 +915,35 @@ fn cluster_run_via_agents_logs_paired_events_and_kill_9_heals_within_the_lease()
         "full matrix only {healed_at:?} after kill -9 (lease {lease:?})"
     );
 }
+
+/// Issue 14 point 11 over agents: entries a `kill -9`ed run left, live or expired, never block
+/// a new run of the same step names; each node's `cleared` line names what was deleted.
+#[test]
+fn a_run_after_a_killed_one_clears_its_entries_over_agents_at_once_and_after_the_lease() {
+    let (_lab, nf, hosts, ctl) = agent_lab();
+    // XDP for good (the agents' attach is then a no-op): a partition's first drop rule on a
+    // veth would load it within the run's deadline of lease / 2, seconds on a busy machine.
+    for h in &hosts {
+        run(&nf, h, &["attach", &h.iface, "--xdp-mode", "native"]);
+    }
+    let token = temp_file_mode("token", TOKEN, 0o600);
+    let _agents = start_agents(&hosts, &token.0, &ctl);
+    let file = temp_file_mode("toml", &cluster_text(&hosts, &token.0, "http", None), 0o600);
+    let file = file.0.to_str().unwrap().to_string();
+    killed_runs_never_block_a_new_one(
+        Duration::from_secs(4),
+        |sc, ev| {
+            Command::new("ip")
+                .args(["netns", "exec", &ctl.ns, env!("CARGO_BIN_EXE_netfault")])
+                .args(["cluster", "--cluster", &file, "run", sc, "--events", ev])
+                .env_remove("SSH_CONNECTION")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        },
+        |sc, ev| cluster(&ctl, Path::new(&file), &["run", sc, "--events", ev]),
+    );
+    assert_matrix(&hosts, &cluster::full(5), "after the last run");
+}

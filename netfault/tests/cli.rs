@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Lab, Netfault, PREFIX, nf, temp_file};
+use common::{Lab, Netfault, PREFIX, netfault_dirs, nf, temp_file};
 use netfault::dataplane::Maps;
 use netfault_common::{GENERATIONS, MAX_TUPLES};
 use netfault_lab::lab::Single;
@@ -53,8 +53,7 @@ impl Host {
 
     /// Everything the data path reads, plus the rule list: what bad input must not change.
     fn snapshot(&self) -> String {
-        let maps =
-            Maps::open(format!("/sys/fs/bpf/netfault/netns-{}/maps", self.ns).as_ref()).unwrap();
+        let maps = Maps::open(&netfault_dirs(&self.ns)[0].join("maps")).unwrap();
         let cfg = maps.config().unwrap();
         let tuples: Vec<_> = (0..GENERATIONS * MAX_TUPLES)
             .map(|i| maps.tuples.get(&i, 0).unwrap())
@@ -75,11 +74,10 @@ impl Host {
             .map(|r| r["name"].clone())
             .collect();
         // Links and programs: the pins, and the program ids status reports.
-        let mut links: Vec<String> =
-            std::fs::read_dir(format!("/sys/fs/bpf/netfault/netns-{}/links", self.ns))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
+        let mut links: Vec<String> = std::fs::read_dir(netfault_dirs(&self.ns)[0].join("links"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         links.sort();
         let status: serde_json::Value =
             serde_json::from_slice(&self.nf(&["status", "--json"]).stdout).unwrap();
@@ -477,7 +475,8 @@ fn without_root_it_says_so() {
 #[test]
 fn attach_twice_is_a_no_op_and_detach_leaves_nothing() {
     let h = Host::new("twice");
-    let pins = format!("/sys/fs/bpf/netfault/netns-{}", h.ns);
+    let [pins, run_dir] = netfault_dirs(&h.ns);
+    let pins = pins.to_str().unwrap().to_string();
     let links = |p: &str| -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(format!("{p}/links"))
             .map(|d| {
@@ -513,7 +512,7 @@ fn attach_twice_is_a_no_op_and_detach_leaves_nothing() {
     let out = h.nf(&["detach"]);
     assert!(out.status.success());
     assert!(!std::path::Path::new(&pins).exists(), "pins left behind");
-    assert!(!std::path::Path::new(&format!("/run/netfault/netns-{}", h.ns)).exists());
+    assert!(!run_dir.exists());
     let link = Command::new("ip")
         .args(["-n", &h.ns, "-d", "link", "show", &h.iface])
         .output()

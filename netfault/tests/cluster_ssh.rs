@@ -405,3 +405,31 @@ fn partition_wall_time_ssh() {
     report_times("ssh: heal", w.heals);
     l.finish();
 }
+
+/// Issue 14 point 11 over SSH: entries a `kill -9`ed run left, live or expired, never block a
+/// new run of the same step names; each node's `cleared` line names what was deleted.
+#[test]
+fn a_run_after_a_killed_one_clears_its_entries_over_ssh_at_once_and_after_the_lease() {
+    let l = ssh_lab();
+    // XDP for good: a partition's first drop rule on a veth would load it within the run's
+    // deadline of lease / 2, seconds on a busy machine.
+    for h in &l.nodes {
+        run(&l.nf, h, &["detach"]);
+        run(&l.nf, h, &["attach", &h.iface, "--xdp-mode", "native"]);
+    }
+    let file = temp_file("toml", &l.cluster_text(|_, _| {}));
+    // Each change and renewal is an ssh session per node, each with a deadline of lease / 2:
+    // a lease with room for a loaded machine.
+    killed_runs_never_block_a_new_one(
+        Duration::from_secs(8),
+        |sc, ev| {
+            let mut c = cluster::cluster_command(&l.nf.bin, &file.0, &["run", sc, "--events", ev]);
+            c.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            cluster::spawn_in(Some(&l.ctl.ns), &mut c).unwrap()
+        },
+        |sc, ev| l.cluster(&file, &["run", sc, "--events", ev]),
+    );
+    assert_matrix(&l.nodes, &cluster::full(5), "after the last run");
+    l.finish();
+}

@@ -387,7 +387,8 @@ fn a_busy_lock_names_its_holder() {
     let (mut lab, nf, [_a, b]) = pair();
     // `attach` held the lock before; its text must not outlive its release.
     attach(&mut lab, &nf, &b);
-    let paths = netfault::control::state::Paths::new(&format!("netns-{}", b.ns));
+    let paths =
+        netfault::control::state::Paths::new(&netfault::control::netns::key_of(&b.ns).unwrap());
 
     // A holder that is not netfault and names nobody (flock(1)): no earlier command is named.
     let mut flock = Command::new("flock")

@@ -23,7 +23,7 @@ use std::{
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use common::{Lab, Netfault, PREFIX, TempFile, nf, ok_stdout, temp_file};
 use netfault::{
-    control::{monotonic_ns, netns::state_key, state::Paths},
+    control::{monotonic_ns, netns::key_of, state::Paths},
     dataplane::{self as kernel, Maps},
 };
 use netfault_common::{RULE_ACTIVE, rule_index};
@@ -84,7 +84,7 @@ impl Bench {
         let Single { ns, iface, .. } = lab.single(tag).expect("namespace with a veth pair");
         let nf = nf();
         nf.attach(&mut lab, &ns, &iface).expect("attach");
-        let paths = Paths::new(&state_key(Some(&ns)).expect("state key"));
+        let paths = Paths::new(&key_of(&ns).expect("state key"));
         assert!(
             paths.maps().is_dir(),
             "no pinned maps at {}",

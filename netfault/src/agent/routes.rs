@@ -727,8 +727,11 @@ async fn plan(State(sh): State<Arc<Shared>>, body: Bytes) -> ApiResult<Json<Chan
     check_plan(&req.plan, &sh.ifaces)?;
     let plan = req.plan;
     let (names, generation) = change(&sh, None, move |ctl, core| {
+        // An entry whose lifetime is over (a killed run's, say) holds its name no longer:
+        // the add replaces it.
+        let now = monotonic_ns();
         for (i, r) in plan.rules.iter().enumerate() {
-            if ctl.state.find(&r.name).is_some() {
+            if ctl.state.find(&r.name).is_some_and(|e| e.live(now)) {
                 return Err(ApiError::field(
                     StatusCode::CONFLICT,
                     format!("plan.rules[{i}].name"),

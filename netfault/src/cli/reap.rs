@@ -20,7 +20,7 @@ pub struct Args {}
 /// Starts a reaper for the namespace if its state wants one. Never fails the command that
 /// calls it: without a reaper, the next netfault command puts the settings back.
 pub fn spawn_if_wanted(ns: Option<&str>) {
-    let Ok(key) = netns::state_key(ns) else {
+    let Ok(key) = netns::state_key() else {
         return;
     };
     if !features::reaper_wanted(&key) {
@@ -54,7 +54,7 @@ pub fn spawn_if_wanted(ns: Option<&str>) {
 
 pub fn run(_: Args, ns: Option<&str>) -> anyhow::Result<()> {
     use std::os::linux::net::SocketAddrExt as _;
-    let key = netns::state_key(ns)?;
+    let key = netns::state_key()?;
     let paths = Paths::new(&key);
     // One reaper per namespace: an abstract socket name is per network namespace, leaves no
     // file behind, and goes with the process however it ends.

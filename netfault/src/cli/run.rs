@@ -30,10 +30,9 @@ pub struct Args {
     pub xdp_mode: Option<XdpModeArg>,
 }
 
-pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
+pub fn run(a: Args, _ns: Option<&str>) -> anyhow::Result<Done> {
     let specs = super::read_ruleset(&a.file)?;
     let mut running = held::start(
-        ns,
         &a.ifaces,
         specs,
         super::xdp_mode(a.xdp_mode),

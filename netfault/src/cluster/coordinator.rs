@@ -482,6 +482,25 @@ impl Coordinator {
         Err(node_error(failed, outcome))
     }
 
+    /// Every entry name the coordinator can give a step of one of `steps` on any node
+    /// (`STEP.from-PEER.v4|v6`, `STEP.to-PEER.v4|v6`, a node of the cluster as `PEER`): what a
+    /// run deletes before its first step, live or expired, whoever left it.
+    pub fn step_entries(&self, steps: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in steps {
+            for p in self.cluster.names() {
+                for dir in ["from", "to"] {
+                    for fam in ["v4", "v6"] {
+                        out.push(format!("{s}.{dir}-{p}.{fam}"));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Every node's state; an unreachable node is reported, not an error.
     pub fn status(&self) -> Vec<NodeStatus> {
         self.on_nodes(&self.all(), |_, t| t.state(), |_, _| {})

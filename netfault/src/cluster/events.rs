@@ -14,7 +14,9 @@
 //! - `node`: the node's name; `null` on the coordinator's own lines.
 //! - `phase`: `start` (the fault is on), `end` (it is off), `failed` (the node could not do
 //!   what was asked; `error` says why, `op` what: `apply`, `delete`, `renew`), `expired` (a
-//!   renewal found the entries gone: the data path let them go when the lease ran out).
+//!   renewal found the entries gone: the data path let them go when the lease ran out),
+//!   `cleared` (before the first step: entries of the scenario's step names an earlier run
+//!   left, live or expired, deleted; only `ts`, `node`, `phase`, `entries` and `reason`).
 //! - `fault`: `partition` or `impair`; `name`: the step's name (entries start with it);
 //!   `step`: its index in the file; `occurrence`: 0-based repetition.
 //! - `grudge`: for a partition, the nodes whose packets this node drops; `impair`: for an

@@ -8,7 +8,8 @@
 //! the kernel lets the entries go by itself.
 //!
 //! Before the first step every node is attached (so each later change is one publish), and
-//! entries of this scenario's step names left by an earlier run are deleted. Each step's change
+//! entries of this scenario's step names left by an earlier run (killed, live or expired) are
+//! deleted, each node's in a `cleared` event line. Each step's change
 //! goes to the nodes it gives entries, in parallel, with a deadline of `lease / 2`: a node that
 //! fails (or a renewal that finds entries gone, or fails) ends the run with an error, after the
 //! others were healed.
@@ -453,6 +454,58 @@ impl Runner<'_> {
         expired.map_or(Ok(()), Err)
     }
 
+    /// Deletes, on every node, the entries of this scenario's step names an earlier run left
+    /// (killed, its lease run out or not; or still running): each would make a start fail on a
+    /// taken name. One `cleared` line per node that had some, naming them.
+    fn clear_left(&mut self) -> Result<(), Error> {
+        let steps: Vec<String> = self.sc.steps.iter().map(|s| s.name.clone()).collect();
+        let names = self.coord.step_entries(&steps);
+        let all: Vec<(usize, Vec<String>)> = (0..self.coord.cluster.nodes.len())
+            .map(|i| (i, names.clone()))
+            .collect();
+        let results = by_time(self.coord.delete_timed(all, NODE_TIMEOUT));
+        let (mut failed, mut n) = (Vec::new(), 0);
+        for t in results {
+            let node = self.name(t.node).to_string();
+            match t.result {
+                Ok(mut gone) if !gone.is_empty() => {
+                    gone.sort();
+                    n += gone.len();
+                    let mut line = run_line(
+                        t.ts,
+                        "cleared",
+                        &[
+                            ("entries", json!(gone)),
+                            ("reason", json!("left by an earlier run")),
+                        ],
+                    );
+                    line["node"] = json!(node);
+                    self.write(&line)?;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let mut line = run_line(
+                        t.ts,
+                        "failed",
+                        &[("op", json!("clear")), ("error", json!(e.to_string()))],
+                    );
+                    line["node"] = json!(node);
+                    self.write(&line)?;
+                    failed.push((node, e));
+                }
+            }
+        }
+        if !failed.is_empty() {
+            return Err(self.fail(failed, "; no fault was applied"));
+        }
+        if n > 0 {
+            self.say(&format!(
+                "deleted {n} entries an earlier run of these steps left"
+            ));
+        }
+        Ok(())
+    }
+
     /// Heals every occurrence still on; the first failure is returned after all were tried.
     fn heal_all(&mut self, reason: &str) -> Result<(), Error> {
         let keys: Vec<(usize, u32)> = self.active.keys().copied().collect();
@@ -556,16 +609,7 @@ async fn play(
     term: &mut tokio::signal::unix::Signal,
 ) -> Result<Ended, Error> {
     r.coord.prepare(PREPARE_TIMEOUT)?;
-    // Entries of these names left by an earlier run (killed within its lease) would make the
-    // first start fail on a taken name.
-    let names: Vec<String> = r.sc.steps.iter().map(|s| s.name.clone()).collect();
-    let left = r.coord.heal(&names)?;
-    let n: usize = left.iter().map(|(_, v)| v.len()).sum();
-    if n > 0 {
-        r.say(&format!(
-            "deleted {n} entries an earlier run of these steps left"
-        ));
-    }
+    r.clear_left()?;
     let timeline = r.sc.timeline(r.seed);
     r.t0 = Instant::now();
     r.wall0 = SystemTime::now();

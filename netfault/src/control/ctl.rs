@@ -33,6 +33,37 @@ fn lock_wait() -> Duration {
         .unwrap_or(LOCK_WAIT)
 }
 
+/// Takes over the state an older netfault kept under the namespace's name (`netns-NAME`),
+/// when it describes this namespace (same cookie): its pins and state file move to this key.
+/// Best effort: whatever is left there, `attach` refuses to double up on (`others`).
+fn adopt_legacy(lock: &Locked, name: &str, cookie: u64) {
+    let old = Paths::new(&format!("netns-{name}"));
+    if !old.state_file().exists() {
+        return;
+    }
+    let Ok(held) = Locked::acquire(old.clone(), Duration::ZERO) else {
+        return;
+    };
+    let new = &lock.paths;
+    if held.load().ok().map(|s| s.netns_cookie) != Some(cookie) || new.pins.exists() {
+        return;
+    }
+    let moved = if old.pins.exists() {
+        std::fs::rename(&old.pins, &new.pins)
+    } else {
+        Ok(())
+    }
+    .and_then(|()| std::fs::rename(old.state_file(), new.state_file()));
+    match moved {
+        Ok(()) => log::info!(
+            "took over the state {} kept for '{name}' as {}",
+            old.run.display(),
+            new.key
+        ),
+        Err(e) => log::warn!("take over the state {}: {e}", old.run.display()),
+    }
+}
+
 /// A locked, loaded namespace.
 pub struct Ctl {
     lock: Locked,
@@ -49,14 +80,24 @@ pub struct Ctl {
 }
 
 impl Ctl {
-    /// Locks the current namespace's state. Call after entering the namespace.
+    /// Locks the current namespace's state. Call after entering the namespace. `netns_name`
+    /// (`--netns NAME`) is only shown: the state is the namespace's however it was reached.
     pub fn open(netns_name: Option<&str>) -> Result<Self> {
         check_privileges()?;
         let bpffs = kernel::ensure_bpffs()?;
-        let key = netns::state_key(netns_name).map_err(Error::NetnsIdentity)?;
+        let key = netns::state_key().map_err(Error::NetnsIdentity)?;
+        for gone in super::others::sweep_gone(&key) {
+            log::info!("{gone}");
+        }
+        let name = netns::display_name(netns_name);
         let lock = Locked::acquire(Paths::new(&key), lock_wait())?;
-        let mut state = lock.load()?;
         let cookie = netns::cookie().map_err(Error::NetnsCookie)?;
+        if !lock.paths.state_file().exists()
+            && let Some(n) = &name
+        {
+            adopt_legacy(&lock, n, cookie);
+        }
+        let mut state = lock.load()?;
         if state.netns_cookie != 0 && state.netns_cookie != cookie {
             // The namespace of that name was deleted and made anew: its programs died with it.
             log::warn!(
@@ -66,6 +107,8 @@ impl Ctl {
             state = State::default();
         }
         state.netns_cookie = cookie;
+        state.netns_file = netns::ns_id(netns::THIS.as_ref());
+        state.netns_name = name;
         Ok(Self {
             lock,
             state,
@@ -122,6 +165,11 @@ impl Ctl {
                 // The interface was deleted and made anew under the same name.
                 let _ = kernel::detach_all(&iface, &a.hooks, Some(&self.paths().links()));
                 self.state.attached.remove(pos);
+            }
+            // One namespace, one netfault: programs another state holds (an older layout's,
+            // another key's) would run before or after ours with rules of their own.
+            if let Some(msg) = super::others::foreign_programs(&iface, idx, self.paths()) {
+                return Err(Error::HeldByAnother(msg));
             }
             let loaded = match ebpf {
                 Some(ref mut e) => e,
@@ -527,9 +575,13 @@ impl Ctl {
     }
 
     /// Deletes rules or partitions by name (among `kinds`), or all of those kinds.
+    /// A named entry that has expired is still there to delete (and reported deleted): a
+    /// caller clearing names it is about to reuse learns what it removed.
     pub fn delete(&mut self, names: &[String], kinds: &[Kind]) -> Result<Vec<String>> {
         let now = monotonic_ns();
-        self.prune_expired(now);
+        if names.is_empty() {
+            self.prune_expired(now);
+        }
         let _ = self.maps()?;
         let matches_kind = |r: &RuleEntry| kinds.contains(&r.spec.kind);
         let mut removed = Vec::new();
@@ -563,6 +615,7 @@ impl Ctl {
                     true
                 }
             });
+            self.prune_expired(now);
         }
         self.publish()?;
         self.save()?;

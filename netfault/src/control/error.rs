@@ -37,6 +37,9 @@ pub enum Error {
         sshd: u32,
         why: String,
     },
+    /// `attach` finds netfault's programs on the interface that this state does not hold.
+    #[error("{0}")]
+    HeldByAnother(String),
     #[error("all {max} rule slots are in use")]
     RuleSlotsFull { max: usize },
     #[error(transparent)]

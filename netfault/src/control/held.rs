@@ -45,7 +45,6 @@ pub struct Running {
 
 /// Loads a private copy of the programs and maps, attaches them, and publishes `specs`.
 pub fn start(
-    netns_name: Option<&str>,
     ifaces: &[String],
     specs: Vec<(RuleSpec, Ttl)>,
     xdp_mode: Option<XdpMode>,
@@ -60,7 +59,7 @@ pub fn start(
         devices.push((i.clone(), pipeline::check_iface("--iface", i)?));
     }
     // Interfaces `attach` manages are not ours to take.
-    let key = crate::control::netns::state_key(netns_name).map_err(Error::NetnsIdentity)?;
+    let key = crate::control::netns::state_key().map_err(Error::NetnsIdentity)?;
     if let Ok(text) = std::fs::read(crate::control::state::Paths::new(&key).state_file())
         && let Ok(st) = serde_json::from_slice::<crate::control::state::State>(&text)
         && let Some(a) = st.attached.iter().find(|a| ifaces.contains(&a.iface))

@@ -8,6 +8,7 @@ pub mod held;
 pub mod hooks;
 pub mod netns;
 pub mod operator;
+pub mod others;
 pub mod pipeline;
 pub mod privileges;
 pub mod queues;

@@ -1,7 +1,8 @@
 //! The controller's persistent state for one namespace: attached interfaces and the rule set.
 //!
 //! Kernel objects live under `/sys/fs/bpf/netfault/<key>/` (maps/, links/); this file under
-//! `/run/netfault/<key>/`. Both vanish on reboot, together. A lock serialises commands.
+//! `/run/netfault/<key>/`. Both vanish on reboot, together. A lock serialises commands. The key
+//! is the namespace's identity (`control::netns::state_key`), however it was named.
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Seek as _, Write as _},
@@ -125,6 +126,14 @@ impl RuleEntry {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub netns_cookie: u64,
+    /// The namespace file's device and inode when the state was last opened: where to look
+    /// for the namespace, to tell whether it still exists (`control::gone`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_file: Option<(u64, u64)>,
+    /// How the namespace was last named (`--netns NAME`, its name under /run/netns, `host`),
+    /// for people: the state is keyed by the namespace's identity, not by this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_name: Option<String>,
     pub attached: Vec<Attachment>,
     pub rules: Vec<RuleEntry>,
     pub next_seq: u64,

@@ -521,6 +521,32 @@ pub fn xdp_holder(iface: &str) -> Option<String> {
         .and_then(crate::netlink::xdp_holder)
 }
 
+/// netfault's programs on the interface `ifindex` (tcx ingress and egress, XDP), known by
+/// their names, whoever attached them: `(hook, program id)`. Programs on a cls_bpf filter
+/// (kernels without tcx) are not looked for.
+pub fn netfault_programs(ifindex: u32) -> Vec<(Hook, u32)> {
+    let mut out = Vec::new();
+    for hook in [Hook::TcIngress, Hook::TcEgress] {
+        if let Ok((_, progs)) = SchedClassifier::query_tcx(ifindex, hook.tc_type()) {
+            out.extend(
+                progs
+                    .iter()
+                    .filter(|p| p.name_as_str() == Some(hook.prog()))
+                    .map(|p| (hook, p.id())),
+            );
+        }
+    }
+    if let Ok(Some(x)) = crate::netlink::xdp_attached(ifindex) {
+        let ours = aya::programs::loaded_programs()
+            .filter_map(|p| p.ok())
+            .any(|p| p.id() == x.prog_id && p.name_as_str() == Some(Hook::XdpIngress.prog()));
+        if ours {
+            out.push((Hook::XdpIngress, x.prog_id));
+        }
+    }
+    out
+}
+
 /// Is the pinned link still attached to a live interface with this index?
 pub fn link_alive(path: &Path) -> bool {
     PinnedLink::from_pin(path).is_ok()

@@ -63,7 +63,7 @@ pub fn ttl_left(r: &RuleEntry, now: u64) -> (Option<u64>, bool) {
 /// Reads the state without taking the lock (the file is replaced atomically).
 pub fn read_state(netns_name: Option<&str>) -> Result<(Paths, State)> {
     check_read_privileges()?;
-    let key = netns::state_key(netns_name).map_err(Error::NetnsIdentity)?;
+    let key = netns::state_key().map_err(Error::NetnsIdentity)?;
     let paths = Paths::new(&key);
     let mut state: State = match std::fs::read(paths.state_file()) {
         Ok(b) => serde_json::from_slice(&b)
@@ -77,6 +77,8 @@ pub fn read_state(netns_name: Option<&str>) -> Result<(Paths, State)> {
         log::warn!("state for '{key}' belongs to a namespace that no longer exists");
         state = State::default();
     }
+    // As it is named now (`--netns NAME`, or from inside it), else as it was last named.
+    state.netns_name = netns::display_name(netns_name).or(state.netns_name);
     Ok((paths, state))
 }
 

@@ -135,11 +135,13 @@ pub fn tcp(from: &Host, dst: SocketAddr, timeout: Duration) -> TcpOutcome {
     lab::tcp_transfer(&from.ns, dst, 64 << 10, timeout).expect("tcp check")
 }
 
-/// netfault's pin and state directories for a namespace.
+/// netfault's pin and state directories for a namespace (which must exist: the key is its
+/// identity).
 pub fn netfault_dirs(ns: &str) -> [std::path::PathBuf; 2] {
+    let key = netfault::control::netns::key_of(ns).expect("the namespace's state key");
     [
-        std::path::Path::new(netfault::control::state::PIN_ROOT).join(format!("netns-{ns}")),
-        std::path::Path::new(netfault::control::state::RUN_ROOT).join(format!("netns-{ns}")),
+        std::path::Path::new(netfault::control::state::PIN_ROOT).join(&key),
+        std::path::Path::new(netfault::control::state::RUN_ROOT).join(&key),
     ]
 }
 
@@ -330,4 +332,119 @@ pub fn report_times(what: &str, mut times: Vec<Duration>) {
         pct(0.99),
         times[times.len() - 1]
     );
+}
+
+/// One line per JSON object of an event log (none when it is not there yet).
+pub fn event_log(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Node -> entry names of the log's node lines of `phase`.
+pub fn entries_by_node(
+    log: &[serde_json::Value],
+    phase: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut m = std::collections::BTreeMap::<_, std::collections::BTreeSet<String>>::new();
+    for l in log
+        .iter()
+        .filter(|l| l["phase"] == phase && !l["node"].is_null())
+    {
+        let set = m
+            .entry(l["node"].as_str().unwrap().to_string())
+            .or_default();
+        for e in l["entries"].as_array().unwrap() {
+            set.insert(e.as_str().unwrap().to_string());
+        }
+    }
+    m
+}
+
+/// Issue 14 point 11, for any transport: a run of `halves` (step `step-0`) killed with
+/// `kill -9`, then a run of `isolate:n1` (also `step-0`, so entry names collide on every node)
+/// at once (the killed run's entries live) and, the second time, after the lease (expired).
+/// The new run must finish, and its `cleared` lines must name exactly what the killed run had
+/// started on each node. `spawn(scenario, events)` starts a run, `run(scenario, events)` runs
+/// one to its end.
+pub fn killed_runs_never_block_a_new_one(
+    lease: Duration,
+    spawn: impl Fn(&str, &str) -> std::process::Child,
+    run: impl Fn(&str, &str) -> Output,
+) {
+    let lease_text = humantime::format_duration(lease).to_string();
+    let killed = format!(
+        "lease = \"{lease_text}\"\n[[step]]\nat = \"0s\"\npartition = \"halves\"\nfor = \"2m\"\n"
+    );
+    let next = format!(
+        "lease = \"{lease_text}\"\n[[step]]\nat = \"0s\"\npartition = \"isolate:n1\"\nfor = \"1s\"\n"
+    );
+    let t0 = std::time::Instant::now();
+    for after_lease in [false, true] {
+        let when = if after_lease {
+            "after the lease"
+        } else {
+            "at once"
+        };
+        let (sc, ev) = (temp_file("toml", &killed), temp_path("jsonl"));
+        let mut child = spawn(sc.arg(), ev.arg());
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        while !event_log(&ev.0)
+            .iter()
+            .any(|l| l["node"].is_null() && l["phase"] == "start")
+        {
+            if let Some(s) = child.try_wait().unwrap() {
+                panic!(
+                    "{when}: the first run exited ({s}) before its step started: {:#?}",
+                    event_log(&ev.0)
+                );
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "{when}: the first run's step did not start within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.kill().unwrap(); // SIGKILL: nothing heals, nobody renews
+        child.wait().unwrap();
+        let left = entries_by_node(&event_log(&ev.0), "start");
+        assert_eq!(left.len(), 5, "{when}: halves gives every node entries");
+        if after_lease {
+            std::thread::sleep(lease + Duration::from_millis(1500));
+        }
+        let (sc2, ev2) = (temp_file("toml", &next), temp_path("jsonl"));
+        let out = run(sc2.arg(), ev2.arg());
+        let log = event_log(&ev2.0);
+        assert!(
+            out.status.success(),
+            "{when}: the next run failed ({}): {}\n{log:#?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            log.last().unwrap()["outcome"],
+            "finished",
+            "{when}: {log:#?}"
+        );
+        let cleared = entries_by_node(&log, "cleared");
+        assert_eq!(
+            cleared, left,
+            "{when}: the cleared lines do not name what the killed run left: {log:#?}"
+        );
+        assert!(
+            log.iter()
+                .filter(|l| l["phase"] == "cleared")
+                .all(|l| l["reason"] == "left by an earlier run"),
+            "{when}: {log:#?}"
+        );
+        // The new run's own entries went on (and off) on every node.
+        assert_eq!(entries_by_node(&log, "start").len(), 5, "{when}: {log:#?}");
+        assert_eq!(entries_by_node(&log, "end").len(), 5, "{when}: {log:#?}");
+        eprintln!(
+            "{when}: done {:?} after the first run's start",
+            t0.elapsed()
+        );
+    }
 }

@@ -123,23 +123,30 @@ impl Drop for Topology {
     fn drop(&mut self) {
         // Deleting a namespace destroys its veth end, the peer, nft tables and XDP links with it.
         for ns in [&self.rx_ns, &self.tx_ns] {
+            // The CLI keys its state by the namespace's identity: read it while it exists.
+            let key = netfault::control::netns::key_of(ns).ok();
             if Path::new("/run/netns").join(ns).exists()
                 && let Err(e) = ip(&["netns", "del", ns])
             {
                 eprintln!("netfault-bench: cleanup: {e:#}");
             }
             // What the CLI keeps for that namespace (a run cut short before its detach).
-            remove_cli_state(ns);
+            if let Some(key) = key {
+                remove_cli_state(&key);
+            }
         }
     }
 }
 
-/// The `netfault` CLI's pins and state for namespace `ns` (`--netns ns`), and their roots once
-/// empty.
-fn remove_cli_state(ns: &str) {
+/// The `netfault` CLI's pins and state kept under `key` (a namespace's, or an older
+/// netfault's `netns-NAME`), and their roots once empty.
+fn remove_cli_state(key: &str) {
     use netfault::control::state::{PIN_ROOT, RUN_ROOT};
+    if key == "host" {
+        return;
+    }
     for root in [PIN_ROOT, RUN_ROOT] {
-        let d = Path::new(root).join(format!("netns-{ns}"));
+        let d = Path::new(root).join(key);
         if d.exists()
             && let Err(e) = std::fs::remove_dir_all(&d)
         {
@@ -210,6 +217,8 @@ pub fn sweep_leftovers() -> Result<Vec<String>> {
             }
         }
     }
+    // The CLI's state of namespaces that are gone (those just deleted among them).
+    removed.extend(netfault::control::others::sweep_gone(""));
     // The CLI's pins and state of namespaces such a run made.
     for root in [
         netfault::control::state::PIN_ROOT,
@@ -221,7 +230,7 @@ pub fn sweep_leftovers() -> Result<Vec<String>> {
                 continue;
             };
             if owner_pid(ns, PREFIX).is_some_and(|p| !pid_alive(p)) {
-                remove_cli_state(ns);
+                remove_cli_state(&name);
                 removed.push(e.path().display().to_string());
             }
         }
