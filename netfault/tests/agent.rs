@@ -17,6 +17,7 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
+    os::unix::fs::PermissionsExt as _,
     path::Path,
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicBool, Ordering},
@@ -765,6 +766,7 @@ fn a_token_file_others_can_read_or_own_is_refused_by_agent_and_coordinator() {
     let dir = TempDir::new();
     let foreign = dir.0.join("token");
     std::fs::write(&foreign, TOKEN).unwrap();
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
     let out = netfault_lab_output(agent_command(h, &foreign, &[]));
     let err = String::from_utf8_lossy(&out.stderr);
