@@ -1,8 +1,10 @@
 //! `netfault agent` and the agent transport: five node namespaces on a bridge, each with a real
 //! `netfault agent` process listening on its lab address, and a sixth namespace for the
 //! coordinator (`netfault cluster` run there, Jepsen's control node). Checks the wire (the 5×5
-//! UDP matrix against the grudge), the API's refusals (401, 413, 400 naming the field, 412),
-//! `/metrics` against `stats`, TLS with a generated certificate, the token file's mode, and
+//! UDP matrix against the grudge), the API's refusals (401 on every route, 413, 400 naming the
+//! field, 412), what a stranger can and cannot spend (metrics labels, the event log,
+//! connection slots, the request-head deadline), `/metrics` against `stats`, TLS with a
+//! generated certificate, the token file's mode and owner (agent and coordinator), and
 //! `kill -9` leaving faults that end with their lease. Needs root.
 #![allow(
     clippy::unwrap_used,
@@ -15,8 +17,10 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
+    os::unix::fs::PermissionsExt as _,
     path::Path,
     process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -735,8 +739,8 @@ fn tls_with_a_generated_certificate_and_ca_file() {
 }
 
 #[test]
-fn a_token_file_others_can_read_is_refused() {
-    let (_lab, _nf, hosts, _ctl) = agent_lab();
+fn a_token_file_others_can_read_or_own_is_refused_by_agent_and_coordinator() {
+    let (_lab, _nf, hosts, ctl) = agent_lab();
     let h = &hosts[0];
     for (mode, content) in [(0o644, TOKEN), (0o640, TOKEN), (0o600, "short")] {
         let token = temp_file_mode("token", content, mode);
@@ -757,6 +761,52 @@ fn a_token_file_others_can_read_is_refused() {
             assert!(!d.exists(), "{} exists", d.display());
         }
     }
+    // Private but owned by another user (nobody), in a directory of our own: whoever owns it
+    // may read or replace the token.
+    let dir = TempDir::new();
+    let foreign = dir.0.join("token");
+    std::fs::write(&foreign, TOKEN).unwrap();
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+    let out = netfault_lab_output(agent_command(h, &foreign, &[]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--token-file")
+            && err.contains(&foreign.display().to_string())
+            && err.contains("owned by uid 65534"),
+        "{err}"
+    );
+    for d in netfault_dirs(&h.ns) {
+        assert!(!d.exists(), "{} exists", d.display());
+    }
+
+    // The coordinator checks its cluster file's token_file the same way: bad input naming the
+    // key and the file (exit 2), before any node is asked for anything.
+    let open = temp_file_mode("token", TOKEN, 0o644);
+    for (file, why) in [
+        (open.0.clone(), "mode 0644".to_string()),
+        (foreign.clone(), "owned by uid 65534".to_string()),
+    ] {
+        let cf = temp_file_mode("toml", &cluster_text(&hosts, &file, "http", None), 0o600);
+        for args in [&["partition", "halves"][..], &["status"][..]] {
+            let out = cluster(&ctl, &cf.0, args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?} {why}: {err}");
+            assert!(
+                err.contains("node[0].token_file")
+                    && err.contains(&file.display().to_string())
+                    && err.contains(&why),
+                "{args:?}: {err}"
+            );
+        }
+        for h in &hosts {
+            for d in netfault_dirs(&h.ns) {
+                assert!(!d.exists(), "{} exists", d.display());
+            }
+        }
+    }
+
     // --listen is required.
     let token = temp_file_mode("token", TOKEN, 0o600);
     let out = Command::new(env!("CARGO_BIN_EXE_netfault"))
@@ -767,6 +817,404 @@ fn a_token_file_others_can_read_is_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+}
+
+/// The `refused` events and every other event, of `GET /v1/events?since=0`.
+fn events_split(ns: &str, a: &Agent) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let (code, ev) = http(ns, a.addr, "GET", "/v1/events?since=0", Some(TOKEN), "");
+    assert_eq!(code, 200, "{ev}");
+    ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .cloned()
+        .partition(|e| e["kind"] == "refused")
+}
+
+/// `GET /metrics` with the token: the text.
+fn metrics_text(ns: &str, a: &Agent) -> String {
+    let (code, text) = try_http(ns, a.addr, "GET", "/metrics", Some(TOKEN), b"", &[]).unwrap();
+    assert_eq!(code, 200, "{text}");
+    text
+}
+
+/// The value of the sample `series` (`name{labels}`) in a scrape, 0 when absent.
+fn sample(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn refused_total(text: &str, reason: &str) -> u64 {
+    sample(
+        text,
+        &format!("netfault_agent_refused_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// A body for each route (the refusal comes before it is read).
+fn body_for(path: &str, h: &Host) -> String {
+    match path {
+        "/v1/ruleset" => {
+            r#"{"rule": [{"name": "intruder", "src": ["192.0.2.9"], "drop": 1}]}"#.to_string()
+        }
+        "/v1/plan" => format!(
+            r#"{{"plan": {{"node": "n1", "ifaces": ["{}"], "protect": [], "rules": [{{"name": "intruder", "kind": "partition", "src": ["192.0.2.9/32"]}}]}}}}"#,
+            h.iface
+        ),
+        "/v1/delete" => r#"{"names": ["kept"]}"#.to_string(),
+        "/v1/renew" => r#"{"names": ["kept"], "ttl": "1h"}"#.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Every route the router defines refuses a request without the token and one with a wrong
+/// token (401, the same fixed answer), and the refusals change nothing: the generation, the
+/// rule set, the event log (no event per refusal; at most one aggregated `refused` event) and
+/// the request counters (a refusal is counted only in `netfault_agent_refused_total`).
+#[test]
+fn every_route_refuses_a_stranger_and_changes_nothing() {
+    let (_lab, nf, hosts, ctl) = agent_lab();
+    let token = temp_file_mode("token", TOKEN, 0o600);
+    let h = &hosts[0];
+    let a = start_agent(h, &token.0, &[], &ctl.ns);
+    let set = r#"{"rule": [{"name": "kept", "src": ["192.0.2.2"], "proto": "udp", "drop": 1}], "lease": "10m"}"#;
+    let (code, v) = http(&ctl.ns, a.addr, "PUT", "/v1/ruleset", Some(TOKEN), set);
+    assert_eq!(code, 200, "{v}");
+    let gen0 = status(&ctl.ns, &a)["generation"].clone();
+    let names0 = nf.rule_names(&h.ns).unwrap();
+    let (refused0, events0) = events_split(&ctl.ns, &a);
+    assert!(refused0.is_empty(), "{refused0:?}");
+    let before = metrics_text(&ctl.ns, &a);
+
+    let routes: Vec<(&str, &str)> = netfault::agent::routes::routes().collect();
+    assert!(routes.len() >= 10, "{routes:?}");
+    let mut asked = 0;
+    for (method, template) in &routes {
+        let path = template.replace("{name}", "kept");
+        let body = body_for(template, h);
+        for auth in [None, Some("0123456789abcdef0123456789abcdef")] {
+            let (code, v) = http(&ctl.ns, a.addr, method, &path, auth, &body);
+            assert_eq!(code, 401, "{method} {path} {auth:?}: {v}");
+            assert_eq!(
+                v,
+                serde_json::json!({"error": "missing or wrong bearer token (Authorization: Bearer TOKEN)"}),
+                "{method} {path}"
+            );
+            asked += 1;
+        }
+    }
+    // A long poll is refused at once, not after its wait.
+    let t = Instant::now();
+    let (code, _) = http(
+        &ctl.ns,
+        a.addr,
+        "GET",
+        "/v1/events?since=0&wait=20s",
+        None,
+        "",
+    );
+    assert_eq!(code, 401);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    asked += 1;
+
+    let st = status(&ctl.ns, &a);
+    assert_eq!(st["generation"], gen0, "{st}");
+    assert_eq!(nf.rule_names(&h.ns).unwrap(), names0);
+    let (refused, events) = events_split(&ctl.ns, &a);
+    assert_eq!(events, events0, "the refusals changed the event log");
+    assert!(
+        refused.len() <= 1
+            && refused.iter().all(|e| e["detail"]
+                .as_str()
+                .unwrap()
+                .contains("refused in the last")),
+        "{} refused events for {asked} refusals: {refused:?}",
+        refused.len()
+    );
+    let after = metrics_text(&ctl.ns, &a);
+    assert!(!after.contains("code=\"401\""), "{after}");
+    assert_eq!(
+        refused_total(&after, "no_token") - refused_total(&before, "no_token")
+            + refused_total(&after, "wrong_token")
+            - refused_total(&before, "wrong_token"),
+        asked,
+        "{after}"
+    );
+}
+
+/// A deterministic spread of numbers (splitmix64).
+fn mix(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// One request on a connection of its own, without reading more than the status: `None`
+/// when the connection was closed without an answer (a peer over its limit).
+fn stranger_request(addr: SocketAddr, head: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(head.as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+}
+
+/// 10,000 requests from a stranger with random methods and paths, no token or a wrong one,
+/// on 6 connections at a time, while a second stranger holds 70 connections that send nothing
+/// (more than the agent serves at once) for at least 8 s. Meanwhile the coordinator's
+/// authenticated requests are each answered within 2 s; afterwards `/metrics` has not grown with the strangers'
+/// methods or paths (none appears in it), the refusals are counted there, and the event log
+/// still holds what happened before (no event per refusal).
+#[test]
+fn a_strangers_flood_spends_nothing_the_coordinator_needs() {
+    const REQUESTS: u64 = 10_000;
+    const FLOODERS: u64 = 6;
+    const HOLDERS: usize = 70;
+    let (_lab, _nf, hosts, ctl) = agent_lab();
+    let token = temp_file_mode("token", TOKEN, 0o600);
+    let a = start_agent(&hosts[0], &token.0, &[], &ctl.ns);
+    let set = r#"{"rule": [{"name": "before", "src": ["192.0.2.2"], "proto": "udp", "drop": 1}]}"#;
+    let (code, v) = http(&ctl.ns, a.addr, "PUT", "/v1/ruleset", Some(TOKEN), set);
+    assert_eq!(code, 200, "{v}");
+    let (_, events0) = events_split(&ctl.ns, &a);
+    let written = events0
+        .iter()
+        .find(|e| e["kind"] == "ruleset")
+        .cloned()
+        .unwrap();
+    let m0 = metrics_text(&ctl.ns, &a);
+
+    let addr = a.addr;
+    let done = AtomicBool::new(false);
+    let start = Instant::now();
+    let limit = Duration::from_secs(150);
+    let (statuses, latencies) = std::thread::scope(|s| {
+        let done = &done;
+        // The holders: connect, send nothing, wait for the agent to close, connect again.
+        for _ in 0..HOLDERS {
+            let ns = hosts[2].ns.clone();
+            s.spawn(move || {
+                run_in(&ns, || {
+                    while !done.load(Ordering::Relaxed) && start.elapsed() < limit {
+                        if let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                        {
+                            let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+                            let mut b = [0u8; 64];
+                            while !done.load(Ordering::Relaxed) && start.elapsed() < limit {
+                                match c.read(&mut b) {
+                                    Ok(0) => break,
+                                    Ok(_) => {}
+                                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                })
+                .unwrap();
+            });
+        }
+        // The coordinator: an authenticated status every 100 ms, each timed.
+        let coord = {
+            let ns = ctl.ns.clone();
+            s.spawn(move || {
+                let mut times = Vec::new();
+                while !done.load(Ordering::Relaxed) && start.elapsed() < limit {
+                    let t = Instant::now();
+                    let r = try_http(&ns, addr, "GET", "/v1/status", Some(TOKEN), b"", &[]);
+                    times.push((t.elapsed(), r.map(|(c, _)| c).unwrap_or(0)));
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                times
+            })
+        };
+        let flooders: Vec<_> = (0..FLOODERS)
+            .map(|k| {
+                let ns = hosts[1].ns.clone();
+                s.spawn(move || {
+                    run_in(&ns, || {
+                        let mut out = Vec::new();
+                        for i in (k..REQUESTS).step_by(FLOODERS as usize) {
+                            if start.elapsed() > limit {
+                                break;
+                            }
+                            let r = mix(i);
+                            let auth = if r & 1 == 0 {
+                                String::new()
+                            } else {
+                                format!("Authorization: Bearer {:032x}\r\n", mix(r))
+                            };
+                            let head = format!(
+                                "ZZ{r:016X} /zz{:x}/{r:x} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n",
+                                mix(r + 1)
+                            );
+                            out.push(stranger_request(addr, &head));
+                        }
+                        out
+                    })
+                    .unwrap()
+                })
+            })
+            .collect();
+        let statuses: Vec<Option<u16>> = flooders
+            .into_iter()
+            .flat_map(|f| f.join().unwrap())
+            .collect();
+        // The holders go on past a head deadline or so, reconnecting as the agent closes them.
+        std::thread::sleep(
+            (start + Duration::from_secs(8)).saturating_duration_since(Instant::now()),
+        );
+        done.store(true, Ordering::Relaxed);
+        (statuses, coord.join().unwrap())
+    });
+    let took = start.elapsed();
+    eprintln!(
+        "flood: {} requests in {took:?}; coordinator: {} requests, slowest {:?}",
+        statuses.len(),
+        latencies.len(),
+        latencies.iter().map(|l| l.0).max()
+    );
+
+    // /metrics: no stranger's method or path, and no growth but the coordinator's own.
+    let m1 = metrics_text(&ctl.ns, &a);
+    assert!(
+        !m1.contains("ZZ") && !m1.contains("/zz"),
+        "a stranger's method or path is in /metrics ({} bytes)",
+        m1.len()
+    );
+    assert!(
+        m1.len() < 8192 && m1.len() < m0.len() + 1024,
+        "/metrics grew from {} to {} bytes",
+        m0.len(),
+        m1.len()
+    );
+    let refusals = statuses.iter().filter(|s| **s == Some(401)).count() as u64;
+    assert_eq!(
+        refused_total(&m1, "no_token") + refused_total(&m1, "wrong_token"),
+        refusals,
+        "{m1}"
+    );
+    // The event log: what was there before is still there, and no refusal flood.
+    let (refused, events) = events_split(&ctl.ns, &a);
+    assert!(events.contains(&written), "{written} is gone: {events:?}");
+    assert!(events.iter().any(|e| e["kind"] == "start"), "{events:?}");
+    let most = 2 + took.as_secs() / 10;
+    assert!(
+        refused.len() as u64 <= most,
+        "{} refused events in {took:?}",
+        refused.len()
+    );
+    // The coordinator was served throughout.
+    assert!(latencies.len() >= 5, "{latencies:?}");
+    for (t, code) in &latencies {
+        assert_eq!(*code, 200, "{latencies:?}");
+        assert!(
+            *t < Duration::from_secs(2),
+            "an authenticated request took {t:?} during the flood"
+        );
+    }
+    // Every stranger's request was sent, within the bound; most reached the agent (a few
+    // may find their peer's slots still taken and be closed unanswered).
+    assert_eq!(
+        statuses.len() as u64,
+        REQUESTS,
+        "not all sent within {limit:?}"
+    );
+    assert!(
+        refusals > REQUESTS / 2,
+        "{refusals} of {REQUESTS} answered 401"
+    );
+    assert!(
+        statuses.iter().all(|s| matches!(s, None | Some(401))),
+        "a stranger got an answer other than 401"
+    );
+}
+
+/// A connection that sends nothing, one that sends half a request head, and one whose request
+/// was refused are all closed by the agent: the first two within the head deadline (5 s), the
+/// third right after its 401.
+#[test]
+fn idle_and_half_sent_connections_are_closed_within_the_head_deadline() {
+    let (_lab, _nf, hosts, ctl) = agent_lab();
+    let token = temp_file_mode("token", TOKEN, 0o600);
+    let a = start_agent(&hosts[0], &token.0, &[], &ctl.ns);
+    let addr = a.addr;
+    // How long until the agent closes a connection after `sent` went out, and what it said.
+    let closed_after = |sent: &'static str| {
+        let ns = ctl.ns.clone();
+        move || {
+            run_in(&ns, || {
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                s.write_all(sent.replace("HOST", &addr.to_string()).as_bytes())
+                    .unwrap();
+                let t = Instant::now();
+                let mut buf = Vec::new();
+                let r = s.read_to_end(&mut buf);
+                (t.elapsed(), r.map_err(|e| e.kind()), buf)
+            })
+            .unwrap()
+        }
+    };
+    let cases = [
+        ("nothing", ""),
+        ("half a head", "GET /v1/status HTTP/1.1\r\nHost: HOST\r\n"),
+        (
+            "a refused request",
+            "GET /v1/status HTTP/1.1\r\nHost: HOST\r\nConnection: keep-alive\r\n\r\n",
+        ),
+    ];
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = cases
+            .iter()
+            .map(|(_, sent)| s.spawn(closed_after(sent)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((what, _), (t, r, buf)) in cases.iter().zip(&results) {
+        let answer = String::from_utf8_lossy(buf);
+        assert!(r.is_ok(), "{what}: {r:?} after {t:?}");
+        if *what == "a refused request" {
+            assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+            assert!(
+                *t < Duration::from_secs(1),
+                "{what}: open {t:?} after the 401"
+            );
+        } else {
+            assert!(answer.is_empty(), "{what}: {answer}");
+            assert!(
+                *t < Duration::from_millis(6500),
+                "{what}: closed only after {t:?}"
+            );
+        }
+    }
+    let m = metrics_text(&ctl.ns, &a);
+    assert!(refused_total(&m, "head_timeout") >= 2, "{m}");
+}
+
+/// A directory of its own under the temp dir, removed with its files on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let p = temp_path("d").0.clone();
+        std::fs::create_dir(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Runs a command to its end, bounded.

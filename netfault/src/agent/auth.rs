@@ -1,9 +1,15 @@
 //! The bearer token: read from a file only its owner may read, compared in constant time.
-use std::{os::unix::fs::PermissionsExt as _, path::Path};
+use std::path::Path;
 
 use subtle::ConstantTimeEq as _;
 
-use crate::{cluster::transport::agent::read_token, spec::SpecError};
+use crate::{
+    cluster::transport::{
+        agent::{AgentError, read_token},
+        secret::read_private,
+    },
+    spec::SpecError,
+};
 
 /// Shorter tokens are refused: a guessable token is no authentication.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -17,32 +23,23 @@ impl std::fmt::Debug for Token {
     }
 }
 
-/// Refuses a key or token file that anyone but its owner may read or write (as OpenSSH does
-/// for private keys): bad input, naming `field`.
-pub fn check_private(field: &str, path: &Path) -> Result<(), SpecError> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| SpecError::new(field, format!("{}: {e}", path.display())))?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(SpecError::new(
-            field,
-            format!(
-                "{} is readable or writable by other users (mode {mode:04o}); make it private: chmod 600 {}",
-                path.display(),
-                path.display()
-            ),
-        ));
-    }
-    Ok(())
+/// Reads a key or token file, opened once: a regular file owned by this process's user, that
+/// no one else may read or write (as OpenSSH asks of private keys). Otherwise bad input,
+/// naming `field` and the file.
+pub fn read_private_file(field: &str, path: &Path) -> Result<Vec<u8>, SpecError> {
+    read_private(path).map_err(|e| SpecError::new(field, e.to_string()))
 }
 
 impl Token {
-    /// Reads the token file (`--token-file`): private to its owner, at least
+    /// Reads the token file (`--token-file`): private to this process's user, at least
     /// [`MIN_TOKEN_LEN`] characters once white space around it is trimmed.
     pub fn load(path: &Path) -> Result<Self, SpecError> {
         let field = "--token-file";
-        check_private(field, path)?;
-        let t = read_token(path).map_err(|e| SpecError::new(field, e.to_string()))?;
+        let t = read_token(path).map_err(|e| match e {
+            // The checker's own message names the file.
+            AgentError::Secret(s) => SpecError::new(field, s.to_string()),
+            e => SpecError::new(field, e.to_string()),
+        })?;
         if t.len() < MIN_TOKEN_LEN {
             return Err(SpecError::new(
                 field,

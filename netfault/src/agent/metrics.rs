@@ -8,9 +8,16 @@
 //! - `netfault_lease_seconds`, `netfault_lease_entries`: the lease of the last rule set put
 //!   with one (0 without);
 //! - `netfault_generation`, `netfault_attached_interfaces`;
-//! - `netfault_agent_requests_total{method, route, code}`: every answer since the agent
-//!   started, refused ones included.
-use std::sync::atomic::AtomicU64;
+//! - `netfault_agent_requests_total{method, route, code}`: the authenticated requests since the
+//!   agent started; `method` one of GET, PUT, POST, DELETE or `other`, `route` a route template
+//!   of the router (`/v1/rules/{name}`) or `other`: a fixed set, whatever a client sends;
+//! - `netfault_agent_refused_total{reason}`: what was refused before authentication, `reason`
+//!   one of [`Reason`]'s names. A stranger sees 401 and nothing else, and leaves no trace but
+//!   these counters (and one `refused` event per [`REFUSED_EVERY`](super::REFUSED_EVERY)).
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex, PoisonError, atomic::AtomicU64},
+};
 
 use prometheus_client::{
     encoding::text::encode,
@@ -29,12 +36,24 @@ use crate::{
 
 type Labels = Vec<(String, String)>;
 
+/// Methods counted by name; any other is `other`.
+const METHODS: [&str; 4] = ["GET", "PUT", "POST", "DELETE"];
+
 /// The requests counter, shared by the middleware that counts and the scrapes.
 #[derive(Clone, Default)]
 pub struct Requests(Family<Labels, Counter>);
 
 impl Requests {
-    pub fn count(&self, method: &str, route: &str, code: u16) {
+    /// Counts an authenticated request: `route` is the template the router matched (`None`:
+    /// none matched). Labels come from fixed sets, so no client grows the scrape.
+    pub fn count(&self, method: &str, route: Option<&str>, code: u16) {
+        let method = METHODS
+            .into_iter()
+            .find(|m| *m == method)
+            .unwrap_or("other");
+        let route = route
+            .and_then(|r| super::routes::routes().map(|(_, p)| p).find(|p| *p == r))
+            .unwrap_or("other");
         self.0
             .get_or_create(&vec![
                 ("method".into(), method.into()),
@@ -42,6 +61,92 @@ impl Requests {
                 ("code".into(), code.to_string()),
             ])
             .inc();
+    }
+}
+
+/// Why something was refused before a request was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A request without `Authorization: Bearer`.
+    NoToken,
+    /// A request with another token (or scheme).
+    WrongToken,
+    /// A connection past [`MAX_PER_PEER`](super::MAX_PER_PEER) from one address: closed at once.
+    PeerLimit,
+    /// A connection whose first request head (or TLS handshake) did not arrive within
+    /// [`HEAD_TIMEOUT`](super::HEAD_TIMEOUT).
+    HeadTimeout,
+    /// A TLS handshake that failed.
+    Tls,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 5] = [
+        Reason::NoToken,
+        Reason::WrongToken,
+        Reason::PeerLimit,
+        Reason::HeadTimeout,
+        Reason::Tls,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::NoToken => "no_token",
+            Reason::WrongToken => "wrong_token",
+            Reason::PeerLimit => "peer_limit",
+            Reason::HeadTimeout => "head_timeout",
+            Reason::Tls => "tls",
+        }
+    }
+}
+
+/// What was refused, by reason, and the address of the last peer refused (for the aggregated
+/// `refused` event).
+#[derive(Clone)]
+pub struct Refused {
+    family: Family<Labels, Counter>,
+    last_peer: Arc<Mutex<Option<IpAddr>>>,
+}
+
+impl Default for Refused {
+    fn default() -> Self {
+        let family = Family::<Labels, Counter>::default();
+        // Every reason from the start, at 0: a scrape shows the whole fixed set.
+        for r in Reason::ALL {
+            family.get_or_create(&Self::labels(r)).inc_by(0);
+        }
+        Self {
+            family,
+            last_peer: Arc::new(Mutex::new(None)),
+        }
+    }
+}
+
+impl Refused {
+    fn labels(r: Reason) -> Labels {
+        vec![("reason".into(), r.name().into())]
+    }
+
+    pub fn count(&self, reason: Reason, peer: Option<IpAddr>) {
+        self.family.get_or_create(&Self::labels(reason)).inc();
+        if peer.is_some() {
+            *self
+                .last_peer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = peer;
+        }
+    }
+
+    /// Each reason's count so far, in [`Reason::ALL`]'s order.
+    pub fn totals(&self) -> [u64; Reason::ALL.len()] {
+        Reason::ALL.map(|r| self.family.get_or_create(&Self::labels(r)).get())
+    }
+
+    pub fn last_peer(&self) -> Option<IpAddr> {
+        *self
+            .last_peer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -57,6 +162,7 @@ pub fn render(
     state: &State,
     core: &Core,
     requests: &Requests,
+    refused: &Refused,
 ) -> Result<String, String> {
     let mut reg = Registry::default();
     let packets = Family::<Labels, Counter>::default();
@@ -132,10 +238,42 @@ pub fn render(
     );
     reg.register(
         "netfault_agent_requests",
-        "Requests the agent answered, by method, route and status code",
+        "Authenticated requests the agent answered, by method, route and status code",
         requests.0.clone(),
+    );
+    reg.register(
+        "netfault_agent_refused",
+        "Requests and connections refused before authentication, by reason",
+        refused.family.clone(),
     );
     let mut out = String::new();
     encode(&mut out, &reg).map_err(|e| e.to_string())?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_labels_come_from_fixed_sets() {
+        let r = Requests::default();
+        r.count("GET", Some("/v1/rules/{name}"), 200);
+        r.count("ZZ0123", Some("/v1/status"), 404);
+        r.count("PUT", Some("/zz/nothing"), 405);
+        r.count("POST", None, 404);
+        let mut reg = Registry::default();
+        reg.register("r", "r", r.0.clone());
+        let mut out = String::new();
+        encode(&mut out, &reg).unwrap();
+        for line in [
+            r#"r_total{method="GET",route="/v1/rules/{name}",code="200"} 1"#,
+            r#"r_total{method="other",route="/v1/status",code="404"} 1"#,
+            r#"r_total{method="PUT",route="other",code="405"} 1"#,
+            r#"r_total{method="POST",route="other",code="404"} 1"#,
+        ] {
+            assert!(out.contains(line), "{line}: {out}");
+        }
+        assert!(!out.contains("ZZ") && !out.contains("/zz"), "{out}");
+    }
 }

@@ -3,7 +3,8 @@
 //! or any script, under `/v1`, every request authenticated by a bearer token.
 //!
 //! - [`routes`]: the API (status, rule sets with a lease, the coordinator's additive plans,
-//!   delete, renew, stats, events) and its limits (body size, time, auth);
+//!   delete, renew, stats, events) and its limits (authentication before anything else, body
+//!   size, time, connections per peer, request-head deadline);
 //! - [`auth`]: the token file and the constant-time check;
 //! - [`metrics`]: `/metrics` in the Prometheus text format;
 //! - [`tls`]: the rustls server configuration.
@@ -37,6 +38,15 @@ use crate::{
 pub const MAX_BODY: usize = 1 << 20;
 /// Connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Connections one address may hold open at once (before authentication, a stranger's are
+/// indistinguishable from the coordinator's): more are closed at once, so one peer cannot take
+/// every slot.
+pub const MAX_PER_PEER: usize = 8;
+/// The TLS handshake and each request head must arrive within this (or `--request-timeout`,
+/// when shorter): a connection that sends nothing, or half a head, is closed by then.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Refusals are logged as at most one `refused` event per this long.
+pub const REFUSED_EVERY: Duration = Duration::from_secs(10);
 /// Events kept for `GET /v1/events`.
 pub const EVENTS_KEPT: usize = 1024;
 
@@ -140,7 +150,8 @@ pub struct Event {
     pub seq: u64,
     /// RFC 3339, UTC.
     pub time: String,
-    /// `start`, `ruleset`, `plan`, `delete`, `renew`, `expired`, `refused`, `stop`.
+    /// `start`, `ruleset`, `plan`, `delete`, `renew`, `expired`, `refused` (at most one per
+    /// [`REFUSED_EVERY`], counting what was refused), `stop`.
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
@@ -208,6 +219,7 @@ pub struct Shared {
     pub core: Arc<tokio::sync::Mutex<Core>>,
     pub events: Events,
     pub requests: metrics::Requests,
+    pub refused: metrics::Refused,
 }
 
 /// The protections for the agent's own port, whatever a coordinator's plan says: TCP and UDP
@@ -299,6 +311,7 @@ pub fn run(cfg: Config, ready: impl FnOnce(&str)) -> Result<Stopped, Error> {
             core: Arc::new(tokio::sync::Mutex::new(core)),
             events: Events::new(),
             requests: metrics::Requests::default(),
+            refused: metrics::Refused::default(),
         });
         shared.events.push(
             "start",
@@ -310,12 +323,23 @@ pub fn run(cfg: Config, ready: impl FnOnce(&str)) -> Result<Stopped, Error> {
         ready(&format!("{scheme}://{}", cfg.listen));
         let router = routes::router(Arc::clone(&shared));
         tokio::spawn(routes::watch_expiry(Arc::clone(&shared)));
-        let stopped = routes::serve(listener, router, tls, cfg.request_timeout, async {
-            tokio::select! {
-                _ = term.recv() => Stopped::Terminated,
-                _ = int.recv() => Stopped::Interrupted,
-            }
-        })
+        tokio::spawn(routes::report_refusals(Arc::clone(&shared)));
+        let head_timeout = HEAD_TIMEOUT.min(cfg.request_timeout);
+        let refused = shared.refused.clone();
+        let stopped = routes::serve(
+            listener,
+            router,
+            tls,
+            cfg.request_timeout,
+            head_timeout,
+            refused,
+            async {
+                tokio::select! {
+                    _ = term.recv() => Stopped::Terminated,
+                    _ = int.recv() => Stopped::Interrupted,
+                }
+            },
+        )
         .await;
         routes::clean_stop(&shared).await;
         Ok(stopped)

@@ -15,14 +15,15 @@
 //! | `GET /metrics`                 | Prometheus text format                                      |
 //!
 //! Status codes: 200; 400 bad JSON or a bad rule (`{"error", "field"}`, nothing changed); 401
-//! no or wrong token (nothing read or changed); 404; 405; 408 the request was not read in
-//! time; 409 a name that exists already, or not attached; 412 `If-Match` is not the current
+//! no or wrong token (nothing read, changed or logged; counted only in
+//! `netfault_agent_refused_total`; the connection is closed after it); 404; 405; 408 the body
+//! was not read in time; 409 a name that exists already, or not attached; 412 `If-Match` is not the current
 //! generation; 413 a body over 1 MiB; 503 busy (another change held the node too long); 500.
 use std::{
     collections::BTreeSet,
     future::Future,
-    net::SocketAddr,
-    sync::Arc,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -33,13 +34,16 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{delete, get, post},
+    routing::{MethodFilter, MethodRouter, on},
 };
 use http_body_util::BodyExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Core, Lease, Shared, Stopped};
+use super::{
+    Core, Lease, Shared, Stopped,
+    metrics::{Reason, Refused},
+};
 use crate::{
     cluster::{
         NodePlan, local,
@@ -140,23 +144,67 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The router with its layers: requests counted (outermost), then authenticated, then the
-/// body read whole within the size and time limits, then handled.
+/// The methods the API uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    Put,
+    Post,
+    Delete,
+}
+
+impl Verb {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verb::Get => "GET",
+            Verb::Put => "PUT",
+            Verb::Post => "POST",
+            Verb::Delete => "DELETE",
+        }
+    }
+
+    fn filter(self) -> MethodFilter {
+        match self {
+            Verb::Get => MethodFilter::GET,
+            Verb::Put => MethodFilter::PUT,
+            Verb::Post => MethodFilter::POST,
+            Verb::Delete => MethodFilter::DELETE,
+        }
+    }
+}
+
+type MakeRoute = fn(MethodFilter) -> MethodRouter<Arc<Shared>>;
+
+/// Every route: the router is built from this table, so the routes the metrics label by and
+/// the ones tests enumerate are the ones served.
+const ROUTES: &[(Verb, &str, MakeRoute)] = &[
+    (Verb::Get, "/v1/status", |m| on(m, status)),
+    (Verb::Put, "/v1/ruleset", |m| on(m, put_ruleset)),
+    (Verb::Delete, "/v1/ruleset", |m| on(m, delete_ruleset)),
+    (Verb::Post, "/v1/renew", |m| on(m, renew)),
+    (Verb::Post, "/v1/plan", |m| on(m, plan)),
+    (Verb::Post, "/v1/delete", |m| on(m, delete_names)),
+    (Verb::Delete, "/v1/rules/{name}", |m| on(m, delete_one)),
+    (Verb::Get, "/v1/stats", |m| on(m, stats)),
+    (Verb::Get, "/v1/events", |m| on(m, events)),
+    (Verb::Get, "/metrics", |m| on(m, metrics)),
+];
+
+/// Every route the router serves: (method, path template).
+pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
+    ROUTES.iter().map(|(v, p, _)| (v.name(), *p))
+}
+
+/// The router with its layers: authenticated first (outermost: a stranger's request is
+/// refused before it is counted, logged or read), then counted, then the body read whole
+/// within the size and time limits, then handled.
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/v1/status", get(status))
-        .route(
-            "/v1/ruleset",
-            axum::routing::put(put_ruleset).delete(delete_ruleset),
-        )
-        .route("/v1/renew", post(renew))
-        .route("/v1/plan", post(plan))
-        .route("/v1/delete", post(delete_names))
-        .route("/v1/rules/{name}", delete(delete_one))
-        .route("/v1/stats", get(stats))
-        .route("/v1/events", get(events))
-        .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+    let mut r = Router::new();
+    for (verb, path, make) in ROUTES {
+        // Routes of one path with different methods merge into one method router.
+        r = r.route(path, make(verb.filter()));
+    }
+    r.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         })
@@ -164,28 +212,31 @@ pub fn router(shared: Arc<Shared>) -> Router {
             Arc::clone(&shared),
             read_body,
         ))
-        .layer(middleware::from_fn_with_state(Arc::clone(&shared), auth))
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), count))
+        .layer(middleware::from_fn_with_state(Arc::clone(&shared), auth))
         .with_state(shared)
 }
 
-/// Counts every answer by method, route and status (`/metrics`).
+/// Counts every authenticated answer by method, route template and status (`/metrics`).
 async fn count(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched".to_string(), |m| m.as_str().to_string());
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let r = next.run(req).await;
-    sh.requests.count(&method, &route, r.status().as_u16());
+    sh.requests.count(
+        method.as_str(),
+        route.as_ref().map(MatchedPath::as_str),
+        r.status().as_u16(),
+    );
     r
 }
 
-/// The peer of a connection, for the log of refused requests.
+/// The peer of a connection, for the count of refusals.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
-/// 401 unless the request carries the token; nothing is read or changed before this passes.
+/// 401 unless the request carries the token; nothing is read, changed or logged before this
+/// passes. A refusal is counted (`netfault_agent_refused_total`) and ends the connection, so
+/// a stranger holds no slot past its request.
 async fn auth(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let h = req
         .headers()
@@ -194,28 +245,58 @@ async fn auth(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Respon
     if sh.token.matches(h) {
         return next.run(req).await;
     }
-    let peer = req.extensions().get::<Peer>().map(|p| p.0.to_string());
-    let why = if h.is_none() {
-        "no bearer token"
+    let reason = if h.is_none() {
+        Reason::NoToken
     } else {
-        "wrong bearer token"
+        Reason::WrongToken
     };
-    sh.events.push(
-        "refused",
-        None,
-        Vec::new(),
-        Some(format!(
-            "{why}: {} {} from {}",
-            req.method(),
-            req.uri().path(),
-            peer.as_deref().unwrap_or("?")
-        )),
-    );
-    ApiError::new(
+    let peer = req.extensions().get::<Peer>().map(|p| p.0.ip());
+    sh.refused.count(reason, peer);
+    let mut r = ApiError::new(
         StatusCode::UNAUTHORIZED,
         "missing or wrong bearer token (Authorization: Bearer TOKEN)",
     )
-    .into_response()
+    .into_response();
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Logs what was refused as at most one `refused` event per
+/// [`REFUSED_EVERY`](super::REFUSED_EVERY): the counts by reason and the last peer, so no
+/// stranger can flush the event log.
+pub async fn report_refusals(sh: Arc<Shared>) {
+    let mut last = sh.refused.totals();
+    let mut tick = tokio::time::interval(super::REFUSED_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = sh.refused.totals();
+        let grew: Vec<String> = Reason::ALL
+            .iter()
+            .zip(now.iter().zip(last.iter()))
+            .filter(|(_, (n, l))| n > l)
+            .map(|(r, (n, l))| format!("{} {}", r.name(), n - l))
+            .collect();
+        if !grew.is_empty() {
+            let total: u64 = now.iter().sum::<u64>() - last.iter().sum::<u64>();
+            let peer = sh
+                .refused
+                .last_peer()
+                .map_or_else(|| "?".to_string(), |p| p.to_string());
+            sh.events.push(
+                "refused",
+                None,
+                Vec::new(),
+                Some(format!(
+                    "{total} refused in the last {:?} ({}), the last from {peer}",
+                    super::REFUSED_EVERY,
+                    grew.join(", ")
+                )),
+            );
+        }
+        last = now;
+    }
 }
 
 /// Reads the whole body before the handler runs: 413 past [`MAX_BODY`](super::MAX_BODY) (at
@@ -853,9 +934,9 @@ async fn events(
 }
 
 async fn metrics(State(sh): State<Arc<Shared>>) -> ApiResult<Response> {
-    let requests = sh.requests.clone();
+    let (requests, refused) = (sh.requests.clone(), sh.refused.clone());
     let text = read(&sh, move |paths, state, core| {
-        super::metrics::render(paths, state, core, &requests)
+        super::metrics::render(paths, state, core, &requests, &refused)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))
     })
     .await?;
@@ -914,20 +995,64 @@ pub async fn clean_stop(sh: &Arc<Shared>) {
     }
 }
 
+/// Connections open per peer address, and the slot one of them holds.
+#[derive(Default)]
+struct PerPeer(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+struct PeerSlot {
+    peers: Arc<PerPeer>,
+    ip: IpAddr,
+}
+
+impl PerPeer {
+    /// A slot for a connection from `ip`, unless it has [`MAX_PER_PEER`](super::MAX_PER_PEER)
+    /// open already.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<PeerSlot> {
+        let mut m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = m.entry(ip).or_default();
+        if *n >= super::MAX_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = self.peers.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts connections until `stop` resolves: each served on a task of its own (at most
-/// [`MAX_CONNECTIONS`](super::MAX_CONNECTIONS) at once), over TLS when configured, with the
-/// headers (and the TLS handshake) bounded by `timeout`.
+/// [`MAX_CONNECTIONS`](super::MAX_CONNECTIONS) at once, at most
+/// [`MAX_PER_PEER`](super::MAX_PER_PEER) from one address: more are closed at once), over TLS
+/// when configured. The TLS handshake and every request head (the first, and each next one on
+/// a kept-alive connection) must arrive within `head_timeout` (hyper's header read timeout);
+/// bodies and changes are bounded by the routes' own timeout.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     timeout: Duration,
+    head_timeout: Duration,
+    refused: Refused,
     stop: impl Future<Output = Stopped>,
 ) -> Stopped {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt as _;
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(tokio::sync::Semaphore::new(super::MAX_CONNECTIONS));
+    let peers = Arc::new(PerPeer::default());
     tokio::pin!(stop);
     loop {
         let permit = tokio::select! {
@@ -948,24 +1073,37 @@ pub async fn serve(
                 }
             },
         };
+        let ip = peer.ip().to_canonical();
+        let Some(peer_slot) = peers.take(ip) else {
+            // Closed at once: one address cannot hold every slot.
+            refused.count(Reason::PeerLimit, Some(ip));
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let router = router.clone();
         let acceptor = acceptor.clone();
+        let refused = refused.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slots = (permit, peer_slot);
+            // Whether a request head arrived: a head timeout before any is a refusal, after one
+            // it is an idle keep-alive connection closing.
+            let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let seen = Arc::clone(&served);
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    seen.store(true, std::sync::atomic::Ordering::Relaxed);
                     req.extensions_mut().insert(Peer(peer));
                     router.clone().oneshot(req.map(Body::new))
                 },
             );
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
-                .header_read_timeout(timeout)
+                .header_read_timeout(head_timeout)
                 .keep_alive(true);
             let started = Instant::now();
-            // No connection holds a slot for ever (idle keep-alive included): a long poll
-            // and a slow change both fit in this.
+            // No connection holds a slot for ever: a long poll and a slow change both fit in
+            // this.
             let life = MAX_WAIT + 4 * timeout;
             let cap = |r: Result<Result<(), hyper::Error>, _>| r.unwrap_or(Ok(()));
             let r = match acceptor {
@@ -974,23 +1112,28 @@ pub async fn serve(
                     http.serve_connection(TokioIo::new(tcp), svc),
                 )
                 .await),
-                Some(acc) => match tokio::time::timeout(timeout, acc.accept(tcp)).await {
+                Some(acc) => match tokio::time::timeout(head_timeout, acc.accept(tcp)).await {
                     Ok(Ok(s)) => cap(tokio::time::timeout(
                         life,
                         http.serve_connection(TokioIo::new(s), svc),
                     )
                     .await),
                     Ok(Err(e)) => {
-                        log::info!("TLS handshake with {peer}: {e}");
+                        refused.count(Reason::Tls, Some(ip));
+                        log::debug!("TLS handshake with {peer}: {e}");
                         return;
                     }
                     Err(_) => {
-                        log::info!("TLS handshake with {peer}: no answer within {timeout:?}");
+                        refused.count(Reason::HeadTimeout, Some(ip));
+                        log::debug!("TLS handshake with {peer}: none within {head_timeout:?}");
                         return;
                     }
                 },
             };
             if let Err(e) = r {
+                if e.is_timeout() && !served.load(std::sync::atomic::Ordering::Relaxed) {
+                    refused.count(Reason::HeadTimeout, Some(ip));
+                }
                 log::debug!("connection from {peer} ({:?}): {e}", started.elapsed());
             }
         });

@@ -18,9 +18,9 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     if certs.is_empty() {
         return Err(bad("--tls-cert", cert, "no certificate in it".into()));
     }
-    super::auth::check_private("--tls-key", key)?;
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| bad("--tls-key", key, e.to_string()))?;
+    let key_pem = super::auth::read_private_file("--tls-key", key)?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| bad("--tls-key", key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

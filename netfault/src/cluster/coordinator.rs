@@ -128,11 +128,14 @@ pub struct Coordinator {
 impl Coordinator {
     /// A coordinator for every node of `cluster`, each by its own transport.
     pub fn new(cluster: Cluster) -> Result<Self, Error> {
+        // Before any node is touched: a transport's bad input (a token file others may read)
+        // fails the whole command.
         let transports = cluster
             .nodes
             .iter()
-            .map(|n| Arc::from(transport::for_node(n)))
-            .collect::<Vec<_>>();
+            .enumerate()
+            .map(|(i, n)| transport::for_node(i, n).map(Arc::from))
+            .collect::<Result<Vec<Arc<dyn NodeTransport>>, SpecError>>()?;
         Ok(Self {
             cluster,
             transports,

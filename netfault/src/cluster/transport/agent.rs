@@ -23,7 +23,10 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::{LiveFault, NodeError, NodePlan, NodeState, NodeTransport};
+use super::{
+    LiveFault, NodeError, NodePlan, NodeState, NodeTransport,
+    secret::{SecretError, read_private},
+};
 use crate::{
     cluster::file::AgentUrl,
     spec::{Kind, Ttl},
@@ -124,6 +127,9 @@ pub fn ttl_text(ttl: Ttl) -> String {
 /// What went wrong talking to an agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The token file cannot be opened, or is not private to this user.
+    #[error("token file {0}")]
+    Secret(#[from] SecretError),
     #[error("read the token file {path}: {source}")]
     Token {
         path: String,
@@ -146,12 +152,14 @@ pub enum AgentError {
     Protocol { url: String, msg: String },
 }
 
-/// Reads a bearer token file: its content, surrounding white space trimmed.
+/// Reads a bearer token file: its content, surrounding white space trimmed. The file is
+/// opened once and must be private to this process's user ([`read_private`]).
 pub fn read_token(path: &Path) -> Result<String, AgentError> {
     let shown = path.display().to_string();
-    let t = std::fs::read_to_string(path).map_err(|source| AgentError::Token {
+    let raw = read_private(path)?;
+    let t = String::from_utf8(raw).map_err(|_| AgentError::Token {
         path: shown.clone(),
-        source,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"),
     })?;
     let t = t.trim().to_string();
     if t.is_empty() {
@@ -274,21 +282,30 @@ impl Client {
     }
 }
 
-/// The transport: a client, or why there is none (a token file that cannot be read fails
+/// The transport: a client, or why there is none (a token file that cannot be opened fails
 /// the node's operations, so the coordinator names the node and rolls the others back).
 pub struct Agent {
     client: Arc<Result<Client, String>>,
 }
 
 impl Agent {
-    pub fn new(url: &AgentUrl, token_file: &Path, ca_file: Option<&Path>) -> Self {
+    /// A token file that is not private to this user (owner, mode, type) is bad input, an
+    /// error here (the caller names the key) before any node is touched; one that cannot be
+    /// opened at all fails this node's operations, as an agent that does not answer would.
+    pub fn new(
+        url: &AgentUrl,
+        token_file: &Path,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, SecretError> {
         // Under the coordinator's per-node deadline.
         let timeout = crate::cluster::coordinator::NODE_TIMEOUT;
-        Self {
-            client: Arc::new(
-                Client::new(url, token_file, ca_file, timeout).map_err(|e| e.to_string()),
-            ),
-        }
+        let client = match Client::new(url, token_file, ca_file, timeout) {
+            Err(AgentError::Secret(e)) if e.is_unprotected() => return Err(e),
+            r => r.map_err(|e| e.to_string()),
+        };
+        Ok(Self {
+            client: Arc::new(client),
+        })
     }
 
     fn client(&self) -> Result<&Client, NodeError> {

@@ -7,6 +7,7 @@
 //! each on a fresh thread of its own.
 pub mod agent;
 mod netns;
+pub mod secret;
 pub mod ssh;
 
 use std::time::Duration;
@@ -15,7 +16,7 @@ pub use self::{agent::Agent, netns::Netns, ssh::Ssh};
 use super::{Node, NodePlan, Transport};
 use crate::{
     control::{self, netns as ns},
-    spec::{Kind, Ttl},
+    spec::{Kind, SpecError, Ttl},
 };
 
 /// What went wrong on one node.
@@ -76,15 +77,19 @@ pub trait NodeTransport: Send + Sync {
     }
 }
 
-/// The transport for `node`.
-pub fn for_node(node: &Node) -> Box<dyn NodeTransport> {
-    match &node.transport {
+/// The transport for `node`, the `index`th of the cluster file: bad input (an agent's
+/// `token_file` that is not private to this user) names the key, `node[INDEX].token_file`.
+pub fn for_node(index: usize, node: &Node) -> Result<Box<dyn NodeTransport>, SpecError> {
+    Ok(match &node.transport {
         Transport::Netns(ns) => Box::new(Netns { ns: ns.clone() }),
         Transport::Agent {
             url,
             token_file,
             ca_file,
-        } => Box::new(Agent::new(url, token_file, ca_file.as_deref())),
+        } => Box::new(
+            Agent::new(url, token_file, ca_file.as_deref())
+                .map_err(|e| SpecError::new(format!("node[{index}].token_file"), e.to_string()))?,
+        ),
         Transport::Ssh {
             target,
             options,
@@ -94,5 +99,5 @@ pub fn for_node(node: &Node) -> Box<dyn NodeTransport> {
             options: options.clone(),
             netfault: netfault.clone(),
         }),
-    }
+    })
 }
