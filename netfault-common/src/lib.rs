@@ -73,6 +73,13 @@ pub const CFG_TC_ONLY: u32 = 1 << 1;
 /// ports (whose port fields read 0) never matches a port range that contains 0.
 pub const KEY_PORTS: u8 = 1;
 
+/// `FlowKey::proto` of a packet whose protocol the parser cannot tell: an IPv6 extension header
+/// chain that runs past its reach (more than 6 headers, or beyond byte 256 of the frame) or is
+/// cut short. IANA's reserved number, which no rule names (`compile` never asks for it): such a
+/// packet matches rules without a protocol, as any protocol does, and none with one. It has no
+/// ports either, so it is classified on its addresses, interface and direction.
+pub const PROTO_UNKNOWN: u8 = 255;
+
 /// Entries in one chain of same-key flows (see `FlowRef::more`), at most: the walk is a bounded
 /// loop in every tuple's body, and a longer one makes 6.1's verifier take seconds more.
 pub const MAX_CHAIN: u8 = 4;

@@ -476,8 +476,10 @@ fn v4_v6_vlan_options_and_extension_headers() {
     assert_eq!(dp.counters(1).matched, 3);
 }
 
+/// A frame whose addresses cannot be read passes untouched; one whose addresses can is
+/// classified on them, without ports where it is cut short or malformed.
 #[test]
-fn truncated_and_malformed_frames_pass() {
+fn truncated_and_malformed_frames() {
     let mut dp = Dp::new();
     let mut port = rule("port");
     port.proto = Proto::Udp;
@@ -505,15 +507,18 @@ fn truncated_and_malformed_frames_pass() {
     }
     assert_eq!(dp.counters(0).matched, 1);
     assert_eq!(dp.counters(1).matched, 3);
+    // Malformed or cut inside its options, the header still gives the addresses: no ports.
     let mut bad_ihl = full.clone();
     bad_ihl[14] = 0x43; // IHL 3 < 5
-    assert_eq!(dp.xdp(&bad_ihl, 1), XDP_PASS);
+    assert_eq!(dp.xdp(&bad_ihl, 1), XDP_DROP);
+    let mut long_ihl = full.clone();
+    long_ihl[14] = 0x4f; // 60-byte header, frame too short for it
+    assert_eq!(dp.xdp(&long_ihl, 1), XDP_DROP);
+    assert_eq!(dp.counters(0).matched, 1);
+    assert_eq!(dp.counters(1).matched, 5);
     let mut bad_ver = full.clone();
     bad_ver[14] = 0x55; // version 5
     assert_eq!(dp.xdp(&bad_ver, 1), XDP_PASS);
-    let mut long_ihl = full.clone();
-    long_ihl[14] = 0x4f; // 60-byte header, frame too short for it
-    assert_eq!(dp.xdp(&long_ihl, 1), XDP_PASS);
     let arp = {
         let mut a = full.clone();
         a[12] = 0x08;
@@ -528,16 +533,16 @@ fn truncated_and_malformed_frames_pass() {
         "control: the whole v6 frame matches"
     );
     assert_eq!(dp.counters(0).matched, 2);
-    // Cut in the fixed header or the extension header: unparseable.
-    for len in [54usize, 60, 61] {
+    // Cut in the fixed header: unparseable.
+    for len in [40usize, 53] {
         assert_eq!(dp.xdp(&v6[..len], 1), XDP_PASS, "v6 truncated to {len}");
     }
-    // Cut in the ports: no ports.
-    for len in [63usize, 64] {
+    // Cut at or in the extension header: no protocol, no ports; in the ports: no ports.
+    for len in [54usize, 60, 61, 63, 64] {
         assert_eq!(dp.xdp(&v6[..len], 1), XDP_DROP, "v6 truncated to {len}");
     }
     assert_eq!(dp.counters(0).matched, 2);
-    assert_eq!(dp.counters(2).matched, 2);
+    assert_eq!(dp.counters(2).matched, 5);
 }
 
 /// Publishes `rules` in slots 0.. with fresh counters, each with its own expiry.
@@ -730,6 +735,154 @@ fn tc_parses_as_deep_as_xdp() {
     assert_eq!(dp.xdp(&too_deep, 1), XDP_PASS);
     assert_eq!(dp.tc("nf_tc_egress", &too_deep, 1), TCX_NEXT);
     assert_eq!(dp.counters(0).matched, 4);
+}
+
+/// `frame` with two VLAN tags (QinQ): `outer` (802.1ad or 802.1Q), then an 802.1Q one.
+fn qinq(mut frame: Vec<u8>, outer: u16) -> Vec<u8> {
+    let [hi, lo] = outer.to_be_bytes();
+    frame.splice(12..12, [hi, lo, 0x00, 0x64, 0x81, 0x00, 0x00, 0xc8]);
+    frame
+}
+
+/// A partition of 2001:db8::1 and 2001:db8::2 and a rule on their addresses alone cut every
+/// packet between them, also one whose headers the parser cannot follow past the IPv6 header;
+/// such a packet has no protocol and no ports, so rules naming either pass it. At XDP and tc.
+/// (Every case is run and every wrong verdict reported, not only the first.)
+#[test]
+fn a_packet_unreadable_past_the_ip_header_is_cut_by_its_addresses() {
+    let mut dp = Dp::new();
+    let small =
+        |n: usize| -> Vec<(u8, usize)> { (0..n).map(|i| ([0u8, 60, 43][i % 3], 8)).collect() };
+    // All UDP 9 -> 53 behind their extension headers.
+    let mut cut = v6_chain(&[(0, 8), (60, 64)], 17, 9, 53);
+    cut.truncate(14 + 40 + 8 + 32);
+    let unreadable = [
+        (
+            "one 2 KB destination-options header",
+            v6_chain(&[(60, 2048)], 17, 9, 53),
+        ),
+        ("8 extension headers", v6_chain(&small(8), 17, 9, 53)),
+        ("7 extension headers", v6_chain(&small(7), 17, 9, 53)),
+        ("an extension header cut short", cut),
+        // Not a header the parser skips: it is the protocol, one no rule names.
+        ("an unknown next header", v6_chain(&[(253, 8)], 17, 9, 53)),
+    ];
+    let mut wrong = Vec::new();
+    let mut check = |dp: &Dp, what: &str, rules: &str, f: &[u8], drop: bool| {
+        let (xdp, tc) = if drop {
+            (XDP_DROP, EGRESS_LOST)
+        } else {
+            (XDP_PASS, TCX_NEXT)
+        };
+        let got = (dp.xdp(f, 1), dp.tc("nf_tc_egress", f, 1));
+        if got != (xdp, tc) {
+            wrong.push(format!(
+                "{what} under {rules}: (XDP, tc) gave {got:?}, want {:?}",
+                (xdp, tc)
+            ));
+        }
+    };
+    let pair = |mut r: RuleSpec| {
+        r.src = vec![net("2001:db8::1")];
+        r.dst = vec![net("2001:db8::2")];
+        r
+    };
+    let mut port = pair(rule("port"));
+    port.proto = Proto::Udp;
+    port.dport = PortRange { lo: 53, hi: 53 };
+    let mut proto = pair(rule("proto"));
+    proto.proto = Proto::Udp;
+    dp.set(&[port, proto]);
+    // Controls: both rules match these addresses where the headers can be followed (six
+    // extension headers are as many as the parser skips).
+    let rules = "a port and a protocol rule";
+    check(
+        &dp,
+        "no extension header",
+        rules,
+        &v6_chain(&[], 17, 9, 53),
+        true,
+    );
+    check(
+        &dp,
+        "6 extension headers",
+        rules,
+        &v6_chain(&small(6), 17, 9, 53),
+        true,
+    );
+    check(&dp, "another port", rules, &v6_chain(&[], 17, 9, 54), true);
+    for (what, f) in &unreadable {
+        check(&dp, what, rules, f, false);
+    }
+    let counted = (dp.counters(0).matched, dp.counters(1).matched);
+    let mut partition = RuleSpec::new("cut", Kind::Partition);
+    partition.src = vec![net("2001:db8::1")];
+    partition.dst = vec![net("2001:db8::2")];
+    let address = pair(rule("addresses"));
+    let mut cut_counts = Vec::new();
+    for r in [partition, address] {
+        let rules = format!("{:?} {}", r.kind, r.name);
+        dp.set(&[r]);
+        for (what, f) in &unreadable {
+            check(&dp, what, &rules, f, true);
+        }
+        cut_counts.push(dp.counters(0).matched);
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!(counted, (4, 2));
+    assert_eq!(cut_counts, [2 * unreadable.len() as u64; 2]);
+}
+
+/// Frames with two VLAN tags (802.1ad or 802.1Q, then 802.1Q) are parsed through: their
+/// addresses and ports match, at XDP and tc. (Every wrong verdict is reported.)
+#[test]
+fn qinq_frames_are_parsed() {
+    let mut dp = Dp::new();
+    let pairs = [("192.0.2.1", "192.0.2.2"), ("2001:db8::1", "2001:db8::2")];
+    let frames = |dport: u16| -> Vec<(String, Vec<u8>)> {
+        let mut v = Vec::new();
+        for outer in [0x88a8u16, 0x8100] {
+            for (src, dst) in pairs {
+                let f = qinq(udp(src, dst, 9, dport).bytes(), outer);
+                v.push((format!("{outer:#06x} outer tag, {src} -> {dst}:{dport}"), f));
+            }
+        }
+        v
+    };
+    let mut wrong = Vec::new();
+    let mut check = |dp: &Dp, what: &str, rules: &str, f: &[u8], drop: bool| {
+        let want = if drop {
+            (XDP_DROP, EGRESS_LOST)
+        } else {
+            (XDP_PASS, TCX_NEXT)
+        };
+        let got = (dp.xdp(f, 1), dp.tc("nf_tc_egress", f, 1));
+        if got != want {
+            wrong.push(format!(
+                "{what} under {rules}: (XDP, tc) gave {got:?}, want {want:?}"
+            ));
+        }
+    };
+    let mut partition = RuleSpec::new("cut", Kind::Partition);
+    partition.src = vec![net("192.0.2.1"), net("2001:db8::1")];
+    partition.dst = vec![net("192.0.2.2"), net("2001:db8::2")];
+    dp.set(&[partition]);
+    for (what, f) in frames(53) {
+        check(&dp, &what, "a partition", &f, true);
+    }
+    let cut = dp.counters(0).matched;
+    let mut port = rule("port");
+    port.proto = Proto::Udp;
+    port.dport = PortRange { lo: 53, hi: 53 };
+    dp.set(&[port]);
+    for (what, f) in frames(53) {
+        check(&dp, &what, "a port 53 rule", &f, true);
+    }
+    for (what, f) in frames(54) {
+        check(&dp, &what, "a port 53 rule", &f, false);
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!((cut, dp.counters(0).matched), (8, 8));
 }
 
 #[test]

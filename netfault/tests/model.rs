@@ -1,6 +1,7 @@
 //! The kernel against a model: random rule sets (every match shape, priorities, protections,
 //! expired and live entries) compiled and published into one loaded object, and random frames
-//! (IPv4/IPv6, TCP/UDP/ICMP, VLAN, options, extension headers, fragments, truncation) run
+//! (IPv4/IPv6, TCP/UDP/ICMP, VLAN and QinQ, options, extension headers short, long and many,
+//! fragments, truncation) run
 //! through the real programs with BPF_PROG_TEST_RUN at XDP, tc egress and tc ingress. Each
 //! verdict, and each rule's match count, must be what a reference classifier says: the first
 //! live entry, in evaluation order, whose spec matches the packet. The reference reads the specs
@@ -241,7 +242,8 @@ struct Pkt {
     proto: u8,
     sport: u16,
     dport: u16,
-    vlan: bool,
+    /// The VLAN tags' EtherTypes, outer first.
+    vlan: Vec<u16>,
     /// IPv4 option words, or IPv6 extension headers (type, bytes).
     v4_options: usize,
     v6_ext: Vec<(u8, usize)>,
@@ -281,12 +283,24 @@ fn pkt() -> impl Strategy<Value = Pkt> {
                 0u16..10,
                 prop::sample::select(vec![0u16, 1, 2, 5, 7, 9, 53, 100, 101]),
             ),
-            any::<bool>(),
+            prop::sample::select(vec![
+                vec![],
+                vec![],
+                vec![0x8100],
+                vec![0x88a8],
+                vec![0x8100, 0x8100],
+                vec![0x88a8, 0x8100],
+            ]),
             0usize..3,
-            prop::collection::vec(
-                prop::sample::select(vec![(0u8, 8usize), (0, 16), (60, 8), (43, 24), (51, 16)]),
-                0..3,
-            ),
+            prop_oneof![
+                6 => ext_headers(0..3),
+                // More than the parser skips, and one longer than it reaches.
+                1 => ext_headers(5..9),
+                1 => ext_headers(0..2).prop_map(|mut v| {
+                    v.push((60, 2048));
+                    v
+                }),
+            ],
             prop::sample::select(vec![
                 Frag::None,
                 Frag::None,
@@ -313,12 +327,20 @@ fn pkt() -> impl Strategy<Value = Pkt> {
     })
 }
 
+fn ext_headers(n: std::ops::Range<usize>) -> impl Strategy<Value = Vec<(u8, usize)>> {
+    prop::collection::vec(
+        prop::sample::select(vec![(0u8, 8usize), (0, 16), (60, 8), (43, 24), (51, 16)]),
+        n,
+    )
+}
+
 impl Pkt {
     /// The frame, and where its network headers end.
     fn bytes(&self) -> (Vec<u8>, usize) {
         let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
-        if self.vlan {
-            f.extend_from_slice(&[0x81, 0x00, 0x00, 0x64]);
+        for (i, t) in self.vlan.iter().enumerate() {
+            f.extend_from_slice(&t.to_be_bytes());
+            f.extend_from_slice(&(100 + i as u16).to_be_bytes());
         }
         let mut l4 = Vec::new();
         l4.extend_from_slice(&self.sport.to_be_bytes());
@@ -386,26 +408,71 @@ impl Pkt {
     }
 }
 
-/// What the packet is to a classifier: None when it does not parse.
+/// What the packet is to a classifier: None when its addresses cannot be read.
 struct Fields {
     src: IpAddr,
     dst: IpAddr,
-    proto: u8,
+    /// None: unknown (IPv6 extension headers the parser cannot follow to their end).
+    proto: Option<u8>,
     ports: Option<(u16, u16)>,
 }
 
+/// The parser's bounds: extension headers it skips, and the offset in the frame no header it
+/// reads may start beyond.
+const MAX_EXT_HDRS: usize = 6;
+const MAX_L4_OFF: usize = 256;
+
 fn fields(p: &Pkt) -> Option<Fields> {
     let (f, hdr_end) = p.bytes();
-    if f.len() < hdr_end {
-        return None;
-    }
-    let has_ports = matches!(p.proto, 6 | 17) && p.frag != Frag::Later && f.len() >= hdr_end + 4;
+    let (len, l3) = (f.len(), 14 + 4 * p.vlan.len());
+    // The protocol, and whether the transport header is where the network headers end.
+    let (proto, l4) = if p.src.is_ipv4() {
+        if len < l3 + 20 {
+            return None;
+        }
+        // Options cut short leave the protocol read and no ports.
+        (Some(p.proto), len >= hdr_end && p.frag != Frag::Later)
+    } else {
+        if len < l3 + 40 {
+            return None;
+        }
+        v6_chain(p, l3, len)
+    };
+    let has_ports = l4 && matches!(proto, Some(6 | 17)) && len >= hdr_end + 4;
     Some(Fields {
         src: p.src,
         dst: p.dst,
-        proto: p.proto,
+        proto,
         ports: has_ports.then_some((p.sport, p.dport)),
     })
+}
+
+/// An IPv6 packet's extension headers followed as far as the parser does, in a frame of `len`
+/// bytes: the protocol (None: unknown) and whether the transport header follows.
+fn v6_chain(p: &Pkt, l3: usize, len: usize) -> (Option<u8>, bool) {
+    let mut ext = p.v6_ext.clone();
+    if p.frag != Frag::None {
+        ext.push((44, 8));
+    }
+    let mut off = l3 + 40;
+    for (i, &(ty, hlen)) in ext.iter().enumerate() {
+        if i == MAX_EXT_HDRS {
+            return (None, false);
+        }
+        if ty == 44 && p.frag == Frag::Later {
+            // The last header: a later fragment's protocol, and no transport header.
+            return if len < off + 8 {
+                (None, false)
+            } else {
+                (Some(p.proto), false)
+            };
+        }
+        off += hlen;
+        if off > MAX_L4_OFF || len < off {
+            return (None, false);
+        }
+    }
+    (Some(p.proto), true)
 }
 
 // ---- the reference ----
@@ -437,9 +504,9 @@ fn matches(e: &Entry, f: &Fields, ingress: bool) -> bool {
     let v6_family = f.src.is_ipv6();
     let proto = match s.proto {
         Proto::Any => true,
-        Proto::Tcp => f.proto == 6,
-        Proto::Udp => f.proto == 17,
-        Proto::Icmp => f.proto == if v6_family { 58 } else { 1 },
+        Proto::Tcp => f.proto == Some(6),
+        Proto::Udp => f.proto == Some(17),
+        Proto::Icmp => f.proto == Some(if v6_family { 58 } else { 1 }),
     };
     let ports = in_range(s.sport, f.ports.map(|p| p.0)) && in_range(s.dport, f.ports.map(|p| p.1));
     let forward = in_nets(&s.src, f.src) && in_nets(&s.dst, f.dst);
@@ -480,6 +547,9 @@ struct Kernel {
     /// many rules with one match): a generator whose sets are mostly refused tests nothing.
     published: u32,
     refused: u32,
+    /// Whether the loopback is marked tc-only: the mark is written only when it changes (a
+    /// second unmark is an error, and a case that failed between two hooks leaves either).
+    tc_only: bool,
     _lab: Lab,
 }
 
@@ -506,6 +576,7 @@ impl Kernel {
             maps,
             published: 0,
             refused: 0,
+            tc_only: true,
             _lab: lab,
         }
     }
@@ -559,9 +630,11 @@ impl Kernel {
     fn run(&mut self, hook: Hook, frame: &[u8]) -> Option<u32> {
         // XDP's test runs arrive on the loopback: it applies the rules only while that is not
         // tc-only, and tc ingress applies every rule only while it is.
-        self.maps
-            .set_tc_only(LO, hook != Hook::Xdp)
-            .expect("tc-only mark");
+        let tc_only = hook != Hook::Xdp;
+        if tc_only != self.tc_only {
+            self.maps.set_tc_only(LO, tc_only).expect("tc-only mark");
+            self.tc_only = tc_only;
+        }
         let opts = TestRunOptions {
             data_in: Some(frame),
             ..Default::default()

@@ -135,7 +135,9 @@ fn family(net: &IpNet) -> u8 {
     }
 }
 
-/// (family, protocol number) alternatives a protocol choice stands for.
+/// (family, protocol number) alternatives a protocol choice stands for. `Any` is a wildcard
+/// (no protocol in the mask), which also matches a packet whose protocol the data path could
+/// not read (`PROTO_UNKNOWN`); no choice names that number.
 fn proto_alts(p: Proto) -> &'static [(u8, u8)] {
     match p {
         Proto::Any => &[(0, 0)],
@@ -617,6 +619,7 @@ fn scan(
 
 #[cfg(test)]
 mod tests {
+    use netfault_common::PROTO_UNKNOWN;
     use proptest::prelude::*;
 
     use super::*;
@@ -963,6 +966,47 @@ mod tests {
         // The port tuple is the data path's reason to parse the ports.
         assert_ne!(c.prefilter.ports, 0);
         assert_eq!(compile_specs(&[rule("r")]).prefilter.ports, 0);
+    }
+
+    #[test]
+    fn a_packet_of_unknown_protocol_matches_rules_on_its_addresses_only() {
+        for p in [Proto::Any, Proto::Tcp, Proto::Udp, Proto::Icmp] {
+            assert!(
+                proto_alts(p).iter().all(|&(_, n)| n != PROTO_UNKNOWN),
+                "{p:?}"
+            );
+        }
+        let a = "2001:db8::1";
+        let b = "2001:db8::2";
+        let mut udp = rule("udp");
+        udp.proto = Proto::Udp;
+        udp.src = vec![parse_net(a).unwrap()];
+        let mut port = udp.clone();
+        port.name = "port".into();
+        port.dport = PortRange { lo: 0, hi: 100 };
+        let mut cut = rule("cut");
+        cut.kind = Kind::Partition;
+        cut.src = vec![parse_net(a).unwrap()];
+        cut.dst = vec![parse_net(b).unwrap()];
+        let mut addr = rule("addresses");
+        addr.src = vec![parse_net(a).unwrap()];
+        // What the data path makes of a packet whose extension headers it cannot follow.
+        let unknown = pkt(a, b, PROTO_UNKNOWN, 0, 0, DIR_INGRESS);
+        assert_eq!(unknown.flags, 0);
+        let c = compile_specs(&[port.clone(), udp.clone()]);
+        assert!(classify(&c, &unknown).is_none());
+        assert_eq!(
+            classify(&c, &pkt(a, b, 17, 1, 53, DIR_INGRESS))
+                .unwrap()
+                .slot,
+            0
+        );
+        let c = compile_specs(&[port, udp, addr]);
+        assert_eq!(classify(&c, &unknown).unwrap().slot, 2);
+        let c = compile_specs(&[cut]);
+        assert_eq!(classify(&c, &unknown).unwrap().slot, 0);
+        let back = pkt(b, a, PROTO_UNKNOWN, 0, 0, DIR_EGRESS);
+        assert_eq!(classify(&c, &back).unwrap().slot, 0);
     }
 
     #[test]
