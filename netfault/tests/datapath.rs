@@ -1069,6 +1069,15 @@ fn hammer(ebpf: &Ebpf, pkt: &[u8], stop: &std::sync::atomic::AtomicBool) -> (u64
 /// only tuple; set B only in its fourth. Reading A's tuple count with B's tuples, B's count with
 /// A's flows, or a generation being rewritten, all miss and pass. The tuples that match P hold
 /// two flows each, so that P's match is a lookup in the flow map, not a tuple's own flow.
+/// `mixed_sets` and a third set that also drops P (`udp` 192.0.2.1 -> 198.51.100.1:53): a
+/// publish cycling through the three always rewrites the retired generation.
+fn three_sets() -> [Vec<RuleSpec>; 3] {
+    let (a, b) = mixed_sets();
+    let mut c = rule("c");
+    c.dst = vec![net("198.51.100.1")];
+    [a, b, vec![c]]
+}
+
 fn mixed_sets() -> (Vec<RuleSpec>, Vec<RuleSpec>) {
     let mut a = rule("a");
     a.src = vec![net("192.0.2.1"), net("192.0.2.9")];
@@ -1127,10 +1136,7 @@ fn rewrites_under_load_wait_for_readers() {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut dp = Dp::new();
-    let (a, b) = mixed_sets();
-    // A third set, also dropping P, so every publish rewrites the retired generation.
-    let mut c = rule("c");
-    c.dst = vec![net("198.51.100.1")];
+    let [a, b, c] = three_sets();
     let p = udp("192.0.2.1", "198.51.100.1", 1000, 53).bytes();
     let stop = std::sync::atomic::AtomicBool::new(false);
     dp.publish_at(&a, 0);
@@ -1139,7 +1145,7 @@ fn rewrites_under_load_wait_for_readers() {
         let h = sc.spawn(|| hammer(ebpf, &p, &stop));
         for _ in 0..10 {
             publish_at(maps, &b, 1);
-            publish_at(maps, std::slice::from_ref(&c), 5);
+            publish_at(maps, &c, 5);
             publish_at(maps, &a, 0);
         }
         stop.store(true, Ordering::Relaxed);
@@ -1166,10 +1172,8 @@ fn a_rewriting_publish_waits_for_running_programs() {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut dp = Dp::new();
-    let (a, b) = mixed_sets();
-    let mut c = rule("c");
-    c.dst = vec![net("198.51.100.1")];
-    let sets = [(a, 0), (b, 1), (vec![c], 5)];
+    let [a, b, c] = three_sets();
+    let sets = [(a, 0), (b, 1), (c, 5)];
     let mut spin = aya::Ebpf::load(netfault_lab::BENCH_OBJECT).unwrap();
     let p: &mut Xdp = spin.program_mut("lab_spin").unwrap().try_into().unwrap();
     p.load().unwrap();

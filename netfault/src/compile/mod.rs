@@ -653,8 +653,9 @@ mod tests {
         }
     }
 
-    fn compile_specs(specs: &[RuleSpec]) -> Compiled {
-        let inputs: Vec<_> = specs
+    /// Inputs in slots 0.., a named interface at index 7.
+    fn inputs(specs: &[RuleSpec]) -> Vec<Input<'_>> {
+        specs
             .iter()
             .enumerate()
             .map(|(i, s)| Input {
@@ -662,8 +663,11 @@ mod tests {
                 spec: s,
                 ifindex: s.iface.as_ref().map(|_| 7),
             })
-            .collect();
-        compile(&inputs).unwrap()
+            .collect()
+    }
+
+    fn compile_specs(specs: &[RuleSpec]) -> Compiled {
+        compile(&inputs(specs)).unwrap()
     }
 
     #[test]
@@ -1122,21 +1126,10 @@ mod tests {
     #[test]
     fn a_fifth_rule_with_one_match_is_refused_by_name() {
         let specs: Vec<_> = (0..=MAX_CHAIN).map(|i| rule(&format!("r{i}"))).collect();
-        let inputs: Vec<_> = specs
-            .iter()
-            .enumerate()
-            .map(|(i, spec)| Input {
-                slot: i as u32,
-                spec,
-                ifindex: None,
-            })
-            .collect();
+        let all = inputs(&specs);
         let n = MAX_CHAIN as usize;
-        assert!(
-            compile(&inputs[..n]).is_ok(),
-            "{n} rules with one match fit"
-        );
-        let e = compile(&inputs).unwrap_err();
+        assert!(compile(&all[..n]).is_ok(), "{n} rules with one match fit");
+        let e = compile(&all).unwrap_err();
         assert_eq!(
             e,
             CompileError::ChainTooLong {
@@ -1160,17 +1153,8 @@ mod tests {
             })
             .collect();
         narrow.insert(0, wide);
-        let inputs: Vec<_> = narrow
-            .iter()
-            .enumerate()
-            .map(|(i, spec)| Input {
-                slot: i as u32,
-                spec,
-                ifindex: None,
-            })
-            .collect();
         assert!(matches!(
-            compile(&inputs),
+            compile(&inputs(&narrow)),
             Err(CompileError::ChainTooLong { ref name, .. }) if name == &format!("n{}", n - 1)
         ));
     }
