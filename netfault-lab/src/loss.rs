@@ -88,6 +88,13 @@ pub struct LossRun {
     /// Payload bits per second at the sink over the whole flow.
     pub goodput_bits: f64,
     pub secs: f64,
+    /// What the sender's stack made of it (TcpExt counters of its namespace): DSACKs received
+    /// (the receiver got a segment twice: a retransmission was spurious), retransmission
+    /// timeouts, and retransmissions it held back because the segment was still queued in the
+    /// host.
+    pub dsacks: u64,
+    pub timeouts: u64,
+    pub host_queued: u64,
 }
 
 impl LossRun {
@@ -111,6 +118,35 @@ impl LossRun {
     pub fn retrans_per_drop(&self) -> f64 {
         self.retrans as f64 / self.counters.dropped.max(1) as f64
     }
+
+    /// DSACKs the sender received per dropped packet.
+    pub fn dsacks_per_drop(&self) -> f64 {
+        self.dsacks as f64 / self.counters.dropped.max(1) as f64
+    }
+
+    /// The sums of `runs` (the same flow repeated): counters and segments added, goodput
+    /// weighted by time.
+    pub fn sum(runs: &[LossRun]) -> LossRun {
+        let mut t = LossRun::default();
+        let mut bits = 0.0;
+        for r in runs {
+            let c = &mut t.counters;
+            c.matched += r.counters.matched;
+            c.dropped += r.counters.dropped;
+            c.duplicated += r.counters.duplicated;
+            c.passed += r.counters.passed;
+            t.out_segs += r.out_segs;
+            t.retrans += r.retrans;
+            t.rx_packets += r.rx_packets;
+            t.dsacks += r.dsacks;
+            t.timeouts += r.timeouts;
+            t.host_queued += r.host_queued;
+            t.secs += r.secs;
+            bits += r.goodput_bits * r.secs;
+        }
+        t.goodput_bits = bits / t.secs.max(1e-9);
+        t
+    }
 }
 
 impl fmt::Display for LossRun {
@@ -118,7 +154,7 @@ impl fmt::Display for LossRun {
         let c = &self.counters;
         write!(
             f,
-            "matched {} dropped {} duplicated {} passed {} | sender sent {} (retrans {}, {:.2}/drop) | receiver rx {} | {:.1} Mbit/s over {:.1} s",
+            "matched {} dropped {} duplicated {} passed {} | sender sent {} (retrans {}, {:.2}/drop; DSACKs {}, RTOs {}, held in host {}) | receiver rx {} | {:.1} Mbit/s over {:.1} s",
             c.matched,
             c.dropped,
             c.duplicated,
@@ -126,6 +162,9 @@ impl fmt::Display for LossRun {
             self.sent(),
             self.retrans,
             self.retrans_per_drop(),
+            self.dsacks,
+            self.timeouts,
+            self.host_queued,
             self.rx_packets,
             self.goodput_bits / 1e6,
             self.secs
@@ -170,6 +209,34 @@ pub fn run(
     action: &[&str],
     until: Until,
 ) -> Result<LossRun> {
+    run_with(nf, tx, rx, side, name, action, until, Opts::default())
+}
+
+/// How the sender's socket is set up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Opts<'a> {
+    /// Its congestion control (TCP_CONGESTION; None: the namespace's default).
+    pub cc: Option<&'a str>,
+    /// Its send buffer (SO_SNDBUF, bytes; None: autotuned). A flow that ends by time drains
+    /// what it has buffered through the lossy path: a small buffer keeps that short.
+    pub sndbuf: Option<u32>,
+}
+
+/// [`run`] with the sender's socket set up as `opts` says.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "run's arguments and the socket's"
+)]
+pub fn run_with(
+    nf: &Netfault,
+    tx: &Host,
+    rx: &Host,
+    side: Side,
+    name: &str,
+    action: &[&str],
+    until: Until,
+    opts: Opts<'_>,
+) -> Result<LossRun> {
     let Until {
         packets: min_packets,
         limit,
@@ -193,13 +260,101 @@ pub fn run(
     nf.run(&host.ns, &args)?;
 
     let poll_ns = host.ns.clone();
-    flow(
+    flow_with(
         tx,
         rx,
         limit,
+        opts,
         || Ok(nf.counters(&poll_ns, name)?.matched >= min_packets),
         || nf.counters(&host.ns, name),
     )
+}
+
+/// The send buffer of [`placements`]' flows: at 10 % loss a flow may crawl (timeouts), and
+/// what is buffered when its time is up is drained before it ends.
+pub const SNDBUF: u32 = 256 << 10;
+
+/// One congestion control's flows through a 10 % (`action`) loss rule at each placement, in
+/// one lab whose two hosts both have netfault attached (so the devices are the same for both
+/// placements and only where the rule sits differs): `reps` pairs, the placements alternating,
+/// each flow `secs` long, the rule deleted after each. Returns (sender's egress, receiver's
+/// ingress), summed over the repetitions.
+pub fn placements(
+    nf: &Netfault,
+    tx: &Host,
+    rx: &Host,
+    action: &[&str],
+    cc: &str,
+    reps: u32,
+    secs: Duration,
+) -> Result<(LossRun, LossRun)> {
+    let (mut egress, mut ingress) = (Vec::new(), Vec::new());
+    let until = Until {
+        packets: u64::MAX,
+        limit: secs,
+    };
+    for i in 0..reps {
+        for side in [Side::SenderEgress, Side::ReceiverIngress] {
+            let name = format!("place{i}");
+            let opts = Opts {
+                cc: Some(cc),
+                sndbuf: Some(SNDBUF),
+            };
+            let r = run_with(nf, tx, rx, side, &name, action, until, opts)
+                .with_context(|| format!("{cc}, rule at the {}", side.label()))?;
+            let host = if side == Side::SenderEgress { tx } else { rx };
+            nf.run(&host.ns, &["rule", "del", &name])?;
+            match side {
+                Side::SenderEgress => egress.push(r),
+                Side::ReceiverIngress => ingress.push(r),
+            }
+        }
+    }
+    Ok((LossRun::sum(&egress), LossRun::sum(&ingress)))
+}
+
+/// `a / b` or `b / a`, whichever is at least 1 (infinite when one is 0 and the other is not).
+pub fn spread(a: f64, b: f64) -> f64 {
+    if a == b {
+        1.0
+    } else if a <= 0.0 || b <= 0.0 {
+        f64::INFINITY
+    } else {
+        (a / b).max(b / a)
+    }
+}
+
+/// How the two placements of [`placements`] compare: goodput and retransmissions per drop
+/// within `bound` of each other, and no more DSACKs per drop at the sender's egress than
+/// `bound` times those the same loss causes at the receiver's ingress (or 0.02, for a
+/// reference with none). Returns the failures, empty when it holds.
+pub fn placement_failures(egress: &LossRun, ingress: &LossRun, bound: f64) -> Vec<String> {
+    let mut f = Vec::new();
+    let g = spread(egress.goodput_bits, ingress.goodput_bits);
+    if g > bound {
+        f.push(format!(
+            "goodput differs {g:.2}x ({:.1} vs {:.1} Mbit/s)",
+            egress.goodput_bits / 1e6,
+            ingress.goodput_bits / 1e6
+        ));
+    }
+    let r = spread(egress.retrans_per_drop(), ingress.retrans_per_drop());
+    if r > bound {
+        f.push(format!(
+            "retransmissions per drop differ {r:.2}x ({:.2} vs {:.2})",
+            egress.retrans_per_drop(),
+            ingress.retrans_per_drop()
+        ));
+    }
+    let allowed = (bound * ingress.dsacks_per_drop()).max(0.02);
+    if egress.dsacks_per_drop() > allowed {
+        f.push(format!(
+            "DSACKs per drop at the sender's egress {:.3} > {allowed:.3} (receiver's ingress: {:.3})",
+            egress.dsacks_per_drop(),
+            ingress.dsacks_per_drop()
+        ));
+    }
+    f
 }
 
 /// A TCP flow from `tx` to `rx` (port [`PORT`]) until `done` says so (asked every 500 ms) or
@@ -209,6 +364,29 @@ pub fn flow(
     tx: &Host,
     rx: &Host,
     limit: Duration,
+    done: impl FnMut() -> Result<bool>,
+    counters: impl FnMut() -> Result<Counters>,
+) -> Result<LossRun> {
+    flow_with(tx, rx, limit, Opts::default(), done, counters)
+}
+
+/// The TcpExt counters [`LossRun`] reports besides the segments.
+const TCP_EXT: [&str; 3] = ["TCPDSACKRecv", "TCPTimeouts", "TCPSpuriousRtxHostQueues"];
+
+fn tcp_ext(ns: &str) -> Result<[u64; 3]> {
+    let mut v = [0; 3];
+    for (v, name) in v.iter_mut().zip(TCP_EXT) {
+        *v = snmp(ns, "TcpExt", name)?;
+    }
+    Ok(v)
+}
+
+/// [`flow`] with the sender's socket set up as `opts` says.
+pub fn flow_with(
+    tx: &Host,
+    rx: &Host,
+    limit: Duration,
+    opts: Opts<'_>,
     mut done: impl FnMut() -> Result<bool>,
     mut counters: impl FnMut() -> Result<Counters>,
 ) -> Result<LossRun> {
@@ -220,6 +398,7 @@ pub fn flow(
     let out0 = snmp(&tx.ns, "Tcp", "OutSegs")?;
     let re0 = snmp(&tx.ns, "Tcp", "RetransSegs")?;
     let rx0 = link_stats(&rx.ns, &rx.iface)?.rx_packets;
+    let ext0 = tcp_ext(&tx.ns)?;
     let listener =
         run_in(&rx.ns, || TcpListener::bind(dst))?.with_context(|| format!("listen on {dst}"))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -233,7 +412,8 @@ pub fn flow(
     let sender = {
         let stop = stop.clone();
         let ns = tx.ns.clone();
-        thread::spawn(move || send(&ns, dst, &stop, hard_stop))
+        let (cc, sndbuf) = (opts.cc.map(str::to_owned), opts.sndbuf);
+        thread::spawn(move || send(&ns, dst, cc.as_deref(), sndbuf, &stop, hard_stop))
     };
     let end = start + limit;
     let mut polled = Ok(());
@@ -282,6 +462,7 @@ pub fn flow(
         last = now;
     }
     let (out_segs, retrans, rx_packets, counters) = last;
+    let ext = tcp_ext(&tx.ns)?;
     Ok(LossRun {
         counters,
         out_segs,
@@ -289,6 +470,9 @@ pub fn flow(
         rx_packets,
         goodput_bits: received.load(Ordering::Relaxed) as f64 * 8.0 / secs,
         secs,
+        dsacks: ext[0] - ext0[0],
+        timeouts: ext[1] - ext0[1],
+        host_queued: ext[2] - ext0[2],
     })
 }
 
@@ -325,13 +509,59 @@ fn netem_counts(tc: &str) -> Option<(u64, u64)> {
     Some((pkt, dropped))
 }
 
+/// setsockopt(2) on `s` with the bytes of `val`.
+fn setsockopt(s: &TcpStream, level: i32, opt: i32, val: &[u8], what: &str) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid socket and a buffer of the length given.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            opt,
+            val.as_ptr().cast(),
+            val.len() as libc::socklen_t,
+        )
+    };
+    ensure!(rc == 0, "set {what}: {}", io::Error::last_os_error());
+    Ok(())
+}
+
 /// Writes until `stop`, then closes (the sink reads to EOF).
-fn send(ns: &str, dst: SocketAddr, stop: &AtomicBool, hard_stop: Instant) -> Result<()> {
+fn send(
+    ns: &str,
+    dst: SocketAddr,
+    cc: Option<&str>,
+    sndbuf: Option<u32>,
+    stop: &AtomicBool,
+    hard_stop: Instant,
+) -> Result<()> {
     use std::io::Write as _;
     let mut s = run_in(ns, || {
         TcpStream::connect_timeout(&dst, Duration::from_secs(5))
     })?
     .with_context(|| format!("connect to {dst} from {ns}"))?;
+    // Before any data: the whole flow runs under it.
+    // (Root may pick any congestion control the kernel has, also one outside
+    // net.ipv4.tcp_allowed_congestion_control, which a namespace cannot make its default.)
+    if let Some(cc) = cc {
+        setsockopt(
+            &s,
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            cc.as_bytes(),
+            &format!("congestion control {cc}"),
+        )?;
+    }
+    if let Some(b) = sndbuf {
+        let v = i32::try_from(b).unwrap_or(i32::MAX);
+        setsockopt(
+            &s,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            &v.to_ne_bytes(),
+            "the send buffer",
+        )?;
+    }
     s.set_write_timeout(Some(Duration::from_millis(200)))?;
     let chunk = vec![0x5au8; 64 << 10];
     while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
@@ -412,6 +642,50 @@ fn sink(listener: &TcpListener, received: &AtomicU64, hard_stop: Instant) -> Res
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn lossy(dropped: u64, retrans: u64, dsacks: u64, mbit: f64, secs: f64) -> LossRun {
+        LossRun {
+            counters: Counters {
+                matched: dropped * 10,
+                dropped,
+                passed: dropped * 9,
+                ..Counters::default()
+            },
+            retrans,
+            dsacks,
+            goodput_bits: mbit * 1e6,
+            secs,
+            ..LossRun::default()
+        }
+    }
+
+    #[test]
+    fn placements_compare_goodput_retransmits_and_dsacks() {
+        let ingress = lossy(1000, 1050, 20, 800.0, 3.0);
+        assert!(placement_failures(&lossy(900, 1000, 20, 700.0, 3.0), &ingress, 1.5).is_empty());
+        // The reported case: goodput far apart, retransmits per drop 1.5x, DSACKs doubled.
+        let f = placement_failures(&lossy(100, 160, 4, 10.0, 3.0), &ingress, 1.5);
+        assert_eq!(f.len(), 3, "{f:?}");
+        // No DSACKs in the reference: a few per hundred drops are still allowed.
+        let clean = lossy(1000, 1000, 0, 5.0, 3.0);
+        assert!(placement_failures(&lossy(1000, 1000, 10, 5.0, 3.0), &clean, 1.5).is_empty());
+        assert_eq!(
+            placement_failures(&lossy(1000, 1000, 30, 5.0, 3.0), &clean, 1.5).len(),
+            1
+        );
+        assert_eq!(spread(0.0, 0.0), 1.0);
+        assert!(spread(0.0, 1.0).is_infinite());
+    }
+
+    #[test]
+    fn sums_weigh_goodput_by_time() {
+        let t = LossRun::sum(&[lossy(10, 12, 1, 100.0, 1.0), lossy(30, 30, 0, 20.0, 3.0)]);
+        assert_eq!((t.counters.dropped, t.retrans, t.dsacks), (40, 42, 1));
+        assert!((t.goodput_bits - 40e6).abs() < 1.0, "{}", t.goodput_bits);
+        assert!((t.secs - 4.0).abs() < 1e-9);
+    }
+
     #[test]
     fn netem_counts_parse() {
         let t = "qdisc netem 8001: root refcnt 2 limit 1000 loss 10%\n Sent 1234 bytes 56 pkt (dropped 7, overlimits 0 requeues 0)\n backlog 0b 0p requeues 0\n";

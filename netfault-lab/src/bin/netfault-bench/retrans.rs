@@ -8,6 +8,13 @@
 //! - the sender retransmits at least 0.8 x the dropped packets (TCP RetransSegs of its
 //!   namespace): it took the drops for losses.
 //!
+//!
+//! Then the two placements side by side for BBR and CUBIC (the sender's TCP_CONGESTION): one
+//! lab with netfault attached on both hosts, flows of a fixed time alternating between the rule
+//! at the sender's egress and at the receiver's ingress. Target: goodput and retransmissions
+//! per drop within 1.5x of each other, and no more DSACKs per drop at egress than 1.5x those at
+//! ingress (a lossy wire is one wire, wherever the rule sits).
+//!
 //! `--netem` adds a row with `tc netem loss 10%` on the sender's egress for comparison (needs
 //! sch_netem: in a VM guest).
 use std::time::Duration;
@@ -31,6 +38,12 @@ pub struct Args {
     /// Also run `tc netem loss 10%` at the sender's egress (needs sch_netem).
     #[arg(long)]
     netem: bool,
+    /// Placement comparison: seconds per flow.
+    #[arg(long, default_value_t = 3)]
+    placement_secs: u64,
+    /// Placement comparison: flows per placement and congestion control.
+    #[arg(long, default_value_t = 3)]
+    placement_reps: u32,
 }
 
 /// Namespaces of this benchmark are `nfbr-<pid>-<n>-<role>` (the lab removes stale ones).
@@ -43,6 +56,8 @@ impl Default for Args {
             packets: 30_000,
             limit: 120,
             netem: false,
+            placement_secs: 3,
+            placement_reps: 3,
         }
     }
 }
@@ -109,7 +124,96 @@ pub fn run(args: &Args) -> Result<()> {
         });
     }
     print(&rows);
+    let mut compared = Vec::new();
+    for cc in CCS {
+        eprintln!("netfault-bench retrans: {cc}, both placements");
+        compared.push((
+            cc,
+            placements(&nf, cc, args).with_context(|| cc.to_owned())?,
+        ));
+    }
+    print_placements(&compared);
     Ok(())
+}
+
+/// The congestion controls the placements are compared under.
+const CCS: [&str; 2] = ["bbr", "cubic"];
+
+/// (sender's egress, receiver's ingress) for `cc`, in one lab with netfault on both hosts.
+fn placements(nf: &Netfault, cc: &str, args: &Args) -> Result<(LossRun, LossRun)> {
+    sys::check_stop()?;
+    let mut lab = Lab::new(PREFIX)?;
+    let [a, b] = lab.pair()?;
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        let r = lab::ping(&from.ns, to.ip(false), 1)?;
+        anyhow::ensure!(r.received == 1, "{} cannot reach {}", from.ns, to.v4);
+    }
+    nf.attach(&mut lab, &a.ns, &a.iface)?;
+    nf.attach(&mut lab, &b.ns, &b.iface)?;
+    loss::placements(
+        nf,
+        &a,
+        &b,
+        &["--drop", "10%"],
+        cc,
+        args.placement_reps,
+        Duration::from_secs(args.placement_secs),
+    )
+}
+
+fn print_placements(compared: &[(&str, (LossRun, LossRun))]) {
+    println!();
+    println!(
+        "4b. the same 10% loss at the sender's egress and at the receiver's ingress, side by side \
+         (netfault on both hosts, flows alternating; sums over the flows)"
+    );
+    println!(
+        "{:<26} {:>8} {:>8} {:>8} {:>12} {:>11} {:>5} {:>9} {:>6}",
+        "cc, placement",
+        "matched",
+        "dropped",
+        "retrans",
+        "retrans/drop",
+        "DSACK/drop",
+        "RTOs",
+        "Mbit/s",
+        "secs"
+    );
+    for (cc, (egress, ingress)) in compared {
+        for (what, r) in [("sender's egress", egress), ("receiver's ingress", ingress)] {
+            let c = &r.counters;
+            println!(
+                "{:<26} {:>8} {:>8} {:>8} {:>12.2} {:>11.3} {:>5} {:>9.1} {:>6.1}",
+                format!("{cc}, {what}"),
+                c.matched,
+                c.dropped,
+                r.retrans,
+                r.retrans_per_drop(),
+                r.dsacks_per_drop(),
+                r.timeouts,
+                r.goodput_bits / 1e6,
+                r.secs
+            );
+        }
+    }
+    println!("targets:");
+    for (cc, (egress, ingress)) in compared {
+        let failures = loss::placement_failures(egress, ingress, 1.5);
+        println!(
+            "   {cc}: goodput {:.2}x, retransmits/drop {:.2}x apart (<= 1.5x), DSACKs/drop {:.3} \
+             at egress vs {:.3} at ingress: {}{}",
+            loss::spread(egress.goodput_bits, ingress.goodput_bits),
+            loss::spread(egress.retrans_per_drop(), ingress.retrans_per_drop()),
+            egress.dsacks_per_drop(),
+            ingress.dsacks_per_drop(),
+            met(failures.is_empty()),
+            if failures.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", failures.join("; "))
+            }
+        );
+    }
 }
 
 fn met(ok: bool) -> &'static str {
