@@ -22,10 +22,12 @@
 //!
 //! Where the kernel refuses live frames (EPERM: BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES,
 //! probed once at the start), an AF_PACKET socket sender takes the generator's place
-//! (sockgen.rs) and only the two-CPU way runs: the sender on one CPU, the receiving veth's
-//! threaded NAPI poll on the other. A socket sender is slower than any of the receivers, so the
-//! rate is the sender's; the figure that compares the hooks is then the receiver's CPU time per
-//! frame: the NAPI thread's run time (/proc/PID/schedstat) over the frames it received.
+//! (sockgen.rs). In the two-CPU way (B, its headline) the sender is on one CPU, the receiving
+//! veth's threaded NAPI poll on the other. The rate is then the slower side's, which may be the
+//! sender; the figure that compares the hooks is the receiver's CPU time per frame: the NAPI
+//! thread's run time (/proc/PID/schedstat) over the frames it received. The one-CPU way (A)
+//! runs too: each send ends by running the receive softirq for that frame on the same CPU, so
+//! ns/pkt minus the trivial drop's is what a hook costs beyond it.
 //!
 //! netfault is deployed as a user would: the `netfault` binary's `attach` and `rule add
 //! drop-all --dir ingress --drop 100% --all-traffic`, so the loopback protections (and the SSH

@@ -192,10 +192,12 @@ fn socket_droprate(plan: &Plan, outs: &[Outcome]) {
         frame::FRAME_LEN
     );
     println!(
-        "   what this measures: a socket sender is slower than the receivers: Mpps is the \
-         sender's rate wherever rx busy is under 100%, no receiver's limit. The frames come as \
-         skbs, so a veth with XDP first copies each into a page (skb to xdp_buff) before the \
-         program runs: the XDP receivers pay that, nft does not. Figures are not comparable \
+        "   what this measures: the frames come as skbs, so a veth with XDP first copies each \
+         into a page (skb to xdp_buff) before the program runs: the XDP receivers pay that, nft \
+         does not. In B, \"rx busy\" is the receiving thread's CPU time over the sender's wall \
+         time: near 95% (what RT throttling leaves a SCHED_FIFO thread) with sendmmsg calls cut \
+         short by a full ring, the receiver was the limit; well under it, the sender was, and \
+         Mpps is the sender's rate. rx ns/pkt is the receiver's cost either way. Not comparable \
          with live frames' ns/pkt"
     );
     for out in outs {

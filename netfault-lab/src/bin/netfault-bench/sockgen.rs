@@ -3,8 +3,8 @@
 //! (PACKET_QDISC_BYPASS), so each frame costs the sender a syscall share, an skb and a copy,
 //! and goes straight into the receiving veth's ring.
 //!
-//! One such sender on one CPU is slower than what a trivial XDP drop on the other CPU can take,
-//! so its rate is the sender's. What compares the hooks is the receiver's CPU time per frame
+//! Whether such a sender or the receiver on the other CPU is the limit depends on the machine,
+//! so the rate compares nothing: what compares the hooks is the receiver's CPU time per frame
 //! (droprate.rs measures it from the receiving veth's NAPI thread).
 use std::{
     io,
