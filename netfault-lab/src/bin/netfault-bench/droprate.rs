@@ -20,6 +20,15 @@
 //! The figure is the receiving veth's rx packet count (every frame its NAPI poll took off the
 //! ring, all of them dropped by the hook under test) over the generator's wall-clock run time.
 //!
+//! Where the kernel refuses live frames (EPERM: BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES,
+//! probed once at the start), an AF_PACKET socket sender takes the generator's place
+//! (sockgen.rs). In the two-CPU way (B, its headline) the sender is on one CPU, the receiving
+//! veth's threaded NAPI poll on the other. The rate is then the slower side's, which may be the
+//! sender; the figure that compares the hooks is the receiver's CPU time per frame: the NAPI
+//! thread's run time (/proc/PID/schedstat) over the frames it received. The one-CPU way (A)
+//! runs too: each send ends by running the receive softirq for that frame on the same CPU, so
+//! ns/pkt minus the trivial drop's is what a hook costs beyond it.
+//!
 //! netfault is deployed as a user would: the `netfault` binary's `attach` and `rule add
 //! drop-all --dir ingress --drop 100% --all-traffic`, so the loopback protections (and the SSH
 //! one, when the bench runs over SSH), the default TTL and the hook the CLI picks for a veth
@@ -41,7 +50,7 @@ use netfault_lab::lab::Netfault;
 use crate::{
     Plan, frame,
     progrun::{self, DST, MATCH_SRC},
-    sys,
+    sockgen, sys,
     topo::{self, Topology},
 };
 
@@ -57,6 +66,31 @@ const MAX_FRAMES: u32 = 30_000_000;
 const SETTLE: Duration = Duration::from_millis(50);
 const GEN_CPU: usize = 0;
 const RX_CPU: usize = 1;
+/// Socket sender: the most frames one round may send, whatever the time says.
+const SOCKET_MAX_FRAMES: u64 = 100_000_000;
+
+/// What sends the frames.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Generator {
+    /// BPF_PROG_RUN live frames, `bench_tx` on the sending veth.
+    LiveFrames,
+    /// An AF_PACKET socket on the sending veth (sockgen.rs): where live frames are refused.
+    Socket,
+}
+
+impl Generator {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Generator::LiveFrames => {
+                "BPF_PROG_RUN live frames, bench_tx (XDP_TX) on the sending veth"
+            }
+            Generator::Socket => {
+                "AF_PACKET socket on the sending veth, sendmmsg of one prebuilt frame, \
+                 PACKET_QDISC_BYPASS (BPF_PROG_RUN live frames refused here: EPERM)"
+            }
+        }
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Receiver {
@@ -93,6 +127,21 @@ impl RxMode {
         }
     }
 
+    /// The mode as the socket sender runs it.
+    pub fn describe_socket(self) -> &'static str {
+        match self {
+            RxMode::Softirq => {
+                "A. one CPU: each frame received (NAPI, softirq) as its send returns, on the \
+                 sender's CPU; ns/pkt is the sender's and the receiver's together, the same \
+                 sender for all: \"vs trivial\" is what a hook costs beyond the trivial drop"
+            }
+            RxMode::Threaded => {
+                "B. two CPUs: the socket sender on CPU 0, the receiving veth's threaded NAPI poll \
+                 on CPU 1 (both SCHED_FIFO); rx ns/pkt = that thread's CPU time / frames received"
+            }
+        }
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             RxMode::Softirq => {
@@ -122,9 +171,16 @@ pub struct Summary {
     /// Frames sent by completed runs and received during them.
     pub sent: u64,
     pub received: u64,
+    /// Socket sender only: the receiving NAPI thread's CPU ns per frame received, per round.
+    pub rx_cpu_ns: Vec<f64>,
+    /// Socket sender only: that thread's CPU time over the sender's wall time, per round.
+    pub busy: Vec<f64>,
+    /// Socket sender only: sendmmsg calls cut short because the veth's ring was full.
+    pub refusals: u64,
 }
 
 pub struct Outcome {
+    pub generator: Generator,
     pub mode: RxMode,
     pub summaries: Vec<Summary>,
     /// Frames that got past the hook under test to the receiver's IP layer (should be none).
@@ -148,6 +204,8 @@ struct Bench<'a> {
     /// The `netfault` binary, next to this one.
     cli: Netfault,
     frame: Vec<u8>,
+    generator: Generator,
+    tx_ifindex: u32,
     /// `struct xdp_md` for live frames: data_end = frame length, ingress on the sending veth.
     ctx: Vec<u8>,
     mode: RxMode,
@@ -160,6 +218,10 @@ struct GenRun {
     elapsed: Duration,
     /// False when the watchdog interrupted the run.
     completed: bool,
+    /// Frames sent (known for a completed run).
+    sent: u64,
+    /// Socket sender: sendmmsg calls cut short by a full ring.
+    refusals: u64,
 }
 
 /// The rule, as a user types it.
@@ -245,6 +307,8 @@ impl<'a> Bench<'a> {
             bench,
             cli: cli()?,
             frame,
+            generator: Generator::LiveFrames,
+            tx_ifindex,
             ctx,
             mode: RxMode::Softirq,
             two_cpus: sys::online_cpus() >= 2,
@@ -289,9 +353,9 @@ impl<'a> Bench<'a> {
 
     /// Threaded: the receive thread gets the other CPU, at real-time priority. Done before every
     /// round: the NAPI thread can be recreated when programs come and go.
-    fn place_receiver(&mut self) -> Result<()> {
+    fn place_receiver(&mut self) -> Result<Option<libc::pid_t>> {
         if self.mode != RxMode::Threaded {
-            return Ok(());
+            return Ok(None);
         }
         let Some(pid) = napi_thread(&self.topo.rx_if) else {
             bail!(
@@ -300,7 +364,8 @@ impl<'a> Bench<'a> {
             );
         };
         sys::pin_to_cpu(pid, RX_CPU)?;
-        sys::set_fifo(pid)
+        sys::set_fifo(pid)?;
+        Ok(Some(pid))
     }
 
     fn attach(&mut self, r: Receiver) -> Result<Attached> {
@@ -394,6 +459,8 @@ impl<'a> Bench<'a> {
                 Ok(_) => Ok(GenRun {
                     elapsed,
                     completed: true,
+                    sent: u64::from(frames),
+                    refusals: 0,
                 }),
                 Err(e) if sys::is_eintr(&e) => {
                     sys::check_stop()?;
@@ -403,11 +470,53 @@ impl<'a> Bench<'a> {
                     Ok(GenRun {
                         elapsed,
                         completed: false,
+                        sent: 0,
+                        refusals: 0,
                     })
                 }
                 Err(e) => Err(e).context("BPF_PROG_RUN live frames (bench_tx)"),
             }
         })
+    }
+
+    /// Sends for `dur` from the sending veth through an AF_PACKET socket, pinned to the
+    /// generator's CPU.
+    fn send(&self, dur: Duration) -> Result<GenRun> {
+        let (frame, ifindex, pin) = (&self.frame, self.tx_ifindex, self.two_cpus);
+        sys::in_netns(&self.topo.tx_ns, || {
+            if pin {
+                sys::pin_to_cpu(0, GEN_CPU)?;
+            }
+            sys::set_fifo(0)?;
+            let sock = sockgen::PacketSocket::open(ifindex)?;
+            let s = sock.blast(frame, dur, SOCKET_MAX_FRAMES)?;
+            Ok(GenRun {
+                elapsed: s.elapsed,
+                completed: true,
+                sent: s.accepted,
+                refusals: s.refusals,
+            })
+        })
+    }
+
+    fn round_time(&self) -> Duration {
+        Duration::from_secs_f64(self.plan.round_secs)
+    }
+
+    /// True if the kernel refuses BPF_PROG_RUN live frames with EPERM: one batch into the
+    /// trivial drop. Any other error is an error.
+    fn live_frames_refused(&mut self) -> Result<bool> {
+        let a = self.attach(Receiver::XdpDrop)?;
+        let r = self.generate(BATCH);
+        self.detach(a)?;
+        match r {
+            Ok(_) => Ok(false),
+            Err(e) if refused(&e) => {
+                log::debug!("live frames refused: {e:#}");
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Rounds have as many frames as a trivial drop takes in `round_secs`; in softirq mode the
@@ -420,12 +529,17 @@ impl<'a> Bench<'a> {
     /// run that also warms it up. Rounds of equal length keep the comparison fair: the
     /// kernel takes a CPU away from real-time tasks after 950 ms (RT throttling, fair server),
     /// so with `round_secs` below that no round is cut into.
+    /// The socket sender's rounds are timed instead: this is a quarter round of warm-up, and 0.
     fn size(&mut self, r: Receiver) -> Result<u32> {
         let a = self.attach(r)?;
-        let run = self
-            .place_receiver()
-            .and_then(|()| self.generate(SIZING_FRAMES));
+        let run = self.place_receiver().and_then(|_| match self.generator {
+            Generator::LiveFrames => self.generate(SIZING_FRAMES),
+            Generator::Socket => self.send(self.round_time() / 4),
+        });
         self.detach(a)?;
+        if self.generator == Generator::Socket {
+            return run.map(|_| 0);
+        }
         let run = run?;
         if !run.completed {
             bail!(
@@ -451,10 +565,19 @@ impl<'a> Bench<'a> {
 
     fn measure(&mut self, s: &mut Summary) -> Result<()> {
         let frames = s.frames;
-        self.place_receiver()?;
+        let napi = self.place_receiver()?;
+        // The socket sender's figure is the receiver's CPU time.
+        let napi = match (self.generator, napi) {
+            (Generator::Socket, Some(pid)) => Some((pid, sys::task_runtime_ns(pid)?)),
+            // Softirq: sender and receiver share the CPU, the rate is the figure.
+            (Generator::Socket, None) | (Generator::LiveFrames, _) => None,
+        };
         let rx0 = self.topo.rx_packets()?;
         let nf0 = self.nf_dropped(s.receiver)?;
-        let run = self.generate(frames)?;
+        let run = match self.generator {
+            Generator::LiveFrames => self.generate(frames)?,
+            Generator::Socket => self.send(self.round_time())?,
+        };
         sleep(SETTLE);
         let rx = self.topo.rx_packets()? - rx0;
         if rx == 0 {
@@ -462,6 +585,17 @@ impl<'a> Bench<'a> {
             bail!("no frame reached {}: its NAPI is off", self.topo.rx_if);
         }
         let secs = run.elapsed.as_secs_f64();
+        if let Some((pid, rt0)) = napi {
+            let rt = sys::task_runtime_ns(pid)?.saturating_sub(rt0);
+            if rt == 0 {
+                bail!(
+                    "NAPI thread {pid} ran for 0 ns while {rx} frames were received: not the receiver"
+                );
+            }
+            s.rx_cpu_ns.push(rt as f64 / rx as f64);
+            s.busy.push(rt as f64 / 1e9 / secs);
+            s.refusals += run.refusals;
+        }
         log::debug!(
             "{:?} {:?}: {rx} of {frames} frames received in {secs:.3} s, generator completed: {}",
             self.mode,
@@ -470,9 +604,9 @@ impl<'a> Bench<'a> {
         );
         s.rx_mpps.push(rx as f64 / secs / 1e6);
         s.offered_mpps
-            .push(run.completed.then(|| f64::from(frames) / secs / 1e6));
+            .push(run.completed.then(|| run.sent as f64 / secs / 1e6));
         if run.completed {
-            s.sent += u64::from(frames);
+            s.sent += run.sent;
             s.received += rx;
         }
         if s.receiver == Receiver::Netfault {
@@ -505,6 +639,9 @@ impl<'a> Bench<'a> {
                 counter_check: None,
                 sent: 0,
                 received: 0,
+                rx_cpu_ns: Vec::new(),
+                busy: Vec::new(),
+                refusals: 0,
             })
             .collect();
         for s in &mut summaries {
@@ -522,6 +659,7 @@ impl<'a> Bench<'a> {
         }
         let leaked = self.ip_in_receives()? - ip0;
         Ok(Outcome {
+            generator: self.generator,
             mode,
             summaries,
             leaked,
@@ -530,11 +668,21 @@ impl<'a> Bench<'a> {
     }
 }
 
-/// Both receive modes, softirq (the headline) first.
+/// Is this the kernel refusing live frames (EPERM anywhere in the chain)?
+fn refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| sys::is_errno(c, libc::EPERM))
+}
+
+/// Both receive modes, softirq (the headline) first; with the socket sender, only the threaded.
 pub fn run(plan: &Plan, pins: &Path) -> Result<Vec<Outcome>> {
     let topo = Topology::create()?;
     let mut b = Bench::new(plan, &topo, pins)?;
     b.enable_napi()?;
+    if b.live_frames_refused()? {
+        b.generator = Generator::Socket;
+        let tx_if = topo.tx_if.clone();
+        sys::in_netns(&topo.tx_ns, || sys::disable_tso(&tx_if))?;
+    }
     let mut out = Vec::new();
     for mode in [RxMode::Softirq, RxMode::Threaded] {
         if b.set_mode(mode)? {
@@ -544,4 +692,32 @@ pub fn run(plan: &Plan, pins: &Path) -> Result<Vec<Outcome>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use anyhow::Context as _;
+    use aya::{programs::ProgramError, sys::SyscallError};
+
+    use super::refused;
+
+    /// The error `generate` returns when BPF_PROG_RUN fails with `errno`.
+    fn prog_run_error(errno: i32) -> anyhow::Error {
+        let e = ProgramError::SyscallError(SyscallError {
+            call: "bpf_prog_test_run",
+            io_error: io::Error::from_raw_os_error(errno),
+        });
+        Err::<(), _>(e)
+            .context("BPF_PROG_RUN live frames (bench_tx)")
+            .unwrap_err()
+    }
+
+    #[test]
+    fn eperm_is_a_refusal_other_errors_are_not() {
+        assert!(refused(&prog_run_error(libc::EPERM)));
+        assert!(!refused(&prog_run_error(libc::EINVAL)));
+        assert!(!refused(&prog_run_error(libc::EINTR)));
+    }
 }

@@ -28,6 +28,7 @@ mod goodput;
 mod progrun;
 mod report;
 mod retrans;
+mod sockgen;
 mod sys;
 mod topo;
 
@@ -140,21 +141,45 @@ fn run(args: &Args) -> Result<()> {
     let pins = topo::PinDir::create()?;
     report::header(&plan);
     let part = |p: Part| args.only.is_none_or(|o| o == p);
+    let mut failed = Vec::new();
     if part(Part::Progrun) {
-        let rows = progrun::run(&plan, pins.path())?;
-        report::progrun(&plan, &rows);
+        let r = progrun::run(&plan, pins.path()).map(|rows| report::progrun(&plan, &rows));
+        not_measured(Part::Progrun, r, &mut failed)?;
     }
     if part(Part::Veth) {
-        let outs = droprate::run(&plan, pins.path())?;
-        report::droprate(&plan, &outs);
+        let r = droprate::run(&plan, pins.path()).map(|outs| report::droprate(&plan, &outs));
+        not_measured(Part::Veth, r, &mut failed)?;
     }
     if part(Part::Goodput) {
-        let rows = goodput::run(&plan)?;
-        goodput::report(&plan, &rows);
+        let r = goodput::run(&plan).map(|rows| goodput::report(&plan, &rows));
+        not_measured(Part::Goodput, r, &mut failed)?;
     }
     if part(Part::Retrans) {
-        retrans::run(&retrans::Args::default())?;
+        let r = retrans::run(&retrans::Args::default());
+        not_measured(Part::Retrans, r, &mut failed)?;
     }
+    if !failed.is_empty() {
+        bail!("not measured: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// A part that cannot measure here says so in the report, and the others still run; the exit
+/// status says at the end that something was not measured. Ctrl-C or SIGTERM stop everything.
+fn not_measured(p: Part, r: Result<()>, failed: &mut Vec<&'static str>) -> Result<()> {
+    let Err(e) = r else {
+        return Ok(());
+    };
+    sys::check_stop()?;
+    let (n, name) = match p {
+        Part::Progrun => (1, "progrun"),
+        Part::Veth => (2, "veth"),
+        Part::Goodput => (3, "goodput"),
+        Part::Retrans => (4, "retrans"),
+    };
+    println!();
+    println!("{n}. {name}: NOT MEASURED here: {e:#}");
+    failed.push(name);
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Plain-text tables on stdout; docs/BENCHMARKS.md quotes them verbatim.
 use crate::{
     Plan,
-    droprate::{Outcome, Receiver, RxMode, Summary},
+    droprate::{Generator, Outcome, Receiver, RxMode, Summary},
     frame, median,
     progrun::{self, Row},
     sys,
@@ -123,17 +123,43 @@ fn rx_median(out: &Outcome, r: Receiver) -> f64 {
         .map_or(f64::NAN, |s| stats(&s.rx_mpps).0)
 }
 
+fn cpu_median(out: &Outcome, r: Receiver) -> f64 {
+    out.summaries
+        .iter()
+        .find(|s| s.receiver == r)
+        .map_or(f64::NAN, |s| stats(&s.rx_cpu_ns).0)
+}
+
+/// Median over rounds of `other`'s receiver CPU ns/pkt over netfault's in the same round: the
+/// receivers of a round run back to back, so load that drifts between rounds cancels.
+fn paired_cpu_ratio(out: &Outcome, other: Receiver) -> f64 {
+    let ns = |r: Receiver| {
+        out.summaries
+            .iter()
+            .find(|s| s.receiver == r)
+            .map(|s| s.rx_cpu_ns.clone())
+            .unwrap_or_default()
+    };
+    let (nf, o) = (ns(Receiver::Netfault), ns(other));
+    let mut v: Vec<f64> = nf.iter().zip(&o).map(|(n, o)| o / n).collect();
+    median(&mut v)
+}
+
 /// One table per receive mode; the ratio line comes from the first (softirq, the headline).
 pub fn droprate(plan: &Plan, outs: &[Outcome]) {
     println!();
+    let generator = outs.first().map_or(Generator::LiveFrames, |o| o.generator);
+    if generator == Generator::Socket {
+        return socket_droprate(plan, outs);
+    }
     println!(
         "2. drop-all across a veth pair: Mpps dropped at the receiving veth (its rx count / generator \
          wall time), median of {} interleaved rounds",
         plan.rounds
     );
     println!(
-        "   generator: BPF_PROG_RUN live frames, bench_tx (XDP_TX) on the sending veth, {}-byte UDP/IPv4 \
-         frames, SCHED_FIFO",
+        "   generator: {}, {}-byte UDP/IPv4 frames, SCHED_FIFO",
+        generator.describe(),
         frame::FRAME_LEN
     );
     for out in outs {
@@ -151,6 +177,137 @@ pub fn droprate(plan: &Plan, outs: &[Outcome]) {
             nf / rx_median(main, Receiver::Nft)
         );
     }
+}
+
+/// The socket sender's report: in B the receiver's CPU ns per frame is the figure (its rate is
+/// the sender's), in A the ns/pkt over the trivial drop.
+fn socket_droprate(plan: &Plan, outs: &[Outcome]) {
+    println!(
+        "2. drop-all across a veth pair, socket sender: median of {} interleaved rounds of {} s",
+        plan.rounds, plan.round_secs
+    );
+    println!(
+        "   generator: {}, {}-byte UDP/IPv4 frames, SCHED_FIFO",
+        Generator::Socket.describe(),
+        frame::FRAME_LEN
+    );
+    println!(
+        "   what this measures: the frames come as skbs, so a veth with XDP first copies each \
+         into a page (skb to xdp_buff) before the program runs: the XDP receivers pay that, nft \
+         does not. In B, \"rx busy\" is the receiving thread's CPU time over the sender's wall \
+         time: near 95% (what RT throttling leaves a SCHED_FIFO thread) with sendmmsg calls cut \
+         short by a full ring, the receiver was the limit; well under it, the sender was, and \
+         Mpps is the sender's rate. rx ns/pkt is the receiver's cost either way. Not comparable \
+         with live frames' ns/pkt"
+    );
+    for out in outs {
+        println!();
+        println!("   {}", out.mode.describe_socket());
+        match out.mode {
+            RxMode::Softirq => {
+                lockstep_rows(out);
+                checks(out);
+                let nf = rx_median(out, Receiver::Netfault);
+                println!(
+                    "   netfault/nft {:.2}, netfault/trivial XDP drop {:.2} (Mpps, sender's share \
+                     included; no target on these)",
+                    nf / rx_median(out, Receiver::Nft),
+                    nf / rx_median(out, Receiver::XdpDrop)
+                );
+            }
+            RxMode::Threaded => cpu_rows(out),
+        }
+    }
+    let b = outs.iter().find(|o| o.mode == RxMode::Threaded);
+    println!();
+    match b {
+        Some(out) => {
+            println!(
+                "   headline: nft's receiver CPU ns/pkt / netfault's, socket sender, B (two CPUs), \
+                 median of the rounds' own ratios"
+            );
+            println!(
+                "ratio netfault/nft drop-all: {:.2}",
+                paired_cpu_ratio(out, Receiver::Nft)
+            );
+        }
+        None => println!(
+            "   no headline ratio: the receiver's CPU time needs B (two CPUs, threaded NAPI)"
+        ),
+    }
+}
+
+/// Counter check, leak check and notes, under a table.
+fn checks(out: &Outcome) {
+    for s in &out.summaries {
+        if let Some((dropped, rx)) = s.counter_check {
+            println!("   netfault's own counter: {dropped} dropped; veth rx count {rx}");
+        }
+    }
+    if out.leaked == 0 {
+        println!("   no frame got past a receiver to the IP layer");
+    } else {
+        println!(
+            "   WARNING: {} frames got past a receiver to the IP layer",
+            out.leaked
+        );
+    }
+    for n in &out.notes {
+        println!("   note: {n}");
+    }
+}
+
+/// B with the socket sender: the receiving NAPI thread's CPU ns per frame, and the targets on it.
+fn cpu_rows(out: &Outcome) {
+    println!(
+        "{:<24} {:<28} {:>9} {:>6} {:>6} {:>10} {:>7} {:>8} {:>8}",
+        "receiver", "hook", "rx ns/pkt", "min", "max", "vs trivial", "Mpps", "offered", "rx busy"
+    );
+    let trivial = cpu_median(out, Receiver::XdpDrop);
+    for s in &out.summaries {
+        let (ns, min, max) = stats(&s.rx_cpu_ns);
+        println!(
+            "{:<24} {:<28} {:>9.1} {:>6.1} {:>6.1} {:>+10.1} {:>7.2} {:>8} {:>7.0}%",
+            s.receiver.label(),
+            s.hook,
+            ns,
+            min,
+            max,
+            ns - trivial,
+            stats(&s.rx_mpps).0,
+            offered(s),
+            stats(&s.busy).0 * 100.0
+        );
+    }
+    let (sent, received, refusals) = out.summaries.iter().fold((0, 0, 0), |(a, b, c), s| {
+        (a + s.sent, b + s.received, c + s.refusals)
+    });
+    let lost = sent.saturating_sub(received);
+    let how = if lost == 0 {
+        "none lost".to_string()
+    } else {
+        format!("{lost} LOST")
+    };
+    println!(
+        "   frames the veth took from the sender {sent}, received and dropped {received}: {how}; \
+         sendmmsg calls cut short by a full ring: {refusals}"
+    );
+    checks(out);
+    let (vs_nft, vs_trivial) = (
+        paired_cpu_ratio(out, Receiver::Nft),
+        paired_cpu_ratio(out, Receiver::XdpDrop),
+    );
+    println!(
+        "   netfault/nft {vs_nft:.2}, netfault/trivial XDP drop {vs_trivial:.2} (frames per receiver \
+         CPU second: the other's rx ns/pkt / netfault's, median of the rounds' own ratios)"
+    );
+    let met = |ok: bool| if ok { "met" } else { "NOT MET" };
+    println!(
+        "   targets (on receiver CPU per frame, socket sender): netfault/nft >= 2.0 (aim 2.5): {}; \
+         netfault/trivial >= 0.60 (aim 0.80): {}",
+        met(vs_nft >= 2.0),
+        met(vs_trivial >= 0.60)
+    );
 }
 
 fn mode_table(plan: &Plan, out: &Outcome) {

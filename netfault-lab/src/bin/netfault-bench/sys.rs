@@ -150,6 +150,7 @@ impl Drop for Watchdog {
 }
 
 const ETHTOOL_SGRO: u32 = 0x2c;
+const ETHTOOL_STSO: u32 = 0x1f;
 
 #[repr(C)]
 struct EthtoolValue {
@@ -161,6 +162,19 @@ struct EthtoolValue {
 /// does; ethtool is not installed here). On a veth, GRO makes the kernel run the receive side
 /// through NAPI, the only way XDP frames sent to it are accepted when it has no XDP program.
 pub fn enable_gro(ifname: &str) -> Result<()> {
+    set_feature(ifname, ETHTOOL_SGRO, true).with_context(|| format!("enable GRO on {ifname}"))
+}
+
+/// Turns TSO off on an interface of the calling thread's namespace (`ethtool -K IF tso off`).
+/// A veth hands an skb from a socket to its peer's NAPI (where the peer's threaded poll can
+/// take it) only when the sending side has no TSO; otherwise the peer receives it through the
+/// backlog, in softirq on the sender's CPU.
+pub fn disable_tso(ifname: &str) -> Result<()> {
+    set_feature(ifname, ETHTOOL_STSO, false).with_context(|| format!("disable TSO on {ifname}"))
+}
+
+/// One legacy ethtool feature switch (SIOCETHTOOL with an ethtool_value).
+fn set_feature(ifname: &str, cmd: u32, on: bool) -> Result<()> {
     // SAFETY: plain socket call; the fd is owned right away.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -169,8 +183,8 @@ pub fn enable_gro(ifname: &str) -> Result<()> {
     // SAFETY: fd is a fresh descriptor we own.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut val = EthtoolValue {
-        cmd: ETHTOOL_SGRO,
-        data: 1,
+        cmd,
+        data: u32::from(on),
     };
     // SAFETY: zeroed ifreq is valid; the name fits (checked) and stays NUL-terminated.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
@@ -183,21 +197,37 @@ pub fn enable_gro(ifname: &str) -> Result<()> {
     ifr.ifr_ifru.ifru_data = (&mut val as *mut EthtoolValue).cast();
     // SAFETY: SIOCETHTOOL with an ifreq whose data points at a live ethtool_value.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) } != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("enable GRO on {ifname}"));
+        return Err(io::Error::last_os_error()).context("SIOCETHTOOL");
     }
     Ok(())
 }
 
 /// Is BPF_PROG_RUN's error an EINTR (the watchdog or Ctrl-C)?
 pub fn is_eintr(e: &(dyn std::error::Error + 'static)) -> bool {
+    is_errno(e, libc::EINTR)
+}
+
+/// Does `e`, or any error under it, carry OS error `code`?
+pub fn is_errno(e: &(dyn std::error::Error + 'static), code: i32) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<io::Error>()
-            && io.raw_os_error() == Some(libc::EINTR)
+            && io.raw_os_error() == Some(code)
         {
             return true;
         }
         cur = err.source();
     }
     false
+}
+
+/// CPU time task `pid` has run, in ns (the scheduler's sum_exec_runtime, first field of
+/// /proc/PID/schedstat): for a kernel thread, everything it did, softirq work in it included.
+pub fn task_runtime_ns(pid: libc::pid_t) -> Result<u64> {
+    let path = format!("/proc/{pid}/schedstat");
+    let s = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    s.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("bad {path}: {s:?}"))
 }
