@@ -603,6 +603,11 @@ fn an_expired_rule_never_hides_a_live_one_with_the_same_match() {
 /// the instant the controller's clock reaches its expiry, and not one packet after.
 #[test]
 fn a_rule_ends_when_the_controllers_clock_says() {
+    // Its publish must land well within the 200 ms lifetime: a spinning program elsewhere would
+    // hold its grace period for a run's length.
+    let _busy = BUSY_CORE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut dp = Dp::new();
     let f = udp("192.0.2.7", "198.51.100.1", 9, 53).bytes();
     let mut drop = rule("drop");
@@ -1127,7 +1132,9 @@ fn ten_thousand_flips_never_mix_two_sets() {
 }
 
 /// Held by the tests that keep a core busy (a hammer, a spinning program): two of them at once
-/// on a 2-core machine would starve each other's overlap.
+/// on a 2-core machine would starve each other's overlap. A running `lab_spin` also holds every
+/// grace period (so every rewriting publish) for up to a run's length: tests that time a
+/// publish hold this too.
 static BUSY_CORE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
