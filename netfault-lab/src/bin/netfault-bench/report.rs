@@ -323,22 +323,7 @@ fn mode_table(plan: &Plan, out: &Outcome) {
         RxMode::Softirq => lockstep_rows(out),
         RxMode::Threaded => overrun_rows(out),
     }
-    for s in &out.summaries {
-        if let Some((dropped, rx)) = s.counter_check {
-            println!("   netfault's own counter: {dropped} dropped; veth rx count {rx}");
-        }
-    }
-    if out.leaked == 0 {
-        println!("   no frame got past a receiver to the IP layer");
-    } else {
-        println!(
-            "   WARNING: {} frames got past a receiver to the IP layer",
-            out.leaked
-        );
-    }
-    for n in &out.notes {
-        println!("   note: {n}");
-    }
+    checks(out);
     let nf = rx_median(out, Receiver::Netfault);
     let (vs_nft, vs_trivial) = (
         nf / rx_median(out, Receiver::Nft),

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use netfault_lab::{
-    lab::{self, Lab, Netfault},
+    lab::{self, Host, Lab, Netfault},
     loss::{self, LossRun, Side, Until},
 };
 
@@ -68,14 +68,20 @@ struct Row {
     run: LossRun,
 }
 
-fn measure(nf: &Netfault, side: Option<Side>, args: &Args) -> Result<LossRun> {
-    sys::check_stop()?;
+/// A veth pair in a new lab, each end having reached the other (neighbours resolved).
+fn reachable_pair() -> Result<(Lab, [Host; 2])> {
     let mut lab = Lab::new(PREFIX)?;
     let [a, b] = lab.pair()?;
     for (from, to) in [(&a, &b), (&b, &a)] {
         let r = lab::ping(&from.ns, to.ip(false), 1)?;
         anyhow::ensure!(r.received == 1, "{} cannot reach {}", from.ns, to.v4);
     }
+    Ok((lab, [a, b]))
+}
+
+fn measure(nf: &Netfault, side: Option<Side>, args: &Args) -> Result<LossRun> {
+    sys::check_stop()?;
+    let (mut lab, [a, b]) = reachable_pair()?;
     let limit = Duration::from_secs(args.limit);
     let Some(side) = side else {
         return loss::netem_flow(&a, &b, &["loss", "10%"], limit.min(Duration::from_secs(10)));
@@ -142,12 +148,7 @@ const CCS: [&str; 2] = ["bbr", "cubic"];
 /// (sender's egress, receiver's ingress) for `cc`, in one lab with netfault on both hosts.
 fn placements(nf: &Netfault, cc: &str, args: &Args) -> Result<(LossRun, LossRun)> {
     sys::check_stop()?;
-    let mut lab = Lab::new(PREFIX)?;
-    let [a, b] = lab.pair()?;
-    for (from, to) in [(&a, &b), (&b, &a)] {
-        let r = lab::ping(&from.ns, to.ip(false), 1)?;
-        anyhow::ensure!(r.received == 1, "{} cannot reach {}", from.ns, to.v4);
-    }
+    let (mut lab, [a, b]) = reachable_pair()?;
     nf.attach(&mut lab, &a.ns, &a.iface)?;
     nf.attach(&mut lab, &b.ns, &b.iface)?;
     loss::placements(
