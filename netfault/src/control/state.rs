@@ -137,8 +137,9 @@ pub struct State {
     pub attached: Vec<Attachment>,
     pub rules: Vec<RuleEntry>,
     pub next_seq: u64,
-    /// Slots the generation the data path reads refers to. A new rule never takes one: writing
-    /// its action would change a live rule's behaviour before the flip.
+    /// Slots the generation the data path reads refers to. A new rule never takes one: its
+    /// counters and rate state (per slot, shared by both generations) are reset when it is
+    /// added, which would change a live rule's before the flip. (Its action is per generation.)
     #[serde(default)]
     pub published_slots: Vec<u32>,
     /// fq qdiscs and IFB devices netfault installed for delay and rate.
