@@ -60,12 +60,12 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                     "name": s.name, "kind": "rule", "priority": s.priority, "dir": s.dir,
                     "src": nets(&s.src), "dst": nets(&s.dst), "proto": s.proto,
                     "sport": port(&s.sport), "dport": port(&s.dport), "iface": s.iface,
-                    "drop": s.drop.0, "duplicate": s.duplicate.0,
-                    "delay_us": s.shape.delay.map(|d| d.as_micros() as u64),
-                    "jitter_us": s.shape.jitter.map(|d| d.as_micros() as u64),
-                    "distribution": s.shape.jitter.map(|_| s.shape.distribution),
-                    "reorder": s.shape.reorder,
-                    "rate_bits": s.shape.rate.map(|r| r.bytes_per_sec * 8),
+                    "drop": s.act.drop.0, "duplicate": s.act.duplicate.0,
+                    "delay_us": s.act.shape.delay.map(|d| d.as_micros() as u64),
+                    "jitter_us": s.act.shape.jitter.map(|d| d.as_micros() as u64),
+                    "distribution": s.act.shape.jitter.map(|_| s.act.shape.distribution),
+                    "reorder": s.act.shape.reorder,
+                    "rate_bits": s.act.shape.rate.map(|r| r.bytes_per_sec * 8),
                     "expires_in_ms": left, "expired": expired,
                 }),
             }
@@ -114,24 +114,24 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                     m.push(format!("iface {i}"));
                 }
                 let mut a = vec![];
-                if s.drop.0 > 0.0 {
-                    a.push(format!("drop {}", s.drop));
+                if s.act.drop.0 > 0.0 {
+                    a.push(format!("drop {}", s.act.drop));
                 }
-                if s.duplicate.0 > 0.0 {
-                    a.push(format!("duplicate {}", s.duplicate));
+                if s.act.duplicate.0 > 0.0 {
+                    a.push(format!("duplicate {}", s.act.duplicate));
                 }
                 let hd = |d: std::time::Duration| humantime::format_duration(d).to_string();
-                if let Some(d) = s.shape.delay {
+                if let Some(d) = s.act.shape.delay {
                     let mut t = format!("delay {}", hd(d));
-                    if let Some(j) = s.shape.jitter {
-                        t += &format!(" ± {} {}", hd(j), s.shape.distribution);
-                        if s.shape.reorder {
+                    if let Some(j) = s.act.shape.jitter {
+                        t += &format!(" ± {} {}", hd(j), s.act.shape.distribution);
+                        if s.act.shape.reorder {
                             t += " reorder";
                         }
                     }
                     a.push(t);
                 }
-                if let Some(r) = s.shape.rate {
+                if let Some(r) = s.act.shape.rate {
                     a.push(format!("rate {r}"));
                 }
                 writeln!(

@@ -20,7 +20,7 @@ use common::{Lab, PREFIX};
 use netfault::{
     compile::{Input, compile, rule_value},
     dataplane::{self as kernel, Maps},
-    spec::{Direction, Kind, PortRange, Prob, Proto, RuleSpec, parse_net},
+    spec::{Actions, Direction, Kind, PortRange, Prob, Proto, RuleSpec, parse_net},
 };
 use netfault_common::{Counters, FlowKey, FlowKey4};
 
@@ -182,7 +182,7 @@ fn publish_at(maps: &mut Maps, rules: &[RuleSpec], first: u32) -> netfault::comp
 /// A rule that drops everything it matches; tests narrow it.
 fn rule(name: &str) -> RuleSpec {
     RuleSpec {
-        drop: Prob(1.0),
+        act: Actions::drops(Prob(1.0)),
         ..RuleSpec::new(name, Kind::Rule)
     }
 }
@@ -398,8 +398,8 @@ fn first_match_wins() {
     let mut dp = Dp::new();
     let mut pass_all = rule("dup-never");
     pass_all.src = vec![net("192.0.2.7")];
-    pass_all.drop = Prob(0.0);
-    pass_all.duplicate = Prob(0.0); // matches and counts, acts on nothing
+    pass_all.act.drop = Prob(0.0);
+    pass_all.act.duplicate = Prob(0.0); // matches and counts, acts on nothing
     let mut drop_net = rule("drop-net");
     drop_net.src = vec![net("192.0.2.0/24")];
     dp.set(&[pass_all.clone(), drop_net.clone()]);
@@ -575,8 +575,8 @@ fn an_expired_rule_never_hides_a_live_one_with_the_same_match() {
     let f = udp("192.0.2.7", "198.51.100.1", 9, 53).bytes();
     let mut pass = rule("pass");
     pass.src = vec![net("192.0.2.7")];
-    pass.drop = Prob(0.0);
-    pass.duplicate = Prob(0.0);
+    pass.act.drop = Prob(0.0);
+    pass.act.duplicate = Prob(0.0);
     let mut drop = rule("drop");
     drop.src = vec![net("192.0.2.7")];
     let later = netfault::control::monotonic_ns() + 600_000_000_000;
@@ -692,8 +692,8 @@ fn a_packet_without_ports_never_matches_a_port_rule() {
     low.dport = PortRange { lo: 0, hi: 100 };
     let mut any = rule("any-udp");
     any.proto = Proto::Udp;
-    any.drop = Prob(0.0);
-    any.duplicate = Prob(0.0);
+    any.act.drop = Prob(0.0);
+    any.act.duplicate = Prob(0.0);
     dp.set(&[low, any]);
     let first = v4_fragment(udp("192.0.2.1", "198.51.100.1", 9, 53).bytes(), 0);
     assert_eq!(dp.xdp(&first, 1), XDP_DROP, "a first fragment has ports");
@@ -895,8 +895,8 @@ fn probability_zero_and_one_are_exact() {
     let mut dp = Dp::new();
     let f = udp("192.0.2.1", "192.0.2.2", 1000, 53).bytes();
     let mut never = rule("never");
-    never.drop = Prob(0.0);
-    never.duplicate = Prob(0.0);
+    never.act.drop = Prob(0.0);
+    never.act.duplicate = Prob(0.0);
     dp.set(&[never]);
     dp.xdp(&f, 100_000);
     let c = dp.counters(0);
@@ -913,7 +913,7 @@ fn drop_probability_within_wilson_interval() {
     let mut dp = Dp::new();
     let f = udp("192.0.2.1", "192.0.2.2", 1000, 53).bytes();
     let mut r = rule("p30");
-    r.drop = Prob(0.3);
+    r.act.drop = Prob(0.3);
     dp.set(&[r]);
     let n = 100_000u64;
     dp.xdp(&f, n as u32);
@@ -935,8 +935,8 @@ fn duplicate_at_tc_counts_and_marks_clones() {
     let mut dp = Dp::new();
     let f = udp("192.0.2.1", "192.0.2.2", 1000, 53).bytes();
     let mut r = rule("dup");
-    r.drop = Prob(0.0);
-    r.duplicate = Prob(1.0);
+    r.act.drop = Prob(0.0);
+    r.act.duplicate = Prob(1.0);
     dp.set(&[r]);
     assert_eq!(dp.tc("nf_tc_egress", &f, 1000), TCX_NEXT);
     let c = dp.counters(0);
@@ -1237,7 +1237,7 @@ fn a_rewriting_publish_waits_for_running_programs() {
 
 fn shaper(name: &str) -> RuleSpec {
     RuleSpec {
-        drop: Prob(0.0),
+        act: Actions::drops(Prob(0.0)),
         ..rule(name)
     }
 }
@@ -1248,7 +1248,7 @@ fn delay_stamps_the_departure_time_exactly() {
     let f = udp("192.0.2.1", "192.0.2.2", 1000, 53).bytes();
     let mut r = shaper("delay");
     r.dst = vec![net("192.0.2.2")];
-    r.shape.delay = Some(std::time::Duration::from_millis(50));
+    r.act.shape.delay = Some(std::time::Duration::from_millis(50));
     dp.set(&[r]);
     for _ in 0..100 {
         let (v, ts, before, after) = dp.tc_stamp("nf_tc_egress", &f, 1);
@@ -1274,7 +1274,7 @@ fn ingress_delay_redirects_to_the_ifb_device_only_when_one_is_set() {
     let mut dp = Dp::new();
     let f = udp("192.0.2.1", "192.0.2.2", 1000, 53).bytes();
     let mut r = shaper("delay");
-    r.shape.delay = Some(std::time::Duration::from_millis(20));
+    r.act.shape.delay = Some(std::time::Duration::from_millis(20));
     r.dir = Direction::Ingress;
     dp.set(&[r]);
     // XDP leaves shaping to tc ingress, which needs the skb.
@@ -1305,10 +1305,10 @@ fn jitter_follows_the_configured_distribution() {
         (Distribution::Paretonormal, false),
     ] {
         let mut r = shaper("jitter");
-        r.shape.delay = Some(std::time::Duration::from_millis(50));
-        r.shape.jitter = Some(std::time::Duration::from_millis(20));
-        r.shape.distribution = dist;
-        r.shape.reorder = reorder;
+        r.act.shape.delay = Some(std::time::Duration::from_millis(50));
+        r.act.shape.jitter = Some(std::time::Duration::from_millis(20));
+        r.act.shape.distribution = dist;
+        r.act.shape.reorder = reorder;
         dp.set(&[r.clone()]);
         let n = 3000;
         let mut delays = Vec::with_capacity(n);
@@ -1325,7 +1325,7 @@ fn jitter_follows_the_configured_distribution() {
             last = ts;
         }
         if reorder {
-            let model = r.shape.model();
+            let model = r.act.shape.model();
             let d = ks::statistic(&delays, |x| model.cdf(x));
             let crit = ks::critical_value(n, 1e-4);
             assert!(d < crit, "{dist}: KS D={d:.4} >= {crit:.4}");
@@ -1340,7 +1340,7 @@ fn rate_spaces_departures_and_bounds_the_backlog() {
     let mut dp = Dp::new();
     let f = udp("192.0.2.1", "192.0.2.2", 1000, 53).bytes();
     let mut r = shaper("rate");
-    r.shape.rate = Some("1mbit".parse().unwrap());
+    r.act.shape.rate = Some("1mbit".parse().unwrap());
     dp.set(&[r]);
     // 1 Mbit/s is 8 µs a byte.
     let cost = f.len() as u64 * 8_000;
@@ -1393,8 +1393,8 @@ fn counters_count_the_segments_of_an_aggregate() {
     assert_eq!(v, EGRESS_LOST, "gso_segs 0 is a plain packet");
     let c = dp.counters(0);
     assert_eq!((c.matched, c.dropped, c.passed), (6, 6, 0), "{c:?}");
-    r.drop = Prob(0.0);
-    r.duplicate = Prob(1.0);
+    r.act.drop = Prob(0.0);
+    r.act.duplicate = Prob(1.0);
     dp.set(&[r]);
     let (v, ..) = dp.tc_stamp("nf_tc_egress", &f, 5);
     assert_eq!(v, TCX_NEXT);

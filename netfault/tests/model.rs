@@ -156,8 +156,8 @@ fn spec() -> impl Strategy<Value = Entry> {
                     }
                     s.priority = prio;
                     s.oneway = oneway;
-                    s.drop = Prob(if drop { 1.0 } else { 0.0 });
-                    s.duplicate = Prob(0.0);
+                    s.act.drop = Prob(if drop { 1.0 } else { 0.0 });
+                    s.act.duplicate = Prob(0.0);
                     let ifindex = match iface {
                         1 => {
                             s.iface = Some("lo".into());
@@ -201,7 +201,7 @@ fn rule_set() -> impl Strategy<Value = Vec<Entry>> {
             for (i, drop, prio) in dups {
                 if !v.is_empty() {
                     let mut e = v[i.index(v.len())].clone();
-                    e.spec.drop = Prob(if drop { 1.0 } else { 0.0 });
+                    e.spec.act.drop = Prob(if drop { 1.0 } else { 0.0 });
                     e.spec.priority = prio;
                     // Protections never expire (the controller gives them no expiry).
                     if e.spec.kind != Kind::Protect {
@@ -534,7 +534,7 @@ fn drops(e: &Entry) -> bool {
     match e.spec.kind {
         Kind::Partition => true,
         Kind::Protect => false,
-        Kind::Rule => e.spec.drop.0 >= 1.0,
+        Kind::Rule => e.spec.act.drop.0 >= 1.0,
     }
 }
 

@@ -1217,7 +1217,7 @@ mod tests {
         assert_eq!(field(&p), "plan.protect[0].kind");
         let mut p = plan.clone();
         p.rules[0].kind = Kind::Rule;
-        p.rules[0].drop = crate::spec::Prob(0.0);
+        p.rules[0].act.drop = crate::spec::Prob(0.0);
         assert_eq!(field(&p), "plan.rules[0].action");
     }
 }

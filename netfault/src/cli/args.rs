@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use netfault::spec::{
-    self, Direction, Distribution, Kind, PortRange, Prob, Proto, Rate, RuleSpec, Shape, SpecError,
-    Ttl,
+    self, Actions, Direction, Distribution, Kind, PortRange, Prob, Proto, Rate, RuleSpec, Shape,
+    SpecError, Ttl,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -45,6 +45,28 @@ pub struct RuleAddArgs {
     /// Only on this interface.
     #[arg(long, value_name = "IFACE")]
     pub iface: Option<String>,
+    #[command(flatten)]
+    pub act: ActionArgs,
+    /// Delay and rate may replace a root qdisc another tool installed (not restored on detach).
+    #[arg(long)]
+    pub replace_qdisc: bool,
+    /// Lifetime (`500ms`, `2m`), or `none`; enforced by the data path. Default 10m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
+    pub ttl: Option<Ttl>,
+    /// Do not protect the SSH connection this command runs over (see `protect`).
+    #[arg(long)]
+    pub no_protect: bool,
+    /// Allow a rule that matches every packet (no address, protocol, port or interface).
+    #[arg(long)]
+    pub all_traffic: bool,
+    /// Lower runs first; equal priorities run in the order added.
+    #[arg(long, default_value_t = 1000, allow_hyphen_values = true)]
+    pub priority: u32,
+}
+
+/// What a rule does: the flags `rule add` and `cluster impair` share (spec::Actions).
+#[derive(Args, Debug, Default)]
+pub struct ActionArgs {
     /// Drop probability: `30%` or `0.3`.
     #[arg(long, value_name = "PROB", value_parser = parse_prob, allow_hyphen_values = true)]
     pub drop: Option<Prob>,
@@ -67,21 +89,23 @@ pub struct RuleAddArgs {
     /// Pace matched traffic to RATE (`500kbit`, `10mbit`, `1gbit`; `kbps`/`mbps` are bytes).
     #[arg(long, value_name = "RATE", value_parser = parse_rate, allow_hyphen_values = true)]
     pub rate: Option<Rate>,
-    /// Delay and rate may replace a root qdisc another tool installed (not restored on detach).
-    #[arg(long)]
-    pub replace_qdisc: bool,
-    /// Lifetime (`500ms`, `2m`), or `none`; enforced by the data path. Default 10m.
-    #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
-    pub ttl: Option<Ttl>,
-    /// Do not protect the SSH connection this command runs over (see `protect`).
-    #[arg(long)]
-    pub no_protect: bool,
-    /// Allow a rule that matches every packet (no address, protocol, port or interface).
-    #[arg(long)]
-    pub all_traffic: bool,
-    /// Lower runs first; equal priorities run in the order added.
-    #[arg(long, default_value_t = 1000, allow_hyphen_values = true)]
-    pub priority: u32,
+}
+
+impl ActionArgs {
+    /// The actions as given (validated with the entry they belong to).
+    pub fn actions(&self) -> Actions {
+        Actions {
+            drop: self.drop.unwrap_or_default(),
+            duplicate: self.duplicate.unwrap_or_default(),
+            shape: Shape {
+                delay: self.delay,
+                jitter: self.jitter,
+                distribution: self.distribution.unwrap_or_default(),
+                reorder: self.reorder,
+                rate: self.rate,
+            },
+        }
+    }
 }
 
 /// `partition SET_A SET_B ...`
@@ -149,15 +173,7 @@ impl RuleAddArgs {
             sport: self.sport.unwrap_or(PortRange::ALL),
             dport: self.dport.unwrap_or(PortRange::ALL),
             iface: self.iface.clone(),
-            drop: self.drop.unwrap_or_default(),
-            duplicate: self.duplicate.unwrap_or_default(),
-            shape: Shape {
-                delay: self.delay,
-                jitter: self.jitter,
-                distribution: self.distribution.unwrap_or_default(),
-                reorder: self.reorder,
-                rate: self.rate,
-            },
+            act: self.act.actions(),
             priority: self.priority,
             ..RuleSpec::new(self.name.clone(), Kind::Rule)
         };

@@ -1,5 +1,5 @@
 //! `netfault cluster --cluster FILE partition|impair|heal|run|status|stats`
-use std::{io::Write as _, path::PathBuf, time::Duration};
+use std::{io::Write as _, path::PathBuf};
 
 use netfault::{
     cluster::{
@@ -8,10 +8,10 @@ use netfault::{
         events::Log,
         run::{self as cluster_run, Ended},
     },
-    spec::{Distribution, Prob, Rate, Shape, SpecError, Ttl},
+    spec::{SpecError, Ttl},
 };
 
-use super::Done;
+use super::{Done, args::ActionArgs};
 
 /// Partition and impair a lab cluster: every node of a cluster file at once, all or nothing,
 /// by hand or from a scenario file, over netns, agent (HTTP) or SSH transports.
@@ -54,27 +54,10 @@ pub enum ClusterCmd {
         /// Receiving nodes, comma-separated.
         #[arg(long, value_name = "NODES", value_delimiter = ',', required = true)]
         to: Vec<String>,
-        /// Drop probability: `30%` or `0.3`.
-        #[arg(long, value_name = "PROB", value_parser = super::args::parse_prob, allow_hyphen_values = true)]
-        drop: Option<Prob>,
-        /// Duplicate probability: `30%` or `0.3`.
-        #[arg(long, value_name = "PROB", value_parser = super::args::parse_prob, allow_hyphen_values = true)]
-        duplicate: Option<Prob>,
-        /// Delay each packet (`50ms`), at the sender (needs fq on the sender's interface).
-        #[arg(long, value_name = "DURATION", value_parser = super::args::parse_interval, allow_hyphen_values = true)]
-        delay: Option<Duration>,
-        /// Vary the delay (needs --delay), as for `rule add`.
-        #[arg(long, value_name = "DURATION", value_parser = super::args::parse_interval, allow_hyphen_values = true)]
-        jitter: Option<Duration>,
-        /// Jitter distribution: uniform (default), normal, pareto, paretonormal.
-        #[arg(long, value_name = "DIST", value_parser = super::args::parse_distribution)]
-        distribution: Option<Distribution>,
-        /// Let jittered packets overtake each other.
-        #[arg(long)]
-        reorder: bool,
-        /// Pace each (sender, receiver) pair to RATE (`10mbit`).
-        #[arg(long, value_name = "RATE", value_parser = super::args::parse_rate, allow_hyphen_values = true)]
-        rate: Option<Rate>,
+        /// Loss, duplication and the rest act at the receivers' ingress (after the wire);
+        /// delay, jitter and rate at the senders' egress (needs fq there).
+        #[command(flatten)]
+        act: ActionArgs,
         /// Entries are named NAME.from-PEER.v4 (receivers) and NAME.to-PEER.v4 (senders).
         #[arg(long, default_value = "impair")]
         name: String,
@@ -175,28 +158,14 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
         ClusterCmd::Impair {
             from,
             to,
-            drop,
-            duplicate,
-            delay,
-            jitter,
-            distribution,
-            reorder,
-            rate,
+            act,
             name,
             ttl,
         } => {
             let imp = Impair {
                 from,
                 to,
-                drop: drop.unwrap_or_default(),
-                duplicate: duplicate.unwrap_or_default(),
-                shape: Shape {
-                    delay,
-                    jitter,
-                    distribution: distribution.unwrap_or_default(),
-                    reorder,
-                    rate,
-                },
+                act: act.actions(),
             };
             let plans = coord.impair_plans(&name, &imp).map_err(impair_flag)?;
             let ttl = ttl.unwrap_or_default();

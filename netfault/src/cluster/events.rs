@@ -29,7 +29,7 @@
 use std::{
     io::{self, Write},
     path::Path,
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use serde_json::{Map, Value, json};
@@ -191,29 +191,7 @@ pub fn impair_json(i: &Impair) -> Value {
     let mut m = Map::new();
     m.insert("from".into(), json!(i.from));
     m.insert("to".into(), json!(i.to));
-    if i.drop.0 > 0.0 {
-        m.insert("drop".into(), json!(i.drop.to_string()));
-    }
-    if i.duplicate.0 > 0.0 {
-        m.insert("duplicate".into(), json!(i.duplicate.to_string()));
-    }
-    let dur = |d: Duration| humantime::format_duration(d).to_string();
-    if let Some(d) = i.shape.delay {
-        m.insert("delay".into(), json!(dur(d)));
-    }
-    if let Some(d) = i.shape.jitter {
-        m.insert("jitter".into(), json!(dur(d)));
-        m.insert(
-            "distribution".into(),
-            json!(i.shape.distribution.to_string()),
-        );
-    }
-    if i.shape.reorder {
-        m.insert("reorder".into(), json!(true));
-    }
-    if let Some(r) = i.shape.rate {
-        m.insert("rate".into(), json!(r.to_string()));
-    }
+    m.extend(i.act.to_json());
     Value::Object(m)
 }
 
@@ -234,7 +212,9 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
-    use crate::spec::{Prob, Shape};
+    use std::time::Duration;
+
+    use crate::spec::{Actions, Prob, Shape};
 
     #[test]
     fn lines_carry_the_documented_fields() {
@@ -274,11 +254,13 @@ mod tests {
             impair: Some(Impair {
                 from: vec!["n1".into()],
                 to: vec!["n2".into()],
-                drop: Prob(0.05),
-                duplicate: Prob(0.0),
-                shape: Shape {
-                    delay: Some(Duration::from_millis(100)),
-                    ..Shape::default()
+                act: Actions {
+                    drop: Prob(0.05),
+                    shape: Shape {
+                        delay: Some(Duration::from_millis(100)),
+                        ..Shape::default()
+                    },
+                    ..Actions::default()
                 },
             }),
             ..occ

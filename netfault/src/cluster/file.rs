@@ -37,7 +37,7 @@ use std::{
 
 use toml::{Table, Value};
 
-use super::toml_util::{at, check_keys, err, parse_doc, string, strings, tables};
+use crate::spec::toml_util::{at, check_keys, err, parse_doc, string, strings, tables};
 use crate::spec::{SpecError, validate_name};
 
 /// A validated cluster file: at least one node, names and addresses unique.

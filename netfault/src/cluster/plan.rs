@@ -27,7 +27,9 @@ use std::{
 use ipnet::IpNet;
 
 use super::{Cluster, Grudge};
-use crate::spec::{Direction, Kind, Prob, RuleSpec, Shape, SpecError, protection, validate_name};
+use crate::spec::{
+    Actions, Direction, Kind, RuleSpec, Shape, SpecError, protection, validate_name,
+};
 
 /// `impair --from A.. --to B..`: faults on the traffic from every `from` node to every `to`
 /// node (pairs of a node with itself are skipped: its traffic to itself never leaves it).
@@ -35,10 +37,7 @@ use crate::spec::{Direction, Kind, Prob, RuleSpec, Shape, SpecError, protection,
 pub struct Impair {
     pub from: Vec<String>,
     pub to: Vec<String>,
-    pub drop: Prob,
-    pub duplicate: Prob,
-    /// Delay, jitter, distribution, reorder and rate.
-    pub shape: Shape,
+    pub act: Actions,
 }
 
 /// What one node is given: where to attach, what to protect, which rules to hold.
@@ -152,8 +151,8 @@ fn bare(e: SpecError) -> SpecError {
 impl Impair {
     /// Checks what needs no cluster: an action is given, the shape is consistent.
     pub fn validate(&self) -> Result<(), SpecError> {
-        self.shape.validate().map_err(bare)?;
-        if self.drop.0 == 0.0 && self.duplicate.0 == 0.0 && !self.shape.is_some() {
+        self.act.validate().map_err(bare)?;
+        if self.act.is_empty() {
             return Err(SpecError::new(
                 "impair",
                 "give drop, duplicate, delay or rate (an impairment with no action does nothing)",
@@ -161,6 +160,21 @@ impl Impair {
         }
         Ok(())
     }
+}
+
+/// Where each action of an impairment acts: (at the receiver's ingress, at the sender's
+/// egress). Shaping needs the sender's queue (fq); everything else acts where the packet
+/// arrives, after it crossed the wire.
+fn split(act: &Actions) -> (Actions, Actions) {
+    let receiver = Actions {
+        shape: Shape::default(),
+        ..*act
+    };
+    let sender = Actions {
+        shape: act.shape,
+        ..Actions::default()
+    };
+    (receiver, sender)
 }
 
 /// Every node's rules for `imp`: drop and duplicate at the receivers' ingress, delay, jitter
@@ -178,7 +192,7 @@ pub fn impair(
         .iter()
         .map(|n| (n.name.clone(), Vec::new()))
         .collect();
-    let receiver_acts = imp.drop.0 > 0.0 || imp.duplicate.0 > 0.0;
+    let (at_receiver, at_sender) = split(&imp.act);
     let mut pairs = 0;
     for a in &from {
         for b in &to {
@@ -186,13 +200,12 @@ pub fn impair(
                 continue;
             }
             pairs += 1;
-            if receiver_acts {
+            if !at_receiver.is_empty() {
                 for (fam, nets) in by_family(&a.addrs) {
                     let r = RuleSpec {
                         dir: Direction::Ingress,
                         src: nets,
-                        drop: imp.drop,
-                        duplicate: imp.duplicate,
+                        act: at_receiver,
                         ..RuleSpec::new(
                             rule_name(name, &format!("from-{}.{fam}", a.name))?,
                             Kind::Rule,
@@ -202,12 +215,12 @@ pub fn impair(
                     out.entry(b.name.clone()).or_default().push(r);
                 }
             }
-            if imp.shape.is_some() {
+            if !at_sender.is_empty() {
                 for (fam, nets) in by_family(&b.addrs) {
                     let r = RuleSpec {
                         dir: Direction::Egress,
                         dst: nets,
-                        shape: imp.shape,
+                        act: at_sender,
                         ..RuleSpec::new(
                             rule_name(name, &format!("to-{}.{fam}", b.name))?,
                             Kind::Rule,
@@ -313,6 +326,8 @@ pub fn plans(
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use crate::spec::Prob;
 
     use netfault_common::{DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey};
 
@@ -498,9 +513,7 @@ token_file = "/t"
         Impair {
             from: from.iter().map(|s| s.to_string()).collect(),
             to: to.iter().map(|s| s.to_string()).collect(),
-            drop: Prob(0.0),
-            duplicate: Prob(0.0),
-            shape: Shape::default(),
+            act: Actions::default(),
         }
     }
 
@@ -508,9 +521,9 @@ token_file = "/t"
     fn impairments_split_between_receiver_and_sender() {
         let c = cluster();
         let mut i = imp(&["n1"], &["n2", "n3"]);
-        i.drop = Prob(0.05);
-        i.shape.delay = Some(Duration::from_millis(100));
-        i.shape.rate = Some("10mbit".parse().unwrap());
+        i.act.drop = Prob(0.05);
+        i.act.shape.delay = Some(Duration::from_millis(100));
+        i.act.shape.rate = Some("10mbit".parse().unwrap());
         let per = impair("lossy", &c, &i).unwrap();
         let names = |n: &str| per[n].iter().map(|r| r.name.as_str()).collect::<Vec<_>>();
         assert_eq!(
@@ -522,12 +535,12 @@ token_file = "/t"
         assert!(names("n4").is_empty());
         for r in &per["n1"] {
             assert_eq!(r.dir, Direction::Egress);
-            assert_eq!(r.drop, Prob(0.0));
-            assert!(r.shape.delay.is_some() && r.src.is_empty());
+            assert_eq!(r.act.drop, Prob(0.0));
+            assert!(r.act.shape.delay.is_some() && r.src.is_empty());
         }
         for r in &per["n2"] {
-            assert_eq!((r.dir, r.drop), (Direction::Ingress, Prob(0.05)));
-            assert!(!r.shape.is_some() && r.dst.is_empty());
+            assert_eq!((r.dir, r.act.drop), (Direction::Ingress, Prob(0.05)));
+            assert!(!r.act.shape.is_some() && r.dst.is_empty());
         }
         for rules in per.values() {
             compiled(&[], rules);
@@ -543,11 +556,11 @@ token_file = "/t"
         let c = cluster();
         let mut i = imp(&["n1"], &["n2"]);
         assert_eq!(impair("x", &c, &i).unwrap_err().field, "impair");
-        i.drop = Prob(1.0);
+        i.act.drop = Prob(1.0);
         assert!(impair("x", &c, &i).is_ok());
-        i.shape.jitter = Some(Duration::from_millis(5));
+        i.act.shape.jitter = Some(Duration::from_millis(5));
         assert_eq!(impair("x", &c, &i).unwrap_err().field, "jitter");
-        i.shape.jitter = None;
+        i.act.shape.jitter = None;
         i.to = vec!["n2".into(), "n9".into()];
         let e = impair("x", &c, &i).unwrap_err();
         assert_eq!(e.field, "to[1]");
@@ -560,7 +573,7 @@ token_file = "/t"
         assert_eq!(impair("x", &c, &i).unwrap_err().field, "to");
         // All to all: every ordered pair but the self-pairs.
         let mut all = imp(&["n1", "n2", "n3"], &["n1", "n2", "n3"]);
-        all.duplicate = Prob(0.1);
+        all.act.duplicate = Prob(0.1);
         let per = impair("dup", &c, &all).unwrap();
         assert_eq!(per["n2"].len(), 4); // from n1 and from n3, each v4 and v6
         let long = "x".repeat(60);
@@ -575,7 +588,7 @@ token_file = "/t"
             .unwrap();
         let part = partition("iso", &c, &gr).unwrap();
         let mut i = imp(&["n3"], &["n4"]);
-        i.drop = Prob(0.5);
+        i.act.drop = Prob(0.5);
         let lossy = impair("lossy", &c, &i).unwrap();
         let p = protections(&c, &[], &literal_endpoints(&c));
         let plans = plans(&c, &p, &[part, lossy]);

@@ -32,11 +32,12 @@ use std::{collections::BTreeMap, time::Duration};
 
 use toml::{Table, Value};
 
-use super::{
-    Cluster, Grudge, Impair, Topology, plan,
-    toml_util::{at, check_keys, err, parse_doc, string, strings, table, tables},
+use super::{Cluster, Grudge, Impair, Topology, plan};
+use crate::spec::{
+    Actions, RuleSpec, SpecError, actions,
+    toml_util::{at, check_keys, duration, err, parse_doc, parsed, string, strings, table, tables},
+    validate_name,
 };
-use crate::spec::{Prob, RuleSpec, Shape, SpecError, parse_duration, validate_name};
 
 /// The lease when the file gives none: faults outlive a lost coordinator by at most this.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
@@ -113,21 +114,7 @@ const STEP_KEYS: &[&str] = &[
     "repeat",
     "every",
 ];
-const IMPAIR_KEYS: &[&str] = &[
-    "from",
-    "to",
-    "drop",
-    "duplicate",
-    "delay",
-    "jitter",
-    "distribution",
-    "reorder",
-    "rate",
-];
-
-fn duration(path: &str, v: &Value) -> Result<Duration, SpecError> {
-    parse_duration(string(path, v)?).map_err(|m| err(path, m))
-}
+const IMPAIR_KEYS: &[&str] = &["from", "to"];
 
 /// A point in time from the start: zero allowed, unlike a duration.
 fn offset(path: &str, v: &Value) -> Result<Duration, SpecError> {
@@ -140,22 +127,9 @@ fn offset(path: &str, v: &Value) -> Result<Duration, SpecError> {
     })
 }
 
-fn parsed<T: std::str::FromStr<Err = String>>(path: &str, v: &Value) -> Result<T, SpecError> {
-    string(path, v)?.parse().map_err(|m: String| err(path, m))
-}
-
-fn prob(path: &str, v: &Value) -> Result<Prob, SpecError> {
-    match v {
-        Value::Float(f) => format!("{f}").parse(),
-        Value::Integer(i) => format!("{i}").parse(),
-        Value::String(s) => s.parse(),
-        _ => Err("expected a probability (\"30%\" or 0.3)".to_string()),
-    }
-    .map_err(|m: String| err(path, m))
-}
-
 fn impair(path: &str, t: &Table) -> Result<Impair, SpecError> {
-    check_keys(path, t, IMPAIR_KEYS)?;
+    let keys: Vec<&str> = IMPAIR_KEYS.iter().chain(actions::KEYS).copied().collect();
+    check_keys(path, t, &keys)?;
     let p = |k: &str| at(path, k);
     let names = |k: &str| -> Result<Vec<String>, SpecError> {
         let v = t
@@ -169,26 +143,10 @@ fn impair(path: &str, t: &Table) -> Result<Impair, SpecError> {
     let mut imp = Impair {
         from: names("from")?,
         to: names("to")?,
-        drop: Prob(0.0),
-        duplicate: Prob(0.0),
-        shape: Shape::default(),
+        act: Actions::default(),
     };
     for (k, v) in t {
-        let kp = p(k);
-        match k.as_str() {
-            "drop" => imp.drop = prob(&kp, v)?,
-            "duplicate" => imp.duplicate = prob(&kp, v)?,
-            "delay" => imp.shape.delay = Some(duration(&kp, v)?),
-            "jitter" => imp.shape.jitter = Some(duration(&kp, v)?),
-            "distribution" => imp.shape.distribution = parsed(&kp, v)?,
-            "rate" => imp.shape.rate = Some(parsed(&kp, v)?),
-            "reorder" => {
-                imp.shape.reorder = v
-                    .as_bool()
-                    .ok_or_else(|| err(&kp, "expected true or false"))?
-            }
-            _ => {}
-        }
+        imp.act.set_key(&p(k), k, v)?;
     }
     imp.validate().map_err(|e| {
         if e.field == "impair" {

@@ -234,7 +234,7 @@ pub fn expand(spec: &RuleSpec, ifindex: Option<u32>) -> Vec<(FlowKey, FlowKey)> 
 pub fn rule_value(spec: &RuleSpec, expires_ns: u64) -> RuleValue {
     let (drop, dup) = match spec.kind {
         Kind::Partition => (u32::MAX, 0),
-        Kind::Rule => (spec.drop.threshold(), spec.duplicate.threshold()),
+        Kind::Rule => (spec.act.drop.threshold(), spec.act.duplicate.threshold()),
         Kind::Protect => (0, 0),
     };
     let mut flags = RULE_ACTIVE;
@@ -242,7 +242,7 @@ pub fn rule_value(spec: &RuleSpec, expires_ns: u64) -> RuleValue {
         flags |= RULE_NEEDS_SKB;
     }
     let shape = if spec.kind == Kind::Rule {
-        spec.shape
+        spec.act.shape
     } else {
         Default::default()
     };
@@ -297,9 +297,9 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
         if input.spec.iface.is_some() && input.ifindex.is_none() {
             continue; // its interface is gone: the rule cannot match anything
         }
-        let shaping = input.spec.kind == Kind::Rule && input.spec.shape.is_some();
+        let shaping = input.spec.kind == Kind::Rule && input.spec.act.shape.is_some();
         if input.spec.kind == Kind::Rule
-            && (input.spec.duplicate.0 > 0.0 || shaping)
+            && (input.spec.act.duplicate.0 > 0.0 || shaping)
             && input.spec.dir.includes(true)
         {
             config_flags |= CFG_INGRESS_TC;
@@ -623,11 +623,11 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::spec::{Prob, parse_net};
+    use crate::spec::{Actions, Prob, parse_net};
 
     fn rule(name: &str) -> RuleSpec {
         RuleSpec {
-            drop: Prob(1.0),
+            act: Actions::drops(Prob(1.0)),
             ..RuleSpec::new(name, Kind::Rule)
         }
     }

@@ -81,12 +81,12 @@ pub fn needs(
                 .filter(|s| s.kind == Kind::Rule)
                 .filter(|s| s.iface.as_ref().is_none_or(|i| i == iface))
             {
-                let (drop, dup) = (probabilistic(s.drop), probabilistic(s.duplicate));
+                let (drop, dup) = (probabilistic(s.act.drop), probabilistic(s.act.duplicate));
                 if s.dir.includes(false) && (drop || dup) {
                     need.egress = true;
                 }
                 // The rules XDP cannot apply go to tc ingress (compile: RULE_NEEDS_SKB).
-                let at_tc = s.duplicate.0 > 0.0 || s.shape.is_some() || !xdp_frames(iface);
+                let at_tc = s.act.duplicate.0 > 0.0 || s.act.shape.is_some() || !xdp_frames(iface);
                 if s.dir.includes(true) && at_tc && (drop || dup) {
                     need.ingress = true;
                 }
@@ -318,7 +318,7 @@ pub fn next_release(rules: &[RuleEntry], now: u64) -> Option<u64> {
     rules
         .iter()
         .filter(|r| r.live(now) && r.expires_mono_ns != 0 && r.spec.kind == Kind::Rule)
-        .filter(|r| probabilistic(r.spec.drop) || probabilistic(r.spec.duplicate))
+        .filter(|r| probabilistic(r.spec.act.drop) || probabilistic(r.spec.act.duplicate))
         .map(|r| r.expires_mono_ns)
         .min()
 }
@@ -353,8 +353,8 @@ mod tests {
     fn rule(name: &str, dir: Direction, drop: f64, dup: f64, expires: u64) -> RuleEntry {
         let mut spec = RuleSpec::new(name, Kind::Rule);
         spec.dir = dir;
-        spec.drop = Prob(drop);
-        spec.duplicate = Prob(dup);
+        spec.act.drop = Prob(drop);
+        spec.act.duplicate = Prob(dup);
         RuleEntry {
             spec,
             slot: 0,

@@ -150,9 +150,9 @@ pub fn needs_xdp(spec: &RuleSpec, iface: &str) -> bool {
         Kind::Protect => false,
         Kind::Partition => true,
         Kind::Rule => {
-            (spec.drop.0 > 0.0 && spec.duplicate.0 == 0.0 && !spec.shape.is_some())
-                || probabilistic(spec.drop.0)
-                || probabilistic(spec.duplicate.0)
+            (spec.act.drop.0 > 0.0 && spec.act.duplicate.0 == 0.0 && !spec.act.shape.is_some())
+                || probabilistic(spec.act.drop.0)
+                || probabilistic(spec.act.duplicate.0)
         }
     };
     needs && spec.dir.includes(true) && spec.iface.as_deref().is_none_or(|i| i == iface)
@@ -222,7 +222,7 @@ mod tests {
     fn drop_rule(name: &str, dir: Direction, p: f64) -> RuleEntry {
         entry(name, Kind::Rule, |s| {
             s.dir = dir;
-            s.drop = Prob(p);
+            s.act.drop = Prob(p);
         })
     }
 
@@ -273,10 +273,12 @@ mod tests {
         idle(&[drop_rule("out", Direction::Egress, 1.0)]);
         idle(&[drop_rule("never", Direction::Ingress, 0.0)]);
         // Every packet duplicated: no probability to draw per wire frame; tc applies it whole.
-        idle(&[entry("dup-all", Kind::Rule, |s| s.duplicate = Prob(1.0))]);
+        idle(&[entry("dup-all", Kind::Rule, |s| {
+            s.act.duplicate = Prob(1.0)
+        })]);
         // Bound to another interface.
         idle(&[entry("there", Kind::Rule, |s| {
-            s.drop = Prob(1.0);
+            s.act.drop = Prob(1.0);
             s.iface = Some("eth1".into());
         })]);
         // Expired at `now` (100): the data path passes it already.
@@ -293,15 +295,15 @@ mod tests {
         // drawn per wire frame: XDP stays so the veth's peer sends wire frames.
         wants(
             &[entry("dup", Kind::Rule, |s| {
-                s.drop = Prob(0.5);
-                s.duplicate = Prob(0.5);
+                s.act.drop = Prob(0.5);
+                s.act.duplicate = Prob(0.5);
             })],
             "dup",
         );
         wants(
             &[entry("slow", Kind::Rule, |s| {
-                s.drop = Prob(0.5);
-                s.shape = Shape {
+                s.act.drop = Prob(0.5);
+                s.act.shape = Shape {
                     delay: Some(std::time::Duration::from_millis(5)),
                     ..Default::default()
                 };
@@ -309,7 +311,7 @@ mod tests {
             "slow",
         );
         wants(
-            &[entry("dup10", Kind::Rule, |s| s.duplicate = Prob(0.1))],
+            &[entry("dup10", Kind::Rule, |s| s.act.duplicate = Prob(0.1))],
             "dup10",
         );
         wants(&[drop_rule("in", Direction::Ingress, 0.01)], "in");
@@ -319,7 +321,7 @@ mod tests {
         wants(&[live], "live");
         wants(
             &[entry("here", Kind::Rule, |s| {
-                s.drop = Prob(1.0);
+                s.act.drop = Prob(1.0);
                 s.iface = Some("eth0".into());
             })],
             "here",

@@ -4,10 +4,13 @@ use std::{fmt, str::FromStr, time::Duration};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub mod actions;
 pub mod dist;
 pub mod protection;
 pub mod ruleset;
+pub(crate) mod toml_util;
 
+pub use actions::Actions;
 pub use dist::Distribution;
 
 /// Bad input, naming the field it came from. Exit status 2 at the CLI edge.
@@ -346,15 +349,13 @@ pub struct RuleSpec {
     pub sport: PortRange,
     pub dport: PortRange,
     pub iface: Option<String>,
-    pub drop: Prob,
-    pub duplicate: Prob,
+    /// Drop, duplicate, delay, ...: what the entry does to what it matches.
+    #[serde(flatten)]
+    pub act: Actions,
     /// Lower runs first; equal priorities run in creation order.
     pub priority: u32,
     /// Partition only: traffic from `dst` to `src` too is cut unless oneway.
     pub oneway: bool,
-    /// Shaping: each matched packet departs at arrival + delay + a jitter draw.
-    #[serde(default)]
-    pub shape: Shape,
 }
 
 /// Delay, jitter and rate of a rule (all zero/none: no shaping).
@@ -487,15 +488,16 @@ impl RuleSpec {
             sport: PortRange::ALL,
             dport: PortRange::ALL,
             iface: None,
-            drop: Prob(if kind == Kind::Partition { 1.0 } else { 0.0 }),
-            duplicate: Prob(0.0),
+            act: Actions {
+                drop: Prob(if kind == Kind::Partition { 1.0 } else { 0.0 }),
+                ..Actions::default()
+            },
             priority: if kind == Kind::Rule {
                 DEFAULT_PRIORITY
             } else {
                 0
             },
             oneway: false,
-            shape: Shape::default(),
         }
     }
 
@@ -538,8 +540,8 @@ impl RuleSpec {
                 };
                 return Err(SpecError::new(f, "needs --proto tcp or udp"));
             }
-            self.shape.validate()?;
-            if self.drop.0 == 0.0 && self.duplicate.0 == 0.0 && !self.shape.is_some() {
+            self.act.validate()?;
+            if self.act.is_empty() {
                 return Err(SpecError::new(
                     "action",
                     "give --drop, --duplicate, --delay or --rate (a rule with no action would only count)",
@@ -689,10 +691,9 @@ mod tests {
     }
 
     fn rule() -> RuleSpec {
-        RuleSpec {
-            drop: Prob(0.5),
-            ..RuleSpec::new("r", Kind::Rule)
-        }
+        let mut r = RuleSpec::new("r", Kind::Rule);
+        r.act.drop = Prob(0.5);
+        r
     }
 
     #[test]
@@ -705,7 +706,7 @@ mod tests {
         r.dport = "80".parse().unwrap();
         assert_eq!(r.validate().unwrap_err().field, "--dport");
         let mut r = rule();
-        r.drop = Prob(0.0);
+        r.act.drop = Prob(0.0);
         assert_eq!(r.validate().unwrap_err().field, "action");
         assert!(rule().validate().is_ok());
     }

@@ -26,38 +26,16 @@
 //! 0.0.0.0/0 and ::/0) is refused unless it says `all = true`.
 use toml::{Table, Value};
 
-use crate::spec::{Kind, PortRange, Prob, RuleSpec, SpecError, Ttl, parse_net, validate_name};
+use crate::spec::{
+    Kind, PortRange, RuleSpec, SpecError, Ttl, actions, parse_net,
+    toml_util::{boolean, check_keys, err, string},
+    validate_name,
+};
 
 const RULE_KEYS: &[&str] = &[
-    "name",
-    "dir",
-    "src",
-    "dst",
-    "proto",
-    "sport",
-    "dport",
-    "iface",
-    "drop",
-    "duplicate",
-    "delay",
-    "jitter",
-    "distribution",
-    "reorder",
-    "rate",
-    "ttl",
-    "priority",
-    "all",
+    "name", "dir", "src", "dst", "proto", "sport", "dport", "iface", "ttl", "priority", "all",
 ];
 const PARTITION_KEYS: &[&str] = &["name", "a", "b", "oneway", "ttl"];
-
-fn err(path: &str, msg: impl Into<String>) -> SpecError {
-    SpecError::new(path, msg)
-}
-
-fn string<'a>(path: &str, v: &'a Value) -> Result<&'a str, SpecError> {
-    v.as_str()
-        .ok_or_else(|| err(path, format!("expected a string, found {}", v.type_str())))
-}
 
 fn nets(path: &str, v: &Value) -> Result<Vec<ipnet::IpNet>, SpecError> {
     let list = match v {
@@ -88,29 +66,10 @@ fn ports(path: &str, v: &Value) -> Result<PortRange, SpecError> {
     }
 }
 
-fn prob(path: &str, v: &Value) -> Result<Prob, SpecError> {
-    match v {
-        Value::Float(f) => format!("{f}").parse().map_err(|m: String| err(path, m)),
-        Value::Integer(i) => format!("{i}").parse().map_err(|m: String| err(path, m)),
-        Value::String(s) => s.parse().map_err(|m: String| err(path, m)),
-        _ => Err(err(path, "expected a probability (\"30%\" or 0.3)")),
-    }
-}
-
-fn duration(path: &str, v: &Value) -> Result<std::time::Duration, SpecError> {
-    crate::spec::parse_duration(string(path, v)?).map_err(|m| err(path, m))
-}
-
-fn check_keys(path: &str, t: &Table, allowed: &[&str]) -> Result<(), SpecError> {
-    for k in t.keys() {
-        if !allowed.contains(&k.as_str()) {
-            return Err(err(
-                &format!("{path}.{k}"),
-                format!("unknown key (expected one of: {})", allowed.join(", ")),
-            ));
-        }
-    }
-    Ok(())
+/// `check_keys` for a rule: its own keys and every action's.
+fn check_rule_keys(path: &str, t: &Table) -> Result<(), SpecError> {
+    let all: Vec<&str> = RULE_KEYS.iter().chain(actions::KEYS).copied().collect();
+    check_keys(path, t, &all)
 }
 
 fn ttl(path: &str, t: &Table) -> Result<Ttl, SpecError> {
@@ -133,7 +92,7 @@ fn name(path: &str, t: &Table) -> Result<String, SpecError> {
 }
 
 fn rule(path: &str, t: &Table) -> Result<(RuleSpec, Ttl), SpecError> {
-    check_keys(path, t, RULE_KEYS)?;
+    check_rule_keys(path, t)?;
     let at = |k: &str| format!("{path}.{k}");
     let mut r = RuleSpec::new(name(path, t)?, Kind::Rule);
     for (k, v) in t {
@@ -146,19 +105,6 @@ fn rule(path: &str, t: &Table) -> Result<(RuleSpec, Ttl), SpecError> {
             "sport" => r.sport = ports(&p, v)?,
             "dport" => r.dport = ports(&p, v)?,
             "iface" => r.iface = Some(string(&p, v)?.to_string()),
-            "drop" => r.drop = prob(&p, v)?,
-            "duplicate" => r.duplicate = prob(&p, v)?,
-            "delay" => r.shape.delay = Some(duration(&p, v)?),
-            "jitter" => r.shape.jitter = Some(duration(&p, v)?),
-            "distribution" => {
-                r.shape.distribution = string(&p, v)?.parse().map_err(|m: String| err(&p, m))?
-            }
-            "reorder" => {
-                r.shape.reorder = v
-                    .as_bool()
-                    .ok_or_else(|| err(&p, "expected true or false"))?
-            }
-            "rate" => r.shape.rate = Some(string(&p, v)?.parse().map_err(|m: String| err(&p, m))?),
             "priority" => {
                 r.priority = v
                     .as_integer()
@@ -166,10 +112,11 @@ fn rule(path: &str, t: &Table) -> Result<(RuleSpec, Ttl), SpecError> {
                     .ok_or_else(|| err(&p, "expected a whole number 0 to 4294967295"))?
             }
             "all" => {
-                v.as_bool()
-                    .ok_or_else(|| err(&p, "expected true or false"))?;
+                boolean(&p, v)?;
             }
-            _ => {}
+            _ => {
+                r.act.set_key(&p, k, v)?;
+            }
         }
     }
     let all = t.get("all").and_then(Value::as_bool).unwrap_or(false);
@@ -196,9 +143,7 @@ fn partition(path: &str, t: &Table) -> Result<(RuleSpec, Ttl), SpecError> {
     };
     let oneway = match t.get("oneway") {
         None => false,
-        Some(v) => v
-            .as_bool()
-            .ok_or_else(|| err(&at("oneway"), "expected true or false"))?,
+        Some(v) => boolean(&at("oneway"), v)?,
     };
     let r = RuleSpec {
         src: side("a")?,
@@ -273,7 +218,7 @@ oneway = false
         let (r, ttl) = &v[0];
         assert_eq!(r.dir, Direction::Ingress);
         assert_eq!(r.sport, PortRange { lo: 1000, hi: 2000 });
-        assert_eq!(r.drop, Prob(0.3));
+        assert_eq!(r.act.drop, crate::spec::Prob(0.3));
         assert_eq!(*ttl, Ttl::For(std::time::Duration::from_secs(60)));
         assert_eq!(v[1].0.kind, Kind::Partition);
         assert_eq!(v[1].0.dst.len(), 2);

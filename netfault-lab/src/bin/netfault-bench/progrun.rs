@@ -19,7 +19,7 @@ use aya::{
 use netfault::{
     control::{monotonic_ns, pipeline, state::RuleEntry},
     dataplane::{self as kernel, Maps},
-    spec::{Kind, Prob, RuleSpec, Ttl, protection},
+    spec::{Actions, Kind, Prob, RuleSpec, Ttl, protection},
 };
 use netfault_common::progs;
 
@@ -125,7 +125,7 @@ fn rule_set(n: u32) -> Vec<RuleSpec> {
             RuleSpec {
                 src: vec![host(Ipv4Addr::new(192, 0, 2, a))],
                 dst: vec![host(Ipv4Addr::new(198, 51, 100, b))],
-                drop: Prob(1.0),
+                act: Actions::drops(Prob(1.0)),
                 ..RuleSpec::new(format!("bench-{k}"), Kind::Rule)
             }
         })
@@ -146,7 +146,7 @@ fn shape_set(n: u32) -> Vec<RuleSpec> {
             RuleSpec {
                 src: vec![net(MATCH_SRC, 32 - k % 16)],
                 dst: vec![net(DST, 32 - k / 16)],
-                drop: Prob(1.0),
+                act: Actions::drops(Prob(1.0)),
                 ..RuleSpec::new(format!("shape-{k}"), Kind::Rule)
             }
         })

@@ -59,7 +59,7 @@ fn queue_needs(
                 .iter()
                 .filter(|r| r.live(now))
                 .map(|r| &r.spec)
-                .filter(|s| s.kind == Kind::Rule && s.shape.is_some())
+                .filter(|s| s.kind == Kind::Rule && s.act.shape.is_some())
                 .filter(|s| s.iface.as_ref().is_none_or(|i| i == iface))
                 .filter(|s| s.dir.includes(ingress))
                 .collect();
@@ -70,8 +70,9 @@ fn queue_needs(
             let max_delay_ns = rules
                 .iter()
                 .map(|s| {
-                    s.shape.model().max_ns()
-                        + s.shape
+                    s.act.shape.model().max_ns()
+                        + s.act
+                            .shape
                             .rate
                             .map_or(0, |_| compile::RATE_QUEUE.as_nanos() as u64)
                 })
@@ -79,7 +80,7 @@ fn queue_needs(
                 .unwrap_or(0);
             let paced: Option<u64> = rules
                 .iter()
-                .map(|s| s.shape.rate.map(|r| r.bytes_per_sec * 8))
+                .map(|s| s.act.shape.rate.map(|r| r.bytes_per_sec * 8))
                 .sum();
             let (rate_bits, rate_source) = match (paced, link) {
                 (Some(p), Some(l)) if p < l => (p, "the sum of the rules' --rate"),
@@ -296,8 +297,8 @@ mod tests {
     fn rule(name: &str, dir: Direction, delay_ms: u64, rate_bytes: Option<u64>) -> RuleEntry {
         let mut spec = RuleSpec::new(name, Kind::Rule);
         spec.dir = dir;
-        spec.shape.delay = Some(Duration::from_millis(delay_ms));
-        spec.shape.rate = rate_bytes.map(|b| Rate { bytes_per_sec: b });
+        spec.act.shape.delay = Some(Duration::from_millis(delay_ms));
+        spec.act.shape.rate = rate_bytes.map(|b| Rate { bytes_per_sec: b });
         RuleEntry {
             spec,
             slot: 0,
@@ -359,7 +360,7 @@ mod tests {
         let mut expired = rule("old", Direction::Both, 100, None);
         expired.expires_mono_ns = 5;
         let mut plain = rule("plain", Direction::Both, 0, None);
-        plain.spec.shape.delay = None;
+        plain.spec.act.shape.delay = None;
         let p = plan(&devs, &[expired, plain], 10, |_| panic!("not asked"), GIB).unwrap();
         assert!(p.is_empty());
         let e = plan(

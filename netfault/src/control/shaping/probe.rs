@@ -96,7 +96,7 @@ fn probe_here() -> Result<bool> {
     let (_hook, _link) = kernel::attach_tc_held(&mut ebpf, VETH_IN, Hook::TcIngress)?;
     let mut spec = RuleSpec::new("ifb-probe", Kind::Rule);
     spec.dir = Direction::Ingress;
-    spec.shape.delay = Some(Duration::from_millis(1));
+    spec.act.shape.delay = Some(Duration::from_millis(1));
     let rules = [RuleEntry {
         spec,
         slot: 0,
