@@ -392,8 +392,26 @@ pub struct RuleValue {
     /// (and counted as a queue drop) rather than queued without bound.
     pub rate_queue_ns: u64,
     pub _reserved: u64,
+    // ---- Reject (issue 15, point 1): answer what the rule drops. ----
+    /// `REJECT_*`; 0: drop silently.
+    pub reject: u8,
+    pub _reject_pad: [u8; 7],
+    /// Replies are paced by GCRA per slot (`NF_REJECT`): one per interval on average ...
+    pub reject_interval_ns: u64,
+    /// ... and up to `tolerance / interval + 1` at once (the burst).
+    pub reject_tolerance_ns: u64,
+    // ---- end of Reject ----
+    pub _reserved2: [u64; 5],
 }
-const _: () = assert!(core::mem::size_of::<RuleValue>() == 64);
+const _: () = assert!(core::mem::size_of::<RuleValue>() == 128);
+
+/// `RuleValue::reject`: a TCP RST for TCP, ICMP port unreachable for the rest.
+pub const REJECT_TCP_RESET: u8 = 1;
+/// ICMP (type 3) or ICMPv6 (type 1) destination unreachable, with the code for a closed port
+/// (3; v6: 4), an unreachable host (1; v6: 3) or a prohibition (13; v6: 1), for every protocol.
+pub const REJECT_ICMP_PORT: u8 = 2;
+pub const REJECT_ICMP_HOST: u8 = 3;
+pub const REJECT_ICMP_ADMIN: u8 = 4;
 
 /// Per-rule, per-CPU counters. Summed over CPUs by the controller.
 #[repr(C)]
@@ -409,8 +427,14 @@ pub struct Counters {
     /// Packets dropped because the queue could not hold them (rate backlog), not by `--drop`.
     pub queue_dropped: u64,
     pub _reserved: u64,
+    // ---- Reject (issue 15, point 1) ----
+    /// Dropped packets answered with a RST or an ICMP error (also counted in `dropped`).
+    pub rejected: u64,
+    /// Dropped packets left unanswered because the rule's reply rate was spent (also in `dropped`).
+    pub reject_limited: u64,
+    // ---- end of Reject ----
 }
-const _: () = assert!(core::mem::size_of::<Counters>() == 64);
+const _: () = assert!(core::mem::size_of::<Counters>() == 80);
 
 /// The single entry of `CONFIG`.
 #[repr(C)]
@@ -450,8 +474,11 @@ pub mod maps {
     pub const RATE: &str = "NF_RATE";
     pub const IFB: &str = "NF_IFB";
     pub const PREFILTER: &str = "NF_PREFILTER";
-    pub const ALL: [&str; 12] = [
+    /// Reject: each slot's reply pacing (GCRA's theoretical arrival time, monotonic ns).
+    pub const REJECT: &str = "NF_REJECT";
+    pub const ALL: [&str; 13] = [
         CONFIG, TUPLES, FLOWS, FLOWS4, RULES, COUNTERS, TC_ONLY, DIST, PACE, RATE, IFB, PREFILTER,
+        REJECT,
     ];
 }
 

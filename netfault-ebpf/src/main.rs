@@ -13,6 +13,7 @@
 mod classify;
 mod maps;
 mod parse;
+mod reject;
 mod shape;
 
 use aya_ebpf::{
@@ -186,6 +187,25 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
     c.bytes += ctx.len() as u64;
     if fires(m.rule.drop_thresh) {
         c.dropped += segs;
+        if m.rule.reject != 0 {
+            match reject::reply(ctx, &key, l4, m.slot, m.rule) {
+                reject::Verdict::Sent => {
+                    // One reply, however many wire packets the skb carried (counted as those).
+                    c.rejected += segs;
+                    // At ingress back out where it came in; at egress up to the local stack.
+                    let flags = if dir == DIR_EGRESS {
+                        BPF_F_INGRESS as u64
+                    } else {
+                        0
+                    };
+                    // SAFETY: helper without preconditions; the verdict makes it take effect.
+                    unsafe { bpf_redirect(ifindex, flags) };
+                    return Some(TC_ACT_REDIRECT);
+                }
+                reject::Verdict::Limited => c.reject_limited += segs,
+                reject::Verdict::Silent => {}
+            }
+        }
         if dir == DIR_EGRESS {
             return Some(lost_on_the_wire());
         }

@@ -60,3 +60,13 @@ pub static NF_RATE: Array<u64> = Array::pinned(MAX_RULES, 0);
 /// Interface index to the index of the IFB device whose fq delays its ingress traffic.
 #[map(name = "NF_IFB")]
 pub static NF_IFB: HashMap<u32, u32> = HashMap::pinned(MAX_IFB, 0);
+
+/// Per rule slot: when the slot's reject replies are next due (GCRA's theoretical arrival
+/// time, monotonic ns); see `reject::allow`.
+#[map(name = "NF_REJECT")]
+pub static NF_REJECT: Array<u64> = Array::pinned(MAX_RULES, 0);
+
+/// Reject's per-CPU scratch space, where replies are composed (not pinned: nothing outside
+/// one program run reads it).
+#[map(name = "NF_REJECT_BUF")]
+pub static NF_REJECT_BUF: PerCpuArray<crate::reject::Scratch> = PerCpuArray::with_max_entries(1, 0);

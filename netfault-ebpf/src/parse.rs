@@ -105,7 +105,7 @@ pub fn reach(start: usize, end: usize) -> usize {
 /// range, where a branch per tag count had it walk the whole parse and classification once
 /// more (on 6.18, tc ingress's verification took more than twice the instructions).
 #[inline(always)]
-fn link(start: usize, end: usize) -> Option<(u16, usize)> {
+pub fn link(start: usize, end: usize) -> Option<(u16, usize)> {
     let outer = load_be16(start, end, 12)?;
     if outer != ETH_P_8021Q && outer != ETH_P_8021AD {
         return Some((outer, ETH_HLEN));

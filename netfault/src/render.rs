@@ -9,6 +9,16 @@ use netfault::{
     spec::{Kind, PortRange, Proto},
 };
 
+/// The reply rate in force for a rejecting entry (the default when none was given).
+fn reject_rate(s: &netfault::spec::RuleSpec) -> Option<String> {
+    s.act.reject.map(|_| {
+        s.act
+            .reject_rate
+            .unwrap_or(netfault::spec::reject::DEFAULT_REJECT_RATE)
+            .to_string()
+    })
+}
+
 fn fmt_left(left: Option<u64>, expired: bool) -> String {
     match (left, expired) {
         (_, true) => "expired".into(),
@@ -55,6 +65,7 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                 Kind::Partition => json!({
                     "name": s.name, "kind": "partition", "a": nets(&s.src), "b": nets(&s.dst),
                     "oneway": s.oneway, "expires_in_ms": left, "expired": expired,
+                    "reject": s.act.reject, "reject_rate": reject_rate(s),
                 }),
                 Kind::Rule | Kind::Protect => json!({
                     "name": s.name, "kind": "rule", "priority": s.priority, "dir": s.dir,
@@ -66,6 +77,7 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                     "distribution": s.act.shape.jitter.map(|_| s.act.shape.distribution),
                     "reorder": s.act.shape.reorder,
                     "rate_bits": s.act.shape.rate.map(|r| r.bytes_per_sec * 8),
+                    "reject": s.act.reject, "reject_rate": reject_rate(s),
                     "expires_in_ms": left, "expired": expired,
                 }),
             }
@@ -87,11 +99,15 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
         match s.kind {
             Kind::Partition => writeln!(
                 out,
-                "partition {:<16} {} {} {}  ttl {left}",
+                "partition {:<16} {} {} {}{}  ttl {left}",
                 s.name,
                 nets(&s.src).join(","),
                 if s.oneway { "-/->" } else { "<-/->" },
                 nets(&s.dst).join(","),
+                s.act
+                    .reject
+                    .map(|k| format!("  reject {k} {}", reject_rate(s).unwrap_or_default()))
+                    .unwrap_or_default(),
             )?,
             Kind::Rule | Kind::Protect => {
                 let mut m = vec![format!("dir {:?}", s.dir).to_lowercase()];
@@ -134,6 +150,12 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                 if let Some(r) = s.act.shape.rate {
                     a.push(format!("rate {r}"));
                 }
+                if let Some(k) = s.act.reject {
+                    a.push(format!(
+                        "reject {k} {}",
+                        reject_rate(s).unwrap_or_default()
+                    ));
+                }
                 writeln!(
                     out,
                     "rule      {:<16} prio {:<5} {}  => {}  ttl {left}",
@@ -172,7 +194,7 @@ pub fn stats(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::
     }
     writeln!(
         out,
-        "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  TTL",
+        "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  TTL",
         "NAME",
         "KIND",
         "MATCHED",
@@ -180,13 +202,15 @@ pub fn stats(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::
         "DUPLICATED",
         "DELAYED",
         "QUEUE-DROP",
+        "REJECTED",
+        "REJ-LIMIT",
         "PASSED",
         "BYTES"
     )?;
     for r in rows {
         writeln!(
             out,
-            "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  {}",
+            "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  {}",
             r.name,
             format!("{:?}", r.kind).to_lowercase(),
             r.counters.matched,
@@ -194,6 +218,8 @@ pub fn stats(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::
             r.counters.duplicated,
             r.counters.delayed,
             r.counters.queue_dropped,
+            r.counters.rejected,
+            r.counters.reject_limited,
             r.counters.passed,
             r.counters.bytes,
             fmt_left(r.expires_in_ms, r.expired)

@@ -2,7 +2,8 @@
 //! the maps at each scrape, so they equal `netfault stats` at that moment:
 //!
 //! - `netfault_rule_packets_total{rule, kind, action}`: `action` one of matched, dropped,
-//!   duplicated, delayed, queue_dropped, passed (`matched = dropped + queue_dropped + passed`);
+//!   duplicated, delayed, queue_dropped, rejected, reject_limited, passed (`matched = dropped +
+//!   queue_dropped + passed`; rejected and reject_limited are parts of dropped);
 //! - `netfault_rule_bytes_total{rule, kind}`: bytes of the matched packets;
 //! - `netfault_rule_expires_in_seconds{rule, kind}`: lifetime left (`+Inf`: no expiry);
 //! - `netfault_lease_seconds`, `netfault_lease_entries`: the lease of the last rule set put
@@ -187,6 +188,8 @@ pub fn render(
             ("duplicated", c.duplicated),
             ("delayed", c.delayed),
             ("queue_dropped", c.queue_dropped),
+            ("rejected", c.rejected),
+            ("reject_limited", c.reject_limited),
             ("passed", c.passed),
         ] {
             let mut l = base.clone();

@@ -6,7 +6,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use netfault::spec::{
-    self, Actions, Direction, Distribution, Kind, PortRange, Prob, Proto, Rate, RuleSpec, Shape,
+    self, Actions, Direction, Distribution, Kind, PortRange, Prob, Proto, Rate, RejectKind,
+    RejectRate, RuleSpec, Shape,
     SpecError, Ttl,
 };
 
@@ -89,6 +90,23 @@ pub struct ActionArgs {
     /// Pace matched traffic to RATE (`500kbit`, `10mbit`, `1gbit`; `kbps`/`mbps` are bytes).
     #[arg(long, value_name = "RATE", value_parser = parse_rate, allow_hyphen_values = true)]
     pub rate: Option<Rate>,
+    #[command(flatten)]
+    pub reject: RejectArgs,
+}
+
+/// `--reject [KIND]` and `--reject-rate`: rules and partitions take them alike.
+#[derive(Args, Debug, Default)]
+pub struct RejectArgs {
+    /// Answer what is dropped instead of dropping silently: tcp-reset (the default: a RST for
+    /// TCP, ICMP port unreachable for the rest), icmp-port, icmp-host or icmp-admin. Without
+    /// --drop a rule drops (and answers) every packet it matches.
+    #[arg(long, value_name = "KIND", num_args = 0..=1, default_missing_value = "tcp-reset",
+          value_parser = parse_reject)]
+    pub reject: Option<RejectKind>,
+    /// Replies per second at most, per rule, and the burst (`100/s`, `100/s,burst=20`;
+    /// default 1000/s, burst 1000). Packets beyond it are dropped unanswered.
+    #[arg(long, value_name = "RATE", value_parser = parse_reject_rate)]
+    pub reject_rate: Option<RejectRate>,
 }
 
 impl ActionArgs {
@@ -104,6 +122,8 @@ impl ActionArgs {
                 reorder: self.reorder,
                 rate: self.rate,
             },
+            reject: self.reject.reject,
+            reject_rate: self.reject.reject_rate,
         }
     }
 }
@@ -129,8 +149,16 @@ pub struct PartitionArgs {
     /// Lifetime (`30s`, `2m`), or `none`; enforced by the data path. Default 10m.
     #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
     pub ttl: Option<Ttl>,
+    #[command(flatten)]
+    pub reject: RejectArgs,
 }
 
+pub fn parse_reject(s: &str) -> Result<RejectKind, String> {
+    s.parse()
+}
+pub fn parse_reject_rate(s: &str) -> Result<RejectRate, String> {
+    s.parse()
+}
 pub fn parse_dir(s: &str) -> Result<Direction, String> {
     s.parse()
 }
@@ -205,6 +233,14 @@ impl PartitionArgs {
             dst: b,
             oneway: self.oneway,
             ..RuleSpec::new(name, Kind::Partition)
+        };
+        let r = RuleSpec {
+            act: Actions {
+                reject: self.reject.reject,
+                reject_rate: self.reject.reject_rate,
+                ..r.act
+            },
+            ..r
         };
         r.validate()?;
         Ok(r)

@@ -43,6 +43,9 @@ pub enum ClusterCmd {
         /// Print `{"name", "topology", "grudge"}`.
         #[arg(long)]
         json: bool,
+        /// Each node answers what it drops (`--reject [KIND]`, `--reject-rate`).
+        #[command(flatten)]
+        reject: super::args::RejectArgs,
     },
     /// Impair the traffic from every --from node to every --to node: loss and duplication at
     /// the receivers' ingress (per wire packet, invisible to the sender), delay, jitter and
@@ -207,7 +210,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
                         let c = &f.counters;
                         writeln!(
                             out,
-                            "  {:<28} {:<9} matched {} dropped {} duplicated {} delayed {} queue_dropped {} passed {} bytes {}{}",
+                            "  {:<28} {:<9} matched {} dropped {} duplicated {} delayed {} queue_dropped {} rejected {} reject_limited {} passed {} bytes {}{}",
                             f.name,
                             format!("{:?}", f.kind).to_lowercase(),
                             c.matched,
@@ -215,6 +218,8 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
                             c.duplicated,
                             c.delayed,
                             c.queue_dropped,
+                            c.rejected,
+                            c.reject_limited,
                             c.passed,
                             c.bytes,
                             if f.expired { " (expired)" } else { "" }
@@ -229,6 +234,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
             ttl,
             seed,
             json,
+            reject,
         } => {
             let topo: Topology = topology
                 .parse()
@@ -250,7 +256,15 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
                 .grudge(&coord.cluster.names(), seed)
                 .map_err(|e| SpecError::new("TOPOLOGY", e))?;
             let name = name.unwrap_or_else(|| default_name(&topology));
-            let plans = coord.plans(&name, &grudge)?;
+            let reply = netfault::spec::Actions {
+                reject: reject.reject,
+                reject_rate: reject.reject_rate,
+                ..Default::default()
+            };
+            if reply.reject_rate.is_some() && reply.reject.is_none() {
+                return Err(SpecError::new("--reject-rate", "needs --reject").into());
+            }
+            let plans = coord.plans(&name, &grudge, &reply)?;
             coord.apply(plans, ttl.unwrap_or_default())?;
             if json {
                 writeln!(out, "{}", grudge.to_json(&name, &topo.to_string()))?;

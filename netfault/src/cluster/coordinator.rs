@@ -232,9 +232,15 @@ impl Coordinator {
 
     /// The plans a grudge gives, every node's entries checked (names, specs) before any node
     /// is touched.
-    pub fn plans(&self, name: &str, grudge: &Grudge) -> Result<Vec<NodePlan>, Error> {
+    /// `reply`: see [`plan::partition`].
+    pub fn plans(
+        &self,
+        name: &str,
+        grudge: &Grudge,
+        reply: &crate::spec::Actions,
+    ) -> Result<Vec<NodePlan>, Error> {
         validate_name("name", name)?;
-        let part = plan::partition(name, &self.cluster, grudge)?;
+        let part = plan::partition(name, &self.cluster, grudge, reply)?;
         self.rule_plans(&part)
     }
 

@@ -84,11 +84,13 @@ fn rule_name(name: &str, tail: &str) -> Result<String, SpecError> {
 }
 
 /// Every node's partition entries for `grudge` (every node of the cluster is a key; a node
-/// that drops nobody maps to an empty list).
+/// that drops nobody maps to an empty list). Of `reply`, only `reject` and `reject_rate`
+/// apply: each node answers what it drops ("the port is closed") instead of staying silent.
 pub fn partition(
     name: &str,
     cluster: &Cluster,
     grudge: &Grudge,
+    reply: &Actions,
 ) -> Result<BTreeMap<String, Vec<RuleSpec>>, SpecError> {
     let mut out = BTreeMap::new();
     for node in &cluster.nodes {
@@ -98,7 +100,7 @@ pub fn partition(
                 SpecError::new("grudge", format!("'{peer}' is not a node of this cluster"))
             })?;
             for (fam, nets) in by_family(&p.addrs) {
-                rules.push(RuleSpec {
+                let mut r = RuleSpec {
                     dir: Direction::Ingress,
                     src: nets,
                     oneway: true,
@@ -106,7 +108,9 @@ pub fn partition(
                         rule_name(name, &format!("from-{peer}.{fam}"))?,
                         Kind::Partition,
                     )
-                });
+                };
+                (r.act.reject, r.act.reject_rate) = (reply.reject, reply.reject_rate);
+                rules.push(r);
             }
         }
         out.insert(node.name.clone(), rules);
@@ -164,7 +168,8 @@ impl Impair {
 
 /// Where each action of an impairment acts: (at the receiver's ingress, at the sender's
 /// egress). Shaping needs the sender's queue (fq); everything else acts where the packet
-/// arrives, after it crossed the wire.
+/// arrives, after it crossed the wire (a reject's reply then leaves the receiver as a closed
+/// port's would).
 fn split(act: &Actions) -> (Actions, Actions) {
     let receiver = Actions {
         shape: Shape::default(),
@@ -435,7 +440,7 @@ token_file = "/t"
     fn a_grudge_becomes_ingress_partitions_that_compile_and_cut() {
         let c = cluster();
         let gr = Topology::Halves.grudge(&c.names(), 0).unwrap();
-        let per = partition("split", &c, &gr).unwrap();
+        let per = partition("split", &c, &gr, &Actions::default()).unwrap();
         let names = |n: &str| per[n].iter().map(|r| r.name.as_str()).collect::<Vec<_>>();
         assert_eq!(
             names("n1"),
@@ -586,7 +591,7 @@ token_file = "/t"
         let gr = Topology::Isolate(Some("n2".into()))
             .grudge(&c.names(), 0)
             .unwrap();
-        let part = partition("iso", &c, &gr).unwrap();
+        let part = partition("iso", &c, &gr, &Actions::default()).unwrap();
         let mut i = imp(&["n3"], &["n4"]);
         i.act.drop = Prob(0.5);
         let lossy = impair("lossy", &c, &i).unwrap();

@@ -71,6 +71,8 @@ pub struct Step {
     pub repeat: u32,
     /// From one occurrence's start to the next's; `Some` exactly when `repeat > 1`.
     pub every: Option<Duration>,
+    /// A partition step's `reject` and `reject_rate` (nothing else is set).
+    pub reply: Actions,
 }
 
 /// What a step does while it lasts.
@@ -113,6 +115,9 @@ const STEP_KEYS: &[&str] = &[
     "for",
     "repeat",
     "every",
+    // A partition step's reply (spec::reject::PARTITION_KEYS).
+    "reject",
+    "reject_rate",
 ];
 const IMPAIR_KEYS: &[&str] = &["from", "to"];
 
@@ -228,10 +233,18 @@ fn step(index: usize, path: &str, t: &Table) -> Result<Step, SpecError> {
             Some(e)
         }
     };
+    let reply = crate::spec::reject::partition_keys(t, p)?;
+    if reply.reject.is_some() && !matches!(action, StepAction::Partition(_)) {
+        return Err(err(
+            &p("reject"),
+            "belongs to a partition step (an impairment says reject inside impair = { ... })",
+        ));
+    }
     let s = Step {
         name,
         at: at_,
         action,
+        reply,
         duration: duration_,
         repeat,
         every,
@@ -443,7 +456,7 @@ impl Scenario {
                 let g = self
                     .grudge(&ev, cluster)?
                     .unwrap_or_else(|| Grudge(BTreeMap::new()));
-                plan::partition(&s.name, cluster, &g).map_err(relocate)
+                plan::partition(&s.name, cluster, &g, &s.reply).map_err(relocate)
             }
             StepAction::Impair(imp) => plan::impair(&s.name, cluster, imp).map_err(relocate),
         }

@@ -10,7 +10,7 @@ use netfault_common::{
     TupleSet, pf_meta_index,
 };
 
-use crate::spec::{Direction, Kind, PortRange, Proto, RuleSpec};
+use crate::spec::{Direction, Kind, PortRange, Proto, RuleSpec, reject::DEFAULT_REJECT_RATE};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
@@ -234,11 +234,24 @@ pub fn expand(spec: &RuleSpec, ifindex: Option<u32>) -> Vec<(FlowKey, FlowKey)> 
 pub fn rule_value(spec: &RuleSpec, expires_ns: u64) -> RuleValue {
     let (drop, dup) = match spec.kind {
         Kind::Partition => (u32::MAX, 0),
-        Kind::Rule => (spec.act.drop.threshold(), spec.act.duplicate.threshold()),
+        Kind::Rule => (
+            spec.act.effective_drop().threshold(),
+            spec.act.duplicate.threshold(),
+        ),
         Kind::Protect => (0, 0),
     };
     let mut flags = RULE_ACTIVE;
     if dup != 0 {
+        flags |= RULE_NEEDS_SKB;
+    }
+    // Reject (rules and partitions): replies are built at tc only, where they leave on every
+    // kind of device (an XDP_TX on a veth is lost unless its peer runs XDP or GRO).
+    let reject = match spec.kind {
+        Kind::Protect => None,
+        _ => spec.act.reject,
+    };
+    let reject_rate = spec.act.reject_rate.unwrap_or(DEFAULT_REJECT_RATE);
+    if reject.is_some() {
         flags |= RULE_NEEDS_SKB;
     }
     let shape = if spec.kind == Kind::Rule {
@@ -264,6 +277,17 @@ pub fn rule_value(spec: &RuleSpec, expires_ns: u64) -> RuleValue {
         rate_bytes_per_sec: shape.rate.map_or(0, |r| r.bytes_per_sec),
         rate_queue_ns: if shape.rate.is_some() {
             RATE_QUEUE.as_nanos() as u64
+        } else {
+            0
+        },
+        reject: reject.map_or(0, |k| k.code()),
+        reject_interval_ns: if reject.is_some() {
+            reject_rate.interval_ns()
+        } else {
+            0
+        },
+        reject_tolerance_ns: if reject.is_some() {
+            reject_rate.tolerance_ns()
         } else {
             0
         },
@@ -298,8 +322,9 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
             continue; // its interface is gone: the rule cannot match anything
         }
         let shaping = input.spec.kind == Kind::Rule && input.spec.act.shape.is_some();
-        if input.spec.kind == Kind::Rule
-            && (input.spec.act.duplicate.0 > 0.0 || shaping)
+        let rejecting = input.spec.kind != Kind::Protect && input.spec.act.reject.is_some();
+        if ((input.spec.kind == Kind::Rule && (input.spec.act.duplicate.0 > 0.0 || shaping))
+            || rejecting)
             && input.spec.dir.includes(true)
         {
             config_flags |= CFG_INGRESS_TC;

@@ -86,7 +86,10 @@ pub fn needs(
                     need.egress = true;
                 }
                 // The rules XDP cannot apply go to tc ingress (compile: RULE_NEEDS_SKB).
-                let at_tc = s.act.duplicate.0 > 0.0 || s.act.shape.is_some() || !xdp_frames(iface);
+                let at_tc = s.act.duplicate.0 > 0.0
+                    || s.act.shape.is_some()
+                    || s.act.reject.is_some()
+                    || !xdp_frames(iface);
                 if s.dir.includes(true) && at_tc && (drop || dup) {
                     need.ingress = true;
                 }

@@ -148,7 +148,8 @@ pub fn needs_xdp(spec: &RuleSpec, iface: &str) -> bool {
     let probabilistic = |p: f64| p > 0.0 && p < 1.0;
     let needs = match spec.kind {
         Kind::Protect => false,
-        Kind::Partition => true,
+        // A rejecting partition is applied at tc, which builds the replies.
+        Kind::Partition => spec.act.reject.is_none(),
         Kind::Rule => {
             (spec.act.drop.0 > 0.0 && spec.act.duplicate.0 == 0.0 && !spec.act.shape.is_some())
                 || probabilistic(spec.act.drop.0)

@@ -65,6 +65,8 @@ pub struct Maps {
     pub tc_only: BpfHashMap<MapData, u32, u32>,
     pub ifb: BpfHashMap<MapData, u32, u32>,
     pub rate: Array<MapData, u64>,
+    /// Reject replies' pacing per slot.
+    pub reject: Array<MapData, u64>,
     grace: super::grace::Grace,
 }
 
@@ -105,6 +107,7 @@ impl Maps {
             tc_only: typed(get(names::TC_ONLY)?, names::TC_ONLY)?,
             ifb: typed(get(names::IFB)?, names::IFB)?,
             rate: typed(get(names::RATE)?, names::RATE)?,
+            reject: typed(get(names::REJECT)?, names::REJECT)?,
             grace: super::grace::Grace::new().map_err(io_err("grace map"))?,
         })
     }
@@ -243,6 +246,8 @@ impl Maps {
             s.bytes += c.bytes;
             s.delayed += c.delayed;
             s.queue_dropped += c.queue_dropped;
+            s.rejected += c.rejected;
+            s.reject_limited += c.reject_limited;
         }
         Ok(s)
     }
@@ -257,6 +262,10 @@ impl Maps {
             .set(slot, zeros, 0)
             .map_err(ebpf_err("reset counters"))?;
         // A new rule's rate starts idle, whatever the slot's last owner left.
-        self.rate.set(slot, &0, 0).map_err(ebpf_err("reset rate"))
+        self.rate.set(slot, &0, 0).map_err(ebpf_err("reset rate"))?;
+        // And its reject replies start with a full burst.
+        self.reject
+            .set(slot, &0, 0)
+            .map_err(ebpf_err("reset reject pacing"))
     }
 }

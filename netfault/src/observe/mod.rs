@@ -25,6 +25,12 @@ pub struct CounterView {
     /// Dropped because the rule's rate backlog was full (not by --drop).
     #[serde(default)]
     pub queue_dropped: u64,
+    /// Dropped and answered (RST or ICMP unreachable); part of `dropped`.
+    #[serde(default)]
+    pub rejected: u64,
+    /// Dropped unanswered because the rule's reply rate was spent; part of `dropped`.
+    #[serde(default)]
+    pub reject_limited: u64,
 }
 
 impl From<Counters> for CounterView {
@@ -37,6 +43,8 @@ impl From<Counters> for CounterView {
             bytes: c.bytes,
             delayed: c.delayed,
             queue_dropped: c.queue_dropped,
+            rejected: c.rejected,
+            reject_limited: c.reject_limited,
         }
     }
 }

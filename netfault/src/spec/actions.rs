@@ -8,7 +8,7 @@ use serde_json::{Map, Value as Json, json};
 use toml::Value;
 
 use super::{
-    Prob, Shape, SpecError,
+    Prob, RejectKind, RejectRate, Shape, SpecError,
     toml_util::{boolean, duration, parsed, prob},
 };
 
@@ -23,6 +23,13 @@ pub struct Actions {
     /// Delay, jitter, distribution, reorder and rate.
     #[serde(default)]
     pub shape: Shape,
+    /// Answer what is dropped (a RST or an ICMP unreachable) instead of dropping silently;
+    /// without `drop`, everything matched is dropped and answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject: Option<RejectKind>,
+    /// Replies per second and burst; None: `reject::DEFAULT_REJECT_RATE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject_rate: Option<RejectRate>,
 }
 
 /// The keys [`Actions::set_key`] takes, in the order the documentation gives them.
@@ -34,6 +41,8 @@ pub const KEYS: &[&str] = &[
     "distribution",
     "reorder",
     "rate",
+    "reject",
+    "reject_rate",
 ];
 
 impl Actions {
@@ -47,7 +56,16 @@ impl Actions {
 
     /// No action at all: such a rule would only count.
     pub fn is_empty(&self) -> bool {
-        self.drop.0 == 0.0 && self.duplicate.0 == 0.0 && !self.shape.is_some()
+        self.drop.0 == 0.0 && self.duplicate.0 == 0.0 && !self.shape.is_some() && self.reject.is_none()
+    }
+
+    /// The drop probability the data path applies: `--reject` alone drops (and answers) all.
+    pub fn effective_drop(&self) -> Prob {
+        if self.reject.is_some() && self.drop.0 == 0.0 {
+            Prob(1.0)
+        } else {
+            self.drop
+        }
     }
 
     /// Sets the action `key` (one of [`KEYS`]) from a file's value; `path` names it in errors.
@@ -61,6 +79,14 @@ impl Actions {
             "distribution" => self.shape.distribution = parsed(path, v)?,
             "reorder" => self.shape.reorder = boolean(path, v)?,
             "rate" => self.shape.rate = Some(parsed(path, v)?),
+            // `true` (the default reply), `false` (none) or a reply's name.
+            "reject" => {
+                self.reject = match v {
+                    Value::Boolean(b) => b.then(RejectKind::default),
+                    _ => Some(parsed(path, v)?),
+                }
+            }
+            "reject_rate" => self.reject_rate = Some(parsed(path, v)?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -70,6 +96,21 @@ impl Actions {
     /// `--jitter`; file formats strip the dashes). An empty set of actions is not refused here:
     /// whether that is an error depends on the entry (a partition has its own).
     pub fn validate(&self) -> Result<(), SpecError> {
+        if self.reject_rate.is_some() && self.reject.is_none() {
+            return Err(SpecError::new("--reject-rate", "needs --reject"));
+        }
+        if self.reject.is_some() && self.duplicate.0 > 0.0 {
+            return Err(SpecError::new(
+                "--reject",
+                "cannot go with --duplicate (a packet is either answered or passed on)",
+            ));
+        }
+        if self.reject.is_some() && self.shape.is_some() {
+            return Err(SpecError::new(
+                "--reject",
+                "cannot go with --delay or --rate (a rejected packet never leaves)",
+            ));
+        }
         self.shape.validate()
     }
 
@@ -97,6 +138,12 @@ impl Actions {
         if let Some(r) = s.rate {
             m.insert("rate".into(), json!(r.to_string()));
         }
+        if let Some(k) = self.reject {
+            m.insert("reject".into(), json!(k.to_string()));
+        }
+        if let Some(r) = self.reject_rate {
+            m.insert("reject_rate".into(), json!(r.to_string()));
+        }
         m
     }
 }
@@ -115,6 +162,8 @@ jitter = "5ms"
 distribution = "normal"
 reorder = true
 rate = "10mbit"
+reject = "icmp-host"
+reject_rate = "10/s,burst=5"
 "#;
         let t: toml::Table = text.parse().unwrap();
         let mut a = Actions::default();
@@ -128,6 +177,15 @@ rate = "10mbit"
             assert!(b.set_key(k, k, v).unwrap(), "{k}");
         }
         assert_eq!(a, b);
+        assert_eq!(a.reject, Some(RejectKind::IcmpHost));
+        let mut r = Actions::default();
+        assert!(r.set_key("reject", "reject", &Value::from(true)).unwrap());
+        assert_eq!(r.reject, Some(RejectKind::TcpReset));
+        assert_eq!(r.effective_drop(), Prob(1.0));
+        assert!(r.set_key("reject", "reject", &Value::from(false)).unwrap());
+        assert_eq!(r.reject, None);
+        r.reject_rate = Some("5/s".parse().unwrap());
+        assert_eq!(r.validate().unwrap_err().field, "--reject-rate");
         assert!(!a.set_key("x", "name", &Value::from("n")).unwrap());
         assert_eq!(
             a.set_key("rule[0].drop", "drop", &Value::from("150%"))

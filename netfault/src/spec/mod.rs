@@ -7,11 +7,13 @@ use serde::{Deserialize, Serialize};
 pub mod actions;
 pub mod dist;
 pub mod protection;
+pub mod reject;
 pub mod ruleset;
 pub(crate) mod toml_util;
 
 pub use actions::Actions;
 pub use dist::Distribution;
+pub use reject::{RejectKind, RejectRate};
 
 /// Bad input, naming the field it came from. Exit status 2 at the CLI edge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -515,6 +517,12 @@ impl RuleSpec {
     /// Checks what parsing alone cannot: families that can never meet, actions present.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name("NAME", &self.name)?;
+        if self.kind == Kind::Partition
+            && self.act.reject_rate.is_some()
+            && self.act.reject.is_none()
+        {
+            return Err(SpecError::new("--reject-rate", "needs --reject"));
+        }
         if self.kind == Kind::Rule {
             let s = family_of(&self.src).ok_or_else(|| {
                 SpecError::new("--src", "mixes IPv4 and IPv6; use one rule per family")
@@ -544,7 +552,7 @@ impl RuleSpec {
             if self.act.is_empty() {
                 return Err(SpecError::new(
                     "action",
-                    "give --drop, --duplicate, --delay or --rate (a rule with no action would only count)",
+                    "give --drop, --duplicate, --delay, --rate or --reject (a rule with no action would only count)",
                 ));
             }
         }

@@ -35,7 +35,15 @@ use crate::spec::{
 const RULE_KEYS: &[&str] = &[
     "name", "dir", "src", "dst", "proto", "sport", "dport", "iface", "ttl", "priority", "all",
 ];
-const PARTITION_KEYS: &[&str] = &["name", "a", "b", "oneway", "ttl"];
+const PARTITION_KEYS: &[&str] = &[
+    "name",
+    "a",
+    "b",
+    "oneway",
+    "ttl",
+    "reject",
+    "reject_rate",
+];
 
 fn nets(path: &str, v: &Value) -> Result<Vec<ipnet::IpNet>, SpecError> {
     let list = match v {
@@ -145,12 +153,14 @@ fn partition(path: &str, t: &Table) -> Result<(RuleSpec, Ttl), SpecError> {
         None => false,
         Some(v) => boolean(&at("oneway"), v)?,
     };
-    let r = RuleSpec {
+    let reject = super::reject::partition_keys(t, at)?;
+    let mut r = RuleSpec {
         src: side("a")?,
         dst: side("b")?,
         oneway,
         ..RuleSpec::new(name(path, t)?, Kind::Partition)
     };
+    (r.act.reject, r.act.reject_rate) = (reject.reject, reject.reject_rate);
     Ok((r, ttl(path, t)?))
 }
 
