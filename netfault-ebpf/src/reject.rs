@@ -92,14 +92,8 @@ fn allow(slot: u32, rule: &RuleValue) -> bool {
 fn load<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
     let mut b = [0u8; N];
     // SAFETY: the buffer is N bytes on the stack; the helper checks the offset.
-    let r = unsafe {
-        bpf_skb_load_bytes(
-            ctx.as_ptr(),
-            off as u32,
-            b.as_mut_ptr() as *mut _,
-            N as u32,
-        )
-    };
+    let r =
+        unsafe { bpf_skb_load_bytes(ctx.as_ptr(), off as u32, b.as_mut_ptr() as *mut _, N as u32) };
     (r == 0).then_some(b)
 }
 
@@ -239,7 +233,9 @@ pub fn reply(ctx: &TcContext, key: &FlowKey, l4: usize, slot: u32, rule: &RuleVa
         IPPROTO_ICMP if key.family == FAMILY_V4 => {
             matches!(ctx.load::<u8>(l4), Ok(t) if !matches!(t, 3 | 4 | 5 | 11 | 12))
         }
-        IPPROTO_ICMPV6 if key.family == FAMILY_V6 => matches!(ctx.load::<u8>(l4), Ok(t) if t >= 128),
+        IPPROTO_ICMPV6 if key.family == FAMILY_V6 => {
+            matches!(ctx.load::<u8>(l4), Ok(t) if t >= 128)
+        }
         _ => true,
     };
     if !answerable {
@@ -377,7 +373,13 @@ fn reset(ctx: &TcContext, key: &FlowKey, l4: usize) -> Option<()> {
     if v6 {
         ipv6(&mut b.out[ip..ip + 40], &key.dst, &key.src, IPPROTO_TCP, 20);
     } else {
-        ipv4(&mut b.out[ip..ip + 20], key.dst[0], key.src[0], IPPROTO_TCP, 20);
+        ipv4(
+            &mut b.out[ip..ip + 20],
+            key.dst[0],
+            key.src[0],
+            IPPROTO_TCP,
+            20,
+        );
     }
     let acc = pseudo(&b.out[ip..], v6, IPPROTO_TCP, 20);
     let c = fold(sum(&b.out[t..t + 20], acc));
@@ -400,9 +402,23 @@ fn unreachable(ctx: &TcContext, key: &FlowKey, kind: u8) -> Option<()> {
     let v6 = key.family == FAMILY_V6;
     let dlen = datagram_len(ctx, key)?;
     let (hdr, quote) = if v6 {
-        (48, if dlen < V6_QUOTE_MAX { dlen } else { V6_QUOTE_MAX })
+        (
+            48,
+            if dlen < V6_QUOTE_MAX {
+                dlen
+            } else {
+                V6_QUOTE_MAX
+            },
+        )
     } else {
-        (28, if dlen < V4_QUOTE_MAX { dlen } else { V4_QUOTE_MAX })
+        (
+            28,
+            if dlen < V4_QUOTE_MAX {
+                dlen
+            } else {
+                V4_QUOTE_MAX
+            },
+        )
     };
     let code = match (kind, v6) {
         (REJECT_ICMP_HOST, false) => 1,
@@ -424,10 +440,22 @@ fn unreachable(ctx: &TcContext, key: &FlowKey, kind: u8) -> Option<()> {
     acc = sum_packet(ctx, &mut b.chunk, ETH_HLEN + hdr, quote, acc)?;
     let icmp_len = 8 + quote;
     if v6 {
-        ipv6(&mut b.out[ip..ip + 40], &key.dst, &key.src, IPPROTO_ICMPV6, icmp_len);
+        ipv6(
+            &mut b.out[ip..ip + 40],
+            &key.dst,
+            &key.src,
+            IPPROTO_ICMPV6,
+            icmp_len,
+        );
         acc += pseudo(&b.out[ip..], true, IPPROTO_ICMPV6, icmp_len);
     } else {
-        ipv4(&mut b.out[ip..ip + 20], key.dst[0], key.src[0], IPPROTO_ICMP, icmp_len);
+        ipv4(
+            &mut b.out[ip..ip + 20],
+            key.dst[0],
+            key.src[0],
+            IPPROTO_ICMP,
+            icmp_len,
+        );
     }
     let c = fold(acc);
     b.out[m + 2..m + 4].copy_from_slice(&c);

@@ -151,10 +151,7 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                     a.push(format!("rate {r}"));
                 }
                 if let Some(k) = s.act.reject {
-                    a.push(format!(
-                        "reject {k} {}",
-                        reject_rate(s).unwrap_or_default()
-                    ));
+                    a.push(format!("reject {k} {}", reject_rate(s).unwrap_or_default()));
                 }
                 writeln!(
                     out,

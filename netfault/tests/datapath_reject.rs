@@ -162,10 +162,16 @@ const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 
 fn v4() -> (IpAddr, IpAddr) {
-    ("192.0.2.1".parse().unwrap(), "198.51.100.2".parse().unwrap())
+    (
+        "192.0.2.1".parse().unwrap(),
+        "198.51.100.2".parse().unwrap(),
+    )
 }
 fn v6() -> (IpAddr, IpAddr) {
-    ("2001:db8::1".parse().unwrap(), "2001:db8:1::2".parse().unwrap())
+    (
+        "2001:db8::1".parse().unwrap(),
+        "2001:db8:1::2".parse().unwrap(),
+    )
 }
 
 /// An Ethernet frame carrying `l4` (protocol `proto`) from `src` to `dst`.
@@ -260,7 +266,11 @@ fn pseudo(src: &[u8], dst: &[u8], proto: u8, len: usize) -> u64 {
 /// original `orig` (addresses swapped) and its transport checksum.
 fn check_reply(orig: &[u8], reply: &[u8], proto: u8) -> Vec<u8> {
     assert_eq!(&reply[0..6], &orig[6..12], "destination MAC: the sender's");
-    assert_eq!(&reply[6..12], &orig[0..6], "source MAC: the one it was sent to");
+    assert_eq!(
+        &reply[6..12],
+        &orig[0..6],
+        "source MAC: the one it was sent to"
+    );
     assert_eq!(&reply[12..14], &orig[12..14], "EtherType");
     let ip = &reply[14..];
     let (src, dst, l4) = if orig[12..14] == [0x08, 0x00] {
@@ -270,8 +280,16 @@ fn check_reply(orig: &[u8], reply: &[u8], proto: u8) -> Vec<u8> {
         assert_eq!(ip[9], proto);
         assert!(ip[8] > 0, "TTL");
         assert_eq!(csum(&ip[..20], 0), 0, "IPv4 header checksum");
-        assert_eq!(&ip[12..16], &orig[30..34], "source: the original destination");
-        assert_eq!(&ip[16..20], &orig[26..30], "destination: the original source");
+        assert_eq!(
+            &ip[12..16],
+            &orig[30..34],
+            "source: the original destination"
+        );
+        assert_eq!(
+            &ip[16..20],
+            &orig[26..30],
+            "destination: the original source"
+        );
         (&ip[12..16], &ip[16..20], &ip[20..])
     } else {
         assert_eq!(ip[0] >> 4, 6);
@@ -279,8 +297,16 @@ fn check_reply(orig: &[u8], reply: &[u8], proto: u8) -> Vec<u8> {
         assert_eq!(plen + 40, ip.len(), "payload length is the datagram's");
         assert_eq!(ip[6], proto);
         assert!(ip[7] > 0, "hop limit");
-        assert_eq!(&ip[8..24], &orig[38..54], "source: the original destination");
-        assert_eq!(&ip[24..40], &orig[22..38], "destination: the original source");
+        assert_eq!(
+            &ip[8..24],
+            &orig[38..54],
+            "source: the original destination"
+        );
+        assert_eq!(
+            &ip[24..40],
+            &orig[22..38],
+            "destination: the original source"
+        );
         (&ip[8..24], &ip[24..40], &ip[40..])
     };
     // ICMPv4's checksum has no pseudo-header; TCP's and ICMPv6's have.
@@ -297,6 +323,11 @@ fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes(b[..4].try_into().unwrap())
 }
 
+/// A segment sent: flags, seq, ack, payload length.
+type Segment = (u8, u32, u32, usize);
+/// The RST expected: flags, seq, ack.
+type Reset = (u8, u32, u32);
+
 /// A RST answers `flags/seq/ack/payload` as nf_send_reset does, at both tc hooks, both families.
 #[test]
 fn rst_numbers_are_the_kernels_for_syn_payload_fin_and_ack() {
@@ -306,7 +337,7 @@ fn rst_numbers_are_the_kernels_for_syn_payload_fin_and_ack() {
         reject_rule6(RejectKind::TcpReset),
     ]);
     // (flags, seq, ack, payload) -> (reply flags, reply seq, reply ack)
-    let cases: [((u8, u32, u32, usize), (u8, u32, u32)); 6] = [
+    let cases: [(Segment, Reset); 6] = [
         ((SYN, 1000, 0, 0), (RST | ACK, 0, 1001)),
         // Data on a SYN (TCP Fast Open) is acknowledged too.
         ((SYN, 1000, 0, 5), (RST | ACK, 0, 1006)),
@@ -323,7 +354,10 @@ fn rst_numbers_are_the_kernels_for_syn_payload_fin_and_ack() {
                 let r = dp.tc(prog, &orig, 0);
                 let what = format!("{prog} {src} flags {flags:#x} payload {payload}");
                 assert_eq!(r.verdict, TC_ACT_REDIRECT, "{what}");
-                assert_eq!(r.mark, CLONE_MARK, "{what}: replies pass netfault untouched");
+                assert_eq!(
+                    r.mark, CLONE_MARK,
+                    "{what}: replies pass netfault untouched"
+                );
                 let t = check_reply(&orig, &r.frame, 6);
                 assert_eq!(t.len(), 20, "{what}: a bare header");
                 assert_eq!(&t[0..2], &80u16.to_be_bytes(), "{what}: ports swapped");
@@ -452,9 +486,17 @@ fn errors_and_resets_are_never_answered() {
         assert_eq!(dp.tc(OUT, f, 0).mark, 0, "case {i}: nothing built");
     }
     let c = dp.counters(0);
-    assert_eq!((c.dropped, c.rejected, c.reject_limited), (9, 0, 0), "{c:?}");
+    assert_eq!(
+        (c.dropped, c.rejected, c.reject_limited),
+        (9, 0, 0),
+        "{c:?}"
+    );
     let c = dp.counters(1);
-    assert_eq!((c.dropped, c.rejected, c.reject_limited), (6, 0, 0), "{c:?}");
+    assert_eq!(
+        (c.dropped, c.rejected, c.reject_limited),
+        (6, 0, 0),
+        "{c:?}"
+    );
     let echo = frame(s4, d4, 1, &[8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
     let r = dp.tc(IN, &echo, 0);
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
@@ -523,12 +565,7 @@ fn xdp_passes_reject_rules_and_a_gso_skb_gets_one_reset() {
     let c = dp.counters(0);
     assert_eq!((c.matched, c.dropped, c.rejected), (4, 4, 4), "{c:?}");
     // Not matched: untouched.
-    let other = frame(
-        "203.0.113.1".parse().unwrap(),
-        d,
-        6,
-        &tcp(SYN, 1, 0, 0),
-    );
+    let other = frame("203.0.113.1".parse().unwrap(), d, 6, &tcp(SYN, 1, 0, 0));
     assert_eq!(dp.tc(IN, &other, 0).verdict, TCX_NEXT);
 }
 

@@ -30,8 +30,12 @@ const FAST: Duration = Duration::from_millis(500);
 fn checked_pair() -> (Lab, Netfault, [Host; 2]) {
     let (lab, nf, hosts) = pair();
     for h in &hosts {
-        lab::exec_in(&h.ns, "ethtool", &["-K", &h.iface, "rx", "off", "tx", "off"])
-            .expect("ethtool -K rx off tx off");
+        lab::exec_in(
+            &h.ns,
+            "ethtool",
+            &["-K", &h.iface, "rx", "off", "tx", "off"],
+        )
+        .expect("ethtool -K rx off tx off");
     }
     (lab, nf, hosts)
 }
@@ -52,7 +56,9 @@ fn assert_refused_fast(ns: &str, dst: SocketAddr, what: &str) {
 
 fn assert_refused_within(ns: &str, dst: SocketAddr, limit: Duration, what: &str) {
     let (r, took) = connect(ns, dst, Duration::from_secs(3));
-    let e = r.err().unwrap_or_else(|| panic!("{what}: connected to {dst}"));
+    let e = r
+        .err()
+        .unwrap_or_else(|| panic!("{what}: connected to {dst}"));
     assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{what}: {e}");
     assert!(took < limit, "{what}: refused only after {took:?}");
 }
@@ -221,7 +227,11 @@ fn an_established_connection_is_reset() {
                 Err(e) => e,
                 Ok(()) => s.read(&mut buf).expect_err("read after the reset"),
             };
-            assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{side:?} v6={v6}: {e}");
+            assert_eq!(
+                e.kind(),
+                ErrorKind::ConnectionReset,
+                "{side:?} v6={v6}: {e}"
+            );
             assert!(t.elapsed() < FAST, "{side:?} v6={v6}: {:?}", t.elapsed());
         }
     }
@@ -239,11 +249,103 @@ fn a_rejecting_partition_refuses_where_a_silent_one_times_out() {
     run(&nf, b, &["partition", &sa, &sb, "--name", "quiet"]);
     let (r, took) = connect(&a.ns, b.sock(false, TCP_PORT), TCP_BLOCKED);
     assert!(r.is_err(), "connected through a partition");
-    assert!(took >= TCP_BLOCKED, "a silent partition answered after {took:?}");
+    assert!(
+        took >= TCP_BLOCKED,
+        "a silent partition answered after {took:?}"
+    );
     run(&nf, b, &["heal", "quiet"]);
-    run(&nf, b, &["partition", &sa, &sb, "--name", "closed", "--reject"]);
+    run(
+        &nf,
+        b,
+        &["partition", &sa, &sb, "--name", "closed", "--reject"],
+    );
     assert_refused_fast(&a.ns, b.sock(false, TCP_PORT), "partition --reject");
     let c = counters(&nf, b, "closed");
     assert!(c.rejected >= 1, "{c:?}");
 }
 
+/// Bad input exits 2 naming the flag, and adds nothing.
+#[test]
+fn bad_reject_input_exits_2_and_names_the_flag() {
+    let (mut lab, nf, [a, _b]) = pair();
+    attach(&mut lab, &nf, &a);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["rule", "add", "r", "--proto", "tcp", "--reject", "rst"],
+            "--reject",
+        ),
+        (
+            &["rule", "add", "r", "--proto", "tcp", "--reject-rate", "5/s"],
+            "--reject-rate",
+        ),
+        (
+            &[
+                "rule",
+                "add",
+                "r",
+                "--proto",
+                "tcp",
+                "--reject",
+                "--reject-rate",
+                "0/s",
+            ],
+            "--reject-rate",
+        ),
+        (
+            &[
+                "rule",
+                "add",
+                "r",
+                "--proto",
+                "tcp",
+                "--reject",
+                "--duplicate",
+                "10%",
+            ],
+            "--reject",
+        ),
+        (
+            &[
+                "rule", "add", "r", "--proto", "tcp", "--reject", "--delay", "10ms",
+            ],
+            "--reject",
+        ),
+        (
+            &[
+                "partition",
+                "192.0.2.1",
+                "192.0.2.2",
+                "--reject-rate",
+                "5/s",
+            ],
+            "--reject-rate",
+        ),
+    ];
+    for (args, field) in cases {
+        let out = nf.output(&a.ns, args).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(field), "{args:?} does not name {field}: {err}");
+    }
+    assert!(nf.rule_names(&a.ns).unwrap().is_empty());
+    // And what is accepted is listed as given.
+    run(
+        &nf,
+        &a,
+        &[
+            "rule",
+            "add",
+            "ok",
+            "--proto",
+            "udp",
+            "--reject",
+            "icmp-admin",
+            "--reject-rate",
+            "7/s,burst=2",
+        ],
+    );
+    let v = nf.json(&a.ns, &["rule", "list", "--json"]).unwrap();
+    let r = &v["rules"][0];
+    assert_eq!(r["reject"], "icmp-admin", "{v}");
+    assert_eq!(r["reject_rate"], "7/s,burst=2", "{v}");
+}

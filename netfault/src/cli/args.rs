@@ -7,8 +7,7 @@ use clap::{Args, ValueEnum};
 
 use netfault::spec::{
     self, Actions, Direction, Distribution, Kind, PortRange, Prob, Proto, Rate, RejectKind,
-    RejectRate, RuleSpec, Shape,
-    SpecError, Ttl,
+    RejectRate, RuleSpec, Shape, SpecError, Ttl,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -16,7 +16,7 @@ pub struct Args {
 pub enum RuleCmd {
     /// Add a rule. The first matching rule wins: partitions first, then by --priority, then the
     /// order added.
-    Add(RuleAddArgs),
+    Add(Box<RuleAddArgs>),
     /// Delete rules (or partitions) by name, or every rule with --all.
     Del(DelArgs),
     /// List rules and partitions with their lifetimes.

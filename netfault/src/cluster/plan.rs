@@ -586,6 +586,36 @@ token_file = "/t"
     }
 
     #[test]
+    fn a_rejecting_partition_and_impairment_answer_at_the_receiver() {
+        let c = cluster();
+        let gr = Topology::Isolate(Some("n2".into()))
+            .grudge(&c.names(), 0)
+            .unwrap();
+        let reply = Actions {
+            reject: Some(crate::spec::RejectKind::IcmpPort),
+            ..Actions::default()
+        };
+        let part = partition("iso", &c, &gr, &reply).unwrap();
+        assert!(
+            part.values()
+                .flatten()
+                .all(|r| r.act.reject == reply.reject && r.dir == Direction::Ingress)
+        );
+        assert!(!part.values().flatten().collect::<Vec<_>>().is_empty());
+        let silent = partition("iso", &c, &gr, &Actions::default()).unwrap();
+        assert!(silent.values().flatten().all(|r| r.act.reject.is_none()));
+        let mut i = imp(&["n1"], &["n2"]);
+        i.act.reject = Some(crate::spec::RejectKind::TcpReset);
+        let per = impair("rej", &c, &i).unwrap();
+        assert!(
+            per["n2"]
+                .iter()
+                .all(|r| r.act.reject.is_some() && r.dir == Direction::Ingress)
+        );
+        assert!(per["n1"].iter().all(|r| r.act.reject.is_none()));
+    }
+
+    #[test]
     fn node_plans_gather_everything_in_file_order() {
         let c = cluster();
         let gr = Topology::Isolate(Some("n2".into()))

@@ -718,4 +718,30 @@ for = "30s"
         assert_eq!(e.field, "step[0].partition");
         assert!(e.msg.contains("at least 3"), "{e}");
     }
+
+    #[test]
+    fn a_partition_step_can_reject() {
+        let c = Cluster::parse(CLUSTER).unwrap();
+        let s = Scenario::parse(
+            "[[step]]\nat = \"0s\"\nfor = \"1s\"\npartition = \"halves\"\nreject = true\nreject_rate = \"10/s\"\n",
+        )
+        .unwrap();
+        let rules = s.rules_at(0, 0, 1, &c).unwrap();
+        let all: Vec<_> = rules.values().flatten().collect();
+        assert!(!all.is_empty());
+        assert!(all.iter().all(|r| r.act.reject.is_some()
+            && r.act.reject_rate.map(|r| r.per_sec) == Some(10)));
+        let e = Scenario::parse(
+            "[[step]]\nat = \"0s\"\nfor = \"1s\"\nimpair = { from = [\"n1\"], to = [\"n2\"], drop = 1 }\nreject = true\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "step[0].reject");
+        // In an impairment it is an action like the others.
+        let s = Scenario::parse(
+            "[[step]]\nat = \"0s\"\nfor = \"1s\"\nimpair = { from = [\"n1\"], to = [\"n2\"], reject = \"icmp-host\" }\n",
+        )
+        .unwrap();
+        let rules = s.rules_at(0, 0, 1, &c).unwrap();
+        assert!(rules["n2"].iter().all(|r| r.act.reject.is_some()));
+    }
 }

@@ -1080,6 +1080,47 @@ mod tests {
     }
 
     #[test]
+    fn reject_goes_to_tc_with_its_kind_and_pace() {
+        let mut r = rule("r");
+        r.act = Actions {
+            reject: Some(crate::spec::RejectKind::IcmpAdmin),
+            reject_rate: Some("10/s,burst=4".parse().unwrap()),
+            ..Actions::default()
+        };
+        let v = rule_value(&r, 0);
+        assert_eq!(
+            v.flags & RULE_NEEDS_SKB,
+            RULE_NEEDS_SKB,
+            "tc builds replies"
+        );
+        assert_eq!(
+            v.drop_thresh,
+            u32::MAX,
+            "--reject alone drops all it matches"
+        );
+        assert_eq!(v.reject, netfault_common::REJECT_ICMP_ADMIN);
+        assert_eq!(v.reject_interval_ns, 100_000_000);
+        assert_eq!(v.reject_tolerance_ns, 300_000_000);
+        assert!(compile_specs(&[r.clone()]).config_flags & CFG_INGRESS_TC != 0);
+        // The default pace, and a partition rejects as a rule does.
+        let mut p = rule("p");
+        p.kind = Kind::Partition;
+        p.src = vec![parse_net("192.0.2.1").unwrap()];
+        p.act.reject = Some(crate::spec::RejectKind::TcpReset);
+        let v = rule_value(&p, 0);
+        assert_eq!(v.reject, netfault_common::REJECT_TCP_RESET);
+        assert_eq!(v.reject_interval_ns, 1_000_000);
+        assert_eq!(v.reject_tolerance_ns, 999_000_000);
+        assert!(compile_specs(&[p]).config_flags & CFG_INGRESS_TC != 0);
+        // Without reject, nothing of it.
+        let v = rule_value(&rule("plain"), 0);
+        assert_eq!(
+            (v.reject, v.reject_interval_ns, v.flags & RULE_NEEDS_SKB),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
     fn partition_is_both_ways_unless_oneway() {
         let mut p = rule("p");
         p.kind = Kind::Partition;

@@ -56,7 +56,10 @@ impl Actions {
 
     /// No action at all: such a rule would only count.
     pub fn is_empty(&self) -> bool {
-        self.drop.0 == 0.0 && self.duplicate.0 == 0.0 && !self.shape.is_some() && self.reject.is_none()
+        self.drop.0 == 0.0
+            && self.duplicate.0 == 0.0
+            && !self.shape.is_some()
+            && self.reject.is_none()
     }
 
     /// The drop probability the data path applies: `--reject` alone drops (and answers) all.

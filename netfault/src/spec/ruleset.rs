@@ -35,15 +35,7 @@ use crate::spec::{
 const RULE_KEYS: &[&str] = &[
     "name", "dir", "src", "dst", "proto", "sport", "dport", "iface", "ttl", "priority", "all",
 ];
-const PARTITION_KEYS: &[&str] = &[
-    "name",
-    "a",
-    "b",
-    "oneway",
-    "ttl",
-    "reject",
-    "reject_rate",
-];
+const PARTITION_KEYS: &[&str] = &["name", "a", "b", "oneway", "ttl", "reject", "reject_rate"];
 
 fn nets(path: &str, v: &Value) -> Result<Vec<ipnet::IpNet>, SpecError> {
     let list = match v {
@@ -220,6 +212,38 @@ a = ["192.0.2.1"]
 b = ["192.0.2.2", "192.0.2.3"]
 oneway = false
 "#;
+
+    #[test]
+    fn reject_in_rules_and_partitions() {
+        let text = r#"
+[[rule]]
+name = "r"
+src = ["192.0.2.0/24"]
+reject = true
+reject_rate = "50/s"
+
+[[partition]]
+name = "p"
+a = ["192.0.2.1"]
+b = ["192.0.2.2"]
+reject = "icmp-admin"
+"#;
+        let set = parse(text).unwrap();
+        assert_eq!(set[0].0.act.reject, Some(crate::spec::RejectKind::TcpReset));
+        assert_eq!(set[0].0.act.reject_rate.unwrap().per_sec, 50);
+        assert_eq!(
+            set[1].0.act.reject,
+            Some(crate::spec::RejectKind::IcmpAdmin)
+        );
+        // The agent's plans carry entries as JSON: reject survives the trip.
+        let json = serde_json::to_string(&set[1].0).unwrap();
+        let back: RuleSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, set[1].0);
+        let bad = "[[partition]]\nname = \"p\"\na = [\"192.0.2.1\"]\nb = [\"192.0.2.2\"]\nreject_rate = \"5/s\"";
+        assert_eq!(parse(bad).unwrap_err().field, "partition[0].reject_rate");
+        let bad = "[[partition]]\nname = \"p\"\na = [\"192.0.2.1\"]\nb = [\"192.0.2.2\"]\nreject = \"rst\"";
+        assert_eq!(parse(bad).unwrap_err().field, "partition[0].reject");
+    }
 
     #[test]
     fn the_documented_example_parses() {
