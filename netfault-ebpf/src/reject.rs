@@ -117,13 +117,16 @@ fn fold(mut acc: u64) -> [u8; 2] {
     (!(acc as u16)).to_ne_bytes()
 }
 
-/// The sum of `len` packet bytes from `off` (at most `V6_QUOTE_MAX`): chunks of 64 and 16
-/// bytes summed by `bpf_csum_diff` (a helper call where a loop of adds would make the verifier
-/// walk every word), then 2-byte words and an odd last byte.
+/// The sum of `len` packet bytes from `off` (at most `V6_QUOTE_MAX`): whole chunks of `CHUNK`
+/// bytes, then the rest (fewer) in one load of a bounded length, zero-padded to whole words
+/// (an odd last byte is padded with a zero byte, as the checksum's definition says). Each sum
+/// is `bpf_csum_diff`'s: a helper call where a loop of adds would make the verifier walk every
+/// word, and one tail instead of loops of smaller sizes, whose exits it would walk in every
+/// combination.
 #[inline(always)]
 fn sum_packet(
     ctx: &TcContext,
-    chunk: &mut [u8; CHUNK],
+    chunk: &mut [u8; CHUNK + 4],
     mut off: usize,
     len: usize,
     mut acc: u64,
@@ -133,31 +136,15 @@ fn sum_packet(
         if off + CHUNK > stop {
             break;
         }
-        load_into(ctx, off, &mut chunk[..])?;
-        acc += csum(&mut chunk[..]);
+        load_into(ctx, off, &mut chunk[..CHUNK])?;
+        acc += csum(&mut chunk[..CHUNK]);
         off += CHUNK;
     }
-    for _ in 0..CHUNK / 16 {
-        if off + 16 > stop {
-            break;
-        }
-        load_into(ctx, off, &mut chunk[..16])?;
-        acc += csum(&mut chunk[..16]);
-        off += 16;
-    }
-    for _ in 0..8 {
-        if off + 2 > stop {
-            break;
-        }
-        load_into(ctx, off, &mut chunk[..2])?;
-        acc = sum(&chunk[..2], acc);
-        off += 2;
-    }
-    if off < stop {
-        // An odd last byte is padded with a zero byte.
-        load_into(ctx, off, &mut chunk[..1])?;
-        chunk[1] = 0;
-        acc = sum(&chunk[..2], acc);
+    let n = (stop - off) & (CHUNK - 1);
+    if n != 0 {
+        chunk.fill(0);
+        load_into(ctx, off, &mut chunk[..n])?;
+        acc += csum(&mut chunk[..(n + 3) & !3]);
     }
     Some(acc)
 }
@@ -271,8 +258,9 @@ pub struct Scratch {
     out: [u8; 80],
     /// The original's transport header (TCP: 20 bytes) or Ethernet addresses.
     orig: [u8; 20],
-    /// A quote chunk being summed.
-    chunk: [u8; CHUNK],
+    /// A quote chunk being summed, and room for the verifier's bound on its rounded length
+    /// (it cannot tell that rounding 63 up to whole words gives 64).
+    chunk: [u8; CHUNK + 4],
 }
 
 #[inline(always)]
