@@ -1090,8 +1090,10 @@ fn a_strangers_flood_spends_nothing_the_coordinator_needs() {
         "a stranger's method or path is in /metrics ({} bytes)",
         m1.len()
     );
+    // The absolute bound is the page's own size (two action series per rule more since
+    // reject: about 9 KiB here); the growth bound is what the flood must not cause.
     assert!(
-        m1.len() < 8192 && m1.len() < m0.len() + 1024,
+        m1.len() < 12 * 1024 && m1.len() < m0.len() + 1024,
         "/metrics grew from {} to {} bytes",
         m0.len(),
         m1.len()
