@@ -304,6 +304,7 @@ pub fn status(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow:
             json!({"name": r.spec.name, "kind": r.spec.kind, "expires_in_ms": left, "expired": expired})
         })
         .collect();
+    let pauses = pauses();
     if json_out {
         writeln!(
             out,
@@ -312,6 +313,7 @@ pub fn status(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow:
                 "state": paths.key, "namespace": state.netns_name,
                 "interfaces": ifaces, "rules": rules.len(),
                 "protected": protected, "lifetimes": rules,
+                "pauses": pauses,
             })
         )?;
         return Ok(());
@@ -363,5 +365,45 @@ pub fn status(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow:
             fmt_left(r["expires_in_ms"].as_u64(), r["expired"] == true)
         )?;
     }
+    if !pauses.is_empty() {
+        writeln!(out, "pauses: {}", pauses.len())?;
+        for p in &pauses {
+            writeln!(
+                out,
+                "  {:<18} {:<28} {:<8} left {}",
+                p["name"].as_str().unwrap_or(""),
+                p["target"].as_str().unwrap_or(""),
+                p["state"].as_str().unwrap_or(""),
+                match p["left_ms"].as_u64() {
+                    Some(ms) => fmt_left(Some(ms), false),
+                    None => "until resumed".into(),
+                }
+            )?;
+        }
+    }
     Ok(())
+}
+
+/// Live pauses (host-wide), after resuming any whose watchdog is gone.
+fn pauses() -> Vec<serde_json::Value> {
+    use netfault::pause::{Store, Target, target};
+    let store = Store::default();
+    crate::cli::pause::sweep(&store);
+    store
+        .list()
+        .into_iter()
+        .map(|r| {
+            let stopped = match &r.target {
+                Target::Pid { pid, .. } => target::state(*pid) == Some('T'),
+                Target::Cgroup { path } => target::frozen(path) == Some(true),
+            };
+            json!({
+                "name": r.name,
+                "target": r.target.describe(),
+                "state": if stopped { "stopped" } else { "running" },
+                "left_ms": r.left().map(|d| d.as_millis() as u64),
+                "watchdog": r.watchdog.map(|w| w.pid),
+            })
+        })
+        .collect()
 }

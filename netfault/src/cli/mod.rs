@@ -15,6 +15,7 @@ pub mod heal;
 pub mod manpage;
 pub mod node;
 pub mod partition;
+pub mod pause;
 pub mod protect;
 pub mod reap;
 pub mod renew;
@@ -82,6 +83,8 @@ pub enum Cmd {
     Protect(protect::Args),
     Cluster(cluster::Args),
     Agent(agent::Args),
+    Pause(pause::Args),
+    Resume(pause::ResumeArgs),
     Completions(completions::Args),
     Manpage(manpage::Args),
     #[command(hide = true)]
@@ -89,6 +92,9 @@ pub enum Cmd {
     /// Puts back offload settings when the rules that needed them expire (started by netfault).
     #[command(hide = true, name = "reap-offloads")]
     ReapOffloads(reap::Args),
+    /// Holds a pause's deadline and resumes its target (started by `pause`).
+    #[command(hide = true, name = "pause-watchdog")]
+    PauseWatchdog(pause::WatchdogArgs),
 }
 
 impl Cmd {
@@ -131,7 +137,15 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
     }
     // A command that leaves a probabilistic rule with a lifetime starts the reaper that puts
     // the offload settings back when it expires (control::features).
-    let reaper = cli.cmd.changes() && !matches!(cli.cmd, Cmd::Run(_) | Cmd::ReapOffloads(_));
+    let reaper = cli.cmd.changes()
+        && !matches!(
+            cli.cmd,
+            Cmd::Run(_)
+                | Cmd::ReapOffloads(_)
+                | Cmd::Pause(_)
+                | Cmd::Resume(_)
+                | Cmd::PauseWatchdog(_)
+        );
     let done = match cli.cmd {
         Cmd::Attach(a) => attach::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Detach(a) => detach::run(a, ns).map(|()| Done::Ok)?,
@@ -148,6 +162,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Node(a) => node::run(a, ns).map(|()| Done::Ok)?,
         Cmd::ReapOffloads(a) => reap::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Agent(a) => agent::run(a, ns)?,
+        Cmd::Pause(a) => pause::run(a).map(|()| Done::Ok)?,
+        Cmd::Resume(a) => pause::resume(a).map(|()| Done::Ok)?,
+        Cmd::PauseWatchdog(a) => pause::watchdog(a).map(|()| Done::Ok)?,
         Cmd::Completions(_) | Cmd::Manpage(_) => unreachable!("handled above"),
     };
     if reaper {
