@@ -50,7 +50,10 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             return if e.exit_code() == 2 { 2 } else { 1 };
         }
         if c.is::<SpecError>()
-            || matches!(c.downcast_ref::<NetnsError>(), Some(NetnsError::Unknown(_)))
+            || matches!(
+                c.downcast_ref::<NetnsError>(),
+                Some(NetnsError::Unknown(_) | NetnsError::NoProcess(_))
+            )
         {
             return 2;
         }

@@ -64,6 +64,10 @@ pub struct Cli {
     /// Act inside the network namespace /run/netns/NAME (state stays in the host's bpffs).
     #[arg(long, global = true, value_name = "NAME")]
     pub netns: Option<String>,
+    /// Act inside the network namespace of process PID (a container's, a service's): one
+    /// namespace has one state however it is reached. For `pause`: the process to stop.
+    #[arg(long, global = true, value_name = "PID", conflicts_with = "netns")]
+    pub pid: Option<i32>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -135,6 +139,20 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         })?;
         netns::enter(name)?;
     }
+    // `--pid` names the process to stop for `pause`; for the rest, where to act. A child
+    // (the offload reaper) inherits the namespace entered here.
+    if let Some(pid) = cli.pid
+        && !matches!(
+            cli.cmd,
+            Cmd::Pause(_) | Cmd::Resume(_) | Cmd::PauseWatchdog(_)
+        )
+    {
+        privileges::require(privileges::Need {
+            change: cli.cmd.changes(),
+            netns: true,
+        })?;
+        netns::enter_pid(pid)?;
+    }
     // A command that leaves a probabilistic rule with a lifetime starts the reaper that puts
     // the offload settings back when it expires (control::features).
     let reaper = cli.cmd.changes()
@@ -162,7 +180,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Node(a) => node::run(a, ns).map(|()| Done::Ok)?,
         Cmd::ReapOffloads(a) => reap::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Agent(a) => agent::run(a, ns)?,
-        Cmd::Pause(a) => pause::run(a).map(|()| Done::Ok)?,
+        Cmd::Pause(a) => pause::run(a, cli.pid).map(|()| Done::Ok)?,
         Cmd::Resume(a) => pause::resume(a).map(|()| Done::Ok)?,
         Cmd::PauseWatchdog(a) => pause::watchdog(a).map(|()| Done::Ok)?,
         Cmd::Completions(_) | Cmd::Manpage(_) => unreachable!("handled above"),

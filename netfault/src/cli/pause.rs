@@ -14,13 +14,11 @@ use netfault::{
 
 /// Stop a process or a cgroup for a while; it resumes when the time is up, even if netfault
 /// is killed meanwhile (a watchdog process holds the deadline).
+///
+/// The target: `--pid PID`, a process, stopped with SIGSTOP and resumed with SIGCONT through a
+/// pidfd (a reused PID is never signalled); or `--cgroup PATH`.
 #[derive(clap::Args, Debug)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "cgroup"])))]
 pub struct Args {
-    /// A process: stopped with SIGSTOP and resumed with SIGCONT, through a pidfd (a reused
-    /// PID is never signalled).
-    #[arg(long, value_name = "PID")]
-    pub pid: Option<i32>,
     /// A cgroup v2 directory (absolute, or relative to the cgroup2 mount): frozen with
     /// cgroup.freeze, so its processes can still be killed.
     #[arg(long, value_name = "PATH")]
@@ -51,17 +49,28 @@ pub struct WatchdogArgs {
     pub name: String,
 }
 
-fn spec_of(a: &Args) -> Result<(Record, Target), SpecError> {
+fn spec_of(a: &Args, pid: Option<i32>) -> Result<(Record, Target), SpecError> {
     let hold = if a.hold.trim().eq_ignore_ascii_case("none") {
         None
     } else {
         Some(spec::parse_duration(&a.hold).map_err(|m| SpecError::new("--for", m))?)
     };
     let schedule = Schedule::new(hold, a.every, a.count)?;
-    let target = match (a.pid, &a.cgroup) {
-        (Some(p), _) => Target::pid(p)?,
+    let target = match (pid, &a.cgroup) {
+        (Some(p), None) => Target::pid(p)?,
         (None, Some(c)) => Target::cgroup(c)?,
-        (None, None) => unreachable!("clap requires one"),
+        (Some(_), Some(_)) => {
+            return Err(SpecError::new(
+                "--cgroup",
+                "give --pid or --cgroup, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(SpecError::new(
+                "--pid",
+                "give the target: --pid PID or --cgroup PATH",
+            ));
+        }
     };
     let name = match &a.name {
         Some(n) => n.clone(),
@@ -89,10 +98,10 @@ fn spec_of(a: &Args) -> Result<(Record, Target), SpecError> {
     Ok((rec, target))
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
+pub fn run(a: Args, pid: Option<i32>) -> anyhow::Result<()> {
     let store = Store::default();
     sweep(&store);
-    let (rec, target) = spec_of(&a).map_err(pause::Error::from)?;
+    let (rec, target) = spec_of(&a, pid).map_err(pause::Error::from)?;
     store.create(&rec)?;
     let exe = std::env::current_exe()?;
     let mut c = Command::new(exe);
