@@ -130,6 +130,57 @@ fn egress_loss_is_per_wire_packet_and_the_sender_retransmits() {
     );
 }
 
+/// The segments the egress IFB device sends back reach the receiver as any packet does: its
+/// tc ingress hooks see every one. (The IFB device marks what it sends back to skip tc
+/// classification once; the segmenting filter on the sender consumes that, or the receiver's
+/// tc ingress, reached over the veth, would skip these packets.) A duplicate rule at the
+/// receiver's tc ingress matches exactly the packets the sender's egress loss rule passed.
+#[test]
+fn segments_reach_the_receivers_tc_ingress_hooks() {
+    let _flows = flows();
+    let (mut lab, nf, [a, b]) = pair();
+    attach(&mut lab, &nf, &a);
+    attach(&mut lab, &nf, &b);
+    let port = loss::PORT.to_string();
+    run(
+        &nf,
+        &b,
+        &[
+            "rule",
+            "add",
+            "in",
+            "--dir",
+            "ingress",
+            "--proto",
+            "tcp",
+            "--dport",
+            &port,
+            "--duplicate",
+            "10%",
+        ],
+    );
+    let r = loss::run(
+        &nf,
+        &a,
+        &b,
+        Side::SenderEgress,
+        "loss",
+        &["--drop", "10%"],
+        Until {
+            packets: MIN_PACKETS / 2,
+            limit: LIMIT,
+        },
+    )
+    .unwrap();
+    let at_b = counters(&nf, &b, "in");
+    eprintln!("egress --drop 10%: {r}; the receiver's tc ingress rule: {at_b:?}");
+    assert!(r.counters.dropped > 0, "no loss at the sender: {r}");
+    assert_eq!(
+        at_b.matched, r.counters.passed,
+        "the receiver's tc ingress did not see each packet the sender's egress rule passed: {r}; {at_b:?}"
+    );
+}
+
 /// 10 % loss at the receiver's ingress (XDP): per wire frame, and the sender retransmits.
 #[test]
 fn ingress_loss_is_per_wire_packet_and_the_sender_retransmits() {
