@@ -42,6 +42,10 @@ pub const RULE_NEEDS_SKB: u32 = 1 << 1;
 pub const RULE_SHAPE: u32 = 1 << 2;
 /// Jittered packets may overtake each other; without it departure times per flow only grow.
 pub const RULE_REORDER: u32 = 1 << 3;
+/// A probability strictly between 0 and 1 (drop or duplicate): at egress such a rule draws per
+/// wire packet, so a GSO packet it matches is first segmented (it goes through the interface's
+/// segmenting IFB device, marked `SEGMENT_TC_INDEX`, and its segments come back one by one).
+pub const RULE_SEGMENT: u32 = 1 << 4;
 
 /// `RuleValue::dist`: uniform jitter needs no table; the others index `NF_DIST` at `dist - 1`.
 pub const DIST_UNIFORM: u8 = 0;
@@ -61,6 +65,11 @@ pub const MAX_IFB: u32 = 256;
 pub const IFB_VIA_MIRRED: u32 = 1 << 31;
 /// `skb->tc_index` of ingress packets for the mirred filter to take to the IFB device.
 pub const SHAPE_TC_INDEX: u32 = 0x4e46;
+/// `skb->tc_index` of egress GSO packets for the segmenting filter to take to the interface's
+/// egress IFB device (whose segments come back carrying it, so they are never sent there again).
+/// tc_index, not the mark: nothing at egress reads tc_index since dsmark went (6.8), while
+/// users' marks select routes, firewall rules and other programs' actions.
+pub const SEGMENT_TC_INDEX: u32 = 0x4e53;
 
 /// `Config::flags`: some active rule needs tc ingress.
 pub const CFG_INGRESS_TC: u32 = 1;
@@ -460,6 +469,9 @@ pub mod progs {
     pub const XDP_INGRESS: &str = "nf_xdp_ingress";
     pub const TC_INGRESS: &str = "nf_tc_ingress";
     pub const TC_EGRESS: &str = "nf_tc_egress";
+    /// The segmenting filter's classifier (cls_bpf, not direct-action): selects what
+    /// `nf_tc_egress` marked `SEGMENT_TC_INDEX`, for the filter's mirred action.
+    pub const TC_SEGMENT: &str = "nf_tc_segment";
 }
 
 #[cfg(feature = "user")]

@@ -6,8 +6,8 @@ use ipnet::IpNet;
 use netfault_common::{
     CFG_INGRESS_TC, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, FlowKey4, FlowRef,
     KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, MAX_CHAIN, MAX_TUPLES, PF_ADDR_TABLES, PF_ADDR_V4,
-    PF_ADDR_V6, Prefilter, RULE_ACTIVE, RULE_NEEDS_SKB, RULE_REORDER, RULE_SHAPE, RuleValue, Tuple,
-    TupleSet, pf_meta_index,
+    PF_ADDR_V6, PROB_ALWAYS, Prefilter, RULE_ACTIVE, RULE_NEEDS_SKB, RULE_REORDER, RULE_SEGMENT,
+    RULE_SHAPE, RuleValue, Tuple, TupleSet, pf_meta_index,
 };
 
 use crate::spec::{Direction, Kind, PortRange, Proto, RuleSpec};
@@ -240,6 +240,10 @@ pub fn rule_value(spec: &RuleSpec, expires_ns: u64) -> RuleValue {
     let mut flags = RULE_ACTIVE;
     if dup != 0 {
         flags |= RULE_NEEDS_SKB;
+    }
+    let between = |t: u32| t != 0 && t != PROB_ALWAYS;
+    if between(drop) || between(dup) {
+        flags |= RULE_SEGMENT;
     }
     let shape = if spec.kind == Kind::Rule {
         spec.act.shape
