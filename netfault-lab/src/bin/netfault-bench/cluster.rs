@@ -434,14 +434,17 @@ fn event_spreads(
 ) -> Result<Vec<i64>> {
     let repeat = changes.div_ceil(2).max(1);
     let hold_ms = hold.as_millis().max(200);
-    let scen = dir.write(
-        &format!("spread-{}.toml", way.label),
-        &format!(
-            "lease = \"20s\"\n\n[[step]]\nname = \"spread\"\nat = \"0s\"\npartition = \
-             \"halves\"\nfor = \"{hold_ms}ms\"\nrepeat = {repeat}\nevery = \"{}ms\"\n",
+    let mut text = format!(
+        "lease = \"20s\"\n\n[[step]]\nname = \"spread\"\nat = \"0s\"\npartition = \
+         \"halves\"\nfor = \"{hold_ms}ms\"\n"
+    );
+    if repeat > 1 {
+        text.push_str(&format!(
+            "repeat = {repeat}\nevery = \"{}ms\"\n",
             2 * hold_ms
-        ),
-    )?;
+        ));
+    }
+    let scen = dir.write(&format!("spread-{}.toml", way.label), &text)?;
     let events = dir.0.join(format!("events-{}.jsonl", way.label));
     let limit = Duration::from_millis(2 * hold_ms as u64 * repeat as u64) + CHANGE_LIMIT;
     let scen_s = scen.to_str().context("temp paths are UTF-8")?;
@@ -492,6 +495,8 @@ pub struct Figures {
     attach5: Duration,
     transports: Vec<Transport>,
     n32: Option<Big>,
+    /// What could not be measured (transport: why): printed, and the part fails.
+    pub failed: Vec<String>,
 }
 
 struct Big {
@@ -505,7 +510,6 @@ struct Big {
 pub fn run(plan: &Plan) -> Result<Figures> {
     let (load, started) = (report::load_avg(), Instant::now());
     let nf = Netfault::next_to_current_exe().context("the netfault binary")?;
-    let runs = plan.cluster_runs;
     let dir = TempDir::new()?;
     let mut lab = Lab::new(PREFIX)?;
     // Five nodes and the coordinator's namespace (agent and SSH), on one bridge.
@@ -513,131 +517,55 @@ pub fn run(plan: &Plan) -> Result<Figures> {
     let ctl = hosts.pop().context("six hosts")?;
     detach_on_teardown(&mut lab, &nf, &hosts);
     let attach5 = attach_all(&nf, &hosts)?;
+    progress(started, "5 nodes attached");
     let period5 = period_for(5 * 4 * 2);
     let w = Watch::start(&hosts, &[false, true], WATCH_PORT, period5)?;
     w.wait_flowing(Duration::from_secs(10))
         .context("the lab before any cut")?;
+    let lab5 = Lab5 {
+        nf: &nf,
+        dir: &dir,
+        hosts: &hosts,
+        ctl: &ctl,
+        w: &w,
+    };
     let mut transports = Vec::new();
-
-    // netns: the coordinator in the host's namespace, as `netfault cluster` on a lab host.
-    let file = dir.write("netns.toml", &cluster::netns_cluster_text(&hosts))?;
-    let nfw = NetfaultWay {
-        bin: nf.bin.clone(),
-        file,
-        ns: None,
-        label: "netns",
-    };
-    let t = Instant::now();
-    let grudge = first_cut(&nfw)?;
-    let first = t.elapsed();
-    let cut = cut_pairs(&grudge, hosts.len())?;
-    let nft = NftWay {
-        hosts: hosts.clone(),
-        grudge: grudge.clone(),
-        over: NftOver::Netns,
-    };
-    let s = measure(&w, &cut, &[&nfw, &nft], runs)?;
-    let spreads = event_spreads(&nfw, &dir, 4, hold_for(&s[0]))?;
-    let mut it = s.into_iter();
-    transports.push(Transport {
-        name: "netns",
-        first,
-        rows: vec![
-            (nfw.name(), it.next().unwrap_or_default()),
-            (nft.name(), it.next().unwrap_or_default()),
-        ],
-        baseline: ("netns", 1),
-        spreads,
-    });
-
-    // agent: one `netfault agent` per node, the coordinator in its own namespace.
-    {
-        let agents = Agents::start(
-            &nf.bin,
-            &hosts,
-            AGENT_PORT,
-            &ctl.ns,
-            Duration::from_secs(120),
-        )?;
-        let file = dir.write("agent.toml", &agents.cluster_text(&hosts))?;
-        let aw = NetfaultWay {
-            bin: nf.bin.clone(),
-            file,
-            ns: Some(ctl.ns.clone()),
-            label: "agent",
-        };
-        let t = Instant::now();
-        first_cut(&aw)?;
-        let first = t.elapsed();
-        let s = measure(&w, &cut, &[&aw], runs)?;
-        let spreads = event_spreads(&aw, &dir, 4, hold_for(&s[0]))?;
-        transports.push(Transport {
-            name: "agent",
-            first,
-            rows: vec![(aw.name(), s.into_iter().next().unwrap_or_default())],
-            // The agent runs no command but netfault's: its nft baseline is the netns one.
-            baseline: ("netns", 1),
-            spreads,
-        });
-    }
-
-    // SSH: an sshd in each node's namespace, the coordinator (and ssh) in its own.
-    {
-        let mut servers = SshServers::new()?;
-        for h in &hosts {
-            servers.start(&h.ns, &[std::net::SocketAddr::new(h.v4.into(), 22)])?;
+    let mut failed = Vec::new();
+    // netns first: its grudge (the one `halves` gives) is every other transport's too.
+    let grudge = match lab5.netns(plan) {
+        Ok((t, g)) => {
+            transports.push(t);
+            Some(g)
         }
-        let opts: Vec<String> = servers
-            .client_options()
-            .iter()
-            .map(|o| format!("{o:?}"))
-            .collect();
-        let text = cluster::cluster_text(&hosts, |_, h, lines| {
-            lines.extend([
-                format!("ssh = \"root@{}\"", h.v4),
-                format!("ssh_options = [{}]", opts.join(", ")),
-                format!("netfault = {:?}", nf.bin.display().to_string()),
-            ]);
-        });
-        let file = dir.write("ssh.toml", &text)?;
-        let sw = NetfaultWay {
-            bin: nf.bin.clone(),
-            file,
-            ns: Some(ctl.ns.clone()),
-            label: "ssh",
-        };
-        let t = Instant::now();
-        first_cut(&sw)?;
-        let first = t.elapsed();
-        let nft = NftWay {
-            hosts: hosts.clone(),
-            grudge: grudge.clone(),
-            over: NftOver::Ssh {
-                servers,
-                ctl_ns: ctl.ns.clone(),
-            },
-        };
-        let s = measure(&w, &cut, &[&sw, &nft], plan.cluster_ssh_runs)?;
-        let spreads = event_spreads(&sw, &dir, 2, hold_for(&s[0]))?;
-        let mut it = s.into_iter();
-        let name = nft.name();
-        transports.push(Transport {
-            name: "ssh",
-            first,
-            rows: vec![
-                (sw.name(), it.next().unwrap_or_default()),
-                (name, it.next().unwrap_or_default()),
-            ],
-            baseline: ("ssh", 1),
-            spreads,
-        });
-        // The servers stop here (with `nft`), before the lab detaches and goes.
+        Err(e) => {
+            failed.push(format!("netns: {e:#}"));
+            None
+        }
+    };
+    progress(started, "netns measured");
+    if let Some(g) = &grudge {
+        for name in ["agent", "ssh"] {
+            sys::check_stop()?;
+            let r = if name == "agent" {
+                lab5.agent(plan, g)
+            } else {
+                lab5.ssh(plan, g)
+            };
+            match r {
+                Ok(t) => transports.push(t),
+                Err(e) => failed.push(format!("{name}: {e:#}")),
+            }
+            progress(started, &format!("{name} measured"));
+        }
     }
     w.stop()?;
     drop(lab);
-
+    sys::check_stop()?;
     let n32 = if plan.cluster_big > 0 {
-        Some(big(plan, &nf, &dir)?)
+        let r = big(plan, &nf, &dir);
+        progress(started, "32 nodes measured");
+        r.map_err(|e| failed.push(format!("{} nodes: {e:#}", plan.cluster_big)))
+            .ok()
     } else {
         None
     };
@@ -648,7 +576,159 @@ pub fn run(plan: &Plan) -> Result<Figures> {
         attach5,
         transports,
         n32,
+        failed,
     })
+}
+
+/// A line on stderr: where the part is, and since when.
+fn progress(started: Instant, what: &str) {
+    eprintln!(
+        "netfault-bench: cluster: {what} ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The 5-node lab every transport shares: nodes attached once, one watch.
+struct Lab5<'a> {
+    nf: &'a Netfault,
+    dir: &'a TempDir,
+    hosts: &'a [Host],
+    ctl: &'a Host,
+    w: &'a Watch,
+}
+
+impl Lab5<'_> {
+    /// The coordinator in the host's namespace, as `netfault cluster` on a lab host; nft
+    /// entered the same way. Also the grudge `halves` gave.
+    fn netns(&self, plan: &Plan) -> Result<(Transport, Grudge)> {
+        let file = self
+            .dir
+            .write("netns.toml", &cluster::netns_cluster_text(self.hosts))?;
+        let nfw = NetfaultWay {
+            bin: self.nf.bin.clone(),
+            file,
+            ns: None,
+            label: "netns",
+        };
+        let t = Instant::now();
+        let grudge = first_cut(&nfw)?;
+        let first = t.elapsed();
+        let cut = cut_pairs(&grudge, self.hosts.len())?;
+        let nft = NftWay {
+            hosts: self.hosts.to_vec(),
+            grudge: grudge.clone(),
+            over: NftOver::Netns,
+        };
+        let s = measure(self.w, &cut, &[&nfw, &nft], plan.cluster_runs)?;
+        let spreads = event_spreads(&nfw, self.dir, 4, hold_for(&s[0]))?;
+        let mut it = s.into_iter();
+        Ok((
+            Transport {
+                name: "netns",
+                first,
+                rows: vec![
+                    (nfw.name(), it.next().unwrap_or_default()),
+                    (nft.name(), it.next().unwrap_or_default()),
+                ],
+                baseline: ("netns", 1),
+                spreads,
+            },
+            grudge,
+        ))
+    }
+
+    /// One `netfault agent` per node, the coordinator in its own namespace. The agent runs no
+    /// command but netfault's: its nft baseline is the netns one.
+    fn agent(&self, plan: &Plan, grudge: &Grudge) -> Result<Transport> {
+        let agents = Agents::start(
+            &self.nf.bin,
+            self.hosts,
+            AGENT_PORT,
+            &self.ctl.ns,
+            Duration::from_secs(120),
+        )?;
+        let file = self
+            .dir
+            .write("agent.toml", &agents.cluster_text(self.hosts))?;
+        let aw = NetfaultWay {
+            bin: self.nf.bin.clone(),
+            file,
+            ns: Some(self.ctl.ns.clone()),
+            label: "agent",
+        };
+        let t = Instant::now();
+        ensure!(
+            first_cut(&aw)? == *grudge,
+            "the agents' halves is another grudge"
+        );
+        let first = t.elapsed();
+        let cut = cut_pairs(grudge, self.hosts.len())?;
+        let s = measure(self.w, &cut, &[&aw], plan.cluster_runs)?;
+        let spreads = event_spreads(&aw, self.dir, 4, hold_for(&s[0]))?;
+        Ok(Transport {
+            name: "agent",
+            first,
+            rows: vec![(aw.name(), s.into_iter().next().unwrap_or_default())],
+            baseline: ("netns", 1),
+            spreads,
+        })
+    }
+
+    /// An sshd in each node's namespace, the coordinator (and every ssh) in its own. The
+    /// servers stop (with the nft way that holds them) before the lab detaches and goes.
+    fn ssh(&self, plan: &Plan, grudge: &Grudge) -> Result<Transport> {
+        let mut servers = SshServers::new()?;
+        for h in self.hosts {
+            servers.start(&h.ns, &[std::net::SocketAddr::new(h.v4.into(), 22)])?;
+        }
+        let opts: Vec<String> = servers
+            .client_options()
+            .iter()
+            .map(|o| format!("{o:?}"))
+            .collect();
+        let text = cluster::cluster_text(self.hosts, |_, h, lines| {
+            lines.extend([
+                format!("ssh = \"root@{}\"", h.v4),
+                format!("ssh_options = [{}]", opts.join(", ")),
+                format!("netfault = {:?}", self.nf.bin.display().to_string()),
+            ]);
+        });
+        let file = self.dir.write("ssh.toml", &text)?;
+        let sw = NetfaultWay {
+            bin: self.nf.bin.clone(),
+            file,
+            ns: Some(self.ctl.ns.clone()),
+            label: "ssh",
+        };
+        let nft = NftWay {
+            hosts: self.hosts.to_vec(),
+            grudge: grudge.clone(),
+            over: NftOver::Ssh {
+                servers,
+                ctl_ns: self.ctl.ns.clone(),
+            },
+        };
+        let t = Instant::now();
+        ensure!(
+            first_cut(&sw)? == *grudge,
+            "the SSH nodes' halves is another grudge"
+        );
+        let first = t.elapsed();
+        let cut = cut_pairs(grudge, self.hosts.len())?;
+        let s = measure(self.w, &cut, &[&sw, &nft], plan.cluster_ssh_runs)?;
+        let spreads = event_spreads(&sw, self.dir, 2, hold_for(&s[0]))?;
+        let mut it = s.into_iter();
+        Ok(Transport {
+            name: "ssh",
+            first,
+            rows: vec![
+                (sw.name(), it.next().unwrap_or_default()),
+                (nft.name(), it.next().unwrap_or_default()),
+            ],
+            baseline: ("ssh", 1),
+            spreads,
+        })
+    }
 }
 
 /// How long a `cluster run` step holds: longer than the slowest measured command, so a change
@@ -892,6 +972,9 @@ pub fn report(plan: &Plan, f: &Figures) {
                 verdict(c < 1e9)
             );
         }
+    }
+    for e in &f.failed {
+        println!("NOT MEASURED: {e}");
     }
     let _ = plan;
 }

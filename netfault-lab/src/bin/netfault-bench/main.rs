@@ -185,7 +185,13 @@ fn run(args: &Args) -> Result<()> {
         not_measured(Part::Retrans, r, &mut failed)?;
     }
     if part(Part::Cluster) {
-        let r = cluster::run(&plan).map(|f| cluster::report(&plan, &f));
+        let r = cluster::run(&plan).and_then(|f| {
+            cluster::report(&plan, &f);
+            match f.failed.len() {
+                0 => Ok(()),
+                n => bail!("{n} of its labs or transports (above)"),
+            }
+        });
         not_measured(Part::Cluster, r, &mut failed)?;
     }
     if !failed.is_empty() {
