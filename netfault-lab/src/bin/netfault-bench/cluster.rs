@@ -343,39 +343,42 @@ impl Drop for TempDir {
     }
 }
 
-/// `netfault --netns NS attach IFACE` on every host at once: the wall time until all returned.
+/// `netfault --netns NS attach IFACE` on every host, as many at once as there are CPUs (more
+/// only thrash: loading and verifying is CPU work): the wall time until all returned.
 fn attach_all(nf: &Netfault, hosts: &[Host]) -> Result<Duration> {
     let t = Instant::now();
-    let children: Vec<Child> = hosts
-        .iter()
-        .map(|h| {
-            Command::new(&nf.bin)
-                .env_remove("SSH_CONNECTION")
-                .args(["--netns", &h.ns, "attach", &h.iface])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("spawn netfault attach")
-        })
-        .collect::<Result<_>>()?;
-    let mut first_err = None;
-    for (h, c) in hosts.iter().zip(children) {
-        let out = netfault_lab::lab::wait_bounded(c, Duration::from_secs(120))?;
-        if !out.status.success() && first_err.is_none() {
-            first_err = Some(format!(
-                "attach in {}: {}: {}",
-                h.ns,
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+    for chunk in hosts.chunks(sys::online_cpus().max(1)) {
+        sys::check_stop()?;
+        let children: Vec<Child> = chunk
+            .iter()
+            .map(|h| {
+                Command::new(&nf.bin)
+                    .env_remove("SSH_CONNECTION")
+                    .args(["--netns", &h.ns, "attach", &h.iface])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .context("spawn netfault attach")
+            })
+            .collect::<Result<_>>()?;
+        let mut first_err = None;
+        for (h, c) in chunk.iter().zip(children) {
+            let out = netfault_lab::lab::wait_bounded(c, Duration::from_secs(120))?;
+            if !out.status.success() && first_err.is_none() {
+                first_err = Some(format!(
+                    "attach in {}: {}: {}",
+                    h.ns,
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        if let Some(e) = first_err {
+            bail!(e);
         }
     }
-    let d = t.elapsed();
-    if let Some(e) = first_err {
-        bail!(e);
-    }
-    Ok(d)
+    Ok(t.elapsed())
 }
 
 /// Detaches every host on the lab's teardown (before its namespaces go).
@@ -866,7 +869,8 @@ pub fn report(plan: &Plan, f: &Figures) {
         f.period5
     );
     println!(
-        "attach, 5 namespaces at once (`netfault --netns NS attach` each): {}",
+        "attach, 5 namespaces (`netfault --netns NS attach` each, {} at once): {}",
+        sys::online_cpus(),
         ms(f.attach5.as_nanos() as f64)
     );
     header_row();
@@ -949,7 +953,8 @@ pub fn report(plan: &Plan, f: &Figures) {
             b.runs, b.period
         );
         println!(
-            "attach, 32 namespaces at once: {}; first partition and heal: {}",
+            "attach, 32 namespaces ({} at once): {}; first partition and heal: {}",
+            sys::online_cpus(),
             ms(b.attach.as_nanos() as f64),
             ms(b.first.as_nanos() as f64)
         );
