@@ -1228,20 +1228,6 @@ fn netfault_lab_output(mut c: Command) -> Output {
         .unwrap_or_else(|e| panic!("the agent did not exit: {e:#}"))
 }
 
-/// The issue's timing via agents: wall time of `cluster partition halves` (5 nodes) from the
-/// command to the cut on the wire, over 20 runs (each cut checked, then healed).
-#[test]
-#[ignore = "a measurement; run with --ignored --nocapture"]
-fn partition_wall_time_via_agents() {
-    let (_lab, _nf, hosts, ctl) = agent_lab();
-    let token = temp_file_mode("token", TOKEN, 0o600);
-    let _agents = start_agents(&hosts, &token.0, &ctl);
-    let file = temp_file_mode("toml", &cluster_text(&hosts, &token.0, "http", None), 0o600);
-    let w = partition_wall_times(&hosts, |args| cluster_ok(&ctl, &file.0, args));
-    eprintln!("first run: {:?}", w.first);
-    report_times("partition halves via agents", w.partitions);
-}
-
 /// A cluster-run scenario over agents: isolate:n1 three times, every change logged.
 const AGENT_FLAP: &str = r#"
 seed = 7

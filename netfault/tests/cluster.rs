@@ -358,16 +358,3 @@ fn nodes_reached_by_pid_and_pidfile_are_cut_and_healed() {
         "{err}"
     );
 }
-
-/// The timing: wall time of `cluster partition halves` (5 nodes, netns) over 20 runs,
-/// each followed by a check that the cut is on the wire. `--ignored`: a measurement, not a check.
-#[test]
-#[ignore = "a measurement; run with --ignored --nocapture"]
-fn partition_wall_time() {
-    let (_lab, _nf, hosts) = cluster_lab();
-    let file = temp_file("toml", &cluster_text(&hosts, &BTreeMap::new()));
-    let w = partition_wall_times(&hosts, |args| cluster_ok(&file, args));
-    // The first run attaches every node: reported apart.
-    eprintln!("first run (attaching 5 nodes): {:?}", w.first);
-    report_times("partition halves", w.partitions);
-}
