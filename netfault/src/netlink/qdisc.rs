@@ -419,33 +419,42 @@ pub fn mirred_filter_add(
 ) -> Result<()> {
     let ctx = Ctx::ifindex("add mirred filter", ifindex);
     let m = mirred_filter_message(ifindex_i32(ifindex, &ctx)?, prio, tc_index, target_ifindex);
+    filter_add(ctx, m, "basic with meta ematch (cls_basic, em_meta)")
+}
+
+/// Sends a new filter; a kind the kernel lacks is named. tcf_proto_lookup_ops (classifier),
+/// tcf_em_validate (ematch) and tcf_action_init (action) all answer ENOENT.
+fn filter_add(ctx: Ctx, m: TcMessage, kind: &str) -> Result<()> {
     match route(
         RouteNetlinkMessage::NewTrafficFilter(m),
         NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
     ) {
         Ok(_) => Ok(()),
-        // tcf_proto_lookup_ops (classifier) and tcf_em_validate (ematch) both answer ENOENT.
         Err(Fail::Errno(e)) if e == libc::ENOENT => Err(NetlinkError::FilterKindUnknown {
             op: ctx.op,
             dev: ctx.dev,
-            kind: "basic with meta ematch (cls_basic, em_meta)".into(),
+            kind: kind.into(),
             source: std::io::Error::from_raw_os_error(e),
         }),
         Err(e) => Err(ctx.err(e)),
     }
 }
 
-/// Deletes every filter at `prio` on the clsact ingress hook. None there (ENOENT), or no
-/// clsact qdisc (EINVAL), is Ok.
-pub fn mirred_filter_del(ifindex: u32, prio: u16) -> Result<()> {
-    let ctx = Ctx::ifindex("delete mirred filter", ifindex);
-    let mut m = ingress_filter(ifindex_i32(ifindex, &ctx)?, prio);
-    // Protocol 0: any, as `tc filter del ... prio P` sends.
+/// Deletes every filter at `prio` (protocol 0: any, as `tc filter del ... prio P` sends). None
+/// there (ENOENT), or no clsact qdisc (EINVAL), is Ok.
+fn filter_del(ctx: Ctx, mut m: TcMessage, prio: u16) -> Result<()> {
     m.header.info = u32::from(prio) << 16;
     match route(RouteNetlinkMessage::DelTrafficFilter(m), NLM_F_ACK) {
         Ok(_) | Err(Fail::Errno(libc::ENOENT | libc::EINVAL)) => Ok(()),
         Err(e) => Err(ctx.err(e)),
     }
+}
+
+/// Deletes every filter at `prio` on the clsact ingress hook (see `filter_del`).
+pub fn mirred_filter_del(ifindex: u32, prio: u16) -> Result<()> {
+    let ctx = Ctx::ifindex("delete mirred filter", ifindex);
+    let m = ingress_filter(ifindex_i32(ifindex, &ctx)?, prio);
+    filter_del(ctx, m, prio)
 }
 
 fn bpf_mirred_filter_message(
@@ -492,31 +501,14 @@ pub fn egress_bpf_mirred_filter_add(
         prog_name,
         target_ifindex,
     );
-    match route(
-        RouteNetlinkMessage::NewTrafficFilter(m),
-        NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
-    ) {
-        Ok(_) => Ok(()),
-        Err(Fail::Errno(e)) if e == libc::ENOENT => Err(NetlinkError::FilterKindUnknown {
-            op: ctx.op,
-            dev: ctx.dev,
-            kind: "bpf with a mirred action (cls_bpf, act_mirred)".into(),
-            source: std::io::Error::from_raw_os_error(e),
-        }),
-        Err(e) => Err(ctx.err(e)),
-    }
+    filter_add(ctx, m, "bpf with a mirred action (cls_bpf, act_mirred)")
 }
 
-/// Deletes every filter at `prio` on the clsact egress hook. None there (ENOENT), or no
-/// clsact qdisc (EINVAL), is Ok.
+/// Deletes every filter at `prio` on the clsact egress hook (see `filter_del`).
 pub fn egress_filter_del(ifindex: u32, prio: u16) -> Result<()> {
     let ctx = Ctx::ifindex("delete egress filter", ifindex);
-    let mut m = clsact_filter(ifindex_i32(ifindex, &ctx)?, prio, TC_H_MIN_EGRESS);
-    m.header.info = u32::from(prio) << 16;
-    match route(RouteNetlinkMessage::DelTrafficFilter(m), NLM_F_ACK) {
-        Ok(_) | Err(Fail::Errno(libc::ENOENT | libc::EINVAL)) => Ok(()),
-        Err(e) => Err(ctx.err(e)),
-    }
+    let m = clsact_filter(ifindex_i32(ifindex, &ctx)?, prio, TC_H_MIN_EGRESS);
+    filter_del(ctx, m, prio)
 }
 
 #[cfg(test)]
