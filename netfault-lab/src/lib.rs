@@ -2,6 +2,7 @@
 //! bridge (`lab`), traffic probes with kernel timestamps (`probe`), statistics (Wilson
 //! intervals in `lab`, Kolmogorov-Smirnov in `ks`, percentiles in `probe`) and the reference XDP programs the benchmarks
 //! compare against. Tests, the demo and the bench depend on it; netfault depends on none of it.
+pub mod burst;
 pub mod cluster;
 pub mod ks;
 pub mod lab;

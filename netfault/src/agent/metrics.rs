@@ -187,6 +187,7 @@ pub fn render(
             ("duplicated", c.duplicated),
             ("delayed", c.delayed),
             ("queue_dropped", c.queue_dropped),
+            ("bursts", c.bursts),
             ("passed", c.passed),
         ] {
             let mut l = base.clone();
