@@ -494,6 +494,30 @@ for = "30s"
         v.iter().map(|s| Duration::from_secs(*s)).collect()
     }
 
+    /// A partition step's `conn` reaches every entry it makes; an impair step cannot have one.
+    #[test]
+    fn a_partition_step_carries_conn() {
+        let s = Scenario::parse(
+            "[[step]]\nat = \"0s\"\npartition = \"halves\"\nconn = \"new\"\nfor = \"1s\"\n",
+        )
+        .unwrap();
+        let c = Cluster::parse(CLUSTER).unwrap();
+        let rules = s.rules(&s.timeline(1)[0], &c).unwrap();
+        let all: Vec<_> = rules.values().flatten().collect();
+        assert!(!all.is_empty());
+        assert!(all.iter().all(|r| r.conn == Conn::New));
+        let e = Scenario::parse(
+            "[[step]]\nat = \"0s\"\nimpair = { from = [\"n1\"], to = [\"n2\"], drop = 1 }\nconn = \"new\"\nfor = \"1s\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "step[0].conn");
+        let e = Scenario::parse(
+            "[[step]]\nat = \"0s\"\npartition = \"halves\"\nconn = \"half\"\nfor = \"1s\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "step[0].conn");
+    }
+
     #[test]
     fn the_documented_example_parses_and_flaps() {
         let s = Scenario::parse(EXAMPLE).unwrap();

@@ -253,6 +253,39 @@ oneway = false
     }
 
     #[test]
+    fn burst_and_conn_keys_and_their_errors() {
+        let v = parse(
+            "[[rule]]\nname = \"b\"\nproto = \"tcp\"\nconn = \"established\"\ndrop = \"5%\"\nburst = 4\nburst_scope = \"rule\"\n\
+             [[partition]]\nname = \"p\"\na = [\"192.0.2.1\"]\nb = [\"192.0.2.2\"]\nconn = \"new\"\n",
+        )
+        .unwrap();
+        let r = &v[0].0;
+        assert_eq!(r.conn, crate::spec::Conn::Established);
+        assert_eq!(r.act.burst, Some(4.0));
+        assert_eq!(r.act.burst_scope, crate::spec::BurstScope::Rule);
+        assert_eq!(v[1].0.conn, crate::spec::Conn::New);
+        let field = |t: &str| parse(t).unwrap_err().field;
+        assert_eq!(
+            field("[[rule]]\nname = \"b\"\nproto = \"udp\"\nconn = \"new\"\ndrop = 1\n"),
+            "rule[0].conn"
+        );
+        assert_eq!(
+            field("[[rule]]\nname = \"b\"\nproto = \"tcp\"\ndrop = 0.1\nburst_scope = \"rule\"\n"),
+            "rule[0].burst_scope"
+        );
+        assert_eq!(
+            field("[[rule]]\nname = \"b\"\nproto = \"tcp\"\ndrop = 0.1\ngemodel = \"1%\"\n"),
+            "rule[0].gemodel"
+        );
+        assert_eq!(
+            field(
+                "[[partition]]\nname = \"p\"\na = \"192.0.2.1\"\nb = \"192.0.2.2\"\nconn = \"old\"\n"
+            ),
+            "partition[0].conn"
+        );
+    }
+
+    #[test]
     fn malformed_files_name_the_key_path() {
         let cases: &[(&str, &str)] = &[
             (
