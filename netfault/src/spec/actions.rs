@@ -156,6 +156,27 @@ impl Actions {
 mod tests {
     use super::*;
 
+    /// A `--gemodel` rule loses with `drop` at 0, and a chain is a draw even at `--drop 100%`
+    /// alone's threshold: the hooks and device settings follow these (control::hooks, features).
+    #[test]
+    fn a_chain_is_random_loss_and_an_action() {
+        let mut a = Actions {
+            gemodel: Some("1%".parse().unwrap()),
+            ..Actions::default()
+        };
+        assert!(a.loses() && a.random_loss() && !a.is_empty());
+        a.gemodel = Some("0%,0%,0%,0%".parse().unwrap());
+        assert!(!a.loses() && a.is_empty());
+        let b = Actions {
+            drop: Prob(0.05),
+            burst: Some(1.0),
+            ..Actions::default()
+        };
+        assert!(b.random_loss() && b.chain().is_none());
+        let c = Actions::drops(Prob(1.0));
+        assert!(c.loses() && !c.random_loss());
+    }
+
     #[test]
     fn every_key_sets_what_to_json_writes_back() {
         let text = r#"
