@@ -10,6 +10,7 @@
 // Packet loads of any alignment in one instruction (parse::load_word).
 #![feature(asm_experimental_arch)]
 
+mod burst;
 mod classify;
 mod maps;
 mod parse;
@@ -24,8 +25,8 @@ use aya_ebpf::{
 };
 use netfault_common::{
     CFG_INGRESS_TC, CFG_TC_ONLY, CLONE_MARK, Counters, DIR_EGRESS, DIR_INGRESS, FlowKey,
-    IFB_VIA_MIRRED, PROB_ALWAYS, RULE_NEEDS_SKB, RULE_SEGMENT, RULE_SHAPE, SEGMENT_TC_INDEX,
-    SHAPE_TC_INDEX,
+    IFB_VIA_MIRRED, PROB_ALWAYS, RULE_BURST, RULE_NEEDS_SKB, RULE_SEGMENT, RULE_SHAPE, RuleValue,
+    SEGMENT_TC_INDEX, SHAPE_TC_INDEX,
 };
 
 use crate::{
@@ -39,6 +40,20 @@ use crate::{
 fn fires(threshold: u32) -> bool {
     // SAFETY: helper without preconditions.
     threshold != 0 && (threshold == PROB_ALWAYS || unsafe { bpf_get_prandom_u32() } < threshold)
+}
+
+/// Is this packet lost? The rule's independent draw, or its Gilbert-Elliott chain's step
+/// (counting a run begun). A rule without a chain takes one branch more than before.
+#[inline(always)]
+fn lost(key: &FlowKey, slot: u32, rule: &RuleValue, c: &mut Counters) -> bool {
+    if rule.flags & RULE_BURST == 0 {
+        return fires(rule.drop_thresh);
+    }
+    let d = burst::draw(key, slot, rule);
+    if d.new_run {
+        c.bursts += 1;
+    }
+    d.lost
 }
 
 #[inline(always)]
@@ -114,7 +129,7 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Option<u32> {
     let c = counters(m.slot)?;
     c.matched += 1;
     c.bytes += (ctx.data_end() - ctx.data()) as u64;
-    if fires(m.rule.drop_thresh) {
+    if lost(&key, m.slot, m.rule, c) {
         c.dropped += 1;
         return Some(xdp_action::XDP_DROP);
     }
@@ -201,7 +216,7 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
     let segs = u64::from(unsafe { (*skb).gso_segs }.max(1));
     c.matched += segs;
     c.bytes += ctx.len() as u64;
-    if fires(m.rule.drop_thresh) {
+    if lost(&key, m.slot, m.rule, c) {
         c.dropped += segs;
         if dir == DIR_EGRESS {
             return Some(lost_on_the_wire());

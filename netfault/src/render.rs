@@ -6,7 +6,7 @@ use serde_json::json;
 
 use netfault::{
     observe::{read_state, stats as read_stats, ttl_left},
-    spec::{Kind, PortRange, Proto},
+    spec::{Conn, Kind, PortRange, Proto},
 };
 
 fn fmt_left(left: Option<u64>, expired: bool) -> String {
@@ -54,7 +54,7 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
             match s.kind {
                 Kind::Partition => json!({
                     "name": s.name, "kind": "partition", "a": nets(&s.src), "b": nets(&s.dst),
-                    "oneway": s.oneway, "expires_in_ms": left, "expired": expired,
+                    "oneway": s.oneway, "conn": s.conn, "expires_in_ms": left, "expired": expired,
                 }),
                 Kind::Rule | Kind::Protect => json!({
                     "name": s.name, "kind": "rule", "priority": s.priority, "dir": s.dir,
@@ -66,6 +66,9 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                     "distribution": s.act.shape.jitter.map(|_| s.act.shape.distribution),
                     "reorder": s.act.shape.reorder,
                     "rate_bits": s.act.shape.rate.map(|r| r.bytes_per_sec * 8),
+                    "conn": s.conn, "burst": s.act.burst,
+                    "gemodel": s.act.gemodel.map(|g| g.to_string()),
+                    "burst_scope": s.act.chain().map(|_| s.act.burst_scope),
                     "expires_in_ms": left, "expired": expired,
                 }),
             }
@@ -87,11 +90,15 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
         match s.kind {
             Kind::Partition => writeln!(
                 out,
-                "partition {:<16} {} {} {}  ttl {left}",
+                "partition {:<16} {} {} {}{}  ttl {left}",
                 s.name,
                 nets(&s.src).join(","),
                 if s.oneway { "-/->" } else { "<-/->" },
                 nets(&s.dst).join(","),
+                match s.conn {
+                    Conn::Any => String::new(),
+                    c => format!(" (tcp {c} only)"),
+                },
             )?,
             Kind::Rule | Kind::Protect => {
                 let mut m = vec![format!("dir {:?}", s.dir).to_lowercase()];
@@ -113,9 +120,21 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                 if let Some(i) = &s.iface {
                     m.push(format!("iface {i}"));
                 }
+                if s.conn != Conn::Any {
+                    m.push(format!("conn {}", s.conn));
+                }
                 let mut a = vec![];
                 if s.act.drop.0 > 0.0 {
                     a.push(format!("drop {}", s.act.drop));
+                }
+                if let Some(b) = s.act.burst {
+                    a.push(format!("burst {b}"));
+                }
+                if let Some(g) = s.act.gemodel {
+                    a.push(format!("gemodel {g}"));
+                }
+                if s.act.chain().is_some() {
+                    a.push(format!("burst-scope {}", s.act.burst_scope));
                 }
                 if s.act.duplicate.0 > 0.0 {
                     a.push(format!("duplicate {}", s.act.duplicate));
@@ -172,11 +191,12 @@ pub fn stats(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::
     }
     writeln!(
         out,
-        "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  TTL",
+        "{:<18} {:<9} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>12}  TTL",
         "NAME",
         "KIND",
         "MATCHED",
         "DROPPED",
+        "BURSTS",
         "DUPLICATED",
         "DELAYED",
         "QUEUE-DROP",
@@ -186,11 +206,12 @@ pub fn stats(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::
     for r in rows {
         writeln!(
             out,
-            "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  {}",
+            "{:<18} {:<9} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>12}  {}",
             r.name,
             format!("{:?}", r.kind).to_lowercase(),
             r.counters.matched,
             r.counters.dropped,
+            r.counters.bursts,
             r.counters.duplicated,
             r.counters.delayed,
             r.counters.queue_dropped,

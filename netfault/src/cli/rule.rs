@@ -13,6 +13,10 @@ pub struct Args {
 }
 
 #[derive(clap::Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing would only move the arguments to the heap"
+)]
 pub enum RuleCmd {
     /// Add a rule. The first matching rule wins: partitions first, then by --priority, then the
     /// order added.

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     observe::StatView,
-    spec::{Kind, RuleSpec, SpecError, Ttl, validate_name},
+    spec::{Conn, Kind, RuleSpec, SpecError, Ttl, validate_name},
 };
 
 /// How long a node may take to answer one operation. The controller's own lock wait is 10 s
@@ -232,9 +232,9 @@ impl Coordinator {
 
     /// The plans a grudge gives, every node's entries checked (names, specs) before any node
     /// is touched.
-    pub fn plans(&self, name: &str, grudge: &Grudge) -> Result<Vec<NodePlan>, Error> {
+    pub fn plans(&self, name: &str, grudge: &Grudge, conn: Conn) -> Result<Vec<NodePlan>, Error> {
         validate_name("name", name)?;
-        let part = plan::partition(name, &self.cluster, grudge)?;
+        let part = plan::partition(name, &self.cluster, grudge, conn)?;
         self.rule_plans(&part)
     }
 

@@ -28,7 +28,7 @@ use ipnet::IpNet;
 
 use super::{Cluster, Grudge};
 use crate::spec::{
-    Actions, Direction, Kind, RuleSpec, Shape, SpecError, protection, validate_name,
+    Actions, Conn, Direction, Kind, RuleSpec, Shape, SpecError, protection, validate_name,
 };
 
 /// `impair --from A.. --to B..`: faults on the traffic from every `from` node to every `to`
@@ -84,11 +84,14 @@ fn rule_name(name: &str, tail: &str) -> Result<String, SpecError> {
 }
 
 /// Every node's partition entries for `grudge` (every node of the cluster is a key; a node
-/// that drops nobody maps to an empty list).
+/// that drops nobody maps to an empty list). With `conn` other than `Any`, each entry cuts only
+/// TCP, and of it only the segments `conn` names (`New`: peers cannot open connections to the
+/// node; those already open keep flowing).
 pub fn partition(
     name: &str,
     cluster: &Cluster,
     grudge: &Grudge,
+    conn: Conn,
 ) -> Result<BTreeMap<String, Vec<RuleSpec>>, SpecError> {
     let mut out = BTreeMap::new();
     for node in &cluster.nodes {
@@ -102,6 +105,7 @@ pub fn partition(
                     dir: Direction::Ingress,
                     src: nets,
                     oneway: true,
+                    conn,
                     ..RuleSpec::new(
                         rule_name(name, &format!("from-{peer}.{fam}"))?,
                         Kind::Partition,
@@ -435,7 +439,7 @@ token_file = "/t"
     fn a_grudge_becomes_ingress_partitions_that_compile_and_cut() {
         let c = cluster();
         let gr = Topology::Halves.grudge(&c.names(), 0).unwrap();
-        let per = partition("split", &c, &gr).unwrap();
+        let per = partition("split", &c, &gr, Conn::Any).unwrap();
         let names = |n: &str| per[n].iter().map(|r| r.name.as_str()).collect::<Vec<_>>();
         assert_eq!(
             names("n1"),
@@ -586,7 +590,7 @@ token_file = "/t"
         let gr = Topology::Isolate(Some("n2".into()))
             .grudge(&c.names(), 0)
             .unwrap();
-        let part = partition("iso", &c, &gr).unwrap();
+        let part = partition("iso", &c, &gr, Conn::Any).unwrap();
         let mut i = imp(&["n3"], &["n4"]);
         i.act.drop = Prob(0.5);
         let lossy = impair("lossy", &c, &i).unwrap();

@@ -90,7 +90,7 @@ pub fn needs(
                 .filter(|s| s.kind == Kind::Rule)
                 .filter(|s| s.iface.as_ref().is_none_or(|i| i == iface))
             {
-                let (drop, dup) = (probabilistic(s.act.drop), probabilistic(s.act.duplicate));
+                let (drop, dup) = (s.act.random_loss(), probabilistic(s.act.duplicate));
                 if s.dir.includes(false) && (drop || dup) {
                     need.egress = true;
                 }
@@ -329,7 +329,7 @@ pub fn next_release(rules: &[RuleEntry], now: u64) -> Option<u64> {
     rules
         .iter()
         .filter(|r| r.live(now) && r.expires_mono_ns != 0 && r.spec.kind == Kind::Rule)
-        .filter(|r| probabilistic(r.spec.act.drop) || probabilistic(r.spec.act.duplicate))
+        .filter(|r| r.spec.act.random_loss() || probabilistic(r.spec.act.duplicate))
         .map(|r| r.expires_mono_ns)
         .min()
 }

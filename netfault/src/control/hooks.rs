@@ -150,8 +150,8 @@ pub fn needs_xdp(spec: &RuleSpec, iface: &str) -> bool {
         Kind::Protect => false,
         Kind::Partition => true,
         Kind::Rule => {
-            (spec.act.drop.0 > 0.0 && spec.act.duplicate.0 == 0.0 && !spec.act.shape.is_some())
-                || probabilistic(spec.act.drop.0)
+            (spec.act.loses() && spec.act.duplicate.0 == 0.0 && !spec.act.shape.is_some())
+                || spec.act.random_loss()
                 || probabilistic(spec.act.duplicate.0)
         }
     };
