@@ -240,7 +240,8 @@ mod tests {
     fn this_process_has_a_start_time_and_is_refused() {
         let me = std::process::id() as i32;
         assert!(start_time(me).is_some());
-        assert_eq!(state(me), Some('R'));
+        // The main thread's state: sleeping while the test threads run, never stopped.
+        assert!(state(me).is_some_and(|c| c != 'T'));
         assert_eq!(Target::pid(me).unwrap_err().field, "--pid");
         assert_eq!(Target::pid(1).unwrap_err().field, "--pid");
         assert!(
