@@ -1006,7 +1006,11 @@ mod tests {
         let v = rule_value(&r, 0);
         assert_eq!(v.flags & (RULE_BURST | RULE_BURST_PER_RULE), RULE_BURST);
         // A chain draws per packet: at egress it must meet wire packets, as a plain 5 % does.
-        assert_ne!(v.flags & RULE_SEGMENT, 0, "a burst rule is not segmented at egress");
+        assert_ne!(
+            v.flags & RULE_SEGMENT,
+            0,
+            "a burst rule is not segmented at egress"
+        );
         assert_eq!(
             (v.drop_thresh, v.ge_r, v.ge_loss_bad, v.ge_loss_good),
             (0, 1 << 30, u32::MAX, 0)
@@ -1020,7 +1024,11 @@ mod tests {
         assert_eq!(v.drop_thresh, crate::spec::Prob(0.05).threshold());
         assert_ne!(v.flags & RULE_SEGMENT, 0);
         r.act.drop = crate::spec::Prob(1.0);
-        assert_eq!(rule_value(&r, 0).flags & RULE_SEGMENT, 0, "p=1 is exact on aggregates");
+        assert_eq!(
+            rule_value(&r, 0).flags & RULE_SEGMENT,
+            0,
+            "p=1 is exact on aggregates"
+        );
     }
 
     #[test]
