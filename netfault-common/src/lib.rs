@@ -42,6 +42,15 @@ pub const RULE_NEEDS_SKB: u32 = 1 << 1;
 pub const RULE_SHAPE: u32 = 1 << 2;
 /// Jittered packets may overtake each other; without it departure times per flow only grow.
 pub const RULE_REORDER: u32 = 1 << 3;
+/// A probability strictly between 0 and 1 (drop or duplicate): at egress such a rule draws per
+/// wire packet, so a GSO packet it matches is first segmented (it goes through the interface's
+/// segmenting IFB device, marked `SEGMENT_TC_INDEX`, and its segments come back one by one).
+pub const RULE_SEGMENT: u32 = 1 << 4;
+// ---- burst loss (Gilbert-Elliott) ----
+/// The rule's loss is a Gilbert-Elliott chain (`RuleValue::ge_*`), not `drop_thresh`.
+pub const RULE_BURST: u32 = 1 << 8;
+/// With `RULE_BURST`: one chain for the whole rule (`NF_BURST_RULE`), not one per flow.
+pub const RULE_BURST_PER_RULE: u32 = 1 << 9;
 
 /// `RuleValue::dist`: uniform jitter needs no table; the others index `NF_DIST` at `dist - 1`.
 pub const DIST_UNIFORM: u8 = 0;
@@ -61,6 +70,11 @@ pub const MAX_IFB: u32 = 256;
 pub const IFB_VIA_MIRRED: u32 = 1 << 31;
 /// `skb->tc_index` of ingress packets for the mirred filter to take to the IFB device.
 pub const SHAPE_TC_INDEX: u32 = 0x4e46;
+/// `skb->tc_index` of egress GSO packets for the segmenting filter to take to the interface's
+/// egress IFB device (whose segments come back carrying it, so they are never sent there again).
+/// tc_index, not the mark: nothing at egress reads tc_index since dsmark went (6.8), while
+/// users' marks select routes, firewall rules and other programs' actions.
+pub const SEGMENT_TC_INDEX: u32 = 0x4e53;
 
 /// `Config::flags`: some active rule needs tc ingress.
 pub const CFG_INGRESS_TC: u32 = 1;
@@ -72,6 +86,10 @@ pub const CFG_TC_ONLY: u32 = 1 << 1;
 /// fragment). Every tuple that matches a port also requires this bit, so a packet without
 /// ports (whose port fields read 0) never matches a port range that contains 0.
 pub const KEY_PORTS: u8 = 1;
+/// `FlowKey::flags`: a TCP segment with SYN set and ACK clear (a connection's first segment),
+/// set by the parser with `KEY_PORTS`. Rules with `--conn` put it in their mask (`new`: set,
+/// `established`: clear); every other tuple's mask leaves it out, so it costs them nothing.
+pub const KEY_TCP_SYN: u8 = 1 << 1;
 
 /// `FlowKey::proto` of a packet whose protocol the parser cannot tell: an IPv6 extension header
 /// chain that runs past its reach (more than 6 headers, or beyond byte 256 of the frame) or is
@@ -101,7 +119,7 @@ pub struct FlowKey {
     pub proto: u8,
     pub family: u8,
     pub dir: u8,
-    /// `KEY_PORTS`.
+    /// `KEY_PORTS`, `KEY_TCP_SYN`.
     pub flags: u8,
     pub gen_: u8,
     pub tuple: u8,
@@ -392,6 +410,14 @@ pub struct RuleValue {
     /// (and counted as a queue drop) rather than queued without bound.
     pub rate_queue_ns: u64,
     pub _reserved: u64,
+    // ---- burst loss (Gilbert-Elliott), read only when `flags & RULE_BURST` ----
+    /// Thresholds (as `drop_thresh`) of the chain: p, good to bad; r, bad to good; the loss
+    /// probability in the bad state (netem's 1-h) and in the good state (netem's 1-k).
+    pub ge_p: u32,
+    pub ge_r: u32,
+    pub ge_loss_bad: u32,
+    pub ge_loss_good: u32,
+    // ---- end of burst loss ----
     // ---- Reject (issue 15, point 1): answer what the rule drops. ----
     /// `REJECT_*`; 0: drop silently.
     pub reject: u8,
@@ -401,7 +427,7 @@ pub struct RuleValue {
     /// ... and up to `tolerance / interval + 1` at once (the burst).
     pub reject_tolerance_ns: u64,
     // ---- end of Reject ----
-    pub _reserved2: [u64; 5],
+    pub _reserved2: [u64; 3],
 }
 const _: () = assert!(core::mem::size_of::<RuleValue>() == 128);
 
@@ -427,14 +453,47 @@ pub struct Counters {
     /// Packets dropped because the queue could not hold them (rate backlog), not by `--drop`.
     pub queue_dropped: u64,
     pub _reserved: u64,
+    // ---- burst loss ----
+    /// Runs of lost packets begun by a Gilbert-Elliott chain (a drop after a packet the same
+    /// chain passed, or a chain's first packet lost): `dropped / bursts` is the mean run.
+    pub bursts: u64,
+    // ---- end of burst loss ----
     // ---- Reject (issue 15, point 1) ----
     /// Dropped packets answered with a RST or an ICMP error (also counted in `dropped`).
     pub rejected: u64,
     /// Dropped packets left unanswered because the rule's reply rate was spent (also in `dropped`).
     pub reject_limited: u64,
     // ---- end of Reject ----
+    pub _reserved2: [u64; 5],
 }
-const _: () = assert!(core::mem::size_of::<Counters>() == 80);
+const _: () = assert!(core::mem::size_of::<Counters>() == 128);
+
+/// Flows whose Gilbert-Elliott state `NF_BURST_FLOWS` keeps (an LRU: an evicted flow's chain
+/// starts again in the good state).
+pub const MAX_BURST_FLOWS: u32 = 65_536;
+
+/// Key of `NF_BURST_FLOWS`: the packet's own key (flags reduced to `KEY_PORTS`) and the rule's
+/// slot, so two rules never share a flow's chain.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BurstKey {
+    pub flow: FlowKey,
+    pub slot: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<BurstKey>() == 56);
+
+/// One Gilbert-Elliott chain's state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BurstState {
+    /// 1: the bad state; 0: good (where every chain starts).
+    pub bad: u8,
+    /// 1: the chain's last packet was lost (a drop now continues a run rather than starting one).
+    pub last_lost: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<BurstState>() == 8);
 
 /// The single entry of `CONFIG`.
 #[repr(C)]
@@ -476,9 +535,24 @@ pub mod maps {
     pub const PREFILTER: &str = "NF_PREFILTER";
     /// Reject: each slot's reply pacing (GCRA's theoretical arrival time, monotonic ns).
     pub const REJECT: &str = "NF_REJECT";
-    pub const ALL: [&str; 13] = [
-        CONFIG, TUPLES, FLOWS, FLOWS4, RULES, COUNTERS, TC_ONLY, DIST, PACE, RATE, IFB, PREFILTER,
+    pub const BURST_FLOWS: &str = "NF_BURST_FLOWS";
+    pub const BURST_RULE: &str = "NF_BURST_RULE";
+    pub const ALL: [&str; 15] = [
+        CONFIG,
+        TUPLES,
+        FLOWS,
+        FLOWS4,
+        RULES,
+        COUNTERS,
+        TC_ONLY,
+        DIST,
+        PACE,
+        RATE,
+        IFB,
+        PREFILTER,
         REJECT,
+        BURST_FLOWS,
+        BURST_RULE,
     ];
 }
 
@@ -487,6 +561,9 @@ pub mod progs {
     pub const XDP_INGRESS: &str = "nf_xdp_ingress";
     pub const TC_INGRESS: &str = "nf_tc_ingress";
     pub const TC_EGRESS: &str = "nf_tc_egress";
+    /// The segmenting filter's classifier (cls_bpf, not direct-action): selects what
+    /// `nf_tc_egress` marked `SEGMENT_TC_INDEX`, for the filter's mirred action.
+    pub const TC_SEGMENT: &str = "nf_tc_segment";
 }
 
 #[cfg(feature = "user")]
@@ -502,4 +579,6 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for DistTable {}
     unsafe impl aya::Pod for Prefilter {}
+    unsafe impl aya::Pod for BurstKey {}
+    unsafe impl aya::Pod for BurstState {}
 }

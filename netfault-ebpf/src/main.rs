@@ -10,6 +10,7 @@
 // Packet loads of any alignment in one instruction (parse::load_word).
 #![feature(asm_experimental_arch)]
 
+mod burst;
 mod classify;
 mod maps;
 mod parse;
@@ -25,7 +26,8 @@ use aya_ebpf::{
 };
 use netfault_common::{
     CFG_INGRESS_TC, CFG_TC_ONLY, CLONE_MARK, Counters, DIR_EGRESS, DIR_INGRESS, FlowKey,
-    IFB_VIA_MIRRED, PROB_ALWAYS, RULE_NEEDS_SKB, RULE_SHAPE, SHAPE_TC_INDEX,
+    IFB_VIA_MIRRED, PROB_ALWAYS, RULE_BURST, RULE_NEEDS_SKB, RULE_SEGMENT, RULE_SHAPE, RuleValue,
+    SEGMENT_TC_INDEX, SHAPE_TC_INDEX,
 };
 
 use crate::{
@@ -39,6 +41,20 @@ use crate::{
 fn fires(threshold: u32) -> bool {
     // SAFETY: helper without preconditions.
     threshold != 0 && (threshold == PROB_ALWAYS || unsafe { bpf_get_prandom_u32() } < threshold)
+}
+
+/// Is this packet lost? The rule's independent draw, or its Gilbert-Elliott chain's step
+/// (counting a run begun). A rule without a chain takes one branch more than before.
+#[inline(always)]
+fn lost(key: &FlowKey, slot: u32, rule: &RuleValue, c: &mut Counters) -> bool {
+    if rule.flags & RULE_BURST == 0 {
+        return fires(rule.drop_thresh);
+    }
+    let d = burst::draw(key, slot, rule);
+    if d.new_run {
+        c.bursts += 1;
+    }
+    d.lost
 }
 
 #[inline(always)]
@@ -114,7 +130,7 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Option<u32> {
     let c = counters(m.slot)?;
     c.matched += 1;
     c.bytes += (ctx.data_end() - ctx.data()) as u64;
-    if fires(m.rule.drop_thresh) {
+    if lost(&key, m.slot, m.rule, c) {
         c.dropped += 1;
         return Some(xdp_action::XDP_DROP);
     }
@@ -177,15 +193,31 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
         // XDP already applied and counted this rule.
         return None;
     }
+    // A probability draws per wire packet: a packet such a rule matches at egress is neither
+    // counted nor acted on here. Marked, it goes on to the segmenting filter after this
+    // program, which sends it through the interface's egress IFB device (no GSO features: the
+    // kernel segments an aggregate there); each segment comes back out of this interface and
+    // meets the rule as one packet, still marked, so it is never sent there twice. Every
+    // packet of the rule takes the detour, one-segment ones too: those sent past the queue
+    // would overtake the aggregates in it, and TCP would take the reordering for loss.
+    // (control::segment sets the device and the filter up before such a rule is published.)
+    // SAFETY: skb is the program's own context; tc_index is a writable field of it.
+    if dir == DIR_EGRESS
+        && m.rule.flags & RULE_SEGMENT != 0
+        && unsafe { (*skb).tc_index } != SEGMENT_TC_INDEX
+    {
+        unsafe { (*skb).tc_index = SEGMENT_TC_INDEX };
+        return None;
+    }
     let c = counters(m.slot)?;
     // Counters count wire packets: a GSO or GRO skb carries gso_segs of them (0 for a plain
-    // one). The controller keeps aggregates away where a probability applies
-    // (control::features), so a draw below is per wire packet there.
+    // one). Where a probability applies, aggregates are segmented first at egress (above) and
+    // not built at ingress (control::features), so a draw below is per wire packet there.
     // SAFETY: skb is the program's own context.
     let segs = u64::from(unsafe { (*skb).gso_segs }.max(1));
     c.matched += segs;
     c.bytes += ctx.len() as u64;
-    if fires(m.rule.drop_thresh) {
+    if lost(&key, m.slot, m.rule, c) {
         c.dropped += segs;
         if m.rule.reject != 0 {
             match reject::reply(ctx, &key, l4, m.slot, m.rule) {
@@ -260,6 +292,23 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
         return Some(TC_ACT_REDIRECT);
     }
     None
+}
+
+/// The segmenting filter's classifier (cls_bpf without direct action, so the filter's mirred
+/// action runs on a match): -1 selects a packet `nf_tc_egress` marked for segmentation, 0
+/// passes it on. The segments that come back from the IFB device are selected too: the kernel
+/// then skips the action for them (the IFB device set `tc_skip_classify`, which
+/// `tcf_action_exec` consumes, so it does not reach the receiver's stack over a veth) and
+/// they go on out.
+#[classifier]
+fn nf_tc_segment(ctx: TcContext) -> i32 {
+    let skb = ctx.as_ptr() as *mut __sk_buff;
+    // SAFETY: skb is the program's own context.
+    if unsafe { (*skb).tc_index } == SEGMENT_TC_INDEX {
+        -1
+    } else {
+        0
+    }
 }
 
 #[cfg(not(test))]

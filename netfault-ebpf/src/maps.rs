@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use netfault_common::{
-    Config, Counters, DIST_TABLES, DistTable, FlowKey, FlowKey4, FlowRef, GENERATIONS, MAX_FLOWS,
-    MAX_IFB, MAX_PACE_FLOWS, MAX_RULES, MAX_TUPLES, Prefilter, RuleValue, Tuple,
+    BurstKey, BurstState, Config, Counters, DIST_TABLES, DistTable, FlowKey, FlowKey4, FlowRef,
+    GENERATIONS, MAX_BURST_FLOWS, MAX_FLOWS, MAX_IFB, MAX_PACE_FLOWS, MAX_RULES, MAX_TUPLES,
+    Prefilter, RuleValue, Tuple,
 };
 
 #[map(name = "NF_CONFIG")]
@@ -70,3 +71,12 @@ pub static NF_REJECT: Array<u64> = Array::pinned(MAX_RULES, 0);
 /// one program run reads it).
 #[map(name = "NF_REJECT_BUF")]
 pub static NF_REJECT_BUF: PerCpuArray<crate::reject::Scratch> = PerCpuArray::with_max_entries(1, 0);
+/// Gilbert-Elliott state per flow and rule (`--burst-scope flow`). LRU: when it is full the
+/// least recently seen flow is forgotten, and its chain starts again in the good state.
+#[map(name = "NF_BURST_FLOWS")]
+pub static NF_BURST_FLOWS: LruHashMap<BurstKey, BurstState> =
+    LruHashMap::pinned(MAX_BURST_FLOWS, 0);
+
+/// Gilbert-Elliott state per rule slot (`--burst-scope rule`), shared by every CPU.
+#[map(name = "NF_BURST_RULE")]
+pub static NF_BURST_RULE: Array<BurstState> = Array::pinned(MAX_RULES, 0);

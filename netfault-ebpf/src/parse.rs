@@ -11,7 +11,7 @@
 //! nor a protocol (`PROTO_UNKNOWN`).
 use core::ptr::read_unaligned;
 
-use netfault_common::{FAMILY_V4, FAMILY_V6, FlowKey, KEY_PORTS, PROTO_UNKNOWN};
+use netfault_common::{FAMILY_V4, FAMILY_V6, FlowKey, KEY_PORTS, KEY_TCP_SYN, PROTO_UNKNOWN};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -28,9 +28,13 @@ const MAX_EXT_HDRS: usize = 6;
 /// No header we parse lies beyond this offset; bounding it keeps the verifier's ranges small.
 const MAX_L4_OFF: usize = 256;
 /// The parser never reads past this many bytes of a frame (the widest read at the last offset
-/// is a fragment header's 8 bytes): tc pulls this much into the linear part, so it parses
-/// exactly what XDP does.
-pub const REACH: usize = MAX_L4_OFF + 8;
+/// is TCP's flags byte, 13 bytes into its header): tc pulls this much into the linear part, so
+/// it parses exactly what XDP does.
+pub const REACH: usize = MAX_L4_OFF + TCP_FLAGS_OFF + 1;
+/// TCP's flags byte in its header, and the bits of it `KEY_TCP_SYN` reads.
+const TCP_FLAGS_OFF: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
 fn load<T: Copy>(start: usize, end: usize, off: usize) -> Option<T> {
@@ -73,7 +77,7 @@ fn load_be16(start: usize, end: usize, off: usize) -> Option<u16> {
 }
 
 /// How many bytes of the frame at `start..end` (its linear part, for an skb) the parser will
-/// read, through the ports: from the EtherType, the IPv4 header length or the IPv6 next header,
+/// read, through the ports and TCP's flags: from the EtherType, the IPv4 header length or the IPv6 next header,
 /// and `REACH` where those are not there or extension headers follow. 0 for a frame it does not
 /// parse.
 #[inline(always)]
@@ -84,11 +88,11 @@ pub fn reach(start: usize, end: usize) -> usize {
     match ethertype {
         ETH_P_IP => match load::<u8>(start, end, l3) {
             // A header length below 5 words still has its fixed 20 bytes read.
-            Some(ver_ihl) => l3 + usize::from(ver_ihl & 0x0f).max(5) * 4 + 4,
+            Some(ver_ihl) => l3 + usize::from(ver_ihl & 0x0f).max(5) * 4 + TCP_FLAGS_OFF + 1,
             None => REACH,
         },
         ETH_P_IPV6 => match load::<u8>(start, end, l3 + 6) {
-            Some(IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) => l3 + 40 + 4,
+            Some(IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) => l3 + 40 + TCP_FLAGS_OFF + 1,
             _ => REACH,
         },
         _ => 0,
@@ -270,5 +274,13 @@ pub fn ports(start: usize, end: usize, l4: usize, key: &mut FlowKey) {
         key.sport = u16::from_be(p as u16);
         key.dport = u16::from_be((p >> 16) as u16);
         key.flags = KEY_PORTS;
+        // A connection's first segment (SYN without ACK), for rules with `--conn`. One load
+        // and no branch beyond the bounds check; a segment cut before its flags counts as
+        // established.
+        if key.proto == IPPROTO_TCP
+            && let Some(f) = load::<u8>(start, end, l4 + TCP_FLAGS_OFF)
+        {
+            key.flags |= u8::from(f & (TCP_SYN | TCP_ACK) == TCP_SYN) * KEY_TCP_SYN;
+        }
     }
 }

@@ -331,12 +331,18 @@ impl Lab {
         Ok([host(a, if_a, 1), host(b, if_b, 2)])
     }
 
-    /// `n` hosts on one bridge, addressed as in [`Lab::pair`].
+    /// `n` hosts on one bridge, addressed as in [`Lab::pair`]. Up to 26 hosts are named by a
+    /// letter (`a`, `b`, ...), more by their number (`h1`, `h2`, ...).
     pub fn star(&mut self, n: u8) -> Result<Vec<Host>> {
-        ensure!((2..=26).contains(&n), "a star has 2 to 26 hosts");
+        ensure!((2..=64).contains(&n), "a star has 2 to 64 hosts");
         let mut names = Vec::new();
         for i in 0..n {
-            names.push(self.netns(&char::from(b'a' + i).to_string())?);
+            let role = if n <= 26 {
+                char::from(b'a' + i).to_string()
+            } else {
+                format!("h{}", i + 1)
+            };
+            names.push(self.netns(&role)?);
         }
         let addrs: Vec<[IpNet; 2]> = (1..=n).map(|i| [host_v4(i), host_v6(i)]).collect();
         let members: Vec<(&str, &[IpNet])> = names

@@ -56,20 +56,28 @@ pub fn link_stats(ns: &str, iface: &str) -> Result<netfault::netlink::LinkStats>
     .with_context(|| format!("read the counters of {iface} in {ns}"))
 }
 
-/// What a device looks like to the data path: its offload features and its GSO segment
-/// limit, compared whole before and after.
+/// What a device looks like to the data path: its offload features, its GSO segment limit,
+/// and the egress IFB device that segments for it (`control::segment`; its features, None
+/// when there is none), compared whole before and after.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceSettings {
     pub features: netfault::netlink::Features,
     pub gso_max_segs: u32,
+    pub segmenter: Option<netfault::netlink::Features>,
 }
 
 pub fn device_settings(ns: &str, iface: &str) -> Result<DeviceSettings> {
     run_in(ns, || -> Result<_> {
         let idx = netfault::netlink::link_index(iface)?.context("no such device")?;
+        let ifb = netfault::control::segment::ifb_name(idx);
+        let segmenter = match netfault::netlink::link_index(&ifb)? {
+            Some(_) => Some(netfault::netlink::features(&ifb)?),
+            None => None,
+        };
         Ok(DeviceSettings {
             features: netfault::netlink::features(iface)?,
             gso_max_segs: netfault::netlink::link_gso_max_segs(idx)?,
+            segmenter,
         })
     })?
     .with_context(|| format!("read the settings of {iface} in {ns}"))

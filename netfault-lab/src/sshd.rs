@@ -404,6 +404,16 @@ impl SshServers {
         command: &str,
         limit: Duration,
     ) -> Result<Output> {
+        let mut cmd = self.ssh_command(extra, target, command);
+        cmd.stdin(Stdio::null());
+        // A child forked from a thread inside `ns` starts there.
+        let child = run_in(ns, || cmd.spawn())?.context("run ssh")?;
+        wait_bounded(child, limit)
+    }
+
+    /// `ssh -T -o BatchMode=yes [client options] [extra] -- target command`, stdout and
+    /// stderr piped, not started: the caller sets stdin and spawns it (in a namespace).
+    pub fn ssh_command(&self, extra: &[&str], target: &str, command: &str) -> Command {
         let mut cmd = Command::new("ssh");
         cmd.arg("-T")
             .args(["-o", "BatchMode=yes"])
@@ -412,12 +422,9 @@ impl SshServers {
             .arg("--")
             .arg(target)
             .arg(command)
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // A child forked from a thread inside `ns` starts there.
-        let child = run_in(ns, || cmd.spawn())?.context("run ssh")?;
-        wait_bounded(child, limit)
+        cmd
     }
 }
 

@@ -10,6 +10,8 @@
 //! - [`control`]: the controller: state, locking, namespaces, the publish pipeline shared by
 //!   pinned (CLI) and held (`run`) modes, queue planning.
 //! - [`observe`]: counters and lifetimes as users read them.
+//! - [`pause`]: processes and cgroups stopped for a while, resumed by a watchdog on their
+//!   deadline (beside the network: no namespace, no BPF).
 //! - [`cluster`]: lab clusters: cluster files, topologies, plans, the coordinator and its
 //!   transports.
 //! - [`agent`]: `netfault agent`, the HTTP server a coordinator's agent transport talks to.
@@ -20,4 +22,5 @@ pub mod control;
 pub mod dataplane;
 pub mod netlink;
 pub mod observe;
+pub mod pause;
 pub mod spec;

@@ -43,11 +43,17 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(e) = c.downcast_ref::<netfault::cluster::coordinator::Error>() {
             return e.exit_code();
         }
+        if let Some(e) = c.downcast_ref::<netfault::pause::Error>() {
+            return e.exit_code();
+        }
         if let Some(e) = c.downcast_ref::<ops::Error>() {
             return if e.exit_code() == 2 { 2 } else { 1 };
         }
         if c.is::<SpecError>()
-            || matches!(c.downcast_ref::<NetnsError>(), Some(NetnsError::Unknown(_)))
+            || matches!(
+                c.downcast_ref::<NetnsError>(),
+                Some(NetnsError::Unknown(_) | NetnsError::NoProcess(_))
+            )
         {
             return 2;
         }
@@ -68,6 +74,7 @@ fn report(e: &anyhow::Error) -> String {
             msg.push_str(&t);
         }
         if c.is::<ops::Error>()
+            || c.is::<netfault::pause::Error>()
             || c.is::<KernelError>()
             || c.is::<NetnsError>()
             || c.is::<SpecError>()

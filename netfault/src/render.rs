@@ -6,7 +6,7 @@ use serde_json::json;
 
 use netfault::{
     observe::{read_state, stats as read_stats, ttl_left},
-    spec::{Kind, PortRange, Proto},
+    spec::{Conn, Kind, PortRange, Proto},
 };
 
 /// The reply rate in force for a rejecting entry (the default when none was given).
@@ -64,7 +64,7 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
             match s.kind {
                 Kind::Partition => json!({
                     "name": s.name, "kind": "partition", "a": nets(&s.src), "b": nets(&s.dst),
-                    "oneway": s.oneway, "expires_in_ms": left, "expired": expired,
+                    "oneway": s.oneway, "conn": s.conn, "expires_in_ms": left, "expired": expired,
                     "reject": s.act.reject, "reject_rate": reject_rate(s),
                 }),
                 Kind::Rule | Kind::Protect => json!({
@@ -77,6 +77,9 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                     "distribution": s.act.shape.jitter.map(|_| s.act.shape.distribution),
                     "reorder": s.act.shape.reorder,
                     "rate_bits": s.act.shape.rate.map(|r| r.bytes_per_sec * 8),
+                    "conn": s.conn, "burst": s.act.burst,
+                    "gemodel": s.act.gemodel.map(|g| g.to_string()),
+                    "burst_scope": s.act.chain().map(|_| s.act.burst_scope),
                     "reject": s.act.reject, "reject_rate": reject_rate(s),
                     "expires_in_ms": left, "expired": expired,
                 }),
@@ -99,11 +102,15 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
         match s.kind {
             Kind::Partition => writeln!(
                 out,
-                "partition {:<16} {} {} {}{}  ttl {left}",
+                "partition {:<16} {} {} {}{}{}  ttl {left}",
                 s.name,
                 nets(&s.src).join(","),
                 if s.oneway { "-/->" } else { "<-/->" },
                 nets(&s.dst).join(","),
+                match s.conn {
+                    Conn::Any => String::new(),
+                    c => format!(" (tcp {c} only)"),
+                },
                 s.act
                     .reject
                     .map(|k| format!("  reject {k} {}", reject_rate(s).unwrap_or_default()))
@@ -129,9 +136,21 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                 if let Some(i) = &s.iface {
                     m.push(format!("iface {i}"));
                 }
+                if s.conn != Conn::Any {
+                    m.push(format!("conn {}", s.conn));
+                }
                 let mut a = vec![];
                 if s.act.drop.0 > 0.0 {
                     a.push(format!("drop {}", s.act.drop));
+                }
+                if let Some(b) = s.act.burst {
+                    a.push(format!("burst {b}"));
+                }
+                if let Some(g) = s.act.gemodel {
+                    a.push(format!("gemodel {g}"));
+                }
+                if s.act.chain().is_some() {
+                    a.push(format!("burst-scope {}", s.act.burst_scope));
                 }
                 if s.act.duplicate.0 > 0.0 {
                     a.push(format!("duplicate {}", s.act.duplicate));
@@ -191,11 +210,12 @@ pub fn stats(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::
     }
     writeln!(
         out,
-        "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  TTL",
+        "{:<18} {:<9} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  TTL",
         "NAME",
         "KIND",
         "MATCHED",
         "DROPPED",
+        "BURSTS",
         "DUPLICATED",
         "DELAYED",
         "QUEUE-DROP",
@@ -207,11 +227,12 @@ pub fn stats(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::
     for r in rows {
         writeln!(
             out,
-            "{:<18} {:<9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  {}",
+            "{:<18} {:<9} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  {}",
             r.name,
             format!("{:?}", r.kind).to_lowercase(),
             r.counters.matched,
             r.counters.dropped,
+            r.counters.bursts,
             r.counters.duplicated,
             r.counters.delayed,
             r.counters.queue_dropped,
@@ -327,6 +348,7 @@ pub fn status(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow:
             json!({"name": r.spec.name, "kind": r.spec.kind, "expires_in_ms": left, "expired": expired})
         })
         .collect();
+    let pauses = pauses();
     if json_out {
         writeln!(
             out,
@@ -335,6 +357,7 @@ pub fn status(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow:
                 "state": paths.key, "namespace": state.netns_name,
                 "interfaces": ifaces, "rules": rules.len(),
                 "protected": protected, "lifetimes": rules,
+                "pauses": pauses,
             })
         )?;
         return Ok(());
@@ -386,5 +409,45 @@ pub fn status(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow:
             fmt_left(r["expires_in_ms"].as_u64(), r["expired"] == true)
         )?;
     }
+    if !pauses.is_empty() {
+        writeln!(out, "pauses: {}", pauses.len())?;
+        for p in &pauses {
+            writeln!(
+                out,
+                "  {:<18} {:<28} {:<8} left {}",
+                p["name"].as_str().unwrap_or(""),
+                p["target"].as_str().unwrap_or(""),
+                p["state"].as_str().unwrap_or(""),
+                match p["left_ms"].as_u64() {
+                    Some(ms) => fmt_left(Some(ms), false),
+                    None => "until resumed".into(),
+                }
+            )?;
+        }
+    }
     Ok(())
+}
+
+/// Live pauses (host-wide), after resuming any whose watchdog is gone.
+fn pauses() -> Vec<serde_json::Value> {
+    use netfault::pause::{Store, Target, target};
+    let store = Store::default();
+    crate::cli::pause::sweep(&store);
+    store
+        .list()
+        .into_iter()
+        .map(|r| {
+            let stopped = match &r.target {
+                Target::Pid { pid, .. } => target::state(*pid) == Some('T'),
+                Target::Cgroup { path } => target::frozen(path) == Some(true),
+            };
+            json!({
+                "name": r.name,
+                "target": r.target.describe(),
+                "state": if stopped { "stopped" } else { "running" },
+                "left_ms": r.left().map(|d| d.as_millis() as u64),
+                "watchdog": r.watchdog.map(|w| w.pid),
+            })
+        })
+        .collect()
 }

@@ -270,15 +270,91 @@ fn bad_input_changes_nothing_and_a_failed_node_rolls_everything_back() {
     assert!(nodes[..4].iter().all(|n| n["reachable"] == true), "{st}");
 }
 
-/// The timing: wall time of `cluster partition halves` (5 nodes, netns) over 20 runs,
-/// each followed by a check that the cut is on the wire. `--ignored`: a measurement, not a check.
+/// A process in each of the given namespaces, killed on drop: what a container is to its
+/// namespace.
+struct Sleepers(Vec<std::process::Child>);
+
+impl Sleepers {
+    fn new(hosts: &[&Host]) -> Sleepers {
+        Sleepers(
+            hosts
+                .iter()
+                .map(|h| {
+                    netfault_lab::lab::run_in(&h.ns, || {
+                        std::process::Command::new("sleep").arg("300").spawn()
+                    })
+                    .unwrap()
+                    .unwrap()
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Nodes reached through a process in their namespace (`pid`, and `pidfile` read at each
+/// operation) are cut and healed on the wire like named ones, and share state with `--netns`.
 #[test]
-#[ignore = "a measurement; run with --ignored --nocapture"]
-fn partition_wall_time() {
-    let (_lab, _nf, hosts) = cluster_lab();
-    let file = temp_file("toml", &cluster_text(&hosts, &BTreeMap::new()));
-    let w = partition_wall_times(&hosts, |args| cluster_ok(&file, args));
-    // The first run attaches every node: reported apart.
-    eprintln!("first run (attaching 5 nodes): {:?}", w.first);
-    report_times("partition halves", w.partitions);
+fn nodes_reached_by_pid_and_pidfile_are_cut_and_healed() {
+    let (_lab, nf, hosts) = cluster_lab();
+    let procs = Sleepers::new(&[&hosts[0], &hosts[1]]);
+    let pidfile = temp_file("pid", &format!("{}\n", procs.0[1].id()));
+    let pid0 = procs.0[0].id();
+    let text = cluster::cluster_text(&hosts, |i, h, lines| {
+        lines.push(match i {
+            0 => format!("pid = {pid0}"),
+            1 => format!("pidfile = \"{}\"", pidfile.arg()),
+            _ => format!("netns = \"{}\"", h.ns),
+        });
+    });
+    let file = temp_file("toml", &text);
+    let doc: serde_json::Value = serde_json::from_str(&cluster_ok(
+        &file,
+        &["partition", "halves", "--json", "--ttl", "2m"],
+    ))
+    .unwrap();
+    let grudge: Grudge = serde_json::from_value(doc["grudge"].clone()).unwrap();
+    check_property("halves", &grudge);
+    // The entries are in the namespaces' own state, as `--netns` reads it.
+    let name = doc["name"].as_str().unwrap();
+    for (i, h) in hosts.iter().enumerate() {
+        assert_eq!(
+            partition_entries(&nf, &h.ns),
+            cluster::share(&grudge, i, name),
+            "entries on n{}",
+            i + 1
+        );
+    }
+    assert_matrix(
+        &hosts,
+        &cluster::expected(&grudge, 5).unwrap(),
+        "halves by pid",
+    );
+    cluster_ok(&file, &["heal"]);
+    assert_matrix(&hosts, &cluster::full(5), "healed by pid");
+    // A pidfile naming no process fails the run on that node (exit 1, as any node that cannot
+    // be reached), naming the file and the process.
+    let gone = temp_file("pid", "2147483646\n");
+    let text = cluster::cluster_text(&hosts[..2], |i, h, lines| {
+        lines.push(match i {
+            0 => format!("pidfile = \"{}\"", gone.arg()),
+            _ => format!("netns = \"{}\"", h.ns),
+        });
+    });
+    let bad = temp_file("toml", &text);
+    let o = cluster(&bad, &["partition", "halves"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("n1") && err.contains(gone.arg()) && err.contains("2147483646 is gone"),
+        "{err}"
+    );
 }

@@ -16,7 +16,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     process::Output,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use common::*;
@@ -84,7 +84,7 @@ fn ssh_lab() -> SshLab {
     // Attached here, one at a time (and detached on teardown): loading the programs takes
     // seconds on a loaded machine, five at once can pass the coordinator's 10 s deadline, and
     // these tests are about the transport. Attaching over SSH is what each node's first
-    // `apply` would do otherwise (the timing test reports it).
+    // `apply` would do otherwise (the bench's cluster part times it).
     for h in &hosts {
         attach(&mut lab, &nf, h);
     }
@@ -367,42 +367,6 @@ fn a_node_that_fails_over_ssh_fails_the_run_naming_it_and_the_others_are_rolled_
             assert!(nodes[..4].iter().all(|n| n["reachable"] == true), "{st}");
         }
     }
-    l.finish();
-}
-
-/// The timing over SSH: wall time of `cluster partition halves` (5 nodes, one ssh each,
-/// in parallel) over 20 runs, each followed by a check that the cut is on the wire; heal's
-/// too (two round trips per node). `--ignored`: a measurement, not a check.
-#[test]
-#[ignore = "a measurement; run with --ignored --nocapture"]
-fn partition_wall_time_ssh() {
-    let l = ssh_lab();
-    let file = temp_file("toml", &l.cluster_text(|_, _| {}));
-    // Where the time goes: one ssh session doing nothing, then one running `node state`.
-    let n1 = format!("root@{}", l.nodes[0].v4);
-    let state = format!("{} node state", l.nf.bin.display());
-    for (what, cmd) in [
-        ("ssh true", "true"),
-        ("ssh netfault node state", state.as_str()),
-    ] {
-        let mut t: Vec<Duration> = (0..5)
-            .map(|_| {
-                let s = Instant::now();
-                let out = l
-                    .servers
-                    .ssh(&l.ctl.ns, &[], &n1, cmd, Duration::from_secs(20))
-                    .unwrap();
-                assert!(out.status.success(), "{what}: {out:?}");
-                s.elapsed()
-            })
-            .collect();
-        t.sort();
-        eprintln!("{what}: min {:?} median {:?} (5 runs)", t[0], t[2]);
-    }
-    let w = partition_wall_times(&l.nodes, |args| l.cluster_ok(&file, args));
-    eprintln!("first run (nodes attached beforehand): {:?}", w.first);
-    report_times("ssh: partition halves", w.partitions);
-    report_times("ssh: heal", w.heals);
     l.finish();
 }
 

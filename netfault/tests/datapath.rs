@@ -20,9 +20,13 @@ use common::{Lab, PREFIX};
 use netfault::{
     compile::{Input, compile, rule_value},
     dataplane::{self as kernel, Maps},
-    spec::{Actions, Direction, Kind, PortRange, Prob, Proto, RuleSpec, parse_net},
+    spec::{
+        Actions, BurstScope, Conn, Direction, GeModel, Kind, PortRange, Prob, Proto, RuleSpec,
+        parse_net,
+    },
 };
 use netfault_common::{Counters, FlowKey, FlowKey4};
+use netfault_lab::burst as runs;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -1400,4 +1404,243 @@ fn counters_count_the_segments_of_an_aggregate() {
     assert_eq!(v, TCX_NEXT);
     let c = dp.counters(0);
     assert_eq!((c.matched, c.passed), (5, 5), "{c:?}");
+}
+
+// ---- burst loss ----
+
+/// Normal quantiles for alpha = 1e-4: two-sided (intervals) and one-sided (chi-square).
+const Z2: f64 = 3.8906;
+const Z1: f64 = 3.719;
+
+fn burst_rule(name: &str, loss: f64, burst: f64, scope: BurstScope) -> RuleSpec {
+    let mut r = rule(name);
+    r.act.drop = Prob(loss);
+    r.act.burst = Some(burst);
+    r.act.burst_scope = scope;
+    r.validate().unwrap();
+    r
+}
+
+fn xdp_prog(dp: &Dp) -> &Xdp {
+    dp.ebpf
+        .program("nf_xdp_ingress")
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+/// Every check of one flow's verdicts against a chain whose runs are geometric with `mean`.
+fn assert_chain(what: &str, lost: &[bool], g: &GeModel, mean: f64) {
+    let (ok, (lo, hi)) = runs::loss_rate_holds(lost, g, Z2);
+    let n_lost = lost.iter().filter(|&&l| l).count();
+    assert!(
+        ok,
+        "{what}: lost {n_lost} of {}: interval [{lo:.4}, {hi:.4}] misses {:.4}",
+        lost.len(),
+        g.mean_loss()
+    );
+    let r = runs::runs(lost);
+    assert!(r.len() > 500, "{what}: only {} runs", r.len());
+    let (ok, got, (lo, hi)) = runs::mean_run_holds(&r, mean, Z2);
+    assert!(ok, "{what}: mean run {got:.3}, interval [{lo:.3}, {hi:.3}]");
+    let (chi, dof) = runs::chi_square_geometric(&r, mean);
+    let crit = runs::chi_square_critical(dof, Z1);
+    assert!(
+        chi <= crit,
+        "{what}: chi-square {chi:.1} > {crit:.1} ({dof} dof); runs {:?}",
+        runs::histogram(&r)
+    );
+    let p = runs::ks_geometric(&r, mean);
+    assert!(p > 1e-4, "{what}: KS p = {p:e}");
+}
+
+/// `--drop 5% --burst 4` over 200,000 packets of one flow: the loss rate (Wilson interval at
+/// the chain's effective sample size), the mean run, and the run lengths against the geometric
+/// law (chi-square and KS, alpha 1e-4). `dropped` and `bursts` count exactly what was seen.
+#[test]
+fn burst_loss_has_its_rate_mean_run_and_geometric_runs() {
+    let mut dp = Dp::new();
+    let f = udp("192.0.2.1", "192.0.2.2", 1000, 53).bytes();
+    dp.set(&[burst_rule("b", 0.05, 4.0, BurstScope::Flow)]);
+    let n = 200_000;
+    let v = runs::xdp_verdicts(xdp_prog(&dp), std::slice::from_ref(&f), n).unwrap();
+    let g = GeModel::simple(0.05, 4.0).unwrap();
+    assert_chain("one flow", &v[0], &g, 4.0);
+    let c = dp.counters(0);
+    let lost = v[0].iter().filter(|&&l| l).count() as u64;
+    assert_eq!(
+        (c.matched, c.dropped, c.passed),
+        (n as u64, lost, n as u64 - lost)
+    );
+    assert_eq!(c.bursts, runs::runs_begun(&v[0]));
+    // The demo's histogram comes from the same verdicts.
+    let text = runs::histogram_text(&runs::runs(&v[0]), 12, 40);
+    assert!(text.lines().count() > 5, "{text}");
+}
+
+/// netem's full model: loss in both states, so runs are no longer a stay in the bad state;
+/// the loss rate still follows the chain (at tc egress this time).
+#[test]
+fn gemodel_loss_rate_at_tc_egress() {
+    let mut dp = Dp::new();
+    let f = udp("192.0.2.1", "192.0.2.2", 1000, 53).bytes();
+    let mut r = rule("ge");
+    r.act.drop = Prob(0.0);
+    r.act.gemodel = Some("2%,20%,80%,1%".parse().unwrap());
+    r.validate().unwrap();
+    dp.set(&[r.clone()]);
+    let n = 100_000;
+    let lost: Vec<bool> = (0..n)
+        .map(|_| dp.tc("nf_tc_egress", &f, 1) == EGRESS_LOST)
+        .collect();
+    let g = r.act.gemodel.unwrap();
+    let (ok, (lo, hi)) = runs::loss_rate_holds(&lost, &g, Z2);
+    assert!(ok, "[{lo:.4}, {hi:.4}] misses {:.4}", g.mean_loss());
+    // Losses in the good state (1 %) alone would be independent: runs far shorter than these.
+    let r = runs::runs(&lost);
+    let mean = r.iter().sum::<u64>() as f64 / r.len() as f64;
+    assert!(mean > 2.0, "mean run {mean}");
+    assert_eq!(
+        dp.counters(0).dropped,
+        lost.iter().filter(|&&l| l).count() as u64
+    );
+}
+
+/// Per flow (the default), two interleaved flows run separate chains: each sees runs of the
+/// configured mean (a shared chain would halve them), and their losses coincide about as
+/// often as independent chains' do (L^2), not as one chain's (about L).
+#[test]
+fn burst_chains_are_per_flow_by_default() {
+    let mut dp = Dp::new();
+    let a = udp("192.0.2.1", "192.0.2.2", 1000, 53).bytes();
+    let b = udp("192.0.2.1", "192.0.2.2", 1001, 53).bytes();
+    dp.set(&[burst_rule("b", 0.2, 10.0, BurstScope::Flow)]);
+    let n = 100_000;
+    let v = runs::xdp_verdicts(xdp_prog(&dp), &[a, b], n).unwrap();
+    let g = GeModel::simple(0.2, 10.0).unwrap();
+    assert_chain("flow a", &v[0], &g, 10.0);
+    assert_chain("flow b", &v[1], &g, 10.0);
+    let both = v[0].iter().zip(&v[1]).filter(|(x, y)| **x && **y).count() as f64 / n as f64;
+    assert!(
+        both < 0.1,
+        "flows lost together {both:.3} of rounds: independent chains give 0.04, one chain about 0.2"
+    );
+}
+
+/// `--burst-scope rule`: one chain for all the rule's flows. The interleaved stream is that
+/// chain, runs and all, and the flows lose together.
+#[test]
+fn burst_scope_rule_shares_one_chain() {
+    let mut dp = Dp::new();
+    let a = udp("192.0.2.1", "192.0.2.2", 1000, 53).bytes();
+    let b = udp("192.0.2.1", "192.0.2.2", 1001, 53).bytes();
+    dp.set(&[burst_rule("b", 0.2, 10.0, BurstScope::Rule)]);
+    let n = 100_000;
+    let v = runs::xdp_verdicts(xdp_prog(&dp), &[a, b], n).unwrap();
+    let stream: Vec<bool> = (0..n).flat_map(|i| [v[0][i], v[1][i]]).collect();
+    let g = GeModel::simple(0.2, 10.0).unwrap();
+    assert_chain("the rule's stream", &stream, &g, 10.0);
+    let both = v[0].iter().zip(&v[1]).filter(|(x, y)| **x && **y).count() as f64 / n as f64;
+    assert!(both > 0.15, "flows lost together only {both:.3} of rounds");
+}
+
+/// `--burst 1` is independent loss: the plain draw, runs geometric with mean 1 / (1 - L),
+/// the plain Wilson interval, and no chain (no `bursts`).
+#[test]
+fn burst_one_is_independent_loss() {
+    let mut dp = Dp::new();
+    let f = udp("192.0.2.1", "192.0.2.2", 1000, 53).bytes();
+    dp.set(&[burst_rule("b", 0.3, 1.0, BurstScope::Flow)]);
+    let n = 100_000;
+    let v = runs::xdp_verdicts(xdp_prog(&dp), std::slice::from_ref(&f), n).unwrap();
+    // Independent loss is the chain with p = L and r = 1 - L.
+    let ind = GeModel {
+        p: 0.3,
+        r: 0.7,
+        loss_bad: 1.0,
+        loss_good: 0.0,
+    };
+    assert!((runs::variance_factor(&ind) - 1.0).abs() < 1e-12);
+    assert_chain("independent", &v[0], &ind, 1.0 / 0.7);
+    assert_eq!(dp.counters(0).bursts, 0);
+}
+
+// ---- connection state ----
+
+/// A TCP segment with these flags (the frame builder's TCP header is the frame's last 20
+/// bytes; its flags byte is 13 into it).
+fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut f = udp(src, dst, sport, dport).proto(6).bytes();
+    let n = f.len();
+    f[n - 20 + 13] = flags;
+    f
+}
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const FIN: u8 = 0x01;
+const RST: u8 = 0x04;
+
+/// `partition --conn new` cuts a SYN without ACK and nothing else, both ways, v4 and v6, at
+/// XDP and tc; `--conn established` the reverse; neither touches UDP.
+#[test]
+fn conn_new_and_established_match_syn_without_ack() {
+    let mut dp = Dp::new();
+    for (a, b) in [("192.0.2.1", "192.0.2.2"), ("2001:db8::1", "2001:db8::2")] {
+        let mut p = RuleSpec::new("p", Kind::Partition);
+        p.src = vec![net(a)];
+        p.dst = vec![net(b)];
+        p.conn = Conn::New;
+        dp.set(&[p.clone()]);
+        let cases = [
+            (SYN, true),
+            (SYN | ACK, false),
+            (ACK, false),
+            (ACK | FIN, false),
+            (RST, false),
+            (SYN | FIN, true),
+        ];
+        for (flags, new) in cases {
+            for (s, d) in [(a, b), (b, a)] {
+                let f = tcp(s, d, 40000, 80, flags);
+                let want = if new { XDP_DROP } else { XDP_PASS };
+                assert_eq!(dp.xdp(&f, 1), want, "{s}->{d} flags {flags:#x} new");
+                let want = if new { EGRESS_LOST } else { TCX_NEXT };
+                assert_eq!(dp.tc("nf_tc_egress", &f, 1), want, "tc {flags:#x} new");
+            }
+        }
+        assert_eq!(
+            dp.xdp(&udp(a, b, 1, 2).bytes(), 1),
+            XDP_PASS,
+            "UDP is not TCP"
+        );
+        p.conn = Conn::Established;
+        dp.set(&[p]);
+        for (flags, new) in cases {
+            let f = tcp(a, b, 40000, 80, flags);
+            let want = if new { XDP_PASS } else { XDP_DROP };
+            assert_eq!(dp.xdp(&f, 1), want, "flags {flags:#x} established");
+        }
+        assert_eq!(dp.xdp(&udp(a, b, 1, 2).bytes(), 1), XDP_PASS);
+    }
+    // A rule: --proto tcp --conn new --drop 100%, with a port.
+    let mut r = rule("r");
+    r.proto = Proto::Tcp;
+    r.dport = PortRange { lo: 80, hi: 80 };
+    r.conn = Conn::New;
+    r.validate().unwrap();
+    dp.set(&[r]);
+    assert_eq!(
+        dp.xdp(&tcp("192.0.2.1", "192.0.2.2", 4, 80, SYN), 1),
+        XDP_DROP
+    );
+    assert_eq!(
+        dp.xdp(&tcp("192.0.2.1", "192.0.2.2", 4, 81, SYN), 1),
+        XDP_PASS
+    );
+    assert_eq!(
+        dp.xdp(&tcp("192.0.2.1", "192.0.2.2", 4, 80, ACK), 1),
+        XDP_PASS
+    );
+    assert_eq!(dp.counters(0).matched, 1);
 }

@@ -20,6 +20,18 @@ const MIN_PACKETS: u64 = 22_000;
 const LIMIT: Duration = Duration::from_secs(90);
 const P: f64 = 0.10;
 
+/// Held by every test here for its whole run: each runs TCP flows as fast as the host allows,
+/// and two at once on a small machine starve each other's softirqs, which the side-by-side
+/// comparison of placements would read as the placement's doing. (A poisoned lock is still a
+/// lock: the test that panicked has ended.)
+static FLOWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn flows() -> std::sync::MutexGuard<'static, ()> {
+    FLOWS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn check_wilson(r: &LossRun, k: u64, what: &str) {
     let (ok, (lo, hi)) = r.wilson_holds(k, P);
     assert!(
@@ -27,6 +39,24 @@ fn check_wilson(r: &LossRun, k: u64, what: &str) {
         "{what}/matched = {:.4}: 0.10 lies outside the Wilson interval [{lo:.4}, {hi:.4}] (alpha 1e-4); {r}",
         r.ratio(k)
     );
+}
+
+/// The device has an egress IFB device that segments in software: no segmentation offload on.
+fn segmenting(s: &netfault_lab::loss::DeviceSettings) {
+    let f = s.segmenter.as_ref().unwrap_or_else(|| {
+        panic!("no segmenting IFB device while a probabilistic egress rule lives: {s:?}")
+    });
+    for must in [
+        "tx-generic-segmentation",
+        "tx-tcp-segmentation",
+        "tx-tcp6-segmentation",
+        "tx-udp-segmentation",
+    ] {
+        assert!(
+            !f.is_active(must),
+            "{must} is on on the segmenting IFB device: {f:?}"
+        );
+    }
 }
 
 fn check_flow(r: &LossRun) {
@@ -41,10 +71,12 @@ fn check_flow(r: &LossRun) {
     );
 }
 
-/// 10 % loss at the sender's egress: the rule sees one segment per skb, the drop reaches the
+/// 10 % loss at the sender's egress: the rule sees each wire packet once (the sender's GSO
+/// packets are segmented in the egress IFB device before the draw), the drop reaches the
 /// receiver as a gap (the sender's stack is told the packet left), and the sender retransmits.
 #[test]
 fn egress_loss_is_per_wire_packet_and_the_sender_retransmits() {
+    let _flows = flows();
     let (mut lab, nf, [a, b]) = pair();
     let before = device_settings(&a.ns, &a.iface).unwrap();
     attach(&mut lab, &nf, &a);
@@ -81,12 +113,15 @@ fn egress_loss_is_per_wire_packet_and_the_sender_retransmits() {
         r.retrans as f64 >= 0.8 * r.counters.dropped as f64,
         "the sender retransmitted fewer than 0.8 x the dropped packets: it did not see them lost; {r}"
     );
-    // While the rule lives, the sender's device builds one segment per skb.
+    // While the rule lives, the sender's device is as it was (TCP's aggregates are not made
+    // smaller), and its egress IFB device segments in software.
+    let during = device_settings(&a.ns, &a.iface).unwrap();
     assert_eq!(
-        device_settings(&a.ns, &a.iface).unwrap().gso_max_segs,
-        1,
-        "gso_max_segs is not 1 while a probabilistic egress rule lives"
+        (&during.features, during.gso_max_segs),
+        (&before.features, before.gso_max_segs),
+        "the sender's device was changed for a probabilistic egress rule"
     );
+    segmenting(&during);
     run(&nf, &a, &["rule", "del", "loss"]);
     assert_eq!(
         device_settings(&a.ns, &a.iface).unwrap(),
@@ -95,9 +130,61 @@ fn egress_loss_is_per_wire_packet_and_the_sender_retransmits() {
     );
 }
 
+/// The segments the egress IFB device sends back reach the receiver as any packet does: its
+/// tc ingress hooks see every one. (The IFB device marks what it sends back to skip tc
+/// classification once; the segmenting filter on the sender consumes that, or the receiver's
+/// tc ingress, reached over the veth, would skip these packets.) A duplicate rule at the
+/// receiver's tc ingress matches exactly the packets the sender's egress loss rule passed.
+#[test]
+fn segments_reach_the_receivers_tc_ingress_hooks() {
+    let _flows = flows();
+    let (mut lab, nf, [a, b]) = pair();
+    attach(&mut lab, &nf, &a);
+    attach(&mut lab, &nf, &b);
+    let port = loss::PORT.to_string();
+    run(
+        &nf,
+        &b,
+        &[
+            "rule",
+            "add",
+            "in",
+            "--dir",
+            "ingress",
+            "--proto",
+            "tcp",
+            "--dport",
+            &port,
+            "--duplicate",
+            "10%",
+        ],
+    );
+    let r = loss::run(
+        &nf,
+        &a,
+        &b,
+        Side::SenderEgress,
+        "loss",
+        &["--drop", "10%"],
+        Until {
+            packets: MIN_PACKETS / 2,
+            limit: LIMIT,
+        },
+    )
+    .unwrap();
+    let at_b = counters(&nf, &b, "in");
+    eprintln!("egress --drop 10%: {r}; the receiver's tc ingress rule: {at_b:?}");
+    assert!(r.counters.dropped > 0, "no loss at the sender: {r}");
+    assert_eq!(
+        at_b.matched, r.counters.passed,
+        "the receiver's tc ingress did not see each packet the sender's egress rule passed: {r}; {at_b:?}"
+    );
+}
+
 /// 10 % loss at the receiver's ingress (XDP): per wire frame, and the sender retransmits.
 #[test]
 fn ingress_loss_is_per_wire_packet_and_the_sender_retransmits() {
+    let _flows = flows();
     let (mut lab, nf, [a, b]) = pair();
     attach(&mut lab, &nf, &b);
     let r = loss::run(
@@ -138,6 +225,7 @@ fn ingress_loss_is_per_wire_packet_and_the_sender_retransmits() {
 /// after the delete and after detach.
 #[test]
 fn duplicates_are_per_wire_packet_and_reach_the_receiver() {
+    let _flows = flows();
     let (mut lab, nf, [a, b]) = pair();
     // GRO on at the receiver (veth starts with it off), so that netfault has it to turn off.
     netfault_lab::lab::run_in(&b.ns, || {
@@ -224,6 +312,7 @@ fn duplicates_are_per_wire_packet_and_reach_the_receiver() {
 /// command running: the reaper), detach, and the end of `run`.
 #[test]
 fn settings_come_back_on_delete_expiry_detach_and_run_exit() {
+    let _flows = flows();
     let (mut lab, nf, [a, _b]) = pair();
     // GRO on, so that the ingress side has something to turn off and to put back.
     netfault_lab::lab::run_in(&a.ns, || {
@@ -231,10 +320,14 @@ fn settings_come_back_on_delete_expiry_detach_and_run_exit() {
     })
     .unwrap();
     let before = device_settings(&a.ns, &a.iface).unwrap();
-    assert!(before.features.is_active("rx-gro") && before.gso_max_segs > 1);
+    assert!(before.features.is_active("rx-gro") && before.segmenter.is_none());
     let tuned = |what: &str| {
         let s = device_settings(&a.ns, &a.iface).unwrap();
-        assert_eq!(s.gso_max_segs, 1, "{what}: gso_max_segs is not 1: {s:?}");
+        assert_eq!(
+            s.gso_max_segs, before.gso_max_segs,
+            "{what}: gso_max_segs changed: {s:?}"
+        );
+        segmenting(&s);
         assert!(!s.features.is_active("rx-gro"), "{what}: GRO is on: {s:?}");
     };
     let back = |what: &str| {
@@ -332,6 +425,7 @@ fn settings_come_back_on_delete_expiry_detach_and_run_exit() {
 #[test]
 #[ignore = "needs sch_netem: cargo xtask vm-test runs it in a VM"]
 fn vm_egress_loss_next_to_netem() {
+    let _flows = flows();
     // Short: TCG is slow, and a few thousand packets tell retransmission from requeueing.
     const SECS: Duration = Duration::from_secs(4);
     let (mut lab, nf, [a, b]) = pair();
@@ -385,20 +479,14 @@ fn vm_egress_loss_next_to_netem() {
 /// other, and no DSACKs (spurious retransmissions) at the egress placement beyond those the
 /// same loss causes at the ingress one.
 ///
-/// Fails today for BBR (issue #14, point 9): netfault sets `gso_max_segs` to 1 on the sender's
-/// device so that tc egress draws per wire packet, and BBR then paces one segment at a time.
-/// On a path of tens of microseconds that leaves about one packet in flight when a loss is
-/// detected, BBR's entry into recovery sets cwnd to packets in flight + acked (tcp_bbr.c,
-/// bbr_set_cwnd_to_recover_or_restore), i.e. 1, and a lost retransmission then has no later
-/// delivery to reveal it: only the retransmission timeout (200 ms) does. The same collapse
-/// happens with the rule at the receiver's ingress once the sender's `gso_max_segs` is 1, so
-/// it is the segment limit, not the drop verdict. A GSO packet cannot lose one of its middle
-/// segments in tc (segmentation numbers them from one header), so per-wire-packet draws at
-/// egress need one-segment packets. CUBIC is within the bounds (10 % loss makes both
-/// placements timeout-bound).
+/// On main before this test passed, netfault set `gso_max_segs` to 1 on the sender's device so
+/// that tc egress drew per wire packet, and BBR then collapsed on this path of microseconds
+/// (cwnd 1 in recovery, a lost retransmission found only by the 200 ms timeout). Now the
+/// sender's aggregates stay as TCP built them and the kernel segments them in the egress IFB
+/// device before the draw (`control::segment`).
 #[test]
-#[ignore = "issue #14 point 9 is open: BBR at the sender's egress with one-segment packets (see the doc comment)"]
 fn egress_loss_is_the_same_wire_as_ingress_loss_for_bbr_and_cubic() {
+    let _flows = flows();
     const REPS: u32 = 3;
     const SECS: Duration = Duration::from_secs(3);
     let (mut lab, nf, [a, b]) = pair();

@@ -1,5 +1,5 @@
 //! One namespace, one netfault (issue 14, point 10): however a namespace is reached (`--netns
-//! NAME`, or a CLI started inside it, as a shell on a lab node runs it), it has one state and
+//! NAME`, `--pid PID` of a process in it, or a CLI started inside it, as a shell on a lab node runs it), it has one state and
 //! one set of programs; programs another state holds are refused, naming where they are; the
 //! state of a namespace that is gone is removed by the next command. Needs root.
 #![allow(
@@ -42,11 +42,31 @@ fn ok(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `netfault --pid P args...`, P a process the test starts inside `ns` (as a container's
+/// process would be), killed when the command is done.
+fn by_pid(ns: &str, args: &[&str]) -> Output {
+    let mut sleeper = run_in(ns, || Command::new("sleep").arg("60").spawn())
+        .unwrap()
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_netfault"))
+        .env_remove("SSH_CONNECTION")
+        .arg("--pid")
+        .arg(sleeper.id().to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    out
+}
+
 /// How a command reaches the namespace.
 #[derive(Clone, Copy, Debug)]
 enum Via {
     Name,
     Inside,
+    Pid,
 }
 
 fn nf_via(nf: &Netfault, h: &Host, via: Via, args: &[&str]) -> String {
@@ -56,6 +76,7 @@ fn nf_via(nf: &Netfault, h: &Host, via: Via, args: &[&str]) -> String {
             &format!("--netns {args:?}"),
         ),
         Via::Inside => ok(inside(&h.ns, args), &format!("inside {args:?}")),
+        Via::Pid => ok(by_pid(&h.ns, args), &format!("--pid {args:?}")),
     }
 }
 
@@ -168,6 +189,31 @@ fn attach_by_name_then_from_inside_is_one_state() {
 #[test]
 fn attach_from_inside_then_by_name_is_one_state() {
     first_then_second(Via::Inside, Via::Name);
+}
+
+#[test]
+fn attach_by_a_process_then_by_name_is_one_state() {
+    first_then_second(Via::Pid, Via::Name);
+}
+
+#[test]
+fn attach_by_name_then_by_a_process_is_one_state() {
+    first_then_second(Via::Name, Via::Pid);
+}
+
+#[test]
+fn a_pid_that_does_not_exist_is_refused_with_exit_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_netfault"))
+        .args(["--pid", "2147483646", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--pid"));
+    let out = Command::new(env!("CARGO_BIN_EXE_netfault"))
+        .args(["--pid", "1", "--netns", "x", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "--pid with --netns");
 }
 
 /// Removes a directory tree on drop (pins moved aside by the test: unpinning their links is

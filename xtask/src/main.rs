@@ -216,17 +216,22 @@ fn main() -> anyhow::Result<()> {
             let rest: Vec<String> = args.into_iter().filter(|a| a != "--vm").collect();
             vm::bench(&rest)
         }
-        Cmd::Bench { args } => run(cargo()
-            .args([
-                "run",
-                "--release",
-                "-p",
-                "netfault-lab",
-                "--bin",
-                "netfault-bench",
-                "--",
-            ])
-            .args(&args)),
+        Cmd::Bench { args } => {
+            // The bench drives the netfault binary next to it: build it too, or a stale one
+            // is measured.
+            build_bins()?;
+            run(cargo()
+                .args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "netfault-lab",
+                    "--bin",
+                    "netfault-bench",
+                    "--",
+                ])
+                .args(&args))
+        }
         Cmd::Vm { kernel, cmd } => vm::vm(&kernel, &cmd),
         Cmd::VmTest => vm::vm_test(),
     }

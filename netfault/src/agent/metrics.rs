@@ -5,6 +5,7 @@
 //!   duplicated, delayed, queue_dropped, rejected, reject_limited, passed (`matched = dropped +
 //!   queue_dropped + passed`; rejected and reject_limited are parts of dropped);
 //! - `netfault_rule_bytes_total{rule, kind}`: bytes of the matched packets;
+//! - `netfault_rule_bursts_total{rule, kind}`: runs of lost packets a burst-loss chain began;
 //! - `netfault_rule_expires_in_seconds{rule, kind}`: lifetime left (`+Inf`: no expiry);
 //! - `netfault_lease_seconds`, `netfault_lease_entries`: the lease of the last rule set put
 //!   with one (0 without);
@@ -168,6 +169,7 @@ pub fn render(
     let mut reg = Registry::default();
     let packets = Family::<Labels, Counter>::default();
     let bytes = Family::<Labels, Counter>::default();
+    let bursts = Family::<Labels, Counter>::default();
     let left = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let now = monotonic_ns();
     let rows = if state.attached.is_empty() {
@@ -197,6 +199,7 @@ pub fn render(
             packets.get_or_create(&l).inc_by(v);
         }
         bytes.get_or_create(&base).inc_by(c.bytes);
+        bursts.get_or_create(&base).inc_by(c.bursts);
         let secs = match state.find(&r.name).map(|e| e.expires_mono_ns) {
             Some(0) | None => f64::INFINITY,
             Some(e) => e.saturating_sub(now) as f64 / 1e9,
@@ -212,6 +215,11 @@ pub fn render(
         "netfault_rule_bytes",
         "Bytes of the packets a rule matched",
         bytes,
+    );
+    reg.register(
+        "netfault_rule_bursts",
+        "Runs of lost packets a rule's burst-loss chain began (their packets are dropped ones)",
+        bursts,
     );
     reg.register(
         "netfault_rule_expires_in_seconds",

@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use netfault::spec::{
-    self, Actions, Direction, Distribution, Kind, PortRange, Prob, Proto, Rate, RejectKind,
-    RejectRate, RuleSpec, Shape, SpecError, Ttl,
+    self, Actions, BurstScope, Conn, Direction, Distribution, GeModel, Kind, PortRange, Prob,
+    Proto, Rate, RejectKind, RejectRate, RuleSpec, Shape, SpecError, Ttl,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -45,6 +45,10 @@ pub struct RuleAddArgs {
     /// Only on this interface.
     #[arg(long, value_name = "IFACE")]
     pub iface: Option<String>,
+    /// Only TCP segments that open a connection (`new`: SYN without ACK) or only the others
+    /// (`established`). Needs --proto tcp.
+    #[arg(long, value_name = "STATE", value_parser = parse_conn)]
+    pub conn: Option<Conn>,
     #[command(flatten)]
     pub act: ActionArgs,
     /// Delay and rate may replace a root qdisc another tool installed (not restored on detach).
@@ -89,6 +93,18 @@ pub struct ActionArgs {
     /// Pace matched traffic to RATE (`500kbit`, `10mbit`, `1gbit`; `kbps`/`mbps` are bytes).
     #[arg(long, value_name = "RATE", value_parser = parse_rate, allow_hyphen_values = true)]
     pub rate: Option<Rate>,
+    /// Lose in runs: with --drop L, a Gilbert-Elliott chain whose runs of lost packets average
+    /// this many (geometric); 1 is independent loss.
+    #[arg(long, value_name = "MEAN_RUN", value_parser = parse_burst)]
+    pub burst: Option<f64>,
+    /// netem's Gilbert-Elliott model `p,r,1-h,1-k` (r, 1-h, 1-k optional), instead of
+    /// --drop and --burst.
+    #[arg(long, value_name = "P,R,1-H,1-K", value_parser = parse_gemodel)]
+    pub gemodel: Option<GeModel>,
+    /// One chain per flow (default: one flow's burst does not spill onto another's) or one
+    /// for the whole rule.
+    #[arg(long, value_name = "flow|rule", value_parser = parse_burst_scope)]
+    pub burst_scope: Option<BurstScope>,
     #[command(flatten)]
     pub reject: RejectArgs,
 }
@@ -121,6 +137,9 @@ impl ActionArgs {
                 reorder: self.reorder,
                 rate: self.rate,
             },
+            burst: self.burst,
+            gemodel: self.gemodel,
+            burst_scope: self.burst_scope.unwrap_or_default(),
             reject: self.reject.reject,
             reject_rate: self.reject.reject_rate,
         }
@@ -142,6 +161,10 @@ pub struct PartitionArgs {
     /// Cut only traffic from SET_A to SET_B.
     #[arg(long)]
     pub oneway: bool,
+    /// Cut only TCP, and of it only connections being opened (`new`: SYN without ACK, so
+    /// established connections keep flowing) or only the other segments (`established`).
+    #[arg(long, value_name = "STATE", value_parser = parse_conn)]
+    pub conn: Option<Conn>,
     /// Do not protect the SSH connection this command runs over (see `protect`).
     #[arg(long)]
     pub no_protect: bool,
@@ -182,6 +205,18 @@ pub fn parse_distribution(s: &str) -> Result<Distribution, String> {
 pub fn parse_rate(s: &str) -> Result<Rate, String> {
     s.parse()
 }
+pub fn parse_conn(s: &str) -> Result<Conn, String> {
+    s.parse()
+}
+pub fn parse_burst(s: &str) -> Result<f64, String> {
+    spec::burst::parse_burst(s)
+}
+pub fn parse_gemodel(s: &str) -> Result<GeModel, String> {
+    s.parse()
+}
+pub fn parse_burst_scope(s: &str) -> Result<BurstScope, String> {
+    s.parse()
+}
 
 impl RuleAddArgs {
     /// The rule's spec, validated, from arguments alone (no kernel, no state).
@@ -200,6 +235,7 @@ impl RuleAddArgs {
             sport: self.sport.unwrap_or(PortRange::ALL),
             dport: self.dport.unwrap_or(PortRange::ALL),
             iface: self.iface.clone(),
+            conn: self.conn.unwrap_or_default(),
             act: self.act.actions(),
             priority: self.priority,
             ..RuleSpec::new(self.name.clone(), Kind::Rule)
@@ -231,6 +267,7 @@ impl PartitionArgs {
             src: a,
             dst: b,
             oneway: self.oneway,
+            conn: self.conn.unwrap_or_default(),
             ..RuleSpec::new(name, Kind::Partition)
         };
         let r = RuleSpec {

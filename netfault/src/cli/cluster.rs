@@ -40,6 +40,10 @@ pub enum ClusterCmd {
         /// Seed of random topologies (printed when not given).
         #[arg(long, value_name = "N")]
         seed: Option<u64>,
+        /// Cut only TCP, and of it only connections being opened (`new`: SYN without ACK;
+        /// established connections keep flowing) or only the other segments (`established`).
+        #[arg(long, value_name = "STATE", value_parser = super::args::parse_conn)]
+        conn: Option<netfault::spec::Conn>,
         /// Print `{"name", "topology", "grudge"}`.
         #[arg(long)]
         json: bool,
@@ -233,6 +237,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
             name,
             ttl,
             seed,
+            conn,
             json,
             reject,
         } => {
@@ -264,7 +269,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
             if reply.reject_rate.is_some() && reply.reject.is_none() {
                 return Err(SpecError::new("--reject-rate", "needs --reject").into());
             }
-            let plans = coord.plans(&name, &grudge, &reply)?;
+            let plans = coord.plans(&name, &grudge, &reply, conn.unwrap_or_default())?;
             coord.apply(plans, ttl.unwrap_or_default())?;
             if json {
                 writeln!(out, "{}", grudge.to_json(&name, &topo.to_string()))?;

@@ -15,6 +15,7 @@ pub mod heal;
 pub mod manpage;
 pub mod node;
 pub mod partition;
+pub mod pause;
 pub mod protect;
 pub mod reap;
 pub mod renew;
@@ -63,6 +64,10 @@ pub struct Cli {
     /// Act inside the network namespace /run/netns/NAME (state stays in the host's bpffs).
     #[arg(long, global = true, value_name = "NAME")]
     pub netns: Option<String>,
+    /// Act inside the network namespace of process PID (a container's, a service's): one
+    /// namespace has one state however it is reached. For `pause`: the process to stop.
+    #[arg(long, global = true, value_name = "PID", conflicts_with = "netns")]
+    pub pid: Option<i32>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -82,6 +87,8 @@ pub enum Cmd {
     Protect(protect::Args),
     Cluster(cluster::Args),
     Agent(agent::Args),
+    Pause(pause::Args),
+    Resume(pause::ResumeArgs),
     Completions(completions::Args),
     Manpage(manpage::Args),
     #[command(hide = true)]
@@ -89,6 +96,9 @@ pub enum Cmd {
     /// Puts back offload settings when the rules that needed them expire (started by netfault).
     #[command(hide = true, name = "reap-offloads")]
     ReapOffloads(reap::Args),
+    /// Holds a pause's deadline and resumes its target (started by `pause`).
+    #[command(hide = true, name = "pause-watchdog")]
+    PauseWatchdog(pause::WatchdogArgs),
 }
 
 impl Cmd {
@@ -129,9 +139,31 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         })?;
         netns::enter(name)?;
     }
+    // `--pid` names the process to stop for `pause`; for the rest, where to act. A child
+    // (the offload reaper) inherits the namespace entered here.
+    if let Some(pid) = cli.pid
+        && !matches!(
+            cli.cmd,
+            Cmd::Pause(_) | Cmd::Resume(_) | Cmd::PauseWatchdog(_)
+        )
+    {
+        privileges::require(privileges::Need {
+            change: cli.cmd.changes(),
+            netns: true,
+        })?;
+        netns::enter_pid(pid)?;
+    }
     // A command that leaves a probabilistic rule with a lifetime starts the reaper that puts
     // the offload settings back when it expires (control::features).
-    let reaper = cli.cmd.changes() && !matches!(cli.cmd, Cmd::Run(_) | Cmd::ReapOffloads(_));
+    let reaper = cli.cmd.changes()
+        && !matches!(
+            cli.cmd,
+            Cmd::Run(_)
+                | Cmd::ReapOffloads(_)
+                | Cmd::Pause(_)
+                | Cmd::Resume(_)
+                | Cmd::PauseWatchdog(_)
+        );
     let done = match cli.cmd {
         Cmd::Attach(a) => attach::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Detach(a) => detach::run(a, ns).map(|()| Done::Ok)?,
@@ -148,6 +180,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Node(a) => node::run(a, ns).map(|()| Done::Ok)?,
         Cmd::ReapOffloads(a) => reap::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Agent(a) => agent::run(a, ns)?,
+        Cmd::Pause(a) => pause::run(a, cli.pid).map(|()| Done::Ok)?,
+        Cmd::Resume(a) => pause::resume(a).map(|()| Done::Ok)?,
+        Cmd::PauseWatchdog(a) => pause::watchdog(a).map(|()| Done::Ok)?,
         Cmd::Completions(_) | Cmd::Manpage(_) => unreachable!("handled above"),
     };
     if reaper {

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     observe::StatView,
-    spec::{Kind, RuleSpec, SpecError, Ttl, validate_name},
+    spec::{Conn, Kind, RuleSpec, SpecError, Ttl, validate_name},
 };
 
 /// How long a node may take to answer one operation. The controller's own lock wait is 10 s
@@ -238,9 +238,10 @@ impl Coordinator {
         name: &str,
         grudge: &Grudge,
         reply: &crate::spec::Actions,
+        conn: Conn,
     ) -> Result<Vec<NodePlan>, Error> {
         validate_name("name", name)?;
-        let part = plan::partition(name, &self.cluster, grudge, reply)?;
+        let part = plan::partition(name, &self.cluster, grudge, reply, conn)?;
         self.rule_plans(&part)
     }
 

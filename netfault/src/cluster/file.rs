@@ -6,7 +6,8 @@
 //! name = "n1"
 //! addrs = ["192.0.2.1", "2001:db8::1"]   # what the other nodes reach it by (v4 and/or v6)
 //! iface = ["eth1"]                  # where netfault attaches on it
-//! netns = "lab-n1"                  # a namespace on this host
+//! netns = "lab-n1"                  # a namespace on this host; or, of a process here:
+//!                                   # pid = 4242, or pidfile = "/run/n1.pid" (read at each use)
 //!
 //! [[node]]
 //! name = "n2"
@@ -64,6 +65,11 @@ pub enum Transport {
     /// A network namespace on the coordinator's own host (`/run/netns/NAME`): no network in
     /// between, so nothing to protect.
     Netns(String),
+    /// The network namespace of a process on the coordinator's host (a container's).
+    Pid(i32),
+    /// As `Pid`, the PID read from this file at each operation (a restarted process keeps
+    /// its node).
+    PidFile(PathBuf),
     /// A `netfault agent` over HTTP(S), authenticated by a bearer token.
     Agent {
         url: AgentUrl,
@@ -164,7 +170,7 @@ impl Transport {
     /// SSH's port is 22 unless its options say `-p N`, `-oPort=N` or `-o Port=N`.
     pub fn endpoint(&self) -> Option<(&str, u16)> {
         match self {
-            Transport::Netns(_) => None,
+            Transport::Netns(_) | Transport::Pid(_) | Transport::PidFile(_) => None,
             Transport::Agent { url, .. } => Some((url.host.as_str(), url.port)),
             Transport::Ssh {
                 target, options, ..
@@ -212,6 +218,8 @@ const NODE_KEYS: &[&str] = &[
     "addrs",
     "iface",
     "netns",
+    "pid",
+    "pidfile",
     "agent",
     "token_file",
     "ca_file",
@@ -219,7 +227,7 @@ const NODE_KEYS: &[&str] = &[
     "ssh_options",
     "netfault",
 ];
-const TRANSPORTS: &[&str] = &["netns", "agent", "ssh"];
+const TRANSPORTS: &[&str] = &["netns", "pid", "pidfile", "agent", "ssh"];
 /// Keys that belong to one transport: refused on a node that uses another, so a typo in
 /// `agent` does not silently leave a `token_file` unused.
 const TRANSPORT_OF: &[(&str, &str)] = &[
@@ -387,7 +395,7 @@ fn transport(path: &str, t: &Table) -> Result<Transport, SpecError> {
         [] => {
             return Err(err(
                 path,
-                "needs a transport: one of netns = \"NAME\", agent = \"http(s)://HOST:PORT\", ssh = \"user@host\"",
+                "needs a transport: one of netns = \"NAME\", pid = PID, pidfile = \"PATH\", agent = \"http(s)://HOST:PORT\", ssh = \"user@host\"",
             ));
         }
         [one] => *one,
@@ -430,6 +438,25 @@ fn transport(path: &str, t: &Table) -> Result<Transport, SpecError> {
                 return Err(err(&p("netns"), format!("'{n}' is not a namespace name")));
             }
             Transport::Netns(n.to_string())
+        }
+        "pid" => {
+            let v = t.get("pid").and_then(toml::Value::as_integer);
+            match v.and_then(|v| i32::try_from(v).ok()).filter(|v| *v > 1) {
+                Some(pid) => Transport::Pid(pid),
+                None => {
+                    return Err(err(
+                        &p("pid"),
+                        "expected a process id (a whole number above 1)",
+                    ));
+                }
+            }
+        }
+        "pidfile" => {
+            let f = PathBuf::from(value("pidfile")?);
+            if !f.is_absolute() {
+                return Err(err(&p("pidfile"), "expected an absolute path"));
+            }
+            Transport::PidFile(f)
         }
         "agent" => {
             let url: AgentUrl = value("agent")?
@@ -537,6 +564,16 @@ netfault = "/usr/local/bin/netfault"
         assert_eq!(c.nodes[0].addrs.len(), 2);
         assert_eq!(c.nodes[0].transport, Transport::Netns("lab-n1".into()));
         assert_eq!(c.nodes[0].transport.endpoint(), None);
+        let local = |t: &str| {
+            let text =
+                format!("[[node]]\nname = \"n\"\naddrs = [\"192.0.2.9\"]\niface = [\"e\"]\n{t}\n");
+            Cluster::parse(&text).unwrap().nodes[0].transport.clone()
+        };
+        assert_eq!(local("pid = 42"), Transport::Pid(42));
+        assert_eq!(
+            local("pidfile = \"/run/n.pid\""),
+            Transport::PidFile("/run/n.pid".into())
+        );
         let Transport::Agent { url, ca_file, .. } = &c.nodes[1].transport else {
             panic!("{:?}", c.nodes[1].transport);
         };
@@ -614,6 +651,10 @@ netfault = "/usr/local/bin/netfault"
             (n("agent = \"h:1\"\ntoken_file = \"t\""), "node[0].agent"),
             (n("netns = \"a/b\""), "node[0].netns"),
             (n("netns = 3"), "node[0].netns"),
+            (n("pid = 1"), "node[0].pid"),
+            (n("pid = \"42\""), "node[0].pid"),
+            (n("pidfile = \"n1.pid\""), "node[0].pidfile"),
+            (n("pid = 42\nnetns = \"a\""), "node[0].netns"),
             (n("ssh = \"-oProxyCommand=x\""), "node[0].ssh"),
             (n("ssh = \"@host\""), "node[0].ssh"),
             (n("ssh = \"a b@host\""), "node[0].ssh"),

@@ -28,7 +28,7 @@ use ipnet::IpNet;
 
 use super::{Cluster, Grudge};
 use crate::spec::{
-    Actions, Direction, Kind, RuleSpec, Shape, SpecError, protection, validate_name,
+    Actions, Conn, Direction, Kind, RuleSpec, Shape, SpecError, protection, validate_name,
 };
 
 /// `impair --from A.. --to B..`: faults on the traffic from every `from` node to every `to`
@@ -86,11 +86,14 @@ fn rule_name(name: &str, tail: &str) -> Result<String, SpecError> {
 /// Every node's partition entries for `grudge` (every node of the cluster is a key; a node
 /// that drops nobody maps to an empty list). Of `reply`, only `reject` and `reject_rate`
 /// apply: each node answers what it drops ("the port is closed") instead of staying silent.
+/// With `conn` other than `Any`, each entry cuts only TCP, and of it only the segments `conn`
+/// names (`New`: peers cannot open connections to the node; those already open keep flowing).
 pub fn partition(
     name: &str,
     cluster: &Cluster,
     grudge: &Grudge,
     reply: &Actions,
+    conn: Conn,
 ) -> Result<BTreeMap<String, Vec<RuleSpec>>, SpecError> {
     let mut out = BTreeMap::new();
     for node in &cluster.nodes {
@@ -104,6 +107,7 @@ pub fn partition(
                     dir: Direction::Ingress,
                     src: nets,
                     oneway: true,
+                    conn,
                     ..RuleSpec::new(
                         rule_name(name, &format!("from-{peer}.{fam}"))?,
                         Kind::Partition,
@@ -440,7 +444,7 @@ token_file = "/t"
     fn a_grudge_becomes_ingress_partitions_that_compile_and_cut() {
         let c = cluster();
         let gr = Topology::Halves.grudge(&c.names(), 0).unwrap();
-        let per = partition("split", &c, &gr, &Actions::default()).unwrap();
+        let per = partition("split", &c, &gr, &Actions::default(), Conn::Any).unwrap();
         let names = |n: &str| per[n].iter().map(|r| r.name.as_str()).collect::<Vec<_>>();
         assert_eq!(
             names("n1"),
@@ -595,14 +599,14 @@ token_file = "/t"
             reject: Some(crate::spec::RejectKind::IcmpPort),
             ..Actions::default()
         };
-        let part = partition("iso", &c, &gr, &reply).unwrap();
+        let part = partition("iso", &c, &gr, &reply, Conn::Any).unwrap();
         assert!(
             part.values()
                 .flatten()
                 .all(|r| r.act.reject == reply.reject && r.dir == Direction::Ingress)
         );
         assert!(!part.values().flatten().collect::<Vec<_>>().is_empty());
-        let silent = partition("iso", &c, &gr, &Actions::default()).unwrap();
+        let silent = partition("iso", &c, &gr, &Actions::default(), Conn::Any).unwrap();
         assert!(silent.values().flatten().all(|r| r.act.reject.is_none()));
         let mut i = imp(&["n1"], &["n2"]);
         i.act.reject = Some(crate::spec::RejectKind::TcpReset);
@@ -621,7 +625,7 @@ token_file = "/t"
         let gr = Topology::Isolate(Some("n2".into()))
             .grudge(&c.names(), 0)
             .unwrap();
-        let part = partition("iso", &c, &gr, &Actions::default()).unwrap();
+        let part = partition("iso", &c, &gr, &Actions::default(), Conn::Any).unwrap();
         let mut i = imp(&["n3"], &["n4"]);
         i.act.drop = Prob(0.5);
         let lossy = impair("lossy", &c, &i).unwrap();

@@ -18,6 +18,9 @@
 //! for = "30s"
 //! ```
 //!
+//! A partition step may say `conn = "new"` (or `"established"`): its entries then cut only TCP,
+//! and of it only connections being opened (or only the other segments).
+//!
 //! A step has exactly one of `partition` (a [`Topology`]) or `impair` (keys `from`, `to`,
 //! `drop`, `duplicate`, `delay`, `jitter`, `distribution`, `reorder`, `rate`, as in rule-set
 //! files). Unknown keys and impossible timelines are refused with the key path
@@ -34,7 +37,7 @@ use toml::{Table, Value};
 
 use super::{Cluster, Grudge, Impair, Topology, plan};
 use crate::spec::{
-    Actions, RuleSpec, SpecError, actions,
+    Actions, Conn, RuleSpec, SpecError, actions,
     toml_util::{at, check_keys, duration, err, parse_doc, parsed, string, strings, table, tables},
     validate_name,
 };
@@ -69,6 +72,8 @@ pub struct Step {
     pub duration: Duration,
     /// Occurrences, at least 1.
     pub repeat: u32,
+    /// A partition step's `conn`: cut only TCP connections being opened (or only the rest).
+    pub conn: Conn,
     /// From one occurrence's start to the next's; `Some` exactly when `repeat > 1`.
     pub every: Option<Duration>,
     /// A partition step's `reject` and `reject_rate` (nothing else is set).
@@ -118,6 +123,7 @@ const STEP_KEYS: &[&str] = &[
     // A partition step's reply (spec::reject::PARTITION_KEYS).
     "reject",
     "reject_rate",
+    "conn",
 ];
 const IMPAIR_KEYS: &[&str] = &["from", "to"];
 
@@ -240,6 +246,16 @@ fn step(index: usize, path: &str, t: &Table) -> Result<Step, SpecError> {
             "belongs to a partition step (an impairment says reject inside impair = { ... })",
         ));
     }
+    let conn = match (t.get("conn"), &action) {
+        (None, _) => Conn::Any,
+        (Some(v), StepAction::Partition(_)) => parsed(&p("conn"), v)?,
+        (Some(_), StepAction::Impair(_)) => {
+            return Err(err(
+                &p("conn"),
+                "only with partition (a step's impairments match every packet)",
+            ));
+        }
+    };
     let s = Step {
         name,
         at: at_,
@@ -248,6 +264,7 @@ fn step(index: usize, path: &str, t: &Table) -> Result<Step, SpecError> {
         duration: duration_,
         repeat,
         every,
+        conn,
     };
     if s.end().is_none() {
         return Err(err(
@@ -456,7 +473,7 @@ impl Scenario {
                 let g = self
                     .grudge(&ev, cluster)?
                     .unwrap_or_else(|| Grudge(BTreeMap::new()));
-                plan::partition(&s.name, cluster, &g, &s.reply).map_err(relocate)
+                plan::partition(&s.name, cluster, &g, &s.reply, s.conn).map_err(relocate)
             }
             StepAction::Impair(imp) => plan::impair(&s.name, cluster, imp).map_err(relocate),
         }
@@ -488,6 +505,30 @@ for = "30s"
 
     fn secs(v: &[u64]) -> Vec<Duration> {
         v.iter().map(|s| Duration::from_secs(*s)).collect()
+    }
+
+    /// A partition step's `conn` reaches every entry it makes; an impair step cannot have one.
+    #[test]
+    fn a_partition_step_carries_conn() {
+        let s = Scenario::parse(
+            "[[step]]\nat = \"0s\"\npartition = \"halves\"\nconn = \"new\"\nfor = \"1s\"\n",
+        )
+        .unwrap();
+        let c = Cluster::parse(CLUSTER).unwrap();
+        let rules = s.rules(&s.timeline(1)[0], &c).unwrap();
+        let all: Vec<_> = rules.values().flatten().collect();
+        assert!(!all.is_empty());
+        assert!(all.iter().all(|r| r.conn == Conn::New));
+        let e = Scenario::parse(
+            "[[step]]\nat = \"0s\"\nimpair = { from = [\"n1\"], to = [\"n2\"], drop = 1 }\nconn = \"new\"\nfor = \"1s\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "step[0].conn");
+        let e = Scenario::parse(
+            "[[step]]\nat = \"0s\"\npartition = \"halves\"\nconn = \"half\"\nfor = \"1s\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "step[0].conn");
     }
 
     #[test]

@@ -5,12 +5,15 @@ use std::collections::{BTreeMap, HashMap};
 use ipnet::IpNet;
 use netfault_common::{
     CFG_INGRESS_TC, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, FlowKey4, FlowRef,
-    KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, MAX_CHAIN, MAX_TUPLES, PF_ADDR_TABLES, PF_ADDR_V4,
-    PF_ADDR_V6, Prefilter, RULE_ACTIVE, RULE_NEEDS_SKB, RULE_REORDER, RULE_SHAPE, RuleValue, Tuple,
-    TupleSet, pf_meta_index,
+    KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, KEY_TCP_SYN, MAX_CHAIN, MAX_TUPLES, PF_ADDR_TABLES,
+    PF_ADDR_V4, PF_ADDR_V6, PROB_ALWAYS, Prefilter, RULE_ACTIVE, RULE_BURST, RULE_BURST_PER_RULE,
+    RULE_NEEDS_SKB, RULE_REORDER, RULE_SEGMENT, RULE_SHAPE, RuleValue, Tuple, TupleSet,
+    pf_meta_index,
 };
 
-use crate::spec::{Direction, Kind, PortRange, Proto, RuleSpec, reject::DEFAULT_REJECT_RATE};
+use crate::spec::{
+    BurstScope, Conn, Direction, Kind, PortRange, Proto, RuleSpec, reject::DEFAULT_REJECT_RATE,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
@@ -184,7 +187,7 @@ pub fn expand(spec: &RuleSpec, ifindex: Option<u32>) -> Vec<(FlowKey, FlowKey)> 
             (Some(a), _) | (_, Some(a)) => a,
             (None, None) => 0,
         };
-        for &(pfam, proto) in proto_alts(spec.proto) {
+        for &(pfam, proto) in proto_alts(spec.effective_proto()) {
             if fam != 0 && pfam != 0 && fam != pfam {
                 continue;
             }
@@ -213,6 +216,15 @@ pub fn expand(spec: &RuleSpec, ifindex: Option<u32>) -> Vec<(FlowKey, FlowKey)> 
                     k.dport = dp & m.dport;
                     if m.sport != 0 || m.dport != 0 {
                         (m.flags, k.flags) = (KEY_PORTS, KEY_PORTS);
+                    }
+                    // Connection state is one key bit the parser sets on a SYN without ACK:
+                    // only these tuples mask it, so no other pays for it.
+                    match spec.conn {
+                        Conn::Any => {}
+                        Conn::New => {
+                            (m.flags, k.flags) = (m.flags | KEY_TCP_SYN, k.flags | KEY_TCP_SYN)
+                        }
+                        Conn::Established => m.flags |= KEY_TCP_SYN,
                     }
                     match spec.dir {
                         Direction::Ingress => (m.dir, k.dir) = (0xff, DIR_INGRESS),
@@ -254,6 +266,13 @@ pub fn rule_value(spec: &RuleSpec, expires_ns: u64) -> RuleValue {
     if reject.is_some() {
         flags |= RULE_NEEDS_SKB;
     }
+    // A draw per packet (an independent probability, or a Gilbert-Elliott chain, whatever its
+    // rate): at egress the data path must meet wire packets, as control::features arranges for
+    // the same predicate.
+    let between = |t: u32| t != 0 && t != PROB_ALWAYS;
+    if spec.kind == Kind::Rule && (spec.act.random_loss() || between(dup)) {
+        flags |= RULE_SEGMENT;
+    }
     let shape = if spec.kind == Kind::Rule {
         spec.act.shape
     } else {
@@ -265,8 +284,29 @@ pub fn rule_value(spec: &RuleSpec, expires_ns: u64) -> RuleValue {
     if shape.reorder {
         flags |= RULE_REORDER;
     }
+    // Burst loss: the chain's thresholds replace drop_thresh, which stays 0 (a rule without
+    // a chain keeps today's draw).
+    let chain = if spec.kind == Kind::Rule {
+        spec.act.chain()
+    } else {
+        None
+    };
+    let [ge_p, ge_r, ge_loss_bad, ge_loss_good] = chain.map_or([0; 4], |g| g.thresholds());
+    let drop = if chain.is_some() {
+        flags |= RULE_BURST;
+        if spec.act.burst_scope == BurstScope::Rule {
+            flags |= RULE_BURST_PER_RULE;
+        }
+        0
+    } else {
+        drop
+    };
     let ns = |d: Option<std::time::Duration>| d.map_or(0, |d| d.as_nanos() as u64);
     RuleValue {
+        ge_p,
+        ge_r,
+        ge_loss_bad,
+        ge_loss_good,
         flags,
         drop_thresh: drop,
         dup_thresh: dup,
@@ -864,8 +904,9 @@ mod tests {
             prop::option::of((0u16..6, 0u16..300)),
             prop::sample::select(vec![Direction::Both, Direction::Ingress, Direction::Egress]),
             prop::sample::select(vec![Kind::Rule, Kind::Rule, Kind::Partition, Kind::Protect]),
+            prop::sample::select(vec![Conn::Any, Conn::Any, Conn::New, Conn::Established]),
         )
-            .prop_map(|(src, dst, proto, dport, dir, kind)| {
+            .prop_map(|(src, dst, proto, dport, dir, kind, conn)| {
                 let mut r = rule("r");
                 r.kind = kind;
                 r.src = src.into_iter().collect();
@@ -883,6 +924,9 @@ mod tests {
                     r.dport = PortRange { lo, hi: lo + n };
                 }
                 r.dir = dir;
+                if kind == Kind::Partition || (kind == Kind::Rule && proto == Proto::Tcp) {
+                    r.conn = conn;
+                }
                 r
             })
     }
@@ -895,8 +939,9 @@ mod tests {
             prop::sample::select(vec![1u8, 6, 17, 58]),
             (0u16..400, any::<bool>()),
             prop::sample::select(vec![DIR_INGRESS, DIR_EGRESS]),
+            any::<bool>(),
         )
-            .prop_map(|(v6, (s1, s2), (d1, d2), proto, (port, ports), dir)| {
+            .prop_map(|(v6, (s1, s2), (d1, d2), proto, (port, ports), dir, syn)| {
                 let a = |sub: u8, host: u8| {
                     if v6 {
                         format!("2001:db8:0:{sub}::{host}")
@@ -907,6 +952,8 @@ mod tests {
                 let mut k = pkt(&a(s1, s2), &a(d1, d2), proto, 1, port, dir);
                 if !ports {
                     (k.sport, k.dport, k.flags) = (0, 0, 0);
+                } else if syn && proto == 6 {
+                    k.flags |= KEY_TCP_SYN;
                 }
                 k
             })
@@ -931,6 +978,84 @@ mod tests {
                 prop_assert_eq!(classify(&c, k), classify_unfiltered(&c, k), "{:?}", k);
             }
         }
+    }
+
+    #[test]
+    fn conn_matches_the_syn_bit_of_tcp_only() {
+        let mut new = RuleSpec::new("new", Kind::Partition);
+        new.src = vec![parse_net("192.0.2.1").unwrap()];
+        new.dst = vec![parse_net("192.0.2.2").unwrap()];
+        new.conn = Conn::New;
+        let mut est = new.clone();
+        est.name = "est".into();
+        est.conn = Conn::Established;
+        let syn = |p: u8, syn: bool| {
+            let mut k = pkt("192.0.2.1", "192.0.2.2", p, 1, 80, DIR_EGRESS);
+            if syn {
+                k.flags |= KEY_TCP_SYN;
+            }
+            k
+        };
+        let c = compile_specs(&[new]);
+        assert!(classify(&c, &syn(6, true)).is_some());
+        assert!(classify(&c, &syn(6, false)).is_none());
+        assert!(
+            classify(&c, &syn(17, false)).is_none(),
+            "a --conn partition is TCP's"
+        );
+        // Both ways, as any partition.
+        let mut back = pkt("192.0.2.2", "192.0.2.1", 6, 80, 1, DIR_EGRESS);
+        back.flags |= KEY_TCP_SYN;
+        assert!(classify(&c, &back).is_some());
+        let c = compile_specs(&[est]);
+        assert!(classify(&c, &syn(6, true)).is_none());
+        assert!(classify(&c, &syn(6, false)).is_some());
+        let mut frag = syn(6, false);
+        (frag.sport, frag.dport, frag.flags) = (0, 0, 0);
+        assert!(
+            classify(&c, &frag).is_some(),
+            "a later fragment is established"
+        );
+        // Without --conn the bit is ignored.
+        let mut any = RuleSpec::new("any", Kind::Partition);
+        any.src = vec![parse_net("192.0.2.1").unwrap()];
+        let c = compile_specs(&[any]);
+        assert!(classify(&c, &syn(6, true)).is_some());
+        assert!(classify(&c, &syn(6, false)).is_some());
+        assert_eq!(c.tuples[0].mask.flags & KEY_TCP_SYN, 0);
+    }
+
+    #[test]
+    fn a_burst_rule_carries_its_chain_and_no_plain_drop() {
+        let mut r = rule("b");
+        r.act.drop = crate::spec::Prob(0.05);
+        r.act.burst = Some(4.0);
+        let v = rule_value(&r, 0);
+        assert_eq!(v.flags & (RULE_BURST | RULE_BURST_PER_RULE), RULE_BURST);
+        // A chain draws per packet: at egress it must meet wire packets, as a plain 5 % does.
+        assert_ne!(
+            v.flags & RULE_SEGMENT,
+            0,
+            "a burst rule is not segmented at egress"
+        );
+        assert_eq!(
+            (v.drop_thresh, v.ge_r, v.ge_loss_bad, v.ge_loss_good),
+            (0, 1 << 30, u32::MAX, 0)
+        );
+        r.act.burst_scope = BurstScope::Rule;
+        assert_ne!(rule_value(&r, 0).flags & RULE_BURST_PER_RULE, 0);
+        r.act.burst = Some(1.0);
+        r.act.burst_scope = BurstScope::Flow;
+        let v = rule_value(&r, 0);
+        assert_eq!(v.flags & RULE_BURST, 0, "--burst 1 is independent loss");
+        assert_eq!(v.drop_thresh, crate::spec::Prob(0.05).threshold());
+        assert_ne!(v.flags & RULE_SEGMENT, 0);
+        r.act.drop = crate::spec::Prob(1.0);
+        assert_eq!(
+            rule_value(&r, 0).flags & RULE_SEGMENT,
+            0,
+            "p=1 is exact on aggregates"
+        );
     }
 
     #[test]

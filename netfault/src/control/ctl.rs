@@ -322,11 +322,24 @@ impl Ctl {
             self.replace_qdisc,
             now,
         )?;
-        // One packet per skb before a probability applies, the old settings back after the
-        // last rule that needed them is gone (features.rs).
+        // Wire packets before a probability applies (segmented at egress, GRO off at tc
+        // ingress), the old settings back after the last rule that needed them is gone
+        // (features.rs).
         let ordered = pipeline::ordered(&self.state.rules);
         let xdp = self.xdp_frames(&ordered, now);
-        let added = features::tune(&devices, &self.state.rules, &mut self.state.wire, now, &xdp)?;
+        let maps_dir = self.lock.paths.maps();
+        // The segmenting classifier, from the object whose maps are pinned here (it reads none).
+        let mut segment_prog = || -> Result<aya::programs::ProgramFd> {
+            Ok(kernel::segment_program(&mut kernel::load(&maps_dir)?)?)
+        };
+        let added = features::tune(
+            &devices,
+            &self.state.rules,
+            &mut self.state.wire,
+            now,
+            &xdp,
+            &mut segment_prog,
+        )?;
         if let Err(e) = maps.publish_set(compiled, values) {
             features::undo(&added, &mut self.state.wire);
             return Err(e.into());

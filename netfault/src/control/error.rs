@@ -62,9 +62,12 @@ pub enum Error {
     State(#[from] StateError),
     #[error(transparent)]
     Qdisc(#[from] QdiscError),
-    /// The segment limit or receive offloads per-packet probabilities need (`control::features`).
+    /// The receive offloads per-packet probabilities need off (`control::features`).
     #[error("{0} (per-packet probabilities need one packet per skb there)")]
     Offload(#[from] crate::netlink::NetlinkError),
+    /// What a probability at egress needs to draw per wire packet (`control::segment`).
+    #[error(transparent)]
+    Segmenter(#[from] Box<super::segment::SegmentError>),
 }
 
 impl Error {

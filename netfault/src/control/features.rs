@@ -1,15 +1,13 @@
 //! Device settings that make the data path see wire packets, so that a probability applies per
 //! packet on the wire and not per GSO or GRO aggregate.
 //!
-//! - **Egress.** TCP builds GSO super-packets whatever the device's TSO and GSO features say
-//!   (the kernel forces GSO on for TCP sockets and segments in software *after* tc), so turning
-//!   TSO/GSO off does not change what tc egress sees (measured on 6.18: 27,381 skbs at tc for
-//!   988,751 segments on the wire). What does is the device's `gso_max_segs`: at 1, sockets
-//!   build one-segment skbs (measured: 159,079 skbs at tc for 159,044 segments). Sockets read
-//!   it when their route is set up; flushing the IPv4 route cache makes open IPv4 connections
-//!   set theirs up again on their next packet. IPv6 has no such flush: an IPv6 connection
-//!   opened before the rule keeps its aggregates (counted per segment, dropped per skb) until
-//!   its route is checked again.
+//! - **Egress.** TCP builds GSO aggregates whatever the device's TSO and GSO features say (the
+//!   kernel segments in software *after* tc). The sender's aggregates are left as they are:
+//!   an aggregate a probabilistic rule matches is segmented by the kernel in the interface's
+//!   egress IFB device before the draw, and each segment meets the rule as one packet
+//!   (`control::segment`). (Earlier versions set the device's `gso_max_segs` to 1 instead,
+//!   which changed what TCP itself does; a state recording such a change still gets it put
+//!   back.)
 //! - **Ingress at tc** (duplicate; drop, delay or rate applied at tc; a drop where netfault's
 //!   XDP is generic or absent): GRO and LRO aggregate frames before tc, so netfault turns off
 //!   `rx-gro`, `large-receive-offload` and `rx-gro-hw` where they were on.
@@ -21,7 +19,14 @@
 //! what netfault set them to.
 use serde::{Deserialize, Serialize};
 
-use super::{Result, shaping::Device, state::RuleEntry};
+use aya::programs::ProgramFd;
+
+use super::{
+    Result,
+    segment::{self, Segmenter},
+    shaping::Device,
+    state::RuleEntry,
+};
 use crate::{
     netlink,
     spec::{Kind, Prob},
@@ -35,7 +40,11 @@ pub const GRO_FEATURES: [&str; 3] = ["rx-gro", "large-receive-offload", "rx-gro-
 pub struct Tuned {
     pub iface: String,
     pub ifindex: u32,
-    /// Egress: the `gso_max_segs` netfault replaced with 1.
+    /// Egress: the segmenting IFB device and filter netfault set up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<Segmenter>,
+    /// Egress, recorded by earlier versions: the `gso_max_segs` netfault replaced with 1.
+    /// Only put back; never set any more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gso_max_segs: Option<u32>,
     /// Ingress: the receive offloads netfault turned off (each was wanted on before).
@@ -45,7 +54,7 @@ pub struct Tuned {
 
 impl Tuned {
     fn is_empty(&self) -> bool {
-        self.gso_max_segs.is_none() && self.features_off.is_empty()
+        self.segment.is_none() && self.gso_max_segs.is_none() && self.features_off.is_empty()
     }
 }
 
@@ -81,7 +90,7 @@ pub fn needs(
                 .filter(|s| s.kind == Kind::Rule)
                 .filter(|s| s.iface.as_ref().is_none_or(|i| i == iface))
             {
-                let (drop, dup) = (probabilistic(s.act.drop), probabilistic(s.act.duplicate));
+                let (drop, dup) = (s.act.random_loss(), probabilistic(s.act.duplicate));
                 if s.dir.includes(false) && (drop || dup) {
                     need.egress = true;
                 }
@@ -105,7 +114,8 @@ fn same_device(iface: &str, ifindex: u32) -> bool {
 }
 
 /// Makes open IPv4 connections set their route (and so their segment limit) up again on their
-/// next packet. Not fatal: new connections get the new limit either way.
+/// next packet, after an earlier version's `gso_max_segs` is put back. Not fatal: new
+/// connections get the old limit either way.
 fn flush_ipv4_routes() {
     if let Err(e) = std::fs::write("/proc/sys/net/ipv4/route/flush", "1") {
         log::warn!("flush the IPv4 route cache: {e}; open connections keep their GSO size");
@@ -114,16 +124,26 @@ fn flush_ipv4_routes() {
 
 /// Turns on what `needs` asks for and is not on yet, recording it in `tuned`. Returns the
 /// changes made, for [`undo`] if the publish that follows fails. Never restores anything
-/// (that is [`release`]'s, after the publish).
+/// (that is [`release`]'s, after the publish). `segment_prog` gives the segmenting filter's
+/// classifier; it is asked only where a segmenter is set up.
 pub fn tune(
     devices: &[Device],
     rules: &[RuleEntry],
     tuned: &mut Vec<Tuned>,
     now: u64,
     xdp_frames: impl Fn(&str) -> bool,
+    segment_prog: &mut dyn FnMut() -> Result<ProgramFd>,
 ) -> Result<Vec<Tuned>> {
     let mut added = Vec::new();
-    let res = tune_inner(devices, rules, tuned, now, xdp_frames, &mut added);
+    let res = tune_inner(
+        devices,
+        rules,
+        tuned,
+        now,
+        xdp_frames,
+        segment_prog,
+        &mut added,
+    );
     if res.is_err() {
         undo(&added, tuned);
         added.clear();
@@ -137,9 +157,9 @@ fn tune_inner(
     tuned: &mut Vec<Tuned>,
     now: u64,
     xdp_frames: impl Fn(&str) -> bool,
+    segment_prog: &mut dyn FnMut() -> Result<ProgramFd>,
     added: &mut Vec<Tuned>,
 ) -> Result<()> {
-    let mut flush = false;
     for ((iface, ifindex), need) in needs(devices, rules, now, xdp_frames) {
         let pos = tuned
             .iter()
@@ -148,25 +168,12 @@ fn tune_inner(
         let mut change = Tuned {
             iface: iface.clone(),
             ifindex,
+            segment: None,
             gso_max_segs: None,
             features_off: Vec::new(),
         };
-        if need.egress && have.as_ref().is_none_or(|t| t.gso_max_segs.is_none()) {
-            let prev = netlink::link_gso_max_segs(ifindex)?;
-            if prev != 1 {
-                netlink::link_set_gso_max_segs(ifindex, 1)?;
-                if netlink::link_gso_max_segs(ifindex)? == 1 {
-                    change.gso_max_segs = Some(prev);
-                    flush = true;
-                } else {
-                    // Kernels before 5.19 take the limit only when a device is made.
-                    log::warn!(
-                        "{iface}: this kernel does not change gso_max_segs on a device: \
-                         probabilities at egress apply per GSO packet there (counters still \
-                         count wire packets)"
-                    );
-                }
-            }
+        if need.egress && have.as_ref().is_none_or(|t| t.segment.is_none()) {
+            change.segment = Some(segment::ensure(&iface, ifindex, segment_prog)?);
         }
         if need.ingress && have.as_ref().is_none_or(|t| t.features_off.is_empty()) {
             let f = netlink::features(&iface)?;
@@ -185,18 +192,16 @@ fn tune_inner(
         if change.is_empty() {
             continue;
         }
+        // Recorded before anything later can fail, so that `undo` takes it back.
         added.push(change.clone());
         match pos {
             Some(p) => {
                 let t = &mut tuned[p];
-                t.gso_max_segs = t.gso_max_segs.or(change.gso_max_segs);
+                t.segment = t.segment.take().or(change.segment);
                 t.features_off.extend(change.features_off);
             }
             None => tuned.push(change),
         }
-    }
-    if flush {
-        flush_ipv4_routes();
     }
     Ok(())
 }
@@ -204,6 +209,10 @@ fn tune_inner(
 /// Puts back what one record says netfault changed, where it is still as netfault left it.
 /// A device that is gone has nothing to put back.
 fn put_back(t: &Tuned) -> Result<()> {
+    // The IFB device outlives its interface: it goes in any case.
+    if let Some(s) = &t.segment {
+        segment::remove(&t.iface, t.ifindex, s)?;
+    }
     if !same_device(&t.iface, t.ifindex) {
         return Ok(());
     }
@@ -239,8 +248,8 @@ pub fn undo(added: &[Tuned], tuned: &mut Vec<Tuned>) {
             .iter_mut()
             .find(|t| t.iface == a.iface && t.ifindex == a.ifindex)
         {
-            if a.gso_max_segs.is_some() {
-                t.gso_max_segs = None;
+            if a.segment.is_some() {
+                t.segment = None;
             }
             t.features_off.retain(|n| !a.features_off.contains(n));
         }
@@ -268,7 +277,8 @@ pub fn release(
         let part = Tuned {
             iface: t.iface.clone(),
             ifindex: t.ifindex,
-            gso_max_segs: t.gso_max_segs.filter(|_| !need.egress),
+            segment: t.segment.clone().filter(|_| !need.egress),
+            gso_max_segs: t.gso_max_segs,
             features_off: if need.ingress {
                 Vec::new()
             } else {
@@ -280,9 +290,10 @@ pub fn release(
         }
         match put_back(&part) {
             Ok(()) => {
-                if part.gso_max_segs.is_some() {
-                    t.gso_max_segs = None;
+                if part.segment.is_some() {
+                    t.segment = None;
                 }
+                t.gso_max_segs = None;
                 if !part.features_off.is_empty() {
                     t.features_off.clear();
                 }
@@ -321,7 +332,7 @@ pub fn next_release(rules: &[RuleEntry], now: u64) -> Option<u64> {
     rules
         .iter()
         .filter(|r| r.live(now) && r.expires_mono_ns != 0 && r.spec.kind == Kind::Rule)
-        .filter(|r| probabilistic(r.spec.act.drop) || probabilistic(r.spec.act.duplicate))
+        .filter(|r| r.spec.act.random_loss() || probabilistic(r.spec.act.duplicate))
         .map(|r| r.expires_mono_ns)
         .min()
 }
@@ -434,7 +445,12 @@ mod tests {
         let t = Tuned {
             iface: "eth0".into(),
             ifindex: 2,
-            gso_max_segs: Some(65535),
+            segment: Some(Segmenter {
+                ifb: segment::ifb_name(2),
+                ifb_index: 7,
+                clsact_added: true,
+            }),
+            gso_max_segs: None,
             features_off: vec!["rx-gro".into()],
         };
         let j = serde_json::to_string(&t).unwrap();

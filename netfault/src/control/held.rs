@@ -151,10 +151,22 @@ pub fn start(
         replace_qdisc,
         monotonic_ns(),
     )?;
-    // One packet per skb before the first probability applies (features.rs); on an error
-    // from here on, dropping `run` puts everything back.
+    // Wire packets before the first probability applies (features.rs); on an error from
+    // here on, dropping `run` puts everything back.
     let xdp = run.xdp_frames();
-    features::tune(&devices, &run.rules, &mut run.wire, monotonic_ns(), &xdp)?;
+    let Running {
+        _ebpf, wire, rules, ..
+    } = &mut run;
+    let mut segment_prog =
+        || -> Result<aya::programs::ProgramFd> { Ok(kernel::segment_program(_ebpf)?) };
+    features::tune(
+        &devices,
+        rules,
+        wire,
+        monotonic_ns(),
+        &xdp,
+        &mut segment_prog,
+    )?;
     let (compiled, values) = run.compiled(monotonic_ns())?;
     run.maps.publish_set(&compiled, &values)?;
     Ok(run)

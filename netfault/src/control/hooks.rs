@@ -150,9 +150,14 @@ pub fn needs_xdp(spec: &RuleSpec, iface: &str) -> bool {
         Kind::Protect => false,
         // A rejecting partition is applied at tc, which builds the replies.
         Kind::Partition => spec.act.reject.is_none(),
+        // A rejecting rule is applied at tc too; XDP only stays to give tc wire frames when
+        // the rule draws.
         Kind::Rule => {
-            (spec.act.drop.0 > 0.0 && spec.act.duplicate.0 == 0.0 && !spec.act.shape.is_some())
-                || probabilistic(spec.act.drop.0)
+            (spec.act.loses()
+                && spec.act.reject.is_none()
+                && spec.act.duplicate.0 == 0.0
+                && !spec.act.shape.is_some())
+                || spec.act.random_loss()
                 || probabilistic(spec.act.duplicate.0)
         }
     };

@@ -12,6 +12,7 @@ pub mod others;
 pub mod pipeline;
 pub mod privileges;
 pub mod queues;
+pub mod segment;
 pub mod shaping;
 pub mod state;
 

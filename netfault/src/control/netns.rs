@@ -9,6 +9,11 @@ pub enum NetnsError {
     Unknown(String),
     #[error("enter network namespace '{0}': {1}")]
     Enter(String, io::Error),
+    #[error("invalid --pid: no process {0}")]
+    NoProcess(i32),
+    /// A pidfile that names no live process (the text says which and why).
+    #[error("pidfile {0}")]
+    PidFile(String),
 }
 
 pub fn enter(name: &str) -> Result<(), NetnsError> {
@@ -20,6 +25,23 @@ pub fn enter(name: &str) -> Result<(), NetnsError> {
     // SAFETY: valid fd of a namespace file.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(NetnsError::Enter(name.into(), io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Enters the network namespace of process `pid` (through its `/proc/PID/ns/net`, opened
+/// once: the namespace entered is the one the process had at that instant).
+pub fn enter_pid(pid: i32) -> Result<(), NetnsError> {
+    if pid <= 0 {
+        return Err(NetnsError::NoProcess(pid));
+    }
+    let f = File::open(format!("/proc/{pid}/ns/net")).map_err(|_| NetnsError::NoProcess(pid))?;
+    // SAFETY: valid fd of a namespace file.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(NetnsError::Enter(
+            format!("of pid {pid}"),
+            io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }

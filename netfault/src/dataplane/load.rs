@@ -7,6 +7,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
+    programs::{ProgramFd, SchedClassifier},
 };
 use netfault_common::{DistTable, maps as names};
 
@@ -51,4 +52,23 @@ pub fn load_private() -> Result<Ebpf> {
     let res = load(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     res
+}
+
+/// The segmenting filter's classifier (`progs::TC_SEGMENT`) from `ebpf`, loaded, as an fd of
+/// its own: a tc filter made with it holds the program after `ebpf` is gone.
+pub fn segment_program(ebpf: &mut Ebpf) -> Result<ProgramFd> {
+    let name = netfault_common::progs::TC_SEGMENT;
+    let prog = ebpf.program_mut(name).ok_or_else(|| KernelError::Io {
+        what: format!("program {name}"),
+        source: io::ErrorKind::NotFound.into(),
+    })?;
+    let p: &mut SchedClassifier = prog.try_into().map_err(ebpf_err("tc program"))?;
+    if p.fd().is_err() {
+        p.load()
+            .map_err(ebpf_err(format!("load {name} (verifier)")))?;
+    }
+    p.fd()
+        .map_err(ebpf_err(format!("{name} fd")))?
+        .try_clone()
+        .map_err(io_err(format!("duplicate the fd of {name}")))
 }

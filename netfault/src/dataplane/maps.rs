@@ -6,8 +6,8 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues},
 };
 use netfault_common::{
-    CFG_TC_ONLY, Config, Counters, FlowKey, FlowKey4, FlowRef, MAX_TUPLES, Prefilter, RuleValue,
-    Tuple, maps as names, rule_index,
+    BurstState, CFG_TC_ONLY, Config, Counters, FlowKey, FlowKey4, FlowRef, MAX_TUPLES, Prefilter,
+    RuleValue, Tuple, maps as names, rule_index,
 };
 
 use super::{KernelError, Result, ebpf_err, io_err};
@@ -67,6 +67,8 @@ pub struct Maps {
     pub rate: Array<MapData, u64>,
     /// Reject replies' pacing per slot.
     pub reject: Array<MapData, u64>,
+    /// Gilbert-Elliott state per rule slot (`--burst-scope rule`).
+    pub burst_rule: Array<MapData, BurstState>,
     grace: super::grace::Grace,
 }
 
@@ -108,6 +110,7 @@ impl Maps {
             ifb: typed(get(names::IFB)?, names::IFB)?,
             rate: typed(get(names::RATE)?, names::RATE)?,
             reject: typed(get(names::REJECT)?, names::REJECT)?,
+            burst_rule: typed(get(names::BURST_RULE)?, names::BURST_RULE)?,
             grace: super::grace::Grace::new().map_err(io_err("grace map"))?,
         })
     }
@@ -248,6 +251,7 @@ impl Maps {
             s.queue_dropped += c.queue_dropped;
             s.rejected += c.rejected;
             s.reject_limited += c.reject_limited;
+            s.bursts += c.bursts;
         }
         Ok(s)
     }
@@ -261,7 +265,11 @@ impl Maps {
         self.counters
             .set(slot, zeros, 0)
             .map_err(ebpf_err("reset counters"))?;
-        // A new rule's rate starts idle, whatever the slot's last owner left.
+        // A new rule's rate starts idle and its per-rule burst chain good, whatever the slot's
+        // last owner left.
+        self.burst_rule
+            .set(slot, &BurstState::default(), 0)
+            .map_err(ebpf_err("reset burst state"))?;
         self.rate.set(slot, &0, 0).map_err(ebpf_err("reset rate"))?;
         // And its reject replies start with a full burst.
         self.reject

@@ -118,9 +118,20 @@ pub fn link_stats(ifindex: u32) -> Result<LinkStats> {
 
 /// RTM_NEWLINK creating `name` of `kind`; an existing device of that name is fine.
 fn create(name: &str, kind: InfoKind, data: Option<InfoData>) -> Result<u32> {
+    create_with(name, kind, data, Vec::new())
+}
+
+/// [`create`] with more attributes in the request (a queue length, ...).
+fn create_with(
+    name: &str,
+    kind: InfoKind,
+    data: Option<InfoData>,
+    attrs: Vec<LinkAttribute>,
+) -> Result<u32> {
     let ctx = Ctx::new("create link", name);
     let kind_name = format!("{kind}");
     let mut m = by_name(name);
+    m.attributes.extend(attrs);
     let mut info = vec![LinkInfo::Kind(kind)];
     info.extend(data.map(LinkInfo::Data));
     m.attributes.push(LinkAttribute::LinkInfo(info));
@@ -146,6 +157,20 @@ fn create(name: &str, kind: InfoKind, data: Option<InfoData>) -> Result<u32> {
 /// Creates the IFB device `name` (an existing one is kept), brings it up, returns its index.
 pub fn ifb_add(name: &str) -> Result<u32> {
     let ifindex = create(name, InfoKind::Ifb, None)?;
+    link_set_up(ifindex)?;
+    Ok(ifindex)
+}
+
+/// [`ifb_add`] with the device's queue length set at creation, before it is up: the default
+/// qdisc the kernel attaches when it comes up sizes itself from it. (An existing device is
+/// kept as it is.)
+pub fn ifb_add_with_txqlen(name: &str, txqlen: u32) -> Result<u32> {
+    let ifindex = create_with(
+        name,
+        InfoKind::Ifb,
+        None,
+        vec![LinkAttribute::TxQueueLen(txqlen)],
+    )?;
     link_set_up(ifindex)?;
     Ok(ifindex)
 }

@@ -24,13 +24,14 @@ use netlink_packet_route::RouteNetlinkMessage;
 pub use error::{NetlinkError, Result};
 pub use ethtool::{Features, features, link_speed_bits, set_features};
 pub use link::{
-    LinkKind, LinkStats, XdpAttachMode, XdpInfo, dummy_add, ifb_add, link_del, link_gso_max_segs,
-    link_index, link_kind, link_mtu, link_set_gso_max_segs, link_set_up, link_stats, veth_add,
-    xdp_attached, xdp_holder,
+    LinkKind, LinkStats, XdpAttachMode, XdpInfo, dummy_add, ifb_add, ifb_add_with_txqlen, link_del,
+    link_gso_max_segs, link_index, link_kind, link_mtu, link_set_gso_max_segs, link_set_up,
+    link_stats, veth_add, xdp_attached, xdp_holder,
 };
 pub use qdisc::{
-    FqOptions, FqStats, NETFAULT_FQ_HANDLE, QdiscInfo, clsact_del, format_handle, fq_replace,
-    fq_stats, mirred_filter_add, mirred_filter_del, qdisc_del_root, root_qdisc,
+    FqOptions, FqStats, NETFAULT_FQ_HANDLE, QdiscInfo, clsact_add, clsact_del,
+    egress_bpf_mirred_filter_add, egress_filter_del, format_handle, fq_replace, fq_stats,
+    mirred_filter_add, mirred_filter_del, qdisc_del_root, root_qdisc,
 };
 
 use error::Fail;

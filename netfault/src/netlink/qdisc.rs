@@ -23,6 +23,7 @@ pub const NETFAULT_FQ_HANDLE: u32 = 0x4e46_0000;
 const TC_H_ROOT: u32 = 0xFFFF_FFFF;
 const TC_H_CLSACT: u32 = 0xFFFF_FFF1;
 const TC_H_MIN_INGRESS: u16 = 0xFFF2;
+const TC_H_MIN_EGRESS: u16 = 0xFFF3;
 const ETH_P_ALL: u16 = 0x0003;
 
 // include/uapi/linux/pkt_sched.h, enum TCA_FQ_*.
@@ -45,6 +46,10 @@ const TCF_META_TYPE_INT: u16 = 1;
 const TCF_META_ID_VALUE: u16 = 0;
 const TCF_META_ID_TCINDEX: u16 = 13;
 const TCF_EM_OPND_EQ: u8 = 0;
+// include/uapi/linux/pkt_cls.h, enum TCA_BPF_*.
+const TCA_BPF_ACT: u16 = 1;
+const TCA_BPF_FD: u16 = 6;
+const TCA_BPF_NAME: u16 = 7;
 
 fn handle_u32(h: TcHandle) -> u32 {
     (u32::from(h.major) << 16) | u32::from(h.minor)
@@ -208,6 +213,27 @@ pub fn clsact_del(ifindex: u32) -> Result<()> {
     }
 }
 
+/// Adds a clsact qdisc, as `tc qdisc add dev D clsact`. Returns false when one is there
+/// already (EEXIST), true when this made it.
+pub fn clsact_add(ifindex: u32) -> Result<bool> {
+    let ctx = Ctx::ifindex("add clsact", ifindex);
+    let mut m = TcMessage::with_index(ifindex_i32(ifindex, &ctx)?);
+    m.header.parent = TC_H_CLSACT.into();
+    m.header.handle = TcHandle {
+        major: 0xFFFF,
+        minor: 0,
+    };
+    m.attributes.push(TcAttribute::Kind("clsact".into()));
+    match route(
+        RouteNetlinkMessage::NewQueueDiscipline(m),
+        NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
+    ) {
+        Ok(_) => Ok(true),
+        Err(Fail::Errno(libc::EEXIST)) => Ok(false),
+        Err(e) => Err(ctx.err(e)),
+    }
+}
+
 /// fq's counters, for `stats`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FqStats {
@@ -350,10 +376,15 @@ fn mirred_redirect_actions(target_ifindex: u32) -> Vec<u8> {
 }
 
 fn ingress_filter(ifindex: i32, prio: u16) -> TcMessage {
+    clsact_filter(ifindex, prio, TC_H_MIN_INGRESS)
+}
+
+/// A filter message on one clsact hook (`minor`: ingress or egress), all protocols.
+fn clsact_filter(ifindex: i32, prio: u16, minor: u16) -> TcMessage {
     let mut m = TcMessage::with_index(ifindex);
     m.header.parent = TcHandle {
         major: 0xFFFF,
-        minor: TC_H_MIN_INGRESS,
+        minor,
     };
     // tcm_info: priority in the upper half, protocol (network order) in the lower.
     m.header.info = (u32::from(prio) << 16) | u32::from(ETH_P_ALL.to_be());
@@ -388,33 +419,96 @@ pub fn mirred_filter_add(
 ) -> Result<()> {
     let ctx = Ctx::ifindex("add mirred filter", ifindex);
     let m = mirred_filter_message(ifindex_i32(ifindex, &ctx)?, prio, tc_index, target_ifindex);
+    filter_add(ctx, m, "basic with meta ematch (cls_basic, em_meta)")
+}
+
+/// Sends a new filter; a kind the kernel lacks is named. tcf_proto_lookup_ops (classifier),
+/// tcf_em_validate (ematch) and tcf_action_init (action) all answer ENOENT.
+fn filter_add(ctx: Ctx, m: TcMessage, kind: &str) -> Result<()> {
     match route(
         RouteNetlinkMessage::NewTrafficFilter(m),
         NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
     ) {
         Ok(_) => Ok(()),
-        // tcf_proto_lookup_ops (classifier) and tcf_em_validate (ematch) both answer ENOENT.
         Err(Fail::Errno(e)) if e == libc::ENOENT => Err(NetlinkError::FilterKindUnknown {
             op: ctx.op,
             dev: ctx.dev,
-            kind: "basic with meta ematch (cls_basic, em_meta)".into(),
+            kind: kind.into(),
             source: std::io::Error::from_raw_os_error(e),
         }),
         Err(e) => Err(ctx.err(e)),
     }
 }
 
-/// Deletes every filter at `prio` on the clsact ingress hook. None there (ENOENT), or no
-/// clsact qdisc (EINVAL), is Ok.
-pub fn mirred_filter_del(ifindex: u32, prio: u16) -> Result<()> {
-    let ctx = Ctx::ifindex("delete mirred filter", ifindex);
-    let mut m = ingress_filter(ifindex_i32(ifindex, &ctx)?, prio);
-    // Protocol 0: any, as `tc filter del ... prio P` sends.
+/// Deletes every filter at `prio` (protocol 0: any, as `tc filter del ... prio P` sends). None
+/// there (ENOENT), or no clsact qdisc (EINVAL), is Ok.
+fn filter_del(ctx: Ctx, mut m: TcMessage, prio: u16) -> Result<()> {
     m.header.info = u32::from(prio) << 16;
     match route(RouteNetlinkMessage::DelTrafficFilter(m), NLM_F_ACK) {
         Ok(_) | Err(Fail::Errno(libc::ENOENT | libc::EINVAL)) => Ok(()),
         Err(e) => Err(ctx.err(e)),
     }
+}
+
+/// Deletes every filter at `prio` on the clsact ingress hook (see `filter_del`).
+pub fn mirred_filter_del(ifindex: u32, prio: u16) -> Result<()> {
+    let ctx = Ctx::ifindex("delete mirred filter", ifindex);
+    let m = ingress_filter(ifindex_i32(ifindex, &ctx)?, prio);
+    filter_del(ctx, m, prio)
+}
+
+fn bpf_mirred_filter_message(
+    ifindex: i32,
+    prio: u16,
+    prog_fd: u32,
+    prog_name: &str,
+    target: u32,
+) -> TcMessage {
+    let mut m = clsact_filter(ifindex, prio, TC_H_MIN_EGRESS);
+    m.attributes.push(TcAttribute::Kind("bpf".into()));
+    let mut name = prog_name.as_bytes().to_vec();
+    name.push(0);
+    // No TCA_BPF_FLAGS: not direct-action, so the program's verdict selects (-1) or passes
+    // (0) and the filter's own action runs on what it selects.
+    m.attributes.push(TcAttribute::Options(vec![
+        TcOption::Other(DefaultNla::new(TCA_BPF_FD, prog_fd.to_ne_bytes().to_vec())),
+        TcOption::Other(DefaultNla::new(TCA_BPF_NAME, name)),
+        TcOption::Other(DefaultNla::new(
+            TCA_BPF_ACT,
+            mirred_redirect_actions(target),
+        )),
+    ]));
+    m
+}
+
+/// Adds, on the clsact egress hook, `tc filter add dev D egress prio PRIO protocol all bpf fd
+/// FD name NAME action mirred egress redirect dev TARGET`: what the classifier selects goes to
+/// TARGET. The clsact qdisc must exist. The filter holds its own reference to the program.
+pub fn egress_bpf_mirred_filter_add(
+    ifindex: u32,
+    prio: u16,
+    prog: std::os::fd::BorrowedFd<'_>,
+    prog_name: &str,
+    target_ifindex: u32,
+) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let ctx = Ctx::ifindex("add segmenting filter", ifindex);
+    let fd = u32::try_from(prog.as_raw_fd()).map_err(|_| ctx.protocol("negative program fd"))?;
+    let m = bpf_mirred_filter_message(
+        ifindex_i32(ifindex, &ctx)?,
+        prio,
+        fd,
+        prog_name,
+        target_ifindex,
+    );
+    filter_add(ctx, m, "bpf with a mirred action (cls_bpf, act_mirred)")
+}
+
+/// Deletes every filter at `prio` on the clsact egress hook (see `filter_del`).
+pub fn egress_filter_del(ifindex: u32, prio: u16) -> Result<()> {
+    let ctx = Ctx::ifindex("delete egress filter", ifindex);
+    let m = clsact_filter(ifindex_i32(ifindex, &ctx)?, prio, TC_H_MIN_EGRESS);
+    filter_del(ctx, m, prio)
 }
 
 #[cfg(test)]

@@ -25,6 +25,9 @@ pub struct CounterView {
     /// Dropped because the rule's rate backlog was full (not by --drop).
     #[serde(default)]
     pub queue_dropped: u64,
+    /// Runs of lost packets a burst-loss chain began (each run's packets are in `dropped`).
+    #[serde(default)]
+    pub bursts: u64,
     /// Dropped and answered (RST or ICMP unreachable); part of `dropped`.
     #[serde(default)]
     pub rejected: u64,
@@ -43,6 +46,7 @@ impl From<Counters> for CounterView {
             bytes: c.bytes,
             delayed: c.delayed,
             queue_dropped: c.queue_dropped,
+            bursts: c.bursts,
             rejected: c.rejected,
             reject_limited: c.reject_limited,
         }

@@ -9,7 +9,8 @@ use toml::Value;
 
 use super::{
     Prob, RejectKind, RejectRate, Shape, SpecError,
-    toml_util::{boolean, duration, parsed, prob},
+    burst::{self, BurstScope, GeModel},
+    toml_util::{boolean, duration, err, parsed, prob},
 };
 
 /// A rule's actions (all zero: none). Flattened into a rule's stored form, so its keys sit
@@ -23,6 +24,16 @@ pub struct Actions {
     /// Delay, jitter, distribution, reorder and rate.
     #[serde(default)]
     pub shape: Shape,
+    /// Mean run of lost packets with `drop` as the loss rate (`burst`): above 1, the loss is a
+    /// Gilbert-Elliott chain; 1 is independent loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<f64>,
+    /// netem's full Gilbert-Elliott model, instead of `drop` and `burst`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gemodel: Option<GeModel>,
+    /// One chain per flow (default) or per rule.
+    #[serde(default)]
+    pub burst_scope: BurstScope,
     /// Answer what is dropped (a RST or an ICMP unreachable) instead of dropping silently;
     /// without `drop`, everything matched is dropped and answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,6 +52,9 @@ pub const KEYS: &[&str] = &[
     "distribution",
     "reorder",
     "rate",
+    "burst",
+    "gemodel",
+    "burst_scope",
     "reject",
     "reject_rate",
 ];
@@ -56,19 +70,34 @@ impl Actions {
 
     /// No action at all: such a rule would only count.
     pub fn is_empty(&self) -> bool {
-        self.drop.0 == 0.0
-            && self.duplicate.0 == 0.0
-            && !self.shape.is_some()
-            && self.reject.is_none()
+        !self.loses() && self.duplicate.0 == 0.0 && !self.shape.is_some()
     }
 
-    /// The drop probability the data path applies: `--reject` alone drops (and answers) all.
+    /// The drop probability the data path applies: `--reject` alone (no `drop`, no
+    /// `gemodel`) drops (and answers) all.
     pub fn effective_drop(&self) -> Prob {
-        if self.reject.is_some() && self.drop.0 == 0.0 {
+        if self.reject.is_some() && self.drop.0 == 0.0 && self.gemodel.is_none() {
             Prob(1.0)
         } else {
             self.drop
         }
+    }
+
+    /// The Gilbert-Elliott chain the loss follows, if it is not independent.
+    pub fn chain(&self) -> Option<GeModel> {
+        burst::chain(self.drop, self.burst, self.gemodel)
+    }
+
+    /// Does the rule lose packets at all (`--drop`, a `--gemodel` that loses, or `--reject`,
+    /// which answers what it loses and alone loses everything)?
+    pub fn loses(&self) -> bool {
+        self.drop.0 > 0.0 || self.gemodel.is_some_and(|g| g.loses()) || self.reject.is_some()
+    }
+
+    /// Is whether a packet is lost a draw (not always, not never)? Then the data path must see
+    /// wire packets for the draw to be per packet (control::features).
+    pub fn random_loss(&self) -> bool {
+        (self.drop.0 > 0.0 && self.drop.0 < 1.0) || self.chain().is_some()
     }
 
     /// Sets the action `key` (one of [`KEYS`]) from a file's value; `path` names it in errors.
@@ -82,6 +111,17 @@ impl Actions {
             "distribution" => self.shape.distribution = parsed(path, v)?,
             "reorder" => self.shape.reorder = boolean(path, v)?,
             "rate" => self.shape.rate = Some(parsed(path, v)?),
+            "burst" => {
+                let b = match v {
+                    Value::Integer(i) => format!("{i}"),
+                    Value::Float(f) => format!("{f}"),
+                    Value::String(s) => s.clone(),
+                    _ => return Err(err(path, "expected a mean run length (e.g. 4)")),
+                };
+                self.burst = Some(burst::parse_burst(&b).map_err(|m| err(path, m))?);
+            }
+            "gemodel" => self.gemodel = Some(parsed(path, v)?),
+            "burst_scope" => self.burst_scope = parsed(path, v)?,
             // `true` (the default reply), `false` (none) or a reply's name.
             "reject" => {
                 self.reject = match v {
@@ -114,7 +154,8 @@ impl Actions {
                 "cannot go with --delay or --rate (a rejected packet never leaves)",
             ));
         }
-        self.shape.validate()
+        self.shape.validate()?;
+        burst::validate(self.drop, self.burst, self.gemodel, self.burst_scope)
     }
 
     /// The actions as a file or a scenario step writes them (only those given).
@@ -141,6 +182,15 @@ impl Actions {
         if let Some(r) = s.rate {
             m.insert("rate".into(), json!(r.to_string()));
         }
+        if let Some(b) = self.burst {
+            m.insert("burst".into(), json!(b));
+        }
+        if let Some(g) = self.gemodel {
+            m.insert("gemodel".into(), json!(g.to_string()));
+        }
+        if self.burst_scope != BurstScope::Flow {
+            m.insert("burst_scope".into(), json!(self.burst_scope.to_string()));
+        }
         if let Some(k) = self.reject {
             m.insert("reject".into(), json!(k.to_string()));
         }
@@ -155,6 +205,27 @@ impl Actions {
 mod tests {
     use super::*;
 
+    /// A `--gemodel` rule loses with `drop` at 0, and a chain is a draw even at `--drop 100%`
+    /// alone's threshold: the hooks and device settings follow these (control::hooks, features).
+    #[test]
+    fn a_chain_is_random_loss_and_an_action() {
+        let mut a = Actions {
+            gemodel: Some("1%".parse().unwrap()),
+            ..Actions::default()
+        };
+        assert!(a.loses() && a.random_loss() && !a.is_empty());
+        a.gemodel = Some("0%,0%,0%,0%".parse().unwrap());
+        assert!(!a.loses() && a.is_empty());
+        let b = Actions {
+            drop: Prob(0.05),
+            burst: Some(1.0),
+            ..Actions::default()
+        };
+        assert!(b.random_loss() && b.chain().is_none());
+        let c = Actions::drops(Prob(1.0));
+        assert!(c.loses() && !c.random_loss());
+    }
+
     #[test]
     fn every_key_sets_what_to_json_writes_back() {
         let text = r#"
@@ -165,6 +236,9 @@ jitter = "5ms"
 distribution = "normal"
 reorder = true
 rate = "10mbit"
+burst = 4
+gemodel = "1%,25%,100%,0%"
+burst_scope = "rule"
 reject = "icmp-host"
 reject_rate = "10/s,burst=5"
 "#;

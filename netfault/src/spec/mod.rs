@@ -5,6 +5,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub mod actions;
+pub mod burst;
 pub mod dist;
 pub mod protection;
 pub mod reject;
@@ -12,6 +13,7 @@ pub mod ruleset;
 pub(crate) mod toml_util;
 
 pub use actions::Actions;
+pub use burst::{BurstScope, GeModel};
 pub use dist::Distribution;
 pub use reject::{RejectKind, RejectRate};
 
@@ -85,6 +87,40 @@ impl FromStr for Proto {
             "icmp" | "icmpv6" | "icmp6" => Ok(Self::Icmp),
             _ => Err(format!("unknown protocol '{s}' (tcp, udp, icmp, any)")),
         }
+    }
+}
+
+/// Which TCP segments of a connection an entry matches (`--conn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Conn {
+    /// Every packet (no `--conn`).
+    #[default]
+    Any,
+    /// A connection's first segment: TCP SYN without ACK.
+    New,
+    /// Every other TCP segment.
+    Established,
+}
+
+impl FromStr for Conn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "new" => Ok(Self::New),
+            "established" => Ok(Self::Established),
+            _ => Err(format!("'{s}' is not one of new, established")),
+        }
+    }
+}
+
+impl fmt::Display for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Any => "any",
+            Self::New => "new",
+            Self::Established => "established",
+        })
     }
 }
 
@@ -358,6 +394,14 @@ pub struct RuleSpec {
     pub priority: u32,
     /// Partition only: traffic from `dst` to `src` too is cut unless oneway.
     pub oneway: bool,
+    /// Only TCP segments that open a connection, or only the others (a match, for rules and
+    /// partitions alike); `Any`: every packet.
+    #[serde(default, skip_serializing_if = "is_any_conn")]
+    pub conn: Conn,
+}
+
+fn is_any_conn(c: &Conn) -> bool {
+    *c == Conn::Any
 }
 
 /// Delay, jitter and rate of a rule (all zero/none: no shaping).
@@ -500,6 +544,16 @@ impl RuleSpec {
                 0
             },
             oneway: false,
+            conn: Conn::Any,
+        }
+    }
+
+    /// The protocol the entry matches: a partition with `--conn` is a TCP partition.
+    pub fn effective_proto(&self) -> Proto {
+        if self.conn != Conn::Any {
+            Proto::Tcp
+        } else {
+            self.proto
         }
     }
 
@@ -548,11 +602,19 @@ impl RuleSpec {
                 };
                 return Err(SpecError::new(f, "needs --proto tcp or udp"));
             }
+            if self.conn != Conn::Any && self.proto != Proto::Tcp {
+                return Err(SpecError::new(
+                    "--conn",
+                    "needs --proto tcp: only TCP says in each packet whether it opens a \
+                     connection (SYN without ACK); the state of UDP and other flows is not \
+                     tracked",
+                ));
+            }
             self.act.validate()?;
             if self.act.is_empty() {
                 return Err(SpecError::new(
                     "action",
-                    "give --drop, --duplicate, --delay, --rate or --reject (a rule with no action would only count)",
+                    "give --drop, --gemodel, --duplicate, --delay, --rate or --reject (a rule with no action would only count)",
                 ));
             }
         }

@@ -12,6 +12,10 @@
 //! distribution = "normal"    # uniform (default) | normal | pareto | paretonormal
 //! reorder = false            # let jittered packets overtake each other
 //! rate = "10mbit"            # pace matched traffic
+//! burst = 4                  # with drop: lose in runs averaging 4 (Gilbert-Elliott)
+//! gemodel = "1%,25%,100%,0%" # or netem's p,r,1-h,1-k instead of drop and burst
+//! burst_scope = "flow"       # flow (default) | rule: one chain per flow or for the rule
+//! conn = "new"               # new | established: TCP only (needs proto = "tcp")
 //! ttl = "1m"                 # or "none"; default 10m
 //!
 //! [[partition]]
@@ -19,6 +23,7 @@
 //! a = ["192.0.2.1"]
 //! b = ["192.0.2.2", "192.0.2.3"]
 //! oneway = false
+//! conn = "new"               # cut only TCP connections being opened
 //! ```
 //!
 //! Every key but `name` is optional. Unknown keys and empty address lists are refused with the
@@ -34,8 +39,18 @@ use crate::spec::{
 
 const RULE_KEYS: &[&str] = &[
     "name", "dir", "src", "dst", "proto", "sport", "dport", "iface", "ttl", "priority", "all",
+    "conn",
 ];
-const PARTITION_KEYS: &[&str] = &["name", "a", "b", "oneway", "ttl", "reject", "reject_rate"];
+const PARTITION_KEYS: &[&str] = &[
+    "name",
+    "a",
+    "b",
+    "oneway",
+    "ttl",
+    "conn",
+    "reject",
+    "reject_rate",
+];
 
 fn nets(path: &str, v: &Value) -> Result<Vec<ipnet::IpNet>, SpecError> {
     let list = match v {
@@ -105,6 +120,7 @@ fn rule(path: &str, t: &Table) -> Result<(RuleSpec, Ttl), SpecError> {
             "sport" => r.sport = ports(&p, v)?,
             "dport" => r.dport = ports(&p, v)?,
             "iface" => r.iface = Some(string(&p, v)?.to_string()),
+            "conn" => r.conn = string(&p, v)?.parse().map_err(|m: String| err(&p, m))?,
             "priority" => {
                 r.priority = v
                     .as_integer()
@@ -128,7 +144,11 @@ fn rule(path: &str, t: &Table) -> Result<(RuleSpec, Ttl), SpecError> {
     }
     // Field names from validate() are the CLI's; map them to this file's paths.
     r.validate().map_err(|e| {
-        let key = e.field.trim_start_matches("--").to_lowercase();
+        let key = e
+            .field
+            .trim_start_matches("--")
+            .to_lowercase()
+            .replace('-', "_");
         let key = if key == "name" { "name".into() } else { key };
         SpecError::new(at(&key), e.msg)
     })?;
@@ -146,10 +166,17 @@ fn partition(path: &str, t: &Table) -> Result<(RuleSpec, Ttl), SpecError> {
         Some(v) => boolean(&at("oneway"), v)?,
     };
     let reject = super::reject::partition_keys(t, at)?;
+    let conn = match t.get("conn") {
+        None => Default::default(),
+        Some(v) => string(&at("conn"), v)?
+            .parse()
+            .map_err(|m: String| err(&at("conn"), m))?,
+    };
     let mut r = RuleSpec {
         src: side("a")?,
         dst: side("b")?,
         oneway,
+        conn,
         ..RuleSpec::new(name(path, t)?, Kind::Partition)
     };
     (r.act.reject, r.act.reject_rate) = (reject.reject, reject.reject_rate);
@@ -266,6 +293,39 @@ reject = "icmp-admin"
         let v = parse("[[rule]]\nname = \"x\"\nall = true\ndrop = 0.5\nttl = \"none\"\n").unwrap();
         assert_eq!(v[0].1, Ttl::Never);
         assert!(parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn burst_and_conn_keys_and_their_errors() {
+        let v = parse(
+            "[[rule]]\nname = \"b\"\nproto = \"tcp\"\nconn = \"established\"\ndrop = \"5%\"\nburst = 4\nburst_scope = \"rule\"\n\
+             [[partition]]\nname = \"p\"\na = [\"192.0.2.1\"]\nb = [\"192.0.2.2\"]\nconn = \"new\"\n",
+        )
+        .unwrap();
+        let r = &v[0].0;
+        assert_eq!(r.conn, crate::spec::Conn::Established);
+        assert_eq!(r.act.burst, Some(4.0));
+        assert_eq!(r.act.burst_scope, crate::spec::BurstScope::Rule);
+        assert_eq!(v[1].0.conn, crate::spec::Conn::New);
+        let field = |t: &str| parse(t).unwrap_err().field;
+        assert_eq!(
+            field("[[rule]]\nname = \"b\"\nproto = \"udp\"\nconn = \"new\"\ndrop = 1\n"),
+            "rule[0].conn"
+        );
+        assert_eq!(
+            field("[[rule]]\nname = \"b\"\nproto = \"tcp\"\ndrop = 0.1\nburst_scope = \"rule\"\n"),
+            "rule[0].burst_scope"
+        );
+        assert_eq!(
+            field("[[rule]]\nname = \"b\"\nproto = \"tcp\"\ndrop = 0.1\ngemodel = \"1%\"\n"),
+            "rule[0].gemodel"
+        );
+        assert_eq!(
+            field(
+                "[[partition]]\nname = \"p\"\na = \"192.0.2.1\"\nb = \"192.0.2.2\"\nconn = \"old\"\n"
+            ),
+            "partition[0].conn"
+        );
     }
 
     #[test]

@@ -280,60 +280,6 @@ pub fn assert_halves_status(st: &serde_json::Value, hosts: &[Host], transport: &
     }
 }
 
-/// What [`partition_wall_times`] measured: the first partition apart (it may attach), then the
-/// other partitions and the heals after them.
-pub struct WallTimes {
-    pub first: Duration,
-    pub partitions: Vec<Duration>,
-    pub heals: Vec<Duration>,
-}
-
-/// The timing of a 5-node cluster: 21 times `cluster partition halves`, then a check
-/// that the cut is on the wire once the command returned (UDP n1 -> n5), then `cluster heal`,
-/// each through `cluster_ok` (which must succeed).
-pub fn partition_wall_times(
-    hosts: &[Host],
-    mut cluster_ok: impl FnMut(&[&str]) -> String,
-) -> WallTimes {
-    let mut w = WallTimes {
-        first: Duration::ZERO,
-        partitions: Vec::new(),
-        heals: Vec::new(),
-    };
-    for i in 0..21 {
-        let t = std::time::Instant::now();
-        cluster_ok(&["partition", "halves"]);
-        let d = t.elapsed();
-        let r = UdpBurst::new(20)
-            .run(&hosts[0].ns, &hosts[4].ns, hosts[4].sock(false, 4999))
-            .unwrap();
-        assert_eq!(r.received(), 0, "cut on the wire once the command returned");
-        let t = std::time::Instant::now();
-        cluster_ok(&["heal"]);
-        if i == 0 {
-            w.first = d;
-        } else {
-            w.partitions.push(d);
-            w.heals.push(t.elapsed());
-        }
-    }
-    w
-}
-
-/// Prints `what, 5 nodes, N runs: min .. p50 .. p99 .. max ..` of `times`.
-pub fn report_times(what: &str, mut times: Vec<Duration>) {
-    times.sort();
-    let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
-    eprintln!(
-        "{what}, 5 nodes, {} runs: min {:?} p50 {:?} p99 {:?} max {:?}",
-        times.len(),
-        times[0],
-        pct(0.5),
-        pct(0.99),
-        times[times.len() - 1]
-    );
-}
-
 /// One line per JSON object of an event log (none when it is not there yet).
 pub fn event_log(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)

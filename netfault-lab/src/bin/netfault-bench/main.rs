@@ -9,6 +9,9 @@
 //!    on both ends through the CLI, idle and with 1k rules (goodput.rs).
 //! 4. Retransmissions per drop for 10 % TCP loss at egress and at ingress, through the CLI
 //!    (retrans.rs; alone, with its flags: `netfault-bench retrans`).
+//! 5. Command to wire for a 5-node `halves` partition and its heal, per transport (netns,
+//!    agent, SSH), next to the same cut made with nft per node; a 32-node namespace lab's
+//!    attach and partition (cluster.rs; alone: `--only cluster`).
 //!
 //! `netfault-bench delay` instead: one-way delay and jitter through netfault against netem
 //! (delay.rs; needs sch_fq and sch_netem, so `cargo xtask bench --vm` runs it in a VM).
@@ -21,6 +24,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 
+mod cluster;
 mod delay;
 mod droprate;
 mod frame;
@@ -47,6 +51,10 @@ struct Args {
     /// Rounds of the drop-rate benchmark (default 7, 3 with --quick).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
     rounds: Option<u32>,
+    /// Cuts and heals per way of the cluster part's 5-node lab (default 10 for netns and
+    /// agent and 5 over SSH, 3 with --quick).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    cluster_runs: Option<u32>,
     /// Run only one part.
     #[arg(long, value_enum)]
     only: Option<Part>,
@@ -72,6 +80,8 @@ enum Part {
     Goodput,
     /// Retransmissions per drop for 10% TCP loss, egress and ingress.
     Retrans,
+    /// Command to wire of a cluster partition per transport, next to nft per node.
+    Cluster,
 }
 
 /// How much work each part does.
@@ -85,6 +95,14 @@ pub struct Plan {
     pub rounds: usize,
     /// Target length of one generator run; under 0.95 s, see `droprate::Bench::size`.
     pub round_secs: f64,
+    /// Cuts and heals per way in the cluster part's 5-node lab, netns and agent.
+    pub cluster_runs: usize,
+    /// The same over SSH, where one takes seconds.
+    pub cluster_ssh_runs: usize,
+    /// Nodes of the cluster part's large lab (0: none).
+    pub cluster_big: usize,
+    /// Cuts and heals per way in the large lab.
+    pub cluster_big_runs: usize,
 }
 
 impl Plan {
@@ -100,6 +118,14 @@ impl Plan {
             runs,
             rounds: a.rounds.map_or(rounds, |r| r as usize),
             round_secs,
+            cluster_runs: a
+                .cluster_runs
+                .map_or(if a.quick { 3 } else { 10 }, |r| r as usize),
+            cluster_ssh_runs: a
+                .cluster_runs
+                .map_or(if a.quick { 3 } else { 5 }, |r| r as usize),
+            cluster_big: 32,
+            cluster_big_runs: if a.quick { 1 } else { 2 },
         }
     }
 }
@@ -158,6 +184,16 @@ fn run(args: &Args) -> Result<()> {
         let r = retrans::run(&retrans::Args::default());
         not_measured(Part::Retrans, r, &mut failed)?;
     }
+    if part(Part::Cluster) {
+        let r = cluster::run(&plan).and_then(|f| {
+            cluster::report(&plan, &f);
+            match f.failed.len() {
+                0 => Ok(()),
+                n => bail!("{n} of its labs or transports (above)"),
+            }
+        });
+        not_measured(Part::Cluster, r, &mut failed)?;
+    }
     if !failed.is_empty() {
         bail!("not measured: {}", failed.join(", "));
     }
@@ -176,6 +212,7 @@ fn not_measured(p: Part, r: Result<()>, failed: &mut Vec<&'static str>) -> Resul
         Part::Veth => (2, "veth"),
         Part::Goodput => (3, "goodput"),
         Part::Retrans => (4, "retrans"),
+        Part::Cluster => (5, "cluster"),
     };
     println!();
     println!("{n}. {name}: NOT MEASURED here: {e:#}");

@@ -13,7 +13,7 @@ fn kernel_release() -> String {
 }
 
 /// The 1-minute load average: other work on a 2-vCPU machine moves every number here.
-fn load_avg() -> String {
+pub fn load_avg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_string))

@@ -81,7 +81,15 @@ pub trait NodeTransport: Send + Sync {
 /// `token_file` that is not private to this user) names the key, `node[INDEX].token_file`.
 pub fn for_node(index: usize, node: &Node) -> Result<Box<dyn NodeTransport>, SpecError> {
     Ok(match &node.transport {
-        Transport::Netns(ns) => Box::new(Netns { ns: ns.clone() }),
+        Transport::Netns(ns) => Box::new(Netns {
+            at: netns::Place::Name(ns.clone()),
+        }),
+        Transport::Pid(pid) => Box::new(Netns {
+            at: netns::Place::Pid(*pid),
+        }),
+        Transport::PidFile(f) => Box::new(Netns {
+            at: netns::Place::PidFile(f.clone()),
+        }),
         Transport::Agent {
             url,
             token_file,

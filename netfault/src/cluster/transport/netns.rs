@@ -1,4 +1,5 @@
-//! The network-namespace transport: the pinned-mode controller of a namespace on this host.
+//! The network-namespace transport: the pinned-mode controller of a namespace on this host,
+//! named under /run/netns or reached through a process in it (`pid`, `pidfile`).
 use super::{NodeError, NodePlan, NodeState, NodeTransport};
 use crate::{
     cluster::local,
@@ -6,16 +7,46 @@ use crate::{
     spec::Ttl,
 };
 
-/// A namespace on this host: the pinned-mode controller, as `netfault --netns NS` runs it.
+/// Where the namespace is.
+pub enum Place {
+    Name(String),
+    Pid(i32),
+    PidFile(std::path::PathBuf),
+}
+
+/// A namespace on this host: the pinned-mode controller, as `netfault --netns NS` (or `--pid
+/// PID`) runs it.
 pub struct Netns {
-    pub ns: String,
+    pub at: Place,
 }
 
 impl Netns {
     /// Enters the namespace (this thread only) and locks its state.
     fn open(&self) -> Result<Ctl, NodeError> {
-        netns::enter(&self.ns)?;
-        Ok(Ctl::open(Some(&self.ns))?)
+        match &self.at {
+            Place::Name(n) => {
+                netns::enter(n)?;
+                Ok(Ctl::open(Some(n))?)
+            }
+            Place::Pid(pid) => {
+                netns::enter_pid(*pid)?;
+                Ok(Ctl::open(None)?)
+            }
+            Place::PidFile(f) => {
+                // Read at each use: a restarted process writes its new PID there.
+                let what = |m: String| netns::NetnsError::PidFile(format!("{}: {m}", f.display()));
+                let text = std::fs::read_to_string(f).map_err(|e| what(e.to_string()))?;
+                let pid = text
+                    .trim()
+                    .parse::<i32>()
+                    .map_err(|_| what(format!("'{}' is not a process id", text.trim())))?;
+                netns::enter_pid(pid).map_err(|e| match e {
+                    netns::NetnsError::NoProcess(_) => what(format!("process {pid} is gone")),
+                    e => e,
+                })?;
+                Ok(Ctl::open(None)?)
+            }
+        }
     }
 }
 

@@ -665,7 +665,11 @@ impl io::Read for DeadlineStdin {
 pub fn exit_code(e: &NodeError) -> u8 {
     match e {
         NodeError::Control(c) if c.exit_code() == 2 => 2,
-        NodeError::Netns(netns::NetnsError::Unknown(_)) => 2,
+        NodeError::Netns(
+            netns::NetnsError::Unknown(_)
+            | netns::NetnsError::NoProcess(_)
+            | netns::NetnsError::PidFile(_),
+        ) => 2,
         _ => 1,
     }
 }

@@ -1,0 +1,222 @@
+//! `netfault pause`, `netfault resume` and the hidden `pause-watchdog` (library: `pause`).
+use std::{
+    io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use netfault::{
+    pause::{self, Record, Schedule, Store, Target, store::unix_ms},
+    spec::{self, SpecError, validate_name},
+};
+
+/// Stop a process or a cgroup for a while; it resumes when the time is up, even if netfault
+/// is killed meanwhile (a watchdog process holds the deadline).
+///
+/// The target: `--pid PID`, a process, stopped with SIGSTOP and resumed with SIGCONT through a
+/// pidfd (a reused PID is never signalled); or `--cgroup PATH`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A cgroup v2 directory (absolute, or relative to the cgroup2 mount): frozen with
+    /// cgroup.freeze, so its processes can still be killed.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// How long each pause lasts (`500ms`, `30s`; at most 10m), or `none`: until `resume`.
+    #[arg(long = "for", value_name = "DURATION", required = true)]
+    pub hold: String,
+    /// A name for `resume` and `status` (default: pid-PID or cgroup-LAST).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Strobe: start a pause every PERIOD (longer than --for), --count times.
+    #[arg(long, value_name = "PERIOD", value_parser = super::args::parse_interval)]
+    pub every: Option<Duration>,
+    #[arg(long, value_name = "N")]
+    pub count: Option<u32>,
+}
+
+/// End pauses at once: the targets run again.
+#[derive(clap::Args, Debug)]
+pub struct ResumeArgs {
+    /// Pauses to end (default: all).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct WatchdogArgs {
+    pub name: String,
+}
+
+fn spec_of(a: &Args, pid: Option<i32>) -> Result<(Record, Target), SpecError> {
+    let hold = if a.hold.trim().eq_ignore_ascii_case("none") {
+        None
+    } else {
+        Some(spec::parse_duration(&a.hold).map_err(|m| SpecError::new("--for", m))?)
+    };
+    let schedule = Schedule::new(hold, a.every, a.count)?;
+    let target = match (pid, &a.cgroup) {
+        (Some(p), None) => Target::pid(p)?,
+        (None, Some(c)) => Target::cgroup(c)?,
+        (Some(_), Some(_)) => {
+            return Err(SpecError::new(
+                "--cgroup",
+                "give --pid or --cgroup, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(SpecError::new(
+                "--pid",
+                "give the target: --pid PID or --cgroup PATH",
+            ));
+        }
+    };
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => match &target {
+            Target::Pid { pid, .. } => format!("pid-{pid}"),
+            Target::Cgroup { path } => format!(
+                "cgroup-{}",
+                path.file_name()
+                    .map(|f| f.to_string_lossy().replace(
+                        |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_' && c != '.',
+                        "_"
+                    ))
+                    .unwrap_or_default()
+            ),
+        },
+    };
+    validate_name("--name", &name)?;
+    let rec = Record {
+        name,
+        target: target.clone(),
+        schedule,
+        created_ms: unix_ms(),
+        watchdog: None,
+    };
+    Ok((rec, target))
+}
+
+pub fn run(a: Args, pid: Option<i32>) -> anyhow::Result<()> {
+    let store = Store::default();
+    sweep(&store);
+    let (rec, target) = spec_of(&a, pid).map_err(pause::Error::from)?;
+    store.create(&rec)?;
+    let exe = std::env::current_exe()?;
+    let mut c = Command::new(exe);
+    c.arg("pause-watchdog")
+        .arg(&rec.name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe. The watchdog leaves this command's session and
+    // process group: a terminal's hangup or a Ctrl-C meant for this command does not end it
+    // (and if it did, it would resume the target, which is safe).
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().inspect_err(|_| store.remove(&rec.name))?;
+    let mut line = String::new();
+    // The watchdog answers within the stop's own 5 s bound.
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    match line.trim() {
+        "stopped" => {}
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = target.resume();
+            store.remove(&rec.name);
+            let why = other.strip_prefix("error: ").unwrap_or(other);
+            return Err(pause::Error::Watchdog(if why.is_empty() {
+                "the watchdog ended without a word".into()
+            } else {
+                why.to_string()
+            })
+            .into());
+        }
+    }
+    let s = rec.schedule;
+    let how = match (s.hold, s.every) {
+        (None, _) => "until `netfault resume`".to_string(),
+        (Some(h), None) => format!("for {}", humantime::format_duration(h)),
+        (Some(h), Some(e)) => format!(
+            "for {} every {}, {} times",
+            humantime::format_duration(h),
+            humantime::format_duration(e),
+            s.count
+        ),
+    };
+    println!(
+        "paused {} as '{}' {how} (watchdog pid {})",
+        target.describe(),
+        rec.name,
+        child.id()
+    );
+    Ok(())
+}
+
+pub fn resume(a: ResumeArgs) -> anyhow::Result<()> {
+    let store = Store::default();
+    sweep(&store);
+    let all = store.list();
+    let chosen: Vec<Record> = if a.names.is_empty() {
+        all
+    } else {
+        let missing: Vec<&String> = a
+            .names
+            .iter()
+            .filter(|n| !all.iter().any(|r| &r.name == *n))
+            .collect();
+        if !missing.is_empty() {
+            let m: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+            return Err(pause::Error::NotFound(m.join(", ")).into());
+        }
+        all.into_iter()
+            .filter(|r| a.names.contains(&r.name))
+            .collect()
+    };
+    for r in chosen {
+        match r.watchdog.filter(|w| w.alive()) {
+            // The watchdog resumes and removes the record.
+            Some(w) => {
+                // SAFETY: plain kill; the watchdog's identity was just checked.
+                unsafe { libc::kill(w.pid, libc::SIGTERM) };
+                let t = std::time::Instant::now();
+                while store.get(&r.name).is_some() && t.elapsed() < Duration::from_secs(5) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if store.get(&r.name).is_some() {
+                    r.target.resume()?;
+                    store.remove(&r.name);
+                }
+            }
+            None => {
+                r.target.resume()?;
+                store.remove(&r.name);
+            }
+        }
+        println!("resumed '{}' ({})", r.name, r.target.describe());
+    }
+    Ok(())
+}
+
+pub fn watchdog(a: WatchdogArgs) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    pause::watchdog::run(&Store::default(), &a.name, &mut out)?;
+    Ok(())
+}
+
+/// Resumes what a killed watchdog left, saying so.
+pub fn sweep(store: &Store) {
+    for n in pause::sweep(store) {
+        super::warn(format!(
+            "pause '{n}' had lost its watchdog: resumed its target"
+        ));
+    }
+}

@@ -1,0 +1,153 @@
+//! Live pauses, one JSON file each under `/run/netfault/pauses/` (host-wide: a process or a
+//! cgroup belongs to no network namespace). Gone on reboot, with every stopped process.
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Error, Result, Schedule, Target, target::start_time};
+
+pub const DIR: &str = "/run/netfault/pauses";
+
+/// The process that holds a pause's deadline, by PID and start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watchdog {
+    pub pid: i32,
+    pub start: u64,
+}
+
+impl Watchdog {
+    pub fn me() -> Option<Watchdog> {
+        let pid = std::process::id() as i32;
+        Some(Watchdog {
+            pid,
+            start: start_time(pid)?,
+        })
+    }
+
+    pub fn alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub name: String,
+    pub target: Target,
+    pub schedule: Schedule,
+    /// When it was asked for, Unix milliseconds.
+    pub created_ms: u64,
+    /// Set by the watchdog once it runs.
+    pub watchdog: Option<Watchdog>,
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Record {
+    pub fn age(&self) -> Duration {
+        Duration::from_millis(unix_ms().saturating_sub(self.created_ms))
+    }
+
+    /// Until the last resume; None: until `netfault resume`.
+    pub fn left(&self) -> Option<Duration> {
+        self.schedule.span().map(|s| s.saturating_sub(self.age()))
+    }
+}
+
+/// The directory of records (tests give their own).
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store { dir: DIR.into() }
+    }
+}
+
+impl Store {
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Store { dir: dir.into() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    /// Writes `r` whole (a reader never sees half a record).
+    pub fn put(&self, r: &Record) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
+        let tmp = self.dir.join(format!(".{}.{}", r.name, std::process::id()));
+        serde_json::to_vec_pretty(r)
+            .map_err(std::io::Error::other)
+            .and_then(|text| std::fs::write(&tmp, text))
+            .and_then(|()| std::fs::rename(&tmp, self.path(&r.name)))
+            .map_err(|e| Error::io(format!("writing {}", self.path(&r.name).display()), e))
+    }
+
+    /// A new record, refused when the name is taken by a live pause.
+    pub fn create(&self, r: &Record) -> Result<()> {
+        if self.get(&r.name).is_some() {
+            return Err(Error::Exists(r.name.clone()));
+        }
+        self.put(r)
+    }
+
+    pub fn get(&self, name: &str) -> Option<Record> {
+        let text = std::fs::read(self.path(name)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    pub fn remove(&self, name: &str) {
+        let _ = std::fs::remove_file(self.path(name));
+    }
+
+    /// Every record, by name.
+    pub fn list(&self) -> Vec<Record> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut v: Vec<Record> = rd
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().into_string().ok()?;
+                self.get(n.strip_suffix(".json").filter(|_| !n.starts_with('.'))?)
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_names_are_unique() {
+        let dir = std::env::temp_dir().join(format!("nf-pause-store-{}", std::process::id()));
+        let s = Store::at(&dir);
+        let r = Record {
+            name: "p1".into(),
+            target: Target::Pid { pid: 42, start: 7 },
+            schedule: Schedule::new(Some(Duration::from_secs(2)), None, None).unwrap(),
+            created_ms: unix_ms(),
+            watchdog: None,
+        };
+        s.create(&r).unwrap();
+        assert!(matches!(s.create(&r), Err(Error::Exists(_))));
+        assert_eq!(s.list(), vec![r.clone()]);
+        assert!(r.left().unwrap() <= Duration::from_secs(2));
+        s.remove("p1");
+        assert!(s.list().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
