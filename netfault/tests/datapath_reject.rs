@@ -95,6 +95,11 @@ impl Dp {
     }
 
     fn tc(&self, prog: &str, pkt: &[u8], gso_segs: u32) -> Run {
+        self.tc_runs(prog, pkt, gso_segs, 1)
+    }
+
+    /// `repeat` runs on one skb: what a run leaves in it (the segmentation mark) the next sees.
+    fn tc_runs(&self, prog: &str, pkt: &[u8], gso_segs: u32, repeat: u32) -> Run {
         let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
         let mut ctx = [0u8; SKB_CTX_LEN];
         ctx[SKB_GSO_SEGS..SKB_GSO_SEGS + 4].copy_from_slice(&gso_segs.to_ne_bytes());
@@ -106,6 +111,7 @@ impl Dp {
                 data_out: Some(&mut out),
                 ctx_in: Some(&ctx),
                 ctx_out: Some(&mut ctx_out),
+                repeat,
                 ..Default::default()
             })
             .unwrap();
@@ -546,6 +552,52 @@ fn reject_answers_what_drop_drops() {
     assert_eq!(c.dropped + c.passed, n, "{c:?}");
     // 400 draws at p = 0.5: 4.5 standard deviations is 155..245.
     assert!((155..=245).contains(&c.dropped), "{c:?}");
+}
+
+/// At egress a rule that draws (here a burst chain) meets wire packets: an aggregate is only
+/// marked for the segmenting device, uncounted and unanswered; each segment that comes back
+/// (still marked: the second run on the same skb) is drawn on and, when lost, answered with a
+/// RST of its own.
+#[test]
+fn a_drawing_reject_rule_answers_segments_at_egress() {
+    let mut dp = Dp::new();
+    let mut r = reject_rule(RejectKind::TcpReset);
+    (r.act.drop, r.act.burst) = (Prob(0.3), Some(3.0));
+    r.validate().unwrap();
+    dp.set(&[r]);
+    let (s, d) = v4();
+    let seg = frame(s, d, 6, &tcp(ACK, 100, 200, 1000));
+    assert_eq!(
+        dp.tc(OUT, &seg, 4).verdict,
+        TCX_NEXT,
+        "marked and passed on"
+    );
+    assert_eq!(
+        dp.counters(0),
+        Counters::default(),
+        "nothing counted before segmenting"
+    );
+    let n = 400;
+    let mut answered = 0;
+    for _ in 0..n {
+        let r = dp.tc_runs(OUT, &seg, 0, 2);
+        if r.verdict == TC_ACT_REDIRECT {
+            let t = check_reply(&seg, &r.frame, 6);
+            assert_eq!((t[13], be32(&t[4..])), (RST, 200));
+            answered += 1;
+        } else {
+            assert_eq!(r.verdict, TCX_NEXT);
+        }
+    }
+    let c = dp.counters(0);
+    assert_eq!(
+        (c.matched, c.dropped, c.rejected, c.passed, c.reject_limited),
+        (n, answered, answered, n - answered, 0),
+        "{c:?}"
+    );
+    // Runs of 3 on average at 30 %: about 40 runs in 120 losses; far from none and from all.
+    assert!((40..=240).contains(&answered), "{c:?}");
+    assert!(c.bursts > 5 && c.bursts < answered, "{c:?}");
 }
 
 /// XDP leaves reject rules to tc (which can send a reply out of any device); a GSO skb at
