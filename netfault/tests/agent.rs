@@ -1102,7 +1102,9 @@ fn a_strangers_flood_spends_nothing_the_coordinator_needs() {
         m1.len()
     );
     assert!(
-        m1.len() < 8192 && m1.len() < m0.len() + 1024,
+        // Bounded by what the coordinator's own 75-odd requests add (one line per route and
+        // code), not by an absolute size: each new counter of the rules adds a series.
+        m1.len() < m0.len() + 1024,
         "/metrics grew from {} to {} bytes",
         m0.len(),
         m1.len()
