@@ -1104,7 +1104,9 @@ fn a_strangers_flood_spends_nothing_the_coordinator_needs() {
     // The absolute bound is the page's own size (two action series per rule more since
     // reject: about 9 KiB here); the growth bound is what the flood must not cause.
     assert!(
-        m1.len() < 12 * 1024 && m1.len() < m0.len() + 1024,
+        // Bounded by what the coordinator's own 75-odd requests add (one line per route and
+        // code), not by an absolute size: each new counter of the rules adds a series.
+        m1.len() < m0.len() + 1024,
         "/metrics grew from {} to {} bytes",
         m0.len(),
         m1.len()
@@ -1268,7 +1270,13 @@ fn event_lines(path: &Path) -> Vec<serde_json::Value> {
 /// netfault process renewing (the agents stay up; the data path lets the entries go).
 #[test]
 fn cluster_run_via_agents_logs_paired_events_and_kill_9_heals_within_the_lease() {
-    let (_lab, _nf, hosts, ctl) = agent_lab();
+    let (_lab, nf, hosts, ctl) = agent_lab();
+    // XDP for good, as in the test below: the first partition's drop rule on a veth would
+    // otherwise load it within the run's deadline of lease / 2 (seen: "no answer within 1s" on
+    // four nodes at load 15).
+    for h in &hosts {
+        run(&nf, h, &["attach", &h.iface, "--xdp-mode", "native"]);
+    }
     let token = temp_file_mode("token", &format!("{TOKEN}\n"), 0o600);
     let _agents = start_agents(&hosts, &token.0, &ctl);
     let file = temp_file_mode("toml", &cluster_text(&hosts, &token.0, "http", None), 0o600);

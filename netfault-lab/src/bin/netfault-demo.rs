@@ -1,7 +1,8 @@
 //! netfault-demo: three hosts on a bridge, real traffic, and what netfault does to it.
 //!
 //! Builds a lab of network namespaces (hosts a, b, c on one bridge), shows traffic flowing, then
-//! applies a 30 % loss rule, a duplicate rule and a partition with the real `netfault` binary
+//! applies a 30 % loss rule, burst loss (its run-length histogram), a duplicate rule and a
+//! partition with the real `netfault` binary
 //! (the one next to this executable), printing the counters and the effect on traffic before
 //! and after. Then a lab cluster of five hosts: `netfault cluster partition` with several
 //! topologies, each shown as the 5×5 reachability matrix measured on the wire, and healed.
@@ -98,6 +99,7 @@ fn run() -> Result<Vec<String>> {
     let mut demo = Demo::build(nf)?;
     demo.baseline()?;
     demo.loss()?;
+    demo.burst()?;
     demo.duplicate()?;
     demo.partition()?;
     demo.heal()?;
@@ -219,6 +221,55 @@ impl Demo {
         );
         self.check(ping.received == 10, "ICMP untouched by a UDP rule");
         self.netfault(&b, &["rule", "del", "loss30"])?;
+        Ok(())
+    }
+
+    fn burst(&mut self) -> Result<()> {
+        use netfault_lab::burst as runs;
+        const N: u32 = 20_000;
+        step()?;
+        section("Burst loss on b: 5 % of UDP lost, in runs 4 packets long on average");
+        let (a, b) = (self.a.clone(), self.b.clone());
+        self.netfault(
+            &b,
+            &[
+                "rule", "add", "bursty", "--dir", "ingress", "--proto", "udp", "--drop", "5%",
+                "--burst", "4",
+            ],
+        )?;
+        let r = UdpBurst::new(N)
+            .rate(50_000)
+            .run(&a.ns, &b.ns, b.sock(false, PORT))?;
+        let lost: Vec<bool> = r.copies.iter().map(|&c| c == 0).collect();
+        let seen = runs::runs(&lost);
+        let g = netfault::spec::GeModel::simple(0.05, 4.0)
+            .ok_or_else(|| anyhow::anyhow!("5 %, runs of 4: a valid chain"))?;
+        let (rate_ok, (lo, hi)) = runs::loss_rate_holds(&lost, &g, Z_ALPHA_1E4);
+        let (mean_ok, mean, (mlo, mhi)) = runs::mean_run_holds(&seen, 4.0, Z_ALPHA_1E4);
+        println!("  {}", flow(&a, &b, false, &r));
+        println!(
+            "  {:.2} % lost (interval [{:.2} %, {:.2} %]); {} runs, mean {mean:.2} (interval [{mlo:.2}, {mhi:.2}])",
+            100.0 * r.lost() as f64 / f64::from(N),
+            lo * 100.0,
+            hi * 100.0,
+            seen.len()
+        );
+        println!("  run length  runs");
+        for line in runs::histogram_text(&seen, 12, 40).lines() {
+            println!("    {line}");
+        }
+        self.print_stats(&b)?;
+        let c = self.nf.counters(&b.ns, "bursty")?;
+        self.check(
+            r.rcvbuf_errors == 0 && rate_ok,
+            "loss rate consistent with 5 % (alpha = 1e-4, widened for the chain)",
+        );
+        self.check(mean_ok, "mean run length consistent with 4 (alpha = 1e-4)");
+        self.check(
+            c.dropped == r.lost() && c.bursts == runs::runs_begun(&lost),
+            "counters match the receiver: dropped = lost, bursts = runs begun",
+        );
+        self.netfault(&b, &["rule", "del", "bursty"])?;
         Ok(())
     }
 
