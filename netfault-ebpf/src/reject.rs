@@ -140,8 +140,10 @@ fn sum_packet(
         acc += csum(&mut chunk[..CHUNK]);
         off += CHUNK;
     }
-    let n = (stop - off) & (CHUNK - 1);
-    if n != 0 {
+    if stop > off {
+        // 1 to CHUNK by its arithmetic alone: 6.1's verifier learns no lower bound from
+        // `n != 0`, and bpf_skb_load_bytes refuses a length that may be 0.
+        let n = ((stop - off - 1) & (CHUNK - 1)) + 1;
         chunk.fill(0);
         load_into(ctx, off, &mut chunk[..n])?;
         acc += csum(&mut chunk[..(n + 3) & !3]);
