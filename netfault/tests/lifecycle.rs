@@ -163,7 +163,10 @@ fn kill_9_of_run_ends_the_impairment_within_a_second() {
             ],
         )
         .unwrap();
-    let cut = until_ping(&a, &b, false, Duration::from_secs(5));
+    // `run` loads and verifies the programs first: 4 s on this host since burst loss and the
+    // egress segmentation grew tc ingress (issue #18 is about that cost), more under load.
+    // The bound is on startup; what the test checks is the end after kill -9.
+    let cut = until_ping(&a, &b, false, Duration::from_secs(20));
     if cut.is_none() {
         let _ = child.kill();
     }

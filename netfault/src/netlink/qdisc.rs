@@ -196,17 +196,23 @@ pub fn qdisc_del_root(ifindex: u32) -> Result<()> {
     }
 }
 
-/// Deletes the clsact qdisc, as `tc qdisc del dev D clsact` (its filters go with it). None
-/// there (ENOENT), or an ingress qdisc instead (EINVAL: the kind does not match), is Ok.
-pub fn clsact_del(ifindex: u32) -> Result<()> {
-    let ctx = Ctx::ifindex("delete clsact", ifindex);
-    let mut m = TcMessage::with_index(ifindex_i32(ifindex, &ctx)?);
+/// The clsact qdisc of a device (handle ffff:, parent clsact), to add or delete.
+fn clsact_message(ifindex: i32) -> TcMessage {
+    let mut m = TcMessage::with_index(ifindex);
     m.header.parent = TC_H_CLSACT.into();
     m.header.handle = TcHandle {
         major: 0xFFFF,
         minor: 0,
     };
     m.attributes.push(TcAttribute::Kind("clsact".into()));
+    m
+}
+
+/// Deletes the clsact qdisc, as `tc qdisc del dev D clsact` (its filters go with it). None
+/// there (ENOENT), or an ingress qdisc instead (EINVAL: the kind does not match), is Ok.
+pub fn clsact_del(ifindex: u32) -> Result<()> {
+    let ctx = Ctx::ifindex("delete clsact", ifindex);
+    let m = clsact_message(ifindex_i32(ifindex, &ctx)?);
     match route(RouteNetlinkMessage::DelQueueDiscipline(m), NLM_F_ACK) {
         Ok(_) | Err(Fail::Errno(libc::ENOENT | libc::EINVAL)) => Ok(()),
         Err(e) => Err(ctx.err(e)),
@@ -217,13 +223,7 @@ pub fn clsact_del(ifindex: u32) -> Result<()> {
 /// already (EEXIST), true when this made it.
 pub fn clsact_add(ifindex: u32) -> Result<bool> {
     let ctx = Ctx::ifindex("add clsact", ifindex);
-    let mut m = TcMessage::with_index(ifindex_i32(ifindex, &ctx)?);
-    m.header.parent = TC_H_CLSACT.into();
-    m.header.handle = TcHandle {
-        major: 0xFFFF,
-        minor: 0,
-    };
-    m.attributes.push(TcAttribute::Kind("clsact".into()));
+    let m = clsact_message(ifindex_i32(ifindex, &ctx)?);
     match route(
         RouteNetlinkMessage::NewQueueDiscipline(m),
         NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
