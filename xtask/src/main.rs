@@ -39,7 +39,7 @@ enum Cmd {
     },
     /// fmt --check and clippy -D warnings on host and eBPF crates.
     Lint,
-    /// The demo lab: three hosts in namespaces, loss, duplication and a partition on real traffic.
+    /// The demo lab: three hosts, real traffic: loss, bursts, duplication, partition, reject.
     Demo,
     /// Fuzz the rule-set file parser and the CLI rule parser (cargo-fuzz, eBPF nightly).
     Fuzz {

@@ -1,8 +1,9 @@
 //! netfault-demo: three hosts on a bridge, real traffic, and what netfault does to it.
 //!
 //! Builds a lab of network namespaces (hosts a, b, c on one bridge), shows traffic flowing, then
-//! applies a 30 % loss rule, burst loss (its run-length histogram), a duplicate rule and a
-//! partition with the real `netfault` binary
+//! applies a 30 % loss rule, burst loss (its run-length histogram), a duplicate rule, a
+//! partition, and a `connect()` refused by `partition --reject` beside one that a silent
+//! partition leaves to time out, with the real `netfault` binary
 //! (the one next to this executable), printing the counters and the effect on traffic before
 //! and after. Then a lab cluster of five hosts: `netfault cluster partition` with several
 //! topologies, each shown as the 5×5 reachability matrix measured on the wire, and healed.
@@ -11,6 +12,8 @@
 //! Exit status: 0 when every effect was as expected, 1 when one was not (or the lab could not
 //! be built), 130 when interrupted. Needs root.
 use std::{
+    io,
+    net::TcpStream,
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -19,11 +22,17 @@ use std::{
 use anyhow::{Result, bail};
 use netfault_lab::{
     cluster,
-    lab::{self, Host, Lab, Netfault, UdpBurst, UdpReport, Z_ALPHA_1E4, wilson_interval},
+    lab::{self, Host, Lab, Netfault, TcpEcho, UdpBurst, UdpReport, Z_ALPHA_1E4, wilson_interval},
 };
 
 const PORT: u16 = 4000;
 const LOSS: f64 = 0.3;
+const TCP_PORT: u16 = 7000;
+/// How long the demo lets a `connect()` wait behind a silent partition (Linux itself would
+/// retry the SYN for about two minutes).
+const CONNECT_WAIT: Duration = Duration::from_secs(2);
+/// A refusal must come this fast (the first SYN retransmit is 1 s after the SYN).
+const REFUSED_WITHIN: Duration = Duration::from_millis(500);
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -103,6 +112,7 @@ fn run() -> Result<Vec<String>> {
     demo.duplicate()?;
     demo.partition()?;
     demo.heal()?;
+    demo.reject()?;
     demo.cluster()?;
     let failures = std::mem::take(&mut demo.failures);
     demo.cleanup()?;
@@ -370,6 +380,74 @@ impl Demo {
         Ok(())
     }
 
+    /// Fail fast versus silence: the same `connect()` to a silent partition and to one with
+    /// `--reject`, side by side.
+    fn reject(&mut self) -> Result<()> {
+        step()?;
+        section(
+            "Fail fast versus silence: TCP connect() from a, silent partition on b, --reject on c",
+        );
+        let (a, b, c) = (self.a.clone(), self.b.clone(), self.c.clone());
+        let _servers = [
+            TcpEcho::start(&b.ns, b.sock(false, TCP_PORT))?,
+            TcpEcho::start(&c.ns, c.sock(false, TCP_PORT))?,
+            TcpEcho::start(&c.ns, c.sock(true, TCP_PORT))?,
+        ];
+        let targets = [(&b, false), (&c, false), (&c, true)];
+        let mut before = true;
+        for &(h, v6) in &targets {
+            let (r, took) = connect_timed(&a, h.sock(v6, TCP_PORT))?;
+            before &= r.is_ok();
+            println!("  before: {}", connected(&a, h, v6, &r, took));
+        }
+        self.netfault(&b, &["partition", &a.set(), &b.set(), "--name", "quiet"])?;
+        self.netfault(
+            &c,
+            &[
+                "partition",
+                &a.set(),
+                &c.set(),
+                "--name",
+                "closed",
+                "--reject",
+            ],
+        )?;
+        let mut silent = true;
+        let mut refused = true;
+        for &(h, v6) in &targets {
+            let (r, took) = connect_timed(&a, h.sock(v6, TCP_PORT))?;
+            let kind = r.as_ref().err().map(io::Error::kind);
+            if h.ns == b.ns {
+                silent &= kind == Some(io::ErrorKind::TimedOut) && took >= CONNECT_WAIT;
+            } else {
+                refused &= kind == Some(io::ErrorKind::ConnectionRefused) && took < REFUSED_WITHIN;
+            }
+            println!("  after:  {}", connected(&a, h, v6, &r, took));
+        }
+        println!("  (b drops a's SYNs and says nothing: the client retries until its timeout;");
+        println!("   c answers each with a RST, as a closed port would)");
+        self.print_stats(&c)?;
+        let k = self.nf.counters(&c.ns, "closed")?;
+        self.check(before, "before the partitions every connect() succeeds");
+        self.check(
+            silent,
+            &format!(
+                "silent partition: connect() still waiting after {CONNECT_WAIT:?} (timed out)"
+            ),
+        );
+        self.check(
+            refused,
+            &format!("partition --reject: connect() refused (ECONNREFUSED) within {REFUSED_WITHIN:?}, v4 and v6"),
+        );
+        self.check(
+            k.rejected >= 2 && k.rejected == k.dropped && k.reject_limited == 0,
+            "counters on c: rejected = dropped (every packet cut was answered), none rate-limited",
+        );
+        self.netfault(&b, &["heal", "quiet"])?;
+        self.netfault(&c, &["heal", "closed"])?;
+        Ok(())
+    }
+
     /// Five hosts, one cluster file, four topologies: each partition applied with `netfault
     /// cluster`, the matrix measured with UDP from every node to every other, then healed.
     fn cluster(&mut self) -> Result<()> {
@@ -536,6 +614,44 @@ fn print_grid(m: &[Vec<Option<bool>>]) {
 /// The host's letter: the last part of its namespace name.
 fn short(h: &Host) -> &str {
     h.ns.rsplit('-').next().unwrap_or(&h.ns)
+}
+
+/// `connect()` from `from` to `dst`, bounded by [`CONNECT_WAIT`]: its result and how long it
+/// took.
+fn connect_timed(
+    from: &Host,
+    dst: std::net::SocketAddr,
+) -> Result<(io::Result<TcpStream>, Duration)> {
+    lab::run_in(&from.ns, move || {
+        let t = Instant::now();
+        let r = TcpStream::connect_timeout(&dst, CONNECT_WAIT);
+        (r, t.elapsed())
+    })
+}
+
+/// One line per connect: `TCP a -> c (v4) connect(): refused (ECONNREFUSED) after 0.2 ms`.
+fn connected(
+    from: &Host,
+    to: &Host,
+    v6: bool,
+    r: &io::Result<TcpStream>,
+    took: Duration,
+) -> String {
+    let what = match r {
+        Ok(_) => "connected".to_owned(),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            "refused (ECONNREFUSED)".to_owned()
+        }
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => "timed out (no answer)".to_owned(),
+        Err(e) => format!("failed ({e})"),
+    };
+    format!(
+        "TCP {} -> {} ({}) connect(): {what} after {:.1} ms",
+        short(from),
+        short(to),
+        if v6 { "v6" } else { "v4" },
+        took.as_secs_f64() * 1e3
+    )
 }
 
 fn udp(from: &Host, to: &Host, v6: bool, count: u32) -> Result<UdpReport> {
