@@ -93,6 +93,10 @@ pub struct LossRun {
     pub retrans: u64,
     /// Packets the receiving device counted (rx_packets).
     pub rx_packets: u64,
+    /// Packets the devices dropped between the two stacks, before any hook of the receiver's
+    /// could see them: the sender's tx_dropped and the receiver's rx_dropped (a veth whose peer
+    /// runs XDP drops a frame when the peer's ring is full).
+    pub device_dropped: u64,
     /// Payload bits per second at the sink over the whole flow.
     pub goodput_bits: f64,
     pub secs: f64,
@@ -146,6 +150,7 @@ impl LossRun {
             t.out_segs += r.out_segs;
             t.retrans += r.retrans;
             t.rx_packets += r.rx_packets;
+            t.device_dropped += r.device_dropped;
             t.dsacks += r.dsacks;
             t.timeouts += r.timeouts;
             t.host_queued += r.host_queued;
@@ -162,7 +167,7 @@ impl fmt::Display for LossRun {
         let c = &self.counters;
         write!(
             f,
-            "matched {} dropped {} duplicated {} passed {} | sender sent {} (retrans {}, {:.2}/drop; DSACKs {}, RTOs {}, held in host {}) | receiver rx {} | {:.1} Mbit/s over {:.1} s",
+            "matched {} dropped {} duplicated {} passed {} | sender sent {} (retrans {}, {:.2}/drop; DSACKs {}, RTOs {}, held in host {}) | receiver rx {} (devices dropped {}) | {:.1} Mbit/s over {:.1} s",
             c.matched,
             c.dropped,
             c.duplicated,
@@ -174,6 +179,7 @@ impl fmt::Display for LossRun {
             self.timeouts,
             self.host_queued,
             self.rx_packets,
+            self.device_dropped,
             self.goodput_bits / 1e6,
             self.secs
         )
@@ -405,7 +411,8 @@ pub fn flow_with(
     );
     let out0 = snmp(&tx.ns, "Tcp", "OutSegs")?;
     let re0 = snmp(&tx.ns, "Tcp", "RetransSegs")?;
-    let rx0 = link_stats(&rx.ns, &rx.iface)?.rx_packets;
+    let rx0 = link_stats(&rx.ns, &rx.iface)?;
+    let tx0 = link_stats(&tx.ns, &tx.iface)?;
     let ext0 = tcp_ext(&tx.ns)?;
     let listener =
         run_in(&rx.ns, || TcpListener::bind(dst))?.with_context(|| format!("listen on {dst}"))?;
@@ -452,11 +459,16 @@ pub fn flow_with(
     // behind the backlog), and the stack may answer a FIN sent again (its ACK was dropped) from
     // TIME_WAIT. So everything is read until two readings 50 ms apart agree (at most 20 tries):
     // the rule's counters, the sender's and the receiving device's then count the same packets.
-    let mut read = || -> Result<(u64, u64, u64, Counters)> {
+    let mut read = || -> Result<(u64, u64, u64, u64, Counters)> {
+        let (rx1, tx1) = (
+            link_stats(&rx.ns, &rx.iface)?,
+            link_stats(&tx.ns, &tx.iface)?,
+        );
         Ok((
             snmp(&tx.ns, "Tcp", "OutSegs")? - out0,
             snmp(&tx.ns, "Tcp", "RetransSegs")? - re0,
-            link_stats(&rx.ns, &rx.iface)?.rx_packets - rx0,
+            rx1.rx_packets - rx0.rx_packets,
+            (tx1.tx_dropped - tx0.tx_dropped) + (rx1.rx_dropped - rx0.rx_dropped),
             counters()?,
         ))
     };
@@ -469,13 +481,14 @@ pub fn flow_with(
         }
         last = now;
     }
-    let (out_segs, retrans, rx_packets, counters) = last;
+    let (out_segs, retrans, rx_packets, device_dropped, counters) = last;
     let ext = tcp_ext(&tx.ns)?;
     Ok(LossRun {
         counters,
         out_segs,
         retrans,
         rx_packets,
+        device_dropped,
         goodput_bits: received.load(Ordering::Relaxed) as f64 * 8.0 / secs,
         secs,
         dsacks: ext[0] - ext0[0],

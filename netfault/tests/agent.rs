@@ -300,7 +300,7 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
 
     let healed = cluster_ok(&ctl, &file.0, &["heal"]);
     assert!(healed.starts_with("healed 24 entries"), "{healed}");
-    assert_matrix(&hosts, &cluster::full(5), "healed");
+    assert_matrix_heals(&hosts, &cluster::full(5), "healed");
     // The events say what happened, in order.
     let (code, ev) = http(
         &ctl.ns,
@@ -1310,7 +1310,7 @@ fn cluster_run_via_agents_logs_paired_events_and_kill_9_heals_within_the_lease()
             );
         }
     }
-    assert_matrix(&hosts, &cluster::full(5), "after the flapping run");
+    assert_matrix_heals(&hosts, &cluster::full(5), "after the flapping run");
 
     let sc = temp_file_mode("toml", LONG_CUT, 0o600);
     let events = temp_file_mode("jsonl", "", 0o600);
@@ -1400,5 +1400,5 @@ fn a_run_after_a_killed_one_clears_its_entries_over_agents_at_once_and_after_the
         },
         |sc, ev| cluster(&ctl, Path::new(&file), &["run", sc, "--events", ev]),
     );
-    assert_matrix(&hosts, &cluster::full(5), "after the last run");
+    assert_matrix_heals(&hosts, &cluster::full(5), "after the last run");
 }

@@ -168,7 +168,7 @@ fn every_topology_cuts_the_wire_as_its_grudge_says_and_heal_restores() {
                 h.ns
             );
         }
-        assert_matrix(&hosts, &full, &format!("{topology} healed"));
+        assert_matrix_heals(&hosts, &full, &format!("{topology} healed"));
     }
     eprintln!("all topologies in {:?}", started.elapsed());
 }
@@ -339,7 +339,7 @@ fn nodes_reached_by_pid_and_pidfile_are_cut_and_healed() {
         "halves by pid",
     );
     cluster_ok(&file, &["heal"]);
-    assert_matrix(&hosts, &cluster::full(5), "healed by pid");
+    assert_matrix_heals(&hosts, &cluster::full(5), "healed by pid");
     // A pidfile naming no process fails the run on that node (exit 1, as any node that cannot
     // be reached), naming the file and the process.
     let gone = temp_file("pid", "2147483646\n");

@@ -283,7 +283,7 @@ fn isolate_over_ssh_cuts_the_wire_as_its_grudge_says_keeps_ssh_open_and_heals() 
     for i in 0..5 {
         assert!(l.partitions(i).is_empty(), "n{} after heal", i + 1);
     }
-    assert_matrix(&l.nodes, &cluster::full(5), "healed");
+    assert_matrix_heals(&l.nodes, &cluster::full(5), "healed");
     assert!(tcp(&l.nodes[0], plain, TCP_OK).ok(), "n1 -> n3 healed");
     drop(_echo);
     l.finish();
@@ -394,6 +394,6 @@ fn a_run_after_a_killed_one_clears_its_entries_over_ssh_at_once_and_after_the_le
         },
         |sc, ev| l.cluster(&file, &["run", sc, "--events", ev]),
     );
-    assert_matrix(&l.nodes, &cluster::full(5), "after the last run");
+    assert_matrix_heals(&l.nodes, &cluster::full(5), "after the last run");
     l.finish();
 }

@@ -103,8 +103,9 @@ fn egress_loss_is_per_wire_packet_and_the_sender_retransmits() {
         "counters are not wire packets: {r}"
     );
     // What the rule passed is what reached the receiver's device (beside a few frames of
-    // neighbour discovery); nothing it dropped did.
-    let extra = r.rx_packets as i64 - r.counters.passed as i64;
+    // neighbour discovery, and but for what the devices dropped on the way); nothing it
+    // dropped did.
+    let extra = (r.rx_packets + r.device_dropped) as i64 - r.counters.passed as i64;
     assert!(
         (0..=50).contains(&extra),
         "the receiver's rx_packets are not the passed packets: {r}"
@@ -203,13 +204,9 @@ fn ingress_loss_is_per_wire_packet_and_the_sender_retransmits() {
     eprintln!("ingress --drop 10%: {r}");
     check_flow(&r);
     check_wilson(&r, r.counters.dropped, "dropped");
-    // The receiver's device handed every frame to the program: each frame of the flow met the
-    // rule once, and the sender sent each as one segment.
-    assert_eq!(
-        r.counters.matched,
-        r.sent(),
-        "counters are not wire packets: {r}"
-    );
+    // The receiver's device handed every frame it got to the program: each frame of the flow
+    // met the rule once, and the sender sent each as one segment.
+    check_seen_all_delivered(&r);
     assert!(
         r.rx_packets >= r.counters.matched && r.rx_packets <= r.counters.matched + 50,
         "the receiving device's rx_packets are not the matched frames: {r}"
@@ -252,8 +249,10 @@ fn duplicates_are_per_wire_packet_and_reach_the_receiver() {
     check_flow(&r);
     check_wilson(&r, r.counters.duplicated, "duplicated");
     assert_eq!(r.counters.matched, r.sent(), "not wire packets: {r}");
-    // The receiver's device got each packet and each copy.
-    let extra = r.rx_packets as i64 - (r.counters.passed + r.counters.duplicated) as i64;
+    // The receiver's device got each packet and each copy (but for what the devices dropped
+    // on the way).
+    let extra = (r.rx_packets + r.device_dropped) as i64
+        - (r.counters.passed + r.counters.duplicated) as i64;
     assert!(
         (0..=50).contains(&extra),
         "the receiver did not get passed + duplicated packets: {r}"
@@ -289,22 +288,29 @@ fn duplicates_are_per_wire_packet_and_reach_the_receiver() {
     check_wilson(&r, r.counters.duplicated, "duplicated");
     // Every frame of the flow the receiving device got met the rule once (XDP on the veth
     // makes its peer send wire frames, GRO is off); beside them the device gets a few frames
-    // of no flow (neighbour discovery, MLD reports). A few frames may be lost before any hook
-    // when the veth's ring is full under load: TCP resends those, so they are bounded by the
-    // retransmits.
+    // of no flow (neighbour discovery, MLD reports).
     assert!(
         r.rx_packets >= r.counters.matched && r.rx_packets <= r.counters.matched + 50,
         "not wire packets: the receiving device's rx_packets are not the matched frames: {r}"
     );
-    assert!(
-        r.counters.matched <= r.sent() && r.sent() - r.counters.matched <= r.retrans.max(50),
-        "the rule did not see the frames the sender sent: {r}"
-    );
+    check_seen_all_delivered(&r);
     run(&nf, &b, &["rule", "del", "dup-in"]);
     assert_eq!(
         device_settings(&b.ns, &b.iface).unwrap(),
         before_b,
         "the receiver's device settings are not what they were after the delete"
+    );
+}
+
+/// A rule at the receiver's ingress saw every segment the sender sent but those the devices
+/// dropped on the way (a veth drops a frame when its XDP peer's ring is full, under load),
+/// which it cannot see: `sent = matched + device_dropped`, but for a few dropped frames of no
+/// flow (neighbour discovery).
+fn check_seen_all_delivered(r: &LossRun) {
+    let unseen = r.sent() as i64 - r.counters.matched as i64;
+    assert!(
+        unseen >= 0 && (0..=20).contains(&(r.device_dropped as i64 - unseen)),
+        "the rule did not see exactly the frames the sender sent and the devices delivered: {r}"
     );
 }
 

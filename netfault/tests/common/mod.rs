@@ -165,6 +165,31 @@ pub fn assert_matrix(hosts: &[Host], want: &cluster::Matrix, when: &str) {
     assert!(wrong.is_empty(), "{when}: {wrong:?}");
 }
 
+/// After a heal: the matrix on the wire becomes `want` within 2.5 s, and stays measured whole.
+/// The heal itself is on the wire at once, but an IPv6 neighbour entry whose solicitations the
+/// cut dropped resolves only at its kernel's next retransmit (1 s), as after a real cut link;
+/// ARP is not IP and is never cut, so IPv4 carries at once. Past the bound, the last matrix's
+/// difference is the failure.
+pub fn assert_matrix_heals(hosts: &[Host], want: &cluster::Matrix, when: &str) {
+    let start = std::time::Instant::now();
+    let bound = Duration::from_millis(2500);
+    loop {
+        let wrong = match cluster::matrix(hosts) {
+            Ok(got) => cluster::diff(&got, want),
+            Err(e) => vec![format!("{e:#}")],
+        };
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < bound,
+            "{when}: not healed on the wire {:?} after the heal: {wrong:?}",
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A file under the temp directory, `nftest-<pid>-<n>.<ext>`, removed on drop.
 pub struct TempFile(pub PathBuf);
 
