@@ -15,25 +15,11 @@ pub struct Args {
     /// The samples' file (`-`: standard input). Blank lines and `#` comments are skipped.
     #[arg(long, value_name = "FILE")]
     pub samples: PathBuf,
-    /// The interval between heartbeats.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = super::args::parse_interval)]
-    pub heartbeat: Duration,
-    /// False suspicions of a live peer tolerated: N/UNIT (s, min, h, day, week).
-    #[arg(long = "false-suspicions", value_name = "N/UNIT", default_value = "1/day", value_parser = measure::parse_rate)]
-    pub false_suspicions: f64,
-    /// Consecutive misses that make a suspicion.
-    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub misses: u32,
     /// The fraction of heartbeats lost (`0.1%` or `0.001`), counted as misses.
     #[arg(long, value_name = "PROB", default_value = "0", value_parser = super::args::parse_prob)]
     pub loss: netfault::spec::Prob,
-    /// phi's floor for the standard deviation of heartbeat intervals (Akka's
-    /// min-std-deviation).
-    #[arg(long = "min-stddev", value_name = "DURATION", default_value = "100ms", value_parser = super::args::parse_interval)]
-    pub min_stddev: Duration,
-    /// Added to the mean heartbeat interval by phi (Akka's acceptable-heartbeat-pause).
-    #[arg(long = "acceptable-pause", value_name = "DURATION", default_value = "0s", value_parser = parse_pause)]
-    pub acceptable_pause: Duration,
+    #[command(flatten)]
+    pub advice: AdviceArgs,
     #[arg(long)]
     pub json: bool,
 }
@@ -54,14 +40,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         return Err(SpecError::new("--loss", "must be below 1: every heartbeat lost").into());
     }
     let rtts = parse_samples(&text, &origin)?;
-    let params = Params {
-        heartbeat: a.heartbeat,
-        target_per_s: a.false_suspicions,
-        misses: a.misses,
-        loss: a.loss.0,
-        min_stddev: a.min_stddev,
-        acceptable_pause: a.acceptable_pause,
-    };
+    let params = a.advice.params(a.loss.0);
     let report = Report::new(None, "file", &rtts, &params);
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -69,7 +48,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         let doc = serde_json::to_string(&report)?;
         writeln!(out, "{doc}")?;
     } else {
-        text_report(&mut out, &report, a)?;
+        text_report(&mut out, &report, &a.advice)?;
     }
     Ok(())
 }
@@ -84,9 +63,53 @@ fn ms(us: f64) -> String {
     }
 }
 
-fn text_report(out: &mut impl std::io::Write, r: &Report, a: &Args) -> std::io::Result<()> {
-    let s = &r.rtt_us;
+/// The advice flags `measure` shares.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AdviceArgs {
+    /// The interval between heartbeats.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = super::args::parse_interval)]
+    pub heartbeat: Duration,
+    /// False suspicions of a live peer tolerated: N/UNIT (s, min, h, day, week).
+    #[arg(long = "false-suspicions", value_name = "N/UNIT", default_value = "1/day", value_parser = measure::parse_rate)]
+    pub false_suspicions: f64,
+    /// Consecutive misses that make a suspicion.
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub misses: u32,
+    /// phi's floor for the standard deviation of heartbeat intervals (Akka's
+    /// min-std-deviation).
+    #[arg(long = "min-stddev", value_name = "DURATION", default_value = "100ms", value_parser = super::args::parse_interval)]
+    pub min_stddev: Duration,
+    /// Added to the mean heartbeat interval by phi (Akka's acceptable-heartbeat-pause).
+    #[arg(long = "acceptable-pause", value_name = "DURATION", default_value = "0s", value_parser = parse_pause)]
+    pub acceptable_pause: Duration,
+}
+
+impl AdviceArgs {
+    pub fn params(&self, loss: f64) -> Params {
+        Params {
+            heartbeat: self.heartbeat,
+            target_per_s: self.false_suspicions,
+            misses: self.misses,
+            loss,
+            min_stddev: self.min_stddev,
+            acceptable_pause: self.acceptable_pause,
+        }
+    }
+}
+
+/// A report for a terminal: the summary, a histogram by powers of two, the advice.
+pub fn text_report(
+    out: &mut impl std::io::Write,
+    r: &Report,
+    a: &AdviceArgs,
+) -> std::io::Result<()> {
+    if let Some(p) = &r.peer {
+        writeln!(out, "{p} ({})", r.source)?;
+    }
     writeln!(out, "{} samples, loss {:.4} %", r.samples, r.loss * 100.0)?;
+    let (Some(s), Some(ad)) = (&r.rtt_us, &r.advice) else {
+        return Ok(());
+    };
     writeln!(
         out,
         "rtt  min {}  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {}  stddev {}",
@@ -105,7 +128,6 @@ fn text_report(out: &mut impl std::io::Write, r: &Report, a: &Args) -> std::io::
         let bar = "#".repeat(((n * 40).div_ceil(top)) as usize);
         writeln!(out, "  < {:>10}  {n:>9}  {bar}", ms(upper as f64))?;
     }
-    let ad = &r.advice;
     writeln!(
         out,
         "advice for a heartbeat every {}, a suspicion after {} miss(es) in a row, at most {:.3} false suspicions a day:",

@@ -14,6 +14,7 @@ pub mod completions;
 pub mod detach;
 pub mod heal;
 pub mod manpage;
+pub mod measure;
 pub mod node;
 pub mod partition;
 pub mod pause;
@@ -91,6 +92,7 @@ pub enum Cmd {
     Pause(pause::Args),
     Resume(pause::ResumeArgs),
     Advise(advise::Args),
+    Measure(measure::Args),
     Completions(completions::Args),
     Manpage(manpage::Args),
     #[command(hide = true)]
@@ -110,6 +112,7 @@ impl Cmd {
             self,
             Cmd::Stats(_)
                 | Cmd::Status(_)
+                | Cmd::Measure(_)
                 | Cmd::Rule(rule::Args {
                     cmd: rule::RuleCmd::List(_)
                 })
@@ -186,6 +189,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Pause(a) => pause::run(a, cli.pid).map(|()| Done::Ok)?,
         Cmd::Resume(a) => pause::resume(a).map(|()| Done::Ok)?,
         Cmd::PauseWatchdog(a) => pause::watchdog(a).map(|()| Done::Ok)?,
+        Cmd::Measure(a) => measure::run(&a).map(|()| Done::Ok)?,
         Cmd::Completions(_) | Cmd::Manpage(_) | Cmd::Advise(_) => unreachable!("handled above"),
     };
     if reaper {

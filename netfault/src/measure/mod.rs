@@ -7,6 +7,7 @@
 pub mod advice;
 pub mod histogram;
 pub mod phi;
+pub mod probe;
 pub mod report;
 pub mod samples;
 pub mod tail;

@@ -13,10 +13,11 @@ pub struct Report {
     pub samples: usize,
     /// The fraction of heartbeats (or probes) lost.
     pub loss: f64,
-    pub rtt_us: Summary,
+    /// `None` with no samples (every probe lost).
+    pub rtt_us: Option<Summary>,
     /// `[[upper_us, count], ...]`, the non-empty log-linear buckets.
     pub histogram: Vec<(u64, u64)>,
-    pub advice: Advice,
+    pub advice: Option<Advice>,
 }
 
 impl Report {
@@ -26,9 +27,22 @@ impl Report {
             source: source.to_owned(),
             samples: rtts.len(),
             loss: params.loss,
-            rtt_us: rtts.summary(),
+            rtt_us: Some(rtts.summary()),
             histogram: Histogram::of(rtts.sorted()).buckets(),
-            advice: advise(rtts, params),
+            advice: Some(advise(rtts, params)),
+        }
+    }
+
+    /// A peer that answered nothing.
+    pub fn silent(peer: Option<String>, source: &str, loss: f64) -> Report {
+        Report {
+            peer,
+            source: source.to_owned(),
+            samples: 0,
+            loss,
+            rtt_us: None,
+            histogram: Vec::new(),
+            advice: None,
         }
     }
 }
