@@ -582,3 +582,40 @@ mod pod {
     unsafe impl aya::Pod for BurstKey {}
     unsafe impl aya::Pod for BurstState {}
 }
+
+// ---- round-trip-time histograms (`netfault measure`, `netfault advise`) ----
+/// Sub-buckets per power of two: a bucket is at most 1/128 of its values wide (under 1 %
+/// relative error), log-linear as HdrHistogram's.
+pub const RTT_SUB_BITS: u32 = 7;
+/// Values above 60 s count in the last bucket.
+pub const RTT_MAX_US: u64 = 60_000_000;
+/// Buckets from 0 to `RTT_MAX_US` µs.
+pub const RTT_BUCKETS: u32 = rtt_bucket(RTT_MAX_US) + 1;
+
+/// The bucket of a value in µs: values below 256 have one each (exact), then 128 per power of
+/// two. No loop and no division, so the data path can use it as is.
+#[inline(always)]
+pub const fn rtt_bucket(us: u64) -> u32 {
+    let v = if us > RTT_MAX_US { RTT_MAX_US } else { us };
+    if v < (2 << RTT_SUB_BITS) {
+        return v as u32;
+    }
+    let msb = 63 - v.leading_zeros();
+    let shift = msb - RTT_SUB_BITS;
+    let mantissa = (v >> shift) as u32; // in [128, 256)
+    (shift + 1) * (1 << RTT_SUB_BITS) + mantissa - (1 << RTT_SUB_BITS)
+}
+
+/// The first value (µs) past bucket `b`: its values are `[rtt_bucket_upper(b - 1),
+/// rtt_bucket_upper(b))`.
+#[inline(always)]
+pub const fn rtt_bucket_upper(b: u32) -> u64 {
+    if b < (2 << RTT_SUB_BITS) {
+        return b as u64 + 1;
+    }
+    let shift = b / (1 << RTT_SUB_BITS) - 1;
+    let mantissa = (b % (1 << RTT_SUB_BITS) + (1 << RTT_SUB_BITS)) as u64;
+    (mantissa + 1) << shift
+}
+
+const _: () = assert!(RTT_BUCKETS == 2_533);

@@ -10,6 +10,8 @@
 //! - [`control`]: the controller: state, locking, namespaces, the publish pipeline shared by
 //!   pinned (CLI) and held (`run`) modes, queue planning.
 //! - [`observe`]: counters and lifetimes as users read them.
+//! - [`measure`]: round-trip-time samples, their summary and histogram, and the timeouts and
+//!   phi accrual thresholds they advise. Pure.
 //! - [`pause`]: processes and cgroups stopped for a while, resumed by a watchdog on their
 //!   deadline (beside the network: no namespace, no BPF).
 //! - [`cluster`]: lab clusters: cluster files, topologies, plans, the coordinator and its
@@ -20,6 +22,7 @@ pub mod cluster;
 pub mod compile;
 pub mod control;
 pub mod dataplane;
+pub mod measure;
 pub mod netlink;
 pub mod observe;
 pub mod pause;

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 use netfault::control::{netns, privileges};
 
+pub mod advise;
 pub mod agent;
 pub mod apply;
 pub mod args;
@@ -13,6 +14,7 @@ pub mod completions;
 pub mod detach;
 pub mod heal;
 pub mod manpage;
+pub mod measure;
 pub mod node;
 pub mod partition;
 pub mod pause;
@@ -89,6 +91,8 @@ pub enum Cmd {
     Agent(agent::Args),
     Pause(pause::Args),
     Resume(pause::ResumeArgs),
+    Advise(advise::Args),
+    Measure(measure::Args),
     Completions(completions::Args),
     Manpage(manpage::Args),
     #[command(hide = true)]
@@ -108,6 +112,7 @@ impl Cmd {
             self,
             Cmd::Stats(_)
                 | Cmd::Status(_)
+                | Cmd::Measure(_)
                 | Cmd::Rule(rule::Args {
                     cmd: rule::RuleCmd::List(_)
                 })
@@ -125,9 +130,10 @@ impl Cmd {
 pub fn run(cli: Cli) -> anyhow::Result<Done> {
     let ns = cli.netns.as_deref();
     match &cli.cmd {
-        // Neither needs a kernel, privileges nor a namespace.
+        // None needs a kernel, privileges nor a namespace.
         Cmd::Completions(a) => return completions::run(a).map(|()| Done::Ok),
         Cmd::Manpage(a) => return manpage::run(a).map(|()| Done::Ok),
+        Cmd::Advise(a) => return advise::run(a).map(|()| Done::Ok),
         _ => {}
     }
     // setns applies to this thread only: before any other thread exists. Privileges first, so
@@ -183,7 +189,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Pause(a) => pause::run(a, cli.pid).map(|()| Done::Ok)?,
         Cmd::Resume(a) => pause::resume(a).map(|()| Done::Ok)?,
         Cmd::PauseWatchdog(a) => pause::watchdog(a).map(|()| Done::Ok)?,
-        Cmd::Completions(_) | Cmd::Manpage(_) => unreachable!("handled above"),
+        Cmd::Measure(a) => measure::run(&a).map(|()| Done::Ok)?,
+        Cmd::Completions(_) | Cmd::Manpage(_) | Cmd::Advise(_) => unreachable!("handled above"),
     };
     if reaper {
         reap::spawn_if_wanted(ns);

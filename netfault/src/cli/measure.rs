@@ -1,0 +1,116 @@
+//! `netfault measure --probe`: round-trip times to peers, probed from here (library:
+//! `measure::probe`), with the advice of `advise` per peer.
+use std::{io::Write as _, net::IpAddr, time::Duration};
+
+use ipnet::IpNet;
+use netfault::{
+    measure::{
+        Report, Rtts,
+        probe::{self, MAX_PEERS, MAX_PER_PEER},
+    },
+    spec::SpecError,
+};
+
+use super::advise::{AdviceArgs, text_report};
+
+/// Measure round-trip times to peers, and advise a timeout and phi thresholds for each.
+///
+/// `--probe` sends ICMP (ICMPv6) echo requests to each peer every `--interval` and reads
+/// each reply's arrival time from the kernel. Passive measurement of live TCP traffic in the
+/// data path is not built yet.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Peers: addresses or CIDRs (each address of a CIDR is probed; at most 256 in all).
+    #[arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ',', required = true, value_parser = netfault::spec::parse_net)]
+    pub peer: Vec<IpNet>,
+    /// How long to measure.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::args::parse_interval)]
+    pub duration: Duration,
+    /// Probe actively: `icmp` (the default, and the only kind yet).
+    #[arg(long, value_name = "KIND", num_args = 0..=1, default_missing_value = "icmp")]
+    pub probe: Option<String>,
+    /// The interval between probes to a peer.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = super::args::parse_interval)]
+    pub interval: Duration,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub advice: AdviceArgs,
+}
+
+/// The addresses `--peer` names, validated: at most [`MAX_PEERS`].
+fn peers(nets: &[IpNet]) -> Result<Vec<IpAddr>, SpecError> {
+    let mut out = Vec::new();
+    for n in nets {
+        let room = MAX_PEERS.saturating_sub(out.len());
+        let addrs: Vec<IpAddr> = if n.prefix_len() == n.max_prefix_len() {
+            vec![n.addr()]
+        } else {
+            n.hosts().take(room + 1).collect()
+        };
+        if addrs.len() > room {
+            return Err(SpecError::new(
+                "--peer",
+                format!("more than {MAX_PEERS} addresses to probe (at {n})"),
+            ));
+        }
+        out.extend(addrs);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+pub fn run(a: &Args) -> anyhow::Result<()> {
+    match a.probe.as_deref() {
+        Some("icmp") => {}
+        Some(k) => {
+            return Err(
+                SpecError::new("--probe", format!("'{k}': only icmp probes exist yet")).into(),
+            );
+        }
+        None => {
+            return Err(SpecError::new(
+                "--probe",
+                "passive measurement (TCP timestamps in the data path) is not built yet: give --probe",
+            )
+            .into());
+        }
+    }
+    let peers = peers(&a.peer)?;
+    let rounds = a.duration.as_nanos() / a.interval.as_nanos().max(1);
+    if rounds as u64 > MAX_PER_PEER {
+        return Err(SpecError::new(
+            "--duration",
+            format!("{rounds} probes per peer: at most {MAX_PER_PEER} (lengthen --interval)"),
+        )
+        .into());
+    }
+    let got = probe::probe(&peers, a.interval, a.duration)?;
+    let reports: Vec<Report> = got
+        .into_iter()
+        .map(|(peer, r)| {
+            let loss = r.loss();
+            match Rtts::new(r.rtts_us) {
+                Some(rtts) => Report::new(
+                    Some(peer.to_string()),
+                    "probe",
+                    &rtts,
+                    &a.advice.params(loss),
+                ),
+                None => Report::silent(Some(peer.to_string()), "probe", loss),
+            }
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let doc = serde_json::to_string(&serde_json::json!({ "peers": reports }))?;
+        writeln!(out, "{doc}")?;
+    } else {
+        for r in &reports {
+            text_report(&mut out, r, &a.advice)?;
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! Round-trip times and what they mean for failure detection: samples read from a file (and,
+//! later, from the data path's histograms), their summary, and the timeouts and phi accrual
+//! thresholds they advise. Pure: no kernel, no clock.
+//!
+//! The samples are round-trip times, as a heartbeat that is answered (or a request with a
+//! timeout) sees them.
+pub mod advice;
+pub mod histogram;
+pub mod phi;
+pub mod probe;
+pub mod report;
+pub mod samples;
+pub mod tail;
+
+pub use advice::{Advice, Params, advise};
+pub use histogram::Histogram;
+pub use report::Report;
+pub use samples::{Rtts, Summary, parse_rate, parse_samples};
