@@ -358,3 +358,64 @@ fn nodes_reached_by_pid_and_pidfile_are_cut_and_healed() {
         "{err}"
     );
 }
+
+/// `cluster measure`: every node probes every other node's two addresses at once; the matrix
+/// is complete and clean on a healthy cluster, and under `halves` (n1,n2 | n3,n4,n5) exactly
+/// the cut pairs lose every probe, in both families.
+#[test]
+fn measure_gives_the_whole_matrix_and_shows_a_partition() {
+    let (_lab, _nf, hosts) = cluster_lab();
+    let file = temp_file("toml", &cluster_text(&hosts, &BTreeMap::new()));
+    let measure = || -> serde_json::Value {
+        let out = cluster_ok(
+            &file,
+            &[
+                "measure",
+                "--duration",
+                "1s",
+                "--interval",
+                "20ms",
+                "--json",
+            ],
+        );
+        serde_json::from_str(&out).unwrap()
+    };
+    // (from, to) -> samples of each of `to`'s two addresses.
+    let matrix = |doc: &serde_json::Value| -> BTreeMap<(String, String), Vec<u64>> {
+        let mut m: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+        for n in doc["nodes"].as_array().unwrap() {
+            assert!(n["error"].is_null(), "{n}");
+            for p in n["pairs"].as_array().unwrap() {
+                let key = (
+                    n["node"].as_str().unwrap().to_owned(),
+                    p["to"].as_str().unwrap().to_owned(),
+                );
+                m.entry(key)
+                    .or_default()
+                    .push(p["report"]["samples"].as_u64().unwrap());
+            }
+        }
+        m
+    };
+    let clean = matrix(&measure());
+    assert_eq!(clean.len(), 20, "every ordered pair: {clean:?}");
+    for (pair, samples) in &clean {
+        assert_eq!(
+            samples,
+            &[50, 50],
+            "{pair:?}: 50 probes a family, all answered"
+        );
+    }
+    let doc: serde_json::Value = serde_json::from_str(&cluster_ok(
+        &file,
+        &["partition", "n1,n2|n3,n4,n5", "--json", "--ttl", "2m"],
+    ))
+    .unwrap();
+    assert!(doc["grudge"].is_object());
+    let side = |n: &str| usize::from(n == "n1" || n == "n2");
+    for ((from, to), samples) in matrix(&measure()) {
+        let want = if side(&from) == side(&to) { 50 } else { 0 };
+        assert_eq!(samples, [want, want], "{from} -> {to} under the partition");
+    }
+    cluster_ok(&file, &["heal"]);
+}

@@ -100,6 +100,20 @@ pub enum ClusterCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Every node probes every other node's addresses at once (ICMP echo, as `measure
+    /// --probe`): the N x N matrix of round-trip times, and the advice per pair.
+    Measure {
+        /// How long each node probes.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::args::parse_interval)]
+        duration: std::time::Duration,
+        /// The interval between probes to a peer.
+        #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = super::args::parse_interval)]
+        interval: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        advice: super::advise::AdviceArgs,
+    },
 }
 
 /// `plan::impair`'s relative fields as the flags that gave them.
@@ -186,6 +200,37 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
             for p in plans.iter().filter(|p| !p.rules.is_empty()) {
                 let names: Vec<&str> = p.rules.iter().map(|r| r.name.as_str()).collect();
                 writeln!(out, "  {}: {}", p.node, names.join(", "))?;
+            }
+        }
+        ClusterCmd::Measure {
+            duration,
+            interval,
+            json,
+            advice,
+        } => {
+            let rounds = duration.as_nanos() / interval.as_nanos().max(1);
+            if rounds as u64 > netfault::measure::probe::MAX_PER_PEER {
+                return Err(SpecError::new(
+                    "--duration",
+                    format!(
+                        "{rounds} probes per peer: at most {} (lengthen --interval)",
+                        netfault::measure::probe::MAX_PER_PEER
+                    ),
+                )
+                .into());
+            }
+            let m = coord.measure(interval, duration, advice.params(0.0));
+            if json {
+                writeln!(out, "{}", serde_json::json!({ "nodes": m }))?;
+            } else {
+                super::cluster_measure::text(&mut out, &m, &advice)?;
+            }
+            let failed: Vec<String> = m
+                .iter()
+                .filter_map(|n| Some(format!("{}: {}", n.node, n.error.as_ref()?)))
+                .collect();
+            if !failed.is_empty() {
+                anyhow::bail!("not measured on every node: {}", failed.join("; "));
             }
         }
         ClusterCmd::Stats { json } => {

@@ -5,8 +5,8 @@ use std::{io::Write as _, net::IpAddr, time::Duration};
 use ipnet::IpNet;
 use netfault::{
     measure::{
-        Report, Rtts,
-        probe::{self, MAX_PEERS, MAX_PER_PEER},
+        self,
+        probe::{MAX_PEERS, MAX_PER_PEER},
     },
     spec::SpecError,
 };
@@ -86,22 +86,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         )
         .into());
     }
-    let got = probe::probe(&peers, a.interval, a.duration)?;
-    let reports: Vec<Report> = got
-        .into_iter()
-        .map(|(peer, r)| {
-            let loss = r.loss();
-            match Rtts::new(r.rtts_us) {
-                Some(rtts) => Report::new(
-                    Some(peer.to_string()),
-                    "probe",
-                    &rtts,
-                    &a.advice.params(loss),
-                ),
-                None => Report::silent(Some(peer.to_string()), "probe", loss),
-            }
-        })
-        .collect();
+    let reports = measure::probe_reports(&peers, a.interval, a.duration, &a.advice.params(0.0))?;
     let mut out = std::io::stdout().lock();
     if a.json {
         let doc = serde_json::to_string(&serde_json::json!({ "peers": reports }))?;

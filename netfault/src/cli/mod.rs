@@ -10,6 +10,7 @@ pub mod apply;
 pub mod args;
 pub mod attach;
 pub mod cluster;
+pub mod cluster_measure;
 pub mod completions;
 pub mod detach;
 pub mod heal;
@@ -120,7 +121,9 @@ impl Cmd {
                     cmd: protect::ProtectCmd::List(_)
                 })
                 | Cmd::Cluster(cluster::Args {
-                    cmd: cluster::ClusterCmd::Status { .. } | cluster::ClusterCmd::Stats { .. },
+                    cmd: cluster::ClusterCmd::Status { .. }
+                        | cluster::ClusterCmd::Stats { .. }
+                        | cluster::ClusterCmd::Measure { .. },
                     ..
                 })
         )

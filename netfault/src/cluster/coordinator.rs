@@ -97,6 +97,23 @@ pub struct NodeStats {
     pub faults: Vec<StatView>,
 }
 
+/// What `cluster measure` reports for one node: its probes of every other node's addresses.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeMeasure {
+    pub node: String,
+    pub transport: &'static str,
+    pub error: Option<String>,
+    pub pairs: Vec<PairReport>,
+}
+
+/// One node's report of one address of another.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PairReport {
+    pub to: String,
+    pub addr: std::net::IpAddr,
+    pub report: crate::measure::Report,
+}
+
 /// One node's answer to a timed operation: when it finished (the wall clock the event log
 /// prints: right after the node's change took effect, or when the coordinator gave up on it).
 #[derive(Debug)]
@@ -544,6 +561,69 @@ impl Coordinator {
 impl Coordinator {
     /// Every node's live faults with their counters; an unreachable node is reported, not an
     /// error.
+    /// Every node probes every other node's addresses at once (`cluster measure`), each for
+    /// `duration`; a node whose transport cannot probe says so in `error`.
+    pub fn measure(
+        &self,
+        interval: Duration,
+        duration: Duration,
+        params: crate::measure::Params,
+    ) -> Vec<NodeMeasure> {
+        let nodes = self.cluster.nodes.clone();
+        let timeout = self.timeout + duration + crate::measure::probe::GRACE;
+        let owners: Vec<(std::net::IpAddr, String)> = nodes
+            .iter()
+            .flat_map(|n| n.addrs.iter().map(|a| (*a, n.name.clone())))
+            .collect();
+        self.on_nodes_within(
+            timeout,
+            &self.all(),
+            move |i, t| {
+                let peers = nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .flat_map(|(_, n)| n.addrs.iter().copied())
+                    .collect();
+                t.measure(&transport::MeasureRequest {
+                    peers,
+                    interval,
+                    duration,
+                    params,
+                })
+            },
+            |_, _| {},
+        )
+        .into_iter()
+        .map(|(i, r)| {
+            let transport = self.transports[i].kind();
+            let node = self.cluster.nodes[i].name.clone();
+            let (error, reports) = match r {
+                Ok(Some(v)) => (None, v),
+                Ok(None) => (
+                    Some(format!("the {transport} transport cannot measure yet")),
+                    Vec::new(),
+                ),
+                Err(e) => (Some(e.to_string()), Vec::new()),
+            };
+            let pairs = reports
+                .into_iter()
+                .filter_map(|report| {
+                    let addr: std::net::IpAddr = report.peer.as_deref()?.parse().ok()?;
+                    let to = owners.iter().find(|(a, _)| *a == addr)?.1.clone();
+                    Some(PairReport { to, addr, report })
+                })
+                .collect();
+            NodeMeasure {
+                node,
+                transport,
+                error,
+                pairs,
+            }
+        })
+        .collect()
+    }
+
     pub fn stats(&self) -> Vec<NodeStats> {
         self.on_nodes(&self.all(), |_, t| t.stats(), |_, _| {})
             .into_iter()

@@ -172,27 +172,46 @@ pub fn advise(rtts: &Rtts, p: &Params) -> Advice {
             None,
         )
     } else if let Some(t) = tail.as_ref().filter(|t| s < t.fraction_above) {
-        (
-            Some(t.quantile_upper(rtts, s, CONFIDENCE)),
-            format!(
-                "a {:.0} % upper confidence bound (bootstrap) for the {} quantile of the {} (point estimate {:.3} ms; {n} samples cannot bound it without a model, {} would)",
-                CONFIDENCE * 100.0,
-                percent(1.0 - s),
-                t.describe(),
-                t.quantile(s) / 1e3,
-                samples_needed(s)
-            ),
-            None,
-        )
+        let bound = t.quantile_upper(rtts, s, CONFIDENCE);
+        if bound.is_finite() {
+            (
+                Some(bound),
+                format!(
+                    "a {:.0} % upper confidence bound (bootstrap) for the {} quantile of the {} (point estimate {:.3} ms; {n} samples cannot bound it without a model, {} would)",
+                    CONFIDENCE * 100.0,
+                    percent(1.0 - s),
+                    t.describe(),
+                    t.quantile(s) / 1e3,
+                    samples_needed(s)
+                ),
+                None,
+            )
+        } else {
+            (
+                None,
+                "none".to_owned(),
+                Some(format!(
+                    "the tail is too heavy to bound the {} quantile from {n} samples (more than {:.0} % of the bootstrap's refits have a shape of 1/2 or more); {} samples would bound it without a model",
+                    percent(1.0 - s),
+                    (1.0 - CONFIDENCE) * 100.0,
+                    samples_needed(s)
+                )),
+            )
+        }
     } else {
+        let why = if n < tail::MIN_SAMPLES {
+            format!("or {} for a fitted tail", tail::MIN_SAMPLES)
+        } else {
+            "and no tail could be fitted to the top tenth (a shape of 1/2 or more, or all equal)"
+                .to_owned()
+        };
         (
             None,
             "none".to_owned(),
             Some(format!(
-                "{n} samples cannot bound the {} quantile: it needs {} samples, or {} for a fitted tail",
+                "{n} samples cannot bound the {} quantile: it needs {} samples, {why}",
                 percent(1.0 - s),
-                samples_needed(s),
-                tail::MIN_SAMPLES
+                samples_needed(s)
             )),
         )
     };

@@ -16,3 +16,28 @@ pub use advice::{Advice, Params, advise};
 pub use histogram::Histogram;
 pub use report::Report;
 pub use samples::{Rtts, Summary, parse_rate, parse_samples};
+
+/// Probes `peers` (`probe::probe`) and reports each with the advice `params` give (the loss
+/// measured replaces theirs).
+pub fn probe_reports(
+    peers: &[std::net::IpAddr],
+    interval: std::time::Duration,
+    duration: std::time::Duration,
+    params: &Params,
+) -> Result<Vec<Report>, probe::ProbeError> {
+    Ok(probe::probe(peers, interval, duration)?
+        .into_iter()
+        .map(|(peer, r)| {
+            let loss = r.loss();
+            match Rtts::new(r.rtts_us) {
+                Some(rtts) => Report::new(
+                    Some(peer.to_string()),
+                    "probe",
+                    &rtts,
+                    &Params { loss, ..*params },
+                ),
+                None => Report::silent(Some(peer.to_string()), "probe", loss),
+            }
+        })
+        .collect())
+}

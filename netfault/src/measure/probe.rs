@@ -27,6 +27,10 @@ pub enum ProbeError {
     Send(IpAddr, io::Error),
     #[error("read echo replies: {0}")]
     Recv(io::Error),
+    #[error(
+        "{0} packets were dropped by this host's probe socket (the prober fell behind): the loss it saw is not the network's; lengthen --interval or probe fewer peers"
+    )]
+    Overrun(u32),
 }
 
 /// What one peer answered.
@@ -78,10 +82,67 @@ impl Sock {
             return Err(ProbeError::Socket(name, io::Error::last_os_error()));
         }
         // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
-        Ok(Sock {
+        let sock = Sock {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             v6,
-        })
+        };
+        // Only echo replies reach the socket (a raw socket gets a copy of every ICMP packet
+        // the host receives, the peers' own requests included), into a buffer that holds a
+        // few seconds of them: a reply dropped here would be reported as network loss.
+        if v6 {
+            // struct icmp6_filter: a set bit blocks that type.
+            let mut block = [u32::MAX; 8];
+            block[129 >> 5] &= !(1 << (129 & 31));
+            sock.set(libc::IPPROTO_ICMPV6, 1, &block)?;
+        } else {
+            // ICMP_FILTER on SOL_RAW: a set bit blocks that type; echo reply is type 0.
+            sock.set(libc::SOL_RAW, 1, &!1u32)?;
+        }
+        let bytes: libc::c_int = 8 << 20;
+        if sock
+            .set(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &bytes)
+            .is_err()
+        {
+            sock.set(libc::SOL_SOCKET, libc::SO_RCVBUF, &bytes)?;
+        }
+        Ok(sock)
+    }
+
+    fn set<T>(&self, level: libc::c_int, name: libc::c_int, v: &T) -> Result<(), ProbeError> {
+        // SAFETY: v is valid for size_of::<T>() bytes.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                level,
+                name,
+                (v as *const T).cast(),
+                size_of::<T>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(ProbeError::Socket(
+                if self.v6 { "ICMPv6" } else { "ICMP" },
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Packets the kernel dropped at this socket (SO_MEMINFO's SK_MEMINFO_DROPS).
+    fn drops(&self) -> u32 {
+        let mut info = [0u32; 9];
+        let mut len = size_of::<[u32; 9]>() as libc::socklen_t;
+        // SAFETY: info is valid for len bytes.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MEMINFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if r < 0 { 0 } else { info[8] }
     }
 
     fn send(&self, to: IpAddr, id: u16, seq: u16) -> io::Result<()> {
@@ -300,6 +361,10 @@ pub fn probe(
                 }
             }
         }
+    }
+    let dropped: u32 = [&v4, &v6].into_iter().flatten().map(Sock::drops).sum();
+    if dropped > 0 {
+        return Err(ProbeError::Overrun(dropped));
     }
     Ok(out)
 }

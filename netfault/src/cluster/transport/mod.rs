@@ -16,6 +16,7 @@ pub use self::{agent::Agent, netns::Netns, ssh::Ssh};
 use super::{Node, NodePlan, Transport};
 use crate::{
     control::{self, netns as ns},
+    measure::Report,
     spec::{Kind, SpecError, Ttl},
 };
 
@@ -37,6 +38,8 @@ pub enum NodeError {
     Panicked,
     #[error("start the node's worker thread: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error(transparent)]
+    Probe(#[from] crate::measure::probe::ProbeError),
 }
 
 /// A fault live on a node, as `status` shows it (and as the SSH transport's `state` carries it).
@@ -75,6 +78,21 @@ pub trait NodeTransport: Send + Sync {
     fn stats(&self) -> Result<Option<Vec<crate::observe::StatView>>, NodeError> {
         Ok(None)
     }
+    /// Probes `peers` from the node (`measure --probe`) and reports each (`cluster measure`);
+    /// `None`: this transport cannot yet.
+    fn measure(&self, probe: &MeasureRequest) -> Result<Option<Vec<Report>>, NodeError> {
+        let _ = probe;
+        Ok(None)
+    }
+}
+
+/// What `cluster measure` asks of each node.
+#[derive(Debug, Clone)]
+pub struct MeasureRequest {
+    pub peers: Vec<std::net::IpAddr>,
+    pub interval: Duration,
+    pub duration: Duration,
+    pub params: crate::measure::Params,
 }
 
 /// The transport for `node`, the `index`th of the cluster file: bad input (an agent's

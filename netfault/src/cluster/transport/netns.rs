@@ -78,4 +78,18 @@ impl NodeTransport for Netns {
     fn stats(&self) -> Result<Option<Vec<crate::observe::StatView>>, NodeError> {
         local::stats(&self.open()?).map(Some)
     }
+
+    fn measure(
+        &self,
+        probe: &super::MeasureRequest,
+    ) -> Result<Option<Vec<crate::measure::Report>>, NodeError> {
+        // Only the namespace: no state lock is held while probing.
+        drop(self.open()?);
+        Ok(Some(crate::measure::probe_reports(
+            &probe.peers,
+            probe.interval,
+            probe.duration,
+            &probe.params,
+        )?))
+    }
 }
