@@ -301,6 +301,31 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
     let healed = cluster_ok(&ctl, &file.0, &["heal"]);
     assert!(healed.starts_with("healed 24 entries"), "{healed}");
     assert_matrix_heals(&hosts, &cluster::full(5), "healed");
+    // Each agent probes the other nodes (POST /v1/measure): 50 probes a family, all answered.
+    let m: serde_json::Value = serde_json::from_str(&cluster_ok(
+        &ctl,
+        &file.0,
+        &[
+            "measure",
+            "--duration",
+            "1s",
+            "--interval",
+            "20ms",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    let nodes = m["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 5);
+    for n in nodes {
+        assert!(n["error"].is_null(), "{n}");
+        assert_eq!(n["transport"], "agent");
+        let pairs = n["pairs"].as_array().unwrap();
+        assert_eq!(pairs.len(), 8, "4 peers, 2 families: {n}");
+        for p in pairs {
+            assert_eq!(p["report"]["samples"], 50, "{p}");
+        }
+    }
     // The events say what happened, in order.
     let (code, ev) = http(
         &ctl.ns,
@@ -875,6 +900,7 @@ fn body_for(path: &str, h: &Host) -> String {
         ),
         "/v1/delete" => r#"{"names": ["kept"]}"#.to_string(),
         "/v1/renew" => r#"{"names": ["kept"], "ttl": "1h"}"#.to_string(),
+        "/v1/measure" => r#"{"peers": ["192.0.2.9"], "interval": "100ms", "duration": "1s", "heartbeat": "1s", "false_suspicions_per_s": 0.001, "misses": 1, "min_stddev": "100ms", "acceptable_pause": "0s"}"#.to_string(),
         _ => String::new(),
     }
 }

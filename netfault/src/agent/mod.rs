@@ -14,6 +14,7 @@
 //! stop (SIGTERM, SIGINT) deletes what the agent added. Changes are serialised: one at a time,
 //! in arrival order, each under the controller's lock.
 pub mod auth;
+pub mod measure;
 pub mod metrics;
 pub mod routes;
 pub mod tls;

@@ -84,7 +84,11 @@ impl ApiError {
         }
     }
 
-    fn field(status: StatusCode, field: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub(super) fn field(
+        status: StatusCode,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
         let mut e = Self::new(status, msg);
         e.body.field = Some(field.into());
         e
@@ -142,7 +146,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub type ApiResult<T> = Result<T, ApiError>;
 
 /// The methods the API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +190,9 @@ const ROUTES: &[(Verb, &str, MakeRoute)] = &[
     (Verb::Post, "/v1/delete", |m| on(m, delete_names)),
     (Verb::Delete, "/v1/rules/{name}", |m| on(m, delete_one)),
     (Verb::Get, "/v1/stats", |m| on(m, stats)),
+    (Verb::Post, "/v1/measure", |m| {
+        on(m, super::measure::measure)
+    }),
     (Verb::Get, "/v1/events", |m| on(m, events)),
     (Verb::Get, "/metrics", |m| on(m, metrics)),
 ];
@@ -425,7 +432,7 @@ fn logged(
     })
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

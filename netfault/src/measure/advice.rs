@@ -12,7 +12,7 @@
 //! samples are enough (distribution-free), else the quantile of a fitted tail (`tail`).
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use statrs::distribution::{Binomial, DiscreteCDF as _};
 
 use super::{
@@ -55,7 +55,7 @@ impl Default for Params {
 }
 
 /// `advice` of a report.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Advice {
     /// The smallest timeout within the target; `None` when none is (`reason` says why).
     pub timeout_ms: Option<f64>,

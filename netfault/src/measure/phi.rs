@@ -8,7 +8,7 @@
 //! phi = -log10(e / (1 + e))            if t > mean + acceptable_pause
 //!     = -log10(1 - 1 / (1 + e))        otherwise
 //! ```
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The phi of `t` (ms since the last heartbeat) for inter-arrival times of `mean` and
 /// `stddev` (ms, already at least the minimum), as Akka computes it.
@@ -23,7 +23,7 @@ pub fn phi(t: f64, mean: f64, stddev: f64) -> f64 {
 }
 
 /// When a threshold fires: ms after the last heartbeat.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Fires {
     pub threshold: f64,
     pub fires_after_ms: f64,

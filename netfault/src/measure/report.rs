@@ -1,10 +1,10 @@
 //! A report per peer, as `advise` prints it (and, later, `measure`): the JSON keys of the
 //! README's "Measure and choose timeouts" section.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Advice, Histogram, Params, Rtts, Summary, advise};
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// The peer measured; `None` for samples read from a file.
     pub peer: Option<String>,

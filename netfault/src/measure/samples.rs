@@ -1,5 +1,5 @@
 //! Samples as users give them, one duration per line with its unit, and their summary.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::spec::SpecError;
 
@@ -73,7 +73,7 @@ impl Rtts {
 }
 
 /// `rtt_us` of a report: percentiles by nearest rank.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub min: f64,
     pub p50: f64,

@@ -3,7 +3,7 @@
 //! Wallis, 1987). The GPD is the limit law of excesses for any distribution regular enough
 //! (Pickands-Balkema-de Haan): shape 0 is an exponential tail (normal, lognormal come near
 //! it), shape > 0 a power law (Pareto), shape < 0 a bounded tail.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::samples::Rtts;
 
@@ -12,7 +12,7 @@ pub const MIN_SAMPLES: usize = 200;
 /// The fraction of the samples above the threshold.
 pub const TAIL_FRACTION: f64 = 0.1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Tail {
     /// The threshold u (µs): the largest sample below the top tenth.
     pub threshold_us: f64,

@@ -12,6 +12,7 @@
 //! | `heal(select)`      | `GET /v1/status`, then `POST /v1/delete` `{"names", "kind": "partition"}` |
 //! | `renew(names, ttl)` | `POST /v1/renew` `{"names": [...], "ttl": "5m"}`           |
 //! | `state()`           | `GET /v1/status`                                           |
+//! | `measure(request)`  | `POST /v1/measure` `{"peers", "interval", "duration", ...}` |
 //!
 //! Additive changes (`/v1/plan`, `/v1/delete`) need no precondition: entries are named, a name
 //! taken is refused (409), so two coordinators never overwrite each other's entries. The
@@ -31,6 +32,27 @@ use crate::{
     cluster::file::AgentUrl,
     spec::{Kind, Ttl},
 };
+
+/// `POST /v1/measure`: probe `peers` from the agent's namespace (`measure --probe`), with the
+/// advice of `advise` for each. Durations as text (`100ms`), the rate as `N/UNIT`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MeasureBody {
+    pub peers: Vec<std::net::IpAddr>,
+    pub interval: String,
+    pub duration: String,
+    pub heartbeat: String,
+    pub false_suspicions_per_s: f64,
+    pub misses: u32,
+    pub min_stddev: String,
+    pub acceptable_pause: String,
+}
+
+/// Its answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MeasureAnswer {
+    pub peers: Vec<crate::measure::Report>,
+}
 
 /// What every response that changed something says.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -231,6 +253,17 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, AgentError> {
+        self.call_within(method, path, body, None)
+    }
+
+    /// [`call`](Self::call) with a deadline of its own (`None`: the client's).
+    pub fn call_within<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+        timeout: Option<Duration>,
+    ) -> Result<T, AgentError> {
         let url = format!("{}{path}", self.base);
         let bearer = format!("Bearer {}", self.token);
         let transport = |e: ureq::Error| AgentError::Transport {
@@ -250,6 +283,10 @@ impl Client {
                     _ => self.http.post(&url),
                 }
                 .header("Authorization", &bearer);
+                let req = match timeout {
+                    Some(t) => req.config().timeout_global(Some(t)).build(),
+                    None => req,
+                };
                 match b {
                     Some(b) => req.send_json(b),
                     None => req.send_empty(),
@@ -279,6 +316,15 @@ impl Client {
 
     pub fn status(&self) -> Result<StatusView, AgentError> {
         self.call("GET", "/v1/status", None::<&()>)
+    }
+
+    /// `POST /v1/measure`, waiting for the probes to end (`timeout` past the usual).
+    pub fn measure(
+        &self,
+        body: &MeasureBody,
+        timeout: Duration,
+    ) -> Result<MeasureAnswer, AgentError> {
+        self.call_within("POST", "/v1/measure", Some(body), Some(timeout))
     }
 }
 
@@ -323,6 +369,10 @@ impl Agent {
             .map_err(node_err)?;
         Ok(c.names)
     }
+}
+
+fn text(d: Duration) -> String {
+    format!("{}us", d.as_micros())
 }
 
 fn node_err(e: AgentError) -> NodeError {
@@ -381,6 +431,26 @@ impl NodeTransport for Agent {
             ttl: Some(ttl_text(ttl)),
         };
         self.post("/v1/renew", &req)
+    }
+
+    fn measure(
+        &self,
+        r: &super::MeasureRequest,
+    ) -> Result<Option<Vec<crate::measure::Report>>, NodeError> {
+        let body = MeasureBody {
+            peers: r.peers.clone(),
+            interval: text(r.interval),
+            duration: text(r.duration),
+            heartbeat: text(r.params.heartbeat),
+            false_suspicions_per_s: r.params.target_per_s,
+            misses: r.params.misses,
+            min_stddev: text(r.params.min_stddev),
+            acceptable_pause: text(r.params.acceptable_pause),
+        };
+        let timeout =
+            crate::cluster::coordinator::NODE_TIMEOUT + r.duration + crate::measure::probe::GRACE;
+        let a = self.client()?.measure(&body, timeout).map_err(node_err)?;
+        Ok(Some(a.peers))
     }
 
     fn state(&self) -> Result<NodeState, NodeError> {
