@@ -52,6 +52,14 @@ fn state(key: &FlowKey, slot: u32, rule: &RuleValue) -> Option<*mut BurstState> 
     NF_BURST_FLOWS.get_ptr_mut(&k)
 }
 
+/// `draw` as a function of its own, for tc's `act`: its key copy and map arguments would
+/// grow the caller's stack frame, which adds up along the call chain to reject's replies
+/// (BPF's 512 bytes).
+#[inline(never)]
+pub fn draw_apart(key: &FlowKey, slot: u32, rule: &RuleValue) -> Draw {
+    draw(key, slot, rule)
+}
+
 /// One step of the rule's chain for this packet: lost with the probability of the state the
 /// chain is in, then a move (good to bad with p, bad to good with r). Fails open (passes)
 /// when no state can be had.

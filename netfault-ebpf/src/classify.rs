@@ -37,6 +37,8 @@ use crate::maps::{NF_CONFIG, NF_FLOWS, NF_FLOWS4, NF_PREFILTER, NF_RULES, NF_TUP
 
 pub struct Match {
     pub slot: u32,
+    /// The rule's index in `NF_RULES` (its generation's and slot's).
+    pub index: u32,
     pub rule: &'static RuleValue,
 }
 
@@ -310,9 +312,11 @@ pub fn classify(key: &FlowKey, c: &Candidates) -> Option<Match> {
     if s.best_prio == u32::MAX {
         return None;
     }
-    let rule = NF_RULES.get(rule_index(c.generation, s.best_slot))?;
+    let index = rule_index(c.generation, s.best_slot);
+    let rule = NF_RULES.get(index)?;
     Some(Match {
         slot: s.best_slot,
+        index,
         rule,
     })
 }

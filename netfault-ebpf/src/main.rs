@@ -10,6 +10,7 @@
 // Packet loads of any alignment in one instruction (parse::load_word).
 #![feature(asm_experimental_arch)]
 
+mod act;
 mod burst;
 mod classify;
 mod maps;
@@ -19,21 +20,19 @@ mod shape;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{__sk_buff, BPF_F_INGRESS, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    bindings::{__sk_buff, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::{bpf_get_prandom_u32, generated::bpf_redirect},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use netfault_common::{
     CFG_INGRESS_TC, CFG_TC_ONLY, CLONE_MARK, Counters, DIR_EGRESS, DIR_INGRESS, FlowKey,
-    IFB_VIA_MIRRED, PROB_ALWAYS, RULE_BURST, RULE_NEEDS_SKB, RULE_SEGMENT, RULE_SHAPE, RuleValue,
-    SEGMENT_TC_INDEX, SHAPE_TC_INDEX,
+    PROB_ALWAYS, RULE_BURST, RULE_NEEDS_SKB, RuleValue, SEGMENT_TC_INDEX,
 };
 
 use crate::{
     classify::{Match, Published, classify},
-    maps::{NF_COUNTERS, NF_IFB, NF_TC_ONLY},
-    shape::Stamp,
+    maps::{NF_COUNTERS, NF_TC_ONLY},
 };
 
 /// `p` compiled to a threshold: 0 never fires, `PROB_ALWAYS` always does.
@@ -45,12 +44,17 @@ fn fires(threshold: u32) -> bool {
 
 /// Is this packet lost? The rule's independent draw, or its Gilbert-Elliott chain's step
 /// (counting a run begun). A rule without a chain takes one branch more than before.
+/// `APART`: the chain's step is a call (`burst::draw_apart`), not inlined.
 #[inline(always)]
-fn lost(key: &FlowKey, slot: u32, rule: &RuleValue, c: &mut Counters) -> bool {
+fn lost<const APART: bool>(key: &FlowKey, slot: u32, rule: &RuleValue, c: &mut Counters) -> bool {
     if rule.flags & RULE_BURST == 0 {
         return fires(rule.drop_thresh);
     }
-    let d = burst::draw(key, slot, rule);
+    let d = if APART {
+        burst::draw_apart(key, slot, rule)
+    } else {
+        burst::draw(key, slot, rule)
+    };
     if d.new_run {
         c.bursts += 1;
     }
@@ -130,7 +134,7 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Option<u32> {
     let c = counters(m.slot)?;
     c.matched += 1;
     c.bytes += (ctx.data_end() - ctx.data()) as u64;
-    if lost(&key, m.slot, m.rule, c) {
+    if lost::<false>(&key, m.slot, m.rule, c) {
         c.dropped += 1;
         return Some(xdp_action::XDP_DROP);
     }
@@ -193,104 +197,33 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
         // XDP already applied and counted this rule.
         return None;
     }
-    // A probability draws per wire packet: a packet such a rule matches at egress is neither
-    // counted nor acted on here. Marked, it goes on to the segmenting filter after this
-    // program, which sends it through the interface's egress IFB device (no GSO features: the
-    // kernel segments an aggregate there); each segment comes back out of this interface and
-    // meets the rule as one packet, still marked, so it is never sent there twice. Every
-    // packet of the rule takes the detour, one-segment ones too: those sent past the queue
-    // would overtake the aggregates in it, and TCP would take the reordering for loss.
-    // (control::segment sets the device and the filter up before such a rule is published.)
-    // SAFETY: skb is the program's own context; tc_index is a writable field of it.
-    if dir == DIR_EGRESS
-        && m.rule.flags & RULE_SEGMENT != 0
-        && unsafe { (*skb).tc_index } != SEGMENT_TC_INDEX
-    {
-        unsafe { (*skb).tc_index = SEGMENT_TC_INDEX };
-        return None;
+    if !act::plain(m.rule) {
+        // A rule with an action: applied by `act`, which the verifier checks once (its module
+        // says why), at the price of a call. `l4` is below `parse::REACH`.
+        return Some(if dir == DIR_INGRESS {
+            act::nf_act_ingress(skb, &key, l4 as u32, m.index)
+        } else {
+            act::nf_act_egress(skb, &key, l4 as u32, m.index)
+        });
     }
     let c = counters(m.slot)?;
     // Counters count wire packets: a GSO or GRO skb carries gso_segs of them (0 for a plain
-    // one). Where a probability applies, aggregates are segmented first at egress (above) and
-    // not built at ingress (control::features), so a draw below is per wire packet there.
+    // one). Where a probability applies, aggregates are segmented first at egress
+    // (`act`) and not built at ingress (control::features), so a draw below is per wire
+    // packet there.
     // SAFETY: skb is the program's own context.
     let segs = u64::from(unsafe { (*skb).gso_segs }.max(1));
     c.matched += segs;
     c.bytes += ctx.len() as u64;
-    if lost(&key, m.slot, m.rule, c) {
+    if fires(m.rule.drop_thresh) {
         c.dropped += segs;
-        if m.rule.reject != 0 {
-            match reject::reply(ctx, &key, l4, m.slot, m.rule) {
-                reject::Verdict::Sent => {
-                    // One reply, however many wire packets the skb carried (counted as those).
-                    c.rejected += segs;
-                    // At ingress back out where it came in; at egress up to the local stack.
-                    let flags = if dir == DIR_EGRESS {
-                        BPF_F_INGRESS as u64
-                    } else {
-                        0
-                    };
-                    // SAFETY: helper without preconditions; the verdict makes it take effect.
-                    unsafe { bpf_redirect(ifindex, flags) };
-                    return Some(TC_ACT_REDIRECT);
-                }
-                reject::Verdict::Limited => c.reject_limited += segs,
-                reject::Verdict::Silent => {}
-            }
-        }
         if dir == DIR_EGRESS {
             return Some(lost_on_the_wire());
         }
         // At ingress the sender is elsewhere: a plain drop.
         return Some(TC_ACT_SHOT);
     }
-    // Ingress shaping needs a queue: the IFB device's fq, reached by redirect. Without one
-    // (not set up yet, or gone) the packet passes undelayed.
-    // SAFETY: read-only lookup.
-    let ifb = if dir == DIR_INGRESS && m.rule.flags & RULE_SHAPE != 0 {
-        unsafe { NF_IFB.get(&ifindex) }.copied()
-    } else {
-        None
-    };
-    if m.rule.flags & RULE_SHAPE != 0 && (dir == DIR_EGRESS || ifb.is_some()) {
-        // Stamped before duplication, so a duplicate leaves with its original.
-        match shape::stamp(ctx, &key, m.slot, m.rule, l4) {
-            Stamp::QueueFull => {
-                // A full local queue, as a qdisc's: the sender's stack is told (NET_XMIT_DROP at
-                // egress) and backs off, as it would before a full fq or netem limit.
-                c.queue_dropped += segs;
-                return Some(TC_ACT_SHOT);
-            }
-            Stamp::Sent(true) => c.delayed += segs,
-            Stamp::Sent(false) => {}
-        }
-    }
-    if fires(m.rule.dup_thresh) {
-        // The clone carries CLONE_MARK, so it passes this program untouched when it re-enters.
-        ctx.set_mark(CLONE_MARK);
-        let flags = if dir == DIR_INGRESS {
-            BPF_F_INGRESS as u64
-        } else {
-            0
-        };
-        let ok = ctx.clone_redirect(ifindex, flags).is_ok();
-        ctx.set_mark(mark);
-        if ok {
-            c.duplicated += segs;
-        }
-    }
     c.passed += segs;
-    if let Some(ifb) = ifb {
-        if ifb & IFB_VIA_MIRRED != 0 {
-            // The mirred filter after this program takes it from here.
-            // SAFETY: tc_index is a writable field of a tc program's context.
-            unsafe { (*skb).tc_index = SHAPE_TC_INDEX };
-            return None;
-        }
-        // SAFETY: helper without preconditions; the verdict below makes it take effect.
-        unsafe { bpf_redirect(ifb, 0) };
-        return Some(TC_ACT_REDIRECT);
-    }
     None
 }
 

@@ -78,7 +78,8 @@ fn wire_len(ctx: &TcContext, skb: *const __sk_buff, proto: u8, l4: usize) -> u64
     len + (segs - 1) * hdr
 }
 
-#[inline(always)]
+/// Not inlined: called from tc's `act`, whose stack frame it would grow (see `burst::draw_apart`).
+#[inline(never)]
 pub fn stamp(ctx: &TcContext, key: &FlowKey, slot: u32, rule: &RuleValue, l4: usize) -> Stamp {
     let skb = ctx.as_ptr() as *mut __sk_buff;
     // SAFETY: helper without preconditions.
@@ -116,13 +117,17 @@ pub fn stamp(ctx: &TcContext, key: &FlowKey, slot: u32, rule: &RuleValue, l4: us
         }
     }
     if rule.jitter_ns != 0 && rule.flags & RULE_REORDER == 0 {
+        // A copy on this stack: `key` may lie in a global function's argument memory, which
+        // 6.1's verifier does not take for a map key.
+        // SAFETY: `key` is a live reference.
+        let key = unsafe { read_volatile(key) };
         // SAFETY: read-only lookup; the value is copied out at once.
-        if let Some(last) = unsafe { NF_PACE.get(key) }
+        if let Some(last) = unsafe { NF_PACE.get(&key) }
             && *last > at
         {
             at = *last;
         }
-        let _ = NF_PACE.insert(key, &at, 0);
+        let _ = NF_PACE.insert(&key, &at, 0);
     }
     // SAFETY: the program's own context; MONO is the kind that survives a redirect.
     unsafe { bpf_skb_set_tstamp(skb, at, TSTAMP_MONO as u32) };
