@@ -285,6 +285,31 @@ fn isolate_over_ssh_cuts_the_wire_as_its_grudge_says_keeps_ssh_open_and_heals() 
     }
     assert_matrix_heals(&l.nodes, &cluster::full(5), "healed");
     assert!(tcp(&l.nodes[0], plain, TCP_OK).ok(), "n1 -> n3 healed");
+    // Each node probes the others in `netfault node measure` over its SSH session: 50 probes
+    // a family, all answered.
+    let m: serde_json::Value = serde_json::from_str(&l.cluster_ok(
+        &file,
+        &[
+            "measure",
+            "--duration",
+            "1s",
+            "--interval",
+            "20ms",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    let nodes = m["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 5);
+    for n in nodes {
+        assert!(n["error"].is_null(), "{n}");
+        assert_eq!(n["transport"], "ssh");
+        let pairs = n["pairs"].as_array().unwrap();
+        assert_eq!(pairs.len(), 8, "4 peers, 2 families: {n}");
+        for p in pairs {
+            assert_eq!(p["report"]["samples"], 50, "{p}");
+        }
+    }
     drop(_echo);
     l.finish();
 }

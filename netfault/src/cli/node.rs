@@ -29,6 +29,8 @@ pub enum NodeCmd {
     Renew,
     /// Attached interfaces, live faults and partition names.
     State,
+    /// Probe peers and report each (`{"peers", "interval", "duration", ...}`).
+    Measure,
 }
 
 pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<()> {
@@ -38,6 +40,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<()> {
         NodeCmd::Heal => Op::Heal,
         NodeCmd::Renew => Op::Renew,
         NodeCmd::State => Op::State,
+        NodeCmd::Measure => Op::Measure,
     };
     // Inside a named namespace (an sshd started there), the state `--netns NAME` uses.
     let name = ns

@@ -48,6 +48,74 @@ pub struct MeasureBody {
     pub acceptable_pause: String,
 }
 
+impl MeasureBody {
+    pub fn of(r: &super::MeasureRequest) -> MeasureBody {
+        MeasureBody {
+            peers: r.peers.clone(),
+            interval: text(r.interval),
+            duration: text(r.duration),
+            heartbeat: text(r.params.heartbeat),
+            false_suspicions_per_s: r.params.target_per_s,
+            misses: r.params.misses,
+            min_stddev: text(r.params.min_stddev),
+            acceptable_pause: text(r.params.acceptable_pause),
+        }
+    }
+
+    /// The request checked: peers, interval, duration and the advice's parameters, or the
+    /// field at fault and why.
+    pub fn checked(
+        self,
+    ) -> Result<
+        (
+            Vec<std::net::IpAddr>,
+            Duration,
+            Duration,
+            crate::measure::Params,
+        ),
+        String,
+    > {
+        use crate::measure::probe::{MAX_PEERS, MAX_PER_PEER};
+        let dur = |field: &str, v: &str, zero_ok: bool| -> Result<Duration, String> {
+            let d =
+                humantime::parse_duration(v.trim()).map_err(|e| format!("{field}: '{v}': {e}"))?;
+            if d.is_zero() && !zero_ok {
+                return Err(format!("{field}: must be above 0"));
+            }
+            Ok(d)
+        };
+        if self.peers.is_empty() || self.peers.len() > MAX_PEERS {
+            return Err(format!("peers: 1 to {MAX_PEERS} addresses"));
+        }
+        let interval = dur("interval", &self.interval, false)?;
+        let duration = dur("duration", &self.duration, false)?;
+        if duration > MAX_MEASURE {
+            return Err(format!("duration: at most {MAX_MEASURE:?}"));
+        }
+        if duration.as_nanos() / interval.as_nanos() > u128::from(MAX_PER_PEER) {
+            return Err(format!("duration: at most {MAX_PER_PEER} probes per peer"));
+        }
+        if !(self.false_suspicions_per_s.is_finite() && self.false_suspicions_per_s > 0.0) {
+            return Err("false_suspicions_per_s: must be above 0".into());
+        }
+        if !(1..=100).contains(&self.misses) {
+            return Err("misses: 1 to 100".into());
+        }
+        let params = crate::measure::Params {
+            heartbeat: dur("heartbeat", &self.heartbeat, false)?,
+            target_per_s: self.false_suspicions_per_s,
+            misses: self.misses,
+            loss: 0.0,
+            min_stddev: dur("min_stddev", &self.min_stddev, false)?,
+            acceptable_pause: dur("acceptable_pause", &self.acceptable_pause, true)?,
+        };
+        Ok((self.peers, interval, duration, params))
+    }
+}
+
+/// Longest measurement one request may ask for.
+pub const MAX_MEASURE: Duration = Duration::from_secs(600);
+
 /// Its answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MeasureAnswer {
@@ -437,16 +505,7 @@ impl NodeTransport for Agent {
         &self,
         r: &super::MeasureRequest,
     ) -> Result<Option<Vec<crate::measure::Report>>, NodeError> {
-        let body = MeasureBody {
-            peers: r.peers.clone(),
-            interval: text(r.interval),
-            duration: text(r.duration),
-            heartbeat: text(r.params.heartbeat),
-            false_suspicions_per_s: r.params.target_per_s,
-            misses: r.params.misses,
-            min_stddev: text(r.params.min_stddev),
-            acceptable_pause: text(r.params.acceptable_pause),
-        };
+        let body = MeasureBody::of(r);
         let timeout =
             crate::cluster::coordinator::NODE_TIMEOUT + r.duration + crate::measure::probe::GRACE;
         let a = self.client()?.measure(&body, timeout).map_err(node_err)?;

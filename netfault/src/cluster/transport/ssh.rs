@@ -58,6 +58,8 @@ pub enum Op {
     Heal,
     Renew,
     State,
+    /// Probe peers from the node (`cluster measure`): no state opened, no lock taken.
+    Measure,
 }
 
 impl Op {
@@ -68,6 +70,7 @@ impl Op {
             Op::Heal => "heal",
             Op::Renew => "renew",
             Op::State => "state",
+            Op::Measure => "measure",
         }
     }
 }
@@ -235,13 +238,27 @@ impl Ssh {
 
     /// Runs `op` with `request` on the node; returns its answer.
     fn call<T: DeserializeOwned>(&self, op: Op, request: &impl Serialize) -> Result<T, SshError> {
-        let mut s = self.session(op)?;
+        self.call_within(op, request, CALL_LIMIT)
+    }
+
+    fn call_within<T: DeserializeOwned>(
+        &self,
+        op: Op,
+        request: &impl Serialize,
+        limit: Duration,
+    ) -> Result<T, SshError> {
+        let mut s = self.session_within(op, limit)?;
         s.send(request);
         s.finish(self)
     }
 
     /// Starts ssh for `op`; the session is bounded by [`CALL_LIMIT`] from now.
     fn session(&self, op: Op) -> Result<Session, SshError> {
+        self.session_within(op, CALL_LIMIT)
+    }
+
+    /// [`session`](Self::session), bounded by `limit`.
+    fn session_within(&self, op: Op, limit: Duration) -> Result<Session, SshError> {
         let mut cmd = Command::new("ssh");
         cmd.args(self.args(op))
             .stdin(Stdio::piped())
@@ -286,7 +303,8 @@ impl Ssh {
             reader: Some(reader),
             errors: Some(errors),
             seen: Vec::new(),
-            deadline: Instant::now() + CALL_LIMIT,
+            deadline: Instant::now() + limit,
+            limit,
             timed_out: false,
         })
     }
@@ -304,6 +322,8 @@ struct Session {
     /// Every line read so far.
     seen: Vec<String>,
     deadline: Instant,
+    /// The bound the deadline came from, for the timeout's message.
+    limit: Duration,
     timed_out: bool,
 }
 
@@ -355,7 +375,7 @@ impl Session {
         if self.timed_out {
             return Err(SshError::Timeout {
                 target: node.target.clone(),
-                limit: CALL_LIMIT,
+                limit: self.limit,
             });
         }
         let stdout = self.seen.join("\n");
@@ -491,6 +511,16 @@ impl NodeTransport for Ssh {
             faults: st.faults,
         })
     }
+
+    fn measure(
+        &self,
+        r: &super::MeasureRequest,
+    ) -> Result<Option<Vec<crate::measure::Report>>, NodeError> {
+        let body = super::agent::MeasureBody::of(r);
+        let limit = CALL_LIMIT + r.duration + crate::measure::probe::GRACE;
+        let a: super::agent::MeasureAnswer = self.call_within(Op::Measure, &body, limit)?;
+        Ok(Some(a.peers))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -504,6 +534,7 @@ enum Request {
     Heal(wire::Heal),
     Renew(wire::Renew),
     State,
+    Measure(super::agent::MeasureBody),
 }
 
 /// Bad input on stdin: exit 2, nothing changed.
@@ -524,6 +555,7 @@ fn request(op: Op, text: &str) -> Result<Request, NodeError> {
         Op::Delete => Request::Delete(parse(op, text)?),
         Op::Heal => Request::Heal(parse(op, text)?),
         Op::Renew => Request::Renew(parse(op, text)?),
+        Op::Measure => Request::Measure(parse(op, text)?),
         // Nothing to say: an empty stdin or `{}`.
         Op::State if text.trim().is_empty() => Request::State,
         Op::State => {
@@ -572,6 +604,13 @@ pub fn serve(
         input.read_to_string(&mut text).map_err(io_error)?;
     }
     let req = request(op, &text)?;
+    if let Request::Measure(b) = req {
+        // Probing needs the namespace only: no state, no lock.
+        let (peers, interval, duration, params) = b.checked().map_err(|m| bad_request(op, m))?;
+        let peers = crate::measure::probe_reports(&peers, interval, duration, &params)?;
+        let answer = to_json(&super::agent::MeasureAnswer { peers })?;
+        return writeln!(output, "{answer}").map_err(io_error);
+    }
     let mut ctl = Ctl::open(netns)?;
     let answer = match req {
         Request::Apply(a) => names(local::apply(&mut ctl, &a.plan, a.ttl)?),
@@ -606,6 +645,7 @@ pub fn serve(
             }
         }
         Request::Renew(r) => names(local::renew(&mut ctl, &r.names, r.ttl)?),
+        Request::Measure(_) => unreachable!("answered above"),
         Request::State => {
             let st = local::state(&ctl);
             to_json(&wire::State {
