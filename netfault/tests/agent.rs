@@ -315,17 +315,7 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
         ],
     ))
     .unwrap();
-    let nodes = m["nodes"].as_array().unwrap();
-    assert_eq!(nodes.len(), 5);
-    for n in nodes {
-        assert!(n["error"].is_null(), "{n}");
-        assert_eq!(n["transport"], "agent");
-        let pairs = n["pairs"].as_array().unwrap();
-        assert_eq!(pairs.len(), 8, "4 peers, 2 families: {n}");
-        for p in pairs {
-            assert_eq!(p["report"]["samples"], 50, "{p}");
-        }
-    }
+    assert_measured(&m, "agent", 50);
     // The events say what happened, in order.
     let (code, ev) = http(
         &ctl.ns,

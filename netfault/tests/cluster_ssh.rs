@@ -299,17 +299,7 @@ fn isolate_over_ssh_cuts_the_wire_as_its_grudge_says_keeps_ssh_open_and_heals() 
         ],
     ))
     .unwrap();
-    let nodes = m["nodes"].as_array().unwrap();
-    assert_eq!(nodes.len(), 5);
-    for n in nodes {
-        assert!(n["error"].is_null(), "{n}");
-        assert_eq!(n["transport"], "ssh");
-        let pairs = n["pairs"].as_array().unwrap();
-        assert_eq!(pairs.len(), 8, "4 peers, 2 families: {n}");
-        for p in pairs {
-            assert_eq!(p["report"]["samples"], 50, "{p}");
-        }
-    }
+    assert_measured(&m, "ssh", 50);
     drop(_echo);
     l.finish();
 }

@@ -158,41 +158,34 @@ impl Sock {
             let c = checksum(&pkt);
             pkt[2..4].copy_from_slice(&c.to_be_bytes());
         }
-        let r = match to {
+        // SAFETY: a zeroed sockaddr_storage is valid; the family's address is written below.
+        let mut sa: libc::sockaddr_storage = unsafe { zeroed() };
+        let len = match to {
             IpAddr::V4(a) => {
-                // SAFETY: a zeroed sockaddr_in is valid; the fields are set below.
-                let mut sa: libc::sockaddr_in = unsafe { zeroed() };
-                sa.sin_family = libc::AF_INET as libc::sa_family_t;
-                sa.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
-                // SAFETY: buffer and address are valid for the lengths given.
-                unsafe {
-                    libc::sendto(
-                        self.fd.as_raw_fd(),
-                        pkt.as_ptr().cast(),
-                        pkt.len(),
-                        0,
-                        (&raw const sa).cast(),
-                        size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                    )
-                }
+                // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in.
+                let sin = unsafe { &mut *(&raw mut sa).cast::<libc::sockaddr_in>() };
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
+                size_of::<libc::sockaddr_in>()
             }
             IpAddr::V6(a) => {
-                // SAFETY: as above.
-                let mut sa: libc::sockaddr_in6 = unsafe { zeroed() };
-                sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                sa.sin6_addr.s6_addr = a.octets();
-                // SAFETY: as above.
-                unsafe {
-                    libc::sendto(
-                        self.fd.as_raw_fd(),
-                        pkt.as_ptr().cast(),
-                        pkt.len(),
-                        0,
-                        (&raw const sa).cast(),
-                        size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                    )
-                }
+                // SAFETY: as above, for a sockaddr_in6.
+                let sin6 = unsafe { &mut *(&raw mut sa).cast::<libc::sockaddr_in6>() };
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_addr.s6_addr = a.octets();
+                size_of::<libc::sockaddr_in6>()
             }
+        };
+        // SAFETY: buffer and address are valid for the lengths given.
+        let r = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&raw const sa).cast(),
+                len as libc::socklen_t,
+            )
         };
         if r < 0 {
             return Err(io::Error::last_os_error());

@@ -190,6 +190,22 @@ pub fn assert_matrix_heals(hosts: &[Host], want: &cluster::Matrix, when: &str) {
     }
 }
 
+/// A `cluster measure --json` document of 5 nodes over `transport`: no node failed, each
+/// reported its 4 peers in both families, each with `samples` answered probes.
+pub fn assert_measured(doc: &serde_json::Value, transport: &str, samples: u64) {
+    let nodes = doc["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 5, "{doc}");
+    for n in nodes {
+        assert!(n["error"].is_null(), "{n}");
+        assert_eq!(n["transport"], transport, "{n}");
+        let pairs = n["pairs"].as_array().expect("pairs");
+        assert_eq!(pairs.len(), 8, "4 peers, 2 families: {n}");
+        for p in pairs {
+            assert_eq!(p["report"]["samples"], samples, "{p}");
+        }
+    }
+}
+
 /// A file under the temp directory, `nftest-<pid>-<n>.<ext>`, removed on drop.
 pub struct TempFile(pub PathBuf);
 
