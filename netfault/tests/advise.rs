@@ -151,3 +151,64 @@ fn bad_input_exits_2_naming_the_line_or_the_flag() {
         assert!(out.stdout.is_empty(), "{args:?}");
     }
 }
+
+/// `--what-if FILE`: a rule's fixed delay shifts every percentile by exactly that much, its
+/// loss joins the measured loss, and what cannot be folded (a rate) is refused naming the rule.
+#[test]
+fn what_if_folds_a_rule_set_and_refuses_what_it_cannot() {
+    let f = uniform_samples();
+    let rules = temp_file(
+        "toml",
+        "[[rule]]\nname = \"slow\"\ndst = [\"192.0.2.2\"]\ndelay = \"20ms\"\n\
+         [[rule]]\nname = \"lossy\"\ndst = [\"192.0.2.2\"]\ndrop = 0.01\n",
+    );
+    std::fs::set_permissions(
+        &rules.0,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let out = advise(&[
+        "--samples",
+        f.arg(),
+        "--what-if",
+        rules.arg(),
+        "--misses",
+        "3",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let w = &doc["what_if"];
+    assert_eq!(w["file"], rules.arg());
+    assert!((w["loss"].as_f64().unwrap() - 0.01).abs() < 1e-12, "{w}");
+    for k in ["min", "p50", "p99", "max"] {
+        let shift = w["rtt_us"][k].as_f64().unwrap() - doc["rtt_us"][k].as_f64().unwrap();
+        assert!((shift - 20_000.0).abs() < 1e-6, "{k}: shifted {shift} us");
+    }
+    // Three misses in a row for one a day: q* = 0.0228 per heartbeat ((1 - q) q^3 = 1/86,400),
+    // of which 1 % is the loss, so late answers may be 1.29 %: the 98.71 % quantile of the
+    // shifted uniform, 30 + 10 x 0.9871 = 39.871 ms, and its bound a few samples above.
+    let t = w["advice"]["timeout_ms"].as_f64().unwrap();
+    assert!((39.86..39.90).contains(&t), "{w}");
+
+    let paced = temp_file(
+        "toml",
+        "[[rule]]\nname = \"paced\"\ndst = [\"192.0.2.2\"]\nrate = \"1mbit\"\n",
+    );
+    std::fs::set_permissions(
+        &paced.0,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let out = advise(&["--samples", f.arg(), "--what-if", paced.arg()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--what-if") && err.contains("rule 'paced'"),
+        "{err}"
+    );
+}

@@ -24,7 +24,7 @@ pub async fn measure(
         ApiError::field(StatusCode::BAD_REQUEST, field, m)
     })?;
     let reports = tokio::task::spawn_blocking(move || {
-        measure::probe_reports(&peers, interval, length, &params)
+        measure::probe_reports(&peers, interval, length, &params, None)
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?

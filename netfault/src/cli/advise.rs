@@ -4,7 +4,7 @@ use std::{io::Write as _, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use netfault::{
-    measure::{self, Params, Report, parse_samples},
+    measure::{self, Params, Report, parse_samples, whatif::WhatIf},
     spec::SpecError,
 };
 
@@ -20,8 +20,24 @@ pub struct Args {
     pub loss: netfault::spec::Prob,
     #[command(flatten)]
     pub advice: AdviceArgs,
+    /// Also advise for the network as it would be under this rule-set file: each rule's
+    /// delay, jitter and loss folded into every round trip once.
+    #[arg(long = "what-if", value_name = "FILE")]
+    pub what_if: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+}
+
+/// The rule-set file of `--what-if`, read and folded into a model; bad input names the file
+/// or the rule.
+pub fn what_if(file: Option<&std::path::Path>) -> Result<Option<(String, WhatIf)>, SpecError> {
+    let Some(f) = file else { return Ok(None) };
+    let name = f.display().to_string();
+    let text = std::fs::read_to_string(f)
+        .map_err(|e| SpecError::new("--what-if", format!("{name}: {e}")))?;
+    let rules = netfault::spec::ruleset::parse(&text)
+        .map_err(|e| SpecError::new(format!("--what-if {name}: {}", e.field), e.msg))?;
+    Ok(Some((name, WhatIf::from_rules(&rules)?)))
 }
 
 fn parse_pause(s: &str) -> Result<Duration, String> {
@@ -39,9 +55,13 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     if a.loss.0 >= 1.0 {
         return Err(SpecError::new("--loss", "must be below 1: every heartbeat lost").into());
     }
+    let what_if = what_if(a.what_if.as_deref())?;
     let rtts = parse_samples(&text, &origin)?;
     let params = a.advice.params(a.loss.0);
-    let report = Report::new(None, "file", &rtts, &params);
+    let mut report = Report::new(None, "file", &rtts, &params);
+    if let Some((file, w)) = &what_if {
+        report = report.with_what_if(&rtts, &params, file, w);
+    }
     let mut out = std::io::stdout().lock();
     if a.json {
         // Written whole, so a closed stdout is an io error the caller recognises.
@@ -165,6 +185,29 @@ pub fn text_report(
             "    threshold {:>4}  fires {} after the last heartbeat",
             f.threshold,
             ms(f.fires_after_ms * 1e3)
+        )?;
+    }
+    if let Some(w) = &r.what_if {
+        let t = match w.advice.timeout_ms {
+            Some(t) => format!("timeout {}", ms(t * 1e3)),
+            None => format!(
+                "no timeout: {}",
+                w.advice
+                    .reason
+                    .as_deref()
+                    .unwrap_or("none meets the target")
+            ),
+        };
+        writeln!(
+            out,
+            "  under {}: loss {:.4} %, rtt p50 {} p99 {} p99.9 {}; {t}; phi {} fires {} after the last heartbeat",
+            w.file,
+            w.loss * 100.0,
+            ms(w.rtt_us.p50),
+            ms(w.rtt_us.p99),
+            ms(w.rtt_us.p999),
+            w.advice.phi.first().map_or(0.0, |f| f.threshold),
+            ms(w.advice.phi.first().map_or(0.0, |f| f.fires_after_ms) * 1e3)
         )?;
     }
     Ok(())

@@ -36,6 +36,9 @@ pub struct Args {
     pub json: bool,
     #[command(flatten)]
     pub advice: AdviceArgs,
+    /// Also advise for the network as it would be under this rule-set file (as `advise`).
+    #[arg(long = "what-if", value_name = "FILE")]
+    pub what_if: Option<std::path::PathBuf>,
 }
 
 /// The addresses `--peer` names, validated: at most [`MAX_PEERS`].
@@ -86,7 +89,14 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         )
         .into());
     }
-    let reports = measure::probe_reports(&peers, a.interval, a.duration, &a.advice.params(0.0))?;
+    let what_if = super::advise::what_if(a.what_if.as_deref())?;
+    let reports = measure::probe_reports(
+        &peers,
+        a.interval,
+        a.duration,
+        &a.advice.params(0.0),
+        what_if.as_ref().map(|(f, w)| (f.as_str(), w)),
+    )?;
     let mut out = std::io::stdout().lock();
     if a.json {
         let doc = serde_json::to_string(&serde_json::json!({ "peers": reports }))?;

@@ -11,6 +11,7 @@ pub mod probe;
 pub mod report;
 pub mod samples;
 pub mod tail;
+pub mod whatif;
 
 pub use advice::{Advice, Params, advise};
 pub use histogram::Histogram;
@@ -24,18 +25,21 @@ pub fn probe_reports(
     interval: std::time::Duration,
     duration: std::time::Duration,
     params: &Params,
+    what_if: Option<(&str, &whatif::WhatIf)>,
 ) -> Result<Vec<Report>, probe::ProbeError> {
     Ok(probe::probe(peers, interval, duration)?
         .into_iter()
         .map(|(peer, r)| {
             let loss = r.loss();
+            let params = Params { loss, ..*params };
             match Rtts::new(r.rtts_us) {
-                Some(rtts) => Report::new(
-                    Some(peer.to_string()),
-                    "probe",
-                    &rtts,
-                    &Params { loss, ..*params },
-                ),
+                Some(rtts) => {
+                    let report = Report::new(Some(peer.to_string()), "probe", &rtts, &params);
+                    match what_if {
+                        Some((file, w)) => report.with_what_if(&rtts, &params, file, w),
+                        None => report,
+                    }
+                }
                 None => Report::silent(Some(peer.to_string()), "probe", loss),
             }
         })

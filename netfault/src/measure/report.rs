@@ -18,6 +18,9 @@ pub struct Report {
     /// `[[upper_us, count], ...]`, the non-empty log-linear buckets.
     pub histogram: Vec<(u64, u64)>,
     pub advice: Option<Advice>,
+    /// The same under a rule set (`--what-if`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub what_if: Option<super::whatif::WhatIfReport>,
 }
 
 impl Report {
@@ -30,7 +33,27 @@ impl Report {
             rtt_us: Some(rtts.summary()),
             histogram: Histogram::of(rtts.sorted()).buckets(),
             advice: Some(advise(rtts, params)),
+            what_if: None,
         }
+    }
+
+    /// With the figures under `w` (from rule-set file `file`) beside the measured ones.
+    pub fn with_what_if(
+        mut self,
+        rtts: &Rtts,
+        params: &Params,
+        file: &str,
+        w: &super::whatif::WhatIf,
+    ) -> Report {
+        let folded = w.fold(rtts);
+        let loss = 1.0 - (1.0 - params.loss) * (1.0 - w.loss);
+        self.what_if = Some(super::whatif::WhatIfReport {
+            file: file.to_owned(),
+            loss,
+            rtt_us: folded.summary(),
+            advice: advise(&folded, &Params { loss, ..*params }),
+        });
+        self
     }
 
     /// A peer that answered nothing.
@@ -43,6 +66,7 @@ impl Report {
             rtt_us: None,
             histogram: Vec::new(),
             advice: None,
+            what_if: None,
         }
     }
 }

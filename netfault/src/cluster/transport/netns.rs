@@ -90,6 +90,7 @@ impl NodeTransport for Netns {
             probe.interval,
             probe.duration,
             &probe.params,
+            None,
         )?))
     }
 }

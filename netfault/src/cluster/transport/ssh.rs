@@ -607,7 +607,7 @@ pub fn serve(
     if let Request::Measure(b) = req {
         // Probing needs the namespace only: no state, no lock.
         let (peers, interval, duration, params) = b.checked().map_err(|m| bad_request(op, m))?;
-        let peers = crate::measure::probe_reports(&peers, interval, duration, &params)?;
+        let peers = crate::measure::probe_reports(&peers, interval, duration, &params, None)?;
         let answer = to_json(&super::agent::MeasureAnswer { peers })?;
         return writeln!(output, "{answer}").map_err(io_error);
     }
