@@ -10,7 +10,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{TempFile, temp_file};
+use common::{TempFile, temp_file_mode};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netfault");
 
@@ -39,9 +39,7 @@ fn uniform_samples() -> TempFile {
             10_000.0 + 10_000.0 * (f64::from(i) + 0.5) / 1e5
         ));
     }
-    let f = temp_file("txt", &text);
-    std::fs::set_permissions(&f.0, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    f
+    temp_file_mode("txt", &text, 0o644)
 }
 
 #[test]
@@ -124,8 +122,7 @@ fn the_report_has_every_key_and_the_timeout_bounds_the_quantile() {
 
 #[test]
 fn bad_input_exits_2_naming_the_line_or_the_flag() {
-    let bad = temp_file("txt", "1ms\n\nfast\n");
-    std::fs::set_permissions(&bad.0, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let bad = temp_file_mode("txt", "1ms\n\nfast\n", 0o644);
     let good = uniform_samples();
     let cases: [(Vec<&str>, String); 5] = [
         (vec!["--samples", bad.arg()], format!("{}:3", bad.arg())),
@@ -157,16 +154,12 @@ fn bad_input_exits_2_naming_the_line_or_the_flag() {
 #[test]
 fn what_if_folds_a_rule_set_and_refuses_what_it_cannot() {
     let f = uniform_samples();
-    let rules = temp_file(
+    let rules = temp_file_mode(
         "toml",
         "[[rule]]\nname = \"slow\"\ndst = [\"192.0.2.2\"]\ndelay = \"20ms\"\n\
          [[rule]]\nname = \"lossy\"\ndst = [\"192.0.2.2\"]\ndrop = 0.01\n",
+        0o644,
     );
-    std::fs::set_permissions(
-        &rules.0,
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .unwrap();
     let out = advise(&[
         "--samples",
         f.arg(),
@@ -195,15 +188,11 @@ fn what_if_folds_a_rule_set_and_refuses_what_it_cannot() {
     let t = w["advice"]["timeout_ms"].as_f64().unwrap();
     assert!((39.86..39.90).contains(&t), "{w}");
 
-    let paced = temp_file(
+    let paced = temp_file_mode(
         "toml",
         "[[rule]]\nname = \"paced\"\ndst = [\"192.0.2.2\"]\nrate = \"1mbit\"\n",
+        0o644,
     );
-    std::fs::set_permissions(
-        &paced.0,
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .unwrap();
     let out = advise(&["--samples", f.arg(), "--what-if", paced.arg()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");

@@ -208,17 +208,8 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
             json,
             advice,
         } => {
-            let rounds = duration.as_nanos() / interval.as_nanos().max(1);
-            if rounds as u64 > netfault::measure::probe::MAX_PER_PEER {
-                return Err(SpecError::new(
-                    "--duration",
-                    format!(
-                        "{rounds} probes per peer: at most {} (lengthen --interval)",
-                        netfault::measure::probe::MAX_PER_PEER
-                    ),
-                )
-                .into());
-            }
+            netfault::measure::probe::rounds(interval, duration)
+                .map_err(|m| SpecError::new("--duration", m))?;
             let m = coord.measure(interval, duration, advice.params(0.0));
             if json {
                 writeln!(out, "{}", serde_json::json!({ "nodes": m }))?;

@@ -6,7 +6,7 @@ use ipnet::IpNet;
 use netfault::{
     measure::{
         self,
-        probe::{MAX_PEERS, MAX_PER_PEER},
+        probe::{self, MAX_PEERS},
     },
     spec::SpecError,
 };
@@ -81,14 +81,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         }
     }
     let peers = peers(&a.peer)?;
-    let rounds = a.duration.as_nanos() / a.interval.as_nanos().max(1);
-    if rounds as u64 > MAX_PER_PEER {
-        return Err(SpecError::new(
-            "--duration",
-            format!("{rounds} probes per peer: at most {MAX_PER_PEER} (lengthen --interval)"),
-        )
-        .into());
-    }
+    probe::rounds(a.interval, a.duration).map_err(|m| SpecError::new("--duration", m))?;
     let what_if = super::advise::what_if(a.what_if.as_deref())?;
     let reports = measure::probe_reports(
         &peers,

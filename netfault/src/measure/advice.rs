@@ -269,19 +269,7 @@ mod tests {
     use statrs::distribution::{ContinuousCDF as _, Normal};
 
     use super::*;
-
-    /// splitmix64: a fixed, seeded source of uniforms in (0, 1) for reproducible draws.
-    struct Uniform(u64);
-    impl Uniform {
-        fn next(&mut self) -> f64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-        }
-    }
+    use crate::measure::rng::SplitMix;
 
     /// Known round-trip-time distributions (µs) by their quantile function.
     #[derive(Debug, Clone, Copy)]
@@ -305,8 +293,8 @@ mod tests {
         }
 
         fn draw(self, n: usize, seed: u64) -> Rtts {
-            let mut u = Uniform(seed);
-            Rtts::new((0..n).map(|_| self.quantile(u.next())).collect()).unwrap()
+            let mut u = SplitMix(seed);
+            Rtts::new((0..n).map(|_| self.quantile(u.uniform())).collect()).unwrap()
         }
     }
 
@@ -337,7 +325,11 @@ mod tests {
                     a.timeout_ms.unwrap() * 1e3 >= truth
                 })
                 .count();
-            let (lo, hi) = wilson(covered as u64, runs);
+            let (lo, hi) = netfault_lab::lab::wilson_interval(
+                covered as u64,
+                runs as u64,
+                netfault_lab::lab::Z_ALPHA_1E4,
+            );
             assert!(
                 hi >= CONFIDENCE && lo <= 0.985,
                 "{d:?}: covered {covered} of {runs}, interval [{lo:.3}, {hi:.3}]"
@@ -458,16 +450,5 @@ mod tests {
         let (m, sd) = phi_intervals(1000.0, 0.5, 0.0);
         assert_eq!(m, 2000.0);
         assert!((sd - 1000.0 * 2f64.sqrt()).abs() < 1e-9);
-    }
-
-    fn wilson(k: u64, n: usize) -> (f64, f64) {
-        // z for alpha 1e-4, two-sided.
-        let z = 3.890_591_886_413_1;
-        let n = n as f64;
-        let p = k as f64 / n;
-        let c = p + z * z / (2.0 * n);
-        let w = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
-        let d = 1.0 + z * z / n;
-        ((c - w) / d, (c + w) / d)
     }
 }

@@ -9,6 +9,7 @@ pub mod histogram;
 pub mod phi;
 pub mod probe;
 pub mod report;
+mod rng;
 pub mod samples;
 pub mod tail;
 pub mod whatif;

@@ -27,6 +27,8 @@ pub enum ProbeError {
     Send(IpAddr, io::Error),
     #[error("read echo replies: {0}")]
     Recv(io::Error),
+    #[error("{0}")]
+    TooMany(String),
     #[error(
         "{0} packets were dropped by this host's probe socket (the prober fell behind): the loss it saw is not the network's; lengthen --interval or probe fewer peers"
     )]
@@ -265,14 +267,27 @@ fn checksum(b: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// Probes per peer for `duration` at `interval` (at least one), or why there would be too
+/// many: at most [`MAX_PER_PEER`], as sequence numbers are 16 bits.
+pub fn rounds(interval: Duration, duration: Duration) -> Result<u64, String> {
+    let n = (duration.as_nanos() / interval.as_nanos().max(1)).max(1);
+    if n > u128::from(MAX_PER_PEER) {
+        return Err(format!(
+            "{n} probes per peer: at most {MAX_PER_PEER} (lengthen --interval)"
+        ));
+    }
+    Ok(n as u64)
+}
+
 /// Probes every peer every `interval` for `duration`, then waits [`GRACE`] for the last
-/// replies. The caller bounds the peers ([`MAX_PEERS`]) and `duration / interval`
-/// ([`MAX_PER_PEER`]).
+/// replies. The caller bounds the peers ([`MAX_PEERS`]); too many probes per peer
+/// ([`rounds`]) are refused, never cut short.
 pub fn probe(
     peers: &[IpAddr],
     interval: Duration,
     duration: Duration,
 ) -> Result<BTreeMap<IpAddr, PeerResult>, ProbeError> {
+    let rounds = rounds(interval, duration).map_err(ProbeError::TooMany)?;
     let v4 = peers
         .iter()
         .any(IpAddr::is_ipv4)
@@ -289,8 +304,6 @@ pub fn probe(
     // Departure times by (peer, sequence), removed when answered.
     let mut pending: BTreeMap<(IpAddr, u16), Duration> = BTreeMap::new();
     let start = Instant::now();
-    let rounds = (duration.as_nanos() / interval.as_nanos().max(1)).max(1) as u64;
-    let rounds = rounds.min(MAX_PER_PEER);
     let mut round = 0u64;
     let end = start + interval * rounds as u32 + GRACE;
     loop {

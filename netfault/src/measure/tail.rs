@@ -5,7 +5,7 @@
 //! it), shape > 0 a power law (Pareto), shape < 0 a bounded tail.
 use serde::{Deserialize, Serialize};
 
-use super::samples::Rtts;
+use super::{rng::SplitMix, samples::Rtts};
 
 /// Fewest samples a tail is fitted from: their top tenth (at least 20) are the excesses.
 pub const MIN_SAMPLES: usize = 200;
@@ -81,19 +81,6 @@ impl Tail {
         qs.sort_by(f64::total_cmp);
         let i = ((confidence * BOOTSTRAP as f64).ceil() as usize).clamp(1, BOOTSTRAP) - 1;
         qs[i].max(self.quantile(s))
-    }
-}
-
-/// splitmix64, for the bootstrap's resampling.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 

@@ -7,7 +7,7 @@
 //! would not be independent) and reject (a refused heartbeat is an error, not a late one).
 use serde::{Deserialize, Serialize};
 
-use super::samples::Rtts;
+use super::{rng::SplitMix, samples::Rtts};
 use crate::spec::{Kind, RuleSpec, SpecError, Ttl, dist::DelayModel};
 
 /// What a rule set does to a round trip.
@@ -79,17 +79,12 @@ impl WhatIf {
     pub fn fold(&self, rtts: &Rtts) -> Rtts {
         let n = rtts.len();
         let mut out: Vec<f64> = rtts.sorted().to_vec();
-        let mut rng = 0x005e_ed0f_u64 ^ n as u64;
+        let mut rng = SplitMix(0x005e_ed0f_u64 ^ n as u64);
         for d in &self.delays {
             let mut strata: Vec<usize> = (0..n).collect();
-            // Fisher-Yates with splitmix64: a fixed seed, so a report is reproducible.
+            // Fisher-Yates, with a fixed seed: a report is reproducible.
             for i in (1..n).rev() {
-                rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let mut z = rng;
-                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                z ^= z >> 31;
-                strata.swap(i, (z % (i as u64 + 1)) as usize);
+                strata.swap(i, (rng.next() % (i as u64 + 1)) as usize);
             }
             for (v, k) in out.iter_mut().zip(strata) {
                 *v += d.quantile((k as f64 + 0.5) / n as f64) / 1e3;

@@ -75,7 +75,7 @@ impl MeasureBody {
         ),
         String,
     > {
-        use crate::measure::probe::{MAX_PEERS, MAX_PER_PEER};
+        use crate::measure::probe::MAX_PEERS;
         let dur = |field: &str, v: &str, zero_ok: bool| -> Result<Duration, String> {
             let d =
                 humantime::parse_duration(v.trim()).map_err(|e| format!("{field}: '{v}': {e}"))?;
@@ -92,9 +92,7 @@ impl MeasureBody {
         if duration > MAX_MEASURE {
             return Err(format!("duration: at most {MAX_MEASURE:?}"));
         }
-        if duration.as_nanos() / interval.as_nanos() > u128::from(MAX_PER_PEER) {
-            return Err(format!("duration: at most {MAX_PER_PEER} probes per peer"));
-        }
+        crate::measure::probe::rounds(interval, duration).map_err(|m| format!("duration: {m}"))?;
         if !(self.false_suspicions_per_s.is_finite() && self.false_suspicions_per_s > 0.0) {
             return Err("false_suspicions_per_s: must be above 0".into());
         }
