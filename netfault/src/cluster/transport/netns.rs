@@ -23,15 +23,19 @@ pub struct Netns {
 impl Netns {
     /// Enters the namespace (this thread only) and locks its state.
     fn open(&self) -> Result<Ctl, NodeError> {
+        self.enter()?;
+        let name = match &self.at {
+            Place::Name(n) => Some(n.as_str()),
+            Place::Pid(_) | Place::PidFile(_) => None,
+        };
+        Ok(Ctl::open(name)?)
+    }
+
+    /// Enters the namespace (this thread only).
+    fn enter(&self) -> Result<(), NodeError> {
         match &self.at {
-            Place::Name(n) => {
-                netns::enter(n)?;
-                Ok(Ctl::open(Some(n))?)
-            }
-            Place::Pid(pid) => {
-                netns::enter_pid(*pid)?;
-                Ok(Ctl::open(None)?)
-            }
+            Place::Name(n) => netns::enter(n)?,
+            Place::Pid(pid) => netns::enter_pid(*pid)?,
             Place::PidFile(f) => {
                 // Read at each use: a restarted process writes its new PID there.
                 let what = |m: String| netns::NetnsError::PidFile(format!("{}: {m}", f.display()));
@@ -44,9 +48,9 @@ impl Netns {
                     netns::NetnsError::NoProcess(_) => what(format!("process {pid} is gone")),
                     e => e,
                 })?;
-                Ok(Ctl::open(None)?)
             }
         }
+        Ok(())
     }
 }
 
@@ -83,8 +87,8 @@ impl NodeTransport for Netns {
         &self,
         probe: &super::MeasureRequest,
     ) -> Result<Option<Vec<crate::measure::Report>>, NodeError> {
-        // Only the namespace: no state lock is held while probing.
-        drop(self.open()?);
+        // Only the namespace: no state is opened or locked while probing.
+        self.enter()?;
         Ok(Some(crate::measure::probe_reports(
             &probe.peers,
             probe.interval,
