@@ -303,6 +303,12 @@ pub fn placements(
     secs: Duration,
 ) -> Result<(LossRun, LossRun)> {
     let (mut egress, mut ingress) = (Vec::new(), Vec::new());
+    // The receiving veth in the same mode for both placements: a rule at its ingress links
+    // netfault's XDP program, and a veth with an XDP program delivers through its NAPI ring
+    // (in order, one CPU at a time) instead of the per-CPU backlogs, which reorder a flow
+    // sent from two CPUs. This rule matches nothing of the flow and keeps XDP linked
+    // throughout, so only where the loss rule sits differs.
+    nf.run(&rx.ns, &ANCHOR_RULE)?;
     let until = Until {
         packets: u64::MAX,
         limit: secs,
@@ -324,8 +330,25 @@ pub fn placements(
             }
         }
     }
+    nf.run(&rx.ns, &["rule", "del", ANCHOR_RULE[2]])?;
     Ok((LossRun::sum(&egress), LossRun::sum(&ingress)))
 }
+
+/// What keeps XDP linked on the receiver during [`placements`]: a drop of UDP to the discard
+/// port, which the flow never sends.
+const ANCHOR_RULE: [&str; 11] = [
+    "rule",
+    "add",
+    "xdp-anchor",
+    "--dir",
+    "ingress",
+    "--proto",
+    "udp",
+    "--dport",
+    "9",
+    "--drop",
+    "100%",
+];
 
 /// `a / b` or `b / a`, whichever is at least 1 (infinite when one is 0 and the other is not).
 pub fn spread(a: f64, b: f64) -> f64 {

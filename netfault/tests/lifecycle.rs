@@ -541,3 +541,33 @@ fn another_xdp_program_is_named_kept_and_worked_around() {
     stop_tx.send(()).unwrap();
     holder.join().unwrap();
 }
+
+/// `detach` with a rule live that linked XDP on a veth: it succeeds and leaves nothing of
+/// netfault on the device (no XDP) and no interface in `status`. On main before
+/// this test it failed with "unmark tc-only interface: `bpf_map_delete_elem` failed: No such
+/// file or directory" (aya reports a missing key on delete as a syscall error, not
+/// `KeyNotFound`), after it had taken the programs off, and `status` still listed them.
+#[test]
+fn detach_with_an_xdp_rule_live_leaves_nothing() {
+    let (mut lab, nf, [_a, b]) = pair();
+    attach(&mut lab, &nf, &b);
+    run(
+        &nf,
+        &b,
+        &[
+            "rule", "add", "x", "--dir", "ingress", "--proto", "udp", "--drop", "1",
+        ],
+    );
+    let link = exec_in(&b.ns, "ip", &["-d", "link", "show", &b.iface]).unwrap();
+    assert!(link.contains("prog/xdp"), "the rule linked XDP: {link}");
+    let out = nf.run_output(&b.ns, &["detach", &b.iface]).unwrap();
+    assert!(
+        out.status.success(),
+        "detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = nf.status(&b.ns).unwrap();
+    assert!(status.is_empty(), "still attached after detach: {status:?}");
+    let link = exec_in(&b.ns, "ip", &["-d", "link", "show", &b.iface]).unwrap();
+    assert!(!link.contains("prog/xdp"), "XDP left on: {link}");
+}

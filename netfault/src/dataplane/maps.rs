@@ -43,10 +43,7 @@ fn clear_generation<K: aya::Pod>(
         .filter(|k| u32::from(gen_of(k)) == g)
         .collect();
     for k in &stale {
-        match map.remove(k) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(ebpf_err("clear flows")(e)),
-        }
+        absent_ok(map.remove(k)).map_err(ebpf_err("clear flows"))?;
     }
     Ok(())
 }
@@ -165,10 +162,7 @@ impl Maps {
                 .ifb
                 .insert(&ifindex, &i, 0)
                 .map_err(ebpf_err("write IFB map")),
-            None => match self.ifb.remove(&ifindex) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-                Err(e) => Err(ebpf_err("clear IFB map")(e)),
-            },
+            None => absent_ok(self.ifb.remove(&ifindex)).map_err(ebpf_err("clear IFB map")),
         }
     }
 
@@ -179,10 +173,8 @@ impl Maps {
                 .insert(&ifindex, &1, 0)
                 .map_err(ebpf_err("mark tc-only interface"))?;
         } else {
-            match self.tc_only.remove(&ifindex) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(ebpf_err("unmark tc-only interface")(e)),
-            }
+            absent_ok(self.tc_only.remove(&ifindex))
+                .map_err(ebpf_err("unmark tc-only interface"))?;
         }
         let any = self.tc_only.keys().next().is_some();
         let mut cfg = self.config()?;
@@ -275,5 +267,21 @@ impl Maps {
         self.reject
             .set(slot, &0, 0)
             .map_err(ebpf_err("reset reject pacing"))
+    }
+}
+
+/// A delete that found no such key did what was asked. aya reports the kernel's ENOENT on
+/// `bpf_map_delete_elem` as a syscall error, not as `KeyNotFound` (which only lookups return).
+fn absent_ok(
+    r: std::result::Result<(), aya::maps::MapError>,
+) -> std::result::Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        r => r,
     }
 }

@@ -10,7 +10,8 @@
 //!
 //!
 //! Then the two placements side by side for BBR and CUBIC (the sender's TCP_CONGESTION): one
-//! lab with netfault attached on both hosts, flows of a fixed time alternating between the rule
+//! lab with netfault attached on both hosts (and XDP linked on the receiver throughout, so its
+//! veth delivers alike: `loss::placements`), flows of a fixed time alternating between the rule
 //! at the sender's egress and at the receiver's ingress. Target: goodput and retransmissions
 //! per drop within 1.5x of each other, and no more DSACKs per drop at egress than 1.5x those at
 //! ingress (a lossy wire is one wire, wherever the rule sits).
