@@ -1,4 +1,4 @@
-//! Reference XDP programs for benchmarks: the cost floor netfault is compared against, and a
+//! Reference XDP and tc programs for benchmarks: the cost floor netfault is compared against, and a
 //! traffic source for BPF_PROG_RUN live-frames mode; and a slow program for grace-period tests.
 #![no_std]
 #![no_main]
@@ -6,9 +6,9 @@
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_loop,
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::Array,
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 
 /// `lab_spin`'s runs: [0] how many started, [1] how many finished.
@@ -22,6 +22,12 @@ const SPIN_LOOPS: u32 = 1 << 23;
 #[xdp]
 pub fn bench_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Passes everything at tc (TC_ACT_OK): the floor for netfault's tc programs.
+#[classifier]
+pub fn bench_tc_pass(_ctx: TcContext) -> i32 {
+    0
 }
 
 /// Drops everything: the trivial XDP drop netfault's drop-all is compared with.

@@ -34,6 +34,7 @@ mod report;
 mod retrans;
 mod sockgen;
 mod sys;
+mod tcacts;
 mod topo;
 
 #[derive(Parser)]
@@ -169,7 +170,10 @@ fn run(args: &Args) -> Result<()> {
     let part = |p: Part| args.only.is_none_or(|o| o == p);
     let mut failed = Vec::new();
     if part(Part::Progrun) {
-        let r = progrun::run(&plan, pins.path()).map(|rows| report::progrun(&plan, &rows));
+        let r = progrun::run(&plan, pins.path())
+            .map(|rows| report::progrun(&plan, &rows))
+            .and_then(|()| tcacts::run(&plan, pins.path()))
+            .map(|rows| report::tcacts(&plan, &rows));
         not_measured(Part::Progrun, r, &mut failed)?;
     }
     if part(Part::Veth) {

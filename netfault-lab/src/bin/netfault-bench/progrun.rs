@@ -162,6 +162,11 @@ const SSH_SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 /// expiring after the default TTL. Rules that would not fit the slots left by the protections
 /// are left out. Returns the number of tuples and of rules.
 pub fn publish(maps: &mut Maps, specs: Vec<RuleSpec>) -> Result<(usize, u32)> {
+    publish_at(maps, specs).map(|(tuples, rules, _)| (tuples, rules))
+}
+
+/// [`publish`], and the slot of the first of `specs` (after the protections').
+pub fn publish_at(maps: &mut Maps, specs: Vec<RuleSpec>) -> Result<(usize, u32, u32)> {
     let mut all = pipeline::protections(Vec::new(), |_| false);
     all.extend(protection::ssh(
         &format!("ssh:{SSH_CLIENT}:50022"),
@@ -170,6 +175,7 @@ pub fn publish(maps: &mut Maps, specs: Vec<RuleSpec>) -> Result<(usize, u32)> {
         SSH_SERVER.into(),
         22,
     ));
+    let first = all.len() as u32;
     let room = netfault_common::MAX_RULES as usize - all.len();
     let rules = specs.len().min(room);
     all.extend(specs.into_iter().take(room));
@@ -188,7 +194,7 @@ pub fn publish(maps: &mut Maps, specs: Vec<RuleSpec>) -> Result<(usize, u32)> {
         .context("compile the benchmark rules")?;
     maps.publish_set(&compiled, &values)
         .context("publish the benchmark rules")?;
-    Ok((compiled.tuples.len(), rules as u32))
+    Ok((compiled.tuples.len(), rules as u32, first))
 }
 
 /// Loads and verifies one XDP program of an object.

@@ -4,7 +4,7 @@ use crate::{
     droprate::{Generator, Outcome, Receiver, RxMode, Summary},
     frame, median,
     progrun::{self, Row},
-    sys,
+    sys, tcacts,
 };
 
 fn kernel_release() -> String {
@@ -32,6 +32,34 @@ pub fn header(plan: &Plan) {
             ""
         }
     );
+}
+
+/// Part 1's second table: each tc action by itself.
+pub fn tcacts(plan: &Plan, rows: &[tcacts::ActRow]) {
+    println!();
+    println!(
+        "1b. tc actions, ns/packet, BPF_PROG_TEST_RUN: one rule with the action (after the \
+         CLI's protections), {} iterations per run, {} runs each (reject: 1 iteration a run, 200 times the runs: \
+         its reply replaces the test packet) after one of a tc program that returns TC_ACT_OK; \"vs drop\" is what the \
+         action adds over a plain drop at the same hook (medians of paired differences)",
+        plan.repeat, plan.runs
+    );
+    println!(
+        "{:<11} {:<30} {:>7} {:>5} {:>8} {:>8}",
+        "hook", "action", "ns/pkt", "pass", "vs pass", "vs drop"
+    );
+    for r in rows {
+        println!(
+            "{:<11} {:<30} {:>7.0} {:>5.0} {:>+8.0} {:>8}",
+            r.hook,
+            r.action,
+            r.ns,
+            r.pass_ns,
+            r.over_pass,
+            r.over_drop
+                .map_or_else(|| "-".into(), |d| format!("{d:+.0}"))
+        );
+    }
 }
 
 pub fn progrun(plan: &Plan, rows: &[Row]) {
