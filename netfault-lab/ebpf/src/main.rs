@@ -26,7 +26,7 @@ pub fn bench_pass(_ctx: XdpContext) -> u32 {
 
 /// Passes everything at tc (TC_ACT_OK): the floor for netfault's tc programs.
 #[classifier]
-pub fn bench_tc_pass(_ctx: TcContext) -> i32 {
+fn bench_tc_pass(_ctx: TcContext) -> i32 {
     0
 }
 
