@@ -126,6 +126,7 @@ fn a_veth_has_xdp_only_while_an_ingress_drop_rule_is_live() {
     );
     let st = status(&nf, &b);
     let xdp = xdp_on(&b.ns, &b.iface).expect("no XDP program after an ingress drop rule");
+    let first = xdp.prog_id;
     assert_eq!(Some(xdp.prog_id), prog_of(&st, "xdp-ingress"), "{st}");
     assert_eq!(st["xdp"]["why"]["reason"], "virtual-drop", "{st}");
     assert_eq!(st["xdp"]["why"]["detail"], "cut", "{st}");
@@ -168,7 +169,12 @@ fn a_veth_has_xdp_only_while_an_ingress_drop_rule_is_live() {
             "--drop", "100%",
         ],
     );
-    assert!(xdp_on(&b.ns, &b.iface).is_some());
+    // The program `attach` loaded, linked again: no rule change loads or verifies one.
+    let again = xdp_on(&b.ns, &b.iface).expect("no XDP program after the rule came back");
+    assert_eq!(
+        again.prog_id, first,
+        "XDP came back as another program: a rule change loaded the object again"
+    );
     run(&nf, &b, &["detach"]);
     assert_eq!(xdp_on(&b.ns, &b.iface), None, "XDP left after detach");
     assert_eq!(tcx_ingress(&b.ns, &b.iface), Vec::<u32>::new());
@@ -217,19 +223,28 @@ fn xdp_mode_native_forces_xdp_on_a_veth() {
 fn an_expired_drop_rule_leaves_xdp_idle_until_the_next_change() {
     let (mut lab, nf, [a, b]) = pair();
     attach(&mut lab, &nf, &b);
+    // Long enough for the cut to be seen on a loaded machine (a 1 s lifetime ran out before
+    // the probe under CI's load), and checked: the probe must end before the expiry.
+    const TTL: Duration = Duration::from_secs(4);
+    let start = std::time::Instant::now();
     run(
         &nf,
         &b,
         &[
             "rule", "add", "brief", "--dir", "ingress", "--proto", "udp", "--dport", "4000",
-            "--drop", "1", "--ttl", "1s",
+            "--drop", "1", "--ttl", "4s",
         ],
     );
     assert!(xdp_on(&b.ns, &b.iface).is_some());
     assert_udp_cut(&a, &b, false);
+    assert!(
+        start.elapsed() < TTL,
+        "the cut was probed after the rule's lifetime ({:?}): too slow to tell",
+        start.elapsed()
+    );
     // Expired in the data path, with no netfault process alive: traffic flows, XDP stays idle,
     // and status says so.
-    std::thread::sleep(Duration::from_millis(1_300));
+    std::thread::sleep((TTL + Duration::from_millis(300)).saturating_sub(start.elapsed()));
     assert_udp_flows(&a, &b, false);
     assert!(xdp_on(&b.ns, &b.iface).is_some());
     let st = status(&nf, &b);

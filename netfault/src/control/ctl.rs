@@ -227,6 +227,11 @@ impl Ctl {
             });
             self.save()?;
         }
+        // Loaded and verified once here: later changes link these pins (XDP on a virtual
+        // device, the segmenting classifier) instead of loading the object again.
+        if let Some(e) = ebpf.as_mut() {
+            kernel::pin_programs(e, &self.paths().progs())?;
+        }
         // Loopback is always protected; rules bound to an interface that has just (re)appeared
         // compile now.
         if ebpf.is_some() {
@@ -327,10 +332,13 @@ impl Ctl {
         // (features.rs).
         let ordered = pipeline::ordered(&self.state.rules);
         let xdp = self.xdp_frames(&ordered, now);
-        let maps_dir = self.lock.paths.maps();
-        // The segmenting classifier, from the object whose maps are pinned here (it reads none).
+        let (maps_dir, progs) = (self.lock.paths.maps(), self.lock.paths.progs());
+        // The segmenting classifier `attach` pinned (it reads no map).
         let mut segment_prog = || -> Result<aya::programs::ProgramFd> {
-            Ok(kernel::segment_program(&mut kernel::load(&maps_dir)?)?)
+            Ok(kernel::segment_program_pinned(
+                &progs.join(kernel::PINNED_SEGMENT),
+                &maps_dir,
+            )?)
         };
         let added = features::tune(
             &devices,
@@ -353,13 +361,11 @@ impl Ctl {
             log::warn!("put back the offload settings: {e}");
         }
         // XDP comes and goes with the rules that need it (virtual devices).
-        let (links, maps_dir) = (self.lock.paths.links(), self.lock.paths.maps());
         let w = hooks::apply::reconcile(
             &mut self.state.attached,
             &ordered,
             maps,
-            &links,
-            &maps_dir,
+            &self.lock.paths,
             now,
         )?;
         self.warnings.extend(w);

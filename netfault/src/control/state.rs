@@ -1,6 +1,6 @@
 //! The controller's persistent state for one namespace: attached interfaces and the rule set.
 //!
-//! Kernel objects live under `/sys/fs/bpf/netfault/<key>/` (maps/, links/); this file under
+//! Kernel objects live under `/sys/fs/bpf/netfault/<key>/` (maps/, links/, progs/); this file under
 //! `/run/netfault/<key>/`. Both vanish on reboot, together. A lock serialises commands. The key
 //! is the namespace's identity (`control::netns::state_key`), however it was named.
 use std::{
@@ -38,6 +38,10 @@ impl Paths {
     }
     pub fn links(&self) -> PathBuf {
         self.pins.join("links")
+    }
+    /// Programs `attach` loaded and pinned, for changes to link without loading them again.
+    pub fn progs(&self) -> PathBuf {
+        self.pins.join("progs")
     }
     pub fn state_file(&self) -> PathBuf {
         self.run.join("state.json")

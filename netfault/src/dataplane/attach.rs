@@ -14,6 +14,7 @@ use aya::{
     },
     sys::SyscallError,
 };
+use aya_obj::programs::XdpAttachType;
 use netfault_common::progs;
 use serde::{Deserialize, Serialize};
 
@@ -214,6 +215,25 @@ pub fn attach_xdp(
     )
 }
 
+/// [`attach_xdp`] with the XDP program pinned at `prog_pin` (by [`pin_programs`] at attach):
+/// links it without loading or verifying anything, so a rule set that needs XDP on a virtual
+/// device costs a link, not a load.
+pub fn attach_xdp_pinned(
+    prog_pin: &Path,
+    iface: &str,
+    links_dir: &Path,
+    forced: Option<XdpMode>,
+) -> Result<HookState> {
+    let cname = CString::new(iface)
+        .map_err(|_| io_err("interface name")(io::ErrorKind::InvalidInput.into()))?;
+    let mut p = Xdp::from_pin(prog_pin, XdpAttachType::Interface).map_err(ebpf_err(format!(
+        "open the pinned XDP program {}",
+        prog_pin.display()
+    )))?;
+    let pin = links_dir.join(Hook::XdpIngress.pin_name(iface));
+    attach_xdp_prog(&mut p, &cname, iface, Some(&pin), forced).map(|(h, _)| h)
+}
+
 /// Detaches one hook (unpinning its link from `links_dir`); a missing one is not an error.
 pub fn detach_one(iface: &str, h: &HookState, links_dir: Option<&Path>) -> Result<()> {
     detach_hook(iface, h, links_dir)
@@ -296,67 +316,7 @@ fn attach_one(
             if p.info().is_err() {
                 p.load().map_err(ebpf_err("load XDP program (verifier)"))?;
             }
-            let prog_id = p.info().map_err(ebpf_err("xdp info"))?.id();
-            // Native first: it runs before the skb exists. Generic where the driver has no XDP.
-            let modes: &[(XdpMode, HookKind)] = match xdp_mode {
-                Some(XdpMode::Skb) => &[(XdpMode::Skb, HookKind::XdpGeneric)],
-                Some(_) => &[(XdpMode::Driver, HookKind::XdpNative)],
-                None => &[
-                    (XdpMode::Driver, HookKind::XdpNative),
-                    (XdpMode::Skb, HookKind::XdpGeneric),
-                ],
-            };
-            let mut last = None;
-            for &(mode, kind) in modes {
-                match p.attach(cname.as_c_str(), mode) {
-                    Ok(id) => {
-                        let link = p.take_link(id).map_err(ebpf_err("xdp link"))?;
-                        let fd: FdLink = link.try_into().map_err(|_| KernelError::Io {
-                            what: format!(
-                                "XDP on {iface}: the kernel gave no bpf_link (needs 5.9+)"
-                            ),
-                            source: io::ErrorKind::Unsupported.into(),
-                        })?;
-                        let held = keep(fd, pin)?;
-                        return Ok((
-                            HookState {
-                                hook,
-                                kind,
-                                prog_id,
-                                created_clsact: false,
-                                note: None,
-                            },
-                            held,
-                        ));
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            match xdp_holder(iface) {
-                // Someone else's program: never replace it. Unless a mode was demanded, drop
-                // at tc ingress instead (after the skb exists, but dropped all the same).
-                Some(holder) if xdp_mode.is_none() => Ok((
-                    HookState {
-                        hook,
-                        kind: HookKind::TcFallback,
-                        prog_id: 0,
-                        created_clsact: false,
-                        note: Some(format!("XDP on {iface} is held by {holder}")),
-                    },
-                    None,
-                )),
-                Some(holder) => Err(KernelError::Io {
-                    what: format!("attach XDP to {iface}: it is held by {holder}"),
-                    source: io::ErrorKind::AlreadyExists.into(),
-                }),
-                None => Err(match last {
-                    Some(e) => ebpf_err(format!("attach XDP to {iface}"))(e),
-                    None => KernelError::Io {
-                        what: format!("attach XDP to {iface}: no mode to try"),
-                        source: io::ErrorKind::InvalidInput.into(),
-                    },
-                }),
-            }
+            attach_xdp_prog(p, cname, iface, pin, xdp_mode)
         }
         Hook::TcIngress | Hook::TcEgress => {
             let p: &mut SchedClassifier = prog.try_into().map_err(ebpf_err("tc program"))?;
@@ -432,6 +392,77 @@ fn attach_one(
                 None,
             ))
         }
+    }
+}
+
+/// Links the loaded XDP program `p` to `iface`: native, else generic, else (another program
+/// holds XDP and no mode was demanded) a `TcFallback` state naming that program.
+fn attach_xdp_prog(
+    p: &mut Xdp,
+    cname: &CString,
+    iface: &str,
+    pin: Option<&Path>,
+    xdp_mode: Option<XdpMode>,
+) -> Result<(HookState, Option<FdLink>)> {
+    let hook = Hook::XdpIngress;
+    let prog_id = p.info().map_err(ebpf_err("xdp info"))?.id();
+    // Native first: it runs before the skb exists. Generic where the driver has no XDP.
+    let modes: &[(XdpMode, HookKind)] = match xdp_mode {
+        Some(XdpMode::Skb) => &[(XdpMode::Skb, HookKind::XdpGeneric)],
+        Some(_) => &[(XdpMode::Driver, HookKind::XdpNative)],
+        None => &[
+            (XdpMode::Driver, HookKind::XdpNative),
+            (XdpMode::Skb, HookKind::XdpGeneric),
+        ],
+    };
+    let mut last = None;
+    for &(mode, kind) in modes {
+        match p.attach(cname.as_c_str(), mode) {
+            Ok(id) => {
+                let link = p.take_link(id).map_err(ebpf_err("xdp link"))?;
+                let fd: FdLink = link.try_into().map_err(|_| KernelError::Io {
+                    what: format!("XDP on {iface}: the kernel gave no bpf_link (needs 5.9+)"),
+                    source: io::ErrorKind::Unsupported.into(),
+                })?;
+                let held = keep(fd, pin)?;
+                return Ok((
+                    HookState {
+                        hook,
+                        kind,
+                        prog_id,
+                        created_clsact: false,
+                        note: None,
+                    },
+                    held,
+                ));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    match xdp_holder(iface) {
+        // Someone else's program: never replace it. Unless a mode was demanded, drop
+        // at tc ingress instead (after the skb exists, but dropped all the same).
+        Some(holder) if xdp_mode.is_none() => Ok((
+            HookState {
+                hook,
+                kind: HookKind::TcFallback,
+                prog_id: 0,
+                created_clsact: false,
+                note: Some(format!("XDP on {iface} is held by {holder}")),
+            },
+            None,
+        )),
+        Some(holder) => Err(KernelError::Io {
+            what: format!("attach XDP to {iface}: it is held by {holder}"),
+            source: io::ErrorKind::AlreadyExists.into(),
+        }),
+        None => Err(match last {
+            Some(e) => ebpf_err(format!("attach XDP to {iface}"))(e),
+            None => KernelError::Io {
+                what: format!("attach XDP to {iface}: no mode to try"),
+                source: io::ErrorKind::InvalidInput.into(),
+            },
+        }),
     }
 }
 

@@ -7,7 +7,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
-    programs::{ProgramFd, SchedClassifier},
+    programs::{Program, ProgramFd, SchedClassifier},
 };
 use netfault_common::{DistTable, maps as names};
 
@@ -71,4 +71,54 @@ pub fn segment_program(ebpf: &mut Ebpf) -> Result<ProgramFd> {
         .map_err(ebpf_err(format!("{name} fd")))?
         .try_clone()
         .map_err(io_err(format!("duplicate the fd of {name}")))
+}
+
+/// Pins the XDP program and the segmenting classifier of `ebpf` (loading them where needed)
+/// under `dir` as `xdp` and `segment`: the changes that follow link them from there instead of
+/// loading and verifying the object again (`attach_xdp_pinned`, [`segment_program_pinned`]).
+pub fn pin_programs(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+    for (name, file) in [
+        (netfault_common::progs::XDP_INGRESS, PINNED_XDP),
+        (netfault_common::progs::TC_SEGMENT, PINNED_SEGMENT),
+    ] {
+        let prog = ebpf.program_mut(name).ok_or_else(|| KernelError::Io {
+            what: format!("program {name}"),
+            source: io::ErrorKind::NotFound.into(),
+        })?;
+        match prog {
+            Program::Xdp(p) if p.fd().is_err() => p.load(),
+            Program::SchedClassifier(p) if p.fd().is_err() => p.load(),
+            _ => Ok(()),
+        }
+        .map_err(ebpf_err(format!("load {name} (verifier)")))?;
+        let path = dir.join(file);
+        // A pin left by an earlier attach of this state holds the same object's program.
+        let _ = std::fs::remove_file(&path);
+        prog.pin(&path)
+            .map_err(ebpf_err(format!("pin {name} at {}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// The file names [`pin_programs`] gives the XDP program and the segmenting classifier.
+pub const PINNED_XDP: &str = "xdp";
+pub const PINNED_SEGMENT: &str = "segment";
+
+/// The segmenting classifier pinned at `pin`, as an fd of its own; where there is no pin (a
+/// state attached by an older netfault), it is loaded from the object with the maps of
+/// `maps_dir`, as before.
+pub fn segment_program_pinned(pin: &Path, maps_dir: &Path) -> Result<ProgramFd> {
+    if pin.exists() {
+        let p = SchedClassifier::from_pin(pin).map_err(ebpf_err(format!(
+            "open the pinned program {}",
+            pin.display()
+        )))?;
+        return p
+            .fd()
+            .map_err(ebpf_err("segmenting program fd"))?
+            .try_clone()
+            .map_err(io_err("duplicate the fd of the segmenting program"));
+    }
+    segment_program(&mut load(maps_dir)?)
 }

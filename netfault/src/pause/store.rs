@@ -81,16 +81,28 @@ impl Store {
         self.dir.join(format!("{name}.json"))
     }
 
-    /// Writes `r` whole (a reader never sees half a record).
+    /// Writes `r` whole (a reader never sees half a record). The directory goes with its last
+    /// record ([`Store::remove`]), so another command may remove it between our making it and
+    /// writing in it: then it is made again (a bounded number of times).
     pub fn put(&self, r: &Record) -> Result<()> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
+        let text = serde_json::to_vec_pretty(r)
+            .map_err(|e| Error::io("encoding a pause record", std::io::Error::other(e)))?;
         let tmp = self.dir.join(format!(".{}.{}", r.name, std::process::id()));
-        serde_json::to_vec_pretty(r)
-            .map_err(std::io::Error::other)
-            .and_then(|text| std::fs::write(&tmp, text))
-            .and_then(|()| std::fs::rename(&tmp, self.path(&r.name)))
-            .map_err(|e| Error::io(format!("writing {}", self.path(&r.name).display()), e))
+        let mut tries = 0;
+        loop {
+            std::fs::create_dir_all(&self.dir)
+                .map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
+            match std::fs::write(&tmp, &text)
+                .and_then(|()| std::fs::rename(&tmp, self.path(&r.name)))
+            {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 8 => tries += 1,
+                res => {
+                    return res.map_err(|e| {
+                        Error::io(format!("writing {}", self.path(&r.name).display()), e)
+                    });
+                }
+            }
+        }
     }
 
     /// A new record, refused when the name is taken by a live pause.
@@ -106,8 +118,11 @@ impl Store {
         serde_json::from_slice(&text).ok()
     }
 
+    /// Removes the record, and the directory when it was the last: nothing of a pause stays
+    /// behind it (`rmdir` refuses a directory that still holds another's record).
     pub fn remove(&self, name: &str) {
         let _ = std::fs::remove_file(self.path(name));
+        let _ = std::fs::remove_dir(&self.dir);
     }
 
     /// Every record, by name.
@@ -146,8 +161,16 @@ mod tests {
         assert!(matches!(s.create(&r), Err(Error::Exists(_))));
         assert_eq!(s.list(), vec![r.clone()]);
         assert!(r.left().unwrap() <= Duration::from_secs(2));
+        let r2 = Record {
+            name: "p2".into(),
+            ..r.clone()
+        };
+        s.create(&r2).unwrap();
         s.remove("p1");
+        assert_eq!(s.list(), vec![r2], "another pause's record went with p1's");
+        s.remove("p2");
         assert!(s.list().is_empty());
+        assert!(!dir.exists(), "the directory stayed after its last record");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

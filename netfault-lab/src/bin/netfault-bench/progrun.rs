@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::{Program, ProgramError, TestRun as _, TestRunOptions, Xdp},
 };
 use netfault::{
     control::{monotonic_ns, pipeline, state::RuleEntry},
@@ -197,17 +197,29 @@ pub fn publish_at(maps: &mut Maps, specs: Vec<RuleSpec>) -> Result<(usize, u32, 
     Ok((compiled.tuples.len(), rules as u32, first))
 }
 
+/// One program of an object as its kind `P` (XDP or tc), loaded and verified on first use.
+pub fn loaded<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .with_context(|| format!("no program {name}"))?;
+    if prog.fd().is_err() {
+        match prog {
+            Program::Xdp(p) => p.load(),
+            Program::SchedClassifier(p) => p.load(),
+            _ => bail!("{name} is neither an XDP nor a tc program"),
+        }
+        .with_context(|| format!("load {name}"))?;
+    }
+    prog.try_into()
+        .with_context(|| format!("{name} is not of the kind the bench needs"))
+}
+
 /// Loads and verifies one XDP program of an object.
 pub fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
-    let p: &mut Xdp = ebpf
-        .program_mut(name)
-        .with_context(|| format!("no program {name}"))?
-        .try_into()
-        .with_context(|| format!("{name} is not XDP"))?;
-    if p.info().is_err() {
-        p.load().with_context(|| format!("load {name}"))?;
-    }
-    Ok(p)
+    loaded(ebpf, name)
 }
 
 pub fn xdp<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {

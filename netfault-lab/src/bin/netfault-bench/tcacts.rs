@@ -158,15 +158,7 @@ pub struct ActRow {
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
-    let p: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .with_context(|| format!("no program {name}"))?
-        .try_into()
-        .with_context(|| format!("{name} is not a tc program"))?;
-    if p.info().is_err() {
-        p.load().with_context(|| format!("load {name}"))?;
-    }
-    Ok(p)
+    crate::progrun::loaded(ebpf, name)
 }
 
 fn test_run(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<f64> {

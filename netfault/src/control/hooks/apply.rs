@@ -7,7 +7,10 @@ use std::path::Path;
 
 use super::{Choice, DeviceKind};
 use crate::{
-    control::{Result, state::Attachment, state::RuleEntry},
+    control::{
+        Result,
+        state::{Attachment, Paths, RuleEntry},
+    },
     dataplane::{self as kernel, Hook, HookKind, HookState, Maps},
 };
 
@@ -38,20 +41,21 @@ pub fn fallback_warning(note: &str, iface: &str) -> String {
 }
 
 /// Pinned mode: brings each attached device's XDP in line with `rules` (in evaluation order:
-/// the first that needs XDP is named) at `now`. Adds XDP (pinned under `links_dir`) where a
-/// live rule needs it, removes it where none does, and records the choice. Failing to add XDP
-/// or to remove it is a warning, not an error: tc ingress applies the rules meanwhile. The
-/// object is loaded (its maps from `maps_dir`) once, only when XDP must be added.
+/// the first that needs XDP is named) at `now`. Adds XDP where a live rule needs it, linking
+/// the program `attach` pinned (nothing is loaded or verified), removes it where none does,
+/// and records the choice. Failing to add XDP or to remove it is a warning, not an error: tc
+/// ingress applies the rules meanwhile. A state attached before programs were pinned has its
+/// object loaded once, and pinned, the first time XDP is added.
 pub fn reconcile(
     attached: &mut [Attachment],
     rules: &[&RuleEntry],
     maps: &mut Maps,
-    links_dir: &Path,
-    maps_dir: &Path,
+    paths: &Paths,
     now: u64,
 ) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
-    let mut ebpf: Option<aya::Ebpf> = None;
+    let (links_dir, progs) = (paths.links(), paths.progs());
+    let prog_pin = progs.join(kernel::PINNED_XDP);
     for a in attached.iter_mut() {
         if kernel::ifindex(&a.iface) != Some(a.ifindex) {
             continue; // gone: `attach` sorts it out when it is back
@@ -68,29 +72,18 @@ pub fn reconcile(
                     }
                     a.hooks.retain(|h| h.kind != HookKind::TcFallback);
                 }
-                let loaded = match ebpf {
-                    Some(ref mut e) => e,
-                    None => match kernel::load(maps_dir) {
-                        Ok(e) => ebpf.insert(e),
-                        Err(e) => {
-                            warnings.push(format!(
-                                "cannot add XDP to {}: {e}; its ingress drops apply at tc ingress",
-                                a.iface
-                            ));
-                            a.choice = Some(c);
-                            continue;
-                        }
-                    },
-                };
                 let forced = c.forced.map(|m| m.mode());
-                match kernel::attach_xdp(loaded, &a.iface, Some(links_dir), forced) {
-                    Ok((h, _)) if h.kind == HookKind::TcFallback => {
+                let linked = ensure_pinned(&prog_pin, paths).and_then(|()| {
+                    kernel::attach_xdp_pinned(&prog_pin, &a.iface, &links_dir, forced)
+                });
+                match linked {
+                    Ok(h) if h.kind == HookKind::TcFallback => {
                         if let Some(n) = &h.note {
                             warnings.push(fallback_warning(n, &a.iface));
                         }
                         a.hooks.insert(0, h);
                     }
-                    Ok((h, _)) => {
+                    Ok(h) => {
                         a.hooks.insert(0, h);
                         maps.set_tc_only(a.ifindex, false)?;
                     }
@@ -103,7 +96,7 @@ pub fn reconcile(
             (Some(h), false) => {
                 // tc ingress takes every rule first; then XDP (passing everything now) goes.
                 maps.set_tc_only(a.ifindex, true)?;
-                match kernel::detach_one(&a.iface, h, Some(links_dir)) {
+                match kernel::detach_one(&a.iface, h, Some(&links_dir)) {
                     Ok(()) => a.hooks.retain(|x| x != h),
                     Err(e) => warnings.push(format!(
                         "cannot remove the idle XDP program from {}: {e}; it passes every packet",
@@ -116,6 +109,15 @@ pub fn reconcile(
         a.choice = Some(c);
     }
     Ok(warnings)
+}
+
+/// Loads the object (maps from `paths`) and pins its programs where `attach` did not (a state
+/// attached by an older netfault): once, the first time XDP is added.
+fn ensure_pinned(prog_pin: &Path, paths: &Paths) -> kernel::Result<()> {
+    if prog_pin.exists() {
+        return Ok(());
+    }
+    kernel::pin_programs(&mut kernel::load(&paths.maps())?, &paths.progs())
 }
 
 /// What `status` says about one device's hooks: the choice it would make now, and whether an
