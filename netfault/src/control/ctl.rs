@@ -173,7 +173,11 @@ impl Ctl {
             }
             let loaded = match ebpf {
                 Some(ref mut e) => e,
-                None => ebpf.insert(kernel::load(&self.paths().maps())?),
+                None => {
+                    let mut e = kernel::load(&self.paths().maps())?;
+                    kernel::verify_programs(&mut e)?;
+                    ebpf.insert(e)
+                }
             };
             // XDP where the device and the rules call for it (see control::hooks); a virtual
             // device without it is marked tc-only before its tc hooks see a packet.

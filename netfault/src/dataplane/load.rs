@@ -73,6 +73,48 @@ pub fn segment_program(ebpf: &mut Ebpf) -> Result<ProgramFd> {
         .map_err(io_err(format!("duplicate the fd of {name}")))
 }
 
+/// Loads every program `attach` uses or pins (XDP, tc ingress and egress, the segmenting
+/// classifier) at once, one thread each: the kernel verifies each in the loading thread, so on
+/// a machine with more than one CPU `attach` waits for the longest verification, not their sum.
+pub fn verify_programs(ebpf: &mut Ebpf) -> Result<()> {
+    use netfault_common::progs;
+    let wanted = [
+        progs::XDP_INGRESS,
+        progs::TC_INGRESS,
+        progs::TC_EGRESS,
+        progs::TC_SEGMENT,
+    ];
+    let todo: Vec<(&str, &mut Program)> = ebpf
+        .programs_mut()
+        .filter(|(n, p)| wanted.contains(n) && p.fd().is_err())
+        .collect();
+    std::thread::scope(|scope| {
+        let running: Vec<_> = todo
+            .into_iter()
+            .map(|(name, prog)| {
+                let job = scope.spawn(move || match prog {
+                    Program::Xdp(p) => p.load(),
+                    Program::SchedClassifier(p) => p.load(),
+                    _ => Ok(()),
+                });
+                (name, job)
+            })
+            .collect();
+        for (name, job) in running {
+            match job.join() {
+                Ok(r) => r.map_err(ebpf_err(format!("load {name} (verifier)")))?,
+                Err(_) => {
+                    return Err(KernelError::Io {
+                        what: format!("load {name}: the loading thread panicked"),
+                        source: io::ErrorKind::Other.into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Pins the XDP program and the segmenting classifier of `ebpf` (loading them where needed)
 /// under `dir` as `xdp` and `segment`: the changes that follow link them from there instead of
 /// loading and verifying the object again (`attach_xdp_pinned`, [`segment_program_pinned`]).
