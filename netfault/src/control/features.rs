@@ -12,8 +12,9 @@
 //!   XDP is generic or absent): GRO and LRO aggregate frames before tc, so netfault turns off
 //!   `rx-gro`, `large-receive-offload` and `rx-gro-hw` where they were on.
 //!
-//! Only while a rule with a probability strictly between 0 and 1 (drop or duplicate) can apply
-//! there: p=0 and p=1 are exact on aggregates too. What was changed is recorded (`Tuned`, in
+//! Only while a rule with a probability strictly between 0 and 1 (drop or duplicate), or one
+//! that corrupts (one bit of one wire packet, at any probability), can apply there: p=0 and
+//! p=1 are exact on aggregates too. What was changed is recorded (`Tuned`, in
 //! the controller's state), and exactly that is put back when no such rule is left (delete,
 //! expiry, detach, the end of `run`): only values netfault set, and only while they are still
 //! what netfault set them to.
@@ -90,7 +91,11 @@ pub fn needs(
                 .filter(|s| s.kind == Kind::Rule)
                 .filter(|s| s.iface.as_ref().is_none_or(|i| i == iface))
             {
-                let (drop, dup) = (s.act.random_loss(), probabilistic(s.act.duplicate));
+                // Corruption flips one bit of one wire packet, whatever its probability.
+                let (drop, dup) = (
+                    s.act.random_loss(),
+                    probabilistic(s.act.duplicate) || s.act.corrupts(),
+                );
                 if s.dir.includes(false) && (drop || dup) {
                     need.egress = true;
                 }
@@ -98,6 +103,7 @@ pub fn needs(
                 let at_tc = s.act.duplicate.0 > 0.0
                     || s.act.shape.is_some()
                     || s.act.reject.is_some()
+                    || s.act.corrupts()
                     || !xdp_frames(iface);
                 if s.dir.includes(true) && at_tc && (drop || dup) {
                     need.ingress = true;
@@ -332,7 +338,9 @@ pub fn next_release(rules: &[RuleEntry], now: u64) -> Option<u64> {
     rules
         .iter()
         .filter(|r| r.live(now) && r.expires_mono_ns != 0 && r.spec.kind == Kind::Rule)
-        .filter(|r| r.spec.act.random_loss() || probabilistic(r.spec.act.duplicate))
+        .filter(|r| {
+            r.spec.act.random_loss() || probabilistic(r.spec.act.duplicate) || r.spec.act.corrupts()
+        })
         .map(|r| r.expires_mono_ns)
         .min()
 }
