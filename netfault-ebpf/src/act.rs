@@ -170,11 +170,16 @@ fn act(ctx: &TcContext, key: &FlowKey, l4: usize, index: u32, dir: u8) -> Option
     // Corruption last, after the clone: a duplicate (sharing the data until one side writes)
     // leaves undamaged, and the write makes this skb's bytes its own (a TCP segment's are the
     // retransmit queue's, which a retransmission must find intact).
-    if rule.flags & RULE_CORRUPT != 0
-        && fires(rule.corrupt_thresh)
-        && matches!(corrupt::flip(ctx, key, l4, rule), corrupt::Flip::Done)
-    {
-        c.corrupted += 1;
+    if rule.flags & RULE_CORRUPT != 0 && fires(rule.corrupt_thresh) {
+        match corrupt::flip(ctx, key, l4, rule) {
+            corrupt::Flip::Done => c.corrupted += 1,
+            corrupt::Flip::Drop => {
+                c.corrupted += 1;
+                c.dropped += segs;
+                return Some(TC_ACT_SHOT);
+            }
+            corrupt::Flip::Untouched => {}
+        }
     }
     c.passed += segs;
     if let Some(ifb) = ifb {

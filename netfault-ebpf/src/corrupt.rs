@@ -19,6 +19,12 @@
 //!   the plain call after it takes δ off again, which brings a full checksum back to what it
 //!   was and leaves the partial one as it now is. Both end as the undamaged packet's.
 //!
+//! At ingress, a packet from a local sender (a veth peer) can still be CHECKSUM_PARTIAL, and the
+//! receiving stack takes such a packet as checked whatever its field says: there `bad` drops
+//! it instead (`Flip::Drop`), as the check would have. (At egress the controller turns the
+//! device's transmit checksum offload off for a `bad` rule, control::features: the stack then
+//! completes the checksum before the packet leaves, and the receiver checks it.)
+//!
 //! A received packet the device checked (CHECKSUM_UNNECESSARY) is set to CHECKSUM_NONE so that
 //! the stack checks it again. For CHECKSUM_COMPLETE the helpers keep `skb->csum` such that the
 //! stack's quick check fails for a damaged `bad` packet and it sums the bytes themselves.
@@ -52,6 +58,9 @@ const CSUM_LEVEL_RESET: u64 = 3;
 pub enum Flip {
     /// One payload bit flipped, the checksum as asked.
     Done,
+    /// `bad` at ingress on a packet whose checksum a local sender left to offload: the stack
+    /// would take it unchecked, so it is to be dropped instead (counted as corrupted).
+    Drop,
     /// Not touched: no payload, not TCP or UDP, or a helper refused.
     Untouched,
 }
@@ -62,14 +71,17 @@ pub enum Flip {
 /// in `act`'s, whose call chain to reject's replies has little stack to spare.
 #[inline(never)]
 pub fn flip(ctx: &TcContext, key: &FlowKey, l4: usize, rule: &RuleValue) -> Flip {
-    match try_flip(ctx, key, l4, rule) {
-        Some(()) => Flip::Done,
-        None => Flip::Untouched,
-    }
+    try_flip(ctx, key, l4, rule).unwrap_or(Flip::Untouched)
+}
+
+/// `a - b` in ones' complement arithmetic (mod 0xffff) of 16-bit values.
+#[inline(always)]
+fn minus(a: u32, b: u32) -> u32 {
+    (a + 0xffff - b % 0xffff) % 0xffff
 }
 
 #[inline(always)]
-fn try_flip(ctx: &TcContext, key: &FlowKey, l4: usize, rule: &RuleValue) -> Option<()> {
+fn try_flip(ctx: &TcContext, key: &FlowKey, l4: usize, rule: &RuleValue) -> Option<Flip> {
     // A later fragment (no KEY_PORTS) has no transport header to find the payload after.
     if l4 == 0 || key.flags & KEY_PORTS == 0 {
         return None;
@@ -130,16 +142,28 @@ fn try_flip(ctx: &TcContext, key: &FlowKey, l4: usize, rule: &RuleValue) -> Opti
         // SAFETY: the program's own context; a failure leaves the checksum state as it was.
         unsafe { bpf_csum_level(ctx.as_ptr() as *mut __sk_buff, CSUM_LEVEL_RESET) };
     }
-    // No BPF_F_RECOMPUTE_CSUM: skb->csum (CHECKSUM_COMPLETE) follows the checksum calls alone
-    // (see the module's text).
-    ctx.store(off, &new, 0).ok()?;
     let size = CSUM_SIZE_2 | mangled_0;
+    // No BPF_F_RECOMPUTE_CSUM on the store: skb->csum (CHECKSUM_COMPLETE) follows the checksum
+    // calls alone (see the module's text).
     if rule.corrupt_mode == CORRUPT_GOOD {
+        ctx.store(off, &new, 0).ok()?;
         ctx.l4_csum_replace(csum_off, from, to, size).ok()?;
-    } else {
-        ctx.l4_csum_replace(csum_off, to, from, size | BPF_F_PSEUDO_HDR)
-            .ok()?;
-        ctx.l4_csum_replace(csum_off, from, to, size).ok()?;
+        return Some(Flip::Done);
     }
-    Some(())
+    // The pseudo-header step first: what it did to the field tells a full checksum (+δ) from
+    // a partial one (-δ).
+    let before: u16 = ctx.load(csum_off).ok()?;
+    ctx.l4_csum_replace(csum_off, to, from, size | BPF_F_PSEUDO_HDR)
+        .ok()?;
+    let after: u16 = ctx.load(csum_off).ok()?;
+    let delta = minus(to as u32, from as u32);
+    let moved = minus(u32::from(after), u32::from(before));
+    if key.dir == DIR_INGRESS && moved != delta && moved == minus(0, delta) {
+        // A local sender's offloaded checksum, which the receiving stack never checks: a
+        // damaged packet would be delivered. Dropped instead, as the check would have.
+        return Some(Flip::Drop);
+    }
+    ctx.store(off, &new, 0).ok()?;
+    ctx.l4_csum_replace(csum_off, from, to, size).ok()?;
+    Some(Flip::Done)
 }
