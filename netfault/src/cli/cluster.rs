@@ -122,7 +122,7 @@ fn impair_flag(e: netfault::cluster::coordinator::Error) -> anyhow::Error {
         netfault::cluster::coordinator::Error::Spec(s) => {
             let f = match s.field.as_str() {
                 "impair" | "name" => format!("--{}", s.field).replace("--impair", "impair"),
-                f => format!("--{f}"),
+                f => format!("--{}", f.replace('_', "-")),
             };
             SpecError::new(f, s.msg).into()
         }

@@ -156,9 +156,10 @@ fn members<'a>(
     Ok(out)
 }
 
-/// Validation field names are the CLI's (`--jitter`); this module's are bare (`jitter`).
+/// Validation field names are the CLI's (`--jitter`, `--corrupt-checksum`); this module's are
+/// the file keys (`jitter`, `corrupt_checksum`).
 fn bare(e: SpecError) -> SpecError {
-    SpecError::new(e.field.trim_start_matches("--"), e.msg)
+    SpecError::new(e.field.trim_start_matches("--").replace('-', "_"), e.msg)
 }
 
 impl Impair {
