@@ -9,8 +9,9 @@
 //!
 //! The checksum field holds one of two things. Usually the full checksum (CHECKSUM_NONE, or a
 //! received packet the device checked, CHECKSUM_UNNECESSARY or COMPLETE). On a packet sent with
-//! checksum offload (CHECKSUM_PARTIAL: a veth or a NIC completes it after tc) only the
-//! pseudo-header's sum, to which the completion adds the sum of the bytes as they are then.
+//! checksum offload (CHECKSUM_PARTIAL: a NIC, or the stack for a device without the offload,
+//! completes it after tc; a veth hands it on as it is) only the pseudo-header's sum, to which
+//! the completion adds the sum of the bytes as they are then.
 //! With δ the flip's change to the ones' complement sum of the data:
 //! - good: `bpf_l4_csum_replace` without BPF_F_PSEUDO_HDR takes δ off a full checksum and
 //!   leaves a partial one alone, which the completion then makes right by itself;
