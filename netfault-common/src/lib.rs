@@ -46,6 +46,10 @@ pub const RULE_REORDER: u32 = 1 << 3;
 /// wire packet, so a GSO packet it matches is first segmented (it goes through the interface's
 /// segmenting IFB device, marked `SEGMENT_TC_INDEX`, and its segments come back one by one).
 pub const RULE_SEGMENT: u32 = 1 << 4;
+/// The rule flips one random bit of the transport payload of a fraction of what it passes
+/// (`RuleValue::corrupt_thresh`, `corrupt_mode`): applied at tc (it needs the skb's checksum
+/// helpers), so it also sets `RULE_NEEDS_SKB`.
+pub const RULE_CORRUPT: u32 = 1 << 5;
 // ---- burst loss (Gilbert-Elliott) ----
 /// The rule's loss is a Gilbert-Elliott chain (`RuleValue::ge_*`), not `drop_thresh`.
 pub const RULE_BURST: u32 = 1 << 8;
@@ -409,7 +413,13 @@ pub struct RuleValue {
     /// Pacing backlog bound: a packet that would wait longer than this for the rate is dropped
     /// (and counted as a queue drop) rather than queued without bound.
     pub rate_queue_ns: u64,
-    pub _reserved: u64,
+    // ---- Corruption (issue 15, point 3), read only when `flags & RULE_CORRUPT` ----
+    /// Threshold (as `drop_thresh`) of flipping one payload bit of a packet that passes.
+    pub corrupt_thresh: u32,
+    /// `CORRUPT_BAD` or `CORRUPT_GOOD`.
+    pub corrupt_mode: u8,
+    pub _corrupt_pad: [u8; 3],
+    // ---- end of Corruption ----
     // ---- burst loss (Gilbert-Elliott), read only when `flags & RULE_BURST` ----
     /// Thresholds (as `drop_thresh`) of the chain: p, good to bad; r, bad to good; the loss
     /// probability in the bad state (netem's 1-h) and in the good state (netem's 1-k).
@@ -439,6 +449,12 @@ pub const REJECT_ICMP_PORT: u8 = 2;
 pub const REJECT_ICMP_HOST: u8 = 3;
 pub const REJECT_ICMP_ADMIN: u8 = 4;
 
+/// `RuleValue::corrupt_mode`: the transport checksum stays that of the undamaged packet, so the
+/// receiver's stack discards it (a checksum error).
+pub const CORRUPT_BAD: u8 = 0;
+/// The transport checksum is made right for the damaged bytes: the application receives them.
+pub const CORRUPT_GOOD: u8 = 1;
+
 /// Per-rule, per-CPU counters. Summed over CPUs by the controller.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -464,7 +480,11 @@ pub struct Counters {
     /// Dropped packets left unanswered because the rule's reply rate was spent (also in `dropped`).
     pub reject_limited: u64,
     // ---- end of Reject ----
-    pub _reserved2: [u64; 5],
+    // ---- Corruption (issue 15, point 3) ----
+    /// Packets passed with one payload bit flipped (also counted in `passed`).
+    pub corrupted: u64,
+    // ---- end of Corruption ----
+    pub _reserved2: [u64; 4],
 }
 const _: () = assert!(core::mem::size_of::<Counters>() == 128);
 

@@ -1,5 +1,6 @@
 //! What tc does with a packet whose rule takes an action beyond counting and plain loss:
-//! burst loss, reject, delay and rate, duplication, and the egress detour for segmentation.
+//! burst loss, reject, delay and rate, duplication, corruption, and the egress detour for
+//! segmentation.
 //!
 //! Why a function of its own, called, not inlined: the verifier walks the code after
 //! classification once per distinct state it reaches there, and parsing and classification
@@ -19,11 +20,11 @@ use aya_ebpf::{
 };
 use netfault_common::{
     CLONE_MARK, DIR_EGRESS, DIR_INGRESS, FlowKey, IFB_VIA_MIRRED, MAX_RULES, RULE_BURST,
-    RULE_SEGMENT, RULE_SHAPE, RuleValue, SEGMENT_TC_INDEX, SHAPE_TC_INDEX,
+    RULE_CORRUPT, RULE_SEGMENT, RULE_SHAPE, RuleValue, SEGMENT_TC_INDEX, SHAPE_TC_INDEX,
 };
 
 use crate::{
-    counters, fires, lost, lost_on_the_wire,
+    corrupt, counters, fires, lost, lost_on_the_wire,
     maps::{NF_IFB, NF_RULES},
     reject,
     shape::{self, Stamp},
@@ -32,7 +33,7 @@ use crate::{
 /// Does the rule only count and drop (or pass)? Then tc applies it inline.
 #[inline(always)]
 pub fn plain(rule: &RuleValue) -> bool {
-    rule.flags & (RULE_BURST | RULE_SHAPE | RULE_SEGMENT) == 0
+    rule.flags & (RULE_BURST | RULE_SHAPE | RULE_SEGMENT | RULE_CORRUPT) == 0
         && rule.reject == 0
         && rule.dup_thresh == 0
 }
@@ -164,6 +165,20 @@ fn act(ctx: &TcContext, key: &FlowKey, l4: usize, index: u32, dir: u8) -> Option
         ctx.set_mark(mark);
         if ok {
             c.duplicated += segs;
+        }
+    }
+    // Corruption last, after the clone: a duplicate (sharing the data until one side writes)
+    // leaves undamaged, and the write makes this skb's bytes its own (a TCP segment's are the
+    // retransmit queue's, which a retransmission must find intact).
+    if rule.flags & RULE_CORRUPT != 0 && fires(rule.corrupt_thresh) {
+        match corrupt::flip(ctx, key, l4, rule) {
+            corrupt::Flip::Done => c.corrupted += 1,
+            corrupt::Flip::Drop => {
+                c.corrupted += 1;
+                c.dropped += segs;
+                return Some(TC_ACT_SHOT);
+            }
+            corrupt::Flip::Untouched => {}
         }
     }
     c.passed += segs;

@@ -13,6 +13,7 @@
 mod act;
 mod burst;
 mod classify;
+mod corrupt;
 mod maps;
 mod parse;
 mod reject;

@@ -81,6 +81,9 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                     "gemodel": s.act.gemodel.map(|g| g.to_string()),
                     "burst_scope": s.act.chain().map(|_| s.act.burst_scope),
                     "reject": s.act.reject, "reject_rate": reject_rate(s),
+                    "corrupt": s.act.corrupt.0,
+                    "corrupt_checksum": s.act.corrupts()
+                        .then(|| s.act.corrupt_checksum.unwrap_or_default()),
                     "expires_in_ms": left, "expired": expired,
                 }),
             }
@@ -172,6 +175,13 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                 if let Some(k) = s.act.reject {
                     a.push(format!("reject {k} {}", reject_rate(s).unwrap_or_default()));
                 }
+                if s.act.corrupts() {
+                    a.push(format!(
+                        "corrupt {} checksum {}",
+                        s.act.corrupt,
+                        s.act.corrupt_checksum.unwrap_or_default()
+                    ));
+                }
                 writeln!(
                     out,
                     "rule      {:<16} prio {:<5} {}  => {}  ttl {left}",
@@ -210,7 +220,7 @@ pub fn stats(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::
     }
     writeln!(
         out,
-        "{:<18} {:<9} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  TTL",
+        "{:<18} {:<9} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  TTL",
         "NAME",
         "KIND",
         "MATCHED",
@@ -221,13 +231,14 @@ pub fn stats(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::
         "QUEUE-DROP",
         "REJECTED",
         "REJ-LIMIT",
+        "CORRUPTED",
         "PASSED",
         "BYTES"
     )?;
     for r in rows {
         writeln!(
             out,
-            "{:<18} {:<9} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  {}",
+            "{:<18} {:<9} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  {}",
             r.name,
             format!("{:?}", r.kind).to_lowercase(),
             r.counters.matched,
@@ -238,6 +249,7 @@ pub fn stats(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::
             r.counters.queue_dropped,
             r.counters.rejected,
             r.counters.reject_limited,
+            r.counters.corrupted,
             r.counters.passed,
             r.counters.bytes,
             fmt_left(r.expires_in_ms, r.expired)

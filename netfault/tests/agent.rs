@@ -543,8 +543,12 @@ fn metrics_parse_and_their_counters_equal_stats() {
     let h = &hosts[0];
     let a = start_agent(h, &token.0, &[], &ctl.ns);
     // "lossy" loses in runs (a Gilbert-Elliott chain): the JSON's number reaches the data path.
+    // "damaged" (no traffic) shows the corruption keys reach the data path and its counter
+    // the metrics.
     let set = r#"{"rule": [{"name": "lossy", "src": ["192.0.2.2"], "proto": "udp", "drop": "30%", "burst": 3},
-                           {"name": "cut", "src": ["192.0.2.3"], "proto": "udp", "drop": 1}]}"#;
+                           {"name": "cut", "src": ["192.0.2.3"], "proto": "udp", "drop": 1},
+                           {"name": "damaged", "dir": "ingress", "src": ["198.51.100.9"], "proto": "udp",
+                            "corrupt": "5%", "corrupt_checksum": "good"}]}"#;
     let (code, v) = http(&ctl.ns, a.addr, "PUT", "/v1/ruleset", Some(TOKEN), set);
     assert_eq!(code, 200, "{v}");
     let r = udp(&hosts[1], h, false, 500);
@@ -575,7 +579,7 @@ fn metrics_parse_and_their_counters_equal_stats() {
     let cli = nf.stats(&h.ns).unwrap();
     let (code, api) = http(&ctl.ns, a.addr, "GET", "/v1/stats", Some(TOKEN), "");
     assert_eq!(code, 200, "{api}");
-    for name in ["lossy", "cut"] {
+    for name in ["lossy", "cut", "damaged"] {
         let c = &cli.iter().find(|r| r.name == name).unwrap().counters;
         let row = api["rules"]
             .as_array()
@@ -590,6 +594,7 @@ fn metrics_parse_and_their_counters_equal_stats() {
             ("duplicated", c.duplicated),
             ("bytes", c.bytes),
             ("bursts", c.bursts),
+            ("corrupted", c.corrupted),
         ] {
             assert_eq!(
                 m[&(name.to_string(), action.to_string())],

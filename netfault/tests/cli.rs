@@ -133,6 +133,36 @@ fn malformed_input_exits_2_names_the_field_and_changes_nothing() {
         (&["rule", "add", "r", "--drop", "abc"], "--drop"),
         (&["rule", "add", "r", "--drop", "-10%"], "--drop"),
         (&["rule", "add", "r", "--duplicate", "101%"], "--duplicate"),
+        (&["rule", "add", "r", "--corrupt", "150%"], "--corrupt"),
+        (&["rule", "add", "r", "--corrupt", "-0.1"], "--corrupt"),
+        (
+            &[
+                "rule",
+                "add",
+                "r",
+                "--src",
+                "192.0.2.1",
+                "--drop",
+                "1",
+                "--corrupt-checksum",
+                "good",
+            ],
+            "--corrupt-checksum",
+        ),
+        (
+            &[
+                "rule",
+                "add",
+                "r",
+                "--src",
+                "192.0.2.1",
+                "--corrupt",
+                "5%",
+                "--corrupt-checksum",
+                "fixed",
+            ],
+            "--corrupt-checksum",
+        ),
         (
             &["rule", "add", "r", "--src", "192.0.2.0/33", "--drop", "1"],
             "--src",
@@ -359,6 +389,14 @@ fn malformed_input_exits_2_names_the_field_and_changes_nothing() {
         (
             "[[rule]]\nname = \"x\"\nproto = \"udp\"\nrate = \"fast\"",
             "rule[0].rate",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\nproto = \"udp\"\ncorrupt = \"2\"",
+            "rule[0].corrupt",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\nproto = \"udp\"\ndrop = 1\ncorrupt_checksum = \"good\"",
+            "rule[0].corrupt_checksum",
         ),
     ];
     for (i, (text, field)) in files.iter().enumerate() {

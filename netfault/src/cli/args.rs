@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use netfault::spec::{
-    self, Actions, BurstScope, Conn, Direction, Distribution, GeModel, Kind, PortRange, Prob,
-    Proto, Rate, RejectKind, RejectRate, RuleSpec, Shape, SpecError, Ttl,
+    self, Actions, BurstScope, Conn, CorruptChecksum, Direction, Distribution, GeModel, Kind,
+    PortRange, Prob, Proto, Rate, RejectKind, RejectRate, RuleSpec, Shape, SpecError, Ttl,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -107,6 +107,15 @@ pub struct ActionArgs {
     pub burst_scope: Option<BurstScope>,
     #[command(flatten)]
     pub reject: RejectArgs,
+    /// Flip one random bit of the transport payload of this fraction of the packets the rule
+    /// passes (`5%` or `0.05`); packets without payload are left alone.
+    #[arg(long, value_name = "PROB", value_parser = parse_prob, allow_hyphen_values = true)]
+    pub corrupt: Option<Prob>,
+    /// bad (default): the checksum stays the undamaged packet's, so the receiver's stack
+    /// discards the packet; good: the checksum is made right, so the application receives the
+    /// damaged bytes. Needs --corrupt.
+    #[arg(long, value_name = "bad|good", value_parser = parse_corrupt_checksum)]
+    pub corrupt_checksum: Option<CorruptChecksum>,
 }
 
 /// `--reject [KIND]` and `--reject-rate`: rules and partitions take them alike.
@@ -142,6 +151,8 @@ impl ActionArgs {
             burst_scope: self.burst_scope.unwrap_or_default(),
             reject: self.reject.reject,
             reject_rate: self.reject.reject_rate,
+            corrupt: self.corrupt.unwrap_or_default(),
+            corrupt_checksum: self.corrupt_checksum,
         }
     }
 }
@@ -176,6 +187,9 @@ pub struct PartitionArgs {
 }
 
 pub fn parse_reject(s: &str) -> Result<RejectKind, String> {
+    s.parse()
+}
+pub fn parse_corrupt_checksum(s: &str) -> Result<CorruptChecksum, String> {
     s.parse()
 }
 pub fn parse_reject_rate(s: &str) -> Result<RejectRate, String> {

@@ -14,6 +14,11 @@
 //!   ingress would need an IFB device and a redirect on every receiver, so the sender acts where
 //!   the receiver cannot do so natively. One rate rule per (A, B, family): each pair is paced
 //!   on its own.
+//! - **Corruption**: at A's egress too. There the data path sees the sender's checksum
+//!   offload state (a checksum the device completes later) and can leave the checksum bad or
+//!   make it good as asked; at B's ingress a packet from a local sender (a veth peer on the same
+//!   host) carries an offloaded checksum the receiving stack never checks, so `bad` could not
+//!   be made to fail there.
 //!
 //! Names are made of the step's (or command's) name, the peer and the family, so they are
 //! deterministic and the coordinator can heal exactly what it applied; a name longer than 64
@@ -28,7 +33,7 @@ use ipnet::IpNet;
 
 use super::{Cluster, Grudge};
 use crate::spec::{
-    Actions, Conn, Direction, Kind, RuleSpec, Shape, SpecError, protection, validate_name,
+    Actions, Conn, Direction, Kind, Prob, RuleSpec, Shape, SpecError, protection, validate_name,
 };
 
 /// `impair --from A.. --to B..`: faults on the traffic from every `from` node to every `to`
@@ -151,9 +156,10 @@ fn members<'a>(
     Ok(out)
 }
 
-/// Validation field names are the CLI's (`--jitter`); this module's are bare (`jitter`).
+/// Validation field names are the CLI's (`--jitter`, `--corrupt-checksum`); this module's are
+/// the file keys (`jitter`, `corrupt_checksum`).
 fn bare(e: SpecError) -> SpecError {
-    SpecError::new(e.field.trim_start_matches("--"), e.msg)
+    SpecError::new(e.field.trim_start_matches("--").replace('-', "_"), e.msg)
 }
 
 impl Impair {
@@ -163,7 +169,7 @@ impl Impair {
         if self.act.is_empty() {
             return Err(SpecError::new(
                 "impair",
-                "give drop, duplicate, delay or rate (an impairment with no action does nothing)",
+                "give drop, duplicate, delay, rate or corrupt (an impairment with no action does nothing)",
             ));
         }
         Ok(())
@@ -171,16 +177,21 @@ impl Impair {
 }
 
 /// Where each action of an impairment acts: (at the receiver's ingress, at the sender's
-/// egress). Shaping needs the sender's queue (fq); everything else acts where the packet
-/// arrives, after it crossed the wire (a reject's reply then leaves the receiver as a closed
-/// port's would).
+/// egress). Shaping needs the sender's queue (fq), and corruption the sender's checksum state
+/// (see the [module documentation](self)); everything else acts where the packet arrives,
+/// after it crossed the wire (a reject's reply then leaves the receiver as a closed port's
+/// would).
 fn split(act: &Actions) -> (Actions, Actions) {
     let receiver = Actions {
         shape: Shape::default(),
+        corrupt: Prob(0.0),
+        corrupt_checksum: None,
         ..*act
     };
     let sender = Actions {
         shape: act.shape,
+        corrupt: act.corrupt,
+        corrupt_checksum: act.corrupt_checksum,
         ..Actions::default()
     };
     (receiver, sender)
@@ -617,6 +628,25 @@ token_file = "/t"
                 .all(|r| r.act.reject.is_some() && r.dir == Direction::Ingress)
         );
         assert!(per["n1"].iter().all(|r| r.act.reject.is_none()));
+    }
+
+    #[test]
+    fn corruption_acts_at_the_senders_egress_and_loss_at_the_receiver() {
+        let c = cluster();
+        let mut i = imp(&["n1"], &["n2"]);
+        i.act.drop = Prob(0.1);
+        i.act.corrupt = Prob(0.2);
+        i.act.corrupt_checksum = Some(crate::spec::CorruptChecksum::Good);
+        let per = impair("cor", &c, &i).unwrap();
+        assert!(!per["n1"].is_empty() && !per["n2"].is_empty());
+        assert!(per["n1"].iter().all(|r| r.dir == Direction::Egress
+            && r.act.corrupt == Prob(0.2)
+            && r.act.corrupt_checksum == i.act.corrupt_checksum
+            && r.act.drop == Prob(0.0)));
+        assert!(per["n2"].iter().all(|r| r.dir == Direction::Ingress
+            && !r.act.corrupts()
+            && r.act.corrupt_checksum.is_none()
+            && r.act.drop == Prob(0.1)));
     }
 
     #[test]

@@ -785,4 +785,26 @@ for = "30s"
         let rules = s.rules_at(0, 0, 1, &c).unwrap();
         assert!(rules["n2"].iter().all(|r| r.act.reject.is_some()));
     }
+
+    /// An impair step corrupts as `cluster impair` does: at the sender's egress; a checksum
+    /// choice without corruption is refused with its key path.
+    #[test]
+    fn an_impair_step_can_corrupt() {
+        let c = Cluster::parse(CLUSTER).unwrap();
+        let s = Scenario::parse(
+            "[[step]]\nat = \"0s\"\nfor = \"1s\"\nimpair = { from = [\"n1\"], to = [\"n2\"], corrupt = \"1%\", corrupt_checksum = \"good\" }\n",
+        )
+        .unwrap();
+        let rules = s.rules_at(0, 0, 1, &c).unwrap();
+        assert!(!rules["n1"].is_empty());
+        assert!(rules["n1"].iter().all(|r| r.act.corrupts()
+            && r.act.corrupt_checksum == Some(crate::spec::CorruptChecksum::Good)
+            && r.dir == crate::spec::Direction::Egress));
+        assert!(rules["n2"].iter().all(|r| !r.act.corrupts()));
+        let e = Scenario::parse(
+            "[[step]]\nat = \"0s\"\nfor = \"1s\"\nimpair = { from = [\"n1\"], to = [\"n2\"], drop = 1, corrupt_checksum = \"bad\" }\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "step[0].impair.corrupt_checksum");
+    }
 }

@@ -7,8 +7,8 @@ use netfault_common::{
     CFG_INGRESS_TC, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, FlowKey4, FlowRef,
     KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, KEY_TCP_SYN, MAX_CHAIN, MAX_TUPLES, PF_ADDR_TABLES,
     PF_ADDR_V4, PF_ADDR_V6, PROB_ALWAYS, Prefilter, RULE_ACTIVE, RULE_BURST, RULE_BURST_PER_RULE,
-    RULE_NEEDS_SKB, RULE_REORDER, RULE_SEGMENT, RULE_SHAPE, RuleValue, Tuple, TupleSet,
-    pf_meta_index,
+    RULE_CORRUPT, RULE_NEEDS_SKB, RULE_REORDER, RULE_SEGMENT, RULE_SHAPE, RuleValue, Tuple,
+    TupleSet, pf_meta_index,
 };
 
 use crate::spec::{
@@ -284,6 +284,15 @@ pub fn rule_value(spec: &RuleSpec, expires_ns: u64) -> RuleValue {
     if shape.reorder {
         flags |= RULE_REORDER;
     }
+    // Corruption: at tc (the checksum helpers need the skb), on wire packets at egress (one bit
+    // of one packet, whatever the probability: a bad checksum's seed in a GSO aggregate would
+    // spoil every segment cut from it).
+    let corrupt = if spec.kind == Kind::Rule && spec.act.corrupts() {
+        flags |= RULE_NEEDS_SKB | RULE_CORRUPT | RULE_SEGMENT;
+        spec.act.corrupt.threshold()
+    } else {
+        0
+    };
     // Burst loss: the chain's thresholds replace drop_thresh, which stays 0 (a rule without
     // a chain keeps today's draw).
     let chain = if spec.kind == Kind::Rule {
@@ -320,6 +329,8 @@ pub fn rule_value(spec: &RuleSpec, expires_ns: u64) -> RuleValue {
         } else {
             0
         },
+        corrupt_thresh: corrupt,
+        corrupt_mode: spec.act.corrupt_checksum.unwrap_or_default().code(),
         reject: reject.map_or(0, |k| k.code()),
         reject_interval_ns: if reject.is_some() {
             reject_rate.interval_ns()
@@ -363,7 +374,8 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
         }
         let shaping = input.spec.kind == Kind::Rule && input.spec.act.shape.is_some();
         let rejecting = input.spec.kind != Kind::Protect && input.spec.act.reject.is_some();
-        if ((input.spec.kind == Kind::Rule && (input.spec.act.duplicate.0 > 0.0 || shaping))
+        let act = &input.spec.act;
+        if ((input.spec.kind == Kind::Rule && (act.duplicate.0 > 0.0 || shaping || act.corrupts()))
             || rejecting)
             && input.spec.dir.includes(true)
         {
@@ -1202,6 +1214,30 @@ mod tests {
         let mut other_if = pkt("192.0.2.1", "192.0.2.2", 1, 0, 0, DIR_EGRESS);
         other_if.ifindex = 8;
         assert!(classify(&c, &other_if).is_none());
+    }
+
+    #[test]
+    fn corruption_goes_to_tc_on_wire_packets_with_its_threshold_and_mode() {
+        let mut r = rule("c");
+        r.act = Actions::default();
+        r.act.corrupt = crate::spec::Prob(0.25);
+        let v = rule_value(&r, 0);
+        let want = RULE_NEEDS_SKB | RULE_CORRUPT | RULE_SEGMENT;
+        assert_eq!(v.flags & want, want);
+        assert_eq!(v.corrupt_thresh, crate::spec::Prob(0.25).threshold());
+        assert_eq!(v.corrupt_mode, netfault_common::CORRUPT_BAD);
+        assert_eq!(v.drop_thresh, 0);
+        assert!(compile_specs(&[r.clone()]).config_flags & CFG_INGRESS_TC != 0);
+        r.act.corrupt = crate::spec::Prob(1.0);
+        r.act.corrupt_checksum = Some(crate::spec::CorruptChecksum::Good);
+        let v = rule_value(&r, 0);
+        assert_eq!(v.corrupt_thresh, PROB_ALWAYS);
+        assert_eq!(v.corrupt_mode, netfault_common::CORRUPT_GOOD);
+        // No corruption: no flag, no threshold (the data path's cheap path stays as it was).
+        let mut d = rule("d");
+        d.act.drop = crate::spec::Prob(0.5);
+        let v = rule_value(&d, 0);
+        assert_eq!((v.flags & RULE_CORRUPT, v.corrupt_thresh), (0, 0));
     }
 
     #[test]

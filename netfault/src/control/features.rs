@@ -12,8 +12,17 @@
 //!   XDP is generic or absent): GRO and LRO aggregate frames before tc, so netfault turns off
 //!   `rx-gro`, `large-receive-offload` and `rx-gro-hw` where they were on.
 //!
-//! Only while a rule with a probability strictly between 0 and 1 (drop or duplicate) can apply
-//! there: p=0 and p=1 are exact on aggregates too. What was changed is recorded (`Tuned`, in
+//! - **Transmit checksums** (a rule that corrupts with `--corrupt-checksum bad` at egress): a
+//!   veth hands a checksum-offloaded skb (CHECKSUM_PARTIAL) to its peer as it is, and the
+//!   receiving stack trusts it without a check, so a damaged packet would be delivered. With
+//!   transmit checksum offload off, the stack completes the checksum in software after tc
+//!   (from the seed the data path left off by the flip) and the receiver checks it, as netem
+//!   resolves the checksum before it flips a bit. On a NIC the device would complete it
+//!   itself; netfault turns the offload off there too, so a rule acts alike on every device.
+//!
+//! Only while a rule with a probability strictly between 0 and 1 (drop or duplicate), or one
+//! that corrupts (one bit of one wire packet, at any probability), can apply there: p=0 and
+//! p=1 are exact on aggregates too. What was changed is recorded (`Tuned`, in
 //! the controller's state), and exactly that is put back when no such rule is left (delete,
 //! expiry, detach, the end of `run`): only values netfault set, and only while they are still
 //! what netfault set them to.
@@ -29,11 +38,18 @@ use super::{
 };
 use crate::{
     netlink,
-    spec::{Kind, Prob},
+    spec::{CorruptChecksum, Kind, Prob},
 };
 
 /// Receive offloads that merge frames before tc ingress, in the order they are turned off.
 pub const GRO_FEATURES: [&str; 3] = ["rx-gro", "large-receive-offload", "rx-gro-hw"];
+
+/// Transmit checksum offloads, turned off for a corrupting rule with a bad checksum at egress.
+pub const TX_CSUM_FEATURES: [&str; 3] = [
+    "tx-checksum-ipv4",
+    "tx-checksum-ip-generic",
+    "tx-checksum-ipv6",
+];
 
 /// What netfault changed on one device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,11 +66,17 @@ pub struct Tuned {
     /// Ingress: the receive offloads netfault turned off (each was wanted on before).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features_off: Vec<String>,
+    /// Egress: the transmit checksum offloads netfault turned off (each was wanted on before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub csum_off: Vec<String>,
 }
 
 impl Tuned {
     fn is_empty(&self) -> bool {
-        self.segment.is_none() && self.gso_max_segs.is_none() && self.features_off.is_empty()
+        self.segment.is_none()
+            && self.gso_max_segs.is_none()
+            && self.features_off.is_empty()
+            && self.csum_off.is_empty()
     }
 }
 
@@ -65,6 +87,8 @@ pub struct Need {
     pub egress: bool,
     /// At tc ingress (or generic XDP).
     pub ingress: bool,
+    /// Checksums completed before the packet leaves (transmit checksum offload off).
+    pub csum: bool,
 }
 
 fn probabilistic(p: Prob) -> bool {
@@ -90,14 +114,25 @@ pub fn needs(
                 .filter(|s| s.kind == Kind::Rule)
                 .filter(|s| s.iface.as_ref().is_none_or(|i| i == iface))
             {
-                let (drop, dup) = (s.act.random_loss(), probabilistic(s.act.duplicate));
+                // Corruption flips one bit of one wire packet, whatever its probability.
+                let (drop, dup) = (
+                    s.act.random_loss(),
+                    probabilistic(s.act.duplicate) || s.act.corrupts(),
+                );
                 if s.dir.includes(false) && (drop || dup) {
                     need.egress = true;
+                }
+                if s.dir.includes(false)
+                    && s.act.corrupts()
+                    && s.act.corrupt_checksum.unwrap_or_default() == CorruptChecksum::Bad
+                {
+                    need.csum = true;
                 }
                 // The rules XDP cannot apply go to tc ingress (compile: RULE_NEEDS_SKB).
                 let at_tc = s.act.duplicate.0 > 0.0
                     || s.act.shape.is_some()
                     || s.act.reject.is_some()
+                    || s.act.corrupts()
                     || !xdp_frames(iface);
                 if s.dir.includes(true) && at_tc && (drop || dup) {
                     need.ingress = true;
@@ -171,6 +206,7 @@ fn tune_inner(
             segment: None,
             gso_max_segs: None,
             features_off: Vec::new(),
+            csum_off: Vec::new(),
         };
         if need.egress && have.as_ref().is_none_or(|t| t.segment.is_none()) {
             change.segment = Some(segment::ensure(&iface, ifindex, segment_prog)?);
@@ -189,6 +225,9 @@ fn tune_inner(
                 change.features_off = off.into_iter().map(str::to_owned).collect();
             }
         }
+        if need.csum && have.as_ref().is_none_or(|t| t.csum_off.is_empty()) {
+            change.csum_off = turn_off(&iface, &TX_CSUM_FEATURES)?;
+        }
         if change.is_empty() {
             continue;
         }
@@ -199,9 +238,43 @@ fn tune_inner(
                 let t = &mut tuned[p];
                 t.segment = t.segment.take().or(change.segment);
                 t.features_off.extend(change.features_off);
+                t.csum_off.extend(change.csum_off);
             }
             None => tuned.push(change),
         }
+    }
+    Ok(())
+}
+
+/// Turns off those of `names` that are wanted on and changeable on `iface`; returns them.
+fn turn_off(iface: &str, names: &[&str]) -> Result<Vec<String>> {
+    let f = netlink::features(iface)?;
+    let off: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| f.wanted.contains(*n) && f.changeable.contains(*n))
+        .filter(|n| !f.fixed.contains(*n))
+        .collect();
+    if !off.is_empty() {
+        let changes: Vec<(&str, bool)> = off.iter().map(|n| (*n, false)).collect();
+        netlink::set_features(iface, &changes)?;
+    }
+    Ok(off.into_iter().map(str::to_owned).collect())
+}
+
+/// Turns back on those of `names` that are wanted off on `iface` (netfault's doing).
+fn turn_on(iface: &str, names: &[String]) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let f = netlink::features(iface)?;
+    let on: Vec<(&str, bool)> = names
+        .iter()
+        .filter(|n| !f.wanted.contains(*n))
+        .map(|n| (n.as_str(), true))
+        .collect();
+    if !on.is_empty() {
+        netlink::set_features(iface, &on)?;
     }
     Ok(())
 }
@@ -234,6 +307,7 @@ fn put_back(t: &Tuned) -> Result<()> {
             netlink::set_features(&t.iface, &on)?;
         }
     }
+    turn_on(&t.iface, &t.csum_off)?;
     Ok(())
 }
 
@@ -252,6 +326,7 @@ pub fn undo(added: &[Tuned], tuned: &mut Vec<Tuned>) {
                 t.segment = None;
             }
             t.features_off.retain(|n| !a.features_off.contains(n));
+            t.csum_off.retain(|n| !a.csum_off.contains(n));
         }
     }
     tuned.retain(|t| !t.is_empty());
@@ -284,6 +359,11 @@ pub fn release(
             } else {
                 t.features_off.clone()
             },
+            csum_off: if need.csum {
+                Vec::new()
+            } else {
+                t.csum_off.clone()
+            },
         };
         if part.is_empty() {
             continue;
@@ -296,6 +376,9 @@ pub fn release(
                 t.gso_max_segs = None;
                 if !part.features_off.is_empty() {
                     t.features_off.clear();
+                }
+                if !part.csum_off.is_empty() {
+                    t.csum_off.clear();
                 }
             }
             Err(e) => {
@@ -332,7 +415,9 @@ pub fn next_release(rules: &[RuleEntry], now: u64) -> Option<u64> {
     rules
         .iter()
         .filter(|r| r.live(now) && r.expires_mono_ns != 0 && r.spec.kind == Kind::Rule)
-        .filter(|r| r.spec.act.random_loss() || probabilistic(r.spec.act.duplicate))
+        .filter(|r| {
+            r.spec.act.random_loss() || probabilistic(r.spec.act.duplicate) || r.spec.act.corrupts()
+        })
         .map(|r| r.expires_mono_ns)
         .min()
 }
@@ -396,7 +481,8 @@ mod tests {
             both,
             Need {
                 egress: true,
-                ingress: true
+                ingress: true,
+                csum: false,
             }
         );
         // A drop at ingress where native XDP applies it meets wire frames already.
@@ -405,7 +491,8 @@ mod tests {
             e,
             Need {
                 egress: true,
-                ingress: false
+                ingress: false,
+                csum: false,
             }
         );
         // A duplicate always runs at tc ingress.
@@ -414,7 +501,8 @@ mod tests {
             i,
             Need {
                 egress: false,
-                ingress: true
+                ingress: true,
+                csum: false,
             }
         );
         // Expired rules need nothing; rules bound to another interface neither.
@@ -425,6 +513,48 @@ mod tests {
         let mut other = rule("a", Direction::Both, 0.1, 0.1, 0);
         other.spec.iface = Some("eth1".into());
         assert_eq!(need(&[other], false), none);
+    }
+
+    /// Corruption meets wire packets (whatever P) where it acts; a bad checksum at egress also
+    /// needs the checksum completed before the packet leaves.
+    #[test]
+    fn corruption_needs_wire_packets_and_a_bad_one_transmit_checksums() {
+        let devs = [dev("eth0", 2)];
+        let need = |r: RuleEntry| needs(&devs, &[r], 10, |_| true)[0].1;
+        let corrupt = |dir, p: f64, c: CorruptChecksum| {
+            let mut r = rule("c", dir, 0.0, 0.0, 0);
+            r.spec.act.corrupt = Prob(p);
+            r.spec.act.corrupt_checksum = Some(c);
+            r
+        };
+        let all = Need {
+            egress: true,
+            ingress: true,
+            csum: true,
+        };
+        assert_eq!(
+            need(corrupt(Direction::Both, 1.0, CorruptChecksum::Bad)),
+            all
+        );
+        assert_eq!(
+            need(corrupt(Direction::Both, 0.5, CorruptChecksum::Good)),
+            Need { csum: false, ..all }
+        );
+        assert_eq!(
+            need(corrupt(Direction::Ingress, 0.5, CorruptChecksum::Bad)),
+            Need {
+                egress: false,
+                ingress: true,
+                csum: false
+            }
+        );
+        assert_eq!(
+            next_release(&[corrupt(Direction::Egress, 1.0, CorruptChecksum::Good)], 0),
+            None
+        );
+        let mut timed = corrupt(Direction::Egress, 1.0, CorruptChecksum::Good);
+        timed.expires_mono_ns = 50;
+        assert_eq!(next_release(&[timed], 10), Some(50));
     }
 
     #[test]
@@ -452,6 +582,7 @@ mod tests {
             }),
             gso_max_segs: None,
             features_off: vec!["rx-gro".into()],
+            csum_off: vec!["tx-checksum-ip-generic".into()],
         };
         let j = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<Tuned>(&j).unwrap(), t);

@@ -156,9 +156,12 @@ pub fn needs_xdp(spec: &RuleSpec, iface: &str) -> bool {
             (spec.act.loses()
                 && spec.act.reject.is_none()
                 && spec.act.duplicate.0 == 0.0
-                && !spec.act.shape.is_some())
+                && !spec.act.shape.is_some()
+                && !spec.act.corrupts())
                 || spec.act.random_loss()
                 || probabilistic(spec.act.duplicate.0)
+                // Corruption is applied at tc; XDP stays to give it wire frames on a veth.
+                || spec.act.corrupts()
         }
     };
     needs && spec.dir.includes(true) && spec.iface.as_deref().is_none_or(|i| i == iface)

@@ -243,6 +243,7 @@ impl Maps {
             s.queue_dropped += c.queue_dropped;
             s.rejected += c.rejected;
             s.reject_limited += c.reject_limited;
+            s.corrupted += c.corrupted;
             s.bursts += c.bursts;
         }
         Ok(s)

@@ -4,11 +4,13 @@
 //! same distribution the data path draws from (`spec::dist::DelayModel`), and its loss is
 //! combined with the measured loss as independent. What the model cannot honour is refused:
 //! partitions (every heartbeat lost), rates (a queue, not a distribution), burst loss (misses
-//! would not be independent) and reject (a refused heartbeat is an error, not a late one).
+//! would not be independent), reject (a refused heartbeat is an error, not a late one) and
+//! corruption with a good checksum (a damaged heartbeat is neither late nor lost). Corruption
+//! with the checksum left bad (the default) is a loss: the receiver's stack discards it.
 use serde::{Deserialize, Serialize};
 
 use super::{rng::SplitMix, samples::Rtts};
-use crate::spec::{Kind, RuleSpec, SpecError, Ttl, dist::DelayModel};
+use crate::spec::{CorruptChecksum, Kind, RuleSpec, SpecError, Ttl, dist::DelayModel};
 
 /// What a rule set does to a round trip.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,13 +54,23 @@ impl WhatIf {
                 )
             } else if r.act.reject.is_some() {
                 Some("a rejected heartbeat fails at once: an error, not a late answer")
+            } else if r.act.corrupts() && r.act.corrupt_checksum == Some(CorruptChecksum::Good) {
+                Some(
+                    "a heartbeat corrupted with a good checksum arrives damaged: neither late nor \
+                     lost (corrupt_checksum = \"bad\" is folded as loss)",
+                )
             } else {
                 None
             };
             if let Some(why) = why {
                 return Err(SpecError::new(at(), why));
             }
+            // A packet corrupted with its checksum left bad is discarded by the receiver: a loss,
+            // drawn after (and independently of) the rule's drop.
             keep *= 1.0 - r.act.drop.0;
+            if r.act.corrupts() {
+                keep *= 1.0 - r.act.corrupt.0;
+            }
             if r.act.shape.delay.is_some() {
                 delays.push(r.act.shape.model());
             }
@@ -149,10 +161,25 @@ mod tests {
                 "[[rule]]\nname = \"refused\"\ndst = [\"192.0.2.2\"]\nproto = \"tcp\"\nreject = \"tcp-reset\"\n",
                 "rule 'refused'",
             ),
+            (
+                "[[rule]]\nname = \"damaged\"\ndst = [\"192.0.2.2\"]\ncorrupt = 0.1\ncorrupt_checksum = \"good\"\n",
+                "rule 'damaged'",
+            ),
         ] {
             let rules = ruleset::parse(text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
             let e = WhatIf::from_rules(&rules).unwrap_err();
             assert!(e.field.contains(names), "{text}: {e:?}");
         }
+    }
+
+    /// Corruption with its checksum left bad is discarded by the receiver: folded as loss.
+    #[test]
+    fn corruption_with_a_bad_checksum_folds_as_loss() {
+        let rules = ruleset::parse(
+            "[[rule]]\nname = \"c\"\ndst = [\"192.0.2.2\"]\ndrop = 0.1\ncorrupt = 0.5\n",
+        )
+        .unwrap();
+        let w = WhatIf::from_rules(&rules).unwrap();
+        assert!((w.loss - (1.0 - 0.9 * 0.5)).abs() < 1e-12, "{}", w.loss);
     }
 }

@@ -34,6 +34,9 @@ pub struct CounterView {
     /// Dropped unanswered because the rule's reply rate was spent; part of `dropped`.
     #[serde(default)]
     pub reject_limited: u64,
+    /// Passed with one payload bit flipped; part of `passed`.
+    #[serde(default)]
+    pub corrupted: u64,
 }
 
 impl From<Counters> for CounterView {
@@ -49,6 +52,7 @@ impl From<Counters> for CounterView {
             bursts: c.bursts,
             rejected: c.rejected,
             reject_limited: c.reject_limited,
+            corrupted: c.corrupted,
         }
     }
 }

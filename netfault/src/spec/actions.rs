@@ -8,7 +8,7 @@ use serde_json::{Map, Value as Json, json};
 use toml::Value;
 
 use super::{
-    Prob, RejectKind, RejectRate, Shape, SpecError,
+    CorruptChecksum, Prob, RejectKind, RejectRate, Shape, SpecError,
     burst::{self, BurstScope, GeModel},
     toml_util::{boolean, duration, err, parsed, prob},
 };
@@ -41,6 +41,12 @@ pub struct Actions {
     /// Replies per second and burst; None: `reject::DEFAULT_REJECT_RATE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reject_rate: Option<RejectRate>,
+    /// Flip one random payload bit of this fraction of the packets the rule passes.
+    #[serde(default)]
+    pub corrupt: Prob,
+    /// What becomes of a corrupted packet's checksum; None: `bad` (given only with `corrupt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrupt_checksum: Option<CorruptChecksum>,
 }
 
 /// The keys [`Actions::set_key`] takes, in the order the documentation gives them.
@@ -57,6 +63,8 @@ pub const KEYS: &[&str] = &[
     "burst_scope",
     "reject",
     "reject_rate",
+    "corrupt",
+    "corrupt_checksum",
 ];
 
 impl Actions {
@@ -70,7 +78,13 @@ impl Actions {
 
     /// No action at all: such a rule would only count.
     pub fn is_empty(&self) -> bool {
-        !self.loses() && self.duplicate.0 == 0.0 && !self.shape.is_some()
+        !self.loses() && self.duplicate.0 == 0.0 && !self.shape.is_some() && !self.corrupts()
+    }
+
+    /// Does the rule corrupt packets (`corrupt` above 0)? Such a rule is applied at tc, and
+    /// meets wire packets there (one bit of one packet on the wire, not of a GSO aggregate).
+    pub fn corrupts(&self) -> bool {
+        self.corrupt.0 > 0.0
     }
 
     /// The drop probability the data path applies: `--reject` alone (no `drop`, no
@@ -130,6 +144,8 @@ impl Actions {
                 }
             }
             "reject_rate" => self.reject_rate = Some(parsed(path, v)?),
+            "corrupt" => self.corrupt = prob(path, v)?,
+            "corrupt_checksum" => self.corrupt_checksum = Some(parsed(path, v)?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -139,6 +155,12 @@ impl Actions {
     /// `--jitter`; file formats strip the dashes). An empty set of actions is not refused here:
     /// whether that is an error depends on the entry (a partition has its own).
     pub fn validate(&self) -> Result<(), SpecError> {
+        if self.corrupt_checksum.is_some() && !self.corrupts() {
+            return Err(SpecError::new(
+                "--corrupt-checksum",
+                "needs --corrupt (above 0): it says what becomes of a corrupted packet's checksum",
+            ));
+        }
         if self.reject_rate.is_some() && self.reject.is_none() {
             return Err(SpecError::new("--reject-rate", "needs --reject"));
         }
@@ -197,6 +219,12 @@ impl Actions {
         if let Some(r) = self.reject_rate {
             m.insert("reject_rate".into(), json!(r.to_string()));
         }
+        if self.corrupts() {
+            m.insert("corrupt".into(), json!(self.corrupt.to_string()));
+        }
+        if let Some(c) = self.corrupt_checksum {
+            m.insert("corrupt_checksum".into(), json!(c.to_string()));
+        }
         m
     }
 }
@@ -241,6 +269,8 @@ gemodel = "1%,25%,100%,0%"
 burst_scope = "rule"
 reject = "icmp-host"
 reject_rate = "10/s,burst=5"
+corrupt = "2%"
+corrupt_checksum = "good"
 "#;
         let t: toml::Table = text.parse().unwrap();
         let mut a = Actions::default();
@@ -263,6 +293,15 @@ reject_rate = "10/s,burst=5"
         assert_eq!(r.reject, None);
         r.reject_rate = Some("5/s".parse().unwrap());
         assert_eq!(r.validate().unwrap_err().field, "--reject-rate");
+        assert_eq!(a.corrupt_checksum, Some(CorruptChecksum::Good));
+        assert!(a.corrupts() && !a.is_empty());
+        let mut c = Actions {
+            corrupt_checksum: Some(CorruptChecksum::Bad),
+            ..Actions::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "--corrupt-checksum");
+        c.corrupt = Prob(0.5);
+        c.validate().unwrap();
         assert!(!a.set_key("x", "name", &Value::from("n")).unwrap());
         assert_eq!(
             a.set_key("rule[0].drop", "drop", &Value::from("150%"))

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod actions;
 pub mod burst;
+pub mod corrupt;
 pub mod dist;
 pub mod protection;
 pub mod reject;
@@ -14,6 +15,7 @@ pub(crate) mod toml_util;
 
 pub use actions::Actions;
 pub use burst::{BurstScope, GeModel};
+pub use corrupt::CorruptChecksum;
 pub use dist::Distribution;
 pub use reject::{RejectKind, RejectRate};
 
@@ -614,7 +616,7 @@ impl RuleSpec {
             if self.act.is_empty() {
                 return Err(SpecError::new(
                     "action",
-                    "give --drop, --gemodel, --duplicate, --delay, --rate or --reject (a rule with no action would only count)",
+                    "give --drop, --gemodel, --duplicate, --delay, --rate, --reject or --corrupt (a rule with no action would only count)",
                 ));
             }
         }
