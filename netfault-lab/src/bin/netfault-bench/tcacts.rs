@@ -6,11 +6,11 @@
 //! deploys sets) and timed on a UDP/IPv4 frame it matches; "no rule matches" times a frame
 //! outside it. The loopback device the kernel runs tc test runs on is marked as an interface
 //! where tc applies ingress rules (as on a device whose XDP is not netfault's), so tc ingress
-//! applies every action there. Loss actions with a probability are timed at ingress: at egress
-//! their packets first take the segmenting detour (marked, then drawn when they come back from
-//! the IFB device, see `act.rs`), which a test run cannot follow; the draw itself is the same
-//! code at either hook. After every run the rule's counters must have risen by exactly the
-//! iterations in the way the action says (dropped, duplicated, delayed, rejected): a figure
+//! applies every action there. Loss actions with a probability, and corruption, are timed at
+//! ingress: at egress their packets first take the segmenting detour (marked, then drawn when
+//! they come back from the IFB device, see `act.rs`), which a test run cannot follow; the draw
+//! itself is the same code at either hook. After every run the rule's counters must have risen by exactly the
+//! iterations in the way the action says (dropped, duplicated, delayed, rejected, corrupted): a figure
 //! for a path other than the action's is refused.
 use std::path::Path;
 
@@ -52,6 +52,8 @@ enum Moves {
     Duplicated,
     Delayed,
     Rejected,
+    /// One payload bit flipped per iteration.
+    Corrupted,
 }
 
 struct Case {
@@ -105,6 +107,20 @@ const CASES: &[Case] = &[
         keys: "duplicate = 1",
         matching: true,
         moves: Moves::Duplicated,
+    },
+    Case {
+        hook: Hook::Ingress,
+        action: "corrupt 100%, checksum bad",
+        keys: "corrupt = 1",
+        matching: true,
+        moves: Moves::Corrupted,
+    },
+    Case {
+        hook: Hook::Ingress,
+        action: "corrupt 100%, checksum good",
+        keys: "corrupt = 1\ncorrupt_checksum = \"good\"",
+        matching: true,
+        moves: Moves::Corrupted,
     },
     Case {
         hook: Hook::Egress,
@@ -182,6 +198,7 @@ fn moved(moves: Moves, before: &Counters, after: &Counters, n: u64) -> Result<()
         Moves::Duplicated => d(|c| c.duplicated) == n,
         Moves::Delayed => d(|c| c.delayed) == n,
         Moves::Rejected => d(|c| c.rejected) == n,
+        Moves::Corrupted => d(|c| c.corrupted) == n,
     };
     ensure!(
         ok,
