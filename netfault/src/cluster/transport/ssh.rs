@@ -9,6 +9,10 @@
 //! `netfault node OP` ([`serve`]) runs [`local`] on the node's pinned-mode controller, so a
 //! request does the same thing whichever transport brought it.
 //!
+//! - One connection per node for the coordinator's life: each operation is a session on the
+//!   node's OpenSSH master (`-o ControlPath=... -o ControlMaster=no`), opened by its first
+//!   operation ([`mux`]); without one (it failed, or the node's options choose sharing
+//!   themselves) the operation connects on its own.
 //! - No TTY and no prompt (`BatchMode`): a refused key or an unknown host key fails at once.
 //!   The connection is bounded by `ConnectTimeout` (5 s) and a stuck session by `ServerAlive`
 //!   probes (both overridable in `ssh_options`, which come first and so win); a call by
