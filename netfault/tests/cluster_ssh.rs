@@ -275,6 +275,36 @@ fn each_command_opens_one_ssh_connection_per_node_and_leaves_nothing_even_after_
         assert!(l.partitions(i).is_empty(), "n{} after heal", i + 1);
     }
 
+    // Options that choose sharing themselves are the user's: no master of ours, and here
+    // (`ControlMaster=no`, no path) each operation logs in on its own.
+    let own = temp_file(
+        "toml",
+        &l.cluster_text(|_, lines| {
+            let opts = lines
+                .iter_mut()
+                .find(|x| x.starts_with("ssh_options"))
+                .unwrap();
+            *opts = opts.replace("]", ", \"-o\", \"ControlMaster=no\"]");
+        }),
+    );
+    let before: Vec<(usize, usize)> = (0..5).map(|i| l.logins(i)).collect();
+    let (pid, out) = l.cluster_pid(&own, &["heal"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(mux_dirs(pid).is_empty());
+    for (i, b) in before.iter().enumerate() {
+        let now = l.logins(i);
+        assert_eq!(
+            (now.0 - b.0, now.1 - b.1),
+            (2, 2),
+            "n{}: logins and sessions of a heal with the user's ControlMaster=no",
+            i + 1
+        );
+    }
+
     // A run killed with -9 while its masters are up: they die with it, sessions too.
     let sc = temp_file(
         "toml",
@@ -494,6 +524,13 @@ fn a_node_that_fails_over_ssh_fails_the_run_naming_it_and_the_others_are_rolled_
         assert!(
             err.contains("undone on") || err.contains("no fault was applied"),
             "{err}"
+        );
+        // Only n5's master fails (its server is down), and says so; the others share theirs.
+        assert_eq!(
+            err.contains("no shared connection"),
+            line.is_empty(),
+            "n{}: {err}",
+            bad + 1
         );
         for i in (0..5).filter(|&i| i != bad) {
             // Attached by the apply, then given back: no entry and no protection of it left.
