@@ -15,6 +15,7 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
+    os::unix::process::CommandExt as _,
     process::Output,
     time::Duration,
 };
@@ -304,6 +305,63 @@ fn each_command_opens_one_ssh_connection_per_node_and_leaves_nothing_even_after_
             i + 1
         );
     }
+
+    // Ctrl-C at a terminal (SIGINT to the run's process group): the run heals over the same
+    // connections, one per node for its whole life, and leaves nothing.
+    let sc = temp_file(
+        "toml",
+        "lease = \"8s\"\n[[step]]\nat = \"0s\"\npartition = \"halves\"\nfor = \"2m\"\n",
+    );
+    let ev = temp_path("jsonl");
+    let before: Vec<(usize, usize)> = (0..5).map(|i| l.logins(i)).collect();
+    let mut c =
+        cluster::cluster_command(&l.nf.bin, &file.0, &["run", sc.arg(), "--events", ev.arg()]);
+    c.stdout(std::process::Stdio::null()).process_group(0);
+    let mut child = cluster::spawn_in(Some(&l.ctl.ns), &mut c).unwrap();
+    let pid = child.id();
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while !event_log(&ev.0)
+        .iter()
+        .any(|l| l["node"].is_null() && l["phase"] == "start")
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{:#?}",
+            event_log(&ev.0)
+        );
+        assert!(
+            std::time::Instant::now() < end,
+            "no step started within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: a signal to the process group of our own child, which still runs.
+    assert_eq!(unsafe { libc::kill(-(pid as i32), libc::SIGINT) }, 0);
+    let out = netfault_lab::lab::output_within(&mut child, CLUSTER_LIMIT).unwrap();
+    let log = event_log(&ev.0);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}\n{log:#?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(log.last().unwrap()["outcome"], "interrupted", "{log:#?}");
+    for (i, b) in before.iter().enumerate() {
+        assert!(
+            l.partitions(i).is_empty(),
+            "n{} after the interrupted run",
+            i + 1
+        );
+        assert_eq!(
+            l.logins(i).0 - b.0,
+            1,
+            "n{}: ssh connections of the run, its heal included",
+            i + 1
+        );
+    }
+    assert!(mux_dirs(pid).is_empty());
+    let left = running_with(&format!("nfmux-{pid}-"));
+    assert!(left.is_empty(), "left running: {left:?}");
 
     // A run killed with -9 while its masters are up: they die with it, sessions too.
     let sc = temp_file(

@@ -190,6 +190,9 @@ impl Mux {
                 .arg(control_option(&path))
                 .args(["-o", "ControlPersist=no"])
                 .args(ssh_args)
+                // Its own process group: a Ctrl-C at the terminal reaches the coordinator
+                // (a run then heals over this very connection), not the master.
+                .process_group(0)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(

@@ -350,6 +350,9 @@ impl Ssh {
                 .args(["-o", "ControlMaster=no"]);
         }
         cmd.args(self.args(op))
+            // A Ctrl-C at the terminal is the coordinator's to handle (a run heals), not
+            // ssh's: an operation in flight finishes.
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
