@@ -306,6 +306,26 @@ fn each_command_opens_one_ssh_connection_per_node_and_leaves_nothing_even_after_
         );
     }
 
+    // No master can be opened (its directory cannot be made): each node says so once, and
+    // every operation connects on its own and succeeds.
+    let before: Vec<(usize, usize)> = (0..5).map(|i| l.logins(i)).collect();
+    let mut c = cluster::cluster_command(&l.nf.bin, &file.0, &["heal"]);
+    c.env("TMPDIR", "/nonexistent/netfault-test");
+    let mut child = cluster::spawn_in(Some(&l.ctl.ns), &mut c).unwrap();
+    let out = netfault_lab::lab::output_within(&mut child, CLUSTER_LIMIT).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("no shared connection").count(), 5, "{err}");
+    for (i, b) in before.iter().enumerate() {
+        let now = l.logins(i);
+        assert_eq!(
+            (now.0 - b.0, now.1 - b.1),
+            (2, 2),
+            "n{}: logins and sessions of a heal without a master",
+            i + 1
+        );
+    }
+
     // Ctrl-C at a terminal (SIGINT to the run's process group): the run heals over the same
     // connections, one per node for its whole life, and leaves nothing.
     let sc = temp_file(
