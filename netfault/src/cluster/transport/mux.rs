@@ -93,6 +93,18 @@ fn base() -> PathBuf {
     }
 }
 
+/// Whether a master still listens in `dir` (a coordinator whose pid we cannot see, in another
+/// pid namespace sharing the directory, is alive all the same).
+fn serving(dir: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            e.file_type().is_ok_and(|t| t.is_socket())
+                && std::os::unix::net::UnixStream::connect(e.path()).is_ok()
+        })
+    })
+}
+
 /// Removes the control directories of coordinators that are gone (killed with -9), ours only.
 fn sweep(base: &Path) {
     let Ok(rd) = std::fs::read_dir(base) else {
@@ -112,7 +124,11 @@ fn sweep(base: &Path) {
         };
         let path = e.path();
         let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == me);
-        if ours && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+        if ours
+            && pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+            && !serving(&path)
+        {
             let _ = std::fs::remove_dir_all(&path);
         }
     }
@@ -358,8 +374,14 @@ mod tests {
         let dead = base().join(format!("{DIR_PREFIX}4294967295-test{}", std::process::id()));
         std::fs::create_dir(&dead).unwrap();
         std::fs::write(dead.join("0.log"), "x").unwrap();
+        // One whose socket still answers is someone's we cannot see: kept.
+        let live = base().join(format!("{DIR_PREFIX}4294967295-live{}", std::process::id()));
+        std::fs::create_dir(&live).unwrap();
+        let _l = std::os::unix::net::UnixListener::bind(live.join("0")).unwrap();
         sweep(&base());
         assert!(!dead.exists());
+        assert!(live.exists());
+        std::fs::remove_dir_all(&live).unwrap();
         // Ours (this process is alive) stays.
         assert!(d.exists());
         std::fs::remove_dir_all(&d).unwrap();
