@@ -239,6 +239,39 @@ fn start_agents(hosts: &[Host], token: &Path, ctl: &Host) -> Vec<Agent> {
     agents
 }
 
+/// TCP connections accepted in namespace `ns` so far (`PassiveOpens` of its /proc/net/snmp).
+fn accepted(ns: &str) -> u64 {
+    let snmp = netfault_lab::lab::run_in(ns, || {
+        std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap()
+    })
+    .unwrap();
+    let tcp: Vec<Vec<&str>> = snmp
+        .lines()
+        .filter(|l| l.starts_with("Tcp:"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let at = tcp[0].iter().position(|k| *k == "PassiveOpens").unwrap();
+    tcp[1][at].parse().unwrap()
+}
+
+fn accepted_all(hosts: &[Host]) -> Vec<u64> {
+    hosts.iter().map(|h| accepted(&h.ns)).collect()
+}
+
+/// Each node's agent accepted exactly one connection since `before`.
+fn assert_one_connection_each(hosts: &[Host], before: &[u64], what: &str) {
+    let got: Vec<u64> = hosts
+        .iter()
+        .zip(before)
+        .map(|(h, b)| accepted(&h.ns) - b)
+        .collect();
+    assert_eq!(
+        got,
+        vec![1; hosts.len()],
+        "{what}: connections accepted per node"
+    );
+}
+
 #[test]
 fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restores() {
     let (_lab, nf, hosts, ctl) = agent_lab();
@@ -247,12 +280,16 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
     let file = temp_file_mode("toml", &cluster_text(&hosts, &token.0, "http", None), 0o600);
     assert_matrix(&hosts, &cluster::full(5), "before any partition");
 
+    // Keep-alive (#18 point 3): the attach step and the apply, two requests per agent, come
+    // over one connection to each.
+    let before = accepted_all(&hosts);
     let doc: serde_json::Value = serde_json::from_str(&cluster_ok(
         &ctl,
         &file.0,
         &["partition", "halves", "--json", "--ttl", "2m"],
     ))
     .unwrap();
+    assert_one_connection_each(&hosts, &before, "partition");
     let grudge: Grudge = serde_json::from_value(doc["grudge"].clone()).unwrap();
     for n in ["n1", "n2"] {
         assert_eq!(grudge[n], ["n3", "n4", "n5"].map(String::from).into());
@@ -298,7 +335,10 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
         "after the refused repeat",
     );
 
+    // Status, delete, status again: one connection to each agent.
+    let before = accepted_all(&hosts);
     let healed = cluster_ok(&ctl, &file.0, &["heal"]);
+    assert_one_connection_each(&hosts, &before, "heal");
     assert!(healed.starts_with("healed 24 entries"), "{healed}");
     assert_matrix_heals(&hosts, &cluster::full(5), "healed");
     // Each agent probes the other nodes (POST /v1/measure): 50 probes a family, all answered.

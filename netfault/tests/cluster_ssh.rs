@@ -15,6 +15,7 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
+    os::unix::process::CommandExt as _,
     process::Output,
     time::Duration,
 };
@@ -186,6 +187,259 @@ impl SshLab {
     }
 }
 
+impl SshLab {
+    /// Logins (one per TCP connection: `Accepted publickey`) and sessions (one per remote
+    /// command: `Starting session`) node i's sshd logged so far (LogLevel VERBOSE).
+    fn logins(&self, i: usize) -> (usize, usize) {
+        let log = self.servers.log(i);
+        (
+            log.matches("Accepted publickey for root").count(),
+            log.matches("Starting session: command").count(),
+        )
+    }
+
+    /// `netfault cluster ARGS` from the coordinator's namespace, to its end: its pid (which
+    /// names its control directory) and output.
+    fn cluster_pid(&self, file: &TempFile, args: &[&str]) -> (u32, Output) {
+        let mut c = cluster::cluster_command(&self.nf.bin, &file.0, args);
+        let mut child = cluster::spawn_in(Some(&self.ctl.ns), &mut c).unwrap();
+        let pid = child.id();
+        let out = netfault_lab::lab::output_within(&mut child, CLUSTER_LIMIT).unwrap();
+        (pid, out)
+    }
+}
+
+/// The control directories of coordinator `pid` (`nfmux-PID-XXXXXX` in the temp directory).
+fn mux_dirs(pid: u32) -> Vec<std::path::PathBuf> {
+    let prefix = format!("nfmux-{pid}-");
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Running processes (zombies have no command line) whose command line holds `needle`.
+fn running_with(needle: &str) -> Vec<(u32, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+            (pid != std::process::id() && cmd.contains(needle)).then_some((pid, cmd))
+        })
+        .collect()
+}
+
+/// Issue 18 point 3: each command reaches each node over ONE ssh connection (OpenSSH
+/// connection sharing), however many operations it does there; nothing of it is left after
+/// it (control directory, master, session); after `kill -9` of a run, its masters die with it.
+#[test]
+fn each_command_opens_one_ssh_connection_per_node_and_leaves_nothing_even_after_kill_9() {
+    let l = ssh_lab();
+    let file = temp_file("toml", &l.cluster_text(|_, _| {}));
+    // partition: attach step + apply; heal: pick + state; status: one state.
+    for (args, ops) in [
+        (&["partition", "halves", "--ttl", "2m"][..], 2),
+        (&["heal"][..], 2),
+        (&["status", "--json"][..], 1),
+    ] {
+        let before: Vec<(usize, usize)> = (0..5).map(|i| l.logins(i)).collect();
+        let (pid, out) = l.cluster_pid(&file, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {}: {err}", out.status);
+        assert!(!err.contains("no shared connection"), "{args:?}: {err}");
+        for (i, b) in before.iter().enumerate() {
+            let now = l.logins(i);
+            assert_eq!(
+                now.0 - b.0,
+                1,
+                "{args:?}: ssh connections to n{}; sshd log:\n{}",
+                i + 1,
+                l.servers.log(i)
+            );
+            assert!(
+                now.1 - b.1 >= ops,
+                "{args:?}: n{}: {} sessions, want {ops} or more",
+                i + 1,
+                now.1 - b.1
+            );
+        }
+        assert_eq!(mux_dirs(pid), Vec::<std::path::PathBuf>::new(), "{args:?}");
+        let left = running_with(&format!("nfmux-{pid}-"));
+        assert!(left.is_empty(), "{args:?}: left running: {left:?}");
+    }
+    for i in 0..5 {
+        assert!(l.partitions(i).is_empty(), "n{} after heal", i + 1);
+    }
+
+    // Options that choose sharing themselves are the user's: no master of ours, and here
+    // (`ControlMaster=no`, no path) each operation logs in on its own.
+    let own = temp_file(
+        "toml",
+        &l.cluster_text(|_, lines| {
+            let opts = lines
+                .iter_mut()
+                .find(|x| x.starts_with("ssh_options"))
+                .unwrap();
+            *opts = opts.replace("]", ", \"-o\", \"ControlMaster=no\"]");
+        }),
+    );
+    let before: Vec<(usize, usize)> = (0..5).map(|i| l.logins(i)).collect();
+    let (pid, out) = l.cluster_pid(&own, &["heal"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(mux_dirs(pid).is_empty());
+    for (i, b) in before.iter().enumerate() {
+        let now = l.logins(i);
+        assert_eq!(
+            (now.0 - b.0, now.1 - b.1),
+            (2, 2),
+            "n{}: logins and sessions of a heal with the user's ControlMaster=no",
+            i + 1
+        );
+    }
+
+    // No master can be opened (its directory cannot be made): each node says so once, and
+    // every operation connects on its own and succeeds.
+    let before: Vec<(usize, usize)> = (0..5).map(|i| l.logins(i)).collect();
+    let mut c = cluster::cluster_command(&l.nf.bin, &file.0, &["heal"]);
+    c.env("TMPDIR", "/nonexistent/netfault-test");
+    let mut child = cluster::spawn_in(Some(&l.ctl.ns), &mut c).unwrap();
+    let out = netfault_lab::lab::output_within(&mut child, CLUSTER_LIMIT).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("no shared connection").count(), 5, "{err}");
+    for (i, b) in before.iter().enumerate() {
+        let now = l.logins(i);
+        assert_eq!(
+            (now.0 - b.0, now.1 - b.1),
+            (2, 2),
+            "n{}: logins and sessions of a heal without a master",
+            i + 1
+        );
+    }
+
+    // Ctrl-C at a terminal (SIGINT to the run's process group): the run heals over the same
+    // connections, one per node for its whole life, and leaves nothing.
+    let sc = temp_file(
+        "toml",
+        "lease = \"8s\"\n[[step]]\nat = \"0s\"\npartition = \"halves\"\nfor = \"2m\"\n",
+    );
+    let ev = temp_path("jsonl");
+    let before: Vec<(usize, usize)> = (0..5).map(|i| l.logins(i)).collect();
+    let mut c =
+        cluster::cluster_command(&l.nf.bin, &file.0, &["run", sc.arg(), "--events", ev.arg()]);
+    c.stdout(std::process::Stdio::null()).process_group(0);
+    let mut child = cluster::spawn_in(Some(&l.ctl.ns), &mut c).unwrap();
+    let pid = child.id();
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while !event_log(&ev.0)
+        .iter()
+        .any(|l| l["node"].is_null() && l["phase"] == "start")
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{:#?}",
+            event_log(&ev.0)
+        );
+        assert!(
+            std::time::Instant::now() < end,
+            "no step started within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: a signal to the process group of our own child, which still runs.
+    assert_eq!(unsafe { libc::kill(-(pid as i32), libc::SIGINT) }, 0);
+    let out = netfault_lab::lab::output_within(&mut child, CLUSTER_LIMIT).unwrap();
+    let log = event_log(&ev.0);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}\n{log:#?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(log.last().unwrap()["outcome"], "interrupted", "{log:#?}");
+    for (i, b) in before.iter().enumerate() {
+        assert!(
+            l.partitions(i).is_empty(),
+            "n{} after the interrupted run",
+            i + 1
+        );
+        assert_eq!(
+            l.logins(i).0 - b.0,
+            1,
+            "n{}: ssh connections of the run, its heal included",
+            i + 1
+        );
+    }
+    assert!(mux_dirs(pid).is_empty());
+    let left = running_with(&format!("nfmux-{pid}-"));
+    assert!(left.is_empty(), "left running: {left:?}");
+
+    // A run killed with -9 while its masters are up: they die with it, sessions too.
+    let sc = temp_file(
+        "toml",
+        "lease = \"8s\"\n[[step]]\nat = \"0s\"\npartition = \"halves\"\nfor = \"2m\"\n",
+    );
+    let ev = temp_path("jsonl");
+    let mut c =
+        cluster::cluster_command(&l.nf.bin, &file.0, &["run", sc.arg(), "--events", ev.arg()]);
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cluster::spawn_in(Some(&l.ctl.ns), &mut c).unwrap();
+    let pid = child.id();
+    let needle = format!("nfmux-{pid}-");
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    let masters = loop {
+        let m: Vec<(u32, String)> = running_with(&needle)
+            .into_iter()
+            .filter(|(_, c)| c.contains(" -M -N "))
+            .collect();
+        let started = event_log(&ev.0)
+            .iter()
+            .any(|l| l["node"].is_null() && l["phase"] == "start");
+        if m.len() == 5 && started {
+            break m;
+        }
+        if let Some(s) = child.try_wait().unwrap() {
+            panic!("the run exited ({s}): {:#?}", event_log(&ev.0));
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no 5 masters and a started step within 30 s: {m:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let dirs = mux_dirs(pid);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while !running_with(&needle).is_empty() && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = running_with(&needle);
+    assert!(
+        left.is_empty(),
+        "5 s after kill -9, still running: {left:?} (masters were {masters:?})"
+    );
+    // The next command heals what the run left, and removes the dead run's directory.
+    let healed = l.cluster_ok(&file, &["heal"]);
+    assert!(healed.starts_with("healed "), "{healed}");
+    assert!(!dirs[0].exists(), "{} left behind", dirs[0].display());
+    for i in 0..5 {
+        assert!(l.partitions(i).is_empty(), "n{} after the last heal", i + 1);
+    }
+    l.finish();
+}
+
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -348,6 +602,13 @@ fn a_node_that_fails_over_ssh_fails_the_run_naming_it_and_the_others_are_rolled_
         assert!(
             err.contains("undone on") || err.contains("no fault was applied"),
             "{err}"
+        );
+        // Only n5's master fails (its server is down), and says so; the others share theirs.
+        assert_eq!(
+            err.contains("no shared connection"),
+            line.is_empty(),
+            "n{}: {err}",
+            bad + 1
         );
         for i in (0..5).filter(|&i| i != bad) {
             // Attached by the apply, then given back: no entry and no protection of it left.

@@ -140,6 +140,15 @@ pub struct Coordinator {
     pub cluster: Cluster,
     transports: Vec<Arc<dyn NodeTransport>>,
     pub timeout: Duration,
+    /// The SSH nodes' shared connections: closed (masters stopped, control directory removed)
+    /// when the coordinator goes, even while a late worker still holds its transport.
+    mux: Arc<transport::mux::Mux>,
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.mux.close();
+    }
 }
 
 impl Coordinator {
@@ -147,16 +156,18 @@ impl Coordinator {
     pub fn new(cluster: Cluster) -> Result<Self, Error> {
         // Before any node is touched: a transport's bad input (a token file others may read)
         // fails the whole command.
+        let mux = Arc::new(transport::mux::Mux::new());
         let transports = cluster
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| transport::for_node(i, n).map(Arc::from))
+            .map(|(i, n)| transport::for_node(i, n, &mux).map(Arc::from))
             .collect::<Result<Vec<Arc<dyn NodeTransport>>, SpecError>>()?;
         Ok(Self {
             cluster,
             transports,
             timeout: NODE_TIMEOUT,
+            mux,
         })
     }
 

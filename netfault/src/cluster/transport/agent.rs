@@ -275,6 +275,10 @@ fn roots(path: &Path) -> Result<ureq::tls::RootCerts, AgentError> {
     Ok(ureq::tls::RootCerts::new_with_certs(&certs))
 }
 
+/// How long an idle connection to an agent is reused: under the agent's head timeout
+/// (`agent::HEAD_TIMEOUT`, 5 s), after which the agent closes it.
+pub const IDLE_REUSE: Duration = Duration::from_secs(4);
+
 /// One agent, as the coordinator talks to it.
 pub struct Client {
     pub base: String,
@@ -301,6 +305,11 @@ impl Client {
             .proxy(None)
             .max_redirects(0)
             .timeout_global(Some(timeout))
+            // Keep-alive: one connection per agent for the coordinator's life, reused while
+            // the agent keeps it (it closes one idle for its head timeout, 5 s: reuse stops
+            // short of that, so no request goes out on a connection being closed).
+            .max_idle_age(IDLE_REUSE)
+            .max_idle_connections_per_host(4)
             .https_only(url.https)
             .tls_config(tls.build())
             .build();

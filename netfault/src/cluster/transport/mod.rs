@@ -6,6 +6,7 @@
 //! the node's namespace with setns, which applies to one thread only): the coordinator calls
 //! each on a fresh thread of its own.
 pub mod agent;
+pub mod mux;
 mod netns;
 pub mod secret;
 pub mod ssh;
@@ -97,7 +98,12 @@ pub struct MeasureRequest {
 
 /// The transport for `node`, the `index`th of the cluster file: bad input (an agent's
 /// `token_file` that is not private to this user) names the key, `node[INDEX].token_file`.
-pub fn for_node(index: usize, node: &Node) -> Result<Box<dyn NodeTransport>, SpecError> {
+/// An SSH node shares one connection from `mux` for the coordinator's life.
+pub fn for_node(
+    index: usize,
+    node: &Node,
+    mux: &std::sync::Arc<mux::Mux>,
+) -> Result<Box<dyn NodeTransport>, SpecError> {
     Ok(match &node.transport {
         Transport::Netns(ns) => Box::new(Netns {
             at: netns::Place::Name(ns.clone()),
@@ -120,10 +126,9 @@ pub fn for_node(index: usize, node: &Node) -> Result<Box<dyn NodeTransport>, Spe
             target,
             options,
             netfault,
-        } => Box::new(Ssh {
-            target: target.clone(),
-            options: options.clone(),
-            netfault: netfault.clone(),
-        }),
+        } => Box::new(
+            Ssh::new(target.clone(), options.clone(), netfault.clone())
+                .shared(std::sync::Arc::clone(mux), index),
+        ),
     })
 }

@@ -9,6 +9,10 @@
 //! `netfault node OP` ([`serve`]) runs [`local`] on the node's pinned-mode controller, so a
 //! request does the same thing whichever transport brought it.
 //!
+//! - One connection per node for the coordinator's life: each operation is a session on the
+//!   node's OpenSSH master (`-o ControlPath=... -o ControlMaster=no`), opened by its first
+//!   operation ([`mux`]); without one (it failed, or the node's options choose sharing
+//!   themselves) the operation connects on its own.
 //! - No TTY and no prompt (`BatchMode`): a refused key or an unknown host key fails at once.
 //!   The connection is bounded by `ConnectTimeout` (5 s) and a stuck session by `ServerAlive`
 //!   probes (both overridable in `ssh_options`, which come first and so win); a call by
@@ -26,15 +30,19 @@
 use std::{
     io::{self, BufRead as _, Read as _, Write as _},
     os::unix::process::CommandExt as _,
+    path::PathBuf,
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
-    sync::mpsc,
+    sync::{Arc, Mutex, PoisonError, mpsc},
     thread,
     time::{Duration, Instant},
 };
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{LiveFault, NodeError, NodePlan, NodeState, NodeTransport};
+use super::{
+    LiveFault, NodeError, NodePlan, NodeState, NodeTransport,
+    mux::{self, Mux},
+};
 use crate::{
     cluster::local,
     control::{self, Ctl, netns},
@@ -189,7 +197,25 @@ pub struct Ssh {
     pub options: Vec<String>,
     /// The remote binary; `None`: `netfault` on the remote PATH.
     pub netfault: Option<String>,
+    /// The coordinator's shared connections, and this node's slot among them; `None`: every
+    /// operation connects on its own.
+    mux: Option<(Arc<Mux>, usize)>,
+    master: Mutex<Master>,
 }
+
+/// This node's shared connection.
+enum Master {
+    /// Not asked for yet: the first operation opens it.
+    Unopened,
+    /// Its control path.
+    Open(PathBuf),
+    /// None (it failed, or the coordinator is ending): each operation connects on its own.
+    Direct,
+}
+
+/// How long a master may take to connect and authenticate before the node's operations
+/// connect on their own: ssh's connect timeout and some.
+pub const MASTER_LIMIT: Duration = Duration::from_secs(CONNECT_TIMEOUT_S as u64 + 5);
 
 /// `s` as one word of a POSIX shell command (the remote shell reads ssh's command line).
 pub fn shell_quote(s: &str) -> String {
@@ -204,6 +230,56 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 impl Ssh {
+    /// A node whose operations each connect on their own (see [`shared`](Self::shared)).
+    pub fn new(target: String, options: Vec<String>, netfault: Option<String>) -> Self {
+        Self {
+            target,
+            options,
+            netfault,
+            mux: None,
+            master: Mutex::new(Master::Direct),
+        }
+    }
+
+    /// The node's operations share one connection, the master `slot` of `mux`, unless its
+    /// `ssh_options` choose sharing themselves (ControlMaster, ControlPath, ControlPersist,
+    /// `-M`, `-S`): theirs are left alone.
+    pub fn shared(mut self, mux: Arc<Mux>, slot: usize) -> Self {
+        if !mux::sets_sharing(&self.options) {
+            self.mux = Some((mux, slot));
+            self.master = Mutex::new(Master::Unopened);
+        }
+        self
+    }
+
+    /// The control path of the node's master, opened on the first call (under the node's
+    /// lock: a second operation waits for it); `None`: connect on its own.
+    fn control_path(&self) -> Option<PathBuf> {
+        let (mux, slot) = self.mux.as_ref()?;
+        let mut g = self.master.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*g {
+            Master::Open(p) => return Some(p.clone()),
+            Master::Direct => return None,
+            Master::Unopened => {}
+        }
+        match mux.open(*slot, &self.base_args(), MASTER_LIMIT) {
+            Ok(p) => {
+                *g = Master::Open(p.clone());
+                Some(p)
+            }
+            Err(why) => {
+                if let mux::NoMaster::Failed(why) = why {
+                    log::warn!(
+                        "ssh {}: no shared connection ({why}); each operation connects on its own",
+                        self.target
+                    );
+                }
+                *g = Master::Direct;
+                None
+            }
+        }
+    }
+
     /// The command the remote shell runs.
     pub fn remote_command(&self, op: Op) -> String {
         format!(
@@ -216,7 +292,15 @@ impl Ssh {
     /// ssh's arguments: BatchMode first (so nothing can turn prompts back on), the node's
     /// options, then defaults they may override (ssh keeps an option's first value).
     pub fn args(&self, op: Op) -> Vec<String> {
-        let mut a: Vec<String> = ["-T", "-o", "BatchMode=yes"]
+        let mut a = vec!["-T".to_string()];
+        a.extend(self.base_args());
+        a.push(self.remote_command(op));
+        a
+    }
+
+    /// [`args`](Self::args) without the command (and `-T`): what the master runs with too.
+    fn base_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = ["-o", "BatchMode=yes"]
             .into_iter()
             .map(String::from)
             .collect();
@@ -232,7 +316,6 @@ impl Ssh {
         }
         a.push("--".into());
         a.push(self.target.clone());
-        a.push(self.remote_command(op));
         a
     }
 
@@ -260,7 +343,16 @@ impl Ssh {
     /// [`session`](Self::session), bounded by `limit`.
     fn session_within(&self, op: Op, limit: Duration) -> Result<Session, SshError> {
         let mut cmd = Command::new("ssh");
+        if let Some(p) = self.control_path() {
+            // A session on the node's master; without it (it died), ssh connects on its own.
+            cmd.arg("-o")
+                .arg(mux::control_option(&p))
+                .args(["-o", "ControlMaster=no"]);
+        }
         cmd.args(self.args(op))
+            // A Ctrl-C at the terminal is the coordinator's to handle (a run heals), not
+            // ssh's: an operation in flight finishes.
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -726,16 +818,16 @@ mod tests {
     use super::*;
 
     fn node() -> Ssh {
-        Ssh {
-            target: "root@192.0.2.3".into(),
-            options: vec![
+        Ssh::new(
+            "root@192.0.2.3".into(),
+            vec![
                 "-p".into(),
                 "2222".into(),
                 "-o".into(),
                 "ConnectTimeout=9".into(),
             ],
-            netfault: Some("/opt/net fault/netfault".into()),
-        }
+            Some("/opt/net fault/netfault".into()),
+        )
     }
 
     #[test]
@@ -762,10 +854,8 @@ mod tests {
         assert_eq!(a[n - 3], "--");
         assert_eq!(a[n - 2], "root@192.0.2.3");
         assert_eq!(a[n - 1], "'/opt/net fault/netfault' node apply");
-        let plain = Ssh {
-            netfault: None,
-            ..node()
-        };
+        let mut plain = node();
+        plain.netfault = None;
         assert_eq!(plain.remote_command(Op::State), "netfault node state");
     }
 
