@@ -55,6 +55,23 @@ impl Log {
         }
     }
 
+    /// Appends to `path` (created if missing); `-` is stdout. One-shot commands keep one
+    /// history across invocations this way.
+    pub fn append(path: &Path) -> io::Result<Self> {
+        if path == Path::new("-") {
+            return Self::open(path);
+        }
+        Ok(Self {
+            out: Some(Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )),
+            to_stdout: false,
+        })
+    }
+
     /// Creates (truncates) `path`; `-` is stdout.
     pub fn open(path: &Path) -> io::Result<Self> {
         if path == Path::new("-") {
@@ -192,6 +209,36 @@ pub fn impair_json(i: &Impair) -> Value {
     m.insert("from".into(), json!(i.from));
     m.insert("to".into(), json!(i.to));
     m.extend(i.act.to_json());
+    Value::Object(m)
+}
+
+/// The coordinator's `verify` line for one fault: `ok`, `checked`, the `mismatches` (each
+/// `from`, `to`, `family`, `probe`, `configured`, `observed`, `sent`, `received`) and what was
+/// `not_verifiable`. `fields` come first (a scenario's `step` and `occurrence`).
+pub fn verify_line(ts: SystemTime, v: &super::verify::Verdict, fields: &[(&str, Value)]) -> Value {
+    let mut m = Map::new();
+    m.insert("ts".into(), json!(rfc3339(ts)));
+    m.insert("node".into(), Value::Null);
+    m.insert("phase".into(), json!("verify"));
+    m.insert("fault".into(), json!(v.fault));
+    m.insert("name".into(), json!(v.name));
+    for (k, x) in fields {
+        m.insert((*k).into(), x.clone());
+    }
+    m.insert("ok".into(), json!(v.ok));
+    m.insert("checked".into(), json!(v.checked));
+    let bad: Vec<Value> = v
+        .mismatched()
+        .map(|p| {
+            json!({
+                "from": p.from, "to": p.to, "family": p.family, "probe": p.probe,
+                "configured": p.configured, "observed": p.observed,
+                "sent": p.sent, "received": p.received,
+            })
+        })
+        .collect();
+    m.insert("mismatches".into(), json!(bad));
+    m.insert("not_verifiable".into(), json!(v.not_verifiable));
     Value::Object(m)
 }
 

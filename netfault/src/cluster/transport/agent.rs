@@ -46,6 +46,9 @@ pub struct MeasureBody {
     pub misses: u32,
     pub min_stddev: String,
     pub acceptable_pause: String,
+    /// Listen for requests carrying this nonce (`cluster verify`); absent: do not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<u64>,
 }
 
 impl MeasureBody {
@@ -59,6 +62,7 @@ impl MeasureBody {
             misses: r.params.misses,
             min_stddev: text(r.params.min_stddev),
             acceptable_pause: text(r.params.acceptable_pause),
+            listen: r.listen,
         }
     }
 
@@ -72,6 +76,7 @@ impl MeasureBody {
             Duration,
             Duration,
             crate::measure::Params,
+            Option<u64>,
         ),
         String,
     > {
@@ -107,7 +112,10 @@ impl MeasureBody {
             min_stddev: dur("min_stddev", &self.min_stddev, false)?,
             acceptable_pause: dur("acceptable_pause", &self.acceptable_pause, true)?,
         };
-        Ok((self.peers, interval, duration, params))
+        if self.listen == Some(0) {
+            return Err("listen: a nonce above 0".into());
+        }
+        Ok((self.peers, interval, duration, params, self.listen))
     }
 }
 
@@ -173,7 +181,7 @@ pub struct LeaseView {
 }
 
 /// `GET /v1/status`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StatusView {
     pub generation: u64,
     /// Interfaces netfault is attached to on the node.
@@ -188,12 +196,15 @@ pub struct StatusView {
     pub version: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FaultView {
     pub name: String,
     pub kind: Kind,
     /// Milliseconds left; `None`: no expiry.
     pub expires_in_ms: Option<u64>,
+    /// The entry as the rule-set schema writes it (`cluster verify` reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<crate::spec::RuleSpec>,
 }
 
 /// Every error response: `{"error": "...", "field": "rule[0].drop"}`.
@@ -504,8 +515,7 @@ impl NodeTransport for Agent {
         r: &super::MeasureRequest,
     ) -> Result<Option<Vec<crate::measure::Report>>, NodeError> {
         let body = MeasureBody::of(r);
-        let timeout =
-            crate::cluster::coordinator::NODE_TIMEOUT + r.duration + crate::measure::probe::GRACE;
+        let timeout = crate::cluster::coordinator::NODE_TIMEOUT + r.length();
         let a = self.client()?.measure(&body, timeout).map_err(node_err)?;
         Ok(Some(a.peers))
     }
@@ -521,6 +531,7 @@ impl NodeTransport for Agent {
                     name: f.name,
                     kind: f.kind,
                     ttl_left_s: f.expires_in_ms.map(|ms| ms / 1000),
+                    spec: f.spec,
                 })
                 .collect(),
         })
