@@ -261,7 +261,7 @@ impl Observed {
                 fwd.sent += r.sent.unwrap_or(0);
                 fwd.answered += r.samples as u64;
                 if fwd.rtt_us.is_none() {
-                    fwd.rtt_us = r.rtt_us.clone();
+                    fwd.rtt_us = r.rtt_us;
                 }
                 // What `n` heard from the peer's address: the other direction, one way.
                 let Some(h) = r.heard else { continue };
@@ -523,12 +523,9 @@ fn impairment(
                     .iter()
                     .find(|x| x.cuts(a, b, f) || x.cuts(b, a, f))
                     .map(|x| x.name.clone());
-                let why = if let Some(c) = cutter {
-                    Some(format!("{a} <-> {b}: cut by partition {c}"))
-                } else if let Some(u) = l1.unprobeable.clone().or(l2.unprobeable.clone()) {
-                    Some(u)
-                } else {
-                    None
+                let why = match cutter {
+                    Some(c) => Some(format!("{a} <-> {b}: cut by partition {c}")),
+                    None => l1.unprobeable.clone().or(l2.unprobeable.clone()),
                 };
                 let Some(s) = seen.get(&(a.to_owned(), b.to_owned(), f)) else {
                     p.note = Some(why.unwrap_or(format!(
@@ -583,7 +580,7 @@ fn impairment(
                     });
                     let base = baseline
                         .and_then(|o| o.get(&(a.to_owned(), b.to_owned(), f)))
-                        .and_then(|s| s.rtt_us.clone());
+                        .and_then(|s| s.rtt_us);
                     match (&s.rtt_us, base, dist_ok) {
                         (_, _, false) => notes.push(
                             "delay not verified: the median of a pareto jitter is not the delay"

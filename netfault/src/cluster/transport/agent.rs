@@ -51,6 +51,16 @@ pub struct MeasureBody {
     pub listen: Option<u64>,
 }
 
+/// A measure request checked: peers, interval, duration, the advice's parameters, and the
+/// nonce to listen for.
+pub type Checked = (
+    Vec<std::net::IpAddr>,
+    Duration,
+    Duration,
+    crate::measure::Params,
+    Option<u64>,
+);
+
 impl MeasureBody {
     pub fn of(r: &super::MeasureRequest) -> MeasureBody {
         MeasureBody {
@@ -68,18 +78,7 @@ impl MeasureBody {
 
     /// The request checked: peers, interval, duration and the advice's parameters, or the
     /// field at fault and why.
-    pub fn checked(
-        self,
-    ) -> Result<
-        (
-            Vec<std::net::IpAddr>,
-            Duration,
-            Duration,
-            crate::measure::Params,
-            Option<u64>,
-        ),
-        String,
-    > {
+    pub fn checked(self) -> Result<Checked, String> {
         use crate::measure::probe::MAX_PEERS;
         let dur = |field: &str, v: &str, zero_ok: bool| -> Result<Duration, String> {
             let d =
