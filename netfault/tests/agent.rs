@@ -289,7 +289,10 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
         serde_json::from_str(&cluster_ok(&ctl, &file.0, &["verify", "--json"])).unwrap();
     assert_eq!(v["ok"], true, "{v:#}");
     assert_eq!(
-        (v["faults"][0]["name"].as_str(), v["faults"][0]["checked"].as_u64()),
+        (
+            v["faults"][0]["name"].as_str(),
+            v["faults"][0]["checked"].as_u64()
+        ),
         (Some("halves"), Some(40)),
         "{v:#}"
     );

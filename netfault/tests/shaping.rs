@@ -613,3 +613,85 @@ fn ifb_redirect_probe_answers() {
         eprintln!("ifb probe: this pre-6.4 kernel carries the fix (backported)");
     }
 }
+
+/// `cluster impair --delay 20ms --verify` (issue #16 point 4) on three namespaces: the
+/// coordinator probes every pair before the change (the baseline) and after it, and each round
+/// trip the impairment crosses (n1 -> n2 and back, both ways, both families) shows its p50
+/// shifted by the delay within 1 ms + 10 %. Then the sender's IPv4 entry is deleted behind the
+/// coordinator's back: `cluster verify --baseline` (a `cluster measure --json` taken before)
+/// exits 3 naming exactly the two IPv4 round trips.
+#[test]
+#[ignore = "needs sch_fq: run by cargo xtask vm-test"]
+fn cluster_verify_sees_a_delay_as_its_p50_shift() {
+    if netem_skips("cluster verify (netfault's coordinator)") {
+        return;
+    }
+    let limit = Duration::from_secs(240);
+    let (mut lab, nf, hosts) = star(3);
+    detach_on_teardown(&mut lab, &nf, &hosts);
+    let file = temp_file("toml", &netfault_lab::cluster::netns_cluster_text(&hosts));
+    let base = run_cluster_ok(
+        None,
+        &file.0,
+        &[
+            "measure",
+            "--duration",
+            "3s",
+            "--interval",
+            "20ms",
+            "--json",
+        ],
+        limit,
+    );
+    let base_file = temp_file("json", &base);
+    let out = run_cluster(
+        None,
+        &file.0,
+        &[
+            "impair", "--from", "n1", "--to", "n2", "--delay", "20ms", "--name", "slow", "--ttl",
+            "5m", "--json", "--verify",
+        ],
+        limit,
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    assert_eq!(out.status.code(), Some(0), "{doc:#}");
+    let f = &doc["verify"]["faults"][0];
+    assert_eq!(f["checked"], 4, "{f:#}");
+    for p in f["pairs"].as_array().unwrap() {
+        let d = &p["delay"];
+        let shift = d["p50_shift_ms"].as_f64().unwrap();
+        eprintln!(
+            "{} -> {} {}: p50 shift {shift:.2} ms (p90 {:.2}, p99 {:.2})",
+            p["from"], p["to"], p["family"], d["p90_shift_ms"], d["p99_shift_ms"]
+        );
+        assert_eq!(d["configured_ms"].as_f64(), Some(20.0), "{p}");
+        assert!((shift - 20.0).abs() <= 3.0, "{p}");
+        assert_eq!(p["ok"], true, "{p}");
+    }
+    nf.run(&hosts[0].ns, &["rule", "del", "slow.to-n2.v4"])
+        .expect("delete the sender's v4 entry");
+    let out = run_cluster(
+        None,
+        &file.0,
+        &["verify", "slow", "--json", "--baseline", base_file.arg()],
+        limit,
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{doc:#}");
+    let bad: Vec<(String, String, String)> = doc["faults"][0]["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["ok"] == false)
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap().to_owned();
+            (s("from"), s("to"), s("family"))
+        })
+        .collect();
+    let want = [("n1", "n2", "v4"), ("n2", "n1", "v4")]
+        .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
+    assert_eq!(bad, want, "{doc:#}");
+    run_cluster_ok(None, &file.0, &["heal", "slow"], limit);
+}
