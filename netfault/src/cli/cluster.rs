@@ -250,6 +250,11 @@ impl Verified {
     /// Exit 3 on a mismatch, 1 when a node could not probe (and nothing mismatched).
     fn done(&self) -> anyhow::Result<Done> {
         if !self.ok() {
+            let pairs: usize = self.verdicts.iter().map(|v| v.mismatches).sum();
+            let _ = writeln!(
+                std::io::stderr(),
+                "netfault: the wire differs from the configuration on {pairs} pair(s) (exit 3)"
+            );
             return Ok(Done::Mismatch);
         }
         if !self.failed.is_empty() {

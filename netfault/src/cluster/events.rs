@@ -26,6 +26,10 @@
 //! `planned` time, `first` and `last` (the earliest and latest node `ts`), `spread_ns` (last -
 //! first) and `lag_ns` (first - planned). It also writes one `begin` line (seed, lease, nodes)
 //! and one `finish` line (`outcome`: `finished`, `interrupted`, `terminated`, `error`).
+//!
+//! A step with `verify = true` adds, after its start lines, a coordinator line with `phase`
+//! `verify` ([`verify_line`]): whether the wire showed what the step configured, and the pairs
+//! where it did not.
 use std::{
     io::{self, Write},
     path::Path,
