@@ -4,8 +4,8 @@
 //! were deleted behind the coordinator's back still counts as configured, and the wire shows
 //! the difference.
 //!
-//! One JSON file per cluster file (by its canonical path) under `/run/netfault/cluster/`,
-//! replaced atomically; it vanishes on reboot, as the faults do. Two coordinators writing at
+//! One JSON file per cluster file (by its canonical path) under `/run/netfault/cluster/` (a
+//! coordinator not running as root: `$XDG_RUNTIME_DIR/netfault-cluster/`), replaced atomically; it vanishes on reboot, as the faults do. Two coordinators writing at
 //! once may lose one's change to the record (not to the nodes).
 use std::{
     collections::BTreeMap,
@@ -69,6 +69,23 @@ impl Recorded {
     }
 }
 
+/// The record's directory: [`DIR`] for root; else the user's runtime directory (a coordinator
+/// of agents and SSH nodes needs no privileges of its own).
+fn dir() -> PathBuf {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from(DIR);
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => Path::new(&d).join("netfault-cluster"),
+        _ => std::env::temp_dir().join(format!(
+            "netfault-cluster-{}",
+            // SAFETY: as above.
+            unsafe { libc::geteuid() }
+        )),
+    }
+}
+
 /// Where the record of the cluster file `cluster` lives.
 pub fn path_for(cluster: &Path) -> PathBuf {
     let canon = std::fs::canonicalize(cluster).unwrap_or_else(|_| cluster.to_path_buf());
@@ -77,7 +94,7 @@ pub fn path_for(cluster: &Path) -> PathBuf {
     for b in canon.as_os_str().as_encoded_bytes() {
         h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
     }
-    Path::new(DIR).join(format!("{h:016x}.json"))
+    dir().join(format!("{h:016x}.json"))
 }
 
 impl Record {
