@@ -15,7 +15,8 @@
 //!   1 − (1 − l₁)(1 − l₂), l₁ and l₂ the configured loss each way, and must lie in the Wilson
 //!   interval (alpha 1e-4) of the losses seen; 0 and 1 are exact. The delay is the shift of the
 //!   round trips' p50 from a baseline's (the same pair probed before the change), which must be
-//!   within [`delay_tolerance`] of d₁ + d₂.
+//!   within [`delay_tolerance`] of d₁ + d₂, plus what the round trips' own scatter allows
+//!   ([`scatter_ms`]); when that tolerance reaches the delay itself, the delay is not verifiable.
 //! - Whatever no ICMP echo can match (a TCP-only cut, a rule with ports) is "not verifiable",
 //!   with the reason, never guessed.
 use std::{
@@ -323,8 +324,11 @@ pub struct DelayCheck {
     pub p50_shift_ms: f64,
     pub p90_shift_ms: f64,
     pub p99_shift_ms: f64,
+    /// Of the tolerance, what the round trips' own scatter adds ([`scatter_ms`]).
+    pub scatter_ms: f64,
     pub tolerance_ms: f64,
-    pub ok: bool,
+    /// `None`: the tolerance is as large as the delay, so no shift could tell.
+    pub ok: Option<bool>,
 }
 
 /// One fault's verdict.
@@ -367,6 +371,19 @@ fn pct(p: f64) -> String {
 /// trips scatters by about a fifth of a normal jitter's standard deviation; half leaves room).
 pub fn delay_tolerance(delay: Duration, jitter: Duration) -> Duration {
     Duration::from_millis(1) + delay / 10 + jitter / 2
+}
+
+/// How far two medians of scattered round trips may differ by chance, at alpha 1e-4: each
+/// median's standard error is about 1.2533·σ/√n, σ taken robustly as (p90 − p50)/1.2816 (a
+/// normal's), so z·√(SE₁² + SE₂²). A few µs on a quiet host; tens of ms on a starved one,
+/// where a delay of that size cannot be told at all.
+pub fn scatter_ms(a: &Summary, na: u64, b: &Summary, nb: u64) -> f64 {
+    let se2 = |s: &Summary, n: u64| {
+        let sigma = (s.p90 - s.p50).max(0.0) / 1.2816 / 1e3;
+        let se = 1.2533 * sigma / (n.max(1) as f64).sqrt();
+        se * se
+    };
+    Z * (se2(a, na) + se2(b, nb)).sqrt()
 }
 
 /// Judges `fault` on what the probes saw. `others` are the other faults live meanwhile (a
@@ -580,7 +597,7 @@ fn impairment(
                     });
                     let base = baseline
                         .and_then(|o| o.get(&(a.to_owned(), b.to_owned(), f)))
-                        .and_then(|s| s.rtt_us);
+                        .and_then(|s| Some((s.rtt_us?, s.answered)));
                     match (&s.rtt_us, base, dist_ok) {
                         (_, _, false) => notes.push(
                             "delay not verified: the median of a pareto jitter is not the delay"
@@ -591,12 +608,21 @@ fn impairment(
                                 .into(),
                         ),
                         (None, _, _) => notes.push("delay not verified: no round trip".into()),
-                        (Some(now), Some(base), true) => {
-                            let tol = delay_tolerance(delay, jitter).as_secs_f64() * 1e3;
+                        (Some(now), Some((base, n_base)), true) => {
+                            let scatter = scatter_ms(now, s.answered, &base, n_base);
+                            let tol =
+                                delay_tolerance(delay, jitter).as_secs_f64() * 1e3 + scatter;
                             let want = delay.as_secs_f64() * 1e3;
                             let shift = (now.p50 - base.p50) / 1e3;
-                            let ok = (shift - want).abs() <= tol;
-                            oks.push(ok);
+                            let ok = if want > 0.0 && tol >= want {
+                                notes.push(format!(
+                                    "delay not verified: the round trips scatter too much (±{scatter:.1} ms at alpha 1e-4) to tell a {want:.1} ms shift"
+                                ));
+                                None
+                            } else {
+                                Some((shift - want).abs() <= tol)
+                            };
+                            oks.extend(ok);
                             p.observed
                                 .push_str(&format!(", p50 shift {shift:.1} ms"));
                             p.delay = Some(DelayCheck {
@@ -605,6 +631,7 @@ fn impairment(
                                 p50_shift_ms: shift,
                                 p90_shift_ms: (now.p90 - base.p90) / 1e3,
                                 p99_shift_ms: (now.p99 - base.p99) / 1e3,
+                                scatter_ms: scatter,
                                 tolerance_ms: tol,
                                 ok,
                             });
@@ -648,7 +675,7 @@ pub fn text(v: &[Verdict], out: &mut impl std::io::Write) -> std::io::Result<()>
                     pct(l.interval[1]),
                     pct(l.configured)
                 ),
-                (_, Some(d)) if !d.ok => format!(
+                (_, Some(d)) if d.ok == Some(false) => format!(
                     " (p50 shift {:.1} ms, configured {:.1} ms ± {:.1} ms)",
                     d.p50_shift_ms, d.configured_ms, d.tolerance_ms
                 ),
@@ -915,6 +942,11 @@ netns = "n3"
         let now = Observed::of(&measured(&c, 150, |_, _| 1.0, 21.5), &c, INTERVAL);
         let v = judge(&fault, &[], &c, &now, Some(&base));
         assert_eq!((v.ok, v.checked), (true, 4), "{v:#?}");
+        assert!(
+            v.pairs
+                .iter()
+                .all(|p| p.delay.as_ref().unwrap().scatter_ms == 0.0)
+        );
         let slow = Observed::of(&measured(&c, 150, |_, _| 1.0, 41.0), &c, INTERVAL);
         let v = judge(&fault, &[], &c, &slow, Some(&base));
         assert_eq!((v.ok, v.mismatches), (false, 4), "{v:#?}");
@@ -927,6 +959,57 @@ netns = "n3"
                 .all(|p| p.delay.is_none() && p.loss.is_some())
         );
         assert!(v.not_verifiable[0].contains("no baseline"), "{v:#?}");
+    }
+
+    #[test]
+    fn a_delay_hidden_in_scatter_is_not_verifiable() {
+        let c = cluster();
+        let mut act = Actions::default();
+        act.shape.delay = Some(Duration::from_millis(20));
+        let fault = impair_fault(&c, act);
+        // Round trips spread evenly over 1..300 ms, before and after: a 20 ms shift of the
+        // median is within chance.
+        let spread = |shift_ms: f64| -> Observed {
+            let rtts: Vec<f64> = (0..150)
+                .map(|i| (1.0 + 2.0 * f64::from(i) + shift_ms) * 1e3)
+                .collect();
+            let sum = crate::measure::Rtts::new(rtts).unwrap().summary();
+            let mut o = Observed {
+                interval: INTERVAL,
+                ..Observed::default()
+            };
+            for (a, b) in [("n1", "n2"), ("n2", "n1")] {
+                for f in [Family::V4, Family::V6] {
+                    o.seen.insert(
+                        (a.into(), b.into(), f),
+                        Seen {
+                            sent: 150,
+                            answered: 150,
+                            heard: Some(150),
+                            rtt_us: Some(sum),
+                        },
+                    );
+                }
+            }
+            o
+        };
+        let v = judge(&fault, &[], &c, &spread(0.0), Some(&spread(0.0)));
+        // Only the loss (none) is checked; the delay says why not.
+        assert_eq!((v.ok, v.checked), (true, 4), "{v:#?}");
+        let d = v.pairs[0].delay.as_ref().unwrap();
+        assert!(d.ok.is_none() && d.scatter_ms > 20.0, "{d:?}");
+        assert!(v.not_verifiable[0].contains("scatter too much"), "{v:#?}");
+        // A quiet host's few µs of scatter leave the check as tight as documented.
+        let tight = |ms: f64| -> Summary {
+            crate::measure::Rtts::new(
+                (0..150)
+                    .map(|i| (ms + f64::from(i % 10) * 0.001) * 1e3)
+                    .collect(),
+            )
+            .unwrap()
+            .summary()
+        };
+        assert!(scatter_ms(&tight(1.0), 150, &tight(21.0), 150) < 0.01);
     }
 
     #[test]
