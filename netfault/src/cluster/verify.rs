@@ -375,8 +375,8 @@ pub fn delay_tolerance(delay: Duration, jitter: Duration) -> Duration {
 
 /// How far two medians of scattered round trips may differ by chance, at alpha 1e-4: each
 /// median's standard error is about 1.2533·σ/√n, σ taken robustly as (p90 − p50)/1.2816 (a
-/// normal's), so z·√(SE₁² + SE₂²). A few µs on a quiet host; tens of ms on a starved one,
-/// where a delay of that size cannot be told at all.
+/// normal's), so z·√(SE₁² + SE₂²). 0.1 to 4 ms in the TCG guests of `vm-test`; tens of ms in a
+/// starved one, where a delay of that size cannot be told at all.
 pub fn scatter_ms(a: &Summary, na: u64, b: &Summary, nb: u64) -> f64 {
     let se2 = |s: &Summary, n: u64| {
         let sigma = (s.p90 - s.p50).max(0.0) / 1.2816 / 1e3;
