@@ -1,7 +1,8 @@
 //! The netfault command line. Each invocation is a short process; programs and maps stay pinned.
 //!
 //! Exit status: 0 success (also when stdout is closed early, `| head`); 1 runtime failure;
-//! 2 bad input (nothing changed); 130 `run` or `stats --watch` ended by SIGINT; 143 `run`
+//! 2 bad input (nothing changed); 3 `cluster --verify` or `cluster verify` found the wire
+//! differing from what was configured; 130 `run` or `stats --watch` ended by SIGINT; 143 `run`
 //! ended by SIGTERM.
 use std::{io::Write as _, process::ExitCode};
 

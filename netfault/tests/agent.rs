@@ -321,6 +321,18 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
     let st: serde_json::Value =
         serde_json::from_str(&cluster_ok(&ctl, &file.0, &["status", "--json"])).unwrap();
     assert_halves_status(&st, &hosts, "agent");
+    // Verified on the wire through the agents (POST /v1/measure, listening): exactly the grudge.
+    let v: serde_json::Value =
+        serde_json::from_str(&cluster_ok(&ctl, &file.0, &["verify", "--json"])).unwrap();
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert_eq!(
+        (
+            v["faults"][0]["name"].as_str(),
+            v["faults"][0]["checked"].as_u64()
+        ),
+        (Some("halves"), Some(40)),
+        "{v:#}"
+    );
     // The same name again: refused by every node (409), nothing left half done.
     let out = cluster(&ctl, &file.0, &["partition", "halves"]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -487,6 +487,12 @@ fn isolate_over_ssh_cuts_the_wire_as_its_grudge_says_keeps_ssh_open_and_heals() 
         &cluster::expected(&grudge, 5).unwrap(),
         "isolate:n3",
     );
+    // Verified on the wire, each node probing and listening in `netfault node measure` over
+    // its SSH session: exactly the grudge, one way per ordered pair and family.
+    let v: serde_json::Value =
+        serde_json::from_str(&l.cluster_ok(&file, &["verify", "--json"])).unwrap();
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert_eq!(v["faults"][0]["checked"], 40, "{v:#}");
 
     // n1 drops n3's packets and n3 drops n1's, but n3's SSH port stays open to n1, through
     // the protection (its counter moves), while another TCP port on n3 is cut.

@@ -19,12 +19,12 @@ pub async fn measure(
     body: Bytes,
 ) -> ApiResult<Json<MeasureAnswer>> {
     let b: MeasureBody = parse_json(&body)?;
-    let (peers, interval, length, params) = b.checked().map_err(|m| {
+    let (peers, interval, length, params, listen) = b.checked().map_err(|m| {
         let field = m.split(':').next().unwrap_or("body").to_owned();
         ApiError::field(StatusCode::BAD_REQUEST, field, m)
     })?;
     let reports = tokio::task::spawn_blocking(move || {
-        measure::probe_reports(&peers, interval, length, &params, None)
+        measure::probe_reports(&peers, interval, length, &params, None, listen)
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?

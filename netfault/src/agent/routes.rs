@@ -484,6 +484,7 @@ fn status_view(state: &NodeState, core: &Core, ifaces: &[String]) -> StatusView 
                 name: r.spec.name.clone(),
                 kind: r.spec.kind,
                 expires_in_ms: now_ms_left(r.expires_mono_ns, now),
+                spec: Some(r.spec.clone()),
             })
             .collect(),
         protected,

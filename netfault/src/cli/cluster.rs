@@ -4,11 +4,14 @@ use std::{io::Write as _, path::PathBuf};
 use netfault::{
     cluster::{
         Cluster, Impair, Scenario, StepAction, Topology,
-        coordinator::Coordinator,
-        events::Log,
+        coordinator::{Coordinator, NodeMeasure, PairReport},
+        events::{Log, verify_line},
+        plan,
+        record::{self, Record, Recorded},
         run::{self as cluster_run, Ended},
+        verify::{self, Fault, Observed, Verdict},
     },
-    spec::{SpecError, Ttl},
+    spec::{Kind, SpecError, Ttl},
 };
 
 use super::{Done, args::ActionArgs};
@@ -50,6 +53,8 @@ pub enum ClusterCmd {
         /// Each node answers what it drops (`--reject [KIND]`, `--reject-rate`).
         #[command(flatten)]
         reject: super::args::RejectArgs,
+        #[command(flatten)]
+        verify: VerifyArgs,
     },
     /// Impair the traffic from every --from node to every --to node: loss and duplication at
     /// the receivers' ingress (per wire packet, invisible to the sender), delay, jitter and
@@ -71,6 +76,28 @@ pub enum ClusterCmd {
         /// Lifetime of the entries (default 10m; `none`: no expiry).
         #[arg(long, value_name = "DURATION", value_parser = super::args::parse_ttl, allow_hyphen_values = true)]
         ttl: Option<Ttl>,
+        /// Print `{"name", "nodes": {NODE: [ENTRY...]}}` (and `"verify"` with --verify).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        verify: VerifyArgs,
+    },
+    /// Check the faults this coordinator made live (its record, whatever the nodes hold) on
+    /// the wire: every node probes every other (ICMP echo, listening for the others' requests),
+    /// and each fault's pairs are set beside what was configured. A mismatch exits 3.
+    Verify {
+        /// The faults to check (default: every live one).
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+        /// A `cluster measure --json` document taken while the cluster was healthy: the
+        /// baseline of the round trips a delay shifts (without it delays are not verified).
+        #[arg(long, value_name = "FILE")]
+        baseline: Option<PathBuf>,
+        /// Append a `verify` line per fault to this event log (`-`: stdout).
+        #[arg(long, value_name = "FILE")]
+        events: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
     /// Delete this tool's partitions and impairments by name on every node, or all of them.
     Heal {
@@ -116,6 +143,18 @@ pub enum ClusterCmd {
     },
 }
 
+/// `--verify` on `partition` and `impair`.
+#[derive(clap::Args, Debug, Default)]
+pub struct VerifyArgs {
+    /// After the change, probe between every pair of nodes and check the wire shows what was
+    /// configured (3 s of ICMP echo every 20 ms); a mismatch exits 3, naming the pairs.
+    #[arg(long)]
+    pub verify: bool,
+    /// Append the `verify` lines to this event log (`-`: stdout). Needs --verify.
+    #[arg(long, value_name = "FILE", requires = "verify")]
+    pub events: Option<PathBuf>,
+}
+
 /// `plan::impair`'s relative fields as the flags that gave them.
 fn impair_flag(e: netfault::cluster::coordinator::Error) -> anyhow::Error {
     match e {
@@ -156,6 +195,161 @@ fn fresh_seed() -> u64 {
     t ^ (u64::from(std::process::id()) << 32)
 }
 
+/// Adds `f` to the coordinator's record of live faults; a record that cannot be written is
+/// reported, not fatal (the nodes have the faults; only `verify` needs the record).
+fn remember(path: &std::path::Path, f: Recorded) {
+    let mut r = Record::load(path);
+    r.add(f);
+    if let Err(e) = r.store(path) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "netfault: warning: cannot write the coordinator's record {}: {e} (`cluster verify` will not know this fault)",
+            path.display()
+        );
+    }
+}
+
+/// What `verify` found, whole.
+struct Verified {
+    verdicts: Vec<Verdict>,
+    /// Nodes that could not probe: (node, why).
+    failed: Vec<(String, String)>,
+}
+
+impl Verified {
+    fn json(&self) -> serde_json::Value {
+        let failed: Vec<serde_json::Value> = self
+            .failed
+            .iter()
+            .map(|(n, e)| serde_json::json!({"node": n, "error": e}))
+            .collect();
+        serde_json::json!({
+            "ok": self.ok(),
+            "probe": {
+                "kind": "icmp-echo",
+                "duration_ms": verify::DURATION.as_millis() as u64,
+                "interval_ms": verify::INTERVAL.as_millis() as u64,
+            },
+            "faults": self.verdicts,
+            "failed": failed,
+        })
+    }
+
+    fn ok(&self) -> bool {
+        self.verdicts.iter().all(|v| v.ok)
+    }
+
+    fn text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        verify::text(&self.verdicts, out)?;
+        for (n, e) in &self.failed {
+            writeln!(out, "  node {n} could not probe: {e}")?;
+        }
+        Ok(())
+    }
+
+    /// Exit 3 on a mismatch, 1 when a node could not probe (and nothing mismatched).
+    fn done(&self) -> anyhow::Result<Done> {
+        if !self.ok() {
+            let pairs: usize = self.verdicts.iter().map(|v| v.mismatches).sum();
+            let _ = writeln!(
+                std::io::stderr(),
+                "netfault: the wire differs from the configuration on {pairs} pair(s) (exit 3)"
+            );
+            return Ok(Done::Mismatch);
+        }
+        if !self.failed.is_empty() {
+            let f: Vec<String> = self
+                .failed
+                .iter()
+                .map(|(n, e)| format!("{n}: {e}"))
+                .collect();
+            anyhow::bail!("not verified on every node: {}", f.join("; "));
+        }
+        Ok(Done::Ok)
+    }
+}
+
+/// Probes and judges `faults` (with `others` live meanwhile), appending a `verify` line per
+/// fault to `events`.
+fn verify_now(
+    coord: &Coordinator,
+    faults: &[Fault],
+    others: &[Fault],
+    baseline: Option<&Observed>,
+    events: Option<&std::path::Path>,
+) -> anyhow::Result<Verified> {
+    let mut log = match events {
+        Some(p) => Log::append(p)
+            .map_err(|e| SpecError::new("--events", format!("{}: {e}", p.display())))?,
+        None => Log::none(),
+    };
+    let seen = coord.verify_probe(verify::INTERVAL, verify::DURATION);
+    let verdicts: Vec<Verdict> = faults
+        .iter()
+        .map(|f| verify::judge(f, others, &coord.cluster, &seen, baseline))
+        .collect();
+    for v in &verdicts {
+        log.write(&verify_line(std::time::SystemTime::now(), v, &[]))?;
+    }
+    Ok(Verified {
+        verdicts,
+        failed: seen.failed,
+    })
+}
+
+/// The faults of the record, but `name` (of `kind`).
+fn others(path: &std::path::Path, cluster: &Cluster, name: &str, kind: Kind) -> Vec<Fault> {
+    Record::load(path)
+        .live(&[])
+        .into_iter()
+        .filter(|f| !(f.name == name && f.kind == kind))
+        .map(|f| fault_of(f, cluster))
+        .collect()
+}
+
+fn fault_of(f: &Recorded, cluster: &Cluster) -> Fault {
+    Fault::build(
+        &f.name,
+        f.kind,
+        f.rules
+            .iter()
+            .flat_map(|(n, v)| v.iter().map(move |r| (n.as_str(), r))),
+        cluster,
+    )
+}
+
+/// A `cluster measure --json` document as the nodes' reports (`--baseline`).
+fn baseline_file(path: &std::path::Path) -> anyhow::Result<Vec<NodeMeasure>> {
+    let bad = |m: String| SpecError::new("--baseline", format!("{}: {m}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let nodes = doc["nodes"]
+        .as_array()
+        .ok_or_else(|| bad("no \"nodes\" list (not a `cluster measure --json` document)".into()))?;
+    let mut out = Vec::new();
+    for n in nodes {
+        let mut pairs = Vec::new();
+        for p in n["pairs"].as_array().into_iter().flatten() {
+            let pr = (|| -> Option<PairReport> {
+                Some(PairReport {
+                    to: p["to"].as_str()?.to_owned(),
+                    addr: p["addr"].as_str()?.parse().ok()?,
+                    report: serde_json::from_value(p["report"].clone()).ok()?,
+                })
+            })()
+            .ok_or_else(|| bad(format!("a pair it cannot read: {p}")))?;
+            pairs.push(pr);
+        }
+        out.push(NodeMeasure {
+            node: n["node"].as_str().unwrap_or_default().to_owned(),
+            transport: "baseline",
+            error: n["error"].as_str().map(str::to_owned),
+            pairs,
+        });
+    }
+    Ok(out)
+}
+
 pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
     if ns.is_some() {
         // Each node names its own namespace in the cluster file.
@@ -173,7 +367,9 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
         return run_scenario(cluster, &scenario, events.as_deref(), seed);
     }
     let coord = Coordinator::new(cluster)?;
+    let rec = record::path_for(&a.cluster);
     let mut out = std::io::stdout().lock();
+    let mut done = Done::Ok;
     match a.cmd {
         ClusterCmd::Run { .. } => unreachable!("handled above"),
         ClusterCmd::Impair {
@@ -182,6 +378,8 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
             act,
             name,
             ttl,
+            json,
+            verify: va,
         } => {
             let imp = Impair {
                 from,
@@ -189,18 +387,161 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
                 act: act.actions(),
             };
             let plans = coord.impair_plans(&name, &imp).map_err(impair_flag)?;
+            let rules =
+                plan::impair(&name, &coord.cluster, &imp).map_err(|e| impair_flag(e.into()))?;
+            let fault = Fault::build(
+                &name,
+                Kind::Rule,
+                rules
+                    .iter()
+                    .flat_map(|(n, v)| v.iter().map(move |r| (n.as_str(), r))),
+                &coord.cluster,
+            );
+            // A delay shows as a shift from the round trips before the change.
+            let shaped = imp.act.shape.delay.is_some() || imp.act.shape.jitter.is_some();
+            let baseline = (va.verify && shaped)
+                .then(|| coord.verify_probe(verify::INTERVAL, verify::DURATION));
             let ttl = ttl.unwrap_or_default();
             coord.apply(plans.clone(), ttl)?;
-            writeln!(
-                out,
-                "impairment {name} applied: {} -> {}",
-                imp.from.join(","),
-                imp.to.join(",")
-            )?;
-            for p in plans.iter().filter(|p| !p.rules.is_empty()) {
-                let names: Vec<&str> = p.rules.iter().map(|r| r.name.as_str()).collect();
-                writeln!(out, "  {}: {}", p.node, names.join(", "))?;
+            remember(&rec, Recorded::new(&name, Kind::Rule, None, rules, ttl));
+            let verified = if va.verify {
+                let others = others(&rec, &coord.cluster, &name, Kind::Rule);
+                Some(verify_now(
+                    &coord,
+                    &[fault],
+                    &others,
+                    baseline.as_ref(),
+                    va.events.as_deref(),
+                )?)
+            } else {
+                None
+            };
+            if json {
+                let nodes: serde_json::Map<String, serde_json::Value> = plans
+                    .iter()
+                    .filter(|p| !p.rules.is_empty())
+                    .map(|p| {
+                        let names: Vec<&str> = p.rules.iter().map(|r| r.name.as_str()).collect();
+                        (p.node.clone(), serde_json::json!(names))
+                    })
+                    .collect();
+                let mut doc = serde_json::json!({"name": name, "nodes": nodes});
+                if let Some(v) = &verified {
+                    doc["verify"] = v.json();
+                }
+                writeln!(out, "{doc}")?;
+            } else {
+                writeln!(
+                    out,
+                    "impairment {name} applied: {} -> {}",
+                    imp.from.join(","),
+                    imp.to.join(",")
+                )?;
+                for p in plans.iter().filter(|p| !p.rules.is_empty()) {
+                    let names: Vec<&str> = p.rules.iter().map(|r| r.name.as_str()).collect();
+                    writeln!(out, "  {}: {}", p.node, names.join(", "))?;
+                }
+                if let Some(v) = &verified {
+                    v.text(&mut out)?;
+                }
             }
+            if let Some(v) = &verified {
+                done = v.done()?;
+            }
+        }
+        ClusterCmd::Verify {
+            names,
+            baseline,
+            events,
+            json,
+        } => {
+            for (i, n) in names.iter().enumerate() {
+                netfault::spec::validate_name(&format!("NAME[{i}]"), n)?;
+            }
+            let record = Record::load(&rec);
+            let live = record.live(&[]);
+            for (i, n) in names.iter().enumerate() {
+                if !live.iter().any(|f| f.name == *n) {
+                    return Err(SpecError::new(
+                        format!("NAME[{i}]"),
+                        format!(
+                            "'{n}' is no live fault of this coordinator's (its record: {})",
+                            rec.display()
+                        ),
+                    )
+                    .into());
+                }
+            }
+            let base = match &baseline {
+                Some(p) => Some(Observed::of(
+                    &baseline_file(p)?,
+                    &coord.cluster,
+                    verify::INTERVAL,
+                )),
+                None => None,
+            };
+            let all: Vec<(bool, Fault)> = live
+                .iter()
+                .map(|f| {
+                    (
+                        names.is_empty() || names.contains(&f.name),
+                        fault_of(f, &coord.cluster),
+                    )
+                })
+                .collect();
+            let chosen: Vec<Fault> = all
+                .iter()
+                .filter(|(c, _)| *c)
+                .map(|(_, f)| f.clone())
+                .collect();
+            if chosen.is_empty() {
+                if json {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"ok": true, "faults": [], "failed": []})
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "no live fault in this coordinator's record: nothing to verify"
+                    )?;
+                }
+                return Ok(Done::Ok);
+            }
+            let v = {
+                let mut verdicts = Vec::new();
+                let mut failed = Vec::new();
+                // One probe for every fault: each is judged with the others as what else is live.
+                let mut log = match &events {
+                    Some(p) => Log::append(p)
+                        .map_err(|e| SpecError::new("--events", format!("{}: {e}", p.display())))?,
+                    None => Log::none(),
+                };
+                let seen = coord.verify_probe(verify::INTERVAL, verify::DURATION);
+                for (i, (c, f)) in all.iter().enumerate() {
+                    if !*c {
+                        continue;
+                    }
+                    let others: Vec<Fault> = all
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, (_, o))| o.clone())
+                        .collect();
+                    let v = verify::judge(f, &others, &coord.cluster, &seen, base.as_ref());
+                    log.write(&verify_line(std::time::SystemTime::now(), &v, &[]))?;
+                    verdicts.push(v);
+                }
+                failed.extend(seen.failed);
+                Verified { verdicts, failed }
+            };
+            if json {
+                writeln!(out, "{}", v.json())?;
+            } else {
+                v.text(&mut out)?;
+            }
+            done = v.done()?;
         }
         ClusterCmd::Measure {
             duration,
@@ -277,6 +618,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
             conn,
             json,
             reject,
+            verify: va,
         } => {
             let topo: Topology = topology
                 .parse()
@@ -306,10 +648,41 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
             if reply.reject_rate.is_some() && reply.reject.is_none() {
                 return Err(SpecError::new("--reject-rate", "needs --reject").into());
             }
-            let plans = coord.plans(&name, &grudge, &reply, conn.unwrap_or_default())?;
-            coord.apply(plans, ttl.unwrap_or_default())?;
+            let conn = conn.unwrap_or_default();
+            let plans = coord.plans(&name, &grudge, &reply, conn)?;
+            let rules = plan::partition(&name, &coord.cluster, &grudge, &reply, conn)?;
+            let ttl = ttl.unwrap_or_default();
+            coord.apply(plans, ttl)?;
+            let fault = Fault::build(
+                &name,
+                Kind::Partition,
+                rules
+                    .iter()
+                    .flat_map(|(n, v)| v.iter().map(move |r| (n.as_str(), r))),
+                &coord.cluster,
+            );
+            remember(
+                &rec,
+                Recorded::new(&name, Kind::Partition, Some(topo.to_string()), rules, ttl),
+            );
+            let verified = if va.verify {
+                let others = others(&rec, &coord.cluster, &name, Kind::Partition);
+                Some(verify_now(
+                    &coord,
+                    &[fault],
+                    &others,
+                    None,
+                    va.events.as_deref(),
+                )?)
+            } else {
+                None
+            };
             if json {
-                writeln!(out, "{}", grudge.to_json(&name, &topo.to_string()))?;
+                let mut doc = grudge.to_json(&name, &topo.to_string());
+                if let Some(v) = &verified {
+                    doc["verify"] = v.json();
+                }
+                writeln!(out, "{doc}")?;
             } else {
                 writeln!(
                     out,
@@ -325,10 +698,27 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
                     };
                     writeln!(out, "  {node}: {d}")?;
                 }
+                if let Some(v) = &verified {
+                    v.text(&mut out)?;
+                }
+            }
+            if let Some(v) = &verified {
+                done = v.done()?;
             }
         }
         ClusterCmd::Heal { names } => {
             let healed = coord.heal(&names)?;
+            if rec.exists() {
+                let mut r = Record::load(&rec);
+                r.heal(&names);
+                if let Err(e) = r.store(&rec) {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "netfault: warning: cannot write the coordinator's record {}: {e}",
+                        rec.display()
+                    );
+                }
+            }
             let total: usize = healed.iter().map(|(_, v)| v.len()).sum();
             writeln!(out, "healed {total} entries")?;
             for (node, v) in healed.iter().filter(|(_, v)| !v.is_empty()) {
@@ -368,7 +758,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
             }
         }
     }
-    Ok(Done::Ok)
+    Ok(done)
 }
 
 /// `cluster run SCENARIO`: every problem with the scenario (or the event file) exits 2 before
@@ -440,7 +830,20 @@ fn run_scenario(
         p50.as_secs_f64() * 1e3,
         max.as_secs_f64() * 1e3
     );
+    if summary.verified > 0 {
+        let _ = writeln!(
+            progress,
+            "verified {} step starts on the wire: {}",
+            summary.verified,
+            if summary.mismatched.is_empty() {
+                "every one as configured".to_string()
+            } else {
+                format!("MISMATCH in {}", summary.mismatched.join("; "))
+            }
+        );
+    }
     Ok(match ended {
+        Ended::Finished if !summary.mismatched.is_empty() => Done::Mismatch,
         Ended::Finished => Done::Ok,
         Ended::Interrupted => Done::Interrupted,
         Ended::Terminated => Done::Terminated,

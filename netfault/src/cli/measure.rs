@@ -89,6 +89,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         a.duration,
         &a.advice.params(0.0),
         what_if.as_ref().map(|(f, w)| (f.as_str(), w)),
+        None,
     )?;
     let mut out = std::io::stdout().lock();
     if a.json {

@@ -35,6 +35,8 @@ pub enum Done {
     Interrupted,
     /// Ended by SIGTERM: 143.
     Terminated,
+    /// `--verify` (or `cluster verify`) found the wire differing from what was configured: 3.
+    Mismatch,
 }
 
 impl Done {
@@ -43,6 +45,7 @@ impl Done {
             Done::Ok => 0,
             Done::Interrupted => 130,
             Done::Terminated => 143,
+            Done::Mismatch => 3,
         }
     }
 }

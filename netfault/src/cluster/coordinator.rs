@@ -580,8 +580,25 @@ impl Coordinator {
         duration: Duration,
         params: crate::measure::Params,
     ) -> Vec<NodeMeasure> {
+        self.probe_all(interval, duration, params, None)
+    }
+
+    /// [`measure`](Self::measure), every node listening for the others' requests carrying
+    /// `listen` when given (`cluster verify`).
+    pub fn probe_all(
+        &self,
+        interval: Duration,
+        duration: Duration,
+        params: crate::measure::Params,
+        listen: Option<u64>,
+    ) -> Vec<NodeMeasure> {
         let nodes = self.cluster.nodes.clone();
-        let timeout = self.timeout + duration + crate::measure::probe::GRACE;
+        let tail = if listen.is_some() {
+            crate::measure::probe::LISTEN_TAIL
+        } else {
+            crate::measure::probe::GRACE
+        };
+        let timeout = self.timeout + duration + tail;
         let owners: Vec<(std::net::IpAddr, String)> = nodes
             .iter()
             .flat_map(|n| n.addrs.iter().map(|a| (*a, n.name.clone())))
@@ -601,6 +618,7 @@ impl Coordinator {
                     interval,
                     duration,
                     params,
+                    listen,
                 })
             },
             |_, _| {},
@@ -633,6 +651,22 @@ impl Coordinator {
             }
         })
         .collect()
+    }
+
+    /// Every node probes every other for `duration` and listens for their requests (a fresh
+    /// nonce tells this run's from any other's): what `verify` judges.
+    pub fn verify_probe(&self, interval: Duration, duration: Duration) -> super::verify::Observed {
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let nonce = (t ^ (u64::from(std::process::id()) << 40)) | 1;
+        let m = self.probe_all(
+            interval,
+            duration,
+            crate::measure::Params::default(),
+            Some(nonce),
+        );
+        super::verify::Observed::of(&m, &self.cluster, interval)
     }
 
     pub fn stats(&self) -> Vec<NodeStats> {

@@ -26,6 +26,10 @@
 //! `planned` time, `first` and `last` (the earliest and latest node `ts`), `spread_ns` (last -
 //! first) and `lag_ns` (first - planned). It also writes one `begin` line (seed, lease, nodes)
 //! and one `finish` line (`outcome`: `finished`, `interrupted`, `terminated`, `error`).
+//!
+//! A step with `verify = true` adds, after its start lines, a coordinator line with `phase`
+//! `verify` ([`verify_line`]): whether the wire showed what the step configured, and the pairs
+//! where it did not.
 use std::{
     io::{self, Write},
     path::Path,
@@ -53,6 +57,23 @@ impl Log {
             out: None,
             to_stdout: false,
         }
+    }
+
+    /// Appends to `path` (created if missing); `-` is stdout. One-shot commands keep one
+    /// history across invocations this way.
+    pub fn append(path: &Path) -> io::Result<Self> {
+        if path == Path::new("-") {
+            return Self::open(path);
+        }
+        Ok(Self {
+            out: Some(Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )),
+            to_stdout: false,
+        })
     }
 
     /// Creates (truncates) `path`; `-` is stdout.
@@ -192,6 +213,36 @@ pub fn impair_json(i: &Impair) -> Value {
     m.insert("from".into(), json!(i.from));
     m.insert("to".into(), json!(i.to));
     m.extend(i.act.to_json());
+    Value::Object(m)
+}
+
+/// The coordinator's `verify` line for one fault: `ok`, `checked`, the `mismatches` (each
+/// `from`, `to`, `family`, `probe`, `configured`, `observed`, `sent`, `received`) and what was
+/// `not_verifiable`. `fields` come first (a scenario's `step` and `occurrence`).
+pub fn verify_line(ts: SystemTime, v: &super::verify::Verdict, fields: &[(&str, Value)]) -> Value {
+    let mut m = Map::new();
+    m.insert("ts".into(), json!(rfc3339(ts)));
+    m.insert("node".into(), Value::Null);
+    m.insert("phase".into(), json!("verify"));
+    m.insert("fault".into(), json!(v.fault));
+    m.insert("name".into(), json!(v.name));
+    for (k, x) in fields {
+        m.insert((*k).into(), x.clone());
+    }
+    m.insert("ok".into(), json!(v.ok));
+    m.insert("checked".into(), json!(v.checked));
+    let bad: Vec<Value> = v
+        .mismatched()
+        .map(|p| {
+            json!({
+                "from": p.from, "to": p.to, "family": p.family, "probe": p.probe,
+                "configured": p.configured, "observed": p.observed,
+                "sent": p.sent, "received": p.received,
+            })
+        })
+        .collect();
+    m.insert("mismatches".into(), json!(bad));
+    m.insert("not_verifiable".into(), json!(v.not_verifiable));
     Value::Object(m)
 }
 

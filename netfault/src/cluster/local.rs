@@ -115,6 +115,7 @@ pub fn state(ctl: &Ctl) -> NodeState {
                 kind: r.spec.kind,
                 ttl_left_s: (r.expires_mono_ns != 0)
                     .then(|| r.expires_mono_ns.saturating_sub(now) / 1_000_000_000),
+                spec: Some(r.spec.clone()),
             })
             .collect(),
     }

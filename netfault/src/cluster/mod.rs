@@ -14,6 +14,8 @@
 //! - [`local`]: what a node does with a request, whichever transport brought it.
 //! - [`scenario`]: the scenario file (`[[step]]`s at times, repeated) and its timeline.
 //! - [`run`] and [`events`]: a scenario played under a lease, and its JSON-lines event log.
+//! - [`record`] and [`verify`]: the coordinator's record of the faults it made live, and the
+//!   faults checked on the wire against it.
 //!
 //! Errors are [`SpecError`](crate::spec::SpecError)s naming the key path (`node[2].agent`,
 //! `step[1].every`), as rule-set files do: exit 2, nothing changed.
@@ -22,10 +24,12 @@ pub mod events;
 pub mod file;
 pub mod local;
 pub mod plan;
+pub mod record;
 pub mod run;
 pub mod scenario;
 pub mod topology;
 pub mod transport;
+pub mod verify;
 
 pub use file::{Cluster, Node, Transport};
 pub use plan::{Impair, NodePlan};

@@ -24,11 +24,12 @@ use serde_json::json;
 use super::{
     NodePlan, Scenario, StepAction,
     coordinator::{self, Coordinator, NODE_TIMEOUT, PREPARE_TIMEOUT, Timed},
-    events::{Log, Occurrence, nanos_between, run_line},
+    events::{Log, Occurrence, nanos_between, run_line, verify_line},
     scenario::{Action, Event},
     transport::NodeError,
+    verify::{self, Fault, Observed},
 };
-use crate::spec::Ttl;
+use crate::spec::{Kind, Ttl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -89,11 +90,16 @@ pub struct Summary {
     pub renewals: u64,
     /// Spread of the node times of each start and end (latest - earliest).
     pub spreads: Vec<Duration>,
+    /// Verifications (`verify = true` steps) done, and those that found a mismatch.
+    pub verified: u64,
+    pub mismatched: Vec<String>,
 }
 
 /// A step's occurrence that is on: what each node holds.
 struct Active {
     occ: Occurrence,
+    /// What the wire should show while it is on.
+    fault: Fault,
     /// Node index -> the entry names it holds.
     nodes: BTreeMap<usize, Vec<String>>,
 }
@@ -114,6 +120,9 @@ struct Runner<'a> {
     /// When the live entries are renewed next: on this schedule whatever the steps are doing
     /// (`during`).
     next_renew: Instant,
+    /// Round trips before the first step, when a `verify` step delays: what its shift is
+    /// measured from.
+    baseline: Option<Observed>,
 }
 
 /// Lines of a batch of node answers, in time order: the log's `ts` stays monotone.
@@ -144,7 +153,7 @@ impl Runner<'_> {
         coordinator::node_error(failed, outcome.to_string()).into()
     }
 
-    fn occurrence(&self, ev: &Event) -> Result<(Occurrence, Vec<NodePlan>), Error> {
+    fn occurrence(&self, ev: &Event) -> Result<(Occurrence, Vec<NodePlan>, Fault), Error> {
         let cluster = &self.coord.cluster;
         let step = &self.sc.steps[ev.step];
         let rules = self
@@ -159,6 +168,19 @@ impl Runner<'_> {
             StepAction::Partition(t) => (Some(t.to_string()), None),
             StepAction::Impair(i) => (None, Some(i.clone())),
         };
+        let kind = if impair.is_some() {
+            Kind::Rule
+        } else {
+            Kind::Partition
+        };
+        let fault = Fault::build(
+            &step.name,
+            kind,
+            rules
+                .iter()
+                .flat_map(|(n, v)| v.iter().map(move |r| (n.as_str(), r))),
+            cluster,
+        );
         let occ = Occurrence {
             step: ev.step,
             occurrence: ev.occurrence,
@@ -167,11 +189,11 @@ impl Runner<'_> {
             grudge,
             impair,
         };
-        Ok((occ, self.coord.rule_plans(&rules)?))
+        Ok((occ, self.coord.rule_plans(&rules)?, fault))
     }
 
     fn start(&mut self, ev: &Event) -> Result<(), Error> {
-        let (occ, plans) = self.occurrence(ev)?;
+        let (occ, plans, fault) = self.occurrence(ev)?;
         let plans: Vec<(usize, NodePlan)> = plans
             .into_iter()
             .enumerate()
@@ -216,6 +238,7 @@ impl Runner<'_> {
                 (ev.step, ev.occurrence),
                 Active {
                     occ: occ.clone(),
+                    fault,
                     nodes: ok,
                 },
             );
@@ -243,6 +266,65 @@ impl Runner<'_> {
             stamps.len(),
             ms(spread)
         ));
+        if self.sc.steps[ev.step].verify {
+            self.verify((ev.step, ev.occurrence))?;
+        }
+        Ok(())
+    }
+
+    /// Probes between the nodes (renewing meanwhile) and checks an occurrence that just
+    /// started against the wire, the other occurrences on as what else is live; writes its
+    /// `verify` line. A mismatch is counted, not fatal: the run goes on and exits 3.
+    fn verify(&mut self, key: (usize, u32)) -> Result<(), Error> {
+        let (seen, renew_failed) =
+            self.during(|c| c.verify_probe(verify::INTERVAL, verify::DURATION));
+        if let Some(e) = renew_failed {
+            return Err(e);
+        }
+        let Some(a) = self.active.get(&key) else {
+            return Ok(());
+        };
+        let others: Vec<Fault> = self
+            .active
+            .iter()
+            .filter(|(k, _)| **k != key)
+            .map(|(_, o)| o.fault.clone())
+            .collect();
+        let v = verify::judge(
+            &a.fault,
+            &others,
+            &self.coord.cluster,
+            &seen,
+            self.baseline.as_ref(),
+        );
+        let mut fields = vec![("step", json!(key.0)), ("occurrence", json!(key.1))];
+        if !seen.failed.is_empty() {
+            let f: Vec<serde_json::Value> = seen
+                .failed
+                .iter()
+                .map(|(n, e)| json!({"node": n, "error": e}))
+                .collect();
+            fields.push(("failed", json!(f)));
+        }
+        let line = verify_line(SystemTime::now(), &v, &fields);
+        let name = format!("{}#{}", a.occ.name, a.occ.occurrence);
+        self.write(&line)?;
+        self.summary.verified += 1;
+        let mut text = Vec::new();
+        let _ = verify::text(std::slice::from_ref(&v), &mut text);
+        let text = String::from_utf8_lossy(&text);
+        for l in text.lines() {
+            self.say(l.trim_start());
+        }
+        if !v.ok {
+            let pairs: Vec<String> = v
+                .mismatched()
+                .map(|p| format!("{} -> {} ({:?})", p.from, p.to, p.family).to_lowercase())
+                .collect();
+            self.summary
+                .mismatched
+                .push(format!("{name}: {}", pairs.join(", ")));
+        }
         Ok(())
     }
 
@@ -563,6 +645,7 @@ pub fn run(
             summary: Summary::default(),
             renew_every,
             next_renew: Instant::now() + renew_every,
+            baseline: None,
         };
         let nodes: Vec<&str> = coord.cluster.names();
         r.write(&run_line(
@@ -592,6 +675,10 @@ pub fn run(
             ("ends", json!(r.summary.ends)),
             ("renewals", json!(r.summary.renewals)),
         ];
+        if r.summary.verified > 0 {
+            fields.push(("verified", json!(r.summary.verified)));
+            fields.push(("mismatched", json!(r.summary.mismatched)));
+        }
         if let Err(e) = &outcome {
             fields.push(("error", json!(e.to_string())));
         }
@@ -610,6 +697,16 @@ async fn play(
 ) -> Result<Ended, Error> {
     r.coord.prepare(PREPARE_TIMEOUT)?;
     r.clear_left()?;
+    // A verified delay is the shift from the round trips before any step.
+    let delays = r.sc.steps.iter().any(|s| {
+        s.verify
+            && matches!(&s.action, StepAction::Impair(i)
+                if i.act.shape.delay.is_some() || i.act.shape.jitter.is_some())
+    });
+    if delays {
+        r.say("baseline: probing every pair before the first step");
+        r.baseline = Some(r.coord.verify_probe(verify::INTERVAL, verify::DURATION));
+    }
     let timeline = r.sc.timeline(r.seed);
     r.t0 = Instant::now();
     r.wall0 = SystemTime::now();

@@ -18,6 +18,10 @@
 //! for = "30s"
 //! ```
 //!
+//! Any step may say `verify = true` (its `for` at least 5 s): after each start the coordinator
+//! probes between the nodes for 3 s and checks the wire against the step
+//! ([`verify`](super::verify)); the run's event log gets a `verify` line.
+//!
 //! A partition step may say `conn = "new"` (or `"established"`): its entries then cut only TCP,
 //! and of it only connections being opened (or only the other segments).
 //!
@@ -78,6 +82,9 @@ pub struct Step {
     pub every: Option<Duration>,
     /// A partition step's `reject` and `reject_rate` (nothing else is set).
     pub reply: Actions,
+    /// `verify = true`: after each start, the coordinator probes between the nodes and checks
+    /// the wire against the step (`cluster verify`).
+    pub verify: bool,
 }
 
 /// What a step does while it lasts.
@@ -124,6 +131,7 @@ const STEP_KEYS: &[&str] = &[
     "reject",
     "reject_rate",
     "conn",
+    "verify",
 ];
 const IMPAIR_KEYS: &[&str] = &["from", "to"];
 
@@ -256,7 +264,26 @@ fn step(index: usize, path: &str, t: &Table) -> Result<Step, SpecError> {
             ));
         }
     };
+    let verify = match t.get("verify") {
+        None => false,
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| err(&p("verify"), "expected true or false"))?,
+    };
+    // The probes take their time, and the step must still be on when they end.
+    let needs = super::verify::DURATION + crate::measure::probe::LISTEN_TAIL;
+    if verify && duration_ < needs {
+        return Err(err(
+            &p("verify"),
+            format!(
+                "needs for = {} or more (the probes run {} after the start)",
+                humantime::format_duration(needs),
+                humantime::format_duration(needs)
+            ),
+        ));
+    }
     let s = Step {
+        verify,
         name,
         at: at_,
         action,

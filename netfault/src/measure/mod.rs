@@ -20,20 +20,24 @@ pub use report::Report;
 pub use samples::{Rtts, Summary, parse_rate, parse_samples};
 
 /// Probes `peers` (`probe::probe`) and reports each with the advice `params` give (the loss
-/// measured replaces theirs).
+/// measured replaces theirs), and how many probes were sent. With `listen` (a nonce), each
+/// report also says how many of the peer's requests were heard here
+/// ([`probe::probe_listening`]).
 pub fn probe_reports(
     peers: &[std::net::IpAddr],
     interval: std::time::Duration,
     duration: std::time::Duration,
     params: &Params,
     what_if: Option<(&str, &whatif::WhatIf)>,
+    listen: Option<u64>,
 ) -> Result<Vec<Report>, probe::ProbeError> {
-    Ok(probe::probe(peers, interval, duration)?
+    Ok(probe::probe_listening(peers, interval, duration, listen)?
         .into_iter()
         .map(|(peer, r)| {
             let loss = r.loss();
             let params = Params { loss, ..*params };
-            match Rtts::new(r.rtts_us) {
+            let (sent, heard) = (Some(r.sent), listen.map(|_| r.heard));
+            let report = match Rtts::new(r.rtts_us) {
                 Some(rtts) => {
                     let report = Report::new(Some(peer.to_string()), "probe", &rtts, &params);
                     match what_if {
@@ -42,6 +46,11 @@ pub fn probe_reports(
                     }
                 }
                 None => Report::silent(Some(peer.to_string()), "probe", loss),
+            };
+            Report {
+                sent,
+                heard,
+                ..report
             }
         })
         .collect())

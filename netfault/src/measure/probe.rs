@@ -2,6 +2,12 @@
 //! raw sockets (CAP_NET_RAW), each reply's arrival stamped by the kernel (SIOCGSTAMPNS, the
 //! receive time of the packet just read) and each request's departure read from the same
 //! clock just before it is sent. Unanswered requests are losses.
+//!
+//! A prober may also *listen* ([`probe_listening`]): its requests then carry a nonce, and it
+//! counts the requests carrying that nonce which reach it from each peer. With every node of a
+//! cluster probing every other at once (`cluster verify`), each direction of each pair is seen
+//! one way: the requests a node hears from a peer crossed the wire from the peer to it, whatever
+//! became of the replies.
 use std::{
     collections::BTreeMap,
     io,
@@ -15,6 +21,10 @@ use std::{
 const SIOCGSTAMPNS: libc::c_ulong = 0x8907;
 /// How long replies are waited for after the last request.
 pub const GRACE: Duration = Duration::from_secs(1);
+/// How long a listening prober keeps listening after its own last request: its peers started
+/// probing a little later than it did (each node is asked in parallel), and their last requests
+/// must still be heard.
+pub const LISTEN_TAIL: Duration = Duration::from_secs(2);
 /// At most this many peers, and this many requests per peer (sequence numbers are 16 bits).
 pub const MAX_PEERS: usize = 256;
 pub const MAX_PER_PEER: u64 = 60_000;
@@ -41,6 +51,9 @@ pub struct PeerResult {
     pub sent: u64,
     /// Round-trip times of the answered requests (µs).
     pub rtts_us: Vec<f64>,
+    /// Requests carrying the listening nonce heard from this peer (its address the source);
+    /// 0 when not listening.
+    pub heard: u64,
 }
 
 impl PeerResult {
@@ -66,7 +79,7 @@ struct Sock {
 }
 
 impl Sock {
-    fn open(v6: bool) -> Result<Sock, ProbeError> {
+    fn open(v6: bool, listen: bool) -> Result<Sock, ProbeError> {
         let (domain, proto, name) = if v6 {
             (libc::AF_INET6, libc::IPPROTO_ICMPV6, "ICMPv6")
         } else {
@@ -89,16 +102,22 @@ impl Sock {
             v6,
         };
         // Only echo replies reach the socket (a raw socket gets a copy of every ICMP packet
-        // the host receives, the peers' own requests included), into a buffer that holds a
-        // few seconds of them: a reply dropped here would be reported as network loss.
+        // the host receives, the peers' own requests included), and echo requests when
+        // listening, into a buffer that holds a few seconds of them: a reply dropped here
+        // would be reported as network loss.
         if v6 {
             // struct icmp6_filter: a set bit blocks that type.
             let mut block = [u32::MAX; 8];
             block[129 >> 5] &= !(1 << (129 & 31));
+            if listen {
+                block[128 >> 5] &= !(1 << (128 & 31));
+            }
             sock.set(libc::IPPROTO_ICMPV6, 1, &block)?;
         } else {
-            // ICMP_FILTER on SOL_RAW: a set bit blocks that type; echo reply is type 0.
-            sock.set(libc::SOL_RAW, 1, &!1u32)?;
+            // ICMP_FILTER on SOL_RAW: a set bit blocks that type; echo reply is type 0, echo
+            // request type 8.
+            let pass = if listen { 1u32 | 1 << 8 } else { 1 };
+            sock.set(libc::SOL_RAW, 1, &!pass)?;
         }
         let bytes: libc::c_int = 8 << 20;
         if sock
@@ -147,13 +166,15 @@ impl Sock {
         if r < 0 { 0 } else { info[8] }
     }
 
-    fn send(&self, to: IpAddr, id: u16, seq: u16) -> io::Result<()> {
-        // type, code, checksum, identifier, sequence, then 8 bytes of payload.
-        let mut pkt = [0u8; 16];
+    fn send(&self, to: IpAddr, id: u16, seq: u16, nonce: u64) -> io::Result<()> {
+        // type, code, checksum, identifier, sequence, then 16 bytes of payload: the marker
+        // and the listening nonce (0 when not listening).
+        let mut pkt = [0u8; 24];
         pkt[0] = if self.v6 { 128 } else { 8 };
         pkt[4..6].copy_from_slice(&id.to_be_bytes());
         pkt[6..8].copy_from_slice(&seq.to_be_bytes());
-        pkt[8..16].copy_from_slice(b"netfault");
+        pkt[8..16].copy_from_slice(MARK);
+        pkt[16..24].copy_from_slice(&nonce.to_be_bytes());
         if !self.v6 {
             // ICMPv6's checksum covers a pseudo-header: the kernel fills it for raw ICMPv6
             // sockets. ICMP's is ours.
@@ -195,9 +216,9 @@ impl Sock {
         Ok(())
     }
 
-    /// The next echo reply with identifier `id`: (from, sequence, kernel receive time);
-    /// `Ok(None)` when nothing more is queued.
-    fn recv(&self, id: u16) -> io::Result<Option<(IpAddr, u16, Duration)>> {
+    /// The next echo reply with identifier `id`, or echo request carrying `nonce` (when not
+    /// 0); `Ok(None)` when nothing more is queued.
+    fn recv(&self, id: u16, nonce: u64) -> io::Result<Option<Msg>> {
         loop {
             let mut buf = [0u8; 1500];
             // SAFETY: a zeroed sockaddr_storage is valid for recvfrom to fill.
@@ -236,8 +257,16 @@ impl Sock {
                 let ihl = usize::from(pkt.first().map_or(0, |b| b & 0x0f)) * 4;
                 pkt.get(ihl..).unwrap_or(&[])
             };
-            let reply = if self.v6 { 129 } else { 0 };
-            if icmp.len() < 8 || icmp[0] != reply || icmp[4..6] != id.to_be_bytes() {
+            let (reply, request) = if self.v6 { (129, 128) } else { (0, 8) };
+            if icmp.len() < 8 {
+                continue;
+            }
+            let is_request = icmp[0] == request
+                && nonce != 0
+                && icmp.len() >= 24
+                && &icmp[8..16] == MARK
+                && icmp[16..24] == nonce.to_be_bytes();
+            if !is_request && (icmp[0] != reply || icmp[4..6] != id.to_be_bytes()) {
                 continue;
             }
             let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
@@ -250,9 +279,24 @@ impl Sock {
                 let sa: libc::sockaddr_in = unsafe { *(&raw const from).cast() };
                 IpAddr::V4(Ipv4Addr::from(sa.sin_addr.s_addr.to_ne_bytes()))
             };
-            return Ok(Some((addr, seq, at)));
+            return Ok(Some(if is_request {
+                Msg::Request(addr)
+            } else {
+                Msg::Reply(addr, seq, at)
+            }));
         }
     }
+}
+
+/// The payload's first 8 bytes.
+const MARK: &[u8; 8] = b"netfault";
+
+/// What [`Sock::recv`] read.
+enum Msg {
+    /// An echo reply to us: (from, sequence, kernel receive time).
+    Reply(IpAddr, u16, Duration),
+    /// A listening peer's echo request, from this address.
+    Request(IpAddr),
 }
 
 /// The Internet checksum of `b` (RFC 1071).
@@ -287,16 +331,29 @@ pub fn probe(
     interval: Duration,
     duration: Duration,
 ) -> Result<BTreeMap<IpAddr, PeerResult>, ProbeError> {
+    probe_listening(peers, interval, duration, None)
+}
+
+/// [`probe`], and with `listen` (a nonce, not 0) also counts the requests carrying it that
+/// reach this host from each peer ([`PeerResult::heard`]), until [`LISTEN_TAIL`] after its own
+/// last request.
+pub fn probe_listening(
+    peers: &[IpAddr],
+    interval: Duration,
+    duration: Duration,
+    listen: Option<u64>,
+) -> Result<BTreeMap<IpAddr, PeerResult>, ProbeError> {
     let rounds = rounds(interval, duration).map_err(ProbeError::TooMany)?;
+    let nonce = listen.unwrap_or(0);
     let v4 = peers
         .iter()
         .any(IpAddr::is_ipv4)
-        .then(|| Sock::open(false))
+        .then(|| Sock::open(false, nonce != 0))
         .transpose()?;
     let v6 = peers
         .iter()
         .any(IpAddr::is_ipv6)
-        .then(|| Sock::open(true))
+        .then(|| Sock::open(true, nonce != 0))
         .transpose()?;
     let id = (std::process::id() & 0xffff) as u16;
     let mut out: BTreeMap<IpAddr, PeerResult> =
@@ -305,7 +362,8 @@ pub fn probe(
     let mut pending: BTreeMap<(IpAddr, u16), Duration> = BTreeMap::new();
     let start = Instant::now();
     let mut round = 0u64;
-    let end = start + interval * rounds as u32 + GRACE;
+    let tail = if nonce != 0 { LISTEN_TAIL } else { GRACE };
+    let end = start + interval * rounds as u32 + tail;
     loop {
         let now = Instant::now();
         if round < rounds && now >= start + interval * round as u32 {
@@ -314,7 +372,7 @@ pub fn probe(
                 let sock = if p.is_ipv6() { &v6 } else { &v4 };
                 let Some(sock) = sock else { continue };
                 pending.insert((*p, seq), now_realtime());
-                match sock.send(*p, id, seq) {
+                match sock.send(*p, id, seq, nonce) {
                     Ok(()) => {}
                     // No route or neighbour now: a loss, as on the wire.
                     Err(e)
@@ -331,7 +389,8 @@ pub fn probe(
             round += 1;
             continue;
         }
-        if now >= end || (round >= rounds && pending.is_empty()) {
+        // A listener keeps listening until the end: its peers' last requests may be late.
+        if now >= end || (round >= rounds && pending.is_empty() && nonce == 0) {
             break;
         }
         let next = if round < rounds {
@@ -358,11 +417,20 @@ pub fn probe(
             )
         };
         for s in [&v4, &v6].into_iter().flatten() {
-            while let Some((from, seq, at)) = s.recv(id).map_err(ProbeError::Recv)? {
-                if let Some(sent) = pending.remove(&(from, seq)) {
-                    let rtt = at.saturating_sub(sent);
-                    if let Some(r) = out.get_mut(&from) {
-                        r.rtts_us.push(rtt.as_secs_f64() * 1e6);
+            while let Some(msg) = s.recv(id, nonce).map_err(ProbeError::Recv)? {
+                match msg {
+                    Msg::Reply(from, seq, at) => {
+                        if let Some(sent) = pending.remove(&(from, seq)) {
+                            let rtt = at.saturating_sub(sent);
+                            if let Some(r) = out.get_mut(&from) {
+                                r.rtts_us.push(rtt.as_secs_f64() * 1e6);
+                            }
+                        }
+                    }
+                    Msg::Request(from) => {
+                        if let Some(r) = out.get_mut(&from) {
+                            r.heard += 1;
+                        }
                     }
                 }
             }

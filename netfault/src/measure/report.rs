@@ -18,6 +18,13 @@ pub struct Report {
     /// `[[upper_us, count], ...]`, the non-empty log-linear buckets.
     pub histogram: Vec<(u64, u64)>,
     pub advice: Option<Advice>,
+    /// Probes sent to the peer (`probe` reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<u64>,
+    /// The peer's requests heard here, when the probers listened (`cluster verify`): what
+    /// crossed the wire from the peer to this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard: Option<u64>,
     /// The same under a rule set (`--what-if`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub what_if: Option<super::whatif::WhatIfReport>,
@@ -33,6 +40,8 @@ impl Report {
             rtt_us: Some(rtts.summary()),
             histogram: Histogram::of(rtts.sorted()).buckets(),
             advice: Some(advise(rtts, params)),
+            sent: None,
+            heard: None,
             what_if: None,
         }
     }
@@ -66,6 +75,8 @@ impl Report {
             rtt_us: None,
             histogram: Vec::new(),
             advice: None,
+            sent: None,
+            heard: None,
             what_if: None,
         }
     }

@@ -46,7 +46,20 @@ pub struct MeasureBody {
     pub misses: u32,
     pub min_stddev: String,
     pub acceptable_pause: String,
+    /// Listen for requests carrying this nonce (`cluster verify`); absent: do not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<u64>,
 }
+
+/// A measure request checked: peers, interval, duration, the advice's parameters, and the
+/// nonce to listen for.
+pub type Checked = (
+    Vec<std::net::IpAddr>,
+    Duration,
+    Duration,
+    crate::measure::Params,
+    Option<u64>,
+);
 
 impl MeasureBody {
     pub fn of(r: &super::MeasureRequest) -> MeasureBody {
@@ -59,22 +72,13 @@ impl MeasureBody {
             misses: r.params.misses,
             min_stddev: text(r.params.min_stddev),
             acceptable_pause: text(r.params.acceptable_pause),
+            listen: r.listen,
         }
     }
 
     /// The request checked: peers, interval, duration and the advice's parameters, or the
     /// field at fault and why.
-    pub fn checked(
-        self,
-    ) -> Result<
-        (
-            Vec<std::net::IpAddr>,
-            Duration,
-            Duration,
-            crate::measure::Params,
-        ),
-        String,
-    > {
+    pub fn checked(self) -> Result<Checked, String> {
         use crate::measure::probe::MAX_PEERS;
         let dur = |field: &str, v: &str, zero_ok: bool| -> Result<Duration, String> {
             let d =
@@ -107,7 +111,10 @@ impl MeasureBody {
             min_stddev: dur("min_stddev", &self.min_stddev, false)?,
             acceptable_pause: dur("acceptable_pause", &self.acceptable_pause, true)?,
         };
-        Ok((self.peers, interval, duration, params))
+        if self.listen == Some(0) {
+            return Err("listen: a nonce above 0".into());
+        }
+        Ok((self.peers, interval, duration, params, self.listen))
     }
 }
 
@@ -173,7 +180,7 @@ pub struct LeaseView {
 }
 
 /// `GET /v1/status`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StatusView {
     pub generation: u64,
     /// Interfaces netfault is attached to on the node.
@@ -188,12 +195,15 @@ pub struct StatusView {
     pub version: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FaultView {
     pub name: String,
     pub kind: Kind,
     /// Milliseconds left; `None`: no expiry.
     pub expires_in_ms: Option<u64>,
+    /// The entry as the rule-set schema writes it (`cluster verify` reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<crate::spec::RuleSpec>,
 }
 
 /// Every error response: `{"error": "...", "field": "rule[0].drop"}`.
@@ -513,8 +523,7 @@ impl NodeTransport for Agent {
         r: &super::MeasureRequest,
     ) -> Result<Option<Vec<crate::measure::Report>>, NodeError> {
         let body = MeasureBody::of(r);
-        let timeout =
-            crate::cluster::coordinator::NODE_TIMEOUT + r.duration + crate::measure::probe::GRACE;
+        let timeout = crate::cluster::coordinator::NODE_TIMEOUT + r.length();
         let a = self.client()?.measure(&body, timeout).map_err(node_err)?;
         Ok(Some(a.peers))
     }
@@ -530,6 +539,7 @@ impl NodeTransport for Agent {
                     name: f.name,
                     kind: f.kind,
                     ttl_left_s: f.expires_in_ms.map(|ms| ms / 1000),
+                    spec: f.spec,
                 })
                 .collect(),
         })

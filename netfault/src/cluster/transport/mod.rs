@@ -44,16 +44,19 @@ pub enum NodeError {
 }
 
 /// A fault live on a node, as `status` shows it (and as the SSH transport's `state` carries it).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LiveFault {
     pub name: String,
     pub kind: Kind,
     /// Seconds left; `None`: no expiry.
     pub ttl_left_s: Option<u64>,
+    /// What the entry matches and does: what `cluster verify` checks the wire against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<crate::spec::RuleSpec>,
 }
 
 /// One node's state, as `status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct NodeState {
     pub attached: Vec<String>,
     pub faults: Vec<LiveFault>,
@@ -94,6 +97,21 @@ pub struct MeasureRequest {
     pub interval: Duration,
     pub duration: Duration,
     pub params: crate::measure::Params,
+    /// Listen for the other nodes' requests carrying this nonce (`cluster verify`): each
+    /// report then says how many of its peer's requests were heard.
+    pub listen: Option<u64>,
+}
+
+impl MeasureRequest {
+    /// How long the node probes and waits for the last replies (or requests, listening).
+    pub fn length(&self) -> Duration {
+        self.duration
+            + if self.listen.is_some() {
+                crate::measure::probe::LISTEN_TAIL
+            } else {
+                crate::measure::probe::GRACE
+            }
+    }
 }
 
 /// The transport for `node`, the `index`th of the cluster file: bad input (an agent's

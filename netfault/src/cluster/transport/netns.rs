@@ -95,6 +95,7 @@ impl NodeTransport for Netns {
             probe.duration,
             &probe.params,
             None,
+            probe.listen,
         )?))
     }
 }

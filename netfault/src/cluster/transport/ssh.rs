@@ -137,7 +137,7 @@ pub mod wire {
     }
 
     /// The answer of `state`.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct State {
         pub attached: Vec<String>,
         /// Live faults (not protections).
@@ -609,7 +609,7 @@ impl NodeTransport for Ssh {
         r: &super::MeasureRequest,
     ) -> Result<Option<Vec<crate::measure::Report>>, NodeError> {
         let body = super::agent::MeasureBody::of(r);
-        let limit = CALL_LIMIT + r.duration + crate::measure::probe::GRACE;
+        let limit = CALL_LIMIT + r.length();
         let a: super::agent::MeasureAnswer = self.call_within(Op::Measure, &body, limit)?;
         Ok(Some(a.peers))
     }
@@ -698,8 +698,10 @@ pub fn serve(
     let req = request(op, &text)?;
     if let Request::Measure(b) = req {
         // Probing needs the namespace only: no state, no lock.
-        let (peers, interval, duration, params) = b.checked().map_err(|m| bad_request(op, m))?;
-        let peers = crate::measure::probe_reports(&peers, interval, duration, &params, None)?;
+        let (peers, interval, duration, params, listen) =
+            b.checked().map_err(|m| bad_request(op, m))?;
+        let peers =
+            crate::measure::probe_reports(&peers, interval, duration, &params, None, listen)?;
         let answer = to_json(&super::agent::MeasureAnswer { peers })?;
         return writeln!(output, "{answer}").map_err(io_error);
     }
