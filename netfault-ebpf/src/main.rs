@@ -13,6 +13,7 @@
 mod act;
 mod burst;
 mod classify;
+mod hold;
 mod maps;
 mod parse;
 mod reject;

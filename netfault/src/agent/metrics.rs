@@ -2,8 +2,9 @@
 //! the maps at each scrape, so they equal `netfault stats` at that moment:
 //!
 //! - `netfault_rule_packets_total{rule, kind, action}`: `action` one of matched, dropped,
-//!   duplicated, delayed, queue_dropped, rejected, reject_limited, passed (`matched = dropped +
-//!   queue_dropped + passed`; rejected and reject_limited are parts of dropped);
+//!   duplicated, delayed, queue_dropped, rejected, reject_limited, held, dup_delayed, passed
+//!   (`matched = dropped + queue_dropped + passed`; rejected and reject_limited are parts of
+//!   dropped, held of delayed, dup_delayed of duplicated);
 //! - `netfault_rule_bytes_total{rule, kind}`: bytes of the matched packets;
 //! - `netfault_rule_bursts_total{rule, kind}`: runs of lost packets a burst-loss chain began;
 //! - `netfault_rule_expires_in_seconds{rule, kind}`: lifetime left (`+Inf`: no expiry);
@@ -192,6 +193,8 @@ pub fn render(
             ("queue_dropped", c.queue_dropped),
             ("rejected", c.rejected),
             ("reject_limited", c.reject_limited),
+            ("held", c.held),
+            ("dup_delayed", c.dup_delayed),
             ("passed", c.passed),
         ] {
             let mut l = base.clone();

@@ -122,7 +122,8 @@ fn impair_flag(e: netfault::cluster::coordinator::Error) -> anyhow::Error {
         netfault::cluster::coordinator::Error::Spec(s) => {
             let f = match s.field.as_str() {
                 "impair" | "name" => format!("--{}", s.field).replace("--impair", "impair"),
-                f => format!("--{f}"),
+                // Keys are the file's (`duplicate_delay`), flags have dashes.
+                f => format!("--{}", f.replace('_', "-")),
             };
             SpecError::new(f, s.msg).into()
         }
@@ -250,7 +251,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
                         let c = &f.counters;
                         writeln!(
                             out,
-                            "  {:<28} {:<9} matched {} dropped {} duplicated {} delayed {} queue_dropped {} rejected {} reject_limited {} passed {} bytes {}{}",
+                            "  {:<28} {:<9} matched {} dropped {} duplicated {} delayed {} queue_dropped {} rejected {} reject_limited {} held {} dup_delayed {} passed {} bytes {}{}",
                             f.name,
                             format!("{:?}", f.kind).to_lowercase(),
                             c.matched,
@@ -260,6 +261,8 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
                             c.queue_dropped,
                             c.rejected,
                             c.reject_limited,
+                            c.held,
+                            c.dup_delayed,
                             c.passed,
                             c.bytes,
                             if f.expired { " (expired)" } else { "" }

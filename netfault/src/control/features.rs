@@ -96,7 +96,7 @@ pub fn needs(
                 }
                 // The rules XDP cannot apply go to tc ingress (compile: RULE_NEEDS_SKB).
                 let at_tc = s.act.duplicate.0 > 0.0
-                    || s.act.shape.is_some()
+                    || s.act.needs_fq()
                     || s.act.reject.is_some()
                     || !xdp_frames(iface);
                 if s.dir.includes(true) && at_tc && (drop || dup) {
@@ -374,6 +374,7 @@ mod tests {
             slot: 0,
             seq: 0,
             expires_mono_ns: expires,
+            hold_until_mono_ns: 0,
         }
     }
 

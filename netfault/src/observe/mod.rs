@@ -34,6 +34,12 @@ pub struct CounterView {
     /// Dropped unanswered because the rule's reply rate was spent; part of `dropped`.
     #[serde(default)]
     pub reject_limited: u64,
+    /// Matched during a hold and sent at its end; part of `delayed`.
+    #[serde(default)]
+    pub held: u64,
+    /// Duplicates sent `--duplicate-delay` after their original; part of `duplicated`.
+    #[serde(default)]
+    pub dup_delayed: u64,
 }
 
 impl From<Counters> for CounterView {
@@ -49,6 +55,8 @@ impl From<Counters> for CounterView {
             bursts: c.bursts,
             rejected: c.rejected,
             reject_limited: c.reject_limited,
+            held: c.held,
+            dup_delayed: c.dup_delayed,
         }
     }
 }

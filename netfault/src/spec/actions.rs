@@ -3,6 +3,8 @@
 //! `cluster impair` and scenario `impair` steps. A new action is added here once (its field,
 //! its key in [`Actions::set_key`], its checks in [`Actions::validate`], its JSON in
 //! [`Actions::to_json`]) and a flag beside the others in the CLI's `ActionArgs`.
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json, json};
 use toml::Value;
@@ -10,6 +12,7 @@ use toml::Value;
 use super::{
     Prob, RejectKind, RejectRate, Shape, SpecError,
     burst::{self, BurstScope, GeModel},
+    hold,
     toml_util::{boolean, duration, err, parsed, prob},
 };
 
@@ -41,6 +44,21 @@ pub struct Actions {
     /// Replies per second and burst; None: `reject::DEFAULT_REJECT_RATE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reject_rate: Option<RejectRate>,
+    /// Hold what the rule matches from its start for this long, then release it all at once
+    /// (`hold::MAX_HOLD` at most).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::humantime_serde_opt"
+    )]
+    pub hold: Option<Duration>,
+    /// A duplicate leaves this long after its original (with `duplicate`; egress only).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::humantime_serde_opt"
+    )]
+    pub duplicate_delay: Option<Duration>,
 }
 
 /// The keys [`Actions::set_key`] takes, in the order the documentation gives them.
@@ -57,6 +75,8 @@ pub const KEYS: &[&str] = &[
     "burst_scope",
     "reject",
     "reject_rate",
+    "hold",
+    "duplicate_delay",
 ];
 
 impl Actions {
@@ -70,7 +90,28 @@ impl Actions {
 
     /// No action at all: such a rule would only count.
     pub fn is_empty(&self) -> bool {
-        !self.loses() && self.duplicate.0 == 0.0 && !self.shape.is_some()
+        !self.loses() && self.duplicate.0 == 0.0 && !self.shape.is_some() && self.hold.is_none()
+    }
+
+    /// Does the rule stamp departure times that an fq queue must honour (delay, jitter, rate,
+    /// a hold, or late duplicates)?
+    pub fn needs_fq(&self) -> bool {
+        self.shape.is_some() || self.hold.is_some() || self.late_duplicates()
+    }
+
+    /// Are the rule's duplicates sent later than their originals?
+    pub fn late_duplicates(&self) -> bool {
+        self.duplicate.0 > 0.0 && self.duplicate_delay.is_some()
+    }
+
+    /// The latest departure after now that the rule may stamp, beyond its hold: the longest
+    /// delay (jitter's worst case), plus the copies' delay.
+    pub fn max_stamp_ns(&self) -> u64 {
+        self.shape.model().max_ns()
+            + self
+                .duplicate_delay
+                .filter(|_| self.late_duplicates())
+                .map_or(0, |d| d.as_nanos() as u64)
     }
 
     /// The drop probability the data path applies: `--reject` alone (no `drop`, no
@@ -130,6 +171,8 @@ impl Actions {
                 }
             }
             "reject_rate" => self.reject_rate = Some(parsed(path, v)?),
+            "hold" => self.hold = Some(duration(path, v)?),
+            "duplicate_delay" => self.duplicate_delay = Some(duration(path, v)?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -155,6 +198,7 @@ impl Actions {
             ));
         }
         self.shape.validate()?;
+        hold::validate(self)?;
         burst::validate(self.drop, self.burst, self.gemodel, self.burst_scope)
     }
 
@@ -196,6 +240,12 @@ impl Actions {
         }
         if let Some(r) = self.reject_rate {
             m.insert("reject_rate".into(), json!(r.to_string()));
+        }
+        if let Some(d) = self.hold {
+            m.insert("hold".into(), json!(dur(d)));
+        }
+        if let Some(d) = self.duplicate_delay {
+            m.insert("duplicate_delay".into(), json!(dur(d)));
         }
         m
     }
@@ -241,6 +291,8 @@ gemodel = "1%,25%,100%,0%"
 burst_scope = "rule"
 reject = "icmp-host"
 reject_rate = "10/s,burst=5"
+hold = "2s"
+duplicate_delay = "100ms"
 "#;
         let t: toml::Table = text.parse().unwrap();
         let mut a = Actions::default();

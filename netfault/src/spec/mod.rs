@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 pub mod actions;
 pub mod burst;
 pub mod dist;
+pub mod hold;
 pub mod protection;
 pub mod reject;
 pub mod ruleset;
@@ -468,7 +469,7 @@ impl Shape {
 }
 
 /// `Option<Duration>` as a humantime string (`"50ms"`) in state files.
-mod humantime_serde_opt {
+pub(crate) mod humantime_serde_opt {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -611,10 +612,11 @@ impl RuleSpec {
                 ));
             }
             self.act.validate()?;
+            hold::validate_dir(&self.act, self.dir)?;
             if self.act.is_empty() {
                 return Err(SpecError::new(
                     "action",
-                    "give --drop, --gemodel, --duplicate, --delay, --rate or --reject (a rule with no action would only count)",
+                    "give --drop, --gemodel, --duplicate, --delay, --rate, --hold or --reject (a rule with no action would only count)",
                 ));
             }
         }
