@@ -721,7 +721,8 @@ fn hold_releases_everything_at_its_end_in_order() {
 }
 
 /// Issue 15, point 6: `--duplicate 100% --duplicate-delay 100ms`: each copy arrives 100 ms after
-/// its original, within 5 ms at p99 (200 datagrams); the originals are not delayed.
+/// its original, within 5 ms at p99 (200 datagrams, 1,000 a second); the originals are not
+/// delayed.
 /// Deterministic (departure times, p = 1): no confidence level applies.
 #[test]
 #[ignore = "needs sch_fq: run by cargo xtask vm-test"]
@@ -753,7 +754,9 @@ fn late_duplicates_arrive_their_delay_after_the_original() {
             "100ms",
         ],
     );
-    let p = UdpProbe::new(N, 100).copies(2);
+    // 1,000 a second, as the delay tests: a guest idle for milliseconds between packets wakes
+    // for a timer late under TCG (seen: copies 8-12 ms late at 100 a second).
+    let p = UdpProbe::new(N, 1000).copies(2);
     let r = p
         .run(&a.ns, &b.ns, probe_dst(&b, false))
         .expect("late duplicate probe");
@@ -778,6 +781,16 @@ fn late_duplicates_arrive_their_delay_after_the_original() {
     let spread = Spread::of(&off);
     let p99 = probe::percentiles(&abs, &[0.99])[0];
     eprintln!("late duplicates: copy - original - {D_MS} ms: {spread}; |.| p99 {p99:.3} ms");
+    let mut worst: Vec<(f64, &probe::Sample)> =
+        off.iter().copied().zip(&r.duplicate_samples).collect();
+    worst.sort_by(|a, b| b.0.abs().total_cmp(&a.0.abs()));
+    for (o, c) in worst.iter().take(5) {
+        eprintln!(
+            "late duplicates: seq {} off by {o:.3} ms (copy delay {:.3} ms)",
+            c.seq,
+            c.delay_ns as f64 / MS
+        );
+    }
     assert!(
         p99 <= 5.0,
         "a copy arrives {D_MS} ms after its original within 5 ms at p99: |error| p99 \

@@ -244,6 +244,8 @@ impl Maps {
             s.rejected += c.rejected;
             s.reject_limited += c.reject_limited;
             s.bursts += c.bursts;
+            s.held += c.held;
+            s.dup_delayed += c.dup_delayed;
         }
         Ok(s)
     }
