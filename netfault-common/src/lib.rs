@@ -55,6 +55,12 @@ pub const RULE_CORRUPT: u32 = 1 << 5;
 pub const RULE_BURST: u32 = 1 << 8;
 /// With `RULE_BURST`: one chain for the whole rule (`NF_BURST_RULE`), not one per flow.
 pub const RULE_BURST_PER_RULE: u32 = 1 << 9;
+// ---- hold and late duplicates (issue 15, points 5 and 6) ----
+/// The rule holds what it matches until `RuleValue::hold_until_ns` (with `RULE_SHAPE`: fq
+/// holds it, as a delay).
+pub const RULE_HOLD: u32 = 1 << 6;
+/// The rule's duplicates leave `RuleValue::dup_delay_ns` after their original (egress only).
+pub const RULE_DUP_DELAY: u32 = 1 << 7;
 
 /// `RuleValue::dist`: uniform jitter needs no table; the others index `NF_DIST` at `dist - 1`.
 pub const DIST_UNIFORM: u8 = 0;
@@ -437,7 +443,14 @@ pub struct RuleValue {
     /// ... and up to `tolerance / interval + 1` at once (the burst).
     pub reject_tolerance_ns: u64,
     // ---- end of Reject ----
-    pub _reserved2: [u64; 3],
+    // ---- hold and late duplicates (issue 15, points 5 and 6) ----
+    /// CLOCK_MONOTONIC ns: a packet matched before this leaves no earlier than this (its
+    /// departure time is raised to it). 0: no hold.
+    pub hold_until_ns: u64,
+    /// A duplicate's departure time is its original's plus this; 0: they leave together.
+    pub dup_delay_ns: u64,
+    // ---- end of hold and late duplicates ----
+    pub _reserved2: [u64; 1],
 }
 const _: () = assert!(core::mem::size_of::<RuleValue>() == 128);
 
@@ -484,7 +497,13 @@ pub struct Counters {
     /// Packets passed with one payload bit flipped (also counted in `passed`).
     pub corrupted: u64,
     // ---- end of Corruption ----
-    pub _reserved2: [u64; 4],
+    // ---- hold and late duplicates (issue 15, points 5 and 6) ----
+    /// Packets matched during a hold, given its end as their departure (also in `delayed`).
+    pub held: u64,
+    /// Duplicates sent with a departure time later than their original's (also in `duplicated`).
+    pub dup_delayed: u64,
+    // ---- end of hold and late duplicates ----
+    pub _reserved2: [u64; 2],
 }
 const _: () = assert!(core::mem::size_of::<Counters>() == 128);
 

@@ -20,11 +20,12 @@ use aya_ebpf::{
 };
 use netfault_common::{
     CLONE_MARK, DIR_EGRESS, DIR_INGRESS, FlowKey, IFB_VIA_MIRRED, MAX_RULES, RULE_BURST,
-    RULE_CORRUPT, RULE_SEGMENT, RULE_SHAPE, RuleValue, SEGMENT_TC_INDEX, SHAPE_TC_INDEX,
+    RULE_CORRUPT, RULE_DUP_DELAY, RULE_SEGMENT, RULE_SHAPE, RuleValue, SEGMENT_TC_INDEX,
+    SHAPE_TC_INDEX,
 };
 
 use crate::{
-    corrupt, counters, fires, lost, lost_on_the_wire,
+    corrupt, counters, fires, hold, lost, lost_on_the_wire,
     maps::{NF_IFB, NF_RULES},
     reject,
     shape::{self, Stamp},
@@ -147,6 +148,10 @@ fn act(ctx: &TcContext, key: &FlowKey, l4: usize, index: u32, dir: u8) -> Option
                 c.queue_dropped += segs;
                 return Some(TC_ACT_SHOT);
             }
+            Stamp::Held => {
+                c.delayed += segs;
+                c.held += segs;
+            }
             Stamp::Sent(true) => c.delayed += segs,
             Stamp::Sent(false) => {}
         }
@@ -155,6 +160,14 @@ fn act(ctx: &TcContext, key: &FlowKey, l4: usize, index: u32, dir: u8) -> Option
         // The clone carries CLONE_MARK, so it passes this program untouched when it re-enters.
         // SAFETY: skb is the program's own context.
         let (mark, ifindex) = unsafe { ((*skb).mark, (*skb).ifindex) };
+        // A late copy (egress only, spec): the clone takes a departure time `dup_delay_ns`
+        // after the original's, which gets its own back once the clone is made. fq holds it.
+        let late = dir == DIR_EGRESS && rule.flags & RULE_DUP_DELAY != 0;
+        let own = if late {
+            hold::stamp_copy(ctx, rule.dup_delay_ns)
+        } else {
+            0
+        };
         ctx.set_mark(CLONE_MARK);
         let flags = if dir == DIR_INGRESS {
             BPF_F_INGRESS as u64
@@ -163,8 +176,14 @@ fn act(ctx: &TcContext, key: &FlowKey, l4: usize, index: u32, dir: u8) -> Option
         };
         let ok = ctx.clone_redirect(ifindex, flags).is_ok();
         ctx.set_mark(mark);
+        if late {
+            hold::restore(ctx, own);
+        }
         if ok {
             c.duplicated += segs;
+            if late {
+                c.dup_delayed += segs;
+            }
         }
     }
     // Corruption last, after the clone: a duplicate (sharing the data until one side writes)

@@ -14,6 +14,7 @@ mod act;
 mod burst;
 mod classify;
 mod corrupt;
+mod hold;
 mod maps;
 mod parse;
 mod reject;

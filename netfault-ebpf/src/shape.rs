@@ -16,16 +16,21 @@ use netfault_common::{
     DIST_SHIFT, DIST_TABLE_SIZE, DIST_UNIFORM, FlowKey, RULE_REORDER, RuleValue,
 };
 
-use crate::maps::{NF_DIST, NF_PACE, NF_RATE};
+use crate::{
+    hold,
+    maps::{NF_DIST, NF_PACE, NF_RATE},
+};
 
 /// BPF_SKB_TSTAMP_DELIVERY_MONO (BPF_SKB_CLOCK_MONOTONIC since 6.11): aya's bindings do not export it.
-const TSTAMP_MONO: u8 = 1;
+pub const TSTAMP_MONO: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
 pub enum Stamp {
     /// Stamped; `true` when the departure lies in the future.
     Sent(bool),
+    /// Matched during the rule's hold: stamped with the hold's end (or later).
+    Held,
     /// The rate's backlog is full: drop.
     QueueFull,
 }
@@ -86,6 +91,10 @@ pub fn stamp(ctx: &TcContext, key: &FlowKey, slot: u32, rule: &RuleValue, l4: us
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: the program's own context.
     let (ts, ts_type) = unsafe { ((*skb).tstamp, (*skb).tstamp_type) };
+    // A hold alone, after its window: nothing to stamp (the sender's own time stands).
+    if rule.delay_ns == 0 && rule.rate_bytes_per_sec == 0 && now >= rule.hold_until_ns {
+        return Stamp::Sent(false);
+    }
     // A departure time the sender chose already (TCP pacing) is where the delay starts.
     let base = if ts_type == TSTAMP_MONO && ts > now {
         ts
@@ -116,6 +125,8 @@ pub fn stamp(ctx: &TcContext, key: &FlowKey, slot: u32, rule: &RuleValue, l4: us
             }
         }
     }
+    // Before the flow's order is kept: the pace map then remembers the raised time.
+    let held = hold::raise(rule, now, &mut at);
     if rule.jitter_ns != 0 && rule.flags & RULE_REORDER == 0 {
         // A copy on this stack: `key` may lie in a global function's argument memory, which
         // 6.1's verifier does not take for a map key.
@@ -131,5 +142,8 @@ pub fn stamp(ctx: &TcContext, key: &FlowKey, slot: u32, rule: &RuleValue, l4: us
     }
     // SAFETY: the program's own context; MONO is the kind that survives a redirect.
     unsafe { bpf_skb_set_tstamp(skb, at, TSTAMP_MONO as u32) };
+    if held {
+        return Stamp::Held;
+    }
     Stamp::Sent(at > now)
 }

@@ -173,6 +173,9 @@ pub struct UdpProbe {
     /// `quiet`) for stragglers before counting the rest as lost.
     pub max_delay: Duration,
     pub quiet: Duration,
+    /// Copies of each datagram the receiver waits for (duplication): it stops early only once
+    /// this many of each arrived. 1 by default.
+    pub copies: u32,
 }
 
 /// One datagram that arrived (its first copy).
@@ -200,6 +203,9 @@ pub struct ProbeReport {
     pub samples: Vec<Sample>,
     /// Copies after the first.
     pub duplicates: u64,
+    /// Those copies, timed as the first copies are, in arrival order (a late duplicate's
+    /// delay is its `delay_ns` less its original's).
+    pub duplicate_samples: Vec<Sample>,
     /// Per flow: datagrams that arrived after one with a higher sequence number of the same flow.
     pub reordered: Vec<u64>,
     /// The first few of those: (late sample, the sample of its flow that had overtaken it).
@@ -326,7 +332,14 @@ impl UdpProbe {
             payload: HEADER_LEN,
             max_delay: Duration::from_secs(1),
             quiet: Duration::from_millis(100),
+            copies: 1,
         }
+    }
+
+    /// Waits for `n` copies of each datagram (see [`UdpProbe::copies`]).
+    pub fn copies(mut self, n: u32) -> Self {
+        self.copies = n.max(1);
+        self
     }
 
     pub fn flows(mut self, flows: u16) -> Self {
@@ -636,6 +649,7 @@ fn collect(
         flows: p.flows,
         samples: Vec::with_capacity(p.count as usize),
         duplicates: 0,
+        duplicate_samples: Vec::new(),
         reordered: vec![0; flows],
         reorder_examples: Vec::new(),
         stray: 0,
@@ -647,7 +661,8 @@ fn collect(
     };
     let mut buf = vec![0u8; 2048];
     let mut done_at = None;
-    while r.samples.len() < p.count as usize {
+    let all = p.count as usize * p.copies as usize;
+    while r.samples.len() + r.duplicate_samples.len() < all {
         let now = Instant::now();
         if now >= hard_stop {
             break;
@@ -681,17 +696,12 @@ fn collect(
             r.stray += 1;
             continue;
         }
-        if std::mem::replace(&mut seen[index], true) {
-            r.duplicates += 1;
-            continue;
-        }
         // The kernel's stamp if it is plausible (a few µs of slack for the offset's error).
         const SLACK_NS: i64 = 50_000;
         let kernel = stamp
             .map(|s| s - offset)
             .filter(|&k| k >= sent_ns - SLACK_NS && k <= user_ns + SLACK_NS);
         let recv_ns = kernel.unwrap_or(user_ns);
-        r.user_timed += u64::from(kernel.is_none());
         let sample = Sample {
             flow,
             seq,
@@ -700,6 +710,14 @@ fn collect(
             user_timed: kernel.is_none(),
             rx_lag_ns: user_ns - recv_ns,
         };
+        if std::mem::replace(&mut seen[index], true) {
+            r.duplicates += 1;
+            if r.duplicate_samples.len() < p.count as usize {
+                r.duplicate_samples.push(sample);
+            }
+            continue;
+        }
+        r.user_timed += u64::from(kernel.is_none());
         let t = &mut top[usize::from(flow)];
         match *t {
             Some(ahead) if seq < ahead.seq => {

@@ -29,6 +29,27 @@ fn fmt_left(left: Option<u64>, expired: bool) -> String {
     }
 }
 
+/// The end of an entry's hold (CLOCK_MONOTONIC ns, comparable with the data path's clock);
+/// None without a hold.
+fn hold_until(r: &netfault::control::state::RuleEntry) -> Option<u64> {
+    (r.hold_until_mono_ns != 0).then_some(r.hold_until_mono_ns)
+}
+
+/// Milliseconds until an entry's hold ends (0: released); None without a hold.
+fn hold_left(r: &netfault::control::state::RuleEntry, now: u64) -> Option<u64> {
+    hold_until(r).map(|t| t.saturating_sub(now) / 1_000_000)
+}
+
+fn fmt_hold(left_ms: Option<u64>) -> String {
+    match left_ms {
+        Some(0) | None => "released".into(),
+        Some(ms) => format!(
+            "releases in {}",
+            humantime::format_duration(Duration::from_millis(ms))
+        ),
+    }
+}
+
 fn nets(v: &[ipnet::IpNet]) -> Vec<String> {
     v.iter()
         .map(|n| {
@@ -84,6 +105,9 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                     "corrupt": s.act.corrupt.0,
                     "corrupt_checksum": s.act.corrupts()
                         .then(|| s.act.corrupt_checksum.unwrap_or_default()),
+                    "hold_ms": s.act.hold.map(|d| d.as_millis() as u64),
+                    "hold_left_ms": hold_left(r, now), "hold_until_mono_ns": hold_until(r),
+                    "duplicate_delay_us": s.act.duplicate_delay.map(|d| d.as_micros() as u64),
                     "expires_in_ms": left, "expired": expired,
                 }),
             }
@@ -172,6 +196,12 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                 if let Some(r) = s.act.shape.rate {
                     a.push(format!("rate {r}"));
                 }
+                if let Some(d) = s.act.duplicate_delay {
+                    a.push(format!("duplicate-delay {}", hd(d)));
+                }
+                if let Some(h) = s.act.hold {
+                    a.push(format!("hold {} ({})", hd(h), fmt_hold(hold_left(r, now))));
+                }
                 if let Some(k) = s.act.reject {
                     a.push(format!("reject {k} {}", reject_rate(s).unwrap_or_default()));
                 }
@@ -220,14 +250,16 @@ pub fn stats(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::
     }
     writeln!(
         out,
-        "{:<18} {:<9} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  TTL",
+        "{:<18} {:<9} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  TTL",
         "NAME",
         "KIND",
         "MATCHED",
         "DROPPED",
         "BURSTS",
         "DUPLICATED",
+        "DUP-LATE",
         "DELAYED",
+        "HELD",
         "QUEUE-DROP",
         "REJECTED",
         "REJ-LIMIT",
@@ -238,14 +270,16 @@ pub fn stats(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::
     for r in rows {
         writeln!(
             out,
-            "{:<18} {:<9} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  {}",
+            "{:<18} {:<9} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}  {}",
             r.name,
             format!("{:?}", r.kind).to_lowercase(),
             r.counters.matched,
             r.counters.dropped,
             r.counters.bursts,
             r.counters.duplicated,
+            r.counters.dup_delayed,
             r.counters.delayed,
+            r.counters.held,
             r.counters.queue_dropped,
             r.counters.rejected,
             r.counters.reject_limited,
@@ -357,7 +391,8 @@ pub fn status(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow:
         .filter(|r| r.spec.kind != Kind::Protect)
         .map(|r| {
             let (left, expired) = ttl_left(r, now);
-            json!({"name": r.spec.name, "kind": r.spec.kind, "expires_in_ms": left, "expired": expired})
+            json!({"name": r.spec.name, "kind": r.spec.kind, "expires_in_ms": left, "expired": expired,
+                   "hold_left_ms": hold_left(r, now), "hold_until_mono_ns": hold_until(r)})
         })
         .collect();
     let pauses = pauses();
@@ -413,9 +448,14 @@ pub fn status(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow:
     writeln!(out, "protected: {}", protected.join(", "))?;
     writeln!(out, "rules and partitions: {}", rules.len())?;
     for r in &rules {
+        let hold = if r["hold_until_mono_ns"].is_u64() {
+            format!("  hold {}", fmt_hold(r["hold_left_ms"].as_u64()))
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "  {:<18} {:<9} ttl {}",
+            "  {:<18} {:<9} ttl {}{hold}",
             r["name"].as_str().unwrap_or(""),
             r["kind"].as_str().unwrap_or(""),
             fmt_left(r["expires_in_ms"].as_u64(), r["expired"] == true)

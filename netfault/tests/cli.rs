@@ -331,6 +331,75 @@ fn malformed_input_exits_2_names_the_field_and_changes_nothing() {
         ),
         (&["attach", "nf-nosuch0"], "IFACE"),
         (&["stats", "--watch", "often"], "--watch"),
+        // Hold and late duplicates (issue 15, points 5 and 6).
+        (
+            &["rule", "add", "r", "--proto", "udp", "--hold", "0s"],
+            "--hold",
+        ),
+        (
+            &["rule", "add", "r", "--proto", "udp", "--hold", "soon"],
+            "--hold",
+        ),
+        (
+            &["rule", "add", "r", "--proto", "udp", "--hold", "61s"],
+            "--hold",
+        ),
+        (
+            &[
+                "rule", "add", "r", "--proto", "udp", "--hold", "2s", "--rate", "1mbit",
+            ],
+            "--hold",
+        ),
+        (
+            &[
+                "rule", "add", "r", "--proto", "udp", "--hold", "2s", "--reject",
+            ],
+            "--hold",
+        ),
+        (
+            &[
+                "rule",
+                "add",
+                "r",
+                "--dir",
+                "egress",
+                "--proto",
+                "udp",
+                "--duplicate-delay",
+                "100ms",
+            ],
+            "--duplicate-delay",
+        ),
+        (
+            &[
+                "rule",
+                "add",
+                "r",
+                "--proto",
+                "udp",
+                "--duplicate",
+                "1",
+                "--duplicate-delay",
+                "100ms",
+            ],
+            "--duplicate-delay",
+        ),
+        (
+            &[
+                "rule",
+                "add",
+                "r",
+                "--dir",
+                "egress",
+                "--proto",
+                "udp",
+                "--duplicate",
+                "1",
+                "--duplicate-delay",
+                "0s",
+            ],
+            "--duplicate-delay",
+        ),
     ];
     for (args, field) in cases {
         let out = h.nf(args);
@@ -397,6 +466,14 @@ fn malformed_input_exits_2_names_the_field_and_changes_nothing() {
         (
             "[[rule]]\nname = \"x\"\nproto = \"udp\"\ndrop = 1\ncorrupt_checksum = \"good\"",
             "rule[0].corrupt_checksum",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\nproto = \"udp\"\nhold = \"forever\"",
+            "rule[0].hold",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\nproto = \"udp\"\ndir = \"egress\"\nduplicate_delay = \"1s\"",
+            "rule[0].duplicate_delay",
         ),
     ];
     for (i, (text, field)) in files.iter().enumerate() {
@@ -595,6 +672,21 @@ fn delay_needs_fq_and_says_so() {
         &["rule", "add", "d", "--proto", "udp", "--delay", "50ms"][..],
         &[
             "rule", "add", "d", "--proto", "udp", "--rate", "10mbit", "--dir", "ingress",
+        ][..],
+        // A hold and late copies need fq as a delay does, and are refused where it is.
+        &["rule", "add", "d", "--proto", "udp", "--hold", "2s"][..],
+        &[
+            "rule",
+            "add",
+            "d",
+            "--proto",
+            "udp",
+            "--dir",
+            "egress",
+            "--duplicate",
+            "50%",
+            "--duplicate-delay",
+            "100ms",
         ][..],
     ] {
         let out = h.nf(args);

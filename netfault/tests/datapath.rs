@@ -177,7 +177,11 @@ fn publish_at(maps: &mut Maps, rules: &[RuleSpec], first: u32) -> netfault::comp
     let values: Vec<_> = rules
         .iter()
         .enumerate()
-        .map(|(i, s)| (first + i as u32, rule_value(s, 0)))
+        .map(|(i, s)| {
+            // A hold starts now, as a rule's install starts it (control::pipeline::hold_end).
+            let hold = s.act.hold.map_or(0, |h| precise_ns() + h.as_nanos() as u64);
+            (first + i as u32, rule_value(s, 0, hold))
+        })
         .collect();
     maps.publish_set(&c, &values).unwrap();
     c
@@ -565,7 +569,7 @@ fn set_expiring(dp: &mut Dp, rules: &[(RuleSpec, u64)]) {
     let values: Vec<_> = rules
         .iter()
         .enumerate()
-        .map(|(i, (s, e))| (i as u32, rule_value(s, *e)))
+        .map(|(i, (s, e))| (i as u32, rule_value(s, *e, 0)))
         .collect();
     for i in 0..rules.len() as u32 {
         dp.maps.reset_counters(i).unwrap();
@@ -1292,6 +1296,103 @@ fn ingress_delay_redirects_to_the_ifb_device_only_when_one_is_set() {
     assert_eq!(v, TC_ACT_REDIRECT);
     assert!((before + 20_000_000..=after + 20_000_000).contains(&ts));
     assert_eq!(dp.counters(0).delayed, 1);
+}
+
+/// `--hold`: a packet matched during the hold is stamped with its end exactly (counted held
+/// and delayed), beside a delay the later of the two; after the hold a hold-only rule leaves
+/// the packet unstamped and counts nothing more.
+#[test]
+fn hold_stamps_the_end_of_the_hold_then_nothing() {
+    use std::time::Duration;
+    let mut dp = Dp::new();
+    let f = udp("192.0.2.1", "192.0.2.2", 1000, 53).bytes();
+    let mut r = shaper("hold");
+    r.dir = Direction::Egress;
+    r.act.hold = Some(Duration::from_millis(300));
+    let start = precise_ns();
+    dp.set(&[r.clone()]);
+    let published = precise_ns();
+    let mut stamps = Vec::new();
+    for _ in 0..50 {
+        let (v, ts, ..) = dp.tc_stamp("nf_tc_egress", &f, 1);
+        assert_eq!(v, TCX_NEXT);
+        stamps.push(ts);
+    }
+    let held_until = stamps[0];
+    assert!(
+        (start + 300_000_000..=published + 300_000_000).contains(&held_until),
+        "tstamp {held_until} is not the hold's end ({start}..{published} + 300 ms)"
+    );
+    assert!(
+        stamps.iter().all(|&t| t == held_until),
+        "every held packet leaves at the hold's end: {stamps:?}"
+    );
+    let c = dp.counters(0);
+    assert_eq!(
+        (c.matched, c.held, c.delayed, c.passed),
+        (50, 50, 50, 50),
+        "{c:?}"
+    );
+    // After the hold: untouched, and not counted as held or delayed.
+    while precise_ns() <= held_until + 1_000_000 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..10 {
+        let (v, ts, ..) = dp.tc_stamp("nf_tc_egress", &f, 1);
+        assert_eq!((v, ts), (TCX_NEXT, 0), "after the hold nothing is stamped");
+    }
+    let c = dp.counters(0);
+    assert_eq!((c.matched, c.held, c.delayed), (60, 50, 50), "{c:?}");
+
+    // A hold beside a delay: the later of the two departures (the hold's end while it lasts,
+    // then the delay).
+    r.act.hold = Some(Duration::from_millis(200));
+    r.act.shape.delay = Some(Duration::from_millis(50));
+    let start = precise_ns();
+    dp.set(&[r]);
+    let (_, ts, before, _) = dp.tc_stamp("nf_tc_egress", &f, 1);
+    assert!(
+        (start + 200_000_000..=before + 200_000_000).contains(&ts),
+        "during the hold its end wins over the delay: {ts} vs {start}..{before} + 200 ms"
+    );
+    while precise_ns() <= ts + 1_000_000 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, ts, before, after) = dp.tc_stamp("nf_tc_egress", &f, 1);
+    assert!(
+        (before + 50_000_000..=after + 50_000_000).contains(&ts),
+        "{ts}"
+    );
+    let c = dp.counters(0);
+    assert_eq!((c.matched, c.held, c.delayed), (2, 1, 2), "{c:?}");
+}
+
+/// `--duplicate-delay`: the copy is made (counted duplicated and dup_delayed) and the original
+/// keeps its own departure, now, not the copy's later one. (The copy's own stamp leaves with
+/// it, into the namespace's loopback: the VM tests measure when it arrives.)
+#[test]
+fn late_duplicates_count_and_leave_the_original_on_time() {
+    let mut dp = Dp::new();
+    let f = udp("192.0.2.1", "192.0.2.2", 1000, 53).bytes();
+    let mut r = shaper("late");
+    r.dir = Direction::Egress;
+    r.act.duplicate = Prob(1.0);
+    r.act.duplicate_delay = Some(std::time::Duration::from_millis(100));
+    dp.set(&[r]);
+    for _ in 0..20 {
+        let (v, ts, before, after) = dp.tc_stamp("nf_tc_egress", &f, 1);
+        assert_eq!(v, TCX_NEXT);
+        assert!(
+            (before..=after).contains(&ts),
+            "the original leaves now: tstamp {ts} not within [{before}, {after}]"
+        );
+    }
+    let c = dp.counters(0);
+    assert_eq!(
+        (c.matched, c.duplicated, c.dup_delayed, c.passed, c.delayed),
+        (20, 20, 20, 20, 0),
+        "{c:?}"
+    );
 }
 
 /// Normal jitter with --reorder: the stamped delays follow the configured distribution. KS test

@@ -89,7 +89,7 @@ impl Dp {
         let values: Vec<_> = rules
             .iter()
             .enumerate()
-            .map(|(i, s)| (i as u32, rule_value(s, 0)))
+            .map(|(i, s)| (i as u32, rule_value(s, 0, 0)))
             .collect();
         self.maps.publish_set(&c, &values).unwrap();
     }

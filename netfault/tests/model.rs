@@ -613,7 +613,7 @@ impl Kernel {
                     Expiry::Expired => 1,
                     Expiry::Live => now + 600_000_000_000,
                 };
-                (i as u32, rule_value(&e.spec, exp))
+                (i as u32, rule_value(&e.spec, exp, 0))
             })
             .collect();
         for i in 0..set.len() as u32 {

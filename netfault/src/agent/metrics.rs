@@ -2,9 +2,9 @@
 //! the maps at each scrape, so they equal `netfault stats` at that moment:
 //!
 //! - `netfault_rule_packets_total{rule, kind, action}`: `action` one of matched, dropped,
-//!   duplicated, delayed, queue_dropped, rejected, reject_limited, corrupted, passed (`matched =
-//!   dropped + queue_dropped + passed`; rejected and reject_limited are parts of dropped,
-//!   corrupted is part of passed);
+//!   duplicated, delayed, queue_dropped, rejected, reject_limited, corrupted, held, dup_delayed,
+//!   passed (`matched = dropped + queue_dropped + passed`; rejected and reject_limited are parts
+//!   of dropped, corrupted of passed, held of delayed, dup_delayed of duplicated);
 //! - `netfault_rule_bytes_total{rule, kind}`: bytes of the matched packets;
 //! - `netfault_rule_bursts_total{rule, kind}`: runs of lost packets a burst-loss chain began;
 //! - `netfault_rule_expires_in_seconds{rule, kind}`: lifetime left (`+Inf`: no expiry);
@@ -194,6 +194,8 @@ pub fn render(
             ("rejected", c.rejected),
             ("reject_limited", c.reject_limited),
             ("corrupted", c.corrupted),
+            ("held", c.held),
+            ("dup_delayed", c.dup_delayed),
             ("passed", c.passed),
         ] {
             let mut l = base.clone();

@@ -105,6 +105,15 @@ pub struct ActionArgs {
     /// for the whole rule.
     #[arg(long, value_name = "flow|rule", value_parser = parse_burst_scope)]
     pub burst_scope: Option<BurstScope>,
+    /// Hold every matched packet from the rule's start for DURATION (`2s`, at most 60s), then
+    /// release them all at once, in each flow's order; after that the rule holds nothing.
+    /// Needs fq, as --delay does.
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval, allow_hyphen_values = true)]
+    pub hold: Option<Duration>,
+    /// Send each copy --duplicate makes DURATION after its original (`100ms`), instead of
+    /// back to back. Needs --duplicate and --dir egress (fq holds the copy).
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval, allow_hyphen_values = true)]
+    pub duplicate_delay: Option<Duration>,
     #[command(flatten)]
     pub reject: RejectArgs,
     /// Flip one random bit of the transport payload of this fraction of the packets the rule
@@ -153,6 +162,8 @@ impl ActionArgs {
             reject_rate: self.reject.reject_rate,
             corrupt: self.corrupt.unwrap_or_default(),
             corrupt_checksum: self.corrupt_checksum,
+            hold: self.hold,
+            duplicate_delay: self.duplicate_delay,
         }
     }
 }

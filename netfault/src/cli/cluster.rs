@@ -161,6 +161,7 @@ fn impair_flag(e: netfault::cluster::coordinator::Error) -> anyhow::Error {
         netfault::cluster::coordinator::Error::Spec(s) => {
             let f = match s.field.as_str() {
                 "impair" | "name" => format!("--{}", s.field).replace("--impair", "impair"),
+                // Keys are the file's (`duplicate_delay`), flags have dashes.
                 f => format!("--{}", f.replace('_', "-")),
             };
             SpecError::new(f, s.msg).into()
@@ -591,7 +592,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
                         let c = &f.counters;
                         writeln!(
                             out,
-                            "  {:<28} {:<9} matched {} dropped {} duplicated {} delayed {} queue_dropped {} rejected {} reject_limited {} corrupted {} passed {} bytes {}{}",
+                            "  {:<28} {:<9} matched {} dropped {} duplicated {} delayed {} queue_dropped {} rejected {} reject_limited {} corrupted {} held {} dup_delayed {} passed {} bytes {}{}",
                             f.name,
                             format!("{:?}", f.kind).to_lowercase(),
                             c.matched,
@@ -602,6 +603,8 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
                             c.rejected,
                             c.reject_limited,
                             c.corrupted,
+                            c.held,
+                            c.dup_delayed,
                             c.passed,
                             c.bytes,
                             if f.expired { " (expired)" } else { "" }

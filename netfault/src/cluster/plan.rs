@@ -9,7 +9,7 @@
 //! - **Drop and duplicate** (`impair --from A --to B`): at B's ingress, `src` = A's addresses
 //!   (`<name>.from-A.v4`): the receiver acts, as for partitions, and lost packets still crossed
 //!   the wire as real losses do.
-//! - **Delay, jitter and rate**: at A's egress, `dst` = B's addresses (`<name>.to-B.v4`).
+//! - **Delay, jitter, rate, hold, and late duplicates** (duplicate with a delay): at A's egress, `dst` = B's addresses (`<name>.to-B.v4`).
 //!   netfault shapes by departure time, which only an egress queue (fq) honours; delaying at B's
 //!   ingress would need an IFB device and a redirect on every receiver, so the sender acts where
 //!   the receiver cannot do so natively. One rate rule per (A, B, family): each pair is paced
@@ -159,6 +159,7 @@ fn members<'a>(
 /// Validation field names are the CLI's (`--jitter`, `--corrupt-checksum`); this module's are
 /// the file keys (`jitter`, `corrupt_checksum`).
 fn bare(e: SpecError) -> SpecError {
+    // As the file's key: `--duplicate-delay` is `duplicate_delay` there.
     SpecError::new(e.field.trim_start_matches("--").replace('-', "_"), e.msg)
 }
 
@@ -169,7 +170,7 @@ impl Impair {
         if self.act.is_empty() {
             return Err(SpecError::new(
                 "impair",
-                "give drop, duplicate, delay, rate or corrupt (an impairment with no action does nothing)",
+                "give drop, duplicate, delay, rate, hold or corrupt (an impairment with no action does nothing)",
             ));
         }
         Ok(())
@@ -181,17 +182,27 @@ impl Impair {
 /// (see the [module documentation](self)); everything else acts where the packet arrives,
 /// after it crossed the wire (a reject's reply then leaves the receiver as a closed port's
 /// would).
+///
+/// A hold goes with shaping (it is a departure time too), and so do late duplicates, which
+/// only an egress queue can send late (spec::hold): the duplicate moves to the sender with them.
 fn split(act: &Actions) -> (Actions, Actions) {
+    let late = act.late_duplicates();
     let receiver = Actions {
         shape: Shape::default(),
         corrupt: Prob(0.0),
         corrupt_checksum: None,
+        hold: None,
+        duplicate: if late { Prob(0.0) } else { act.duplicate },
+        duplicate_delay: None,
         ..*act
     };
     let sender = Actions {
         shape: act.shape,
         corrupt: act.corrupt,
         corrupt_checksum: act.corrupt_checksum,
+        hold: act.hold,
+        duplicate: if late { act.duplicate } else { Prob(0.0) },
+        duplicate_delay: act.duplicate_delay.filter(|_| late),
         ..Actions::default()
     };
     (receiver, sender)
@@ -569,6 +580,41 @@ token_file = "/t"
         let ord = order(&[], &per["n1"]);
         let k = pkt("192.0.2.1", "192.0.2.3", 1, 2, DIR_EGRESS);
         assert_eq!(verdict(&comp, &ord, k), Some("lossy.to-n3.v4"));
+    }
+
+    /// A hold and late duplicates act at the sender's egress (its fq holds them); a plain
+    /// duplicate and the drop stay at the receiver.
+    #[test]
+    fn holds_and_late_duplicates_go_to_the_sender() {
+        let c = cluster();
+        let mut i = imp(&["n1"], &["n2"]);
+        i.act.drop = Prob(0.05);
+        i.act.hold = Some(Duration::from_secs(2));
+        i.act.duplicate = Prob(0.5);
+        i.act.duplicate_delay = Some(Duration::from_millis(100));
+        let per = impair("stall", &c, &i).unwrap();
+        for r in &per["n1"] {
+            assert_eq!(r.dir, Direction::Egress);
+            assert_eq!(r.act.hold, Some(Duration::from_secs(2)));
+            assert_eq!(r.act.duplicate, Prob(0.5));
+            assert_eq!(r.act.duplicate_delay, Some(Duration::from_millis(100)));
+            assert_eq!(r.act.drop, Prob(0.0));
+        }
+        for r in &per["n2"] {
+            assert_eq!((r.dir, r.act.drop), (Direction::Ingress, Prob(0.05)));
+            assert_eq!((r.act.hold, r.act.duplicate), (None, Prob(0.0)));
+            assert_eq!(r.act.duplicate_delay, None);
+        }
+        i.act.duplicate_delay = None;
+        let per = impair("stall", &c, &i).unwrap();
+        assert!(per["n2"].iter().all(|r| r.act.duplicate == Prob(0.5)));
+        assert!(per["n1"].iter().all(|r| r.act.duplicate == Prob(0.0)));
+        i.act.duplicate = Prob(0.0);
+        i.act.duplicate_delay = Some(Duration::from_millis(100));
+        assert_eq!(
+            impair("stall", &c, &i).unwrap_err().field,
+            "duplicate_delay"
+        );
     }
 
     #[test]

@@ -558,6 +558,28 @@ for = "30s"
         assert_eq!(e.field, "step[0].conn");
     }
 
+    /// A step can hold (`impair = { ..., hold = "5s" }`): the senders' rules carry it, and a
+    /// late duplicate goes with them; a bad hold names its key.
+    #[test]
+    fn an_impair_step_holds() {
+        let s = Scenario::parse(
+            "[[step]]\nat = \"0s\"\nimpair = { from = [\"n1\"], to = [\"n2\"], hold = \"5s\", duplicate = 1, duplicate_delay = \"100ms\" }\nfor = \"10s\"\n",
+        )
+        .unwrap();
+        let c = Cluster::parse(CLUSTER).unwrap();
+        let rules = s.rules(&s.timeline(1)[0], &c).unwrap();
+        let n1 = &rules["n1"];
+        assert!(!n1.is_empty());
+        assert!(n1.iter().all(|r| r.act.hold == Some(Duration::from_secs(5))
+            && r.act.duplicate_delay == Some(Duration::from_millis(100))));
+        assert!(rules["n2"].is_empty(), "{:?}", rules["n2"]);
+        let e = Scenario::parse(
+            "[[step]]\nat = \"0s\"\nimpair = { from = [\"n1\"], to = [\"n2\"], hold = \"2m\" }\nfor = \"10s\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "step[0].impair.hold");
+    }
+
     #[test]
     fn the_documented_example_parses_and_flaps() {
         let s = Scenario::parse(EXAMPLE).unwrap();

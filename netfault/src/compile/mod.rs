@@ -7,8 +7,8 @@ use netfault_common::{
     CFG_INGRESS_TC, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, FlowKey4, FlowRef,
     KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, KEY_TCP_SYN, MAX_CHAIN, MAX_TUPLES, PF_ADDR_TABLES,
     PF_ADDR_V4, PF_ADDR_V6, PROB_ALWAYS, Prefilter, RULE_ACTIVE, RULE_BURST, RULE_BURST_PER_RULE,
-    RULE_CORRUPT, RULE_NEEDS_SKB, RULE_REORDER, RULE_SEGMENT, RULE_SHAPE, RuleValue, Tuple,
-    TupleSet, pf_meta_index,
+    RULE_CORRUPT, RULE_DUP_DELAY, RULE_HOLD, RULE_NEEDS_SKB, RULE_REORDER, RULE_SEGMENT,
+    RULE_SHAPE, RuleValue, Tuple, TupleSet, pf_meta_index,
 };
 
 use crate::spec::{
@@ -242,8 +242,9 @@ pub fn expand(spec: &RuleSpec, ifindex: Option<u32>) -> Vec<(FlowKey, FlowKey)> 
     out
 }
 
-/// The action part of a rule, as the data path reads it.
-pub fn rule_value(spec: &RuleSpec, expires_ns: u64) -> RuleValue {
+/// The action part of a rule, as the data path reads it. `hold_until_ns`: the end of the
+/// rule's hold (CLOCK_MONOTONIC; its start plus `--hold`), 0 without one.
+pub fn rule_value(spec: &RuleSpec, expires_ns: u64, hold_until_ns: u64) -> RuleValue {
     let (drop, dup) = match spec.kind {
         Kind::Partition => (u32::MAX, 0),
         Kind::Rule => (
@@ -280,6 +281,15 @@ pub fn rule_value(spec: &RuleSpec, expires_ns: u64) -> RuleValue {
     };
     if shape.is_some() {
         flags |= RULE_NEEDS_SKB | RULE_SHAPE;
+    }
+    // A hold stamps departure times as a delay does (and is applied where a delay is).
+    let hold = spec.kind == Kind::Rule && spec.act.hold.is_some();
+    if hold {
+        flags |= RULE_NEEDS_SKB | RULE_SHAPE | RULE_HOLD;
+    }
+    let late = spec.kind == Kind::Rule && spec.act.late_duplicates();
+    if late {
+        flags |= RULE_DUP_DELAY;
     }
     if shape.reorder {
         flags |= RULE_REORDER;
@@ -342,6 +352,12 @@ pub fn rule_value(spec: &RuleSpec, expires_ns: u64) -> RuleValue {
         } else {
             0
         },
+        hold_until_ns: if hold { hold_until_ns } else { 0 },
+        dup_delay_ns: if late {
+            ns(spec.act.duplicate_delay)
+        } else {
+            0
+        },
         ..Default::default()
     }
 }
@@ -372,7 +388,7 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
         if input.spec.iface.is_some() && input.ifindex.is_none() {
             continue; // its interface is gone: the rule cannot match anything
         }
-        let shaping = input.spec.kind == Kind::Rule && input.spec.act.shape.is_some();
+        let shaping = input.spec.kind == Kind::Rule && input.spec.act.needs_fq();
         let rejecting = input.spec.kind != Kind::Protect && input.spec.act.reject.is_some();
         let act = &input.spec.act;
         if ((input.spec.kind == Kind::Rule && (act.duplicate.0 > 0.0 || shaping || act.corrupts()))
@@ -1042,7 +1058,7 @@ mod tests {
         let mut r = rule("b");
         r.act.drop = crate::spec::Prob(0.05);
         r.act.burst = Some(4.0);
-        let v = rule_value(&r, 0);
+        let v = rule_value(&r, 0, 0);
         assert_eq!(v.flags & (RULE_BURST | RULE_BURST_PER_RULE), RULE_BURST);
         // A chain draws per packet: at egress it must meet wire packets, as a plain 5 % does.
         assert_ne!(
@@ -1055,16 +1071,16 @@ mod tests {
             (0, 1 << 30, u32::MAX, 0)
         );
         r.act.burst_scope = BurstScope::Rule;
-        assert_ne!(rule_value(&r, 0).flags & RULE_BURST_PER_RULE, 0);
+        assert_ne!(rule_value(&r, 0, 0).flags & RULE_BURST_PER_RULE, 0);
         r.act.burst = Some(1.0);
         r.act.burst_scope = BurstScope::Flow;
-        let v = rule_value(&r, 0);
+        let v = rule_value(&r, 0, 0);
         assert_eq!(v.flags & RULE_BURST, 0, "--burst 1 is independent loss");
         assert_eq!(v.drop_thresh, crate::spec::Prob(0.05).threshold());
         assert_ne!(v.flags & RULE_SEGMENT, 0);
         r.act.drop = crate::spec::Prob(1.0);
         assert_eq!(
-            rule_value(&r, 0).flags & RULE_SEGMENT,
+            rule_value(&r, 0, 0).flags & RULE_SEGMENT,
             0,
             "p=1 is exact on aggregates"
         );
@@ -1248,7 +1264,7 @@ mod tests {
             reject_rate: Some("10/s,burst=4".parse().unwrap()),
             ..Actions::default()
         };
-        let v = rule_value(&r, 0);
+        let v = rule_value(&r, 0, 0);
         assert_eq!(
             v.flags & RULE_NEEDS_SKB,
             RULE_NEEDS_SKB,
@@ -1268,17 +1284,42 @@ mod tests {
         p.kind = Kind::Partition;
         p.src = vec![parse_net("192.0.2.1").unwrap()];
         p.act.reject = Some(crate::spec::RejectKind::TcpReset);
-        let v = rule_value(&p, 0);
+        let v = rule_value(&p, 0, 0);
         assert_eq!(v.reject, netfault_common::REJECT_TCP_RESET);
         assert_eq!(v.reject_interval_ns, 1_000_000);
         assert_eq!(v.reject_tolerance_ns, 999_000_000);
         assert!(compile_specs(&[p]).config_flags & CFG_INGRESS_TC != 0);
         // Without reject, nothing of it.
-        let v = rule_value(&rule("plain"), 0);
+        let v = rule_value(&rule("plain"), 0, 0);
         assert_eq!(
             (v.reject, v.reject_interval_ns, v.flags & RULE_NEEDS_SKB),
             (0, 0, 0)
         );
+    }
+
+    /// A hold stamps as a delay does (tc, fq) and carries its end; a late duplicate carries its
+    /// delay; neither is set where not asked, nor on a partition.
+    #[test]
+    fn hold_and_late_duplicates_compile_to_their_fields() {
+        let mut r = rule("h");
+        r.dir = Direction::Egress;
+        r.act.hold = Some(std::time::Duration::from_secs(2));
+        let v = rule_value(&r, 0, 5_000_000_000);
+        let want = RULE_NEEDS_SKB | RULE_SHAPE | RULE_HOLD;
+        assert_eq!(v.flags & want, want);
+        assert_eq!((v.hold_until_ns, v.dup_delay_ns), (5_000_000_000, 0));
+        assert_eq!(v.flags & RULE_DUP_DELAY, 0);
+        r.act.hold = None;
+        r.act.duplicate = crate::spec::Prob(1.0);
+        r.act.duplicate_delay = Some(std::time::Duration::from_millis(100));
+        let v = rule_value(&r, 0, 5_000_000_000);
+        assert_eq!((v.hold_until_ns, v.dup_delay_ns), (0, 100_000_000));
+        assert_eq!(v.flags & (RULE_DUP_DELAY | RULE_HOLD), RULE_DUP_DELAY);
+        let mut p = rule("p");
+        p.kind = Kind::Partition;
+        p.act.hold = Some(std::time::Duration::from_secs(2));
+        let v = rule_value(&p, 0, 5_000_000_000);
+        assert_eq!((v.hold_until_ns, v.flags & RULE_HOLD), (0, 0));
     }
 
     #[test]

@@ -484,6 +484,7 @@ impl Ctl {
         let mut new_slots = Vec::new();
         for (spec, ttl) in specs {
             let expires = pipeline::expiry(spec.kind, ttl, now);
+            let hold_until = pipeline::hold_end(&spec, now);
             let slot = self.state.free_slot().ok_or(Error::RuleSlotsFull {
                 max: netfault_common::MAX_RULES as usize,
             })?;
@@ -493,6 +494,7 @@ impl Ctl {
                 slot,
                 seq: self.state.next_seq,
                 expires_mono_ns: expires,
+                hold_until_mono_ns: hold_until,
             });
             new_slots.push(slot);
         }

@@ -130,7 +130,7 @@ pub fn needs(
                 }
                 // The rules XDP cannot apply go to tc ingress (compile: RULE_NEEDS_SKB).
                 let at_tc = s.act.duplicate.0 > 0.0
-                    || s.act.shape.is_some()
+                    || s.act.needs_fq()
                     || s.act.reject.is_some()
                     || s.act.corrupts()
                     || !xdp_frames(iface);
@@ -459,6 +459,7 @@ mod tests {
             slot: 0,
             seq: 0,
             expires_mono_ns: expires,
+            hold_until_mono_ns: 0,
         }
     }
 

@@ -90,6 +90,7 @@ pub fn start(
             slot: i as u32,
             seq: i as u64,
             expires_mono_ns: pipeline::expiry(spec.kind, ttl, now),
+            hold_until_mono_ns: pipeline::hold_end(&spec, now),
             spec,
         })
         .collect();
@@ -167,7 +168,13 @@ pub fn start(
         &xdp,
         &mut segment_prog,
     )?;
-    let (compiled, values) = run.compiled(monotonic_ns())?;
+    // A hold starts with the first publish, not when loading began (seconds earlier under
+    // emulation): its window is what the operator asked for.
+    let now = monotonic_ns();
+    for r in &mut run.rules {
+        r.hold_until_mono_ns = pipeline::hold_end(&r.spec, now);
+    }
+    let (compiled, values) = run.compiled(now)?;
     run.maps.publish_set(&compiled, &values)?;
     Ok(run)
 }

@@ -156,7 +156,7 @@ pub fn needs_xdp(spec: &RuleSpec, iface: &str) -> bool {
             (spec.act.loses()
                 && spec.act.reject.is_none()
                 && spec.act.duplicate.0 == 0.0
-                && !spec.act.shape.is_some()
+                && !spec.act.needs_fq()
                 && !spec.act.corrupts())
                 || spec.act.random_loss()
                 || probabilistic(spec.act.duplicate.0)
@@ -225,6 +225,7 @@ mod tests {
             slot: 0,
             seq: 0,
             expires_mono_ns: 0,
+            hold_until_mono_ns: 0,
         }
     }
 

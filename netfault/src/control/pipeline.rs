@@ -35,6 +35,16 @@ pub fn expiry(kind: Kind, ttl: Ttl, now: u64) -> u64 {
     }
 }
 
+/// When the hold of a rule installed at `now` ends (CLOCK_MONOTONIC ns); 0: no hold. The
+/// window starts with the install, so `apply`ing a rule set again starts its holds again, as
+/// it restarts their TTLs.
+pub fn hold_end(spec: &RuleSpec, now: u64) -> u64 {
+    match (spec.kind, spec.act.hold) {
+        (Kind::Rule, Some(h)) => now.saturating_add(h.as_nanos() as u64),
+        _ => 0,
+    }
+}
+
 /// Checks new entries before anything changes: each rule valid, each named interface present,
 /// every name new (`taken` says which names exist already) and unique within the batch.
 pub fn check_new<'a>(
@@ -134,7 +144,10 @@ pub fn compile(
     let compiled = compile::compile(&inputs)?;
     let values = ordered
         .iter()
-        .map(|r| (r.slot, compile::rule_value(&r.spec, expires(r))))
+        .map(|r| {
+            let v = compile::rule_value(&r.spec, expires(r), r.hold_until_mono_ns);
+            (r.slot, v)
+        })
         .collect();
     Ok((compiled, values))
 }
@@ -151,6 +164,7 @@ mod tests {
             slot: seq as u32,
             seq,
             expires_mono_ns: 0,
+            hold_until_mono_ns: 0,
         }
     }
 
@@ -180,6 +194,10 @@ mod tests {
         assert_eq!(expiry(Kind::Rule, Ttl::Never, 5), 0);
         assert_eq!(expiry(Kind::Rule, d, 5), 2_000_000_005);
         assert_eq!(expiry(Kind::Partition, d, u64::MAX), u64::MAX);
+        let mut r = RuleSpec::new("h", Kind::Rule);
+        assert_eq!(hold_end(&r, 5), 0);
+        r.act.hold = Some(std::time::Duration::from_secs(2));
+        assert_eq!(hold_end(&r, 5), 2_000_000_005);
     }
 
     #[test]

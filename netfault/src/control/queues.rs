@@ -133,6 +133,9 @@ pub struct Ifb {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Need {
     pub max_delay: Duration,
+    /// The longest hold (`--hold`): what arrives during it waits for its end, on top of the
+    /// delay. Sized within memory, never refused for it: fq drops what comes beyond its limit.
+    pub hold: Duration,
     pub rate_bits: u64,
     /// Where the rate comes from, for messages: "link speed", "--rate", "assumed".
     pub rate_source: &'static str,
@@ -166,11 +169,16 @@ pub fn size(iface: &str, need: &Need, mem_total: u64) -> Result<FqSize> {
             budget_mib: budget >> 20,
         });
     }
+    // What a hold would gather at the full rate: as much of it as memory allows.
+    let held = (need.rate_bits as f64 / 8.0 * need.hold.as_secs_f64() / wire as f64).ceil() as u64;
     // A quarter more than the estimate, within the budget: bursts above the mean rate.
     let limit = (packets + packets / 4)
+        .saturating_add(held)
         .min(budget / per)
+        .min(u64::from(u32::MAX / 2))
         .max(u64::from(FQ_DEFAULT_LIMIT)) as u32;
-    let horizon = (need.max_delay + Duration::from_secs(1)).max(FQ_DEFAULT_HORIZON);
+    // A held packet's departure is up to the hold's end and then its delay away.
+    let horizon = (need.max_delay + need.hold + Duration::from_secs(1)).max(FQ_DEFAULT_HORIZON);
     Ok(FqSize {
         limit,
         flow_limit: limit,
@@ -218,6 +226,7 @@ mod tests {
     fn need(ms: u64, bits: u64) -> Need {
         Need {
             max_delay: Duration::from_millis(ms),
+            hold: Duration::ZERO,
             rate_bits: bits,
             rate_source: "link speed",
             mtu: 1500,

@@ -118,6 +118,14 @@ pub struct RuleEntry {
     pub seq: u64,
     /// CLOCK_MONOTONIC ns after which the data path passes traffic; 0: never.
     pub expires_mono_ns: u64,
+    /// CLOCK_MONOTONIC ns at which the rule's hold ends (`--hold`, counted from when the rule
+    /// was installed); 0: no hold.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hold_until_mono_ns: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl RuleEntry {
@@ -347,6 +355,7 @@ mod tests {
             slot: seq as u32,
             seq,
             expires_mono_ns: 0,
+            hold_until_mono_ns: 0,
         }
     }
 

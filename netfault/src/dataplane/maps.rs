@@ -245,6 +245,8 @@ impl Maps {
             s.reject_limited += c.reject_limited;
             s.corrupted += c.corrupted;
             s.bursts += c.bursts;
+            s.held += c.held;
+            s.dup_delayed += c.dup_delayed;
         }
         Ok(s)
     }

@@ -37,6 +37,12 @@ pub struct CounterView {
     /// Passed with one payload bit flipped; part of `passed`.
     #[serde(default)]
     pub corrupted: u64,
+    /// Matched during a hold and sent at its end; part of `delayed`.
+    #[serde(default)]
+    pub held: u64,
+    /// Duplicates sent `--duplicate-delay` after their original; part of `duplicated`.
+    #[serde(default)]
+    pub dup_delayed: u64,
 }
 
 impl From<Counters> for CounterView {
@@ -53,6 +59,8 @@ impl From<Counters> for CounterView {
             rejected: c.rejected,
             reject_limited: c.reject_limited,
             corrupted: c.corrupted,
+            held: c.held,
+            dup_delayed: c.dup_delayed,
         }
     }
 }

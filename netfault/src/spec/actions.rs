@@ -3,6 +3,8 @@
 //! `cluster impair` and scenario `impair` steps. A new action is added here once (its field,
 //! its key in [`Actions::set_key`], its checks in [`Actions::validate`], its JSON in
 //! [`Actions::to_json`]) and a flag beside the others in the CLI's `ActionArgs`.
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json, json};
 use toml::Value;
@@ -10,6 +12,7 @@ use toml::Value;
 use super::{
     CorruptChecksum, Prob, RejectKind, RejectRate, Shape, SpecError,
     burst::{self, BurstScope, GeModel},
+    hold,
     toml_util::{boolean, duration, err, parsed, prob},
 };
 
@@ -47,6 +50,21 @@ pub struct Actions {
     /// What becomes of a corrupted packet's checksum; None: `bad` (given only with `corrupt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corrupt_checksum: Option<CorruptChecksum>,
+    /// Hold what the rule matches from its start for this long, then release it all at once
+    /// (`hold::MAX_HOLD` at most).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::humantime_serde_opt"
+    )]
+    pub hold: Option<Duration>,
+    /// A duplicate leaves this long after its original (with `duplicate`; egress only).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::humantime_serde_opt"
+    )]
+    pub duplicate_delay: Option<Duration>,
 }
 
 /// The keys [`Actions::set_key`] takes, in the order the documentation gives them.
@@ -65,6 +83,8 @@ pub const KEYS: &[&str] = &[
     "reject_rate",
     "corrupt",
     "corrupt_checksum",
+    "hold",
+    "duplicate_delay",
 ];
 
 impl Actions {
@@ -78,13 +98,38 @@ impl Actions {
 
     /// No action at all: such a rule would only count.
     pub fn is_empty(&self) -> bool {
-        !self.loses() && self.duplicate.0 == 0.0 && !self.shape.is_some() && !self.corrupts()
+        !self.loses()
+            && self.duplicate.0 == 0.0
+            && !self.shape.is_some()
+            && self.hold.is_none()
+            && !self.corrupts()
     }
 
     /// Does the rule corrupt packets (`corrupt` above 0)? Such a rule is applied at tc, and
     /// meets wire packets there (one bit of one packet on the wire, not of a GSO aggregate).
     pub fn corrupts(&self) -> bool {
         self.corrupt.0 > 0.0
+    }
+
+    /// Does the rule stamp departure times that an fq queue must honour (delay, jitter, rate,
+    /// a hold, or late duplicates)?
+    pub fn needs_fq(&self) -> bool {
+        self.shape.is_some() || self.hold.is_some() || self.late_duplicates()
+    }
+
+    /// Are the rule's duplicates sent later than their originals?
+    pub fn late_duplicates(&self) -> bool {
+        self.duplicate.0 > 0.0 && self.duplicate_delay.is_some()
+    }
+
+    /// The latest departure after now that the rule may stamp, beyond its hold: the longest
+    /// delay (jitter's worst case), plus the copies' delay.
+    pub fn max_stamp_ns(&self) -> u64 {
+        self.shape.model().max_ns()
+            + self
+                .duplicate_delay
+                .filter(|_| self.late_duplicates())
+                .map_or(0, |d| d.as_nanos() as u64)
     }
 
     /// The drop probability the data path applies: `--reject` alone (no `drop`, no
@@ -146,6 +191,8 @@ impl Actions {
             "reject_rate" => self.reject_rate = Some(parsed(path, v)?),
             "corrupt" => self.corrupt = prob(path, v)?,
             "corrupt_checksum" => self.corrupt_checksum = Some(parsed(path, v)?),
+            "hold" => self.hold = Some(duration(path, v)?),
+            "duplicate_delay" => self.duplicate_delay = Some(duration(path, v)?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -177,6 +224,7 @@ impl Actions {
             ));
         }
         self.shape.validate()?;
+        hold::validate(self)?;
         burst::validate(self.drop, self.burst, self.gemodel, self.burst_scope)
     }
 
@@ -225,6 +273,12 @@ impl Actions {
         if let Some(c) = self.corrupt_checksum {
             m.insert("corrupt_checksum".into(), json!(c.to_string()));
         }
+        if let Some(d) = self.hold {
+            m.insert("hold".into(), json!(dur(d)));
+        }
+        if let Some(d) = self.duplicate_delay {
+            m.insert("duplicate_delay".into(), json!(dur(d)));
+        }
         m
     }
 }
@@ -271,6 +325,8 @@ reject = "icmp-host"
 reject_rate = "10/s,burst=5"
 corrupt = "2%"
 corrupt_checksum = "good"
+hold = "2s"
+duplicate_delay = "100ms"
 "#;
         let t: toml::Table = text.parse().unwrap();
         let mut a = Actions::default();

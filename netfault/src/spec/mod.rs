@@ -8,6 +8,7 @@ pub mod actions;
 pub mod burst;
 pub mod corrupt;
 pub mod dist;
+pub mod hold;
 pub mod protection;
 pub mod reject;
 pub mod ruleset;
@@ -470,7 +471,7 @@ impl Shape {
 }
 
 /// `Option<Duration>` as a humantime string (`"50ms"`) in state files.
-mod humantime_serde_opt {
+pub(crate) mod humantime_serde_opt {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -613,10 +614,11 @@ impl RuleSpec {
                 ));
             }
             self.act.validate()?;
+            hold::validate_dir(&self.act, self.dir)?;
             if self.act.is_empty() {
                 return Err(SpecError::new(
                     "action",
-                    "give --drop, --gemodel, --duplicate, --delay, --rate, --reject or --corrupt (a rule with no action would only count)",
+                    "give --drop, --gemodel, --duplicate, --delay, --rate, --hold, --reject or --corrupt (a rule with no action would only count)",
                 ));
             }
         }

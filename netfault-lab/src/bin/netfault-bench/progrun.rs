@@ -185,6 +185,7 @@ pub fn publish_at(maps: &mut Maps, specs: Vec<RuleSpec>) -> Result<(usize, u32, 
         .enumerate()
         .map(|(i, spec)| RuleEntry {
             expires_mono_ns: pipeline::expiry(spec.kind, Ttl::default(), now),
+            hold_until_mono_ns: pipeline::hold_end(&spec, now),
             spec,
             slot: i as u32,
             seq: i as u64,

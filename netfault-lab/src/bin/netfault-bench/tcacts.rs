@@ -10,7 +10,7 @@
 //! ingress: at egress their packets first take the segmenting detour (marked, then drawn when
 //! they come back from the IFB device, see `act.rs`), which a test run cannot follow; the draw
 //! itself is the same code at either hook. After every run the rule's counters must have risen by exactly the
-//! iterations in the way the action says (dropped, duplicated, delayed, rejected, corrupted): a figure
+//! iterations in the way the action says (dropped, duplicated, delayed, rejected, corrupted, held): a figure
 //! for a path other than the action's is refused.
 use std::path::Path;
 
@@ -54,6 +54,10 @@ enum Moves {
     Rejected,
     /// One payload bit flipped per iteration.
     Corrupted,
+    /// Duplicated, the copy given a later departure than its original.
+    DuplicatedLate,
+    /// Given the hold's end as its departure.
+    Held,
 }
 
 struct Case {
@@ -157,6 +161,20 @@ const CASES: &[Case] = &[
         matching: true,
         moves: Moves::Duplicated,
     },
+    Case {
+        hook: Hook::Egress,
+        action: "duplicate 100%, copy 50ms late",
+        keys: "duplicate = 1\nduplicate_delay = \"50ms\"",
+        matching: true,
+        moves: Moves::DuplicatedLate,
+    },
+    Case {
+        hook: Hook::Egress,
+        action: "hold 60s (in its window)",
+        keys: "hold = \"60s\"",
+        matching: true,
+        moves: Moves::Held,
+    },
 ];
 
 pub struct ActRow {
@@ -199,6 +217,8 @@ fn moved(moves: Moves, before: &Counters, after: &Counters, n: u64) -> Result<()
         Moves::Delayed => d(|c| c.delayed) == n,
         Moves::Rejected => d(|c| c.rejected) == n,
         Moves::Corrupted => d(|c| c.corrupted) == n,
+        Moves::DuplicatedLate => d(|c| c.duplicated) == n && d(|c| c.dup_delayed) == n,
+        Moves::Held => d(|c| c.held) == n,
     };
     ensure!(
         ok,

@@ -59,7 +59,7 @@ fn queue_needs(
                 .iter()
                 .filter(|r| r.live(now))
                 .map(|r| &r.spec)
-                .filter(|s| s.kind == Kind::Rule && s.act.shape.is_some())
+                .filter(|s| s.kind == Kind::Rule && s.act.needs_fq())
                 .filter(|s| s.iface.as_ref().is_none_or(|i| i == iface))
                 .filter(|s| s.dir.includes(ingress))
                 .collect();
@@ -70,7 +70,7 @@ fn queue_needs(
             let max_delay_ns = rules
                 .iter()
                 .map(|s| {
-                    s.act.shape.model().max_ns()
+                    s.act.max_stamp_ns()
                         + s.act
                             .shape
                             .rate
@@ -78,6 +78,7 @@ fn queue_needs(
                 })
                 .max()
                 .unwrap_or(0);
+            let hold = rules.iter().filter_map(|s| s.act.hold).max();
             let paced: Option<u64> = rules
                 .iter()
                 .map(|s| s.act.shape.rate.map(|r| r.bytes_per_sec * 8))
@@ -99,6 +100,7 @@ fn queue_needs(
                 ingress,
                 need: qdisc::Need {
                     max_delay: Duration::from_nanos(max_delay_ns),
+                    hold: hold.unwrap_or_default(),
                     rate_bits,
                     rate_source,
                     mtu,
@@ -304,6 +306,7 @@ mod tests {
             slot: 0,
             seq: 0,
             expires_mono_ns: 0,
+            hold_until_mono_ns: 0,
         }
     }
 
@@ -352,6 +355,28 @@ mod tests {
             "{:?}",
             p[0]
         );
+    }
+
+    /// A hold is sized as far as memory allows and never refused for it (fq drops what comes
+    /// beyond its limit: README); its horizon reaches past the hold. A late duplicate's delay
+    /// counts as a delay.
+    #[test]
+    fn plan_sizes_holds_within_memory_and_late_copies_as_delays() {
+        let devs = vec![("eth0".to_string(), 2)];
+        let mut held = rule("held", Direction::Egress, 0, None);
+        held.spec.act.shape.delay = None;
+        held.spec.act.hold = Some(Duration::from_secs(30));
+        let p = plan(&devs, &[held], 0, |_| (1500, Some(10_000_000_000)), GIB).unwrap();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].size.horizon_us, 31_000_000);
+        let most = (GIB / qdisc::MEM_SHARE / qdisc::per_packet_bytes(1500)) as u32;
+        assert_eq!(p[0].size.limit, most, "{:?}", p[0]);
+        let mut late = rule("late", Direction::Egress, 0, None);
+        late.spec.act.shape.delay = None;
+        late.spec.act.duplicate = crate::spec::Prob(1.0);
+        late.spec.act.duplicate_delay = Some(Duration::from_secs(12));
+        let p = plan(&devs, &[late], 0, |_| (1500, Some(1_000_000)), GIB).unwrap();
+        assert_eq!(p[0].size.horizon_us, 13_000_000);
     }
 
     #[test]

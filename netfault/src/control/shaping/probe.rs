@@ -102,6 +102,7 @@ fn probe_here() -> Result<bool> {
         slot: 0,
         seq: 0,
         expires_mono_ns: 0,
+        hold_until_mono_ns: 0,
     }];
     let (compiled, values) = pipeline::compile(&pipeline::ordered(&rules), |_| 0)?;
     maps.publish_set(&compiled, &values)?;
