@@ -74,7 +74,7 @@ impl Dp {
             ifindex: None,
         }])
         .unwrap();
-        let mut v = rule_value(rule, 0);
+        let mut v = rule_value(rule, 0, 0);
         edit(&mut v);
         self.maps.publish_set(&c, &[(0, v)]).unwrap();
     }

@@ -1237,7 +1237,7 @@ mod tests {
         let mut r = rule("c");
         r.act = Actions::default();
         r.act.corrupt = crate::spec::Prob(0.25);
-        let v = rule_value(&r, 0);
+        let v = rule_value(&r, 0, 0);
         let want = RULE_NEEDS_SKB | RULE_CORRUPT | RULE_SEGMENT;
         assert_eq!(v.flags & want, want);
         assert_eq!(v.corrupt_thresh, crate::spec::Prob(0.25).threshold());
@@ -1246,13 +1246,13 @@ mod tests {
         assert!(compile_specs(&[r.clone()]).config_flags & CFG_INGRESS_TC != 0);
         r.act.corrupt = crate::spec::Prob(1.0);
         r.act.corrupt_checksum = Some(crate::spec::CorruptChecksum::Good);
-        let v = rule_value(&r, 0);
+        let v = rule_value(&r, 0, 0);
         assert_eq!(v.corrupt_thresh, PROB_ALWAYS);
         assert_eq!(v.corrupt_mode, netfault_common::CORRUPT_GOOD);
         // No corruption: no flag, no threshold (the data path's cheap path stays as it was).
         let mut d = rule("d");
         d.act.drop = crate::spec::Prob(0.5);
-        let v = rule_value(&d, 0);
+        let v = rule_value(&d, 0, 0);
         assert_eq!((v.flags & RULE_CORRUPT, v.corrupt_thresh), (0, 0));
     }
 
