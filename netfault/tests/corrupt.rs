@@ -66,10 +66,7 @@ fn add<'a>(
         Side::SenderEgress => (a, "egress"),
         Side::ReceiverIngress => (b, "ingress"),
     };
-    attach(lab, nf, h);
-    let mut all = vec!["rule", "add", "c", "--dir", dir];
-    all.extend_from_slice(args);
-    run(nf, h, &all);
+    attach_and_add(lab, nf, h, "c", dir, args);
     h
 }
 

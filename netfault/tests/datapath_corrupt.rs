@@ -1,6 +1,6 @@
 //! Corruption through BPF_PROG_TEST_RUN: crafted frames in, the frame after the program out,
 //! compared bit for bit with what went in and its transport checksum recomputed here
-//! (datapath_reject.rs has the harness this one copies, so each file stands alone). A test
+//! (the harness: tests/common/testrun.rs). A test
 //! run's skb has CHECKSUM_NONE (the full checksum in the field); a checksum the device
 //! completes later (CHECKSUM_PARTIAL) is tested end to end (tests/corrupt.rs).
 #![allow(
@@ -12,119 +12,15 @@ mod common;
 
 use std::net::IpAddr;
 
-use aya::{
-    Ebpf,
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
-};
-use common::{Lab, PREFIX};
-use netfault::{
-    compile::{Input, compile, rule_value},
-    dataplane::{self as kernel, Maps},
-    spec::{Actions, CorruptChecksum, Kind, Prob, RuleSpec, parse_net},
-};
-use netfault_common::{Counters, RULE_CORRUPT, RuleValue};
+use common::testrun::{self, Dp, IN, OUT, Run, TCX_NEXT, XDP_PASS, csum, octets, pseudo, v4, v6};
+use netfault::spec::{Actions, CorruptChecksum, Kind, Prob, RuleSpec, parse_net};
+use netfault_common::RULE_CORRUPT;
 use netfault_lab::lab::{Z_ALPHA_1E4, wilson_interval};
 
-const XDP_PASS: u32 = 2;
-const TCX_NEXT: u32 = u32::MAX;
-const IN: &str = "nf_tc_ingress";
-const OUT: &str = "nf_tc_egress";
-const SKB_CTX_LEN: usize = 192;
-
-struct Dp {
-    ebpf: Ebpf,
-    maps: Maps,
-    _lab: Lab,
-}
-
-struct Run {
-    verdict: u32,
-    frame: Vec<u8>,
-}
-
-impl Dp {
-    fn new() -> Dp {
-        let mut lab = Lab::new(PREFIX).expect("lab");
-        let ns = lab.netns("dp").expect("netns");
-        lab.enter(&ns).expect("enter the namespace");
-        let pins = lab.pin_dir("dp").expect("pin directory");
-        let mut ebpf = kernel::load(&pins).unwrap();
-        let maps = Maps::take(&mut ebpf).unwrap();
-        for name in ["nf_xdp_ingress", OUT, IN] {
-            match ebpf.program_mut(name).unwrap() {
-                aya::programs::Program::Xdp(x) => x.load().unwrap(),
-                aya::programs::Program::SchedClassifier(c) => c.load().unwrap(),
-                _ => unreachable!(),
-            }
-        }
-        Dp {
-            ebpf,
-            maps,
-            _lab: lab,
-        }
-    }
-
-    /// Publishes `rule` in slot 0 with fresh counters, its value changed by `edit` (to reach
-    /// values `rule_value` never gives).
-    fn set_with(&mut self, rule: &RuleSpec, edit: impl Fn(&mut RuleValue)) {
-        self.maps.reset_counters(0).unwrap();
-        let c = compile(&[Input {
-            slot: 0,
-            spec: rule,
-            ifindex: None,
-        }])
-        .unwrap();
-        let mut v = rule_value(rule, 0, 0);
-        edit(&mut v);
-        self.maps.publish_set(&c, &[(0, v)]).unwrap();
-    }
-
-    fn set(&mut self, rule: &RuleSpec) {
-        self.set_with(rule, |_| {});
-    }
-
-    /// One packet through `prog`. At egress a corrupting rule first marks a packet for the
-    /// segmenting detour and acts when it comes back: two runs on one skb.
-    fn tc(&self, prog: &str, pkt: &[u8]) -> Run {
-        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
-        let ctx = [0u8; SKB_CTX_LEN];
-        let mut ctx_out = [0u8; SKB_CTX_LEN];
-        let mut out = vec![0u8; 4096];
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(pkt),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ctx_out: Some(&mut ctx_out),
-                repeat: if prog == OUT { 2 } else { 1 },
-                ..Default::default()
-            })
-            .unwrap();
-        out.truncate(r.data_size_out as usize);
-        Run {
-            verdict: r.return_value,
-            frame: out,
-        }
-    }
-
-    fn xdp(&self, pkt: &[u8]) -> u32 {
-        let p: &Xdp = self
-            .ebpf
-            .program("nf_xdp_ingress")
-            .unwrap()
-            .try_into()
-            .unwrap();
-        p.test_run(TestRunOptions {
-            data_in: Some(pkt),
-            ..Default::default()
-        })
-        .unwrap()
-        .return_value
-    }
-
-    fn counters(&self) -> Counters {
-        self.maps.counters(0).unwrap()
-    }
+/// One packet through `prog`. At egress a corrupting rule first marks a packet for the
+/// segmenting detour and acts when it comes back: two runs on one skb.
+fn tc(dp: &Dp, prog: &str, pkt: &[u8]) -> Run {
+    dp.tc_runs(prog, pkt, 0, if prog == OUT { 2 } else { 1 })
 }
 
 fn corrupt_rule(src: &str, p: f64, checksum: CorruptChecksum) -> RuleSpec {
@@ -145,19 +41,6 @@ fn corrupt_rule(src: &str, p: f64, checksum: CorruptChecksum) -> RuleSpec {
 
 // ---- frames ----
 
-fn v4() -> (IpAddr, IpAddr) {
-    (
-        "192.0.2.1".parse().unwrap(),
-        "198.51.100.2".parse().unwrap(),
-    )
-}
-fn v6() -> (IpAddr, IpAddr) {
-    (
-        "2001:db8::1".parse().unwrap(),
-        "2001:db8:1::2".parse().unwrap(),
-    )
-}
-
 const UDP: u8 = 17;
 const TCP: u8 = 6;
 const ETH: usize = 14;
@@ -173,45 +56,16 @@ fn frame(
     zero_udp: bool,
     pad: usize,
 ) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
     let at = if proto == UDP { 6 } else { 16 };
     l4[at..at + 2].copy_from_slice(&[0, 0]);
-    let (s, d) = (octets(src), octets(dst));
-    let c = csum(&l4, pseudo(&s, &d, proto, l4.len()));
+    let c = csum(&l4, pseudo(&octets(src), &octets(dst), proto, l4.len()));
     let c = if proto == UDP && c == 0 { 0xffff } else { c };
     if !zero_udp {
         l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
     }
-    match (src, dst) {
-        (IpAddr::V4(_), IpAddr::V4(_)) => {
-            f.extend_from_slice(&[0x08, 0x00]);
-            let mut h = vec![0x45, 0];
-            h.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-            h.extend_from_slice(&[0x12, 0x34, 0x40, 0, 63, proto, 0, 0]);
-            h.extend_from_slice(&s);
-            h.extend_from_slice(&d);
-            let c = csum(&h, 0);
-            h[10..12].copy_from_slice(&c.to_be_bytes());
-            f.extend_from_slice(&h);
-        }
-        _ => {
-            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
-            f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-            f.extend_from_slice(&[proto, 63]);
-            f.extend_from_slice(&s);
-            f.extend_from_slice(&d);
-        }
-    }
-    f.extend_from_slice(&l4);
+    let mut f = testrun::frame(src, dst, proto, &l4);
     f.extend(std::iter::repeat_n(0xee, pad));
     f
-}
-
-fn octets(a: IpAddr) -> Vec<u8> {
-    match a {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    }
 }
 
 /// A transport segment of `payload` bytes (a pattern, so a flip is never hidden by a repeat).
@@ -231,33 +85,6 @@ fn l4(proto: u8, payload: usize) -> Vec<u8> {
     }
     t.extend((0..payload).map(|i| (i * 7 + 3) as u8));
     t
-}
-
-/// The Internet checksum of `b` seeded with `acc`.
-fn csum(b: &[u8], mut acc: u64) -> u16 {
-    for c in b.chunks(2) {
-        acc += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
-}
-
-fn pseudo(src: &[u8], dst: &[u8], proto: u8, len: usize) -> u64 {
-    let mut p = Vec::new();
-    p.extend_from_slice(src);
-    p.extend_from_slice(dst);
-    if src.len() == 4 {
-        p.extend_from_slice(&[0, proto]);
-        p.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        p.extend_from_slice(&(len as u32).to_be_bytes());
-        p.extend_from_slice(&[0, 0, 0, proto]);
-    }
-    p.chunks(2)
-        .map(|c| u64::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum()
 }
 
 /// Where `f`'s transport header starts and its datagram ends.
@@ -360,7 +187,7 @@ fn every_packet_gets_one_bit_flipped_and_the_checksum_asked_for() {
     let mut dp = Dp::new();
     for (fam, (s, d), net) in [("v4", v4(), "192.0.2.0/24"), ("v6", v6(), "2001:db8::/64")] {
         for mode in [CorruptChecksum::Bad, CorruptChecksum::Good] {
-            dp.set(&corrupt_rule(net, 1.0, mode));
+            dp.set(&[corrupt_rule(net, 1.0, mode)]);
             let mut n = 0;
             for proto in [UDP, TCP] {
                 for payload in [1, 2, 37, 1000] {
@@ -368,7 +195,7 @@ fn every_packet_gets_one_bit_flipped_and_the_checksum_asked_for() {
                     assert!(checksum_holds(&pkt), "the test's own frame");
                     for prog in [IN, OUT] {
                         for _ in 0..8 {
-                            let r = dp.tc(prog, &pkt);
+                            let r = tc(&dp, prog, &pkt);
                             let at = format!("{fam} {proto} {mode} {prog} {payload}");
                             assert_eq!(r.verdict, TCX_NEXT, "{at}: passed on");
                             let bit = check_flip(&pkt, &r.frame, proto, mode);
@@ -378,7 +205,7 @@ fn every_packet_gets_one_bit_flipped_and_the_checksum_asked_for() {
                     }
                 }
             }
-            let c = dp.counters();
+            let c = dp.counters(0);
             assert_eq!(
                 (c.matched, c.passed, c.corrupted, c.dropped),
                 (n, n, n, 0),
@@ -395,18 +222,18 @@ fn every_packet_gets_one_bit_flipped_and_the_checksum_asked_for() {
 fn the_bit_is_drawn_over_the_whole_payload() {
     let mut dp = Dp::new();
     let (s, d) = v4();
-    dp.set(&corrupt_rule("192.0.2.0/24", 1.0, CorruptChecksum::Good));
+    dp.set(&[corrupt_rule("192.0.2.0/24", 1.0, CorruptChecksum::Good)]);
     let pkt = frame(s, d, UDP, l4(UDP, 4), false, 0);
     let mut hit = [0u32; 32];
     for _ in 0..2_000 {
-        let r = dp.tc(IN, &pkt);
+        let r = tc(&dp, IN, &pkt);
         hit[check_flip(&pkt, &r.frame, UDP, CorruptChecksum::Good)] += 1;
     }
     assert!(hit.iter().all(|&h| h > 0), "bits never hit: {hit:?}");
     let big = frame(s, d, TCP, l4(TCP, 1400), false, 0);
     let (mut first, mut last) = (0, 0);
     for _ in 0..500 {
-        let r = dp.tc(OUT, &big);
+        let r = tc(&dp, OUT, &big);
         let bit = check_flip(&big, &r.frame, TCP, CorruptChecksum::Good);
         first += u32::from(bit < 800);
         last += u32::from(bit >= 1300 * 8);
@@ -423,11 +250,11 @@ fn the_bit_is_drawn_over_the_whole_payload() {
 fn the_pad_of_a_short_frame_is_never_hit() {
     let mut dp = Dp::new();
     let (s, d) = v4();
-    dp.set(&corrupt_rule("192.0.2.0/24", 1.0, CorruptChecksum::Bad));
+    dp.set(&[corrupt_rule("192.0.2.0/24", 1.0, CorruptChecksum::Bad)]);
     let pkt = frame(s, d, UDP, l4(UDP, 1), false, 17);
     assert_eq!(pkt.len(), 60);
     for _ in 0..64 {
-        let r = dp.tc(IN, &pkt);
+        let r = tc(&dp, IN, &pkt);
         assert!(check_flip(&pkt, &r.frame, UDP, CorruptChecksum::Bad) < 8);
     }
 }
@@ -440,11 +267,11 @@ fn packets_without_payload_are_untouched_and_a_missing_udp_checksum_stays_missin
     let mut dp = Dp::new();
     let (s, d) = v4();
     for mode in [CorruptChecksum::Bad, CorruptChecksum::Good] {
-        dp.set(&corrupt_rule("192.0.2.0/24", 1.0, mode));
+        dp.set(&[corrupt_rule("192.0.2.0/24", 1.0, mode)]);
         for proto in [UDP, TCP] {
             let pkt = frame(s, d, proto, l4(proto, 0), false, 0);
             for prog in [IN, OUT] {
-                let r = dp.tc(prog, &pkt);
+                let r = tc(&dp, prog, &pkt);
                 assert_eq!(
                     (r.verdict, &r.frame),
                     (TCX_NEXT, &pkt),
@@ -452,10 +279,10 @@ fn packets_without_payload_are_untouched_and_a_missing_udp_checksum_stays_missin
                 );
             }
         }
-        let c = dp.counters();
+        let c = dp.counters(0);
         assert_eq!((c.matched, c.passed, c.corrupted), (4, 4, 0), "{c:?}");
         let none = frame(s, d, UDP, l4(UDP, 100), true, 0);
-        let r = dp.tc(OUT, &none);
+        let r = tc(&dp, OUT, &none);
         assert_eq!(
             diff_bits(&none, &r.frame).len(),
             1,
@@ -477,28 +304,28 @@ fn p0_never_flips_and_a_fraction_flips_within_its_interval() {
     let (s, d) = v6();
     let pkt = frame(s, d, UDP, l4(UDP, 64), false, 0);
     let rule = corrupt_rule("2001:db8::/64", 0.5, CorruptChecksum::Bad);
-    dp.set_with(&rule, |v| {
+    dp.set_with(std::slice::from_ref(&rule), |_, v| {
         assert_ne!(v.flags & RULE_CORRUPT, 0);
         v.corrupt_thresh = 0;
     });
     for prog in [IN, OUT] {
         for _ in 0..500 {
-            assert_eq!(dp.tc(prog, &pkt).frame, pkt, "p = 0 flipped a bit");
+            assert_eq!(tc(&dp, prog, &pkt).frame, pkt, "p = 0 flipped a bit");
         }
     }
-    assert_eq!(dp.counters().corrupted, 0);
+    assert_eq!(dp.counters(0).corrupted, 0);
     let p = 0.3;
-    dp.set(&corrupt_rule("2001:db8::/64", p, CorruptChecksum::Good));
+    dp.set(&[corrupt_rule("2001:db8::/64", p, CorruptChecksum::Good)]);
     let n = 20_000u64;
     let mut flipped = 0;
     for _ in 0..n {
-        let r = dp.tc(IN, &pkt);
+        let r = tc(&dp, IN, &pkt);
         if r.frame != pkt {
             check_flip(&pkt, &r.frame, UDP, CorruptChecksum::Good);
             flipped += 1;
         }
     }
-    let c = dp.counters();
+    let c = dp.counters(0);
     assert_eq!((c.matched, c.passed, c.corrupted), (n, n, flipped), "{c:?}");
     let (lo, hi) = wilson_interval(flipped, n, Z_ALPHA_1E4);
     assert!(
@@ -513,11 +340,11 @@ fn p0_never_flips_and_a_fraction_flips_within_its_interval() {
 fn xdp_passes_corrupting_rules_to_tc() {
     let mut dp = Dp::new();
     let (s, d) = v4();
-    dp.set(&corrupt_rule("192.0.2.0/24", 1.0, CorruptChecksum::Bad));
+    dp.set(&[corrupt_rule("192.0.2.0/24", 1.0, CorruptChecksum::Bad)]);
     let pkt = frame(s, d, TCP, l4(TCP, 10), false, 0);
     assert_eq!(dp.xdp(&pkt), XDP_PASS);
-    assert_eq!(dp.counters().matched, 0, "XDP counted nothing");
-    check_flip(&pkt, &dp.tc(IN, &pkt).frame, TCP, CorruptChecksum::Bad);
+    assert_eq!(dp.counters(0).matched, 0, "XDP counted nothing");
+    check_flip(&pkt, &tc(&dp, IN, &pkt).frame, TCP, CorruptChecksum::Bad);
     // Not matched: untouched.
     let other = frame(
         "203.0.113.1".parse().unwrap(),
@@ -527,6 +354,6 @@ fn xdp_passes_corrupting_rules_to_tc() {
         false,
         0,
     );
-    assert_eq!(dp.tc(IN, &other).frame, other);
-    assert_eq!(dp.counters().corrupted, 1);
+    assert_eq!(tc(&dp, IN, &other).frame, other);
+    assert_eq!(dp.counters(0).corrupted, 1);
 }

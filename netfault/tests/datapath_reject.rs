@@ -1,6 +1,5 @@
 //! Reject's replies through BPF_PROG_TEST_RUN: crafted frames in, the reply's bytes out, every
-//! field and checksum checked by recomputation here (datapath.rs has the general harness; this
-//! file keeps a small copy so reject's tests stand alone).
+//! field and checksum checked by recomputation here (the harness: tests/common/testrun.rs).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -8,140 +7,15 @@
 )]
 mod common;
 
-use std::net::IpAddr;
-
-use aya::{
-    Ebpf,
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+use common::testrun::{
+    Dp, IN, OUT, TC_ACT_REDIRECT, TC_ACT_SHOT, TCX_NEXT, XDP_PASS, csum, frame, pseudo, v4, v6,
 };
-use common::{Lab, PREFIX};
-use netfault::{
-    compile::{Input, compile, rule_value},
-    dataplane::{self as kernel, Maps},
-    spec::{Actions, Kind, Prob, RejectKind, RuleSpec, parse_net},
-};
+use netfault::spec::{Actions, Kind, Prob, RejectKind, RuleSpec, parse_net};
 use netfault_common::Counters;
 
-const XDP_PASS: u32 = 2;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
 /// An egress drop: a redirect to ifindex 0 (see datapath.rs).
 const EGRESS_LOST: u32 = TC_ACT_REDIRECT;
-const TCX_NEXT: u32 = u32::MAX;
-const IN: &str = "nf_tc_ingress";
-const OUT: &str = "nf_tc_egress";
-
-const SKB_CTX_LEN: usize = 192;
-const SKB_MARK: usize = 8;
-const SKB_GSO_SEGS: usize = 164;
 const CLONE_MARK: u32 = netfault_common::CLONE_MARK;
-
-struct Dp {
-    ebpf: Ebpf,
-    maps: Maps,
-    _lab: Lab,
-}
-
-/// What a run gave: the verdict, the frame after it, and the mark the program left.
-struct Run {
-    verdict: u32,
-    frame: Vec<u8>,
-    mark: u32,
-}
-
-impl Dp {
-    fn new() -> Dp {
-        let mut lab = Lab::new(PREFIX).expect("lab");
-        let ns = lab.netns("dp").expect("netns");
-        lab.enter(&ns).expect("enter the namespace");
-        let pins = lab.pin_dir("dp").expect("pin directory");
-        let mut ebpf = kernel::load(&pins).unwrap();
-        let maps = Maps::take(&mut ebpf).unwrap();
-        for name in ["nf_xdp_ingress", OUT, IN] {
-            match ebpf.program_mut(name).unwrap() {
-                aya::programs::Program::Xdp(x) => x.load().unwrap(),
-                aya::programs::Program::SchedClassifier(c) => c.load().unwrap(),
-                _ => unreachable!(),
-            }
-        }
-        Dp {
-            ebpf,
-            maps,
-            _lab: lab,
-        }
-    }
-
-    /// Publishes `rules` in slots 0.. with fresh counters and reply pacing.
-    fn set(&mut self, rules: &[RuleSpec]) {
-        for i in 0..rules.len() as u32 {
-            self.maps.reset_counters(i).unwrap();
-        }
-        let inputs: Vec<Input<'_>> = rules
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Input {
-                slot: i as u32,
-                spec: s,
-                ifindex: None,
-            })
-            .collect();
-        let c = compile(&inputs).unwrap();
-        let values: Vec<_> = rules
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (i as u32, rule_value(s, 0, 0)))
-            .collect();
-        self.maps.publish_set(&c, &values).unwrap();
-    }
-
-    fn tc(&self, prog: &str, pkt: &[u8], gso_segs: u32) -> Run {
-        self.tc_runs(prog, pkt, gso_segs, 1)
-    }
-
-    /// `repeat` runs on one skb: what a run leaves in it (the segmentation mark) the next sees.
-    fn tc_runs(&self, prog: &str, pkt: &[u8], gso_segs: u32, repeat: u32) -> Run {
-        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
-        let mut ctx = [0u8; SKB_CTX_LEN];
-        ctx[SKB_GSO_SEGS..SKB_GSO_SEGS + 4].copy_from_slice(&gso_segs.to_ne_bytes());
-        let mut ctx_out = [0u8; SKB_CTX_LEN];
-        let mut out = vec![0u8; 4096];
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(pkt),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ctx_out: Some(&mut ctx_out),
-                repeat,
-                ..Default::default()
-            })
-            .unwrap();
-        out.truncate(r.data_size_out as usize);
-        Run {
-            verdict: r.return_value,
-            frame: out,
-            mark: u32::from_ne_bytes(ctx_out[SKB_MARK..SKB_MARK + 4].try_into().unwrap()),
-        }
-    }
-
-    fn xdp(&self, pkt: &[u8]) -> u32 {
-        let p: &Xdp = self
-            .ebpf
-            .program("nf_xdp_ingress")
-            .unwrap()
-            .try_into()
-            .unwrap();
-        p.test_run(TestRunOptions {
-            data_in: Some(pkt),
-            ..Default::default()
-        })
-        .unwrap()
-        .return_value
-    }
-
-    fn counters(&self, slot: u32) -> Counters {
-        self.maps.counters(slot).unwrap()
-    }
-}
 
 fn reject_rule(kind: RejectKind) -> RuleSpec {
     RuleSpec {
@@ -163,53 +37,6 @@ fn reject_rule6(kind: RejectKind) -> RuleSpec {
 }
 
 // ---- frames ----
-
-const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
-const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
-
-fn v4() -> (IpAddr, IpAddr) {
-    (
-        "192.0.2.1".parse().unwrap(),
-        "198.51.100.2".parse().unwrap(),
-    )
-}
-fn v6() -> (IpAddr, IpAddr) {
-    (
-        "2001:db8::1".parse().unwrap(),
-        "2001:db8:1::2".parse().unwrap(),
-    )
-}
-
-/// An Ethernet frame carrying `l4` (protocol `proto`) from `src` to `dst`.
-fn frame(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&DST_MAC);
-    f.extend_from_slice(&SRC_MAC);
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            f.extend_from_slice(&[0x08, 0x00]);
-            let total = (20 + l4.len()) as u16;
-            let mut h = vec![0x45, 0];
-            h.extend_from_slice(&total.to_be_bytes());
-            h.extend_from_slice(&[0x12, 0x34, 0x40, 0, 63, proto, 0, 0]);
-            h.extend_from_slice(&s.octets());
-            h.extend_from_slice(&d.octets());
-            let c = csum(&h, 0);
-            h[10..12].copy_from_slice(&c.to_be_bytes());
-            f.extend_from_slice(&h);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
-            f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-            f.extend_from_slice(&[proto, 63]);
-            f.extend_from_slice(&s.octets());
-            f.extend_from_slice(&d.octets());
-        }
-        _ => panic!("mixed families"),
-    }
-    f.extend_from_slice(l4);
-    f
-}
 
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
@@ -240,33 +67,6 @@ fn udp(payload: usize) -> Vec<u8> {
 }
 
 // ---- checks ----
-
-/// The Internet checksum of `b` seeded with `acc` (already folded or not).
-fn csum(b: &[u8], mut acc: u64) -> u16 {
-    for c in b.chunks(2) {
-        acc += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
-}
-
-fn pseudo(src: &[u8], dst: &[u8], proto: u8, len: usize) -> u64 {
-    let mut p = Vec::new();
-    p.extend_from_slice(src);
-    p.extend_from_slice(dst);
-    if src.len() == 4 {
-        p.extend_from_slice(&[0, proto]);
-        p.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        p.extend_from_slice(&(len as u32).to_be_bytes());
-        p.extend_from_slice(&[0, 0, 0, proto]);
-    }
-    p.chunks(2)
-        .map(|c| u64::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum()
-}
 
 /// The reply's transport part, after checking its Ethernet and IP headers against the
 /// original `orig` (addresses swapped) and its transport checksum.

@@ -87,10 +87,7 @@ fn add<'a>(
         Side::ServerIngress => (b, "ingress"),
         Side::ClientEgress => (a, "egress"),
     };
-    attach(lab, nf, h);
-    let mut all = vec!["rule", "add", "rej", "--dir", dir];
-    all.extend_from_slice(args);
-    run(nf, h, &all);
+    attach_and_add(lab, nf, h, "rej", dir, args);
     h
 }
 

@@ -21,6 +21,8 @@ use std::{
 };
 
 pub use netfault_lab::lab::{Host, Lab, Netfault, TcpEcho, TcpOutcome, UdpBurst, UdpReport};
+
+pub mod testrun;
 use netfault_lab::{
     cluster,
     lab::{self, Counters},
@@ -84,6 +86,21 @@ pub fn warm(a: &Host, b: &Host) {
 
 pub fn attach(lab: &mut Lab, nf: &Netfault, h: &Host) {
     nf.attach(lab, &h.ns, &h.iface).expect("attach");
+}
+
+/// Attaches `h` and adds `rule add NAME --dir DIR ARGS..` there.
+pub fn attach_and_add(
+    lab: &mut Lab,
+    nf: &Netfault,
+    h: &Host,
+    name: &str,
+    dir: &str,
+    args: &[&str],
+) {
+    attach(lab, nf, h);
+    let mut all = vec!["rule", "add", name, "--dir", dir];
+    all.extend_from_slice(args);
+    run(nf, h, &all);
 }
 
 /// `netfault --netns <host> args...`, which must succeed.
