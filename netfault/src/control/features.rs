@@ -212,18 +212,7 @@ fn tune_inner(
             change.segment = Some(segment::ensure(&iface, ifindex, segment_prog)?);
         }
         if need.ingress && have.as_ref().is_none_or(|t| t.features_off.is_empty()) {
-            let f = netlink::features(&iface)?;
-            let off: Vec<&str> = GRO_FEATURES
-                .iter()
-                .copied()
-                .filter(|n| f.wanted.contains(*n) && f.changeable.contains(*n))
-                .filter(|n| !f.fixed.contains(*n))
-                .collect();
-            if !off.is_empty() {
-                let changes: Vec<(&str, bool)> = off.iter().map(|n| (*n, false)).collect();
-                netlink::set_features(&iface, &changes)?;
-                change.features_off = off.into_iter().map(str::to_owned).collect();
-            }
+            change.features_off = turn_off(&iface, &GRO_FEATURES)?;
         }
         if need.csum && have.as_ref().is_none_or(|t| t.csum_off.is_empty()) {
             change.csum_off = turn_off(&iface, &TX_CSUM_FEATURES)?;
