@@ -106,10 +106,26 @@ impl Record {
             .unwrap_or_default()
     }
 
-    /// Writes the record (its expired faults left out) atomically.
+    /// Writes the record (its expired faults left out) atomically. A record with nothing live
+    /// is no file at all: its file goes, and the directory with the last one, so a cluster
+    /// healed (or whose faults ended) leaves nothing behind.
     pub fn store(&mut self, path: &Path) -> std::io::Result<()> {
         let now = SystemTime::now();
         self.faults.retain(|f| f.live(now));
+        if self.faults.is_empty() {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::remove_dir(dir); // refused while another record is there
+                // Root's records sit in /run/netfault, which goes too once nothing uses it.
+                if dir == Path::new(DIR) {
+                    let _ = std::fs::remove_dir(crate::control::state::RUN_ROOT);
+                }
+            }
+            return Ok(());
+        }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -200,8 +216,18 @@ mod tests {
         ));
         r.store(&p).unwrap();
         assert_eq!(Record::load(&p), r);
-        std::fs::remove_dir_all(&dir).unwrap();
+        // Another cluster's record beside it stays; the last one takes the directory along.
+        let mut other = r.clone();
+        let q = dir.join("y.json");
+        other.store(&q).unwrap();
+        r.heal(&[]);
+        r.store(&p).unwrap();
+        assert!(!p.exists(), "an empty record left its file");
         assert_eq!(Record::load(&p), Record::default());
+        assert_eq!(Record::load(&q), other);
+        other.heal(&[]);
+        other.store(&q).unwrap();
+        assert!(!dir.exists(), "the directory stayed after the last record");
         assert_ne!(
             path_for(Path::new("/a.toml")),
             path_for(Path::new("/b.toml"))
