@@ -7,7 +7,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
-    programs::{Program, ProgramFd, SchedClassifier},
+    programs::{Program, ProgramError, ProgramFd, SchedClassifier},
 };
 use netfault_common::{DistTable, maps as names};
 
@@ -73,6 +73,19 @@ pub fn segment_program(ebpf: &mut Ebpf) -> Result<ProgramFd> {
         .map_err(io_err(format!("duplicate the fd of {name}")))
 }
 
+/// Loads (the kernel verifies) `prog` unless it is loaded already. netfault's programs are XDP
+/// and tc classifiers; a program of any other kind is left as it is.
+pub fn ensure_loaded(prog: &mut Program) -> std::result::Result<(), ProgramError> {
+    if prog.fd().is_ok() {
+        return Ok(());
+    }
+    match prog {
+        Program::Xdp(p) => p.load(),
+        Program::SchedClassifier(p) => p.load(),
+        _ => Ok(()),
+    }
+}
+
 /// Loads every program `attach` uses or pins (XDP, tc ingress and egress, the segmenting
 /// classifier) at once, one thread each: the kernel verifies each in the loading thread, so on
 /// a machine with more than one CPU `attach` waits for the longest verification, not their sum.
@@ -92,11 +105,7 @@ pub fn verify_programs(ebpf: &mut Ebpf) -> Result<()> {
         let running: Vec<_> = todo
             .into_iter()
             .map(|(name, prog)| {
-                let job = scope.spawn(move || match prog {
-                    Program::Xdp(p) => p.load(),
-                    Program::SchedClassifier(p) => p.load(),
-                    _ => Ok(()),
-                });
+                let job = scope.spawn(move || ensure_loaded(prog));
                 (name, job)
             })
             .collect();
@@ -128,12 +137,7 @@ pub fn pin_programs(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
             what: format!("program {name}"),
             source: io::ErrorKind::NotFound.into(),
         })?;
-        match prog {
-            Program::Xdp(p) if p.fd().is_err() => p.load(),
-            Program::SchedClassifier(p) if p.fd().is_err() => p.load(),
-            _ => Ok(()),
-        }
-        .map_err(ebpf_err(format!("load {name} (verifier)")))?;
+        ensure_loaded(prog).map_err(ebpf_err(format!("load {name} (verifier)")))?;
         let path = dir.join(file);
         // A pin left by an earlier attach of this state holds the same object's program.
         let _ = std::fs::remove_file(&path);

@@ -206,14 +206,7 @@ where
     let prog = ebpf
         .program_mut(name)
         .with_context(|| format!("no program {name}"))?;
-    if prog.fd().is_err() {
-        match prog {
-            Program::Xdp(p) => p.load(),
-            Program::SchedClassifier(p) => p.load(),
-            _ => bail!("{name} is neither an XDP nor a tc program"),
-        }
-        .with_context(|| format!("load {name}"))?;
-    }
+    kernel::ensure_loaded(prog).with_context(|| format!("load {name}"))?;
     prog.try_into()
         .with_context(|| format!("{name} is not of the kind the bench needs"))
 }
