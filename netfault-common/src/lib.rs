@@ -546,7 +546,13 @@ pub struct Config {
     /// Controller-side fingerprint of each generation's content; 0: unknown. Lets a flip back to
     /// a set that is already in the other buffer skip the rewrite (and its grace period).
     pub digest: [u64; 2],
-    pub _reserved: [u64; 2],
+    /// Controller only (no program reads it): 1 from a flip until the grace period after it
+    /// has passed, so programs may still be reading the retired generation; 0 (as the kernel
+    /// creates the map) once none can. A change waits before rewriting the retired generation
+    /// only while this is 1 (its predecessor ended between its flip and its grace).
+    pub unsettled: u32,
+    pub _pad: u32,
+    pub _reserved: [u64; 1],
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 48);
 

@@ -431,6 +431,49 @@ fn first_match_wins() {
     assert_eq!(dp.counters(1).matched, 0);
 }
 
+/// A change waits for its grace period after its flip, so the next change rewrites the retired
+/// generation at once and is on the wire without waiting; only after a change that ended
+/// between its flip and its grace (killed) does the next one wait first.
+#[test]
+fn a_change_settles_the_retired_generation_after_its_flip() {
+    let mut dp = Dp::new();
+    let mut a = rule("drop-a");
+    a.src = vec![net("192.0.2.7")];
+    let mut b = rule("drop-b");
+    b.src = vec![net("192.0.2.8")];
+    let (pa, pb) = (
+        udp("192.0.2.7", "192.0.2.2", 1, 2).bytes(),
+        udp("192.0.2.8", "192.0.2.2", 1, 2).bytes(),
+    );
+    for set in [vec![a.clone()], vec![b.clone()], vec![a.clone(), b.clone()]] {
+        dp.set(&set);
+        assert_eq!(dp.maps.config().unwrap().unsettled, 0, "left unsettled");
+    }
+    assert_eq!(
+        dp.maps.waits_before_flip(),
+        0,
+        "a change after a settled one waited before its flip"
+    );
+    assert_eq!(dp.xdp(&pa, 1), XDP_DROP);
+    assert_eq!(dp.xdp(&pb, 1), XDP_DROP);
+    // As if the last change had been killed between its flip and its grace period.
+    let mut cfg = dp.maps.config().unwrap();
+    cfg.unsettled = 1;
+    dp.maps.config.set(0, &cfg, 0).unwrap();
+    // A set the retired generation does not hold yet (it holds [b], which would not be rewritten).
+    let mut c = rule("drop-c");
+    c.src = vec![net("192.0.2.9")];
+    dp.set(&[b, c]);
+    assert_eq!(
+        dp.maps.waits_before_flip(),
+        1,
+        "an unsettled generation was rewritten at once"
+    );
+    assert_eq!(dp.maps.config().unwrap().unsettled, 0);
+    assert_eq!(dp.xdp(&pa, 1), XDP_PASS);
+    assert_eq!(dp.xdp(&pb, 1), XDP_DROP);
+}
+
 #[test]
 fn v4_v6_vlan_options_and_extension_headers() {
     let mut dp = Dp::new();

@@ -26,6 +26,21 @@ use crate::{
 /// (`500ms`, `1m`) overrides it.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 
+/// Whether this open of a fan-out sweeps: none has in the last second in this process, and
+/// none is sweeping now (that one's sweep serves this open too).
+fn sweep_due() -> bool {
+    use std::{sync::Mutex, time::Instant};
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    let Ok(mut last) = LAST.try_lock() else {
+        return false;
+    };
+    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    true
+}
+
 fn lock_wait() -> Duration {
     std::env::var("NETFAULT_LOCK_WAIT")
         .ok()
@@ -83,11 +98,25 @@ impl Ctl {
     /// Locks the current namespace's state. Call after entering the namespace. `netns_name`
     /// (`--netns NAME`) is only shown: the state is the namespace's however it was reached.
     pub fn open(netns_name: Option<&str>) -> Result<Self> {
+        Self::open_with(netns_name, false)
+    }
+
+    /// [`Ctl::open`] for a process that opens many namespaces' states at once (a cluster's
+    /// netns nodes, each on a thread): the states of namespaces that are gone are swept by the
+    /// first open, and again at most once a second, instead of by every node (which read every
+    /// other node's state: N² reads per cluster change).
+    pub fn open_in_fanout(netns_name: Option<&str>) -> Result<Self> {
+        Self::open_with(netns_name, true)
+    }
+
+    fn open_with(netns_name: Option<&str>, shared_sweep: bool) -> Result<Self> {
         check_privileges()?;
         let bpffs = kernel::ensure_bpffs()?;
         let key = netns::state_key().map_err(Error::NetnsIdentity)?;
-        for gone in super::others::sweep_gone(&key) {
-            log::info!("{gone}");
+        if !shared_sweep || sweep_due() {
+            for gone in super::others::sweep_gone(&key) {
+                log::info!("{gone}");
+            }
         }
         let name = netns::display_name(netns_name);
         let lock = Locked::acquire(Paths::new(&key), lock_wait())?;

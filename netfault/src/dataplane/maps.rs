@@ -67,6 +67,7 @@ pub struct Maps {
     /// Gilbert-Elliott state per rule slot (`--burst-scope rule`).
     pub burst_rule: Array<MapData, BurstState>,
     grace: super::grace::Grace,
+    waits_before_flip: u32,
 }
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(m: Map, name: &str) -> Result<T> {
@@ -109,6 +110,7 @@ impl Maps {
             reject: typed(get(names::REJECT)?, names::REJECT)?,
             burst_rule: typed(get(names::BURST_RULE)?, names::BURST_RULE)?,
             grace: super::grace::Grace::new().map_err(io_err("grace map"))?,
+            waits_before_flip: 0,
         })
     }
 
@@ -119,11 +121,14 @@ impl Maps {
     /// Publishes a compiled rule set: writes the generation the data path is not reading, then
     /// flips to it in one word. Packets see the old set or the new one, never a mix.
     ///
-    /// The retired generation is rewritten only after a grace period (`grace`), so no program
-    /// still reading it sees it change; when it already holds exactly this set, it is not
-    /// rewritten at all. `rules` are the action values of every live slot; they are part of
-    /// the generation (`rule_index`), so what a generation's digest says it holds is all that it
-    /// holds.
+    /// No program may still be reading the retired generation when it is rewritten, so each
+    /// flip is followed by a grace period (`grace`) before this returns, and `unsettled` in the
+    /// config says whether it passed. The wait is after the flip, not before the next rewrite:
+    /// a change is on the wire as soon as its flip lands, and the next change (its predecessor
+    /// settled) rewrites at once. When the retired generation already holds exactly this set,
+    /// it is not rewritten at all. `rules` are the action values of every live slot; they are
+    /// part of the generation (`rule_index`), so what a generation's digest says it holds is
+    /// all that it holds.
     pub fn publish_set(&mut self, c: &Compiled, rules: &[(u32, RuleValue)]) -> Result<()> {
         let mut cfg = self.config()?;
         let cur = (cfg.active & 1) as usize;
@@ -133,14 +138,19 @@ impl Maps {
             return Ok(()); // already live
         }
         if cfg.digest[next] != digest {
-            // Programs that read `next` before the last flip must be done before it changes.
-            self.grace.wait().map_err(io_err("grace period"))?;
+            if cfg.unsettled != 0 {
+                // The change before this one ended between its flip and its grace period:
+                // programs that read `next` before that flip must be done before it changes.
+                self.grace.wait().map_err(io_err("grace period"))?;
+                self.waits_before_flip += 1;
+            }
             self.write_generation(next as u32, c, rules)?;
             cfg.ntuples[next] = c.tuples.len() as u32;
             cfg.digest[next] = digest;
         }
         // The union of both sets' needs while either may be read; then exactly the new set's.
         cfg.flags |= c.config_flags;
+        cfg.unsettled = 1;
         self.config
             .set(0, &cfg, 0)
             .map_err(ebpf_err("write config"))?;
@@ -152,7 +162,20 @@ impl Maps {
         cfg.flags = c.config_flags | (cfg.flags & CFG_TC_ONLY);
         self.config
             .set(0, &cfg, 0)
+            .map_err(ebpf_err("write config"))?;
+        // The change is on the wire; settle the retired generation for the next one.
+        self.grace.wait().map_err(io_err("grace period"))?;
+        let mut cfg = self.config()?;
+        cfg.unsettled = 0;
+        self.config
+            .set(0, &cfg, 0)
             .map_err(ebpf_err("write config"))
+    }
+
+    /// Publishes that had to wait for a grace period before their flip, since these maps were
+    /// opened: each one follows a change that ended between its flip and its grace period.
+    pub fn waits_before_flip(&self) -> u32 {
+        self.waits_before_flip
     }
 
     /// Points an interface's ingress shaping at its IFB device, or stops it (None).

@@ -28,7 +28,7 @@ impl Netns {
             Place::Name(n) => Some(n.as_str()),
             Place::Pid(_) | Place::PidFile(_) => None,
         };
-        Ok(Ctl::open(name)?)
+        Ok(Ctl::open_in_fanout(name)?)
     }
 
     /// Enters the namespace (this thread only).
