@@ -947,6 +947,11 @@ fn body_for(path: &str, h: &Host) -> String {
         ),
         "/v1/delete" => r#"{"names": ["kept"]}"#.to_string(),
         "/v1/renew" => r#"{"names": ["kept"], "ttl": "1h"}"#.to_string(),
+        // This test's own process: were it accepted, the test would stop itself.
+        "/v1/pauses" => format!(
+            r#"{{"name": "intruder", "target": "pid:{}", "schedule": {{"hold": 1000, "every": null, "count": 1}}}}"#,
+            std::process::id()
+        ),
         "/v1/measure" => r#"{"peers": ["192.0.2.9"], "interval": "100ms", "duration": "1s", "heartbeat": "1s", "false_suspicions_per_s": 0.001, "misses": 1, "min_stddev": "100ms", "acceptable_pause": "0s"}"#.to_string(),
         _ => String::new(),
     }
@@ -988,6 +993,10 @@ fn every_route_refuses_a_stranger_and_changes_nothing() {
             asked += 1;
         }
     }
+    assert!(
+        netfault::pause::Store::default().get("intruder").is_none(),
+        "a stranger started a pause"
+    );
     // A long poll is refused at once, not after its wait.
     let t = Instant::now();
     let (code, _) = http(

@@ -179,11 +179,13 @@ impl Drop for Etcd {
     }
 }
 
+/// Each stop: (stopped at, resumed at), offsets from the sampler's start.
+type Phases = Vec<(Duration, Option<Duration>)>;
+
 /// When a process's state letter became and stopped being `T`, sampled every millisecond.
 struct Sampler {
     stop: Arc<AtomicBool>,
-    /// (stopped at, resumed at), offsets from `t0`.
-    phases: Arc<Mutex<Vec<(Duration, Option<Duration>)>>>,
+    phases: Arc<Mutex<Phases>>,
     handle: Option<JoinHandle<()>>,
     t0: Instant,
 }
@@ -220,7 +222,7 @@ impl Sampler {
         }
     }
 
-    fn phases(&self) -> Vec<(Duration, Option<Duration>)> {
+    fn phases(&self) -> Phases {
         self.phases.lock().unwrap().clone()
     }
 
