@@ -498,23 +498,33 @@ impl Demo {
             }
             seen
         }
+        // The peer watches the whole time, on a thread of its own, while this one pauses.
         let t0 = Instant::now();
-        let before = watch(&sink, t0, Duration::from_millis(800));
-        println!(
-            "  $ netfault --pid {pid} pause --for {}ms --name demo-heartbeat",
-            PAUSE_FOR.as_millis()
-        );
-        let paused_at = t0.elapsed();
-        let out = std::process::Command::new(&self.nf.bin)
-            .args([
-                "--pid",
-                &pid.to_string(),
-                "pause",
-                "--name",
-                "demo-heartbeat",
-            ])
-            .args(["--for", &format!("{}ms", PAUSE_FOR.as_millis())])
-            .output()?;
+        let lead = Duration::from_millis(800);
+        let window = lead + PAUSE_FOR + Duration::from_millis(800);
+        let (seen, paused_at, out, stopped) = std::thread::scope(|sc| {
+            let peer = sc.spawn(|| watch(&sink, t0, window));
+            std::thread::sleep(lead);
+            println!(
+                "  $ netfault --pid {pid} pause --for {}ms --name demo-heartbeat",
+                PAUSE_FOR.as_millis()
+            );
+            let paused_at = t0.elapsed();
+            let out = std::process::Command::new(&self.nf.bin)
+                .args([
+                    "--pid",
+                    &pid.to_string(),
+                    "pause",
+                    "--name",
+                    "demo-heartbeat",
+                ])
+                .args(["--for", &format!("{}ms", PAUSE_FOR.as_millis())])
+                .output();
+            let stopped = netfault::pause::target::state(pid) == Some('T');
+            let seen = peer.join().unwrap_or_default();
+            (seen, paused_at, out, stopped)
+        });
+        let out = out?;
         print!("  {}", String::from_utf8_lossy(&out.stdout));
         if !out.status.success() {
             bail!(
@@ -522,13 +532,8 @@ impl Demo {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        let stopped = netfault::pause::target::state(pid) == Some('T');
-        let after = watch(
-            &sink,
-            t0,
-            paused_at + PAUSE_FOR + Duration::from_millis(700),
-        );
-        for (t, alive) in before.iter().chain(&after) {
+        let (before, after): (Vec<_>, Vec<_>) = seen.iter().partition(|(t, _)| *t < paused_at);
+        for (t, alive) in &seen {
             let ms = t.as_secs_f64() * 1e3;
             if *alive {
                 println!("  b: +{ms:6.0} ms  a is alive");
@@ -558,7 +563,7 @@ impl Demo {
             "during the pause the peer's timeout fires (suspect)",
         );
         self.check(
-            back.is_some_and(|t| t >= resume_at && t < resume_at + Duration::from_millis(300)),
+            back.is_some_and(|t| t >= resume_at && t < resume_at + Duration::from_millis(500)),
             "the watchdog resumes the sender on time and the peer hears it again (alive)",
         );
         Ok(())
