@@ -24,6 +24,7 @@ pub struct PauseArgs {
     /// Strobe: start a pause every PERIOD (longer than --for), --count times.
     #[arg(long, value_name = "PERIOD", value_parser = super::args::parse_interval)]
     pub every: Option<Duration>,
+    /// How many pauses the strobe makes (with --every).
     #[arg(long, value_name = "N")]
     pub count: Option<u32>,
     /// Print `{"name", "nodes": [{"node", "pause", "target", "watchdog_pid", "stopped_ms"}]}`.
