@@ -513,6 +513,50 @@ fn cluster_pause_and_resume_by_hand_and_bad_input() {
         "{lines:?}"
     );
     assert!(Store::default().get("hand.a").is_none());
+    // A run that stops early (SIGTERM: exit 143) resumes its pauses at once, long before their
+    // deadline.
+    let long = temp_file(
+        "toml",
+        "[[step]]\nname = \"hand\"\nat = \"0s\"\npause = [\"a\"]\nfor = \"60s\"\n",
+    );
+    let mut run = KillOnDrop(
+        Command::new(BIN)
+            .args(["cluster", "--cluster", file.arg(), "run", long.arg()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    while target::state(pids[0]) != Some('T') {
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "the run ended before the pause"
+        );
+        assert!(t.elapsed() < Duration::from_secs(60), "never paused");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: our own child.
+    unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = run.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "SIGTERM did not end the run"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(143));
+    assert_ne!(
+        target::state(pids[0]),
+        Some('T'),
+        "left stopped by a run that ended"
+    );
+    assert!(Store::default().get("hand.a").is_none());
     // All or nothing: a node whose target is gone fails the command, and the other is resumed.
     victims[1].kill().unwrap();
     victims[1].wait().unwrap();
