@@ -947,6 +947,11 @@ fn body_for(path: &str, h: &Host) -> String {
         ),
         "/v1/delete" => r#"{"names": ["kept"]}"#.to_string(),
         "/v1/renew" => r#"{"names": ["kept"], "ttl": "1h"}"#.to_string(),
+        // This test's own process: were it accepted, the test would stop itself.
+        "/v1/pauses" => format!(
+            r#"{{"name": "intruder", "target": "pid:{}", "schedule": {{"hold": 1000, "every": null, "count": 1}}}}"#,
+            std::process::id()
+        ),
         "/v1/measure" => r#"{"peers": ["192.0.2.9"], "interval": "100ms", "duration": "1s", "heartbeat": "1s", "false_suspicions_per_s": 0.001, "misses": 1, "min_stddev": "100ms", "acceptable_pause": "0s"}"#.to_string(),
         _ => String::new(),
     }
@@ -988,6 +993,10 @@ fn every_route_refuses_a_stranger_and_changes_nothing() {
             asked += 1;
         }
     }
+    assert!(
+        netfault::pause::Store::default().get("intruder").is_none(),
+        "a stranger started a pause"
+    );
     // A long poll is refused at once, not after its wait.
     let t = Instant::now();
     let (code, _) = http(
@@ -1474,4 +1483,97 @@ fn a_run_after_a_killed_one_clears_its_entries_over_agents_at_once_and_after_the
         |sc, ev| cluster(&ctl, Path::new(&file), &["run", sc, "--events", ev]),
     );
     assert_matrix_heals(&hosts, &cluster::full(5), "after the last run");
+}
+
+/// `cluster pause` over the agent transport: the agent starts the watchdog on its host
+/// (`POST /v1/pauses`), lists it (`GET /v1/pauses`, `/v1/status`), and `cluster resume` ends
+/// it (`DELETE /v1/pauses/NAME`); a pause outlives a `kill -9` of the agent and ends on its
+/// deadline all the same.
+#[test]
+fn cluster_pause_over_the_agent_holds_its_deadline_without_the_agent() {
+    use netfault::pause::{Store, target};
+    let (mut lab, nf, mut hosts) = star(2);
+    let ctl = hosts.pop().unwrap();
+    detach_on_teardown(&mut lab, &nf, &hosts);
+    let token = temp_file_mode("token", TOKEN, 0o600);
+    let h = &hosts[0];
+    let mut a = start_agent(h, &token.0, &[], &ctl.ns);
+    let victim = netfault_lab::lab::KillOnDrop(Command::new("sleep").arg("60").spawn().unwrap());
+    let pid = victim.id() as i32;
+    let text = cluster::cluster_text(&hosts, |_, h, lines| {
+        lines.push(format!("agent = \"http://{}\"", h.sock(false, PORT)));
+        lines.push(format!("token_file = \"{}\"", token.0.display()));
+        lines.push(format!("pause_target = \"pid:{pid}\""));
+    });
+    let file = temp_file("toml", &text);
+    struct Resume;
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = Command::new(env!("CARGO_BIN_EXE_netfault"))
+                .args(["resume", "agentp.n1"])
+                .output();
+        }
+    }
+    let _resume = Resume;
+    let out = cluster_ok(
+        &ctl,
+        &file.0,
+        &["pause", "n1", "--for", "none", "--name", "agentp", "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["nodes"][0]["target"], format!("pid {pid}"), "{out}");
+    assert_eq!(target::state(pid), Some('T'));
+    let st = status(&ctl.ns, &a);
+    assert_eq!(st["pauses"][0]["name"], "agentp.n1", "{st}");
+    assert!(st["pauses"][0]["left_ms"].is_null(), "{st}");
+    let (code, v) = http(&ctl.ns, a.addr, "GET", "/v1/pauses", Some(TOKEN), "");
+    assert_eq!(
+        (code, &v["pauses"][0]["name"]),
+        (200, &serde_json::json!("agentp.n1"))
+    );
+    // Bad input names the field; nothing stops.
+    let (code, v) = http(
+        &ctl.ns,
+        a.addr,
+        "POST",
+        "/v1/pauses",
+        Some(TOKEN),
+        r#"{"name": "x", "target": "pid:1", "schedule": {"hold": 1000, "every": null, "count": 1}}"#,
+    );
+    assert_eq!(
+        (code, &v["field"]),
+        (400, &serde_json::json!("target")),
+        "{v}"
+    );
+    let out = cluster_ok(&ctl, &file.0, &["resume", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["nodes"][0]["resumed"][0], "agentp.n1", "{out}");
+    assert_ne!(target::state(pid), Some('T'));
+    let (code, _) = http(
+        &ctl.ns,
+        a.addr,
+        "DELETE",
+        "/v1/pauses/agentp.n1",
+        Some(TOKEN),
+        "",
+    );
+    assert_eq!(code, 404);
+    // The agent killed during a pause: the watchdog on the node's host resumes on time.
+    cluster_ok(
+        &ctl,
+        &file.0,
+        &["pause", "n1", "--for", "2s", "--name", "agentp"],
+    );
+    let paused = Instant::now();
+    a.kill9();
+    assert_eq!(target::state(pid), Some('T'));
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(paused.elapsed()));
+    assert_eq!(target::state(pid), Some('T'), "resumed before its deadline");
+    let end = Instant::now() + Duration::from_secs(3);
+    while target::state(pid) == Some('T') {
+        assert!(Instant::now() < end, "not resumed after its deadline");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(paused.elapsed() < Duration::from_millis(2500));
+    assert!(Store::default().get("agentp.n1").is_none());
 }

@@ -679,3 +679,67 @@ fn a_run_after_a_killed_one_clears_its_entries_over_ssh_at_once_and_after_the_le
     assert_matrix_heals(&l.nodes, &cluster::full(5), "after the last run");
     l.finish();
 }
+
+/// `cluster pause` and `cluster resume` over SSH (`netfault node pause|pauses|resume`): the
+/// watchdog is started on the node's host and outlives the SSH session, resuming on its
+/// deadline; `cluster resume` ends a pause at once.
+#[test]
+fn cluster_pause_over_ssh_is_held_on_the_node_and_resumed() {
+    use netfault::pause::{Store, target};
+    let lab = ssh_lab();
+    let victim = netfault_lab::lab::KillOnDrop(
+        std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap(),
+    );
+    let pid = victim.id() as i32;
+    let file = temp_file(
+        "toml",
+        &lab.cluster_text(|i, lines| {
+            if i == 0 {
+                lines.push(format!("pause_target = \"pid:{pid}\""));
+            }
+        }),
+    );
+    struct Resume;
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new(env!("CARGO_BIN_EXE_netfault"))
+                .args(["resume", "sshp.n1"])
+                .output();
+        }
+    }
+    let _resume = Resume;
+    let out = lab.cluster_ok(
+        &file,
+        &["pause", "n1", "--for", "none", "--name", "sshp", "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["nodes"][0]["pause"], "sshp.n1", "{out}");
+    assert_eq!(target::state(pid), Some('T'));
+    // A node without pause_target is refused before anything changes.
+    let o = lab.cluster(&file, &["pause", "n2", "--for", "1s"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = lab.cluster_ok(&file, &["resume", "n1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["nodes"][0]["resumed"][0], "sshp.n1", "{out}");
+    assert_ne!(target::state(pid), Some('T'));
+    // On its own deadline, the SSH session long gone.
+    let t = std::time::Instant::now();
+    lab.cluster_ok(&file, &["pause", "n1", "--for", "1500ms", "--name", "sshp"]);
+    assert_eq!(target::state(pid), Some('T'));
+    let end = t + Duration::from_secs(5);
+    while target::state(pid) == Some('T') {
+        assert!(std::time::Instant::now() < end, "not resumed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(t.elapsed() >= Duration::from_millis(1500), "resumed early");
+    assert!(Store::default().get("sshp.n1").is_none());
+    lab.finish();
+}

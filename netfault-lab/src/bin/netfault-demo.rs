@@ -7,6 +7,8 @@
 //! (the one next to this executable), printing the counters and the effect on traffic before
 //! and after. Then a lab cluster of five hosts: `netfault cluster partition` with several
 //! topologies, each shown as the 5×5 reachability matrix measured on the wire, and healed.
+//! Before the cluster, `netfault pause` stops a heartbeat sender for 2 s: its peer's timeout
+//! fires ("suspect") and clears ("alive") when the watchdog resumes it.
 //! Heals, detaches and removes the labs, also on Ctrl-C or failure.
 //!
 //! Exit status: 0 when every effect was as expected, 1 when one was not (or the lab could not
@@ -50,6 +52,11 @@ fn install_signal_handlers() {
 }
 
 fn main() -> ExitCode {
+    // The pause step's heartbeat sender: this binary again, in a namespace of the lab.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("heartbeat") {
+        return heartbeat(args.get(2).map(String::as_str));
+    }
     install_signal_handlers();
     let start = Instant::now();
     let result = run();
@@ -113,6 +120,7 @@ fn run() -> Result<Vec<String>> {
     demo.partition()?;
     demo.heal()?;
     demo.reject()?;
+    demo.pause()?;
     demo.cluster()?;
     let failures = std::mem::take(&mut demo.failures);
     demo.cleanup()?;
@@ -448,6 +456,119 @@ impl Demo {
         Ok(())
     }
 
+    /// A heartbeat sender on a (this binary, `heartbeat ADDR`: a datagram every 100 ms) and its
+    /// peer on b, which suspects it after 500 ms of silence: `netfault pause` stops the sender
+    /// for 2 s; the peer's timeout fires during the pause and clears once the watchdog resumes.
+    fn pause(&mut self) -> Result<()> {
+        step()?;
+        section("Pause: a heartbeat sender on a stopped 2 s, its peer on b times out and recovers");
+        let (a, b) = (self.a.clone(), self.b.clone());
+        let dst = b.sock(false, HEARTBEAT_PORT);
+        let sink = lab::run_in(&b.ns, || std::net::UdpSocket::bind(dst))??;
+        sink.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let exe = std::env::current_exe()?;
+        let sender = lab::KillOnDrop(
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &a.ns])
+                .arg(&exe)
+                .args(["heartbeat", &dst.to_string()])
+                .stdin(std::process::Stdio::null())
+                .spawn()?,
+        );
+        let pid = sender.id() as i32;
+        /// The peer's view, in order: (when, alive?).
+        fn watch(
+            sink: &std::net::UdpSocket,
+            t0: Instant,
+            until: Duration,
+        ) -> Vec<(Duration, bool)> {
+            let (mut last, mut alive, mut seen) = (None::<Instant>, false, Vec::new());
+            let mut buf = [0u8; 64];
+            while t0.elapsed() < until {
+                if sink.recv(&mut buf).is_ok() {
+                    last = Some(Instant::now());
+                    if !alive {
+                        alive = true;
+                        seen.push((t0.elapsed(), true));
+                    }
+                } else if alive && last.is_some_and(|l| l.elapsed() > HEARTBEAT_TIMEOUT) {
+                    alive = false;
+                    seen.push((t0.elapsed(), false));
+                }
+            }
+            seen
+        }
+        // The peer watches the whole time, on a thread of its own, while this one pauses.
+        let t0 = Instant::now();
+        let lead = Duration::from_millis(800);
+        let window = lead + PAUSE_FOR + Duration::from_millis(800);
+        let (seen, paused_at, out, stopped) = std::thread::scope(|sc| {
+            let peer = sc.spawn(|| watch(&sink, t0, window));
+            std::thread::sleep(lead);
+            println!(
+                "  $ netfault --pid {pid} pause --for {}ms --name demo-heartbeat",
+                PAUSE_FOR.as_millis()
+            );
+            let paused_at = t0.elapsed();
+            let out = std::process::Command::new(&self.nf.bin)
+                .args([
+                    "--pid",
+                    &pid.to_string(),
+                    "pause",
+                    "--name",
+                    "demo-heartbeat",
+                ])
+                .args(["--for", &format!("{}ms", PAUSE_FOR.as_millis())])
+                .output();
+            let stopped = netfault::pause::target::state(pid) == Some('T');
+            let seen = peer.join().unwrap_or_default();
+            (seen, paused_at, out, stopped)
+        });
+        let out = out?;
+        print!("  {}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            bail!(
+                "netfault pause: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let (before, after): (Vec<_>, Vec<_>) = seen.iter().partition(|(t, _)| *t < paused_at);
+        for (t, alive) in &seen {
+            let ms = t.as_secs_f64() * 1e3;
+            if *alive {
+                println!("  b: +{ms:6.0} ms  a is alive");
+            } else {
+                println!(
+                    "  b: +{ms:6.0} ms  a is SUSPECT (no heartbeat for {} ms)",
+                    HEARTBEAT_TIMEOUT.as_millis()
+                );
+            }
+        }
+        let suspect = after.iter().find(|(_, alive)| !alive).map(|(t, _)| *t);
+        let back = after
+            .iter()
+            .find(|(t, alive)| *alive && suspect.is_some_and(|s| *t > s))
+            .map(|(t, _)| *t);
+        let resume_at = paused_at + PAUSE_FOR;
+        self.check(
+            before.first().is_some_and(|(_, alive)| *alive) && before.len() == 1,
+            "before the pause the peer hears every heartbeat (alive, never suspect)",
+        );
+        self.check(
+            stopped,
+            "the sender is stopped (state T) once `pause` returns",
+        );
+        self.check(
+            suspect.is_some_and(|s| s > paused_at && s < resume_at),
+            "during the pause the peer's timeout fires (suspect)",
+        );
+        self.check(
+            back.is_some_and(|t| t >= resume_at && t < resume_at + Duration::from_millis(500)),
+            "the watchdog resumes the sender on time and the peer hears it again (alive)",
+        );
+        Ok(())
+    }
+
     /// Five hosts, one cluster file, four topologies: each partition applied with `netfault
     /// cluster`, the matrix measured with UDP from every node to every other, then healed.
     fn cluster(&mut self) -> Result<()> {
@@ -614,6 +735,32 @@ impl Demo {
         println!("  removed {} namespaces", namespaces.len());
         Ok(())
     }
+}
+
+/// The pause step's heartbeats: port, period, the peer's timeout, and the pause.
+const HEARTBEAT_PORT: u16 = 4100;
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
+const PAUSE_FOR: Duration = Duration::from_secs(2);
+
+/// `netfault-demo heartbeat ADDR`: a datagram to ADDR every 100 ms, for at most a minute (the
+/// demo kills it sooner).
+fn heartbeat(addr: Option<&str>) -> ExitCode {
+    let Some(addr) = addr.and_then(|a| a.parse::<std::net::SocketAddr>().ok()) else {
+        eprintln!("usage: netfault-demo heartbeat ADDR:PORT");
+        return ExitCode::from(2);
+    };
+    let Ok(s) = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)) else {
+        return ExitCode::from(1);
+    };
+    let t0 = Instant::now();
+    let mut n: u64 = 0;
+    while t0.elapsed() < Duration::from_secs(60) {
+        let _ = s.send_to(&n.to_be_bytes(), addr);
+        n += 1;
+        std::thread::sleep(HEARTBEAT_EVERY);
+    }
+    ExitCode::SUCCESS
 }
 
 struct RemoveOnDrop(std::path::PathBuf);

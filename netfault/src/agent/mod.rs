@@ -7,6 +7,7 @@
 //!   size, time, connections per peer, request-head deadline);
 //! - [`auth`]: the token file and the constant-time check;
 //! - [`metrics`]: `/metrics` in the Prometheus text format;
+//! - [`pause`](mod@pause): pauses of processes on the agent's host (`/v1/pauses`);
 //! - [`tls`]: the rustls server configuration.
 //!
 //! The agent holds no fault itself: every entry lives in the pinned maps with an expiry the
@@ -16,6 +17,7 @@
 pub mod auth;
 pub mod measure;
 pub mod metrics;
+pub mod pause;
 pub mod routes;
 pub mod tls;
 

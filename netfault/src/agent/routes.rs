@@ -193,6 +193,11 @@ const ROUTES: &[(Verb, &str, MakeRoute)] = &[
     (Verb::Post, "/v1/measure", |m| {
         on(m, super::measure::measure)
     }),
+    (Verb::Post, "/v1/pauses", |m| on(m, super::pause::start)),
+    (Verb::Get, "/v1/pauses", |m| on(m, super::pause::list)),
+    (Verb::Delete, "/v1/pauses/{name}", |m| {
+        on(m, super::pause::resume)
+    }),
     (Verb::Get, "/v1/events", |m| on(m, events)),
     (Verb::Get, "/metrics", |m| on(m, metrics)),
 ];
@@ -493,6 +498,7 @@ fn status_view(state: &NodeState, core: &Core, ifaces: &[String]) -> StatusView 
             names: l.names.clone(),
         }),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        pauses: crate::pause::node::list(&crate::pause::Store::default()),
     }
 }
 

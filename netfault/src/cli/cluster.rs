@@ -1,4 +1,4 @@
-//! `netfault cluster --cluster FILE partition|impair|heal|run|status|stats`
+//! `netfault cluster --cluster FILE partition|impair|pause|resume|heal|run|status|stats`
 use std::{io::Write as _, path::PathBuf};
 
 use netfault::{
@@ -99,6 +99,11 @@ pub enum ClusterCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Stop the nodes' processes (their `pause_target`) for a while, all at once: each node's
+    /// host runs a watchdog that resumes it on the deadline, even if this command is killed.
+    Pause(super::cluster_pause::PauseArgs),
+    /// End `cluster pause`s at once: the nodes' processes run again.
+    Resume(super::cluster_pause::ResumeArgs),
     /// Delete this tool's partitions and impairments by name on every node, or all of them.
     Heal {
         #[arg(value_name = "NAME")]
@@ -709,6 +714,8 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
                 done = v.done()?;
             }
         }
+        ClusterCmd::Pause(p) => super::cluster_pause::pause(&coord, p, &mut out)?,
+        ClusterCmd::Resume(r) => super::cluster_pause::resume(&coord, r, &mut out)?,
         ClusterCmd::Heal { names } => {
             let healed = coord.heal(&names)?;
             if rec.exists() {

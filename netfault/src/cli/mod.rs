@@ -11,6 +11,7 @@ pub mod args;
 pub mod attach;
 pub mod cluster;
 pub mod cluster_measure;
+pub mod cluster_pause;
 pub mod completions;
 pub mod detach;
 pub mod heal;

@@ -1,4 +1,4 @@
-//! `netfault node apply|delete|heal|renew|state` (hidden): the node's side of the SSH
+//! `netfault node apply|delete|heal|renew|state|measure|pause|pauses|resume` (hidden): the node's side of the SSH
 //! transport. The request is JSON on stdin, the answer JSON on stdout; a failure writes
 //! `{"error", "exit"}` on stdout as well as the usual message on stderr, and exits as any
 //! command does (2: bad input, nothing changed; 1: anything else). Not for people: `netfault
@@ -31,6 +31,12 @@ pub enum NodeCmd {
     State,
     /// Probe peers and report each (`{"peers", "interval", "duration", ...}`).
     Measure,
+    /// Start a pause on this host (`{"name", "target", "schedule"}`).
+    Pause,
+    /// The live pauses on this host.
+    Pauses,
+    /// End pauses by name (`{"names"}`).
+    Resume,
 }
 
 pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<()> {
@@ -41,6 +47,9 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<()> {
         NodeCmd::Renew => Op::Renew,
         NodeCmd::State => Op::State,
         NodeCmd::Measure => Op::Measure,
+        NodeCmd::Pause => Op::Pause,
+        NodeCmd::Pauses => Op::Pauses,
+        NodeCmd::Resume => Op::Resume,
     };
     // Inside a named namespace (an sshd started there), the state `--netns NAME` uses.
     let name = ns
@@ -56,6 +65,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<()> {
             Err(match e {
                 NodeError::Control(c) => c.into(),
                 NodeError::Netns(n) => n.into(),
+                NodeError::Pause(p) => p.into(),
                 e => e.into(),
             })
         }

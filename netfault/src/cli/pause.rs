@@ -1,11 +1,5 @@
 //! `netfault pause`, `netfault resume` and the hidden `pause-watchdog` (library: `pause`).
-use std::{
-    io::{BufRead as _, BufReader},
-    os::unix::process::CommandExt as _,
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use netfault::{
     pause::{self, Record, Schedule, Store, Target, store::unix_ms},
@@ -102,45 +96,7 @@ pub fn run(a: Args, pid: Option<i32>) -> anyhow::Result<()> {
     let store = Store::default();
     sweep(&store);
     let (rec, target) = spec_of(&a, pid).map_err(pause::Error::from)?;
-    store.create(&rec)?;
-    let exe = std::env::current_exe()?;
-    let mut c = Command::new(exe);
-    c.arg("pause-watchdog")
-        .arg(&rec.name)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe. The watchdog leaves this command's session and
-    // process group: a terminal's hangup or a Ctrl-C meant for this command does not end it
-    // (and if it did, it would resume the target, which is safe).
-    unsafe {
-        c.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = c.spawn().inspect_err(|_| store.remove(&rec.name))?;
-    let mut line = String::new();
-    // The watchdog answers within the stop's own 5 s bound.
-    if let Some(out) = child.stdout.take() {
-        let _ = BufReader::new(out).read_line(&mut line);
-    }
-    match line.trim() {
-        "stopped" => {}
-        other => {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = target.resume();
-            store.remove(&rec.name);
-            let why = other.strip_prefix("error: ").unwrap_or(other);
-            return Err(pause::Error::Watchdog(if why.is_empty() {
-                "the watchdog ended without a word".into()
-            } else {
-                why.to_string()
-            })
-            .into());
-        }
-    }
+    let started = pause::node::start(&store, &rec.name, target, rec.schedule)?;
     let s = rec.schedule;
     let how = match (s.hold, s.every) {
         (None, _) => "until `netfault resume`".to_string(),
@@ -154,9 +110,7 @@ pub fn run(a: Args, pid: Option<i32>) -> anyhow::Result<()> {
     };
     println!(
         "paused {} as '{}' {how} (watchdog pid {})",
-        target.describe(),
-        rec.name,
-        child.id()
+        started.target, rec.name, started.watchdog_pid
     );
     Ok(())
 }
@@ -164,44 +118,9 @@ pub fn run(a: Args, pid: Option<i32>) -> anyhow::Result<()> {
 pub fn resume(a: ResumeArgs) -> anyhow::Result<()> {
     let store = Store::default();
     sweep(&store);
-    let all = store.list();
-    let chosen: Vec<Record> = if a.names.is_empty() {
-        all
-    } else {
-        let missing: Vec<&String> = a
-            .names
-            .iter()
-            .filter(|n| !all.iter().any(|r| &r.name == *n))
-            .collect();
-        if !missing.is_empty() {
-            let m: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
-            return Err(pause::Error::NotFound(m.join(", ")).into());
-        }
-        all.into_iter()
-            .filter(|r| a.names.contains(&r.name))
-            .collect()
-    };
-    for r in chosen {
-        match r.watchdog.filter(|w| w.alive()) {
-            // The watchdog resumes and removes the record.
-            Some(w) => {
-                // SAFETY: plain kill; the watchdog's identity was just checked.
-                unsafe { libc::kill(w.pid, libc::SIGTERM) };
-                let t = std::time::Instant::now();
-                while store.get(&r.name).is_some() && t.elapsed() < Duration::from_secs(5) {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                if store.get(&r.name).is_some() {
-                    r.target.resume()?;
-                    store.remove(&r.name);
-                }
-            }
-            None => {
-                r.target.resume()?;
-                store.remove(&r.name);
-            }
-        }
-        println!("resumed '{}' ({})", r.name, r.target.describe());
+    let names = (!a.names.is_empty()).then_some(a.names.as_slice());
+    for r in pause::node::resume(&store, names, false)? {
+        println!("resumed '{}' ({})", r.name, r.target);
     }
     Ok(())
 }

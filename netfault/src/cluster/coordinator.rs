@@ -303,7 +303,13 @@ impl Coordinator {
     }
 
     /// Runs `f` on the nodes `which`, each answer stamped with the wall clock when it came.
-    fn timed<T, F, U>(&self, timeout: Duration, which: &[usize], f: F, undo: U) -> Vec<Timed<T>>
+    pub(super) fn timed<T, F, U>(
+        &self,
+        timeout: Duration,
+        which: &[usize],
+        f: F,
+        undo: U,
+    ) -> Vec<Timed<T>>
     where
         T: Send + 'static,
         F: Fn(usize, &dyn NodeTransport) -> Result<T, NodeError> + Send + Sync + 'static,

@@ -111,12 +111,16 @@ pub struct Occurrence {
     pub topology: Option<String>,
     pub grudge: Option<Grudge>,
     pub impair: Option<Impair>,
+    /// A pause step's nodes.
+    pub pause: Option<Vec<String>>,
 }
 
 impl Occurrence {
     pub fn fault(&self) -> &'static str {
         if self.impair.is_some() {
             "impair"
+        } else if self.pause.is_some() {
+            "pause"
         } else {
             "partition"
         }
@@ -179,6 +183,9 @@ impl Occurrence {
         }
         if let Some(i) = &self.impair {
             m.insert("impair".into(), impair_json(i));
+        }
+        if let Some(p) = &self.pause {
+            m.insert("pause".into(), json!(p));
         }
         m.insert("planned".into(), json!(rfc3339(planned)));
         let first = stamps.iter().map(|(_, t)| *t).min();
@@ -281,6 +288,7 @@ mod tests {
             topology: Some("halves".into()),
             grudge: Some(g),
             impair: None,
+            pause: None,
         };
         let l = occ.node_line(t0, "n1", "start", &["flap.from-n2.v4".into()], &[]);
         assert_eq!(l["ts"], "2026-11-30T00:53:20.123456789Z");
@@ -324,5 +332,13 @@ mod tests {
         );
         assert_eq!(l["reason"], "finished");
         assert!(l.get("grudge").is_none());
+        let p = Occurrence {
+            impair: None,
+            pause: Some(vec!["n1".into()]),
+            ..imp
+        };
+        assert_eq!(p.node_line(t0, "n1", "start", &[], &[])["fault"], "pause");
+        let c = p.coordinator_line(t0, "start", t0, &[("n1".into(), t0)]);
+        assert_eq!(c["pause"], json!(["n1"]));
     }
 }

@@ -24,6 +24,9 @@
 //! ssh = "root@192.0.2.3"
 //! ssh_options = ["-p", "2222"]      # optional, passed to ssh before the target
 //! netfault = "/usr/local/bin/netfault"   # optional, the remote binary (default: on PATH)
+//! pause_target = "pidfile:/run/etcd.pid"  # optional, any transport: the process `cluster
+//!                                   # pause` stops, as its host names it: "pid:N",
+//!                                   # "pidfile:PATH" (read at each pause), "cgroup:PATH"
 //! ```
 //!
 //! Unknown keys, duplicate names or addresses, zero or two transports, a key of a transport the
@@ -57,6 +60,9 @@ pub struct Node {
     /// Interfaces netfault attaches to on this node.
     pub ifaces: Vec<String>,
     pub transport: Transport,
+    /// The node's process, for `cluster pause` and `pause` steps (`pause_target`), as the
+    /// node's own host names it: the watchdog runs there.
+    pub pause_target: Option<crate::pause::node::Place>,
 }
 
 /// How the coordinator reaches a node.
@@ -226,6 +232,7 @@ const NODE_KEYS: &[&str] = &[
     "ssh",
     "ssh_options",
     "netfault",
+    "pause_target",
 ];
 const TRANSPORTS: &[&str] = &["netns", "pid", "pidfile", "agent", "ssh"];
 /// Keys that belong to one transport: refused on a node that uses another, so a typo in
@@ -334,6 +341,13 @@ fn node(path: &str, t: &Table) -> Result<(Node, Vec<String>), SpecError> {
             addrs,
             ifaces,
             transport: transport(path, t)?,
+            pause_target: t
+                .get("pause_target")
+                .map(|v| {
+                    let k = p("pause_target");
+                    crate::pause::node::Place::parse(&k, string(&k, v)?)
+                })
+                .transpose()?,
         },
         addr_paths,
     ))
@@ -586,6 +600,12 @@ netfault = "/usr/local/bin/netfault"
             Some("192.0.2.3:2222".parse().unwrap())
         );
         assert_eq!(c.owner("2001:db8::1".parse().unwrap()).unwrap().name, "n1");
+        assert_eq!(c.nodes[0].pause_target, None);
+        let text = "[[node]]\nname = \"n\"\naddrs = [\"192.0.2.9\"]\niface = [\"e\"]\nssh = \"h\"\npause_target = \"pidfile:/run/e.pid\"\n";
+        assert_eq!(
+            Cluster::parse(text).unwrap().nodes[0].pause_target,
+            Some(crate::pause::node::Place::PidFile("/run/e.pid".into()))
+        );
     }
 
     #[test]
@@ -678,6 +698,9 @@ netfault = "/usr/local/bin/netfault"
             (two("1", "\"192.0.2.2\""), "node[0].addrs[0]"),
             (format!("{}{}", n("netns = \"a\""), "[[node]]\nname = \"n1\"\naddrs = [\"192.0.2.2\"]\niface = [\"e\"]\nnetns = \"b\""), "node[1].name"),
             ("[[node]\n".into(), "FILE"),
+            (n("netns = \"a\"\npause_target = \"pid:x\""), "node[0].pause_target"),
+            (n("netns = \"a\"\npause_target = \"container:etcd\""), "node[0].pause_target"),
+            (n("netns = \"a\"\npause_target = 7"), "node[0].pause_target"),
         ];
         for (text, path) in &cases {
             let e = Cluster::parse(text).expect_err(text);

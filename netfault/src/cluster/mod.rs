@@ -12,6 +12,7 @@
 //! - [`coordinator`] and [`transport`]: the one part that touches hosts: plans applied on
 //!   every node at once, all or nothing (netns transport only, so far).
 //! - [`local`]: what a node does with a request, whichever transport brought it.
+//! - [`pause`](mod@pause): nodes' processes paused at once (`pause_target`), all or nothing.
 //! - [`scenario`]: the scenario file (`[[step]]`s at times, repeated) and its timeline.
 //! - [`run`] and [`events`]: a scenario played under a lease, and its JSON-lines event log.
 //! - [`record`] and [`verify`]: the coordinator's record of the faults it made live, and the
@@ -23,6 +24,7 @@ pub mod coordinator;
 pub mod events;
 pub mod file;
 pub mod local;
+pub mod pause;
 pub mod plan;
 pub mod record;
 pub mod run;

@@ -13,6 +13,10 @@
 //! goes to the nodes it gives entries, in parallel, with a deadline of `lease / 2`: a node that
 //! fails (or a renewal that finds entries gone, or fails) ends the run with an error, after the
 //! others were healed.
+//!
+//! A `pause` step has no lease: each node's host runs a watchdog that resumes the node's
+//! process on the step's `for` deadline whatever becomes of the run; the step's end (or the
+//! run's heal) resumes what is still stopped.
 use std::{
     collections::BTreeMap,
     io::Write,
@@ -25,11 +29,15 @@ use super::{
     NodePlan, Scenario, StepAction,
     coordinator::{self, Coordinator, NODE_TIMEOUT, PREPARE_TIMEOUT, Timed},
     events::{Log, Occurrence, nanos_between, run_line, verify_line},
+    pause::entry as pause_entry,
     scenario::{Action, Event},
     transport::NodeError,
     verify::{self, Fault, Observed},
 };
-use crate::spec::{Kind, Ttl};
+use crate::{
+    pause::Schedule,
+    spec::{Kind, Ttl},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -100,8 +108,10 @@ struct Active {
     occ: Occurrence,
     /// What the wire should show while it is on.
     fault: Fault,
-    /// Node index -> the entry names it holds.
+    /// Node index -> the entry names it holds (a pause step: the pause's name on its host).
     nodes: BTreeMap<usize, Vec<String>>,
+    /// A pause step's: held by the nodes' watchdogs, not renewed; its end resumes.
+    pause: bool,
 }
 
 struct Runner<'a> {
@@ -164,9 +174,10 @@ impl Runner<'_> {
             .sc
             .grudge(ev, cluster)
             .map_err(coordinator::Error::from)?;
-        let (topology, impair) = match &step.action {
-            StepAction::Partition(t) => (Some(t.to_string()), None),
-            StepAction::Impair(i) => (None, Some(i.clone())),
+        let (topology, impair, pause) = match &step.action {
+            StepAction::Partition(t) => (Some(t.to_string()), None, None),
+            StepAction::Impair(i) => (None, Some(i.clone()), None),
+            StepAction::Pause(n) => (None, None, Some(n.clone())),
         };
         let kind = if impair.is_some() {
             Kind::Rule
@@ -188,6 +199,7 @@ impl Runner<'_> {
             topology,
             grudge,
             impair,
+            pause,
         };
         Ok((occ, self.coord.rule_plans(&rules)?, fault))
     }
@@ -205,8 +217,41 @@ impl Runner<'_> {
             .collect();
         let planned = self.wall0 + ev.t;
         let (lease, timeout) = (self.lease, self.op_timeout);
-        let (results, renew_failed) =
-            self.during(move |c| c.apply_timed(plans, Ttl::For(lease), timeout));
+        // A copy of the reference: the step stays borrowed across `during` (which takes self).
+        let sc = self.sc;
+        let step = &sc.steps[ev.step];
+        let (results, renew_failed, names) = match &step.action {
+            StepAction::Pause(nodes) => {
+                let which = self
+                    .coord
+                    .pause_nodes(&format!("step[{}].pause", ev.step), nodes)
+                    .map_err(coordinator::Error::from)?;
+                let schedule = Schedule::new(Some(step.duration), None, None)
+                    .map_err(coordinator::Error::from)?;
+                let name = step.name.clone();
+                let names: BTreeMap<usize, Vec<String>> = which
+                    .iter()
+                    .map(|&i| (i, vec![pause_entry(&name, self.name(i))]))
+                    .collect();
+                let (res, rf) =
+                    self.during(move |c| c.pause_timed(&which, &name, schedule, timeout));
+                let res: Vec<Timed<Vec<String>>> = res
+                    .into_iter()
+                    .map(|t| Timed {
+                        node: t.node,
+                        ts: t.ts,
+                        result: t.result.map(|s| vec![s.name]),
+                    })
+                    .collect();
+                (res, rf, names)
+            }
+            _ => {
+                let (res, rf) =
+                    self.during(move |c| c.apply_timed(plans, Ttl::For(lease), timeout));
+                (res, rf, names)
+            }
+        };
+        let is_pause = matches!(step.action, StepAction::Pause(_));
         let results = by_time(results);
         let (mut ok, mut failed, mut stamps) = (BTreeMap::new(), Vec::new(), Vec::new());
         for t in results {
@@ -240,6 +285,7 @@ impl Runner<'_> {
                     occ: occ.clone(),
                     fault,
                     nodes: ok,
+                    pause: is_pause,
                 },
             );
         }
@@ -254,10 +300,11 @@ impl Runner<'_> {
         self.summary.starts += 1;
         let spread = spread(&stamps);
         self.summary.spreads.push(spread);
-        let what = match (&occ.topology, &occ.impair) {
-            (Some(t), _) => format!("partition {t}"),
-            (None, Some(i)) => format!("impair {} -> {}", i.from.join(","), i.to.join(",")),
-            (None, None) => occ.fault().to_string(),
+        let what = match (&occ.topology, &occ.impair, &occ.pause) {
+            (Some(t), _, _) => format!("partition {t}"),
+            (None, Some(i), _) => format!("impair {} -> {}", i.from.join(","), i.to.join(",")),
+            (None, None, Some(p)) => format!("pause {}", p.join(",")),
+            (None, None, None) => occ.fault().to_string(),
         };
         self.say(&format!(
             "start {}#{} ({what}) on {} nodes, spread {}",
@@ -345,7 +392,13 @@ impl Runner<'_> {
             self.op_timeout
         };
         let nodes: Vec<(usize, Vec<String>)> = a.nodes.clone().into_iter().collect();
-        let (results, renew_failed) = self.during(move |c| c.delete_timed(nodes, timeout));
+        // A pause usually ended on its own deadline just now: resuming one that is gone is no
+        // error, and one still stopped (a late watchdog) runs again.
+        let (results, renew_failed) = if a.pause {
+            self.during(move |c| c.resume_timed(nodes, timeout))
+        } else {
+            self.during(move |c| c.delete_timed(nodes, timeout))
+        };
         let results = by_time(results);
         let extra: Vec<(&str, serde_json::Value)> =
             reason.map(|r| ("reason", json!(r))).into_iter().collect();
@@ -457,7 +510,8 @@ impl Runner<'_> {
     /// longer has entries it should (they expired), ends the run.
     fn renew(&mut self) -> Result<(), Error> {
         let mut per_node: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-        for a in self.active.values() {
+        // Pauses have no lease: each node's watchdog holds its deadline.
+        for a in self.active.values().filter(|a| !a.pause) {
             for (i, names) in &a.nodes {
                 per_node
                     .entry(*i)
@@ -481,7 +535,7 @@ impl Runner<'_> {
                 Ok(renewed) => {
                     let mut lines = Vec::new();
                     let mut lost = Vec::new();
-                    for a in self.active.values() {
+                    for a in self.active.values().filter(|a| !a.pause) {
                         let Some(want) = a.nodes.get(&t.node) else {
                             continue;
                         };
@@ -509,6 +563,7 @@ impl Runner<'_> {
                     let lines: Vec<serde_json::Value> = self
                         .active
                         .values()
+                        .filter(|a| !a.pause)
                         .filter_map(|a| {
                             let want = a.nodes.get(&t.node)?;
                             Some(a.occ.node_line(

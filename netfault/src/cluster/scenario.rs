@@ -25,9 +25,11 @@
 //! A partition step may say `conn = "new"` (or `"established"`): its entries then cut only TCP,
 //! and of it only connections being opened (or only the other segments).
 //!
-//! A step has exactly one of `partition` (a [`Topology`]) or `impair` (keys `from`, `to`,
+//! A step has exactly one of `partition` (a [`Topology`]), `impair` (keys `from`, `to`,
 //! `drop`, `duplicate`, `delay`, `jitter`, `distribution`, `reorder`, `rate`, as in rule-set
-//! files). Unknown keys and impossible timelines are refused with the key path
+//! files) or `pause` (node names: their `pause_target`s stop for `for`, at most 10 minutes,
+//! each held by a watchdog on the node's host that resumes it on time even if the
+//! coordinator dies; `pause = ["n1"]`, `for = "4s"`, with `repeat` and `every` as any step). Unknown keys and impossible timelines are refused with the key path
 //! (`step[1].every`). Steps may be written in any order of `at`; the timeline is sorted.
 //!
 //! Overlaps: the occurrences of one step never overlap (`every >= for`), but different steps
@@ -92,6 +94,9 @@ pub struct Step {
 pub enum StepAction {
     Partition(Topology),
     Impair(Impair),
+    /// The nodes whose processes (`pause_target`) stop for the step's `for`: each node's
+    /// watchdog resumes it on that deadline even if the coordinator is gone.
+    Pause(Vec<String>),
 }
 
 /// Whether an event applies a step's faults or heals them. At equal times ends sort first, so
@@ -124,6 +129,7 @@ const STEP_KEYS: &[&str] = &[
     "at",
     "partition",
     "impair",
+    "pause",
     "for",
     "repeat",
     "every",
@@ -193,16 +199,30 @@ fn step(index: usize, path: &str, t: &Table) -> Result<Step, SpecError> {
     let given: Vec<&str> = t
         .keys()
         .map(String::as_str)
-        .filter(|k| matches!(*k, "partition" | "impair"))
+        .filter(|k| matches!(*k, "partition" | "impair" | "pause"))
         .collect();
     let action = match given.as_slice() {
         [] => {
             return Err(err(
                 path,
-                "needs partition = \"TOPOLOGY\" or impair = { ... }",
+                "needs partition = \"TOPOLOGY\", impair = { ... } or pause = [\"NODE\", ...]",
             ));
         }
         ["partition"] => StepAction::Partition(parsed(&p("partition"), required("partition")?)?),
+        ["pause"] => {
+            let list = strings(&p("pause"), required("pause")?)?;
+            if list.is_empty() {
+                return Err(err(&p("pause"), "empty (name the nodes to pause)"));
+            }
+            let mut nodes: Vec<String> = Vec::new();
+            for (np, n) in list {
+                if nodes.iter().any(|x| x == n) {
+                    return Err(err(&np, format!("'{n}' is listed twice")));
+                }
+                nodes.push(n.to_string());
+            }
+            StepAction::Pause(nodes)
+        }
         [_] => StepAction::Impair(impair(
             &p("impair"),
             table(&p("impair"), required("impair")?)?,
@@ -215,6 +235,15 @@ fn step(index: usize, path: &str, t: &Table) -> Result<Step, SpecError> {
         }
     };
     let duration_ = duration(&p("for"), required("for")?)?;
+    if matches!(action, StepAction::Pause(_)) && duration_ > crate::pause::MAX_HOLD {
+        return Err(err(
+            &p("for"),
+            format!(
+                "a pause lasts at most {}",
+                humantime::format_duration(crate::pause::MAX_HOLD)
+            ),
+        ));
+    }
     let repeat = match t.get("repeat") {
         None => 1,
         Some(v) => v
@@ -257,7 +286,7 @@ fn step(index: usize, path: &str, t: &Table) -> Result<Step, SpecError> {
     let conn = match (t.get("conn"), &action) {
         (None, _) => Conn::Any,
         (Some(v), StepAction::Partition(_)) => parsed(&p("conn"), v)?,
-        (Some(_), StepAction::Impair(_)) => {
+        (Some(_), StepAction::Impair(_) | StepAction::Pause(_)) => {
             return Err(err(
                 &p("conn"),
                 "only with partition (a step's impairments match every packet)",
@@ -270,6 +299,12 @@ fn step(index: usize, path: &str, t: &Table) -> Result<Step, SpecError> {
             .as_bool()
             .ok_or_else(|| err(&p("verify"), "expected true or false"))?,
     };
+    if verify && matches!(action, StepAction::Pause(_)) {
+        return Err(err(
+            &p("verify"),
+            "checks the wire; a pause step puts nothing on it",
+        ));
+    }
     // The probes take their time, and the step must still be on when they end.
     let needs = super::verify::DURATION + crate::measure::probe::LISTEN_TAIL;
     if verify && duration_ < needs {
@@ -453,7 +488,7 @@ impl Scenario {
                 .grudge(&cluster.names(), event.seed)
                 .map(Some)
                 .map_err(|m| err(&format!("step[{}].partition", event.step), m)),
-            StepAction::Impair(_) => Ok(None),
+            StepAction::Impair(_) | StepAction::Pause(_) => Ok(None),
         }
     }
 
@@ -503,6 +538,21 @@ impl Scenario {
                 plan::partition(&s.name, cluster, &g, &s.reply, s.conn).map_err(relocate)
             }
             StepAction::Impair(imp) => plan::impair(&s.name, cluster, imp).map_err(relocate),
+            StepAction::Pause(nodes) => {
+                for (k, n) in nodes.iter().enumerate() {
+                    let f = format!("{path}.pause[{k}]");
+                    let node = cluster
+                        .node(n)
+                        .ok_or_else(|| err(&f, format!("no node named '{n}'")))?;
+                    if node.pause_target.is_none() {
+                        return Err(err(
+                            &f,
+                            format!("node '{n}' has no pause_target in the cluster file"),
+                        ));
+                    }
+                }
+                Ok(BTreeMap::new())
+            }
         }
     }
 }
@@ -855,5 +905,50 @@ for = "30s"
         )
         .unwrap_err();
         assert_eq!(e.field, "step[0].impair.corrupt_checksum");
+    }
+
+    #[test]
+    fn a_pause_step_names_nodes_with_a_pause_target() {
+        let sc = Scenario::parse(
+            "[[step]]\nname = \"gc\"\nat = \"1s\"\npause = [\"n1\"]\nfor = \"2s\"\nrepeat = 2\nevery = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(sc.steps[0].action, StepAction::Pause(vec!["n1".into()]));
+        assert_eq!(sc.timeline(1).len(), 4);
+        assert_eq!(sc.steps[0].end(), Some(Duration::from_secs(8)));
+        let mut c = Cluster::parse(CLUSTER).unwrap();
+        // The example's nodes have no pause_target: refused, naming the entry.
+        assert_eq!(sc.check(&c).unwrap_err().field, "step[0].pause[0]");
+        c.nodes[0].pause_target = Some(crate::pause::node::Place::Pid(4242));
+        sc.check(&c).unwrap();
+        let ev = sc.timeline(1)[0];
+        assert!(sc.rules(&ev, &c).unwrap().is_empty());
+        assert_eq!(sc.grudge(&ev, &c).unwrap(), None);
+        let bad =
+            Scenario::parse("[[step]]\nat = \"0s\"\npause = [\"n9\"]\nfor = \"2s\"\n").unwrap();
+        assert_eq!(bad.check(&c).unwrap_err().field, "step[0].pause[0]");
+        let field = |body: &str| {
+            Scenario::parse(&format!("[[step]]\nat = \"0s\"\n{body}\n"))
+                .unwrap_err()
+                .field
+        };
+        assert_eq!(field("pause = []\nfor = \"1s\""), "step[0].pause");
+        assert_eq!(
+            field("pause = [\"n1\", \"n1\"]\nfor = \"1s\""),
+            "step[0].pause[1]"
+        );
+        assert_eq!(field("pause = [\"n1\"]\nfor = \"11m\""), "step[0].for");
+        assert_eq!(
+            field("pause = [\"n1\"]\nfor = \"5s\"\nverify = true"),
+            "step[0].verify"
+        );
+        assert_eq!(
+            field("pause = [\"n1\"]\nfor = \"1s\"\nconn = \"new\""),
+            "step[0].conn"
+        );
+        assert_eq!(
+            field("pause = [\"n1\"]\npartition = \"halves\"\nfor = \"1s\""),
+            "step[0].partition"
+        );
     }
 }

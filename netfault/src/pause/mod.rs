@@ -11,8 +11,11 @@
 //!   The watchdog resumes on its deadline and whenever it is told to end (SIGTERM, SIGINT,
 //!   SIGHUP). Only SIGKILL gets past it: its record ([`store`]) then names a watchdog that is
 //!   gone, and the next netfault command resumes the target ([`sweep`]).
+//! - [`node`]: starting and ending pauses on this host, for the commands and for a cluster's
+//!   nodes (`pause_target`), whichever transport asks.
 use std::time::Duration;
 
+pub mod node;
 pub mod store;
 pub mod target;
 pub mod watchdog;

@@ -77,6 +77,11 @@ pub fn run(store: &Store, name: &str, ready: &mut dyn Write) -> Result<()> {
     let s = rec.schedule;
     let t0 = Instant::now();
     for i in 0..s.count {
+        // The hold counts from the signal (or freeze), not from seeing it take effect: a
+        // process of many threads takes milliseconds to stop them all, and a loaded host
+        // oversleeps the polls that see it; counted from the confirmation, each stop came out
+        // that much longer than asked (17.6 ms over 4 s for etcd on a loaded machine).
+        let began = Instant::now();
         if let Err(e) = rec.target.stop(fd.as_ref()) {
             let _ = rec.target.resume_with(fd.as_ref());
             if i == 0 {
@@ -90,7 +95,7 @@ pub fn run(store: &Store, name: &str, ready: &mut dyn Write) -> Result<()> {
             let _ = ready.flush();
         }
         let ended = match s.hold {
-            Some(h) => wait(&set, h),
+            Some(h) => wait(&set, h.saturating_sub(began.elapsed())),
             // Until resumed, or the target is gone.
             None => loop {
                 if wait(&set, Duration::from_secs(1)) {

@@ -33,6 +33,12 @@ use crate::{
     spec::{Kind, Ttl},
 };
 
+/// `GET /v1/pauses`: the live pauses on the agent's host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PausesView {
+    pub pauses: Vec<crate::pause::node::View>,
+}
+
 /// `POST /v1/measure`: probe `peers` from the agent's namespace (`measure --probe`), with the
 /// advice of `advise` for each. Durations as text (`100ms`), the rate as `N/UNIT`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -193,6 +199,9 @@ pub struct StatusView {
     pub protected: Vec<String>,
     pub lease: Option<LeaseView>,
     pub version: String,
+    /// Live pauses on the agent's host (`POST /v1/pauses`, `netfault pause`).
+    #[serde(default)]
+    pub pauses: Vec<crate::pause::node::View>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -526,6 +535,42 @@ impl NodeTransport for Agent {
         let timeout = crate::cluster::coordinator::NODE_TIMEOUT + r.length();
         let a = self.client()?.measure(&body, timeout).map_err(node_err)?;
         Ok(Some(a.peers))
+    }
+
+    fn pause(
+        &self,
+        req: &crate::pause::node::Request,
+    ) -> Result<crate::pause::node::Started, NodeError> {
+        self.client()?
+            .call("POST", "/v1/pauses", Some(req))
+            .map_err(node_err)
+    }
+
+    fn pauses(&self) -> Result<Vec<crate::pause::node::View>, NodeError> {
+        let v: PausesView = self
+            .client()?
+            .call("GET", "/v1/pauses", None::<&()>)
+            .map_err(node_err)?;
+        Ok(v.pauses)
+    }
+
+    fn resume(&self, names: &[String]) -> Result<Vec<String>, NodeError> {
+        let c = self.client()?;
+        let mut done = Vec::new();
+        for n in names {
+            // Names are checked (letters, digits, '-', '_', '.'): nothing to escape in a path.
+            match c.call::<crate::pause::node::View>(
+                "DELETE",
+                &format!("/v1/pauses/{n}"),
+                None::<&()>,
+            ) {
+                Ok(_) => done.push(n.clone()),
+                // Ended by itself meanwhile.
+                Err(AgentError::Status { status: 404, .. }) => {}
+                Err(e) => return Err(node_err(e)),
+            }
+        }
+        Ok(done)
     }
 
     fn state(&self) -> Result<NodeState, NodeError> {

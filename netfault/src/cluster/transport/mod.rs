@@ -18,6 +18,7 @@ use super::{Node, NodePlan, Transport};
 use crate::{
     control::{self, netns as ns},
     measure::Report,
+    pause::node as pause,
     spec::{Kind, SpecError, Ttl},
 };
 
@@ -41,6 +42,12 @@ pub enum NodeError {
     Spawn(#[source] std::io::Error),
     #[error(transparent)]
     Probe(#[from] crate::measure::probe::ProbeError),
+    /// A pause on the node: bad input (exit 2) or the watchdog's failure.
+    #[error(transparent)]
+    Pause(#[from] crate::pause::Error),
+    /// The node's transport cannot carry this operation (yet).
+    #[error("the {0} transport cannot {1}")]
+    Unsupported(&'static str, &'static str),
 }
 
 /// A fault live on a node, as `status` shows it (and as the SSH transport's `state` carries it).
@@ -87,6 +94,22 @@ pub trait NodeTransport: Send + Sync {
     fn measure(&self, probe: &MeasureRequest) -> Result<Option<Vec<Report>>, NodeError> {
         let _ = probe;
         Ok(None)
+    }
+    /// Starts a pause on the node's host (its watchdog runs there); returns once the target
+    /// is stopped.
+    fn pause(&self, req: &pause::Request) -> Result<pause::Started, NodeError> {
+        let _ = req;
+        Err(NodeError::Unsupported(self.kind(), "pause"))
+    }
+    /// The live pauses on the node's host.
+    fn pauses(&self) -> Result<Vec<pause::View>, NodeError> {
+        Err(NodeError::Unsupported(self.kind(), "list pauses"))
+    }
+    /// Ends the pauses named `names` that are live (a missing one is no error: it ended by
+    /// itself). Returns the names resumed.
+    fn resume(&self, names: &[String]) -> Result<Vec<String>, NodeError> {
+        let _ = names;
+        Err(NodeError::Unsupported(self.kind(), "resume"))
     }
 }
 

@@ -4,6 +4,7 @@ use super::{NodeError, NodePlan, NodeState, NodeTransport};
 use crate::{
     cluster::local,
     control::{Ctl, netns},
+    pause::{Store, node as pause},
     spec::Ttl,
 };
 
@@ -97,5 +98,20 @@ impl NodeTransport for Netns {
             None,
             probe.listen,
         )?))
+    }
+
+    // Pauses are host-wide (a process or a cgroup is in no network namespace): run here,
+    // without entering the namespace, as `netfault pause` would.
+    fn pause(&self, req: &pause::Request) -> Result<pause::Started, NodeError> {
+        Ok(pause::start_request(&Store::default(), req)?)
+    }
+
+    fn pauses(&self) -> Result<Vec<pause::View>, NodeError> {
+        Ok(pause::list(&Store::default()))
+    }
+
+    fn resume(&self, names: &[String]) -> Result<Vec<String>, NodeError> {
+        let done = pause::resume(&Store::default(), Some(names), true)?;
+        Ok(done.into_iter().map(|v| v.name).collect())
     }
 }

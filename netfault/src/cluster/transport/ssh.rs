@@ -46,6 +46,7 @@ use super::{
 use crate::{
     cluster::local,
     control::{self, Ctl, netns},
+    pause::node as pause,
     spec::{SpecError, Ttl},
 };
 
@@ -68,6 +69,12 @@ pub enum Op {
     State,
     /// Probe peers from the node (`cluster measure`): no state opened, no lock taken.
     Measure,
+    /// Start a pause on the node's host (`cluster pause`): no state opened, no lock taken.
+    Pause,
+    /// The live pauses on the node's host.
+    Pauses,
+    /// End pauses by name.
+    Resume,
 }
 
 impl Op {
@@ -79,6 +86,9 @@ impl Op {
             Op::Renew => "renew",
             Op::State => "state",
             Op::Measure => "measure",
+            Op::Pause => "pause",
+            Op::Pauses => "pauses",
+            Op::Resume => "resume",
         }
     }
 }
@@ -613,6 +623,22 @@ impl NodeTransport for Ssh {
         let a: super::agent::MeasureAnswer = self.call_within(Op::Measure, &body, limit)?;
         Ok(Some(a.peers))
     }
+
+    fn pause(&self, req: &pause::Request) -> Result<pause::Started, NodeError> {
+        Ok(self.call(Op::Pause, req)?)
+    }
+
+    fn pauses(&self) -> Result<Vec<pause::View>, NodeError> {
+        let v: super::agent::PausesView = self.call(Op::Pauses, &serde_json::json!({}))?;
+        Ok(v.pauses)
+    }
+
+    fn resume(&self, names: &[String]) -> Result<Vec<String>, NodeError> {
+        let req = wire::Delete {
+            names: names.to_vec(),
+        };
+        Ok(self.call::<wire::Names>(Op::Resume, &req)?.names)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -627,6 +653,9 @@ enum Request {
     Renew(wire::Renew),
     State,
     Measure(super::agent::MeasureBody),
+    Pause(pause::Request),
+    Pauses,
+    Resume(wire::Delete),
 }
 
 /// Bad input on stdin: exit 2, nothing changed.
@@ -648,6 +677,13 @@ fn request(op: Op, text: &str) -> Result<Request, NodeError> {
         Op::Heal => Request::Heal(parse(op, text)?),
         Op::Renew => Request::Renew(parse(op, text)?),
         Op::Measure => Request::Measure(parse(op, text)?),
+        Op::Pause => Request::Pause(parse(op, text)?),
+        Op::Resume => Request::Resume(parse(op, text)?),
+        Op::Pauses if text.trim().is_empty() => Request::Pauses,
+        Op::Pauses => {
+            let _: serde_json::Map<String, serde_json::Value> = parse(op, text)?;
+            Request::Pauses
+        }
         // Nothing to say: an empty stdin or `{}`.
         Op::State if text.trim().is_empty() => Request::State,
         Op::State => {
@@ -705,6 +741,26 @@ pub fn serve(
         let answer = to_json(&super::agent::MeasureAnswer { peers })?;
         return writeln!(output, "{answer}").map_err(io_error);
     }
+    // Pauses are host-wide: no namespace state, no lock. The watchdog is a process of its
+    // own on this host, in a session of its own: the SSH session's end does not end it.
+    let store = crate::pause::Store::default();
+    let answer = match &req {
+        Request::Pause(r) => {
+            crate::pause::sweep(&store);
+            Some(to_json(&pause::start_request(&store, r)?)?)
+        }
+        Request::Pauses => Some(to_json(&super::agent::PausesView {
+            pauses: pause::list(&store),
+        })?),
+        Request::Resume(d) => {
+            let done = pause::resume(&store, Some(&d.names), true)?;
+            Some(names(done.into_iter().map(|v| v.name).collect())?)
+        }
+        _ => None,
+    };
+    if let Some(answer) = answer {
+        return writeln!(output, "{answer}").map_err(io_error);
+    }
     let mut ctl = Ctl::open(netns)?;
     let answer = match req {
         Request::Apply(a) => names(local::apply(&mut ctl, &a.plan, a.ttl)?),
@@ -739,7 +795,9 @@ pub fn serve(
             }
         }
         Request::Renew(r) => names(local::renew(&mut ctl, &r.names, r.ttl)?),
-        Request::Measure(_) => unreachable!("answered above"),
+        Request::Measure(_) | Request::Pause(_) | Request::Pauses | Request::Resume(_) => {
+            unreachable!("answered above")
+        }
         Request::State => {
             let st = local::state(&ctl);
             to_json(&wire::State {
@@ -804,6 +862,7 @@ pub fn exit_code(e: &NodeError) -> u8 {
             | netns::NetnsError::NoProcess(_)
             | netns::NetnsError::PidFile(_),
         ) => 2,
+        NodeError::Pause(p) if p.exit_code() == 2 => 2,
         _ => 1,
     }
 }
