@@ -102,4 +102,32 @@ if [ -e /etc/ssh/sshd_not_to_be_run ] && command -v ss >/dev/null 2>&1 \
   exit 1
 fi
 
+# Docker from Debian, for tests/container.rs: the test starts its own dockerd (private data
+# root, socket and pid file under a temp dir, no bridge, no iptables) and its own containerd.
+# No system daemon may start: a policy-rc.d that refuses every start during the install, and
+# afterwards the services are disabled (systemd) or taken out of the boot (sysv).
+if ! dpkg-query -W -f='${Status}' docker.io 2>/dev/null | grep -q 'install ok installed'; then
+  policy_ours=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# netfault setup.sh: no service starts while it installs packages\nexit 101\n' \
+      | as_root tee /usr/sbin/policy-rc.d >/dev/null
+    as_root chmod 755 /usr/sbin/policy-rc.d
+    policy_ours=1
+  fi
+  log "installing Debian package docker.io (no system dockerd or containerd starts)"
+  docker_rc=0
+  { as_root apt-get update -qq \
+      && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+           docker.io >/dev/null; } || docker_rc=$?
+  [ "$policy_ours" = 1 ] && as_root rm -f /usr/sbin/policy-rc.d
+  [ "$docker_rc" = 0 ] || { log "installing docker.io failed"; exit "$docker_rc"; }
+  if [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now docker.service docker.socket containerd.service >/dev/null 2>&1 || true
+  else
+    for s in docker containerd; do
+      [ -e "/etc/init.d/$s" ] && as_root update-rc.d "$s" disable >/dev/null 2>&1 || true
+    done
+  fi
+fi
+
 log "ok"

@@ -1,10 +1,11 @@
 //! The network-namespace transport: the pinned-mode controller of a namespace on this host,
-//! named under /run/netns or reached through a process in it (`pid`, `pidfile`).
+//! named under /run/netns or reached through a process in it (`pid`, `pidfile`, `container`).
 use super::{NodeError, NodePlan, NodeState, NodeTransport};
 use crate::{
     cluster::local,
     control::{Ctl, netns},
     spec::Ttl,
+    targets,
 };
 
 /// Where the namespace is.
@@ -12,6 +13,8 @@ pub enum Place {
     Name(String),
     Pid(i32),
     PidFile(std::path::PathBuf),
+    /// A Docker or Podman container, asked of its engine at each use.
+    Container(String),
 }
 
 /// A namespace on this host: the pinned-mode controller, as `netfault --netns NS` (or `--pid
@@ -23,19 +26,22 @@ pub struct Netns {
 impl Netns {
     /// Enters the namespace (this thread only) and locks its state.
     fn open(&self) -> Result<Ctl, NodeError> {
-        self.enter()?;
+        let label = self.enter()?;
         let name = match &self.at {
             Place::Name(n) => Some(n.as_str()),
+            Place::Container(_) => label.as_deref(),
             Place::Pid(_) | Place::PidFile(_) => None,
         };
         Ok(Ctl::open(name)?)
     }
 
-    /// Enters the namespace (this thread only).
-    fn enter(&self) -> Result<(), NodeError> {
+    /// Enters the namespace (this thread only); how `status` names it when /run/netns does not.
+    fn enter(&self) -> Result<Option<String>, NodeError> {
         match &self.at {
             Place::Name(n) => netns::enter(n)?,
             Place::Pid(pid) => netns::enter_pid(*pid)?,
+            // Asked at each use: a restarted container has a new process.
+            Place::Container(c) => return Ok(targets::Target::Container(c.clone()).enter()?),
             Place::PidFile(f) => {
                 // Read at each use: a restarted process writes its new PID there.
                 let what = |m: String| netns::NetnsError::PidFile(format!("{}: {m}", f.display()));
@@ -49,8 +55,8 @@ impl Netns {
                     e => e,
                 })?;
             }
-        }
-        Ok(())
+        };
+        Ok(None)
     }
 }
 

@@ -802,7 +802,8 @@ pub fn exit_code(e: &NodeError) -> u8 {
         NodeError::Netns(
             netns::NetnsError::Unknown(_)
             | netns::NetnsError::NoProcess(_)
-            | netns::NetnsError::PidFile(_),
+            | netns::NetnsError::PidFile(_)
+            | netns::NetnsError::Container(_),
         ) => 2,
         _ => 1,
     }
