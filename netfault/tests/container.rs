@@ -388,6 +388,49 @@ fn container_as_target() {
         "the server does not answer after the rule went"
     );
 
+    // A cluster file's `container` transport: node n1 is the container (looked up at each
+    // operation), n2 the host side's namespace; the coordinator attaches both.
+    let file = engine.dir.join("cluster.toml");
+    fs::write(
+        &file,
+        format!(
+            "[[node]]\nname = \"n1\"\naddrs = [\"{CTR_IP}\"]\niface = [\"c0\"]\ncontainer = \"{name}\"\n\n\
+             [[node]]\nname = \"n2\"\naddrs = [\"{HOST_IP}\"]\niface = [\"h0\"]\nnetns = \"{host}\"\n"
+        ),
+    )
+    .unwrap();
+    let f = file.display().to_string();
+    let h = host.clone();
+    let host_bin = engine.host();
+    lab.on_teardown(move || {
+        let _ = nf_env(&host_bin, &["--netns", &h, "detach"]);
+    });
+    nf_ok(
+        &engine,
+        &["cluster", "--cluster", &f, "partition", "isolate:n1"],
+    );
+    let cut = get(&host, Duration::from_millis(700));
+    assert!(cut.is_err(), "isolate:n1 let a request through: {cut:?}");
+    let st: serde_json::Value = serde_json::from_str(&nf_ok(
+        &engine,
+        &["cluster", "--cluster", &f, "status", "--json"],
+    ))
+    .unwrap();
+    assert!(st.to_string().contains("n1"), "cluster status: {st}");
+    nf_ok(&engine, &["cluster", "--cluster", &f, "heal"]);
+    assert!(
+        answers(&host),
+        "the server does not answer after the cluster heal"
+    );
+    refused(
+        nf(
+            &engine,
+            &["--container", &name, "cluster", "--cluster", &f, "status"],
+        ),
+        &name,
+        "does not apply to `cluster`",
+    );
+
     // Refusals, exit 2, naming the container, nothing changed.
     let stopped = format!("nfctr-stopped-{}", std::process::id());
     engine.docker_ok(&[

@@ -160,6 +160,16 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
     // missing CAP_SYS_ADMIN is named rather than reported as EPERM. `--pid` and `--container`
     // name what to stop for `pause`; for the rest, where to act. A child (the offload reaper)
     // inherits the namespace entered here.
+    if let Some(c) = &cli.container
+        && matches!(cli.cmd, Cmd::Cluster(_))
+    {
+        // Each node names its own target in the cluster file (`container = "NAME"`).
+        return Err(netfault::spec::SpecError::new(
+            "--container",
+            format!("{c}: does not apply to `cluster` (a node says container = \"NAME\" in the cluster file)"),
+        )
+        .into());
+    }
     let pausing = matches!(
         cli.cmd,
         Cmd::Pause(_) | Cmd::Resume(_) | Cmd::PauseWatchdog(_)
