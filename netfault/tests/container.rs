@@ -502,6 +502,19 @@ fn container_as_target() {
     );
     assert!(answers(&host), "a refused command changed the path");
 
+    // A container its engine paused is refused: a netfault pause would thaw it at its end.
+    engine.docker_ok(&["pause", &name]);
+    refused(
+        nf(&engine, &["--container", &name, "pause", "--for", "1s"]),
+        &name,
+        "paused by its engine",
+    );
+    engine.docker_ok(&["unpause", &name]);
+    assert!(
+        answers(&host),
+        "the server does not answer after docker unpause"
+    );
+
     // Pause: the container's own cgroup v2 is frozen for 2 s, then thawed by the watchdog.
     let cg = PathBuf::from(
         fs::read_to_string(format!("/proc/{pid}/cgroup"))

@@ -38,8 +38,12 @@ impl Netns {
     /// Enters the namespace (this thread only); how `status` names it when /run/netns does not.
     fn enter(&self) -> Result<Option<String>, NodeError> {
         match &self.at {
-            Place::Name(n) => netns::enter(n)?,
-            Place::Pid(pid) => netns::enter_pid(*pid)?,
+            Place::Name(n) => {
+                targets::Target::Netns(n.clone()).enter()?;
+            }
+            Place::Pid(pid) => {
+                targets::Target::Pid(*pid).enter()?;
+            }
             // Asked at each use: a restarted container has a new process.
             Place::Container(c) => return Ok(targets::Target::Container(c.clone()).enter()?),
             Place::PidFile(f) => {
