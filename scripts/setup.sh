@@ -102,30 +102,41 @@ if [ -e /etc/ssh/sshd_not_to_be_run ] && command -v ss >/dev/null 2>&1 \
   exit 1
 fi
 
-# etcd, for tests/etcd_pause.rs (pauses of a real cluster's leader): the tests start their own
-# members in lab namespaces, with data directories of their own. Debian's etcd-server enables
-# and starts a system etcd on install: as for sshd, a policy-rc.d that refuses every start
-# keeps it down during the install, and a service manager's unit is disabled after it.
-if ! dpkg-query -W -f='${Status}' etcd-server 2>/dev/null | grep -q 'install ok installed' \
-   || ! dpkg-query -W -f='${Status}' etcd-client 2>/dev/null | grep -q 'install ok installed'; then
-  policy_ours=0
+# Daemons the tests start on their own, never as system services: etcd (tests/etcd_pause.rs:
+# members in lab namespaces, data directories of their own) and dockerd with its containerd
+# (tests/container.rs: private data root, socket and pid file under a temp dir, no bridge, no
+# iptables). Debian's packages enable and start a system daemon on install: as for sshd, a
+# policy-rc.d that refuses every start keeps it down during the install, and afterwards the
+# services are disabled (systemd) or taken out of the boot (sysv).
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+install_without_services() {   # "SERVICE..." PACKAGE...
+  local services=$1; shift
+  local want=() p
+  for p in "$@"; do installed "$p" || want+=("$p"); done
+  [ "${#want[@]}" -gt 0 ] || return 0
+  local policy_ours=0 rc=0 s
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\n# netfault setup.sh: no service starts while it installs packages\nexit 101\n' \
       | as_root tee /usr/sbin/policy-rc.d >/dev/null
     as_root chmod 755 /usr/sbin/policy-rc.d
     policy_ours=1
   fi
-  log "installing Debian packages: etcd-server etcd-client (the system etcd stays off)"
-  etcd_rc=0
+  log "installing Debian packages: ${want[*]} (no system $services starts)"
   { as_root apt-get update -qq \
       && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-           etcd-server etcd-client >/dev/null; } || etcd_rc=$?
+           "${want[@]}" >/dev/null; } || rc=$?
   [ "$policy_ours" = 1 ] && as_root rm -f /usr/sbin/policy-rc.d
-  [ "$etcd_rc" = 0 ] || { log "installing etcd failed"; exit "$etcd_rc"; }
-  if [ -d /run/systemd/system ]; then
-    as_root systemctl disable --now etcd.service >/dev/null 2>&1 || true
-  fi
-fi
+  [ "$rc" = 0 ] || { log "installing ${want[*]} failed"; exit "$rc"; }
+  for s in $services; do
+    if [ -d /run/systemd/system ]; then
+      as_root systemctl disable --now "$s" >/dev/null 2>&1 || true
+    elif [ -e "/etc/init.d/${s%.service}" ]; then
+      as_root update-rc.d "${s%.service}" disable >/dev/null 2>&1 || true
+    fi
+  done
+}
+install_without_services "etcd.service" etcd-server etcd-client
+install_without_services "docker.service docker.socket containerd.service" docker.io
 # A system etcd would not disturb the tests (they listen on lab addresses in namespaces of
 # their own), so one found running (an operator's) is only reported.
 if command -v ss >/dev/null 2>&1 && ss -Hltnp 2>/dev/null | grep -q '"etcd"'; then

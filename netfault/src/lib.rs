@@ -14,6 +14,9 @@
 //!   phi accrual thresholds they advise. Pure.
 //! - [`pause`]: processes and cgroups stopped for a while, resumed by a watchdog on their
 //!   deadline (beside the network: no namespace, no BPF).
+//! - [`targets`]: how a namespace is named (`--netns`, `--pid`, `--container` through a
+//!   container engine's API socket) turned into the namespace entered, and a container into
+//!   the cgroup a pause freezes.
 //! - [`cluster`]: lab clusters: cluster files, topologies, plans, the coordinator and its
 //!   transports.
 //! - [`agent`]: `netfault agent`, the HTTP server a coordinator's agent transport talks to.
@@ -27,3 +30,4 @@ pub mod netlink;
 pub mod observe;
 pub mod pause;
 pub mod spec;
+pub mod targets;

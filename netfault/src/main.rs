@@ -53,7 +53,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if c.is::<SpecError>()
             || matches!(
                 c.downcast_ref::<NetnsError>(),
-                Some(NetnsError::Unknown(_) | NetnsError::NoProcess(_))
+                Some(NetnsError::Unknown(_) | NetnsError::NoProcess(_) | NetnsError::Container(_))
             )
         {
             return 2;

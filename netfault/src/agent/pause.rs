@@ -53,7 +53,7 @@ pub async fn start(
     let s = blocking(move || {
         let store = Store::default();
         pause::sweep(&store);
-        node::start_request(&store, &req)
+        node::start_request(&store, &req, &crate::targets::container_cgroup_for_pause)
     })
     .await?;
     Ok((StatusCode::CREATED, Json(s)))

@@ -2,7 +2,10 @@
 //! holds the grammar they share and the (pure, fuzzed) rule and partition arguments.
 use clap::{Parser, Subcommand};
 
-use netfault::control::{netns, privileges};
+use netfault::{
+    control::{netns, privileges},
+    targets::Target,
+};
 
 pub mod advise;
 pub mod agent;
@@ -75,6 +78,16 @@ pub struct Cli {
     /// namespace has one state however it is reached. For `pause`: the process to stop.
     #[arg(long, global = true, value_name = "PID", conflicts_with = "netns")]
     pub pid: Option<i32>,
+    /// Act inside the network namespace of a running Docker or Podman container, found at each
+    /// command through the engine's API socket ($DOCKER_HOST if unix:///PATH, else
+    /// /run/docker.sock, then /run/podman/podman.sock). For `pause`: the container to freeze.
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME|ID",
+        conflicts_with_all = ["netns", "pid"]
+    )]
+    pub container: Option<String>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -143,28 +156,38 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Advise(a) => return advise::run(a).map(|()| Done::Ok),
         _ => {}
     }
-    // setns applies to this thread only: before any other thread exists. Privileges first, so
-    // a missing CAP_SYS_ADMIN is named rather than reported as EPERM.
-    if let Some(name) = ns {
-        privileges::require(privileges::Need {
-            change: cli.cmd.changes(),
-            netns: true,
-        })?;
-        netns::enter(name)?;
-    }
-    // `--pid` names the process to stop for `pause`; for the rest, where to act. A child
-    // (the offload reaper) inherits the namespace entered here.
-    if let Some(pid) = cli.pid
-        && !matches!(
-            cli.cmd,
-            Cmd::Pause(_) | Cmd::Resume(_) | Cmd::PauseWatchdog(_)
-        )
+    // setns applies to this thread only: before any other thread exists (a container's
+    // lookup runs on a thread of its own that has ended by then). Privileges first, so a
+    // missing CAP_SYS_ADMIN is named rather than reported as EPERM. `--pid` and `--container`
+    // name what to stop for `pause`; for the rest, where to act. A child (the offload reaper)
+    // inherits the namespace entered here.
+    if let Some(c) = &cli.container
+        && matches!(cli.cmd, Cmd::Cluster(_))
     {
+        // Each node names its own target in the cluster file (`container = "NAME"`).
+        return Err(netfault::spec::SpecError::new(
+            "--container",
+            format!("{c}: does not apply to `cluster` (a node says container = \"NAME\" in the cluster file)"),
+        )
+        .into());
+    }
+    let pausing = matches!(
+        cli.cmd,
+        Cmd::Pause(_) | Cmd::Resume(_) | Cmd::PauseWatchdog(_)
+    );
+    let target = Target::from_flags(
+        ns,
+        cli.pid.filter(|_| !pausing),
+        cli.container.as_deref().filter(|_| !pausing),
+    );
+    if let Some(t) = target {
         privileges::require(privileges::Need {
             change: cli.cmd.changes(),
             netns: true,
         })?;
-        netns::enter_pid(pid)?;
+        if let Some(label) = t.enter()? {
+            netns::set_label(label);
+        }
     }
     // A command that leaves a probabilistic rule with a lifetime starts the reaper that puts
     // the offload settings back when it expires (control::features).
@@ -193,7 +216,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Node(a) => node::run(a, ns).map(|()| Done::Ok)?,
         Cmd::ReapOffloads(a) => reap::run(a, ns).map(|()| Done::Ok)?,
         Cmd::Agent(a) => agent::run(a, ns)?,
-        Cmd::Pause(a) => pause::run(a, cli.pid).map(|()| Done::Ok)?,
+        Cmd::Pause(a) => pause::run(a, cli.pid, cli.container.as_deref()).map(|()| Done::Ok)?,
         Cmd::Resume(a) => pause::resume(a).map(|()| Done::Ok)?,
         Cmd::PauseWatchdog(a) => pause::watchdog(a).map(|()| Done::Ok)?,
         Cmd::Measure(a) => measure::run(&a).map(|()| Done::Ok)?,

@@ -10,7 +10,8 @@ use netfault::{
 /// is killed meanwhile (a watchdog process holds the deadline).
 ///
 /// The target: `--pid PID`, a process, stopped with SIGSTOP and resumed with SIGCONT through a
-/// pidfd (a reused PID is never signalled); or `--cgroup PATH`.
+/// pidfd (a reused PID is never signalled); `--cgroup PATH`; or `--container NAME|ID`, a running
+/// Docker or Podman container's own cgroup v2, frozen as `--cgroup` is.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// A cgroup v2 directory (absolute, or relative to the cgroup2 mount): frozen with
@@ -43,32 +44,49 @@ pub struct WatchdogArgs {
     pub name: String,
 }
 
-fn spec_of(a: &Args, pid: Option<i32>) -> Result<(Record, Target), SpecError> {
+/// The cgroup of a running container, as a pause target; a container that is not running, has
+/// no cgroup v2 of its own, or whose engine is down is bad input.
+fn container_target(name: &str) -> Result<Target, pause::Error> {
+    use netfault::control::netns::NetnsError;
+    let dir = netfault::targets::container_cgroup(name).map_err(|e| match e {
+        NetnsError::Container(m) => pause::Error::Spec(SpecError::new("--container", m)),
+        e => pause::Error::io("container engine", std::io::Error::other(e.to_string())),
+    })?;
+    Ok(Target::cgroup(&dir)?)
+}
+
+fn spec_of(
+    a: &Args,
+    pid: Option<i32>,
+    container: Option<&str>,
+) -> Result<(Record, Target), pause::Error> {
     let hold = if a.hold.trim().eq_ignore_ascii_case("none") {
         None
     } else {
         Some(spec::parse_duration(&a.hold).map_err(|m| SpecError::new("--for", m))?)
     };
     let schedule = Schedule::new(hold, a.every, a.count)?;
-    let target = match (pid, &a.cgroup) {
-        (Some(p), None) => Target::pid(p)?,
-        (None, Some(c)) => Target::cgroup(c)?,
-        (Some(_), Some(_)) => {
-            return Err(SpecError::new(
-                "--cgroup",
-                "give --pid or --cgroup, not both",
-            ));
-        }
-        (None, None) => {
+    let target = match (pid, &a.cgroup, container) {
+        (Some(p), None, None) => Target::pid(p)?,
+        (None, Some(c), None) => Target::cgroup(c)?,
+        (None, None, Some(c)) => container_target(c)?,
+        (None, None, None) => {
             return Err(SpecError::new(
                 "--pid",
-                "give the target: --pid PID or --cgroup PATH",
-            ));
+                "give the target: --pid PID, --cgroup PATH or --container NAME",
+            )
+            .into());
+        }
+        _ => {
+            return Err(
+                SpecError::new("--cgroup", "give one of --pid, --cgroup and --container").into(),
+            );
         }
     };
-    let name = match &a.name {
-        Some(n) => n.clone(),
-        None => match &target {
+    let name = match (&a.name, container) {
+        (Some(n), _) => n.clone(),
+        (None, Some(c)) => format!("container-{c}"),
+        (None, None) => match &target {
             Target::Pid { pid, .. } => format!("pid-{pid}"),
             Target::Cgroup { path } => format!(
                 "cgroup-{}",
@@ -92,10 +110,10 @@ fn spec_of(a: &Args, pid: Option<i32>) -> Result<(Record, Target), SpecError> {
     Ok((rec, target))
 }
 
-pub fn run(a: Args, pid: Option<i32>) -> anyhow::Result<()> {
+pub fn run(a: Args, pid: Option<i32>, container: Option<&str>) -> anyhow::Result<()> {
     let store = Store::default();
     sweep(&store);
-    let (rec, target) = spec_of(&a, pid).map_err(pause::Error::from)?;
+    let (rec, target) = spec_of(&a, pid, container)?;
     let started = pause::node::start(&store, &rec.name, target, rec.schedule)?;
     let s = rec.schedule;
     let how = match (s.hold, s.every) {

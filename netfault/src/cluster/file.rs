@@ -7,7 +7,8 @@
 //! addrs = ["192.0.2.1", "2001:db8::1"]   # what the other nodes reach it by (v4 and/or v6)
 //! iface = ["eth1"]                  # where netfault attaches on it
 //! netns = "lab-n1"                  # a namespace on this host; or, of a process here:
-//!                                   # pid = 4242, or pidfile = "/run/n1.pid" (read at each use)
+//!                                   # pid = 4242, or pidfile = "/run/n1.pid" (read at each use),
+//!                                   # or container = "web" (Docker/Podman, looked up at each use)
 //!
 //! [[node]]
 //! name = "n2"
@@ -76,6 +77,9 @@ pub enum Transport {
     /// As `Pid`, the PID read from this file at each operation (a restarted process keeps
     /// its node).
     PidFile(PathBuf),
+    /// As `Pid`, a running Docker or Podman container's process, asked of its engine at each
+    /// operation (a restarted container keeps its node).
+    Container(String),
     /// A `netfault agent` over HTTP(S), authenticated by a bearer token.
     Agent {
         url: AgentUrl,
@@ -176,7 +180,10 @@ impl Transport {
     /// SSH's port is 22 unless its options say `-p N`, `-oPort=N` or `-o Port=N`.
     pub fn endpoint(&self) -> Option<(&str, u16)> {
         match self {
-            Transport::Netns(_) | Transport::Pid(_) | Transport::PidFile(_) => None,
+            Transport::Netns(_)
+            | Transport::Pid(_)
+            | Transport::PidFile(_)
+            | Transport::Container(_) => None,
             Transport::Agent { url, .. } => Some((url.host.as_str(), url.port)),
             Transport::Ssh {
                 target, options, ..
@@ -226,6 +233,7 @@ const NODE_KEYS: &[&str] = &[
     "netns",
     "pid",
     "pidfile",
+    "container",
     "agent",
     "token_file",
     "ca_file",
@@ -234,7 +242,7 @@ const NODE_KEYS: &[&str] = &[
     "netfault",
     "pause_target",
 ];
-const TRANSPORTS: &[&str] = &["netns", "pid", "pidfile", "agent", "ssh"];
+const TRANSPORTS: &[&str] = &["netns", "pid", "pidfile", "container", "agent", "ssh"];
 /// Keys that belong to one transport: refused on a node that uses another, so a typo in
 /// `agent` does not silently leave a `token_file` unused.
 const TRANSPORT_OF: &[(&str, &str)] = &[
@@ -409,7 +417,7 @@ fn transport(path: &str, t: &Table) -> Result<Transport, SpecError> {
         [] => {
             return Err(err(
                 path,
-                "needs a transport: one of netns = \"NAME\", pid = PID, pidfile = \"PATH\", agent = \"http(s)://HOST:PORT\", ssh = \"user@host\"",
+                "needs a transport: one of netns = \"NAME\", pid = PID, pidfile = \"PATH\", container = \"NAME\", agent = \"http(s)://HOST:PORT\", ssh = \"user@host\"",
             ));
         }
         [one] => *one,
@@ -471,6 +479,16 @@ fn transport(path: &str, t: &Table) -> Result<Transport, SpecError> {
                 return Err(err(&p("pidfile"), "expected an absolute path"));
             }
             Transport::PidFile(f)
+        }
+        "container" => {
+            let c = value("container")?;
+            if !crate::targets::engine::valid_name(c) {
+                return Err(err(
+                    &p("container"),
+                    format!("'{c}' is not a container name or ID (letters, digits, '_', '.', '-')"),
+                ));
+            }
+            Transport::Container(c.to_string())
         }
         "agent" => {
             let url: AgentUrl = value("agent")?
@@ -588,6 +606,10 @@ netfault = "/usr/local/bin/netfault"
             local("pidfile = \"/run/n.pid\""),
             Transport::PidFile("/run/n.pid".into())
         );
+        assert_eq!(
+            local("container = \"web-1\""),
+            Transport::Container("web-1".into())
+        );
         let Transport::Agent { url, ca_file, .. } = &c.nodes[1].transport else {
             panic!("{:?}", c.nodes[1].transport);
         };
@@ -674,6 +696,9 @@ netfault = "/usr/local/bin/netfault"
             (n("pid = 1"), "node[0].pid"),
             (n("pid = \"42\""), "node[0].pid"),
             (n("pidfile = \"n1.pid\""), "node[0].pidfile"),
+            (n("container = \"a/b\""), "node[0].container"),
+            (n("container = 3"), "node[0].container"),
+            (n("container = \"web\"\npid = 42"), "node[0].pid"),
             (n("pid = 42\nnetns = \"a\""), "node[0].netns"),
             (n("ssh = \"-oProxyCommand=x\""), "node[0].ssh"),
             (n("ssh = \"@host\""), "node[0].ssh"),

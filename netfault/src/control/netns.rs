@@ -14,6 +14,22 @@ pub enum NetnsError {
     /// A pidfile that names no live process (the text says which and why).
     #[error("pidfile {0}")]
     PidFile(String),
+    /// `--container`: no engine, no such container, a stopped one, a bad name (bad input:
+    /// nothing changed). The text names the container and says why.
+    #[error("invalid --container {0}")]
+    Container(String),
+    /// `--container`: the engine answered, but not as expected (a failure, not bad input).
+    #[error("container engine: {0}")]
+    Engine(String),
+}
+
+/// How `status` names the namespace entered through something other than /run/netns (`--pid`,
+/// `--container`): set once, before the namespace's state is opened.
+static LABEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the label [`display_name`] gives the namespace this process entered (first call wins).
+pub fn set_label(label: String) {
+    let _ = LABEL.set(label);
 }
 
 pub fn enter(name: &str) -> Result<(), NetnsError> {
@@ -135,12 +151,14 @@ pub fn key_of(name: &str) -> Result<String, NetnsError> {
         .map_err(|e| NetnsError::Enter(name.into(), e))
 }
 
-/// How people name the namespace this process is in: `given` (`--netns NAME`), else its name
+/// How people name the namespace this process is in: `given` (`--netns NAME`), else the label
+/// set by the command line (`container web`), else its name
 /// under /run/netns, else `host` for the host's; `None` for an unnamed one. For display only:
 /// state is keyed by [`state_key`].
 pub fn display_name(given: Option<&str>) -> Option<String> {
     match given {
         Some(n) => Some(n.to_string()),
+        None if LABEL.get().is_some() => LABEL.get().cloned(),
         None if in_host_netns() => Some("host".into()),
         None => own_name(),
     }

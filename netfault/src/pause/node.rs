@@ -27,7 +27,14 @@ pub enum Place {
     PidFile(PathBuf),
     /// `cgroup:PATH`: a cgroup v2 directory, frozen.
     Cgroup(PathBuf),
+    /// `container:NAME`: a Docker or Podman container's own cgroup v2, frozen; asked of the
+    /// engine when the pause starts (a restarted container keeps its node).
+    Container(String),
 }
+
+/// A container's own cgroup v2 directory, as the container engine says (`targets`, a layer
+/// above this one, looks it up): a place names a container, resolving it needs the engine.
+pub type ContainerCgroup<'a> = &'a dyn Fn(&str) -> std::result::Result<PathBuf, String>;
 
 impl Place {
     /// Parses `cgroup:PATH`, `pidfile:PATH`, `pid:N` or `container:NAME`; `field` names the
@@ -66,18 +73,32 @@ impl Place {
                 Ok(Place::PidFile(p))
             }
             "cgroup" => Ok(Place::Cgroup(path(v)?)),
-            // The container resolver is not on this branch: refuse rather than guess.
-            "container" => Err(bad("container pause targets: not built".into())),
+            "container" => {
+                let n = v.trim();
+                if n.is_empty() || n.contains(['/', '\0']) {
+                    return Err(bad(format!("'{s}': expected a container name or ID")));
+                }
+                Ok(Place::Container(n.to_string()))
+            }
             k => Err(bad(format!(
                 "'{k}' is not a pause target kind (cgroup, pidfile, pid or container)"
             ))),
         }
     }
 
-    /// The target as it is now on this host: a pidfile is read here. Errors name `field`.
-    pub fn resolve(&self, field: &str) -> std::result::Result<Target, SpecError> {
+    /// The target as it is now on this host: a pidfile is read here, a container asked of its
+    /// engine through `container`. Errors name `field`.
+    pub fn resolve(
+        &self,
+        field: &str,
+        container: ContainerCgroup<'_>,
+    ) -> std::result::Result<Target, SpecError> {
         let named = |e: SpecError| SpecError::new(field, e.msg);
         match self {
+            Place::Container(n) => {
+                let dir = container(n).map_err(|m| SpecError::new(field, m))?;
+                Target::cgroup(&dir).map_err(named)
+            }
             Place::Pid(p) => Target::pid(*p).map_err(named),
             Place::Cgroup(c) => Target::cgroup(c).map_err(named),
             Place::PidFile(f) => {
@@ -101,6 +122,7 @@ impl fmt::Display for Place {
             Place::Pid(p) => write!(f, "pid:{p}"),
             Place::PidFile(p) => write!(f, "pidfile:{}", p.display()),
             Place::Cgroup(p) => write!(f, "cgroup:{}", p.display()),
+            Place::Container(n) => write!(f, "container:{n}"),
         }
     }
 }
@@ -165,9 +187,13 @@ pub fn list(store: &Store) -> Vec<View> {
 }
 
 /// Checks `req` and starts it: [`start`] of the target its place resolves to.
-pub fn start_request(store: &Store, req: &Request) -> Result<Started> {
+pub fn start_request(
+    store: &Store,
+    req: &Request,
+    container: ContainerCgroup<'_>,
+) -> Result<Started> {
     validate_name("name", &req.name)?;
-    let target = req.target.resolve("target")?;
+    let target = req.target.resolve("target", container)?;
     start(store, &req.name, target, req.schedule)
 }
 
@@ -310,18 +336,22 @@ mod tests {
             "pidfile:rel.pid",
             "cgroup:",
             "vm:n1",
-            "container:etcd1",
+            "container:",
+            "container:a/b",
         ] {
             let e = Place::parse(f, bad).unwrap_err();
             assert_eq!(e.field, f, "{bad}");
         }
-        assert!(
-            Place::parse(f, "container:etcd1")
-                .unwrap_err()
-                .msg
-                .contains("not built")
+        assert_eq!(
+            Place::parse(f, "container:etcd1").unwrap(),
+            Place::Container("etcd1".into())
         );
-        for s in ["pid:4242", "pidfile:/run/n1.pid", "cgroup:lab/n1"] {
+        for s in [
+            "pid:4242",
+            "pidfile:/run/n1.pid",
+            "cgroup:lab/n1",
+            "container:etcd1",
+        ] {
             let p = Place::parse(f, s).unwrap();
             assert_eq!(p.to_string(), s);
             let json = serde_json::to_string(&p).unwrap();
@@ -330,18 +360,44 @@ mod tests {
         assert!(serde_json::from_str::<Place>("\"pid:0\"").is_err());
     }
 
+    fn no_engine(name: &str) -> std::result::Result<PathBuf, String> {
+        Err(format!("{name}: no engine in unit tests"))
+    }
+
+    #[test]
+    fn a_container_place_asks_the_engine_and_names_the_field() {
+        let p = Place::Container("web".into());
+        let e = p.resolve("node[1].pause_target", &no_engine).unwrap_err();
+        assert_eq!(e.field, "node[1].pause_target");
+        assert!(e.msg.contains("web: no engine"), "{}", e.msg);
+    }
+
     #[test]
     fn a_pidfile_is_read_when_resolved() {
         let dir = std::env::temp_dir().join(format!("nf-pause-place-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("p.pid");
         let p = Place::PidFile(f.clone());
-        assert_eq!(p.resolve("t").unwrap_err().field, "t", "no file yet");
+        assert_eq!(
+            p.resolve("t", &no_engine).unwrap_err().field,
+            "t",
+            "no file yet"
+        );
         std::fs::write(&f, "nonsense\n").unwrap();
-        assert!(p.resolve("t").unwrap_err().msg.contains("not a process id"));
+        assert!(
+            p.resolve("t", &no_engine)
+                .unwrap_err()
+                .msg
+                .contains("not a process id")
+        );
         // This process: a real PID, refused for being netfault's own (the resolve went through).
         std::fs::write(&f, format!("{}\n", std::process::id())).unwrap();
-        assert!(p.resolve("t").unwrap_err().msg.contains("itself"));
+        assert!(
+            p.resolve("t", &no_engine)
+                .unwrap_err()
+                .msg
+                .contains("itself")
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -155,6 +155,9 @@ pub fn for_node(
         Transport::PidFile(f) => Box::new(Netns {
             at: netns::Place::PidFile(f.clone()),
         }),
+        Transport::Container(c) => Box::new(Netns {
+            at: netns::Place::Container(c.clone()),
+        }),
         Transport::Agent {
             url,
             token_file,

@@ -1,11 +1,12 @@
 //! The network-namespace transport: the pinned-mode controller of a namespace on this host,
-//! named under /run/netns or reached through a process in it (`pid`, `pidfile`).
+//! named under /run/netns or reached through a process in it (`pid`, `pidfile`, `container`).
 use super::{NodeError, NodePlan, NodeState, NodeTransport};
 use crate::{
     cluster::local,
     control::{Ctl, netns},
     pause::{Store, node as pause},
     spec::Ttl,
+    targets,
 };
 
 /// Where the namespace is.
@@ -13,6 +14,8 @@ pub enum Place {
     Name(String),
     Pid(i32),
     PidFile(std::path::PathBuf),
+    /// A Docker or Podman container, asked of its engine at each use.
+    Container(String),
 }
 
 /// A namespace on this host: the pinned-mode controller, as `netfault --netns NS` (or `--pid
@@ -24,19 +27,26 @@ pub struct Netns {
 impl Netns {
     /// Enters the namespace (this thread only) and locks its state.
     fn open(&self) -> Result<Ctl, NodeError> {
-        self.enter()?;
+        let label = self.enter()?;
         let name = match &self.at {
             Place::Name(n) => Some(n.as_str()),
+            Place::Container(_) => label.as_deref(),
             Place::Pid(_) | Place::PidFile(_) => None,
         };
         Ok(Ctl::open_in_fanout(name)?)
     }
 
-    /// Enters the namespace (this thread only).
-    fn enter(&self) -> Result<(), NodeError> {
+    /// Enters the namespace (this thread only); how `status` names it when /run/netns does not.
+    fn enter(&self) -> Result<Option<String>, NodeError> {
         match &self.at {
-            Place::Name(n) => netns::enter(n)?,
-            Place::Pid(pid) => netns::enter_pid(*pid)?,
+            Place::Name(n) => {
+                targets::Target::Netns(n.clone()).enter()?;
+            }
+            Place::Pid(pid) => {
+                targets::Target::Pid(*pid).enter()?;
+            }
+            // Asked at each use: a restarted container has a new process.
+            Place::Container(c) => return Ok(targets::Target::Container(c.clone()).enter()?),
             Place::PidFile(f) => {
                 // Read at each use: a restarted process writes its new PID there.
                 let what = |m: String| netns::NetnsError::PidFile(format!("{}: {m}", f.display()));
@@ -50,8 +60,8 @@ impl Netns {
                     e => e,
                 })?;
             }
-        }
-        Ok(())
+        };
+        Ok(None)
     }
 }
 
@@ -103,7 +113,11 @@ impl NodeTransport for Netns {
     // Pauses are host-wide (a process or a cgroup is in no network namespace): run here,
     // without entering the namespace, as `netfault pause` would.
     fn pause(&self, req: &pause::Request) -> Result<pause::Started, NodeError> {
-        Ok(pause::start_request(&Store::default(), req)?)
+        Ok(pause::start_request(
+            &Store::default(),
+            req,
+            &crate::targets::container_cgroup_for_pause,
+        )?)
     }
 
     fn pauses(&self) -> Result<Vec<pause::View>, NodeError> {

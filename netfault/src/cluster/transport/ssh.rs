@@ -747,7 +747,11 @@ pub fn serve(
     let answer = match &req {
         Request::Pause(r) => {
             crate::pause::sweep(&store);
-            Some(to_json(&pause::start_request(&store, r)?)?)
+            Some(to_json(&pause::start_request(
+                &store,
+                r,
+                &crate::targets::container_cgroup_for_pause,
+            )?)?)
         }
         Request::Pauses => Some(to_json(&super::agent::PausesView {
             pauses: pause::list(&store),
@@ -860,7 +864,8 @@ pub fn exit_code(e: &NodeError) -> u8 {
         NodeError::Netns(
             netns::NetnsError::Unknown(_)
             | netns::NetnsError::NoProcess(_)
-            | netns::NetnsError::PidFile(_),
+            | netns::NetnsError::PidFile(_)
+            | netns::NetnsError::Container(_),
         ) => 2,
         NodeError::Pause(p) if p.exit_code() == 2 => 2,
         _ => 1,
