@@ -555,6 +555,56 @@ fn container_as_target() {
     );
     assert!(answers(&host), "the server does not answer after the pause");
 
+    // `cluster pause` of a node whose pause_target is the container: the same cgroup frozen,
+    // asked of the engine when the pause starts, thawed on the deadline.
+    fs::write(
+        &file,
+        format!(
+            "[[node]]\nname = \"n1\"\naddrs = [\"{CTR_IP}\"]\niface = [\"c0\"]\ncontainer = \"{name}\"\n\
+             pause_target = \"container:{name}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = nf_ok(
+        &engine,
+        &[
+            "cluster",
+            "--cluster",
+            &f,
+            "pause",
+            "n1",
+            "--for",
+            "1s",
+            "--json",
+        ],
+    );
+    let paused_at = Instant::now();
+    assert!(
+        out.contains(&format!("container:{name}")) || out.contains(&cg.display().to_string()),
+        "{out}"
+    );
+    assert!(
+        frozen(&cg),
+        "cluster pause left the container's cgroup running: {out}"
+    );
+    while frozen(&cg) {
+        assert!(
+            paused_at.elapsed() < Duration::from_secs(3),
+            "still frozen {:?} after a 1 s cluster pause",
+            paused_at.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        paused_at.elapsed() >= Duration::from_millis(800),
+        "thawed after {:?}, before the 1 s was up",
+        paused_at.elapsed()
+    );
+    assert!(
+        answers(&host),
+        "the server does not answer after the cluster pause"
+    );
+
     run(&["detach"]);
     eprintln!("container test took {:?}", started.elapsed());
 }
