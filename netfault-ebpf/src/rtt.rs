@@ -165,13 +165,13 @@ fn timestamps(start: usize, end: usize, l4: usize, doff: usize) -> Option<(u32, 
 }
 
 #[classifier]
-pub fn nf_rtt_egress(ctx: TcContext) -> i32 {
+fn nf_rtt_egress(ctx: TcContext) -> i32 {
     let _ = try_egress(&ctx);
     TC_ACT_UNSPEC
 }
 
 #[classifier]
-pub fn nf_rtt_ingress(ctx: TcContext) -> i32 {
+fn nf_rtt_ingress(ctx: TcContext) -> i32 {
     let _ = try_ingress(&ctx);
     TC_ACT_UNSPEC
 }

@@ -12,15 +12,17 @@
 mod common;
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, TcpStream},
     os::fd::AsRawFd as _,
     thread,
     time::{Duration, Instant},
 };
 
 use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
-use common::{testrun, *};
+use common::{
+    passive::{Measuring, connect, entry, p50, ping_pong},
+    testrun, *,
+};
 use netfault_common::{RTT_SRC_HANDSHAKE, RTT_SRC_TCP_TS, rtt_bucket, rtt_names};
 use netfault_lab::lab::run_in;
 
@@ -68,31 +70,6 @@ fn wait_attached(h: &Host) {
     }
 }
 
-/// `measure ARGS --json` from `h` on a thread of its own; join for the `peers` array.
-fn measure_bg(
-    nf: &Netfault,
-    h: &Host,
-    args: &[&str],
-) -> thread::JoinHandle<Vec<serde_json::Value>> {
-    let (nf, ns) = (nf.clone(), h.ns.clone());
-    let mut all: Vec<String> = vec!["measure".into(), "--json".into()];
-    all.extend(args.iter().map(|s| s.to_string()));
-    thread::spawn(move || {
-        let a: Vec<&str> = all.iter().map(String::as_str).collect();
-        let out = nf.run(&ns, &a).expect("measure");
-        let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
-        doc["peers"].as_array().expect("peers").clone()
-    })
-}
-
-fn connect(from: &Host, to: SocketAddr) -> TcpStream {
-    run_in(&from.ns, move || {
-        TcpStream::connect_timeout(&to, Duration::from_secs(3))
-    })
-    .expect("namespace")
-    .expect("connect")
-}
-
 /// The kernel's smoothed round trip of a connected socket (TCP_INFO's tcpi_rtt), in µs.
 fn kernel_srtt_us(s: &TcpStream) -> f64 {
     // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes of it.
@@ -111,34 +88,6 @@ fn kernel_srtt_us(s: &TcpStream) -> f64 {
     f64::from(info.tcpi_rtt)
 }
 
-fn entry<'a>(peers: &'a [serde_json::Value], peer: IpAddr, source: &str) -> &'a serde_json::Value {
-    peers
-        .iter()
-        .find(|p| p["peer"] == peer.to_string() && p["source"] == source)
-        .unwrap_or_else(|| panic!("no {source} report for {peer}: {peers:?}"))
-}
-
-fn p50(r: &serde_json::Value) -> f64 {
-    r["rtt_us"]["p50"].as_f64().unwrap()
-}
-
-/// A request-response TCP flow from a to b (64 bytes each way, one every 2 ms: each request
-/// carries a TSval of its own) for `d`; the client socket, still open, for TCP_INFO.
-fn ping_pong(a: &Host, to: SocketAddr, d: Duration) -> (TcpStream, u32) {
-    let mut s = connect(a, to);
-    s.set_nodelay(true).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let end = Instant::now() + d;
-    let (mut buf, mut n) = ([7u8; 64], 0);
-    while Instant::now() < end {
-        s.write_all(&buf).unwrap();
-        s.read_exact(&mut buf).unwrap();
-        n += 1;
-        thread::sleep(Duration::from_millis(2));
-    }
-    (s, n)
-}
-
 /// Passive and active measurement and the kernel agree on a veth's round trip, within a
 /// stated tolerance. A veth round trip is tens of µs, and what each way measures differs:
 /// TCP's includes the echo server's turnaround (a thread wakeup, on a loaded machine up to a
@@ -150,15 +99,14 @@ fn passive_agrees_with_probes_and_the_kernel() {
     let (_lab, nf, [a, b]) = pair();
     let echo = TcpEcho::with_idle(&b.ns, b.sock(false, 5001), Duration::from_secs(10)).unwrap();
     let peer = b.v4.to_string();
-    let job = measure_bg(
+    let job = Measuring::start(
         &nf,
-        &a,
+        &a.ns,
         &["--iface", &a.iface, "--peer", &peer, "--duration", "3s"],
     );
-    wait_attached(&a);
     let (s, n) = ping_pong(&a, echo.addr, Duration::from_millis(2000));
     let srtt = kernel_srtt_us(&s);
-    let peers = job.join().unwrap();
+    let peers = job.finish();
     drop(s);
     let ts = entry(&peers, b.v4.into(), "tcp-ts");
     let samples = ts["samples"].as_u64().unwrap();
@@ -191,6 +139,10 @@ fn passive_agrees_with_probes_and_the_kernel() {
     );
     let probed: serde_json::Value = serde_json::from_str(&probed).unwrap();
     let active = p50(&probed["peers"][0]);
+    eprintln!(
+        "{samples} samples for {n} exchanges: passive p50 {passive} µs, kernel srtt {srtt} µs, \
+         probes' p50 {active} µs"
+    );
     assert!(
         (passive - active).abs() <= 500.0 + 0.5 * active,
         "passive p50 {passive} µs, probes' p50 {active} µs"
@@ -209,19 +161,18 @@ fn every_handshake_is_one_sample() {
     let e4 = TcpEcho::start(&b.ns, b.sock(false, 5002)).unwrap();
     let e6 = TcpEcho::start(&b.ns, b.sock(true, 5002)).unwrap();
     let peers = format!("{},{}", b.v4, b.v6);
-    let job = measure_bg(
+    let job = Measuring::start(
         &nf,
-        &a,
+        &a.ns,
         &["--iface", &a.iface, "--peer", &peers, "--duration", "3s"],
     );
-    wait_attached(&a);
     const N: u64 = 12;
     for _ in 0..N {
         for to in [e4.addr, e6.addr] {
             drop(connect(&a, to));
         }
     }
-    let got = job.join().unwrap();
+    let got = job.finish();
     for peer in [IpAddr::from(b.v4), IpAddr::from(b.v6)] {
         let h = entry(&got, peer, "handshake");
         assert_eq!(h["samples"], N, "{h}");
@@ -275,7 +226,7 @@ fn nothing_is_left_after_sigterm_or_kill() {
 /// A TCP segment (`flags`, seq, ack) with `opts` as its options (padded to 4 bytes).
 fn tcp(flags: u8, seq: u32, ack: u32, opts: &[u8]) -> Vec<u8> {
     let mut o = opts.to_vec();
-    while o.len() % 4 != 0 {
+    while !o.len().is_multiple_of(4) {
         o.push(0);
     }
     let mut h = vec![0u8; 20];
@@ -283,7 +234,7 @@ fn tcp(flags: u8, seq: u32, ack: u32, opts: &[u8]) -> Vec<u8> {
     h[2..4].copy_from_slice(&5201u16.to_be_bytes());
     h[4..8].copy_from_slice(&seq.to_be_bytes());
     h[8..12].copy_from_slice(&ack.to_be_bytes());
-    h[12] = ((20 + o.len()) / 4 << 4) as u8;
+    h[12] = (((20 + o.len()) / 4) << 4) as u8;
     h[13] = flags;
     h[14..16].copy_from_slice(&65535u16.to_be_bytes());
     h.extend_from_slice(&o);

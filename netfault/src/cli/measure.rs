@@ -148,12 +148,15 @@ fn passive(a: &Args) -> anyhow::Result<()> {
         v
     };
     let what_if = super::advise::what_if(a.what_if.as_deref())?;
-    let m = passive::measure(&ifaces, a.duration, || {
-        log::info!("measuring TCP round trips on {}", ifaces.join(", "));
+    let m = passive::measure(&ifaces, a.duration, |hooks| {
+        // Said once the programs are in place: from here on, round trips are counted.
+        let on: Vec<String> = hooks.iter().map(|(i, k)| format!("{i} ({k})")).collect();
+        eprintln!(
+            "measure: watching TCP round trips on {} for {}",
+            on.join(", "),
+            humantime::format_duration(a.duration)
+        );
     })?;
-    for (i, k) in &m.hooks {
-        log::debug!("{i}: {k}");
-    }
     let params = a.advice.params(0.0);
     let reports = passive::reports(
         &m.samples,

@@ -171,15 +171,16 @@ pub struct Measured {
 }
 
 /// Attaches the passive programs to `ifaces` for `duration` (or until SIGINT, SIGTERM or
-/// SIGHUP), reads their histograms and detaches them. `ready` is called once they are attached.
+/// SIGHUP), reads their histograms and detaches them. `ready` is told how each interface was
+/// attached, once all are.
 pub fn measure(
     ifaces: &[String],
     duration: Duration,
-    ready: impl FnOnce(),
+    ready: impl FnOnce(&[(String, dataplane::HookKind)]),
 ) -> Result<Measured, KernelError> {
     let set = block_ending();
     let session = dataplane::rtt_start(ifaces)?;
-    ready();
+    ready(&session.hooks);
     let interrupted = wait(&set, duration);
     let samples = session.samples()?;
     let hooks = session.hooks.clone();
