@@ -128,7 +128,7 @@ fn passive(a: &Args) -> anyhow::Result<()> {
         return Err(SpecError::new("--duration", "must be longer than 0").into());
     }
     let ifaces = if a.iface.is_empty() {
-        let found = passive::default_ifaces()?;
+        let found = netfault::dataplane::rtt_default_ifaces()?;
         if found.is_empty() {
             return Err(SpecError::new(
                 "--iface",
@@ -143,12 +143,16 @@ fn passive(a: &Args) -> anyhow::Result<()> {
                 return Err(SpecError::new("--iface", format!("no interface '{i}' here")).into());
             }
         }
-        let mut v = a.iface.clone();
-        v.dedup();
+        let mut v: Vec<String> = Vec::new();
+        for i in &a.iface {
+            if !v.contains(i) {
+                v.push(i.clone());
+            }
+        }
         v
     };
     let what_if = super::advise::what_if(a.what_if.as_deref())?;
-    let m = passive::measure(&ifaces, a.duration, |hooks| {
+    let m = netfault::dataplane::rtt_measure(&ifaces, a.duration, |hooks| {
         // Said once the programs are in place: from here on, round trips are counted.
         let on: Vec<String> = hooks.iter().map(|(i, k)| format!("{i} ({k})")).collect();
         eprintln!(

@@ -7,7 +7,11 @@
 //! ends it. Where the kernel has no tcx (6.1), they are cls_bpf filters on clsact, which
 //! outlive a killed process: [`RttSession::drop`] removes them, and a later session removes
 //! any a killed one left (they are known by their program names).
-use std::{ffi::CString, io};
+use std::{
+    ffi::{CStr, CString},
+    io,
+    time::{Duration, Instant},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -161,4 +165,112 @@ impl Drop for RttSession {
             }
         }
     }
+}
+
+/// The interfaces measured by default: each one up with an IPv4 or IPv6 address, except
+/// loopback ones.
+pub fn rtt_default_ifaces() -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills head with a list freed below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, valid until freeifaddrs.
+        let a = unsafe { &*p };
+        p = a.ifa_next;
+        if a.ifa_addr.is_null() || a.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null and points to a sockaddr.
+        let family = i32::from(unsafe { (*a.ifa_addr).sa_family });
+        let flags = a.ifa_flags as i32;
+        if (family != libc::AF_INET && family != libc::AF_INET6)
+            || flags & libc::IFF_LOOPBACK != 0
+            || flags & libc::IFF_UP == 0
+        {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string of the list.
+        let name = unsafe { CStr::from_ptr(a.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    // SAFETY: head came from getifaddrs.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// The signals that end a measurement early (its samples are still reported).
+const ENDING: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// Blocks the ending signals for this thread, so `wait` takes them: the programs are then
+/// detached (by `RttSession`'s drop) however the measurement ends, short of SIGKILL, where
+/// the links go with the process's fds.
+fn block_ending() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in ENDING {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits `d`; true when an ending signal came first.
+fn wait(set: &libc::sigset_t, d: Duration) -> bool {
+    let end = Instant::now() + d;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ts = libc::timespec {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_nsec: left.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: valid set and timeout; no siginfo wanted.
+        if unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) } > 0 {
+            return true;
+        }
+    }
+}
+
+/// What one passive measurement saw.
+pub struct RttMeasured {
+    pub samples: Vec<(RttHistKey, u64)>,
+    /// How each interface was attached (`tcx`, `clsact`).
+    pub hooks: Vec<(String, HookKind)>,
+    /// An ending signal cut the measurement short.
+    pub interrupted: bool,
+}
+
+/// Attaches the passive programs to `ifaces` for `duration` (or until SIGINT, SIGTERM or
+/// SIGHUP), reads their histograms and detaches them. `ready` is told how each interface was
+/// attached, once all are.
+pub fn rtt_measure(
+    ifaces: &[String],
+    duration: Duration,
+    ready: impl FnOnce(&[(String, HookKind)]),
+) -> Result<RttMeasured> {
+    let set = block_ending();
+    let session = rtt_start(ifaces)?;
+    ready(&session.hooks);
+    let interrupted = wait(&set, duration);
+    let samples = session.samples()?;
+    let hooks = session.hooks.clone();
+    drop(session);
+    Ok(RttMeasured {
+        samples,
+        hooks,
+        interrupted,
+    })
 }
