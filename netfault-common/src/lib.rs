@@ -664,3 +664,80 @@ pub const fn rtt_bucket_upper(b: u32) -> u64 {
 }
 
 const _: () = assert!(RTT_BUCKETS == 2_533);
+
+// ---- passive round-trip times (`netfault measure` without `--probe`) ----
+// The `netfault-rtt` object's maps and programs: separate from the fault programs, attached
+// only while `measure` runs.
+
+/// `RttHistKey::source`: a TCP timestamp's echo (TSval out, TSecr back).
+pub const RTT_SRC_TCP_TS: u8 = 1;
+/// `RttHistKey::source`: a handshake (SYN out, SYN-ACK back).
+pub const RTT_SRC_HANDSHAKE: u8 = 2;
+/// `RttPending::kind`: the value is a TSval.
+pub const RTT_PENDING_TS: u8 = 1;
+/// `RttPending::kind`: the value is a SYN's sequence number plus one (the SYN-ACK's ack).
+pub const RTT_PENDING_SYN: u8 = 2;
+/// Segments waiting for their echo (LRU: an echo that never comes is forgotten).
+pub const RTT_MAX_PENDING: u32 = 65_536;
+/// Connections whose last TSval sent is remembered (LRU).
+pub const RTT_MAX_FLOWS: u32 = 65_536;
+/// (peer, source, bucket) entries of the histograms.
+pub const RTT_MAX_HIST: u32 = 65_536;
+
+/// A TCP connection as it leaves this host: local address and port, then the peer's.
+/// Addresses as they are in the packet (an IPv4 one in word 0), ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RttFlow {
+    pub local: [u32; 4],
+    pub remote: [u32; 4],
+    pub lport: u16,
+    pub rport: u16,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<RttFlow>() == 40);
+
+/// `NF_RTT_PENDING` key: a segment sent on `flow` whose echo is awaited; the value is the
+/// time it left (monotonic ns).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RttPending {
+    pub flow: RttFlow,
+    /// TSval (`RTT_PENDING_TS`) or ISN + 1 (`RTT_PENDING_SYN`).
+    pub val: u32,
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<RttPending>() == 48);
+
+/// `NF_RTT_HIST` key (per-CPU count of samples): a peer, where its samples came from, and the
+/// `rtt_bucket` of the round trip in µs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RttHistKey {
+    pub peer: [u32; 4],
+    pub family: u8,
+    pub source: u8,
+    pub _pad: u16,
+    pub bucket: u32,
+}
+const _: () = assert!(core::mem::size_of::<RttHistKey>() == 24);
+
+/// The `netfault-rtt` object's names.
+pub mod rtt_names {
+    pub const EGRESS: &str = "nf_rtt_egress";
+    pub const INGRESS: &str = "nf_rtt_ingress";
+    pub const PENDING: &str = "NF_RTT_PENDING";
+    pub const LAST: &str = "NF_RTT_LAST";
+    pub const HIST: &str = "NF_RTT_HIST";
+}
+
+#[cfg(feature = "user")]
+mod rtt_pod {
+    use super::*;
+    // SAFETY: repr(C), Copy, explicit padding, no pointers.
+    unsafe impl aya::Pod for RttFlow {}
+    unsafe impl aya::Pod for RttPending {}
+    unsafe impl aya::Pod for RttHistKey {}
+}

@@ -94,7 +94,22 @@ fn measure_refuses_what_it_cannot_do() {
     let (_lab, nf, [a, b]) = pair();
     let peer = b.v4.to_string();
     for (args, names) in [
-        (vec!["measure", "--peer", peer.as_str()], "--probe"),
+        // Passive: an interface that is not there, a duration of nothing; probes: no peer,
+        // an interface (probes go by the routing table).
+        (vec!["measure", "--iface", "nosuch0"], "--iface"),
+        (vec!["measure", "--duration", "0s"], "--duration"),
+        (vec!["measure", "--probe"], "--peer"),
+        (
+            vec![
+                "measure",
+                "--peer",
+                peer.as_str(),
+                "--probe",
+                "--iface",
+                "lo",
+            ],
+            "--iface",
+        ),
         (
             vec!["measure", "--peer", peer.as_str(), "--probe", "udp:9000"],
             "--probe",

@@ -906,3 +906,51 @@ fn late_duplicates_arrive_their_delay_after_the_original() {
         "{c:?}"
     );
 }
+
+/// Passive `measure` (TCP timestamps, in the data path) sees a 20 ms egress delay configured
+/// by netfault as the shift of its p50, within 1 ms: the egress program stamps a segment at tc,
+/// before fq holds it, so the delay is inside the round trip it measures. Baseline first (the
+/// same flow, no rule), then with the rule; each run's p50 from about a second of exchanges.
+#[test]
+#[ignore = "needs sch_fq: run by cargo xtask vm-test"]
+fn passive_measure_sees_a_delay_as_its_p50_shift() {
+    use common::passive::{Measuring, entry, p50, ping_pong};
+    if netem_skips("passive measurement of a netfault delay") {
+        return;
+    }
+    let (mut lab, nf, [a, b]) = shaping_pair();
+    let echo = TcpEcho::with_idle(&b.ns, b.sock(false, 5003), Duration::from_secs(30)).unwrap();
+    let peer = b.v4.to_string();
+    let passive_p50 = |what: &str| {
+        let m = Measuring::start(
+            &nf,
+            &a.ns,
+            &["--iface", &a.iface, "--peer", &peer, "--duration", "3s"],
+        );
+        let (_s, n) = ping_pong(&a, echo.addr, Duration::from_millis(1500));
+        let peers = m.finish();
+        let r = entry(&peers, b.v4.into(), "tcp-ts");
+        eprintln!("{what}: {n} exchanges, {r}");
+        assert!(r["samples"].as_u64().unwrap() >= 20, "{what}: {r}");
+        p50(r) / 1e3
+    };
+    let base = passive_p50("baseline");
+    impair(
+        &mut lab,
+        &nf,
+        &a,
+        &Impairment {
+            dir: "egress",
+            matcher: &["--proto", "tcp", "--dport", "5003"],
+            netfault: &["--delay", "20ms"],
+            netem: &["delay", "20ms"],
+        },
+    );
+    let delayed = passive_p50("delayed");
+    let shift = delayed - base;
+    assert!(
+        (shift - 20.0).abs() <= 1.0,
+        "passive p50 shift {shift:.3} ms (baseline {base:.3} ms, delayed {delayed:.3} ms), \
+         expected 20 ms within 1 ms"
+    );
+}

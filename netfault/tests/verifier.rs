@@ -64,3 +64,25 @@ fn each_program_stays_well_below_the_verifiers_limit() {
         );
     }
 }
+
+/// The passive RTT programs (`measure`): bounded far tighter than the fault programs. About
+/// 13,300 (egress) and 13,600 (ingress) on 6.18, most of it the bounded walk of the TCP
+/// options; the bound leaves room for other verifiers, not for a multiplication of states.
+const MAX_VERIFIED_RTT: u32 = 50_000;
+
+#[test]
+fn the_passive_rtt_programs_stay_small() {
+    let ebpf = netfault::dataplane::rtt_load().expect("load the passive object");
+    for name in [
+        netfault_common::rtt_names::EGRESS,
+        netfault_common::rtt_names::INGRESS,
+    ] {
+        let p: &aya::programs::SchedClassifier = ebpf.program(name).unwrap().try_into().unwrap();
+        let n = verified_insns(p.info().unwrap().id());
+        assert!(
+            n <= MAX_VERIFIED_RTT,
+            "{name}: the verifier walked {n} instructions, more than {MAX_VERIFIED_RTT}"
+        );
+        eprintln!("{name}: {n} instructions verified");
+    }
+}

@@ -126,7 +126,11 @@ pub fn text_report(
     if let Some(p) = &r.peer {
         writeln!(out, "{p} ({})", r.source)?;
     }
-    writeln!(out, "{} samples, loss {:.4} %", r.samples, r.loss * 100.0)?;
+    match r.loss {
+        Some(l) => writeln!(out, "{} samples, loss {:.4} %", r.samples, l * 100.0)?,
+        // Passive: nothing was sent to be lost.
+        None => writeln!(out, "{} samples", r.samples)?,
+    }
     let (Some(s), Some(ad)) = (&r.rtt_us, &r.advice) else {
         return Ok(());
     };

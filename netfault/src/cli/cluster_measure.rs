@@ -82,7 +82,7 @@ pub fn text(out: &mut impl Write, m: &[NodeMeasure], a: &AdviceArgs) -> std::io:
                 p.to,
                 p.addr,
                 p.report.samples,
-                p.report.loss * 100.0,
+                p.report.loss.unwrap_or(0.0) * 100.0,
                 phi.join(", ")
             )?;
         }

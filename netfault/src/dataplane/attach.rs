@@ -473,7 +473,7 @@ const ENOTSUPP: i32 = 524;
 /// Before 6.6, BPF_LINK_CREATE knows no BPF_TCX_* attach type: bpf_prog_attach_check_attach_type
 /// and link_create answer EINVAL (seen on 6.1); EOPNOTSUPP and ENOTSUPP cover kernels and
 /// configurations that refuse the link kind rather than the type.
-fn tcx_unsupported(e: &ProgramError) -> Option<i32> {
+pub(crate) fn tcx_unsupported(e: &ProgramError) -> Option<i32> {
     match e {
         ProgramError::SyscallError(SyscallError { io_error, .. }) => io_error
             .raw_os_error()

@@ -6,6 +6,7 @@ mod error;
 mod grace;
 mod load;
 mod maps;
+mod rtt;
 
 pub use attach::*;
 pub use bpffs::{Bpffs, ensure_bpffs};
@@ -13,3 +14,4 @@ pub use error::{KernelError, Result};
 pub(crate) use error::{ebpf_err, io_err};
 pub use load::*;
 pub use maps::*;
+pub use rtt::*;

@@ -6,6 +6,7 @@
 //! timeout) sees them.
 pub mod advice;
 pub mod histogram;
+pub mod passive;
 pub mod phi;
 pub mod probe;
 pub mod report;

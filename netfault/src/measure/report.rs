@@ -8,11 +8,12 @@ use super::{Advice, Histogram, Params, Rtts, Summary, advise};
 pub struct Report {
     /// The peer measured; `None` for samples read from a file.
     pub peer: Option<String>,
-    /// Where the samples come from: `file`, and later `tcp-ts`, `handshake`, `probe`.
+    /// Where the samples come from: `file`, `tcp-ts`, `handshake`, `probe`.
     pub source: String,
     pub samples: usize,
-    /// The fraction of heartbeats (or probes) lost.
-    pub loss: f64,
+    /// The fraction of heartbeats (or probes) lost; `None` (JSON null) where nothing was
+    /// sent to be lost (passive measurement).
+    pub loss: Option<f64>,
     /// `None` with no samples (every probe lost).
     pub rtt_us: Option<Summary>,
     /// `[[upper_us, count], ...]`, the non-empty log-linear buckets.
@@ -36,7 +37,7 @@ impl Report {
             peer,
             source: source.to_owned(),
             samples: rtts.len(),
-            loss: params.loss,
+            loss: Some(params.loss),
             rtt_us: Some(rtts.summary()),
             histogram: Histogram::of(rtts.sorted()).buckets(),
             advice: Some(advise(rtts, params)),
@@ -71,7 +72,7 @@ impl Report {
             peer,
             source: source.to_owned(),
             samples: 0,
-            loss,
+            loss: Some(loss),
             rtt_us: None,
             histogram: Vec::new(),
             advice: None,

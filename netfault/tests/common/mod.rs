@@ -22,6 +22,7 @@ use std::{
 
 pub use netfault_lab::lab::{Host, Lab, Netfault, TcpEcho, TcpOutcome, UdpBurst, UdpReport};
 
+pub mod passive;
 pub mod testrun;
 use netfault_lab::{
     cluster,

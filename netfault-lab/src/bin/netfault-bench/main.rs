@@ -32,6 +32,7 @@ mod goodput;
 mod progrun;
 mod report;
 mod retrans;
+mod rttcost;
 mod sockgen;
 mod sys;
 mod tcacts;
@@ -173,7 +174,9 @@ fn run(args: &Args) -> Result<()> {
         let r = progrun::run(&plan, pins.path())
             .map(|rows| report::progrun(&plan, &rows))
             .and_then(|()| tcacts::run(&plan, pins.path()))
-            .map(|rows| report::tcacts(&plan, &rows));
+            .map(|rows| report::tcacts(&plan, &rows))
+            .and_then(|()| rttcost::run(&plan))
+            .map(|rows| rttcost::report(&plan, &rows));
         not_measured(Part::Progrun, r, &mut failed)?;
     }
     if part(Part::Veth) {
