@@ -127,6 +127,13 @@ pub fn text_report(
         writeln!(out, "{p} ({})", r.source)?;
     }
     writeln!(out, "{} samples, loss {:.4} %", r.samples, r.loss * 100.0)?;
+    if let Some(a) = &r.answers {
+        writeln!(
+            out,
+            "answered by UDP {}, by ICMP port unreachable {}",
+            a.udp, a.icmp_unreachable
+        )?;
+    }
     let (Some(s), Some(ad)) = (&r.rtt_us, &r.advice) else {
         return Ok(());
     };

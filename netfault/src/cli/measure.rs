@@ -16,8 +16,9 @@ use super::advise::{AdviceArgs, text_report};
 /// Measure round-trip times to peers, and advise a timeout and phi thresholds for each.
 ///
 /// `--probe` sends ICMP (ICMPv6) echo requests to each peer every `--interval` and reads
-/// each reply's arrival time from the kernel. Passive measurement of live TCP traffic in the
-/// data path is not built yet.
+/// each reply's arrival time from the kernel; `--probe udp:PORT` sends UDP datagrams to the
+/// port, answered by a UDP reply from it or by the ICMP port unreachable of a closed port.
+/// Passive measurement of live TCP traffic in the data path is not built yet.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Peers: addresses or CIDRs (each address of a CIDR is probed; at most 256 in all).
@@ -26,7 +27,8 @@ pub struct Args {
     /// How long to measure.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::args::parse_interval)]
     pub duration: Duration,
-    /// Probe actively: `icmp` (the default, and the only kind yet).
+    /// Probe actively: `icmp` (the default) or `udp:PORT` (answered by a UDP reply from the
+    /// port, or by the ICMP port unreachable of a closed port).
     #[arg(long, value_name = "KIND", num_args = 0..=1, default_missing_value = "icmp")]
     pub probe: Option<String>,
     /// The interval between probes to a peer.
@@ -65,13 +67,8 @@ fn peers(nets: &[IpNet]) -> Result<Vec<IpAddr>, SpecError> {
 }
 
 pub fn run(a: &Args) -> anyhow::Result<()> {
-    match a.probe.as_deref() {
-        Some("icmp") => {}
-        Some(k) => {
-            return Err(
-                SpecError::new("--probe", format!("'{k}': only icmp probes exist yet")).into(),
-            );
-        }
+    let kind: probe::Kind = match a.probe.as_deref() {
+        Some(k) => k.parse().map_err(|m| SpecError::new("--probe", m))?,
         None => {
             return Err(SpecError::new(
                 "--probe",
@@ -79,12 +76,13 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
             )
             .into());
         }
-    }
+    };
     let peers = peers(&a.peer)?;
     probe::rounds(a.interval, a.duration).map_err(|m| SpecError::new("--duration", m))?;
     let what_if = super::advise::what_if(a.what_if.as_deref())?;
     let reports = measure::probe_reports(
         &peers,
+        kind,
         a.interval,
         a.duration,
         &a.advice.params(0.0),
