@@ -956,8 +956,12 @@ fn measure_sees_a_delay_as_its_p50_shift_and_jitter_as_its_distribution() {
     let base = measured(&nf, &a, &b, "baseline");
     let base_p50 = base["rtt_us"]["p50"].as_f64().unwrap();
 
+    // ICMP to b's IPv4 address only: the probes, not a's ICMPv6 neighbour discovery.
+    let dst = b.v4.to_string();
     let rule = |name: &str, extra: &[&str]| {
-        let mut args = vec!["rule", "add", name, "--dir", "egress", "--proto", "icmp"];
+        let mut args = vec![
+            "rule", "add", name, "--dir", "egress", "--proto", "icmp", "--dst", &dst,
+        ];
         args.extend_from_slice(extra);
         run(&nf, &a, &args);
     };
