@@ -208,25 +208,36 @@ pub fn rtt_buckets(histogram: &[(u64, u64)]) -> Vec<(f64, u64)> {
     out
 }
 
+/// One peer's histogram: its labels, the sum (s), the count and the buckets of
+/// [`rtt_buckets`].
+#[derive(Debug)]
+struct RttHistogram {
+    labels: Labels,
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
 /// One histogram per peer of the last measurement.
 #[derive(Debug)]
-struct RttHistograms(Vec<(Labels, f64, u64, Vec<(f64, u64)>)>);
+struct RttHistograms(Vec<RttHistogram>);
 
 impl RttHistograms {
     fn of(reports: &[Report]) -> RttHistograms {
         RttHistograms(
             reports
                 .iter()
-                .map(|r| {
-                    let labels = vec![
+                .map(|r| RttHistogram {
+                    labels: vec![
                         ("peer".to_string(), r.peer.clone().unwrap_or_default()),
                         ("source".to_string(), r.source.clone()),
-                    ];
-                    let sum = r
+                    ],
+                    sum: r
                         .rtt_us
                         .as_ref()
-                        .map_or(0.0, |s| s.mean * r.samples as f64 / 1e6);
-                    (labels, sum, r.samples as u64, rtt_buckets(&r.histogram))
+                        .map_or(0.0, |s| s.mean * r.samples as f64 / 1e6),
+                    count: r.samples as u64,
+                    buckets: rtt_buckets(&r.histogram),
                 })
                 .collect(),
         )
@@ -235,10 +246,10 @@ impl RttHistograms {
 
 impl EncodeMetric for RttHistograms {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        for (labels, sum, count, buckets) in &self.0 {
+        for h in &self.0 {
             encoder
-                .encode_family(labels)?
-                .encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)?;
+                .encode_family(&h.labels)?
+                .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
         }
         Ok(())
     }
