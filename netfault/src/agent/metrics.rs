@@ -17,7 +17,8 @@
 //! - `netfault_rtt_seconds{peer, source}`: a histogram of the round-trip times of the last
 //!   measurement the agent made (`POST /v1/measure`), one per peer: `le` bounds 2^k µs for k
 //!   from 4 to 26 (16 µs to 67.1 s) and `+Inf`, each counting the samples below it, summed from
-//!   the report's log-linear buckets (exact: powers of two are bucket bounds); `_count` is the
+//!   the report's log-linear buckets (exact: powers of two are bucket bounds; values past 60 s
+//!   are clamped into the last, under 67.1 s); `_count` is the
 //!   report's `samples` and `_sum` their total (mean x samples). Absent before the first
 //!   measurement; a measurement that fails leaves the last one;
 //! - `netfault_agent_refused_total{reason}`: what was refused before authentication, `reason`
@@ -412,7 +413,7 @@ mod tests {
     #[test]
     fn rtt_buckets_sum_the_log_linear_ones_under_each_bound() {
         // 15 and 16 µs: values 15 (bucket [15, 16)) and 16 ([16, 17)); 40 000 µs; 70 s,
-        // clamped into the last bucket.
+        // clamped into the last log-linear bucket (which ends near 60 s): under 2^26 µs.
         let h = crate::measure::Histogram::of(&[15.0, 15.5, 16.0, 40_000.0, 70e6]).buckets();
         let b = rtt_buckets(&h);
         assert_eq!(b.len(), RTT_LE_US.len() + 1);
@@ -420,7 +421,8 @@ mod tests {
         assert_eq!(b[1], (32e-6, 1), "{b:?}");
         // 40 ms lies in (32.768 ms, 65.536 ms]: the bound 2^16 µs.
         assert_eq!(b[12], (65_536e-6, 1), "{b:?}");
-        assert_eq!(b[RTT_LE_US.len()], (f64::INFINITY, 1), "{b:?}");
+        assert_eq!(b[RTT_LE_US.len() - 1], (67.108_864, 1), "{b:?}");
+        assert_eq!(b[RTT_LE_US.len()], (f64::INFINITY, 0), "{b:?}");
         assert_eq!(b.iter().map(|(_, n)| n).sum::<u64>(), 5);
         assert_eq!(RTT_LE_US[22], 1 << 26);
     }
