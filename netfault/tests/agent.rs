@@ -131,6 +131,115 @@ fn wait_ready(a: &mut Agent, client_ns: &str, tls: bool) {
 }
 
 /// Starts an agent on `h` and waits until it answers from `client_ns`.
+/// `netfault_rtt_seconds`'s series for one peer: the `(le, cumulative count)` buckets in the
+/// order of the text, `_count` and `_sum`.
+fn rtt_series(text: &str, peer: &str) -> (Vec<(f64, u64)>, u64, f64) {
+    let (mut buckets, mut count, mut sum) = (Vec::new(), None, None);
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let labels: BTreeMap<&str, &str> = labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k, v.trim_matches('"')))
+            .collect();
+        if !name.starts_with("netfault_rtt_seconds_") || labels.get("peer") != Some(&peer) {
+            continue;
+        }
+        assert_eq!(labels["source"], "probe", "{line}");
+        match name {
+            "netfault_rtt_seconds_bucket" => {
+                let le = match labels["le"] {
+                    "+Inf" => f64::INFINITY,
+                    le => le.parse().unwrap(),
+                };
+                buckets.push((le, value.parse().unwrap()));
+            }
+            "netfault_rtt_seconds_count" => count = Some(value.parse().unwrap()),
+            "netfault_rtt_seconds_sum" => sum = Some(value.parse().unwrap()),
+            _ => panic!("{line}"),
+        }
+    }
+    (buckets, count.unwrap(), sum.unwrap())
+}
+
+#[test]
+fn the_last_measurement_is_a_prometheus_histogram_in_metrics() {
+    let (_lab, _nf, [a, b]) = pair();
+    let token = temp_file_mode("token", TOKEN, 0o600);
+    let agent = start_agent(&a, &token.0, &[], &b.ns);
+    // Before any measurement: no such family.
+    let text = metrics_text(&b.ns, &agent);
+    assert!(!text.contains("netfault_rtt_seconds"), "{text}");
+
+    // 100 probes a peer; 192.0.2.99 does not exist: its series has no samples.
+    let body = format!(
+        r#"{{"peers": ["{}", "{}", "192.0.2.99"], "interval": "10ms", "duration": "1s", "heartbeat": "1s", "false_suspicions_per_s": 0.001, "misses": 1, "min_stddev": "100ms", "acceptable_pause": "0s"}}"#,
+        b.v4, b.v6
+    );
+    let (code, m) = http(&b.ns, agent.addr, "POST", "/v1/measure", Some(TOKEN), &body);
+    assert_eq!(code, 200, "{m}");
+    let text = metrics_text(&b.ns, &agent);
+    // The exposition: every sample line is `series value` with a number, the family is typed
+    // with its unit, and the text ends as OpenMetrics requires.
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    assert!(
+        text.contains("# TYPE netfault_rtt_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# UNIT netfault_rtt_seconds seconds"),
+        "{text}"
+    );
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (_, v) = line.rsplit_once(' ').unwrap();
+        assert!(v.parse::<f64>().is_ok() || v == "+Inf", "{line}");
+    }
+    let reports = m["peers"].as_array().unwrap();
+    assert_eq!(reports.len(), 3, "{m}");
+    let bounds: Vec<f64> = (4..=26)
+        .map(|k| f64::from(1u32 << k) / 1e6)
+        .chain([f64::INFINITY])
+        .collect();
+    for r in reports {
+        let peer = r["peer"].as_str().unwrap();
+        let samples = r["samples"].as_u64().unwrap();
+        let want = if peer == "192.0.2.99" { 0 } else { 100 };
+        assert_eq!(samples, want, "{r}");
+        let (buckets, count, sum) = rtt_series(&text, peer);
+        assert_eq!(count, samples, "{peer}: {text}");
+        let les: Vec<f64> = buckets.iter().map(|(le, _)| *le).collect();
+        assert_eq!(les, bounds, "{peer}: {text}");
+        assert!(
+            buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{peer}: not monotone: {buckets:?}"
+        );
+        assert_eq!(buckets.last().unwrap().1, count, "{peer}: {buckets:?}");
+        // Each bound counts the report's log-linear buckets that end at or below it.
+        for (le, n) in &buckets {
+            let below: u64 = r["histogram"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|b| b[0].as_f64().unwrap() <= le * 1e6 + 1e-6)
+                .map(|b| b[1].as_u64().unwrap())
+                .sum();
+            assert_eq!(*n, below, "{peer} le {le}: {r}");
+        }
+        let mean_s = r["rtt_us"]["mean"].as_f64().unwrap_or(0.0) / 1e6;
+        assert!(
+            (sum - mean_s * samples as f64).abs() <= 1e-9 * sum.max(1.0),
+            "{peer}: sum {sum}, {r}"
+        );
+        if samples > 0 {
+            // A veth round trip lies well under a millisecond's bound.
+            let (_, under_1ms) = buckets.iter().find(|(le, _)| *le > 1e-3).unwrap();
+            assert!(*under_1ms > 0, "{peer}: {buckets:?}");
+        }
+    }
+}
+
 fn start_agent(h: &Host, token: &Path, extra: &[&str], client_ns: &str) -> Agent {
     let mut a = spawn_agent(h, token, extra);
     wait_ready(&mut a, client_ns, extra.contains(&"--tls-cert"));

@@ -359,6 +359,67 @@ fn nodes_reached_by_pid_and_pidfile_are_cut_and_healed() {
     );
 }
 
+/// `cluster measure --probe udp:PORT --what-if FILE`: every node probes every other node's
+/// closed port 9000, each probe answered by an ICMP port unreachable (the nodes' ICMP error
+/// limits lifted: see README), and each pair's report gets the file's 10 ms folded into its
+/// histogram. Bad probe kinds exit 2 naming `--probe`.
+#[test]
+fn measure_probes_udp_ports_and_folds_a_what_if_into_each_pair() {
+    let (_lab, _nf, hosts) = cluster_lab();
+    for h in &hosts {
+        for kv in ["net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0"] {
+            netfault_lab::lab::exec_in(&h.ns, "sysctl", &["-qw", kv]).expect(kv);
+        }
+    }
+    let file = temp_file("toml", &cluster_text(&hosts, &BTreeMap::new()));
+    let rules = temp_file(
+        "toml",
+        "[[rule]]\nname = \"slow\"\nall = true\ndelay = \"10ms\"\n",
+    );
+    let out = cluster_ok(
+        &file,
+        &[
+            "measure",
+            "--probe",
+            "udp:9000",
+            "--what-if",
+            rules.arg(),
+            "--duration",
+            "1s",
+            "--interval",
+            "20ms",
+            "--json",
+        ],
+    );
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_measured(&doc, "netns", 50);
+    for n in doc["nodes"].as_array().unwrap() {
+        for p in n["pairs"].as_array().unwrap() {
+            let r = &p["report"];
+            assert_eq!(r["answers"]["icmp_unreachable"], 50, "{p}");
+            assert_eq!(r["answers"]["udp"], 0, "{p}");
+            let w = &r["what_if"];
+            assert_eq!(w["file"], rules.arg(), "{p}");
+            // A fixed 10 ms on each round trip, folded into buckets under 1 % wide taken at
+            // their middle: the p50 moves by 10 ms within half a bucket.
+            let (p50, folded) = (
+                r["rtt_us"]["p50"].as_f64().unwrap(),
+                w["rtt_us"]["p50"].as_f64().unwrap(),
+            );
+            assert!(
+                (folded - p50 - 10_000.0).abs() <= 0.005 * p50 + 1.0,
+                "p50 {p50} µs, under the file {folded} µs: {p}"
+            );
+        }
+    }
+    for bad in ["udp:0", "udp:x", "tcp:1"] {
+        let o = cluster(&file, &["measure", "--probe", bad, "--duration", "1s"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("--probe"), "{bad}: {err}");
+    }
+}
+
 /// `cluster measure`: every node probes every other node's two addresses at once; the matrix
 /// is complete and clean on a healthy cluster, and under `halves` (n1,n2 | n3,n4,n5) exactly
 /// the cut pairs lose every probe, in both families.

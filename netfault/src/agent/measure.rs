@@ -1,5 +1,5 @@
 //! `POST /v1/measure`: the agent probes peers from its namespace (`measure --probe`) and
-//! answers each peer's report. Probing runs on a blocking thread; no change of the node waits
+//! answers each peer's report, which `/metrics` then shows as `netfault_rtt_seconds`. Probing runs on a blocking thread; no change of the node waits
 //! for it.
 use std::sync::Arc;
 
@@ -14,20 +14,20 @@ use crate::{
     measure,
 };
 
-pub async fn measure(
-    State(_sh): State<Arc<Shared>>,
-    body: Bytes,
-) -> ApiResult<Json<MeasureAnswer>> {
+pub async fn measure(State(sh): State<Arc<Shared>>, body: Bytes) -> ApiResult<Json<MeasureAnswer>> {
     let b: MeasureBody = parse_json(&body)?;
-    let (peers, interval, length, params, listen) = b.checked().map_err(|m| {
+    let c = b.checked().map_err(|m| {
         let field = m.split(':').next().unwrap_or("body").to_owned();
         ApiError::field(StatusCode::BAD_REQUEST, field, m)
     })?;
     let reports = tokio::task::spawn_blocking(move || {
-        measure::probe_reports(&peers, interval, length, &params, None, listen)
+        measure::probe_reports(
+            &c.peers, c.probe, c.interval, c.duration, &c.params, None, c.listen,
+        )
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    sh.measured.set(reports.clone());
     Ok(Json(MeasureAnswer { peers: reports }))
 }

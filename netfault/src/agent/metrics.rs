@@ -14,6 +14,13 @@
 //! - `netfault_agent_requests_total{method, route, code}`: the authenticated requests since the
 //!   agent started; `method` one of GET, PUT, POST, DELETE or `other`, `route` a route template
 //!   of the router (`/v1/rules/{name}`) or `other`: a fixed set, whatever a client sends;
+//! - `netfault_rtt_seconds{peer, source}`: a histogram of the round-trip times of the last
+//!   measurement the agent made (`POST /v1/measure`), one per peer: `le` bounds 2^k µs for k
+//!   from 4 to 26 (16 µs to 67.1 s) and `+Inf`, each counting the samples below it, summed from
+//!   the report's log-linear buckets (exact: powers of two are bucket bounds; values past 60 s
+//!   are clamped into the last, under 67.1 s); `_count` is the
+//!   report's `samples` and `_sum` their total (mean x samples). Absent before the first
+//!   measurement; a measurement that fails leaves the last one;
 //! - `netfault_agent_refused_total{reason}`: what was refused before authentication, `reason`
 //!   one of [`Reason`]'s names. A stranger sees 401 and nothing else, and leaves no trace but
 //!   these counters (and one `refused` event per [`REFUSED_EVERY`](super::REFUSED_EVERY)).
@@ -23,9 +30,9 @@ use std::{
 };
 
 use prometheus_client::{
-    encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
+    encoding::{EncodeMetric, MetricEncoder, NoLabelSet, text::encode},
+    metrics::{MetricType, counter::Counter, family::Family, gauge::Gauge},
+    registry::{Registry, Unit},
 };
 
 use super::Core;
@@ -34,6 +41,7 @@ use crate::{
         monotonic_ns,
         state::{Paths, State},
     },
+    measure::Report,
     observe,
 };
 
@@ -153,6 +161,109 @@ impl Refused {
     }
 }
 
+/// The reports of the last measurement (`POST /v1/measure`), for `netfault_rtt_seconds`.
+#[derive(Clone, Default)]
+pub struct Measured(Arc<Mutex<Vec<Report>>>);
+
+impl Measured {
+    pub fn set(&self, reports: Vec<Report>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = reports;
+    }
+
+    fn get(&self) -> Vec<Report> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The `le` bounds of `netfault_rtt_seconds`, in µs: 2^4 to 2^26 (16 µs to 67.1 s), bounds of
+/// the log-linear buckets (`netfault_common::rtt_bucket`).
+pub const RTT_LE_US: [u64; 23] = {
+    let mut b = [0u64; 23];
+    let mut i = 0;
+    while i < b.len() {
+        b[i] = 1 << (i + 4);
+        i += 1;
+    }
+    b
+};
+
+/// The counts of a report's `[[upper_us, count], ...]` per bound of [`RTT_LE_US`] (seconds),
+/// then `+Inf`: not cumulative (the encoder sums them). A log-linear bucket counts under the
+/// first bound at or above its upper end: every value in it lies below that bound.
+pub fn rtt_buckets(histogram: &[(u64, u64)]) -> Vec<(f64, u64)> {
+    let mut out: Vec<(f64, u64)> = RTT_LE_US
+        .iter()
+        .map(|us| (*us as f64 / 1e6, 0))
+        .chain([(f64::INFINITY, 0)])
+        .collect();
+    for (upper, n) in histogram {
+        let i = RTT_LE_US
+            .iter()
+            .position(|le| upper <= le)
+            .unwrap_or(RTT_LE_US.len());
+        out[i].1 += n;
+    }
+    out
+}
+
+/// One peer's histogram: its labels, the sum (s), the count and the buckets of
+/// [`rtt_buckets`].
+#[derive(Debug)]
+struct RttHistogram {
+    labels: Labels,
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+/// One histogram per peer of the last measurement.
+#[derive(Debug)]
+struct RttHistograms(Vec<RttHistogram>);
+
+impl RttHistograms {
+    fn of(reports: &[Report]) -> RttHistograms {
+        RttHistograms(
+            reports
+                .iter()
+                .map(|r| RttHistogram {
+                    labels: vec![
+                        ("peer".to_string(), r.peer.clone().unwrap_or_default()),
+                        ("source".to_string(), r.source.clone()),
+                    ],
+                    sum: r
+                        .rtt_us
+                        .as_ref()
+                        .map_or(0.0, |s| s.mean * r.samples as f64 / 1e6),
+                    count: r.samples as u64,
+                    buckets: rtt_buckets(&r.histogram),
+                })
+                .collect(),
+        )
+    }
+}
+
+impl EncodeMetric for RttHistograms {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for h in &self.0 {
+            encoder
+                .encode_family(&h.labels)?
+                .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 fn gauge(v: f64) -> Gauge<f64, AtomicU64> {
     let g = Gauge::<f64, AtomicU64>::default();
     g.set(v);
@@ -166,6 +277,7 @@ pub fn render(
     core: &Core,
     requests: &Requests,
     refused: &Refused,
+    measured: &Measured,
 ) -> Result<String, String> {
     let mut reg = Registry::default();
     let packets = Family::<Labels, Counter>::default();
@@ -261,6 +373,12 @@ pub fn render(
         "Requests and connections refused before authentication, by reason",
         refused.family.clone(),
     );
+    reg.register_with_unit(
+        "netfault_rtt",
+        "Round-trip times of the last measurement (POST /v1/measure), per peer",
+        Unit::Seconds,
+        RttHistograms::of(&measured.get()),
+    );
     let mut out = String::new();
     encode(&mut out, &reg).map_err(|e| e.to_string())?;
     Ok(out)
@@ -290,5 +408,22 @@ mod tests {
             assert!(out.contains(line), "{line}: {out}");
         }
         assert!(!out.contains("ZZ") && !out.contains("/zz"), "{out}");
+    }
+
+    #[test]
+    fn rtt_buckets_sum_the_log_linear_ones_under_each_bound() {
+        // 15 and 16 µs: values 15 (bucket [15, 16)) and 16 ([16, 17)); 40 000 µs; 70 s,
+        // clamped into the last log-linear bucket (which ends near 60 s): under 2^26 µs.
+        let h = crate::measure::Histogram::of(&[15.0, 15.5, 16.0, 40_000.0, 70e6]).buckets();
+        let b = rtt_buckets(&h);
+        assert_eq!(b.len(), RTT_LE_US.len() + 1);
+        assert_eq!(b[0], (16e-6, 2), "{b:?}");
+        assert_eq!(b[1], (32e-6, 1), "{b:?}");
+        // 40 ms lies in (32.768 ms, 65.536 ms]: the bound 2^16 µs.
+        assert_eq!(b[12], (65_536e-6, 1), "{b:?}");
+        assert_eq!(b[RTT_LE_US.len() - 1], (67.108_864, 1), "{b:?}");
+        assert_eq!(b[RTT_LE_US.len()], (f64::INFINITY, 0), "{b:?}");
+        assert_eq!(b.iter().map(|(_, n)| n).sum::<u64>(), 5);
+        assert_eq!(RTT_LE_US[22], 1 << 26);
     }
 }

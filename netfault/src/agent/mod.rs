@@ -223,6 +223,8 @@ pub struct Shared {
     pub events: Events,
     pub requests: metrics::Requests,
     pub refused: metrics::Refused,
+    /// The last measurement's reports, for `/metrics`.
+    pub measured: metrics::Measured,
 }
 
 /// The protections for the agent's own port, whatever a coordinator's plan says: TCP and UDP
@@ -315,6 +317,7 @@ pub fn run(cfg: Config, ready: impl FnOnce(&str)) -> Result<Stopped, Error> {
             events: Events::new(),
             requests: metrics::Requests::default(),
             refused: metrics::Refused::default(),
+            measured: metrics::Measured::default(),
         });
         shared.events.push(
             "start",

@@ -948,9 +948,10 @@ async fn events(
 }
 
 async fn metrics(State(sh): State<Arc<Shared>>) -> ApiResult<Response> {
-    let (requests, refused) = (sh.requests.clone(), sh.refused.clone());
+    let (requests, refused, measured) =
+        (sh.requests.clone(), sh.refused.clone(), sh.measured.clone());
     let text = read(&sh, move |paths, state, core| {
-        super::metrics::render(paths, state, core, &requests, &refused)
+        super::metrics::render(paths, state, core, &requests, &refused, &measured)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))
     })
     .await?;

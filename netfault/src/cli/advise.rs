@@ -131,6 +131,13 @@ pub fn text_report(
         // Passive: nothing was sent to be lost.
         None => writeln!(out, "{} samples", r.samples)?,
     }
+    if let Some(a) = &r.answers {
+        writeln!(
+            out,
+            "answered by UDP {}, by ICMP port unreachable {}",
+            a.udp, a.icmp_unreachable
+        )?;
+    }
     let (Some(s), Some(ad)) = (&r.rtt_us, &r.advice) else {
         return Ok(());
     };

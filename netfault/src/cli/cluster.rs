@@ -132,9 +132,16 @@ pub enum ClusterCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Every node probes every other node's addresses at once (ICMP echo, as `measure
+    /// Every node probes every other node's addresses at once (ICMP echo or UDP, as `measure
     /// --probe`): the N x N matrix of round-trip times, and the advice per pair.
     Measure {
+        /// What to send: `icmp` or `udp:PORT` (as `measure --probe`).
+        #[arg(long, value_name = "KIND", default_value = "icmp")]
+        probe: String,
+        /// Also advise for each pair as it would be under this rule-set file (as `measure
+        /// --what-if`), folded into the pair's histogram.
+        #[arg(long = "what-if", value_name = "FILE")]
+        what_if: Option<std::path::PathBuf>,
         /// How long each node probes.
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::args::parse_interval)]
         duration: std::time::Duration,
@@ -550,14 +557,28 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
             done = v.done()?;
         }
         ClusterCmd::Measure {
+            probe,
+            what_if,
             duration,
             interval,
             json,
             advice,
         } => {
+            let kind: netfault::measure::probe::Kind =
+                probe.parse().map_err(|m| SpecError::new("--probe", m))?;
             netfault::measure::probe::rounds(interval, duration)
                 .map_err(|m| SpecError::new("--duration", m))?;
-            let m = coord.measure(interval, duration, advice.params(0.0));
+            let what_if = super::advise::what_if(what_if.as_deref())?;
+            let mut m = coord.measure(kind, interval, duration, advice.params(0.0));
+            if let Some((file, w)) = &what_if {
+                for p in m.iter_mut().flat_map(|n| n.pairs.iter_mut()) {
+                    p.report = p.report.clone().with_what_if_of_histogram(
+                        &advice.params(p.report.loss),
+                        file,
+                        w,
+                    );
+                }
+            }
             if json {
                 writeln!(out, "{}", serde_json::json!({ "nodes": m }))?;
             } else {

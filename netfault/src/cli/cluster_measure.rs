@@ -85,6 +85,27 @@ pub fn text(out: &mut impl Write, m: &[NodeMeasure], a: &AdviceArgs) -> std::io:
                 p.report.loss.unwrap_or(0.0) * 100.0,
                 phi.join(", ")
             )?;
+            if let Some(a) = &p.report.answers {
+                writeln!(
+                    out,
+                    "    answered by UDP {}, by ICMP port unreachable {}",
+                    a.udp, a.icmp_unreachable
+                )?;
+            }
+            if let Some(w) = &p.report.what_if {
+                let timeout = w
+                    .advice
+                    .timeout_ms
+                    .map_or_else(|| "no timeout".to_owned(), |t| format!("timeout {t:.3} ms"));
+                writeln!(
+                    out,
+                    "    under {}: p50 {} ms, p99 {} ms, loss {:.2} %, {timeout}",
+                    w.file,
+                    ms(w.rtt_us.p50),
+                    ms(w.rtt_us.p99),
+                    w.loss * 100.0
+                )?;
+            }
         }
     }
     Ok(())

@@ -23,7 +23,8 @@ use super::advise::{AdviceArgs, text_report};
 /// with the process under tcx). `--peer` then filters the peers reported.
 ///
 /// `--probe` sends ICMP (ICMPv6) echo requests to each peer every `--interval` and reads
-/// each reply's arrival time from the kernel.
+/// each reply's arrival time from the kernel; `--probe udp:PORT` sends UDP datagrams to the
+/// port, answered by a UDP reply from it or by the ICMP port unreachable of a closed port.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Peers: addresses or CIDRs. Probed: each address of a CIDR (at most 256 in all); passive:
@@ -36,7 +37,8 @@ pub struct Args {
     /// How long to measure.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::args::parse_interval)]
     pub duration: Duration,
-    /// Probe actively: `icmp` (the default, and the only kind yet).
+    /// Probe actively: `icmp` (the default) or `udp:PORT` (answered by a UDP reply from the
+    /// port, or by the ICMP port unreachable of a closed port).
     #[arg(long, value_name = "KIND", num_args = 0..=1, default_missing_value = "icmp")]
     pub probe: Option<String>,
     /// The interval between probes to a peer.
@@ -75,15 +77,10 @@ fn peers(nets: &[IpNet]) -> Result<Vec<IpAddr>, SpecError> {
 }
 
 pub fn run(a: &Args) -> anyhow::Result<()> {
-    match a.probe.as_deref() {
-        Some("icmp") => {}
-        Some(k) => {
-            return Err(
-                SpecError::new("--probe", format!("'{k}': only icmp probes exist yet")).into(),
-            );
-        }
+    let kind: probe::Kind = match a.probe.as_deref() {
+        Some(k) => k.parse().map_err(|m| SpecError::new("--probe", m))?,
         None => return passive(a),
-    }
+    };
     if !a.iface.is_empty() {
         return Err(SpecError::new(
             "--iface",
@@ -99,6 +96,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     let what_if = super::advise::what_if(a.what_if.as_deref())?;
     let reports = measure::probe_reports(
         &peers,
+        kind,
         a.interval,
         a.duration,
         &a.advice.params(0.0),

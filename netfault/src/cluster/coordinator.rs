@@ -582,17 +582,19 @@ impl Coordinator {
     /// `duration`; a node whose transport cannot probe says so in `error`.
     pub fn measure(
         &self,
+        probe: crate::measure::probe::Kind,
         interval: Duration,
         duration: Duration,
         params: crate::measure::Params,
     ) -> Vec<NodeMeasure> {
-        self.probe_all(interval, duration, params, None)
+        self.probe_all(probe, interval, duration, params, None)
     }
 
     /// [`measure`](Self::measure), every node listening for the others' requests carrying
     /// `listen` when given (`cluster verify`).
     pub fn probe_all(
         &self,
+        probe: crate::measure::probe::Kind,
         interval: Duration,
         duration: Duration,
         params: crate::measure::Params,
@@ -621,6 +623,7 @@ impl Coordinator {
                     .collect();
                 t.measure(&transport::MeasureRequest {
                     peers,
+                    probe,
                     interval,
                     duration,
                     params,
@@ -667,6 +670,7 @@ impl Coordinator {
             .map_or(0, |d| d.as_nanos() as u64);
         let nonce = (t ^ (u64::from(std::process::id()) << 40)) | 1;
         let m = self.probe_all(
+            crate::measure::probe::Kind::Icmp,
             interval,
             duration,
             crate::measure::Params::default(),

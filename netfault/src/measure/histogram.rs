@@ -36,6 +36,18 @@ impl Histogram {
             .collect()
     }
 
+    /// Each bucket's count of values at the bucket's middle, ascending.
+    pub fn midpoints(&self) -> Vec<f64> {
+        self.0
+            .iter()
+            .flat_map(|(b, n)| {
+                let lower = if *b == 0 { 0 } else { rtt_bucket_upper(b - 1) };
+                let mid = (lower + rtt_bucket_upper(*b)) as f64 / 2.0;
+                std::iter::repeat_n(mid, *n as usize)
+            })
+            .collect()
+    }
+
     /// Coarse rows for a terminal: the counts per power of two (upper bound in µs).
     pub fn octaves(&self) -> Vec<(u64, u64)> {
         let mut rows: BTreeMap<u64, u64> = BTreeMap::new();

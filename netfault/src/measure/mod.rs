@@ -13,6 +13,7 @@ pub mod report;
 mod rng;
 pub mod samples;
 pub mod tail;
+mod udp;
 pub mod whatif;
 
 pub use advice::{Advice, Params, advise};
@@ -20,39 +21,43 @@ pub use histogram::Histogram;
 pub use report::Report;
 pub use samples::{Rtts, Summary, parse_rate, parse_samples};
 
-/// Probes `peers` (`probe::probe`) and reports each with the advice `params` give (the loss
+/// Probes `peers` with probes of `kind` ([`probe::probe_listening`]) and reports each with the advice `params` give (the loss
 /// measured replaces theirs), and how many probes were sent. With `listen` (a nonce), each
 /// report also says how many of the peer's requests were heard here
 /// ([`probe::probe_listening`]).
 pub fn probe_reports(
     peers: &[std::net::IpAddr],
+    kind: probe::Kind,
     interval: std::time::Duration,
     duration: std::time::Duration,
     params: &Params,
     what_if: Option<(&str, &whatif::WhatIf)>,
     listen: Option<u64>,
 ) -> Result<Vec<Report>, probe::ProbeError> {
-    Ok(probe::probe_listening(peers, interval, duration, listen)?
-        .into_iter()
-        .map(|(peer, r)| {
-            let loss = r.loss();
-            let params = Params { loss, ..*params };
-            let (sent, heard) = (Some(r.sent), listen.map(|_| r.heard));
-            let report = match Rtts::new(r.rtts_us) {
-                Some(rtts) => {
-                    let report = Report::new(Some(peer.to_string()), "probe", &rtts, &params);
-                    match what_if {
-                        Some((file, w)) => report.with_what_if(&rtts, &params, file, w),
-                        None => report,
+    Ok(
+        probe::probe_listening(peers, kind, interval, duration, listen)?
+            .into_iter()
+            .map(|(peer, r)| {
+                let loss = r.loss();
+                let params = Params { loss, ..*params };
+                let (sent, heard) = (Some(r.sent), listen.map(|_| r.heard));
+                let report = match Rtts::new(r.rtts_us) {
+                    Some(rtts) => {
+                        let report = Report::new(Some(peer.to_string()), "probe", &rtts, &params);
+                        match what_if {
+                            Some((file, w)) => report.with_what_if(&rtts, &params, file, w),
+                            None => report,
+                        }
                     }
+                    None => Report::silent(Some(peer.to_string()), "probe", loss),
+                };
+                Report {
+                    sent,
+                    heard,
+                    answers: r.answers,
+                    ..report
                 }
-                None => Report::silent(Some(peer.to_string()), "probe", loss),
-            };
-            Report {
-                sent,
-                heard,
-                ..report
-            }
-        })
-        .collect())
+            })
+            .collect(),
+    )
 }

@@ -8,11 +8,12 @@
 //! cluster probing every other at once (`cluster verify`), each direction of each pair is seen
 //! one way: the requests a node hears from a peer crossed the wire from the peer to it, whatever
 //! became of the replies.
+use serde::{Deserialize, Serialize};
 use std::{
     collections::BTreeMap,
     io,
     mem::{size_of, zeroed},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
@@ -45,6 +46,84 @@ pub enum ProbeError {
     Overrun(u32),
 }
 
+/// What is sent to each peer: ICMP (ICMPv6) echo requests, or UDP datagrams to a port
+/// ([`super::udp`]). As text: `icmp`, `udp:PORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Kind {
+    #[default]
+    Icmp,
+    Udp(u16),
+}
+
+impl Kind {
+    pub fn is_icmp(&self) -> bool {
+        *self == Kind::Icmp
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Kind, String> {
+        let s = s.trim();
+        if s == "icmp" {
+            return Ok(Kind::Icmp);
+        }
+        let Some(port) = s.strip_prefix("udp:") else {
+            return Err(format!("'{s}': icmp or udp:PORT"));
+        };
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(Kind::Udp(p)),
+            _ => Err(format!("'{s}': a UDP port is 1 to 65535")),
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kind::Icmp => f.write_str("icmp"),
+            Kind::Udp(p) => write!(f, "udp:{p}"),
+        }
+    }
+}
+
+impl TryFrom<String> for Kind {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Kind, String> {
+        s.parse()
+    }
+}
+
+impl From<Kind> for String {
+    fn from(k: Kind) -> String {
+        k.to_string()
+    }
+}
+
+/// What answered a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Answer {
+    /// An ICMP (ICMPv6) echo reply.
+    Echo,
+    /// A UDP datagram from the probed port carrying the probe's payload back.
+    Udp,
+    /// An ICMP port unreachable (ICMPv6: destination unreachable, port unreachable) quoting
+    /// the probe.
+    Unreachable,
+}
+
+/// How UDP probes were answered (`answers` in a report).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answers {
+    /// By a UDP reply from the probed port.
+    pub udp: u64,
+    /// By an ICMP port unreachable for it.
+    pub icmp_unreachable: u64,
+}
+
 /// What one peer answered.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PeerResult {
@@ -54,6 +133,8 @@ pub struct PeerResult {
     /// Requests carrying the listening nonce heard from this peer (its address the source);
     /// 0 when not listening.
     pub heard: u64,
+    /// How UDP probes were answered; `None` for ICMP probes.
+    pub answers: Option<Answers>,
 }
 
 impl PeerResult {
@@ -73,13 +154,30 @@ fn now_realtime() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-struct Sock {
-    fd: OwnedFd,
-    v6: bool,
+/// A socket of the prober: raw ICMP (ICMPv6), or UDP (`udp`).
+pub(super) struct Sock {
+    pub(super) fd: OwnedFd,
+    pub(super) v6: bool,
 }
 
 impl Sock {
     fn open(v6: bool, listen: bool) -> Result<Sock, ProbeError> {
+        // Only echo replies reach the socket (a raw socket gets a copy of every ICMP packet
+        // the host receives, the peers' own requests included), and echo requests when
+        // listening.
+        let pass: &[u8] = match (v6, listen) {
+            (true, false) => &[129],
+            (true, true) => &[129, 128],
+            (false, false) => &[0],
+            (false, true) => &[0, 8],
+        };
+        Sock::raw(v6, pass)
+    }
+
+    /// A raw ICMP (ICMPv6) socket that reads only the message types in `pass`, into a buffer
+    /// that holds a few seconds of them: a reply dropped here would be reported as network
+    /// loss.
+    pub(super) fn raw(v6: bool, pass: &[u8]) -> Result<Sock, ProbeError> {
         let (domain, proto, name) = if v6 {
             (libc::AF_INET6, libc::IPPROTO_ICMPV6, "ICMPv6")
         } else {
@@ -101,35 +199,45 @@ impl Sock {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             v6,
         };
-        // Only echo replies reach the socket (a raw socket gets a copy of every ICMP packet
-        // the host receives, the peers' own requests included), and echo requests when
-        // listening, into a buffer that holds a few seconds of them: a reply dropped here
-        // would be reported as network loss.
         if v6 {
             // struct icmp6_filter: a set bit blocks that type.
             let mut block = [u32::MAX; 8];
-            block[129 >> 5] &= !(1 << (129 & 31));
-            if listen {
-                block[128 >> 5] &= !(1 << (128 & 31));
+            for t in pass {
+                block[usize::from(t >> 5)] &= !(1 << (t & 31));
             }
             sock.set(libc::IPPROTO_ICMPV6, 1, &block)?;
         } else {
-            // ICMP_FILTER on SOL_RAW: a set bit blocks that type; echo reply is type 0, echo
-            // request type 8.
-            let pass = if listen { 1u32 | 1 << 8 } else { 1 };
+            // ICMP_FILTER on SOL_RAW: a set bit blocks that type (types 0 to 31).
+            let pass = pass.iter().fold(0u32, |m, t| m | 1 << (t & 31));
             sock.set(libc::SOL_RAW, 1, &!pass)?;
         }
-        let bytes: libc::c_int = 8 << 20;
-        if sock
-            .set(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &bytes)
-            .is_err()
-        {
-            sock.set(libc::SOL_SOCKET, libc::SO_RCVBUF, &bytes)?;
-        }
+        sock.buffer()?;
         Ok(sock)
     }
 
-    fn set<T>(&self, level: libc::c_int, name: libc::c_int, v: &T) -> Result<(), ProbeError> {
+    /// A receive buffer of 8 MiB (forced where allowed), and the kernel's receive timestamps
+    /// turned on now rather than at the first read.
+    pub(super) fn buffer(&self) -> Result<(), ProbeError> {
+        let bytes: libc::c_int = 8 << 20;
+        if self
+            .set(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &bytes)
+            .is_err()
+        {
+            self.set(libc::SOL_SOCKET, libc::SO_RCVBUF, &bytes)?;
+        }
+        // The first SIOCGSTAMPNS enables stamping (it fails with ENOENT: nothing read yet).
+        // SAFETY: SIOCGSTAMPNS writes a timespec.
+        let mut ts: libc::timespec = unsafe { zeroed() };
+        unsafe { libc::ioctl(self.fd.as_raw_fd(), SIOCGSTAMPNS, &mut ts) };
+        Ok(())
+    }
+
+    pub(super) fn set<T>(
+        &self,
+        level: libc::c_int,
+        name: libc::c_int,
+        v: &T,
+    ) -> Result<(), ProbeError> {
         // SAFETY: v is valid for size_of::<T>() bytes.
         let r = unsafe {
             libc::setsockopt(
@@ -142,7 +250,11 @@ impl Sock {
         };
         if r < 0 {
             return Err(ProbeError::Socket(
-                if self.v6 { "ICMPv6" } else { "ICMP" },
+                if self.v6 {
+                    "ICMPv6 or UDP"
+                } else {
+                    "ICMP or UDP"
+                },
                 io::Error::last_os_error(),
             ));
         }
@@ -150,7 +262,7 @@ impl Sock {
     }
 
     /// Packets the kernel dropped at this socket (SO_MEMINFO's SK_MEMINFO_DROPS).
-    fn drops(&self) -> u32 {
+    pub(super) fn drops(&self) -> u32 {
         let mut info = [0u32; 9];
         let mut len = size_of::<[u32; 9]>() as libc::socklen_t;
         // SAFETY: info is valid for len bytes.
@@ -181,21 +293,28 @@ impl Sock {
             let c = checksum(&pkt);
             pkt[2..4].copy_from_slice(&c.to_be_bytes());
         }
+        self.send_to(&pkt, SocketAddr::new(to, 0))
+    }
+
+    /// Sends `pkt` to `to` (the port is 0 on a raw socket).
+    pub(super) fn send_to(&self, pkt: &[u8], to: SocketAddr) -> io::Result<()> {
         // SAFETY: a zeroed sockaddr_storage is valid; the family's address is written below.
         let mut sa: libc::sockaddr_storage = unsafe { zeroed() };
         let len = match to {
-            IpAddr::V4(a) => {
+            SocketAddr::V4(a) => {
                 // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in.
                 let sin = unsafe { &mut *(&raw mut sa).cast::<libc::sockaddr_in>() };
                 sin.sin_family = libc::AF_INET as libc::sa_family_t;
-                sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
+                sin.sin_port = a.port().to_be();
+                sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
                 size_of::<libc::sockaddr_in>()
             }
-            IpAddr::V6(a) => {
+            SocketAddr::V6(a) => {
                 // SAFETY: as above, for a sockaddr_in6.
                 let sin6 = unsafe { &mut *(&raw mut sa).cast::<libc::sockaddr_in6>() };
                 sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                sin6.sin6_addr.s6_addr = a.octets();
+                sin6.sin6_port = a.port().to_be();
+                sin6.sin6_addr.s6_addr = a.ip().octets();
                 size_of::<libc::sockaddr_in6>()
             }
         };
@@ -216,11 +335,10 @@ impl Sock {
         Ok(())
     }
 
-    /// The next echo reply with identifier `id`, or echo request carrying `nonce` (when not
-    /// 0); `Ok(None)` when nothing more is queued.
-    fn recv(&self, id: u16, nonce: u64) -> io::Result<Option<Msg>> {
+    /// The next packet queued: its length in `buf`, its source (port 0 on a raw socket) and
+    /// the kernel's receive time; `Ok(None)` when nothing more is queued.
+    pub(super) fn read(&self, buf: &mut [u8]) -> io::Result<Option<(usize, SocketAddr, Duration)>> {
         loop {
-            let mut buf = [0u8; 1500];
             // SAFETY: a zeroed sockaddr_storage is valid for recvfrom to fill.
             let mut from: libc::sockaddr_storage = unsafe { zeroed() };
             let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -249,7 +367,31 @@ impl Sock {
                 return Err(io::Error::last_os_error());
             }
             let at = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-            let pkt = &buf[..n as usize];
+            let addr = if self.v6 {
+                // SAFETY: the kernel filled a sockaddr_in6 for an AF_INET6 socket.
+                let sa: libc::sockaddr_in6 = unsafe { *(&raw const from).cast() };
+                SocketAddr::new(
+                    IpAddr::V6(Ipv6Addr::from(sa.sin6_addr.s6_addr)),
+                    u16::from_be(sa.sin6_port),
+                )
+            } else {
+                // SAFETY: a sockaddr_in for an AF_INET socket.
+                let sa: libc::sockaddr_in = unsafe { *(&raw const from).cast() };
+                SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::from(sa.sin_addr.s_addr.to_ne_bytes())),
+                    u16::from_be(sa.sin_port),
+                )
+            };
+            return Ok(Some((n as usize, addr, at)));
+        }
+    }
+
+    /// The next echo reply with identifier `id`, or echo request carrying `nonce` (when not
+    /// 0); `Ok(None)` when nothing more is queued.
+    fn recv(&self, id: u16, nonce: u64) -> io::Result<Option<Msg>> {
+        let mut buf = [0u8; 1500];
+        while let Some((n, from, at)) = self.read(&mut buf)? {
+            let pkt = &buf[..n];
             // A raw ICMP socket reads the IPv4 header too; a raw ICMPv6 one does not.
             let icmp = if self.v6 {
                 pkt
@@ -270,31 +412,23 @@ impl Sock {
                 continue;
             }
             let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
-            let addr = if self.v6 {
-                // SAFETY: the kernel filled a sockaddr_in6 for an AF_INET6 socket.
-                let sa: libc::sockaddr_in6 = unsafe { *(&raw const from).cast() };
-                IpAddr::V6(Ipv6Addr::from(sa.sin6_addr.s6_addr))
-            } else {
-                // SAFETY: a sockaddr_in for an AF_INET socket.
-                let sa: libc::sockaddr_in = unsafe { *(&raw const from).cast() };
-                IpAddr::V4(Ipv4Addr::from(sa.sin_addr.s_addr.to_ne_bytes()))
-            };
             return Ok(Some(if is_request {
-                Msg::Request(addr)
+                Msg::Request(from.ip())
             } else {
-                Msg::Reply(addr, seq, at)
+                Msg::Reply(from.ip(), seq, at, Answer::Echo)
             }));
         }
+        Ok(None)
     }
 }
 
 /// The payload's first 8 bytes.
-const MARK: &[u8; 8] = b"netfault";
+pub(super) const MARK: &[u8; 8] = b"netfault";
 
-/// What [`Sock::recv`] read.
-enum Msg {
-    /// An echo reply to us: (from, sequence, kernel receive time).
-    Reply(IpAddr, u16, Duration),
+/// What a prober's socket read.
+pub(super) enum Msg {
+    /// An answer to our probe: (peer, sequence, kernel receive time, what answered).
+    Reply(IpAddr, u16, Duration, Answer),
     /// A listening peer's echo request, from this address.
     Request(IpAddr),
 }
@@ -323,41 +457,94 @@ pub fn rounds(interval: Duration, duration: Duration) -> Result<u64, String> {
     Ok(n as u64)
 }
 
-/// Probes every peer every `interval` for `duration`, then waits [`GRACE`] for the last
-/// replies. The caller bounds the peers ([`MAX_PEERS`]); too many probes per peer
-/// ([`rounds`]) are refused, never cut short.
+/// Probes every peer every `interval` for `duration` with ICMP echo requests, then waits
+/// [`GRACE`] for the last replies. The caller bounds the peers ([`MAX_PEERS`]); too many
+/// probes per peer ([`rounds`]) are refused, never cut short.
 pub fn probe(
     peers: &[IpAddr],
     interval: Duration,
     duration: Duration,
 ) -> Result<BTreeMap<IpAddr, PeerResult>, ProbeError> {
-    probe_listening(peers, interval, duration, None)
+    probe_listening(peers, Kind::Icmp, interval, duration, None)
 }
 
-/// [`probe`], and with `listen` (a nonce, not 0) also counts the requests carrying it that
-/// reach this host from each peer ([`PeerResult::heard`]), until [`LISTEN_TAIL`] after its own
-/// last request.
+/// A prober's socket of one family.
+enum Prober {
+    Icmp(Sock),
+    Udp(super::udp::UdpSock),
+}
+
+impl Prober {
+    fn open(kind: Kind, v6: bool, listen: bool) -> Result<Prober, ProbeError> {
+        Ok(match kind {
+            Kind::Icmp => Prober::Icmp(Sock::open(v6, listen)?),
+            Kind::Udp(port) => Prober::Udp(super::udp::UdpSock::open(v6, port)?),
+        })
+    }
+
+    fn send(&self, to: IpAddr, id: u16, seq: u16, nonce: u64) -> io::Result<()> {
+        match self {
+            Prober::Icmp(s) => s.send(to, id, seq, nonce),
+            Prober::Udp(s) => s.send(to, id, seq),
+        }
+    }
+
+    fn recv(&self, id: u16, nonce: u64) -> io::Result<Option<Msg>> {
+        match self {
+            Prober::Icmp(s) => s.recv(id, nonce),
+            Prober::Udp(s) => s.recv(id),
+        }
+    }
+
+    fn socks(&self) -> Vec<&Sock> {
+        match self {
+            Prober::Icmp(s) => vec![s],
+            Prober::Udp(s) => s.socks().iter().collect(),
+        }
+    }
+}
+
+/// [`probe`] with probes of `kind`, and with `listen` (a nonce, not 0; ICMP probes only) also
+/// counts the requests carrying it that reach this host from each peer
+/// ([`PeerResult::heard`]), until [`LISTEN_TAIL`] after its own last request.
 pub fn probe_listening(
     peers: &[IpAddr],
+    kind: Kind,
     interval: Duration,
     duration: Duration,
     listen: Option<u64>,
 ) -> Result<BTreeMap<IpAddr, PeerResult>, ProbeError> {
     let rounds = rounds(interval, duration).map_err(ProbeError::TooMany)?;
     let nonce = listen.unwrap_or(0);
+    if nonce != 0 && !kind.is_icmp() {
+        return Err(ProbeError::TooMany(
+            "a listening prober sends ICMP probes only".into(),
+        ));
+    }
     let v4 = peers
         .iter()
         .any(IpAddr::is_ipv4)
-        .then(|| Sock::open(false, nonce != 0))
+        .then(|| Prober::open(kind, false, nonce != 0))
         .transpose()?;
     let v6 = peers
         .iter()
         .any(IpAddr::is_ipv6)
-        .then(|| Sock::open(true, nonce != 0))
+        .then(|| Prober::open(kind, true, nonce != 0))
         .transpose()?;
     let id = (std::process::id() & 0xffff) as u16;
-    let mut out: BTreeMap<IpAddr, PeerResult> =
-        peers.iter().map(|p| (*p, PeerResult::default())).collect();
+    let answers = (!kind.is_icmp()).then(Answers::default);
+    let mut out: BTreeMap<IpAddr, PeerResult> = peers
+        .iter()
+        .map(|p| {
+            (
+                *p,
+                PeerResult {
+                    answers,
+                    ..PeerResult::default()
+                },
+            )
+        })
+        .collect();
     // Departure times by (peer, sequence), removed when answered.
     let mut pending: BTreeMap<(IpAddr, u16), Duration> = BTreeMap::new();
     let start = Instant::now();
@@ -402,6 +589,7 @@ pub fn probe_listening(
         let mut fds: Vec<libc::pollfd> = [&v4, &v6]
             .into_iter()
             .flatten()
+            .flat_map(Prober::socks)
             .map(|s| libc::pollfd {
                 fd: s.fd.as_raw_fd(),
                 events: libc::POLLIN,
@@ -419,11 +607,20 @@ pub fn probe_listening(
         for s in [&v4, &v6].into_iter().flatten() {
             while let Some(msg) = s.recv(id, nonce).map_err(ProbeError::Recv)? {
                 match msg {
-                    Msg::Reply(from, seq, at) => {
-                        if let Some(sent) = pending.remove(&(from, seq)) {
-                            let rtt = at.saturating_sub(sent);
-                            if let Some(r) = out.get_mut(&from) {
-                                r.rtts_us.push(rtt.as_secs_f64() * 1e6);
+                    Msg::Reply(from, seq, at, answer) => {
+                        // The first answer to a probe counts; any other (a duplicate) not.
+                        let Some(sent) = pending.remove(&(from, seq)) else {
+                            continue;
+                        };
+                        let Some(r) = out.get_mut(&from) else {
+                            continue;
+                        };
+                        r.rtts_us.push(at.saturating_sub(sent).as_secs_f64() * 1e6);
+                        if let Some(a) = r.answers.as_mut() {
+                            match answer {
+                                Answer::Udp => a.udp += 1,
+                                Answer::Unreachable => a.icmp_unreachable += 1,
+                                Answer::Echo => {}
                             }
                         }
                     }
@@ -436,7 +633,12 @@ pub fn probe_listening(
             }
         }
     }
-    let dropped: u32 = [&v4, &v6].into_iter().flatten().map(Sock::drops).sum();
+    let dropped: u32 = [&v4, &v6]
+        .into_iter()
+        .flatten()
+        .flat_map(Prober::socks)
+        .map(Sock::drops)
+        .sum();
     if dropped > 0 {
         return Err(ProbeError::Overrun(dropped));
     }
@@ -458,5 +660,19 @@ mod tests {
         let c = checksum(&pkt);
         pkt[2..4].copy_from_slice(&c.to_be_bytes());
         assert_eq!(checksum(&pkt), 0);
+    }
+
+    #[test]
+    fn probe_kinds_parse_and_print() {
+        assert_eq!("icmp".parse(), Ok(Kind::Icmp));
+        assert_eq!("udp:9000".parse(), Ok(Kind::Udp(9000)));
+        assert_eq!(Kind::Udp(53).to_string(), "udp:53");
+        assert_eq!(Kind::Icmp.to_string(), "icmp");
+        for bad in ["udp:0", "udp:x", "udp:65536", "udp:", "tcp:1", "udp", ""] {
+            assert!(bad.parse::<Kind>().is_err(), "{bad}");
+        }
+        let k: Kind = serde_json::from_str("\"udp:7\"").unwrap();
+        assert_eq!(k, Kind::Udp(7));
+        assert!(serde_json::from_str::<Kind>("\"udp:0\"").is_err());
     }
 }

@@ -26,6 +26,9 @@ pub struct Report {
     /// crossed the wire from the peer to this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heard: Option<u64>,
+    /// How UDP probes were answered (`--probe udp:PORT`); absent for ICMP probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers: Option<super::probe::Answers>,
     /// The same under a rule set (`--what-if`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub what_if: Option<super::whatif::WhatIfReport>,
@@ -43,6 +46,7 @@ impl Report {
             advice: Some(advise(rtts, params)),
             sent: None,
             heard: None,
+            answers: None,
             what_if: None,
         }
     }
@@ -66,6 +70,21 @@ impl Report {
         self
     }
 
+    /// [`with_what_if`](Self::with_what_if) for a report whose samples are gone (one a node
+    /// sent): folded into its histogram, each bucket's samples at the bucket's middle (under
+    /// 0.5 % off). A report without samples stays as it is.
+    pub fn with_what_if_of_histogram(
+        self,
+        params: &Params,
+        file: &str,
+        w: &super::whatif::WhatIf,
+    ) -> Report {
+        let Some(rtts) = Rtts::new(Histogram::of_buckets(&self.histogram).midpoints()) else {
+            return self;
+        };
+        self.with_what_if(&rtts, params, file, w)
+    }
+
     /// A peer that answered nothing.
     pub fn silent(peer: Option<String>, source: &str, loss: f64) -> Report {
         Report {
@@ -78,6 +97,7 @@ impl Report {
             advice: None,
             sent: None,
             heard: None,
+            answers: None,
             what_if: None,
         }
     }

@@ -45,6 +45,9 @@ pub struct PausesView {
 #[serde(deny_unknown_fields)]
 pub struct MeasureBody {
     pub peers: Vec<std::net::IpAddr>,
+    /// `icmp` (absent: icmp) or `udp:PORT`.
+    #[serde(default, skip_serializing_if = "crate::measure::probe::Kind::is_icmp")]
+    pub probe: crate::measure::probe::Kind,
     pub interval: String,
     pub duration: String,
     pub heartbeat: String,
@@ -57,20 +60,24 @@ pub struct MeasureBody {
     pub listen: Option<u64>,
 }
 
-/// A measure request checked: peers, interval, duration, the advice's parameters, and the
-/// nonce to listen for.
-pub type Checked = (
-    Vec<std::net::IpAddr>,
-    Duration,
-    Duration,
-    crate::measure::Params,
-    Option<u64>,
-);
+/// A measure request checked.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub peers: Vec<std::net::IpAddr>,
+    pub probe: crate::measure::probe::Kind,
+    pub interval: Duration,
+    pub duration: Duration,
+    /// The advice's parameters.
+    pub params: crate::measure::Params,
+    /// The nonce to listen for.
+    pub listen: Option<u64>,
+}
 
 impl MeasureBody {
     pub fn of(r: &super::MeasureRequest) -> MeasureBody {
         MeasureBody {
             peers: r.peers.clone(),
+            probe: r.probe,
             interval: text(r.interval),
             duration: text(r.duration),
             heartbeat: text(r.params.heartbeat),
@@ -120,7 +127,17 @@ impl MeasureBody {
         if self.listen == Some(0) {
             return Err("listen: a nonce above 0".into());
         }
-        Ok((self.peers, interval, duration, params, self.listen))
+        if self.listen.is_some() && !self.probe.is_icmp() {
+            return Err("probe: a listening prober sends icmp probes only".into());
+        }
+        Ok(Checked {
+            peers: self.peers,
+            probe: self.probe,
+            interval,
+            duration,
+            params,
+            listen: self.listen,
+        })
     }
 }
 

@@ -117,6 +117,8 @@ pub trait NodeTransport: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct MeasureRequest {
     pub peers: Vec<std::net::IpAddr>,
+    /// What is sent: ICMP echo requests or UDP datagrams to a port.
+    pub probe: crate::measure::probe::Kind,
     pub interval: Duration,
     pub duration: Duration,
     pub params: crate::measure::Params,

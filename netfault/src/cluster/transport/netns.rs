@@ -102,6 +102,7 @@ impl NodeTransport for Netns {
         self.enter()?;
         Ok(Some(crate::measure::probe_reports(
             &probe.peers,
+            probe.probe,
             probe.interval,
             probe.duration,
             &probe.params,
