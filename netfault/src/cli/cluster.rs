@@ -573,7 +573,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
             if let Some((file, w)) = &what_if {
                 for p in m.iter_mut().flat_map(|n| n.pairs.iter_mut()) {
                     p.report = p.report.clone().with_what_if_of_histogram(
-                        &advice.params(p.report.loss),
+                        &advice.params(p.report.loss.unwrap_or(0.0)),
                         file,
                         w,
                     );
