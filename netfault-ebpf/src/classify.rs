@@ -29,8 +29,8 @@ use aya_ebpf::{
 };
 use netfault_common::{
     Config, FAMILY_V4, FlowKey, FlowKey4, KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, MAX_CHAIN,
-    MAX_TUPLES, PF_ADDR_V4, PF_ADDR_V6, Prefilter, RULE_ACTIVE, RuleValue, TupleSet, pf_meta_index,
-    rule_index,
+    MAX_TUPLES, PF_ADDR_V4, PF_ADDR_V6, Prefilter, RULE_ACTIVE, RULE_CGROUP, RuleValue, TupleSet,
+    pf_meta_index, rule_index,
 };
 
 use crate::maps::{NF_CONFIG, NF_FLOWS, NF_FLOWS4, NF_PREFILTER, NF_RULES, NF_TUPLES};
@@ -73,6 +73,14 @@ pub fn published(cfg: &Config) -> Option<Published> {
         return None;
     }
     Some(Published { generation, pf })
+}
+
+impl Published {
+    /// The generation the packet is classified in.
+    #[inline(always)]
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
 }
 
 /// The tuples the packet (its key filled but for the ports) may match, or None when no rule's
@@ -121,7 +129,9 @@ struct Scan {
     /// The caller's key (a pointer, not a copy: the two stack frames share 512 bytes).
     key: *const FlowKey,
     generation: u32,
-    _pad: u32,
+    /// The cgroup slots the packet's socket is in (`cgroup`): a rule with `RULE_CGROUP`
+    /// whose slot is not among them is passed over as an expired one is.
+    cgroups: u32,
     /// Tuples left to visit: rule tuples, then protection tuples (they come last).
     todo: TupleSet,
     protects: TupleSet,
@@ -221,6 +231,9 @@ fn take(s: &mut Scan, slot: u32, prio: u32) -> bool {
     if !live(rule, &mut s.now) {
         return false;
     }
+    if rule.flags & RULE_CGROUP != 0 && (s.cgroups >> (rule.cgroup_slot & 31)) & 1 == 0 {
+        return false;
+    }
     s.best_prio = prio;
     s.best_slot = slot;
     true
@@ -270,13 +283,19 @@ fn scan<const V4: bool>(s: &mut Scan) {
     }
 }
 
-/// Classifies a packet the prefilter let through, its ports parsed.
+/// Classifies a packet the prefilter let through, its ports parsed. `cgroups` gives the mask
+/// of the generation's cgroup slots the packet's socket is in; it is asked only when some rule
+/// tuple is a candidate.
 #[expect(
     clippy::needless_range_loop,
     reason = "constant indices into two arrays at once; an iterator would hide the constants from the codegen the verifier sees"
 )]
 #[inline(always)]
-pub fn classify(key: &FlowKey, c: &Candidates) -> Option<Match> {
+pub fn classify(
+    key: &FlowKey,
+    c: &Candidates,
+    cgroups: impl FnOnce(&FlowKey, u32) -> u32,
+) -> Option<Match> {
     let pf = c.pf;
     let mut tuples = c.tuples;
     if key.flags & KEY_PORTS != 0 {
@@ -295,7 +314,7 @@ pub fn classify(key: &FlowKey, c: &Candidates) -> Option<Match> {
     let mut s = Scan {
         key: key as *const FlowKey,
         generation: c.generation,
-        _pad: 0,
+        cgroups: cgroups(key, c.generation),
         todo: rules | protects,
         protects,
         best_prio: u32::MAX,
