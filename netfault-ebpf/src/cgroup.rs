@@ -27,6 +27,30 @@ use crate::{
     parse,
 };
 
+/// Calls `$f(i)` for each slot index, written out: 6.1's verifier refuses the loop LLVM
+/// leaves otherwise ("back-edge from insn"), which 6.12's accepts.
+macro_rules! each_slot {
+    ($f:ident) => {
+        $f(0);
+        $f(1);
+        $f(2);
+        $f(3);
+        $f(4);
+        $f(5);
+        $f(6);
+        $f(7);
+    };
+}
+const _: () = assert!(MAX_CGROUPS == 8, "each_slot writes out MAX_CGROUPS calls");
+
+/// Slot `i` of `generation` when it is in use (id 0: unused).
+#[inline(always)]
+fn slot(generation: u32, i: u32) -> Option<&'static netfault_common::CgroupSlot> {
+    NF_CGROUPS
+        .get((generation & 1) * MAX_CGROUPS + i)
+        .filter(|s| s.id != 0)
+}
+
 /// The mask of the slots of `generation` whose cgroup holds the socket that sent this
 /// egress packet.
 #[unsafe(no_mangle)]
@@ -36,18 +60,16 @@ pub extern "C" fn nf_cgroups_egress(skb: *mut __sk_buff, generation: u32) -> u32
         return 0;
     }
     let mut mask = 0;
-    for i in 0..MAX_CGROUPS {
-        let Some(s) = NF_CGROUPS.get((generation & 1) * MAX_CGROUPS + i) else {
-            break;
+    let mut one = |i: u32| {
+        let Some(s) = slot(generation, i) else {
+            return;
         };
-        if s.id == 0 {
-            break; // slots are filled from 0
-        }
         // SAFETY: skb is the program's context; the helper checks for a socket itself.
         if unsafe { bpf_skb_ancestor_cgroup_id(skb, s.level as i32) } == s.id {
             mask |= 1 << i;
         }
-    }
+    };
+    each_slot!(one);
     mask
 }
 
@@ -71,22 +93,20 @@ pub extern "C" fn nf_cgroup_learn(skb: *mut __sk_buff, generation: u32) -> i32 {
     }
     let mut seen = CgroupSeen::default();
     let mut any = false;
-    for i in 0..MAX_CGROUPS {
-        let Some(s) = NF_CGROUPS.get((generation & 1) * MAX_CGROUPS + i) else {
-            break;
+    let mut one = |i: u32| {
+        let Some(s) = slot(generation, i) else {
+            return;
         };
-        if s.id == 0 {
-            break;
-        }
         if s.level == 0 || s.level > MAX_CGROUP_LEVEL {
-            continue;
+            return;
         }
         // SAFETY: skb is the program's context; the helper checks for a socket itself.
         if unsafe { bpf_skb_ancestor_cgroup_id(skb, s.level as i32) } == s.id {
             seen.ids[((s.level - 1) & (MAX_CGROUP_LEVEL - 1)) as usize] = s.id;
             any = true;
         }
-    }
+    };
+    each_slot!(one);
     let flow = CgroupFlow {
         local: key.src,
         remote: key.dst,
@@ -140,19 +160,17 @@ pub extern "C" fn nf_cgroups_ingress(key: *const FlowKey, generation: u32) -> u3
         return 0;
     };
     let mut mask = 0;
-    for i in 0..MAX_CGROUPS {
-        let Some(s) = NF_CGROUPS.get((generation & 1) * MAX_CGROUPS + i) else {
-            break;
+    let mut one = |i: u32| {
+        let Some(s) = slot(generation, i) else {
+            return;
         };
-        if s.id == 0 {
-            break;
-        }
         if s.level == 0 || s.level > MAX_CGROUP_LEVEL {
-            continue;
+            return;
         }
         if seen.ids[((s.level - 1) & (MAX_CGROUP_LEVEL - 1)) as usize] == s.id {
             mask |= 1 << i;
         }
-    }
+    };
+    each_slot!(one);
     mask
 }

@@ -148,9 +148,14 @@ struct Scan {
 /// Has the rule in `slot` neither expired nor been switched off? Reads the clock only for a
 /// rule that can expire, once per packet: the coarse clock, as the controller does
 /// (`control::clock` says why).
+/// A rule with `RULE_CGROUP` whose slot is not in `cgroups` counts as switched off: as
+/// arithmetic on `RULE_ACTIVE`, not a branch of its own, which would multiply the states the
+/// verifier walks.
 #[inline(always)]
-fn live(rule: &RuleValue, now: &mut u64) -> bool {
-    if rule.flags & RULE_ACTIVE == 0 {
+fn live(rule: &RuleValue, now: &mut u64, cgroups: u32) -> bool {
+    let outside =
+        (rule.flags >> RULE_CGROUP.trailing_zeros()) & !(cgroups >> (rule.cgroup_slot & 31)) & 1;
+    if rule.flags & !outside & RULE_ACTIVE == 0 {
         return false;
     }
     if rule.expires_ns == 0 {
@@ -228,10 +233,7 @@ fn take(s: &mut Scan, slot: u32, prio: u32) -> bool {
     let Some(rule) = NF_RULES.get(rule_index(s.generation, slot)) else {
         return false;
     };
-    if !live(rule, &mut s.now) {
-        return false;
-    }
-    if rule.flags & RULE_CGROUP != 0 && (s.cgroups >> (rule.cgroup_slot & 31)) & 1 == 0 {
+    if !live(rule, &mut s.now, s.cgroups) {
         return false;
     }
     s.best_prio = prio;

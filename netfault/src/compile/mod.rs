@@ -1184,10 +1184,12 @@ mod tests {
             c.config_flags & (CFG_CGROUP | CFG_CGROUP_INGRESS),
             CFG_CGROUP
         );
-        // Nine distinct cgroups do not fit.
+        // Nine distinct cgroups do not fit. (Each its own address: the cgroup is not part of
+        // the match key, so entries that differ only by cgroup share one chain of 4.)
         let many: Vec<RuleSpec> = (0..9)
             .map(|i| {
                 let mut r = rule(&format!("m{i}"));
+                r.dst = vec![parse_net(&format!("192.0.2.{}", 10 + i)).unwrap()];
                 r.cgroup = Some(cg(100 + i, 1));
                 r
             })

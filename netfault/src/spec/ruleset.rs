@@ -342,6 +342,25 @@ reject = "icmp-admin"
     }
 
     #[test]
+    fn cgroup_keys_name_their_path() {
+        let field = |t: &str| parse(t).unwrap_err().field;
+        assert_eq!(
+            field("[[rule]]\nname = \"c\"\ncgroup = \"/proc\"\ndrop = 1\n"),
+            "rule[0].cgroup"
+        );
+        assert_eq!(
+            field("[[rule]]\nname = \"c\"\ncgroup = 3\ndrop = 1\n"),
+            "rule[0].cgroup"
+        );
+        assert_eq!(
+            field(
+                "[[partition]]\nname = \"p\"\na = \"192.0.2.1\"\nb = \"192.0.2.2\"\ncgroup = \"/proc\"\n"
+            ),
+            "partition[0].cgroup"
+        );
+    }
+
+    #[test]
     fn malformed_files_name_the_key_path() {
         let cases: &[(&str, &str)] = &[
             (
