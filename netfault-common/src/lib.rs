@@ -61,6 +61,10 @@ pub const RULE_BURST_PER_RULE: u32 = 1 << 9;
 pub const RULE_HOLD: u32 = 1 << 6;
 /// The rule's duplicates leave `RuleValue::dup_delay_ns` after their original (egress only).
 pub const RULE_DUP_DELAY: u32 = 1 << 7;
+// ---- cgroup targets (issue 17, point 2) ----
+/// The rule matches only packets of sockets in the cgroup v2 subtree of its slot in
+/// `NF_CGROUPS` (`RuleValue::cgroup_slot`); tc only (XDP cannot see sockets).
+pub const RULE_CGROUP: u32 = 1 << 10;
 
 /// `RuleValue::dist`: uniform jitter needs no table; the others index `NF_DIST` at `dist - 1`.
 pub const DIST_UNIFORM: u8 = 0;
@@ -450,9 +454,14 @@ pub struct RuleValue {
     /// A duplicate's departure time is its original's plus this; 0: they leave together.
     pub dup_delay_ns: u64,
     // ---- end of hold and late duplicates ----
-    pub _reserved2: [u64; 1],
+    // ---- cgroup targets (issue 17, point 2), read only when `flags & RULE_CGROUP` ----
+    /// The rule's cgroup: bit `cgroup_slot` of the packet's cgroup mask (`NF_CGROUPS`).
+    pub cgroup_slot: u8,
+    pub _cgroup_pad: [u8; 7],
+    // ---- end of cgroup targets ----
 }
 const _: () = assert!(core::mem::size_of::<RuleValue>() == 128);
+const _: () = assert!(core::mem::offset_of!(RuleValue, cgroup_slot) == 120);
 
 /// `RuleValue::reject`: a TCP RST for TCP, ICMP port unreachable for the rest.
 pub const REJECT_TCP_RESET: u8 = 1;
@@ -582,7 +591,11 @@ pub mod maps {
     pub const REJECT: &str = "NF_REJECT";
     pub const BURST_FLOWS: &str = "NF_BURST_FLOWS";
     pub const BURST_RULE: &str = "NF_BURST_RULE";
-    pub const ALL: [&str; 15] = [
+    /// cgroup targets: each generation's cgroup slots (`CgroupSlot`).
+    pub const CGROUPS: &str = "NF_CGROUPS";
+    /// cgroup targets: the flows egress saw each cgroup's sockets send on.
+    pub const CGROUP_FLOWS: &str = "NF_CGROUP_FLOWS";
+    pub const ALL: [&str; 17] = [
         CONFIG,
         TUPLES,
         FLOWS,
@@ -598,6 +611,8 @@ pub mod maps {
         REJECT,
         BURST_FLOWS,
         BURST_RULE,
+        CGROUPS,
+        CGROUP_FLOWS,
     ];
 }
 
@@ -626,6 +641,9 @@ mod pod {
     unsafe impl aya::Pod for Prefilter {}
     unsafe impl aya::Pod for BurstKey {}
     unsafe impl aya::Pod for BurstState {}
+    unsafe impl aya::Pod for CgroupSlot {}
+    unsafe impl aya::Pod for CgroupFlow {}
+    unsafe impl aya::Pod for CgroupSeen {}
 }
 
 // ---- round-trip-time histograms (`netfault measure`, `netfault advise`) ----
@@ -741,3 +759,63 @@ mod rtt_pod {
     unsafe impl aya::Pod for RttPending {}
     unsafe impl aya::Pod for RttHistKey {}
 }
+
+// ---- cgroup targets (issue 17, point 2) ----
+/// Distinct cgroups one generation's rules may name: the data path asks the kernel once per
+/// slot in use for each packet, so the table stays small.
+pub const MAX_CGROUPS: u32 = 8;
+/// `Config::flags`: some live rule names a cgroup: tc computes each packet's cgroup mask
+/// (a bit per `NF_CGROUPS` slot its socket is in). Without it nothing is asked.
+/// (Bits 8 and up, away from the low bits other work takes.)
+pub const CFG_CGROUP: u32 = 1 << 8;
+/// `Config::flags`: some live cgroup rule can match ingress. XDP cannot see the socket a
+/// packet is for, so it passes everything and tc ingress applies every rule (as on a tc-only
+/// interface): no rule is ever applied by both, or by XDP in place of a cgroup rule.
+pub const CFG_CGROUP_INGRESS: u32 = 1 << 9;
+
+/// One cgroup a generation's rules name: its cgroup v2 id (the inode number of its directory)
+/// and its level (depth below the root, which is level 0). A socket is in the subtree when its
+/// cgroup's ancestor at `level` has `id`. `NF_CGROUPS` holds `MAX_CGROUPS` per generation, at
+/// `generation * MAX_CGROUPS + slot`; id 0: unused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupSlot {
+    pub id: u64,
+    pub level: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<CgroupSlot>() == 16);
+const _: () = assert!(MAX_CGROUPS <= 32);
+
+/// Deepest cgroup level a rule may name (`CgroupSeen` keeps one id per level).
+pub const MAX_CGROUP_LEVEL: u32 = 8;
+/// Flows whose cgroup `NF_CGROUP_FLOWS` remembers (an LRU).
+pub const MAX_CGROUP_FLOWS: u32 = 65_536;
+
+/// Key of `NF_CGROUP_FLOWS`: a TCP or UDP flow as its local socket sees it (addresses as in
+/// `FlowKey`, ports host order). tc cannot ask which cgroup the socket an ingress packet is for
+/// belongs to (`bpf_sk_ancestor_cgroup_id` is not a tc helper), so egress, which can, records
+/// each flow its sockets send on, and ingress looks the reversed packet up here.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CgroupFlow {
+    pub local: [u32; 4],
+    pub remote: [u32; 4],
+    pub lport: u16,
+    pub rport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<CgroupFlow>() == 40);
+
+/// Value of `NF_CGROUP_FLOWS`: the ids of the sending socket's ancestors at the levels rules
+/// name (`ids[level - 1]`), kept only where they are a rule's cgroup (0 elsewhere). By level,
+/// not by slot, so a new rule set's slots read it as they are.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupSeen {
+    pub ids: [u64; MAX_CGROUP_LEVEL as usize],
+}
+const _: () = assert!(core::mem::size_of::<CgroupSeen>() == 64);
+// ---- end of cgroup targets ----

@@ -29,8 +29,8 @@ use aya_ebpf::{
 };
 use netfault_common::{
     Config, FAMILY_V4, FlowKey, FlowKey4, KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, MAX_CHAIN,
-    MAX_TUPLES, PF_ADDR_V4, PF_ADDR_V6, Prefilter, RULE_ACTIVE, RuleValue, TupleSet, pf_meta_index,
-    rule_index,
+    MAX_TUPLES, PF_ADDR_V4, PF_ADDR_V6, Prefilter, RULE_ACTIVE, RULE_CGROUP, RuleValue, TupleSet,
+    pf_meta_index, rule_index,
 };
 
 use crate::maps::{NF_CONFIG, NF_FLOWS, NF_FLOWS4, NF_PREFILTER, NF_RULES, NF_TUPLES};
@@ -73,6 +73,14 @@ pub fn published(cfg: &Config) -> Option<Published> {
         return None;
     }
     Some(Published { generation, pf })
+}
+
+impl Published {
+    /// The generation the packet is classified in.
+    #[inline(always)]
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
 }
 
 /// The tuples the packet (its key filled but for the ports) may match, or None when no rule's
@@ -121,7 +129,9 @@ struct Scan {
     /// The caller's key (a pointer, not a copy: the two stack frames share 512 bytes).
     key: *const FlowKey,
     generation: u32,
-    _pad: u32,
+    /// The cgroup slots the packet's socket is in (`cgroup`): a rule with `RULE_CGROUP`
+    /// whose slot is not among them is passed over as an expired one is.
+    cgroups: u32,
     /// Tuples left to visit: rule tuples, then protection tuples (they come last).
     todo: TupleSet,
     protects: TupleSet,
@@ -138,9 +148,14 @@ struct Scan {
 /// Has the rule in `slot` neither expired nor been switched off? Reads the clock only for a
 /// rule that can expire, once per packet: the coarse clock, as the controller does
 /// (`control::clock` says why).
+/// A rule with `RULE_CGROUP` whose slot is not in `cgroups` counts as switched off: as
+/// arithmetic on `RULE_ACTIVE`, not a branch of its own, which would multiply the states the
+/// verifier walks.
 #[inline(always)]
-fn live(rule: &RuleValue, now: &mut u64) -> bool {
-    if rule.flags & RULE_ACTIVE == 0 {
+fn live(rule: &RuleValue, now: &mut u64, cgroups: u32) -> bool {
+    let outside =
+        (rule.flags >> RULE_CGROUP.trailing_zeros()) & !(cgroups >> (rule.cgroup_slot & 31)) & 1;
+    if rule.flags & !outside & RULE_ACTIVE == 0 {
         return false;
     }
     if rule.expires_ns == 0 {
@@ -218,7 +233,7 @@ fn take(s: &mut Scan, slot: u32, prio: u32) -> bool {
     let Some(rule) = NF_RULES.get(rule_index(s.generation, slot)) else {
         return false;
     };
-    if !live(rule, &mut s.now) {
+    if !live(rule, &mut s.now, s.cgroups) {
         return false;
     }
     s.best_prio = prio;
@@ -270,13 +285,19 @@ fn scan<const V4: bool>(s: &mut Scan) {
     }
 }
 
-/// Classifies a packet the prefilter let through, its ports parsed.
+/// Classifies a packet the prefilter let through, its ports parsed. `cgroups` gives the mask
+/// of the generation's cgroup slots the packet's socket is in; it is asked only when some rule
+/// tuple is a candidate.
 #[expect(
     clippy::needless_range_loop,
     reason = "constant indices into two arrays at once; an iterator would hide the constants from the codegen the verifier sees"
 )]
 #[inline(always)]
-pub fn classify(key: &FlowKey, c: &Candidates) -> Option<Match> {
+pub fn classify(
+    key: &FlowKey,
+    c: &Candidates,
+    cgroups: impl FnOnce(&FlowKey, u32) -> u32,
+) -> Option<Match> {
     let pf = c.pf;
     let mut tuples = c.tuples;
     if key.flags & KEY_PORTS != 0 {
@@ -295,7 +316,7 @@ pub fn classify(key: &FlowKey, c: &Candidates) -> Option<Match> {
     let mut s = Scan {
         key: key as *const FlowKey,
         generation: c.generation,
-        _pad: 0,
+        cgroups: cgroups(key, c.generation),
         todo: rules | protects,
         protects,
         best_prio: u32::MAX,

@@ -12,6 +12,7 @@
 
 mod act;
 mod burst;
+mod cgroup;
 mod classify;
 mod corrupt;
 mod hold;
@@ -28,8 +29,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use netfault_common::{
-    CFG_INGRESS_TC, CFG_TC_ONLY, CLONE_MARK, Counters, DIR_EGRESS, DIR_INGRESS, FlowKey,
-    PROB_ALWAYS, RULE_BURST, RULE_NEEDS_SKB, RuleValue, SEGMENT_TC_INDEX,
+    CFG_CGROUP, CFG_CGROUP_INGRESS, CFG_INGRESS_TC, CFG_TC_ONLY, CLONE_MARK, Counters, DIR_EGRESS,
+    DIR_INGRESS, FlowKey, PROB_ALWAYS, RULE_BURST, RULE_NEEDS_SKB, RuleValue, SEGMENT_TC_INDEX,
 };
 
 use crate::{
@@ -72,12 +73,14 @@ fn counters(slot: u32) -> Option<&'static mut Counters> {
 /// Classifies the frame at `start..end` (`key` holds its direction and interface): the network
 /// header, the prefilter, the ports once some tuple may match, then the
 /// candidate tuples. Returns the match and the transport header's offset (0: none).
+/// `cgroups`: the packet's cgroup mask (`classify`).
 #[inline(always)]
 fn classify_frame(
     set: &Published,
     start: usize,
     end: usize,
     key: &mut FlowKey,
+    cgroups: impl FnOnce(&FlowKey, u32) -> u32,
 ) -> Option<(Match, usize)> {
     let l4 = parse::parse(start, end, key)?;
     let c = classify::prefilter(set, key)?;
@@ -85,7 +88,7 @@ fn classify_frame(
     // whether they need them made the verifier walk the rest twice: attach took 12 s instead of
     // 8 under TCG on 6.12.)
     parse::ports(start, end, l4, key);
-    Some((classify(key, &c)?, l4))
+    Some((classify(key, &c, cgroups)?, l4))
 }
 
 /// `classify_frame` for an skb, whose headers may continue past its linear part into paged
@@ -95,14 +98,19 @@ fn classify_frame(
 /// linear. (One parse after the pull: a second parse on the failure paths of a first one would
 /// multiply what the verifier walks.)
 #[inline(always)]
-fn classify_skb(ctx: &TcContext, set: &Published, key: &mut FlowKey) -> Option<(Match, usize)> {
+fn classify_skb(
+    ctx: &TcContext,
+    set: &Published,
+    key: &mut FlowKey,
+    cgroups: impl FnOnce(&FlowKey, u32) -> u32,
+) -> Option<(Match, usize)> {
     let len = ctx.len() as usize;
     let reach = parse::reach(ctx.data(), ctx.data_end());
     let want = if len < reach { len } else { reach };
     if ctx.data() + want > ctx.data_end() {
         ctx.pull_data(want as u32).ok()?;
     }
-    classify_frame(set, ctx.data(), ctx.data_end(), key)
+    classify_frame(set, ctx.data(), ctx.data_end(), key, cgroups)
 }
 
 #[xdp]
@@ -116,9 +124,12 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Option<u32> {
     let ifindex = unsafe { core::ptr::read_volatile(&(*ctx.ctx).ingress_ifindex) };
     let cfg = classify::config()?;
     // On a tc-only interface tc ingress applies every rule: this program passes, so a packet
-    // is never counted twice while the controller adds or removes XDP there.
+    // is never counted twice while the controller adds or removes XDP there. The same
+    // everywhere while a cgroup rule can match ingress: only tc can look up the socket.
     // SAFETY: read-only lookup.
-    if cfg.flags & CFG_TC_ONLY != 0 && unsafe { NF_TC_ONLY.get(&ifindex) }.is_some() {
+    if cfg.flags & CFG_CGROUP_INGRESS != 0
+        || (cfg.flags & CFG_TC_ONLY != 0 && unsafe { NF_TC_ONLY.get(&ifindex) }.is_some())
+    {
         return None;
     }
     // No rule at all: nothing is parsed.
@@ -128,7 +139,8 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Option<u32> {
         ifindex,
         ..FlowKey::default()
     };
-    let (m, _) = classify_frame(&set, ctx.data(), ctx.data_end(), &mut key)?;
+    // No cgroup rule can match here (`CFG_CGROUP_INGRESS` above): an empty mask.
+    let (m, _) = classify_frame(&set, ctx.data(), ctx.data_end(), &mut key, |_, _| 0)?;
     if m.rule.flags & RULE_NEEDS_SKB != 0 {
         // XDP cannot clone: tc ingress applies this rule, counters included.
         return None;
@@ -182,8 +194,8 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
     let flags = cfg.flags;
     // SAFETY: read-only lookup.
     let tc_only = dir == DIR_INGRESS
-        && flags & CFG_TC_ONLY != 0
-        && unsafe { NF_TC_ONLY.get(&ifindex) }.is_some();
+        && (flags & CFG_CGROUP_INGRESS != 0
+            || (flags & CFG_TC_ONLY != 0 && unsafe { NF_TC_ONLY.get(&ifindex) }.is_some()));
     if dir == DIR_INGRESS && !tc_only && flags & CFG_INGRESS_TC == 0 {
         return None;
     }
@@ -194,7 +206,21 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
         ifindex,
         ..FlowKey::default()
     };
-    let (m, l4) = classify_skb(ctx, &set, &mut key)?;
+    // The cgroup mask is asked of the kernel only when some rule names a cgroup.
+    let cgroups = |k: &FlowKey, generation: u32| {
+        if flags & CFG_CGROUP == 0 {
+            0
+        } else if dir == DIR_EGRESS {
+            cgroup::nf_cgroups_egress(skb, generation)
+        } else {
+            cgroup::nf_cgroups_ingress(k, generation)
+        }
+    };
+    // Ingress cgroup rules see a flow once egress saw its socket send on it.
+    if dir == DIR_EGRESS && flags & CFG_CGROUP_INGRESS != 0 {
+        cgroup::nf_cgroup_learn(skb, set.generation());
+    }
+    let (m, l4) = classify_skb(ctx, &set, &mut key, cgroups)?;
     if dir == DIR_INGRESS && !tc_only && m.rule.flags & RULE_NEEDS_SKB == 0 {
         // XDP already applied and counted this rule.
         return None;

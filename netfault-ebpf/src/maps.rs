@@ -80,3 +80,16 @@ pub static NF_BURST_FLOWS: LruHashMap<BurstKey, BurstState> =
 /// Gilbert-Elliott state per rule slot (`--burst-scope rule`), shared by every CPU.
 #[map(name = "NF_BURST_RULE")]
 pub static NF_BURST_RULE: Array<BurstState> = Array::pinned(MAX_RULES, 0);
+
+/// cgroup targets: `MAX_CGROUPS` slots per generation (`generation * MAX_CGROUPS + slot`),
+/// each a cgroup some rule of that generation names; id 0: unused.
+#[map(name = "NF_CGROUPS")]
+pub static NF_CGROUPS: Array<netfault_common::CgroupSlot> =
+    Array::pinned(GENERATIONS * netfault_common::MAX_CGROUPS, 0);
+
+/// cgroup targets: flows (as their local socket sees them) and the target cgroups of the
+/// socket egress saw send on each. LRU: a forgotten flow is learned again from its next
+/// packet out.
+#[map(name = "NF_CGROUP_FLOWS")]
+pub static NF_CGROUP_FLOWS: LruHashMap<netfault_common::CgroupFlow, netfault_common::CgroupSeen> =
+    LruHashMap::pinned(netfault_common::MAX_CGROUP_FLOWS, 0);

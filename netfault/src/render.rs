@@ -87,6 +87,7 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                     "name": s.name, "kind": "partition", "a": nets(&s.src), "b": nets(&s.dst),
                     "oneway": s.oneway, "conn": s.conn, "expires_in_ms": left, "expired": expired,
                     "reject": s.act.reject, "reject_rate": reject_rate(s),
+                    "cgroup": s.cgroup.as_ref().map(|c| c.to_string()),
                 }),
                 Kind::Rule | Kind::Protect => json!({
                     "name": s.name, "kind": "rule", "priority": s.priority, "dir": s.dir,
@@ -99,6 +100,7 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                     "reorder": s.act.shape.reorder,
                     "rate_bits": s.act.shape.rate.map(|r| r.bytes_per_sec * 8),
                     "conn": s.conn, "burst": s.act.burst,
+                    "cgroup": s.cgroup.as_ref().map(|c| c.to_string()),
                     "gemodel": s.act.gemodel.map(|g| g.to_string()),
                     "burst_scope": s.act.chain().map(|_| s.act.burst_scope),
                     "reject": s.act.reject, "reject_rate": reject_rate(s),
@@ -129,7 +131,7 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
         match s.kind {
             Kind::Partition => writeln!(
                 out,
-                "partition {:<16} {} {} {}{}{}  ttl {left}",
+                "partition {:<16} {} {} {}{}{}{}  ttl {left}",
                 s.name,
                 nets(&s.src).join(","),
                 if s.oneway { "-/->" } else { "<-/->" },
@@ -138,6 +140,10 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                     Conn::Any => String::new(),
                     c => format!(" (tcp {c} only)"),
                 },
+                s.cgroup
+                    .as_ref()
+                    .map(|c| format!(" (cgroup {c} only)"))
+                    .unwrap_or_default(),
                 s.act
                     .reject
                     .map(|k| format!("  reject {k} {}", reject_rate(s).unwrap_or_default()))
@@ -165,6 +171,9 @@ pub fn list(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow::R
                 }
                 if s.conn != Conn::Any {
                     m.push(format!("conn {}", s.conn));
+                }
+                if let Some(c) = &s.cgroup {
+                    m.push(format!("cgroup {c}"));
                 }
                 let mut a = vec![];
                 if s.act.drop.0 > 0.0 {

@@ -49,6 +49,10 @@ pub struct RuleAddArgs {
     /// (`established`). Needs --proto tcp.
     #[arg(long, value_name = "STATE", value_parser = parse_conn)]
     pub conn: Option<Conn>,
+    /// Only the traffic of sockets in this cgroup v2 subtree (a path absolute or relative to
+    /// the cgroup2 mount). Applied at tc; delay, rate and hold at egress only.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
     #[command(flatten)]
     pub act: ActionArgs,
     /// Delay and rate may replace a root qdisc another tool installed (not restored on detach).
@@ -187,6 +191,10 @@ pub struct PartitionArgs {
     /// established connections keep flowing) or only the other segments (`established`).
     #[arg(long, value_name = "STATE", value_parser = parse_conn)]
     pub conn: Option<Conn>,
+    /// Cut only the traffic of sockets in this cgroup v2 subtree (a path absolute or relative
+    /// to the cgroup2 mount), both ways; applied at tc.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
     /// Do not protect the SSH connection this command runs over (see `protect`).
     #[arg(long)]
     pub no_protect: bool,
@@ -243,6 +251,13 @@ pub fn parse_burst_scope(s: &str) -> Result<BurstScope, String> {
     s.parse()
 }
 
+/// `--cgroup PATH`, resolved (the only argument read from the host: the cgroup's id).
+fn cgroup(path: &Option<String>) -> Result<Option<spec::CgroupMatch>, SpecError> {
+    path.as_deref()
+        .map(|p| spec::CgroupMatch::resolve("--cgroup", p))
+        .transpose()
+}
+
 impl RuleAddArgs {
     /// The rule's spec, validated, from arguments alone (no kernel, no state).
     pub fn spec(&self) -> Result<RuleSpec, SpecError> {
@@ -261,6 +276,7 @@ impl RuleAddArgs {
             dport: self.dport.unwrap_or(PortRange::ALL),
             iface: self.iface.clone(),
             conn: self.conn.unwrap_or_default(),
+            cgroup: cgroup(&self.cgroup)?,
             act: self.act.actions(),
             priority: self.priority,
             ..RuleSpec::new(self.name.clone(), Kind::Rule)
@@ -293,6 +309,7 @@ impl PartitionArgs {
             dst: b,
             oneway: self.oneway,
             conn: self.conn.unwrap_or_default(),
+            cgroup: cgroup(&self.cgroup)?,
             ..RuleSpec::new(name, Kind::Partition)
         };
         let r = RuleSpec {

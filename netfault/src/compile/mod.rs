@@ -4,11 +4,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use ipnet::IpNet;
 use netfault_common::{
-    CFG_INGRESS_TC, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, FlowKey4, FlowRef,
-    KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, KEY_TCP_SYN, MAX_CHAIN, MAX_TUPLES, PF_ADDR_TABLES,
-    PF_ADDR_V4, PF_ADDR_V6, PROB_ALWAYS, Prefilter, RULE_ACTIVE, RULE_BURST, RULE_BURST_PER_RULE,
-    RULE_CORRUPT, RULE_DUP_DELAY, RULE_HOLD, RULE_NEEDS_SKB, RULE_REORDER, RULE_SEGMENT,
-    RULE_SHAPE, RuleValue, Tuple, TupleSet, pf_meta_index,
+    CFG_CGROUP, CFG_CGROUP_INGRESS, CFG_INGRESS_TC, CgroupSlot, DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
+    FAMILY_V6, FlowKey, FlowKey4, FlowRef, KEY_OFF_IFINDEX, KEY_OFF_PORTS, KEY_PORTS, KEY_TCP_SYN,
+    MAX_CGROUPS, MAX_CHAIN, MAX_TUPLES, PF_ADDR_TABLES, PF_ADDR_V4, PF_ADDR_V6, PROB_ALWAYS,
+    Prefilter, RULE_ACTIVE, RULE_BURST, RULE_BURST_PER_RULE, RULE_CGROUP, RULE_CORRUPT,
+    RULE_DUP_DELAY, RULE_HOLD, RULE_NEEDS_SKB, RULE_REORDER, RULE_SEGMENT, RULE_SHAPE, RuleValue,
+    Tuple, TupleSet, pf_meta_index,
 };
 
 use crate::spec::{
@@ -36,6 +37,12 @@ pub enum CompileError {
         name: String,
         earlier: Vec<String>,
     },
+    /// More distinct cgroups than the data path's table holds (`--cgroup`).
+    #[error(
+        "the rule set names {0} distinct cgroups; the data path matches at most {max} at once",
+        max = MAX_CGROUPS
+    )]
+    TooManyCgroups(usize),
 }
 
 fn quoted(names: &[String]) -> String {
@@ -64,6 +71,26 @@ pub struct Compiled {
     /// Which tuples a packet may match, by a few bytes of its key (see `Prefilter`).
     pub prefilter: Box<Prefilter>,
     pub config_flags: u32,
+    /// The cgroups rules name, by slot (`NF_CGROUPS`); `RuleValue::cgroup_slot` indexes it.
+    pub cgroups: Vec<CgroupSlot>,
+}
+
+impl Compiled {
+    /// The slot of a cgroup in `cgroups` (every cgroup a compiled rule names has one).
+    pub fn cgroup_slot(&self, cg: &crate::spec::CgroupMatch) -> Option<u8> {
+        self.cgroups
+            .iter()
+            .position(|s| s.id == cg.id && s.level == cg.level)
+            .map(|i| i as u8)
+    }
+
+    /// `rule_value`'s value with the slot of the rule's cgroup, if it names one.
+    pub fn with_cgroup(&self, spec: &RuleSpec, mut v: RuleValue) -> RuleValue {
+        if let Some(slot) = spec.cgroup.as_ref().and_then(|c| self.cgroup_slot(c)) {
+            v.cgroup_slot = slot;
+        }
+        v
+    }
 }
 
 impl Compiled {
@@ -254,6 +281,11 @@ pub fn rule_value(spec: &RuleSpec, expires_ns: u64, hold_until_ns: u64) -> RuleV
         Kind::Protect => (0, 0),
     };
     let mut flags = RULE_ACTIVE;
+    // cgroup targets: tc only (only tc can find a packet's socket); the slot is the compiled
+    // set's (`Compiled::with_cgroup`).
+    if spec.kind != Kind::Protect && spec.cgroup.is_some() {
+        flags |= RULE_CGROUP | RULE_NEEDS_SKB;
+    }
     if dup != 0 {
         flags |= RULE_NEEDS_SKB;
     }
@@ -381,6 +413,26 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
     type Chains = BTreeMap<KeyOrd, (Vec<FlowRef>, bool)>;
     let mut shapes: HashMap<(bool, FlowKey), (u32, Chains)> = HashMap::new();
     let mut config_flags = 0;
+    // cgroup slots, in evaluation order, for every entry that names one (also those that
+    // match nothing now, whose values still carry a slot).
+    let mut cgroups: Vec<CgroupSlot> = Vec::new();
+    for r in rules.iter().filter(|r| r.spec.kind != Kind::Protect) {
+        let Some(cg) = &r.spec.cgroup else { continue };
+        config_flags |= CFG_CGROUP;
+        if r.spec.dir.includes(true) {
+            config_flags |= CFG_CGROUP_INGRESS;
+        }
+        if !cgroups.iter().any(|s| s.id == cg.id && s.level == cg.level) {
+            cgroups.push(CgroupSlot {
+                id: cg.id,
+                level: cg.level,
+                _pad: 0,
+            });
+        }
+    }
+    if cgroups.len() > MAX_CGROUPS as usize {
+        return Err(CompileError::TooManyCgroups(cgroups.len()));
+    }
     let protections = rules.iter().filter(|r| r.spec.kind == Kind::Protect);
     let others = rules.iter().filter(|r| r.spec.kind != Kind::Protect);
     for (prio, input) in protections.chain(others).enumerate() {
@@ -439,6 +491,7 @@ pub fn compile(rules: &[Input<'_>]) -> Result<Compiled, CompileError> {
     shapes.sort_by_key(|((protect, mask), (best, _))| (*protect, *best, KeyOrd(*mask)));
     let mut out = Compiled {
         config_flags,
+        cgroups,
         ..Default::default()
     };
     for (i, ((protect, mask), (best, flows))) in shapes.into_iter().enumerate() {
@@ -1051,6 +1104,101 @@ mod tests {
         assert!(classify(&c, &syn(6, true)).is_some());
         assert!(classify(&c, &syn(6, false)).is_some());
         assert_eq!(c.tuples[0].mask.flags & KEY_TCP_SYN, 0);
+    }
+
+    fn cg(id: u64, level: u32) -> crate::spec::CgroupMatch {
+        crate::spec::CgroupMatch {
+            path: format!("/sys/fs/cgroup/t{id}").into(),
+            id,
+            level,
+        }
+    }
+
+    #[test]
+    fn cgroup_rules_get_slots_flags_and_never_hide_a_rule_behind_them() {
+        // r0 (cgroup 7) and r1 (cgroup 9) share one match with r2 (no cgroup), which comes
+        // last; r3 (cgroup 7 again, egress only) shares its slot.
+        let mut specs: Vec<RuleSpec> = (0..4).map(|i| rule(&format!("r{i}"))).collect();
+        for s in &mut specs {
+            s.dst = vec![parse_net("192.0.2.1").unwrap()];
+        }
+        specs[0].cgroup = Some(cg(7, 1));
+        specs[1].cgroup = Some(cg(9, 2));
+        specs[3].cgroup = Some(cg(7, 1));
+        specs[3].dir = Direction::Egress;
+        specs[3].dst = vec![parse_net("192.0.2.2").unwrap()];
+        let c = compile_specs(&specs);
+        assert_eq!(
+            c.cgroups,
+            vec![
+                CgroupSlot {
+                    id: 7,
+                    level: 1,
+                    _pad: 0
+                },
+                CgroupSlot {
+                    id: 9,
+                    level: 2,
+                    _pad: 0
+                }
+            ]
+        );
+        assert_eq!(
+            c.config_flags & (CFG_CGROUP | CFG_CGROUP_INGRESS),
+            CFG_CGROUP | CFG_CGROUP_INGRESS
+        );
+        let v = |i: usize| c.with_cgroup(&specs[i], rule_value(&specs[i], 0, 0));
+        assert_eq!(
+            (v(0).flags & RULE_CGROUP, v(0).cgroup_slot),
+            (RULE_CGROUP, 0)
+        );
+        assert_eq!(
+            (v(1).flags & RULE_CGROUP, v(1).cgroup_slot),
+            (RULE_CGROUP, 1)
+        );
+        assert_eq!(
+            (v(3).flags & RULE_CGROUP, v(3).cgroup_slot),
+            (RULE_CGROUP, 0)
+        );
+        assert_eq!(v(2).flags & RULE_CGROUP, 0);
+        // XDP passes cgroup rules on to tc.
+        assert_ne!(v(0).flags & RULE_NEEDS_SKB, 0);
+        // The data path passes over a rule whose cgroup the packet's socket is not in, as
+        // over an expired one: the model with `live` saying which cgroups matched.
+        let p = pkt("198.51.100.1", "192.0.2.1", 17, 1, 2, DIR_EGRESS);
+        let in_cg = |mask: u32| {
+            let vals: Vec<RuleValue> = (0..4).map(v).collect();
+            move |slot: u32| {
+                let r = &vals[slot as usize];
+                r.flags & RULE_CGROUP == 0 || (mask >> r.cgroup_slot) & 1 != 0
+            }
+        };
+        let slot = |mask: u32| classify_live(&c, &p, in_cg(mask)).map(|f| f.slot);
+        assert_eq!(slot(0b01), Some(0));
+        assert_eq!(slot(0b10), Some(1));
+        assert_eq!(slot(0b11), Some(0));
+        assert_eq!(slot(0), Some(2), "no cgroup: the rule without one");
+        // Only egress cgroup rules: XDP keeps its work.
+        let c = compile_specs(&specs[3..]);
+        assert_eq!(
+            c.config_flags & (CFG_CGROUP | CFG_CGROUP_INGRESS),
+            CFG_CGROUP
+        );
+        // Nine distinct cgroups do not fit. (Each its own address: the cgroup is not part of
+        // the match key, so entries that differ only by cgroup share one chain of 4.)
+        let many: Vec<RuleSpec> = (0..9)
+            .map(|i| {
+                let mut r = rule(&format!("m{i}"));
+                r.dst = vec![parse_net(&format!("192.0.2.{}", 10 + i)).unwrap()];
+                r.cgroup = Some(cg(100 + i, 1));
+                r
+            })
+            .collect();
+        assert_eq!(
+            compile(&inputs(&many)).unwrap_err(),
+            CompileError::TooManyCgroups(9)
+        );
+        assert!(compile(&inputs(&many[..8])).is_ok());
     }
 
     #[test]

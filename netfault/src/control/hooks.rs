@@ -164,7 +164,12 @@ pub fn needs_xdp(spec: &RuleSpec, iface: &str) -> bool {
                 || spec.act.corrupts()
         }
     };
-    needs && spec.dir.includes(true) && spec.iface.as_deref().is_none_or(|i| i == iface)
+    // A cgroup rule is applied at tc, which alone can find a packet's socket (XDP then passes
+    // everything: CFG_CGROUP_INGRESS).
+    needs
+        && spec.cgroup.is_none()
+        && spec.dir.includes(true)
+        && spec.iface.as_deref().is_none_or(|i| i == iface)
 }
 
 /// The hooks device `iface` of kind `device` should have with the entries `rules` live at

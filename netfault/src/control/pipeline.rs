@@ -146,7 +146,7 @@ pub fn compile(
         .iter()
         .map(|r| {
             let v = compile::rule_value(&r.spec, expires(r), r.hold_until_mono_ns);
-            (r.slot, v)
+            (r.slot, compiled.with_cgroup(&r.spec, v))
         })
         .collect();
     Ok((compiled, values))

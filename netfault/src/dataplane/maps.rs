@@ -6,8 +6,8 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues},
 };
 use netfault_common::{
-    BurstState, CFG_TC_ONLY, Config, Counters, FlowKey, FlowKey4, FlowRef, MAX_TUPLES, Prefilter,
-    RuleValue, Tuple, maps as names, rule_index,
+    BurstState, CFG_TC_ONLY, CgroupSlot, Config, Counters, FlowKey, FlowKey4, FlowRef, MAX_CGROUPS,
+    MAX_TUPLES, Prefilter, RuleValue, Tuple, maps as names, rule_index,
 };
 
 use super::{KernelError, Result, ebpf_err, io_err};
@@ -28,6 +28,7 @@ fn digest(c: &Compiled, rules: &[(u32, RuleValue)]) -> u64 {
         format!("{slot}{v:?}").hash(&mut h);
     }
     c.config_flags.hash(&mut h);
+    format!("{:?}", c.cgroups).hash(&mut h);
     h.finish().max(1)
 }
 
@@ -66,6 +67,8 @@ pub struct Maps {
     pub reject: Array<MapData, u64>,
     /// Gilbert-Elliott state per rule slot (`--burst-scope rule`).
     pub burst_rule: Array<MapData, BurstState>,
+    /// cgroup slots of each generation.
+    pub cgroups: Array<MapData, CgroupSlot>,
     grace: super::grace::Grace,
     waits_before_flip: u32,
 }
@@ -109,6 +112,7 @@ impl Maps {
             rate: typed(get(names::RATE)?, names::RATE)?,
             reject: typed(get(names::REJECT)?, names::REJECT)?,
             burst_rule: typed(get(names::BURST_RULE)?, names::BURST_RULE)?,
+            cgroups: typed(get(names::CGROUPS)?, names::CGROUPS)?,
             grace: super::grace::Grace::new().map_err(io_err("grace map"))?,
             waits_before_flip: 0,
         })
@@ -223,7 +227,15 @@ impl Maps {
                 .set(rule_index(g, *slot), v, 0)
                 .map_err(ebpf_err("write rule"))?;
         }
-        // 3. Flows and tuples.
+        // 3. cgroup slots (unused ones zeroed: the data path stops at the first), before the
+        //    flows whose rules name them.
+        for i in 0..MAX_CGROUPS {
+            let s = c.cgroups.get(i as usize).copied().unwrap_or_default();
+            self.cgroups
+                .set(g * MAX_CGROUPS + i, &s, 0)
+                .map_err(ebpf_err("write cgroup slot"))?;
+        }
+        // 4. Flows and tuples.
         // Each flow goes where the packets that can match it look it up: IPv6 packets in
         // `flows`, IPv4 packets in `flows4` (short keys); a flow of no family in both.
         for (mut k, r) in c.flows_v6() {
@@ -243,7 +255,7 @@ impl Maps {
                 .set(g * MAX_TUPLES + i as u32, t, 0)
                 .map_err(ebpf_err("write tuple"))?;
         }
-        // 4. The prefilter, which names the tuples above (and no stale one).
+        // 5. The prefilter, which names the tuples above (and no stale one).
         self.prefilter
             .set(g, &*c.prefilter, 0)
             .map_err(ebpf_err("write prefilter"))

@@ -35,15 +35,7 @@ pub fn state(pid: i32) -> Option<char> {
     s[s.rfind(')')? + 2..].chars().next()
 }
 
-/// Where cgroup2 is mounted (`/sys/fs/cgroup` on most hosts; `/sys/fs/cgroup/unified` on
-/// hybrid ones), from /proc/mounts.
-pub fn cgroup2_root() -> Option<PathBuf> {
-    let m = std::fs::read_to_string("/proc/mounts").ok()?;
-    m.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1].replace("\\040", " ")))
-    })
-}
+pub use crate::spec::cgroup::cgroup2_root;
 
 impl Target {
     /// `--pid PID`: a live process other than this one and pid 1.

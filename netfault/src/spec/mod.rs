@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod actions;
 pub mod burst;
+pub mod cgroup;
 pub mod corrupt;
 pub mod dist;
 pub mod hold;
@@ -16,6 +17,7 @@ pub(crate) mod toml_util;
 
 pub use actions::Actions;
 pub use burst::{BurstScope, GeModel};
+pub use cgroup::CgroupMatch;
 pub use corrupt::CorruptChecksum;
 pub use dist::Distribution;
 pub use reject::{RejectKind, RejectRate};
@@ -401,6 +403,9 @@ pub struct RuleSpec {
     /// partitions alike); `Any`: every packet.
     #[serde(default, skip_serializing_if = "is_any_conn")]
     pub conn: Conn,
+    /// Only the traffic of sockets in this cgroup v2 subtree (`--cgroup`); tc only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<CgroupMatch>,
 }
 
 fn is_any_conn(c: &Conn) -> bool {
@@ -548,6 +553,7 @@ impl RuleSpec {
             },
             oneway: false,
             conn: Conn::Any,
+            cgroup: None,
         }
     }
 
@@ -567,6 +573,7 @@ impl RuleSpec {
             && any(&self.dst)
             && self.proto == Proto::Any
             && self.iface.is_none()
+            && self.cgroup.is_none()
             && self.sport.is_all()
             && self.dport.is_all()
     }
@@ -579,6 +586,22 @@ impl RuleSpec {
             && self.act.reject.is_none()
         {
             return Err(SpecError::new("--reject-rate", "needs --reject"));
+        }
+        if self.cgroup.is_some() && self.kind == Kind::Protect {
+            return Err(SpecError::new(
+                "--cgroup",
+                "protections match addresses only",
+            ));
+        }
+        if self.cgroup.is_some()
+            && self.kind == Kind::Rule
+            && self.dir.includes(true)
+            && self.act.needs_fq()
+        {
+            return Err(SpecError::new(
+                "--cgroup",
+                "delay, rate and hold apply to a cgroup's traffic at egress only: add --dir egress",
+            ));
         }
         if self.kind == Kind::Rule {
             let s = family_of(&self.src).ok_or_else(|| {

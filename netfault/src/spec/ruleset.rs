@@ -16,6 +16,8 @@
 //! gemodel = "1%,25%,100%,0%" # or netem's p,r,1-h,1-k instead of drop and burst
 //! burst_scope = "flow"       # flow (default) | rule: one chain per flow or for the rule
 //! conn = "new"               # new | established: TCP only (needs proto = "tcp")
+//! cgroup = "svc/a"           # only sockets of this cgroup v2 subtree (path absolute or
+//!                            # relative to the cgroup2 mount)
 //! ttl = "1m"                 # or "none"; default 10m
 //!
 //! [[partition]]
@@ -24,6 +26,7 @@
 //! b = ["192.0.2.2", "192.0.2.3"]
 //! oneway = false
 //! conn = "new"               # cut only TCP connections being opened
+//! cgroup = "svc/a"           # cut only the traffic of this cgroup's sockets
 //! ```
 //!
 //! Every key but `name` is optional. Unknown keys and empty address lists are refused with the
@@ -32,14 +35,14 @@
 use toml::{Table, Value};
 
 use crate::spec::{
-    Kind, PortRange, RuleSpec, SpecError, Ttl, actions, parse_net,
+    CgroupMatch, Kind, PortRange, RuleSpec, SpecError, Ttl, actions, parse_net,
     toml_util::{boolean, check_keys, err, string},
     validate_name,
 };
 
 const RULE_KEYS: &[&str] = &[
     "name", "dir", "src", "dst", "proto", "sport", "dport", "iface", "ttl", "priority", "all",
-    "conn",
+    "conn", "cgroup",
 ];
 const PARTITION_KEYS: &[&str] = &[
     "name",
@@ -50,6 +53,7 @@ const PARTITION_KEYS: &[&str] = &[
     "conn",
     "reject",
     "reject_rate",
+    "cgroup",
 ];
 
 fn nets(path: &str, v: &Value) -> Result<Vec<ipnet::IpNet>, SpecError> {
@@ -121,6 +125,7 @@ fn rule(path: &str, t: &Table) -> Result<(RuleSpec, Ttl), SpecError> {
             "dport" => r.dport = ports(&p, v)?,
             "iface" => r.iface = Some(string(&p, v)?.to_string()),
             "conn" => r.conn = string(&p, v)?.parse().map_err(|m: String| err(&p, m))?,
+            "cgroup" => r.cgroup = Some(CgroupMatch::resolve(&p, string(&p, v)?)?),
             "priority" => {
                 r.priority = v
                     .as_integer()
@@ -172,11 +177,19 @@ fn partition(path: &str, t: &Table) -> Result<(RuleSpec, Ttl), SpecError> {
             .parse()
             .map_err(|m: String| err(&at("conn"), m))?,
     };
+    let cgroup = match t.get("cgroup") {
+        None => None,
+        Some(v) => Some(CgroupMatch::resolve(
+            &at("cgroup"),
+            string(&at("cgroup"), v)?,
+        )?),
+    };
     let mut r = RuleSpec {
         src: side("a")?,
         dst: side("b")?,
         oneway,
         conn,
+        cgroup,
         ..RuleSpec::new(name(path, t)?, Kind::Partition)
     };
     (r.act.reject, r.act.reject_rate) = (reject.reject, reject.reject_rate);
@@ -325,6 +338,25 @@ reject = "icmp-admin"
                 "[[partition]]\nname = \"p\"\na = \"192.0.2.1\"\nb = \"192.0.2.2\"\nconn = \"old\"\n"
             ),
             "partition[0].conn"
+        );
+    }
+
+    #[test]
+    fn cgroup_keys_name_their_path() {
+        let field = |t: &str| parse(t).unwrap_err().field;
+        assert_eq!(
+            field("[[rule]]\nname = \"c\"\ncgroup = \"/proc\"\ndrop = 1\n"),
+            "rule[0].cgroup"
+        );
+        assert_eq!(
+            field("[[rule]]\nname = \"c\"\ncgroup = 3\ndrop = 1\n"),
+            "rule[0].cgroup"
+        );
+        assert_eq!(
+            field(
+                "[[partition]]\nname = \"p\"\na = \"192.0.2.1\"\nb = \"192.0.2.2\"\ncgroup = \"/proc\"\n"
+            ),
+            "partition[0].cgroup"
         );
     }
 
