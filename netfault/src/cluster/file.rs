@@ -724,7 +724,7 @@ netfault = "/usr/local/bin/netfault"
             (format!("{}{}", n("netns = \"a\""), "[[node]]\nname = \"n1\"\naddrs = [\"192.0.2.2\"]\niface = [\"e\"]\nnetns = \"b\""), "node[1].name"),
             ("[[node]\n".into(), "FILE"),
             (n("netns = \"a\"\npause_target = \"pid:x\""), "node[0].pause_target"),
-            (n("netns = \"a\"\npause_target = \"container:etcd\""), "node[0].pause_target"),
+            (n("netns = \"a\"\npause_target = \"container:\""), "node[0].pause_target"),
             (n("netns = \"a\"\npause_target = 7"), "node[0].pause_target"),
         ];
         for (text, path) in &cases {
