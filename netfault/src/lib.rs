@@ -20,11 +20,14 @@
 //! - [`cluster`]: lab clusters: cluster files, topologies, plans, the coordinator and its
 //!   transports.
 //! - [`agent`]: `netfault agent`, the HTTP server a coordinator's agent transport talks to.
+//!
+//! Beside the flow, used by any layer: [`ending`], the signals that end a long wait early.
 pub mod agent;
 pub mod cluster;
 pub mod compile;
 pub mod control;
 pub mod dataplane;
+pub mod ending;
 pub mod measure;
 pub mod netlink;
 pub mod observe;

@@ -206,44 +206,6 @@ pub fn rtt_default_ifaces() -> io::Result<Vec<String>> {
     Ok(out)
 }
 
-/// The signals that end a measurement early (its samples are still reported).
-const ENDING: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
-
-/// Blocks the ending signals for this thread, so `wait` takes them: the programs are then
-/// detached (by `RttSession`'s drop) however the measurement ends, short of SIGKILL, where
-/// the links go with the process's fds.
-fn block_ending() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in ENDING {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
-/// Waits `d`; true when an ending signal came first.
-fn wait(set: &libc::sigset_t, d: Duration) -> bool {
-    let end = Instant::now() + d;
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let ts = libc::timespec {
-            tv_sec: left.as_secs() as libc::time_t,
-            tv_nsec: left.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: valid set and timeout; no siginfo wanted.
-        if unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) } > 0 {
-            return true;
-        }
-    }
-}
-
 /// What one passive measurement saw.
 pub struct RttMeasured {
     pub samples: Vec<(RttHistKey, u64)>,
@@ -261,10 +223,10 @@ pub fn rtt_measure(
     duration: Duration,
     ready: impl FnOnce(&[(String, HookKind)]),
 ) -> Result<RttMeasured> {
-    let set = block_ending();
+    let ending = crate::ending::Ending::block();
     let session = rtt_start(ifaces)?;
     ready(&session.hooks);
-    let interrupted = wait(&set, duration);
+    let interrupted = ending.wait(duration);
     let samples = session.samples()?;
     let hooks = session.hooks.clone();
     drop(session);

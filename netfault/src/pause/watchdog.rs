@@ -12,49 +12,10 @@ use super::{
     target::{Pidfd, Target},
 };
 
-/// The signals that end a pause early, resuming the target: `netfault resume` sends SIGTERM.
-const ENDING: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
-
-/// Blocks the ending signals for this thread: they then wait for `wait` to take them, and
-/// none can kill the process between a stop and the wait that ends in a resume.
-fn block_ending() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in ENDING {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
-/// Waits `d`; true when an ending signal came first.
-fn wait(set: &libc::sigset_t, d: Duration) -> bool {
-    let end = Instant::now() + d;
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let ts = libc::timespec {
-            tv_sec: left.as_secs() as libc::time_t,
-            tv_nsec: left.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: valid set and timeout; no siginfo wanted.
-        let r = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
-        if r > 0 {
-            return true;
-        }
-        // EAGAIN: the time is up (checked above on the next turn); EINTR: another signal.
-    }
-}
-
 /// Runs pause `name` from its record: `ready` gets `stopped` once the target first stops, or
 /// `error: ...` when it could not be stopped. The record goes when the pause ends.
 pub fn run(store: &Store, name: &str, ready: &mut dyn Write) -> Result<()> {
-    let set = block_ending();
+    let ending = crate::ending::Ending::block();
     let mut rec = store
         .get(name)
         .ok_or_else(|| Error::NotFound(name.to_string()))?;
@@ -95,10 +56,10 @@ pub fn run(store: &Store, name: &str, ready: &mut dyn Write) -> Result<()> {
             let _ = ready.flush();
         }
         let ended = match s.hold {
-            Some(h) => wait(&set, h.saturating_sub(began.elapsed())),
+            Some(h) => ending.wait(h.saturating_sub(began.elapsed())),
             // Until resumed, or the target is gone.
             None => loop {
-                if wait(&set, Duration::from_secs(1)) {
+                if ending.wait(Duration::from_secs(1)) {
                     break true;
                 }
                 if !rec.target.exists() {
@@ -116,7 +77,7 @@ pub fn run(store: &Store, name: &str, ready: &mut dyn Write) -> Result<()> {
         }
         // The next stop starts `every` after this one did: no drift over many strobes.
         let next = t0 + s.every.unwrap_or_default() * (i + 1);
-        if wait(&set, next.saturating_duration_since(Instant::now())) {
+        if ending.wait(next.saturating_duration_since(Instant::now())) {
             break;
         }
     }
