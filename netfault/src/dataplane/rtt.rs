@@ -10,7 +10,7 @@
 use std::{
     ffi::{CStr, CString},
     io,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use aya::{
