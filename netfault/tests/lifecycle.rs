@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Netfault, attach, pair, run};
+use common::{Netfault, attach, netfault_dirs, pair, run};
 use netfault_lab::lab::{Host, exec_in};
 
 /// One ICMP echo with a short wait: true if it came back.
@@ -570,4 +570,42 @@ fn detach_with_an_xdp_rule_live_leaves_nothing() {
     assert!(status.is_empty(), "still attached after detach: {status:?}");
     let link = exec_in(&b.ns, "ip", &["-d", "link", "show", &b.iface]).unwrap();
     assert!(!link.contains("prog/xdp"), "XDP left on: {link}");
+}
+
+/// A state whose pinned maps are not the ones this netfault's programs use (attached by
+/// another version: here one map's pin is taken away) is refused with what to do, naming the
+/// map, and `detach` still removes everything.
+#[test]
+fn a_state_of_another_version_is_refused_by_name_and_detach_still_works() {
+    let (mut lab, nf, [_a, b]) = pair();
+    attach(&mut lab, &nf, &b);
+    let maps = netfault_dirs(&b.ns)[0].join("maps");
+    // NF_CGROUPS: the map the version before cgroup targets did not have.
+    let gone = maps.join(netfault_common::maps::CGROUPS);
+    std::fs::remove_file(&gone).unwrap();
+    let out = nf
+        .output(
+            &b.ns,
+            &["rule", "add", "x", "--proto", "udp", "--drop", "1"],
+        )
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a rule went into a state of another version"
+    );
+    assert!(
+        err.contains("another version of netfault") && err.contains("detach"),
+        "{err}"
+    );
+    let out = nf.output(&b.ns, &["detach"]).unwrap();
+    assert!(
+        out.status.success(),
+        "detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(nf.status(&b.ns).unwrap().is_empty(), "still attached");
+    for d in netfault_dirs(&b.ns) {
+        assert!(!d.exists(), "{} left", d.display());
+    }
 }

@@ -82,6 +82,17 @@ impl Maps {
     pub fn open(maps_dir: &Path) -> Result<Self> {
         Self::build(|name| {
             let p = maps_dir.join(name);
+            if maps_dir.is_dir() && !p.exists() {
+                // The maps of an older (or newer) netfault: its programs use others.
+                return Err(KernelError::Io {
+                    what: format!(
+                        "map {name} is not pinned in {}: this namespace was attached by another \
+                         version of netfault; `netfault detach` it and attach again",
+                        maps_dir.display()
+                    ),
+                    source: io::Error::from(io::ErrorKind::NotFound),
+                });
+            }
             let d = MapData::from_pin(&p)
                 .map_err(ebpf_err(format!("open pinned map {}", p.display())))?;
             Map::from_map_data(d).map_err(ebpf_err(format!("map {name}")))
