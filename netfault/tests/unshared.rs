@@ -2,6 +2,11 @@
 //! container runtime or a test harness makes one, not under /run/netns), targeted with `--pid`:
 //! a partition cuts it, a loss rule drops what its counters say, and once the process exits its
 //! namespace's state and pins are removed by the next command.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test step that cannot go on fails the test"
+)]
 use std::{
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
