@@ -459,22 +459,59 @@ impl Coordinator {
             move |i, t| t.delete(a.get(&i).map_or(&[][..], Vec::as_slice)),
             |_, _| {},
         );
-        let (mut undone, mut left) = (Vec::new(), Vec::new());
+        self.rollback_outcome(results, "undone on", "its entries expire with their TTL")
+    }
+
+    /// What a rollback did, for an error message: `; DID A, B; NOT DID C (why; fallback)`.
+    pub(super) fn rollback_outcome<T>(
+        &self,
+        results: impl IntoIterator<Item = (usize, Result<T, NodeError>)>,
+        did: &str,
+        fallback: &str,
+    ) -> String {
+        let (mut done, mut left) = (Vec::new(), Vec::new());
         for (i, r) in results {
             let n = &self.cluster.nodes[i].name;
             match r {
-                Ok(_) => undone.push(n.clone()),
-                Err(e) => left.push(format!("{n} ({e}; its entries expire with their TTL)")),
+                Ok(_) => done.push(n.clone()),
+                Err(e) => left.push(format!("{n} ({e}; {fallback})")),
             }
         }
         let mut s = String::new();
-        if !undone.is_empty() {
-            s.push_str(&format!("; undone on {}", undone.join(", ")));
+        if !done.is_empty() {
+            s.push_str(&format!("; {did} {}", done.join(", ")));
         }
         if !left.is_empty() {
-            s.push_str(&format!("; NOT undone on {}", left.join(", ")));
+            s.push_str(&format!("; NOT {did} {}", left.join(", ")));
         }
         s
+    }
+
+    /// Each node's answer with its name, in the order given; or, when a node failed, the error
+    /// naming it and the others that failed, and the nodes that answered (`; DID A, B`).
+    pub(super) fn by_name<T>(
+        &self,
+        results: impl IntoIterator<Item = (usize, Result<T, NodeError>)>,
+        did: &str,
+    ) -> Result<Vec<(String, T)>, Error> {
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        for (i, r) in results {
+            let n = self.cluster.nodes[i].name.clone();
+            match r {
+                Ok(v) => ok.push((n, v)),
+                Err(e) => failed.push((n, e)),
+            }
+        }
+        if failed.is_empty() {
+            return Ok(ok);
+        }
+        let done: Vec<&str> = ok.iter().map(|(n, _)| n.as_str()).collect();
+        let outcome = if done.is_empty() {
+            String::new()
+        } else {
+            format!("; {did} {}", done.join(", "))
+        };
+        Err(node_error(failed, outcome))
     }
 
     /// Deletes partitions on every node: those named `NAME.from-<node>.<family>` for each of
@@ -506,24 +543,7 @@ impl Coordinator {
             },
             |_, _| {},
         );
-        let (mut ok, mut failed) = (Vec::new(), Vec::new());
-        for (i, r) in results {
-            let n = self.cluster.nodes[i].name.clone();
-            match r {
-                Ok(v) => ok.push((n, v)),
-                Err(e) => failed.push((n, e)),
-            }
-        }
-        if failed.is_empty() {
-            return Ok(ok);
-        }
-        let healed: Vec<&str> = ok.iter().map(|(n, _)| n.as_str()).collect();
-        let outcome = if healed.is_empty() {
-            String::new()
-        } else {
-            format!("; healed on {}", healed.join(", "))
-        };
-        Err(node_error(failed, outcome))
+        self.by_name(results, "healed on")
     }
 
     /// Every entry name the coordinator can give a step of one of `steps` on any node

@@ -117,24 +117,12 @@ impl Coordinator {
         let outcome = if back.is_empty() {
             "; no other node was paused".to_string()
         } else {
-            let (mut done, mut left) = (Vec::new(), Vec::new());
-            for t in self.resume_timed(back, self.timeout) {
-                let n = self.cluster.nodes[t.node].name.clone();
-                match t.result {
-                    Ok(_) => done.push(n),
-                    Err(e) => left.push(format!(
-                        "{n} ({e}; its watchdog resumes it on the deadline)"
-                    )),
-                }
-            }
-            let mut s = String::new();
-            if !done.is_empty() {
-                s.push_str(&format!("; resumed {}", done.join(", ")));
-            }
-            if !left.is_empty() {
-                s.push_str(&format!("; NOT resumed {}", left.join(", ")));
-            }
-            s
+            let resumed = self.resume_timed(back, self.timeout);
+            self.rollback_outcome(
+                resumed.into_iter().map(|t| (t.node, t.result)),
+                "resumed",
+                "its watchdog resumes it on the deadline",
+            )
         };
         Err(node_error(failed, outcome))
     }
@@ -195,24 +183,10 @@ impl Coordinator {
             },
             |_, _| {},
         );
-        let (mut ok, mut failed) = (Vec::new(), Vec::new());
-        for t in results {
-            let n = self.cluster.nodes[t.node].name.clone();
-            match t.result {
-                Ok(v) => ok.push((n, v)),
-                Err(e) => failed.push((n, e)),
-            }
-        }
-        if failed.is_empty() {
-            return Ok(ok);
-        }
-        let done: Vec<&str> = ok.iter().map(|(n, _)| n.as_str()).collect();
-        let outcome = if done.is_empty() {
-            String::new()
-        } else {
-            format!("; resumed on {}", done.join(", "))
-        };
-        Err(node_error(failed, outcome))
+        self.by_name(
+            results.into_iter().map(|t| (t.node, t.result)),
+            "resumed on",
+        )
     }
 }
 
