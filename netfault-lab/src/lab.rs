@@ -559,8 +559,18 @@ fn run_cmd(prog: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+/// `ip ARGS` in this process's namespace, which must succeed.
+pub fn ip(args: &[&str]) -> Result<()> {
     run_cmd("ip", args).map(drop)
+}
+
+/// `ip ARGS` inside the network namespace of process `pid`: one no name under /run/netns
+/// reaches (a container's, an unshared process's).
+pub fn ip_in_pid(pid: impl std::fmt::Display, args: &[&str]) -> Result<()> {
+    let net = format!("--net=/proc/{pid}/ns/net");
+    let mut all = vec![net.as_str(), "ip"];
+    all.extend_from_slice(args);
+    run_cmd("nsenter", &all).map(drop)
 }
 
 /// Runs a command inside `ns` (through `ip netns exec`) and returns its stdout.

@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netfault_lab::lab::{Lab, run_in};
+use netfault_lab::lab::{self, Lab, run_in};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netfault");
 const HOST_IP: &str = "192.0.2.1";
@@ -265,27 +265,11 @@ fn answers(ns: &str) -> bool {
 }
 
 fn ip(args: &[&str]) {
-    let o = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    lab::ip(args).unwrap();
 }
 
-/// `ip` inside the namespace of process `pid`.
-fn ip_in_pid(pid: i32, args: &[&str]) {
-    let o = Command::new("nsenter")
-        .arg(format!("--net=/proc/{pid}/ns/net"))
-        .arg("ip")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "ip {args:?} in pid {pid}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+fn ip_in_pid(pid: impl std::fmt::Display, args: &[&str]) {
+    lab::ip_in_pid(pid, args).unwrap();
 }
 
 fn frozen(cgroup: &Path) -> bool {

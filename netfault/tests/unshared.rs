@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netfault_lab::lab::{Lab, RuleStats, Z_ALPHA_1E4, wilson_interval};
+use netfault_lab::lab::{self, Lab, RuleStats, Z_ALPHA_1E4, wilson_interval};
 
 const NEAR: &str = "192.0.2.1";
 const FAR: &str = "192.0.2.2";
@@ -39,27 +39,11 @@ fn nf_ok(args: &[&str]) -> String {
 }
 
 fn ip(args: &[&str]) {
-    let o = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    lab::ip(args).unwrap();
 }
 
-/// `ip` inside the namespace of process `pid`.
-fn ip_in_pid(pid: u32, args: &[&str]) {
-    let o = Command::new("nsenter")
-        .arg(format!("--net=/proc/{pid}/ns/net"))
-        .arg("ip")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "ip {args:?} in pid {pid}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+fn ip_in_pid(pid: impl std::fmt::Display, args: &[&str]) {
+    lab::ip_in_pid(pid, args).unwrap();
 }
 
 /// A `sleep` in a network namespace of its own (unshare(CLONE_NEWNET) before exec): no name
