@@ -234,6 +234,10 @@ pub struct Opts<'a> {
     /// Its send buffer (SO_SNDBUF, bytes; None: autotuned). A flow that ends by time drains
     /// what it has buffered through the lossy path: a small buffer keeps that short.
     pub sndbuf: Option<u32>,
+    /// Its pacing cap (SO_MAX_PACING_RATE, bytes a second; None: uncapped). TCP paces itself
+    /// under it (no fq needed). A flow capped below what the machine's CPUs can carry
+    /// compares the wire, not the CPU time of the path a placement takes.
+    pub pacing: Option<u64>,
 }
 
 /// [`run`] with the sender's socket set up as `opts` says.
@@ -288,6 +292,12 @@ pub fn run_with(
 /// what is buffered when its time is up is drained before it ends.
 pub const SNDBUF: u32 = 256 << 10;
 
+/// The pacing cap of [`placements`]' flows: 200 Mbit/s. Uncapped, BBR at 10 % loss ran at what
+/// the CPUs allowed (0.9 to 1.5 Gbit/s on the 2-CPU CI VM), and the egress placement, which
+/// segments in an IFB device, costs more CPU a packet: the goodput then compared CPU time,
+/// not the wire, and varied 1.6x with the machine's load.
+pub const PLACEMENT_PACING: u64 = 200_000_000 / 8;
+
 /// One congestion control's flows through a 10 % (`action`) loss rule at each placement, in
 /// one lab whose two hosts both have netfault attached (so the devices are the same for both
 /// placements and only where the rule sits differs): `reps` pairs, the placements alternating,
@@ -319,6 +329,7 @@ pub fn placements(
             let opts = Opts {
                 cc: Some(cc),
                 sndbuf: Some(SNDBUF),
+                pacing: Some(PLACEMENT_PACING),
             };
             let r = run_with(nf, tx, rx, side, &name, action, until, opts)
                 .with_context(|| format!("{cc}, rule at the {}", side.label()))?;
@@ -450,8 +461,8 @@ pub fn flow_with(
     let sender = {
         let stop = stop.clone();
         let ns = tx.ns.clone();
-        let (cc, sndbuf) = (opts.cc.map(str::to_owned), opts.sndbuf);
-        thread::spawn(move || send(&ns, dst, cc.as_deref(), sndbuf, &stop, hard_stop))
+        let (cc, sndbuf, pacing) = (opts.cc.map(str::to_owned), opts.sndbuf, opts.pacing);
+        thread::spawn(move || send(&ns, dst, cc.as_deref(), (sndbuf, pacing), &stop, hard_stop))
     };
     let end = start + limit;
     let mut polled = Ok(());
@@ -575,7 +586,7 @@ fn send(
     ns: &str,
     dst: SocketAddr,
     cc: Option<&str>,
-    sndbuf: Option<u32>,
+    (sndbuf, pacing): (Option<u32>, Option<u64>),
     stop: &AtomicBool,
     hard_stop: Instant,
 ) -> Result<()> {
@@ -604,6 +615,15 @@ fn send(
             libc::SO_SNDBUF,
             &v.to_ne_bytes(),
             "the send buffer",
+        )?;
+    }
+    if let Some(rate) = pacing {
+        setsockopt(
+            &s,
+            libc::SOL_SOCKET,
+            libc::SO_MAX_PACING_RATE,
+            &rate.to_ne_bytes(),
+            "the pacing cap",
         )?;
     }
     s.set_write_timeout(Some(Duration::from_millis(200)))?;

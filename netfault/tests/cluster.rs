@@ -366,11 +366,7 @@ fn nodes_reached_by_pid_and_pidfile_are_cut_and_healed() {
 #[test]
 fn measure_probes_udp_ports_and_folds_a_what_if_into_each_pair() {
     let (_lab, _nf, hosts) = cluster_lab();
-    for h in &hosts {
-        for kv in ["net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0"] {
-            netfault_lab::lab::exec_in(&h.ns, "sysctl", &["-qw", kv]).expect(kv);
-        }
-    }
+    hosts.iter().for_each(unlimit_icmp_errors);
     let file = temp_file("toml", &cluster_text(&hosts, &BTreeMap::new()));
     let rules = temp_file(
         "toml",

@@ -482,7 +482,9 @@ fn vm_egress_loss_next_to_netem() {
 /// what the same rule at the receiver's ingress is to TCP, for BBR and for CUBIC. Both hosts
 /// have netfault attached, the receiving veth delivers in the same mode for both placements
 /// (`loss::placements` keeps XDP linked there throughout), and the placements alternate in
-/// one run (the machine's load shifts; the comparison is side by side): goodput and
+/// one run (the machine's load shifts; the comparison is side by side), each flow paced at
+/// most 200 Mbit/s (`loss::PLACEMENT_PACING`, under what the CPUs carry, so that goodput is
+/// the wire's and not the CPU time of the path: uncapped it once differed 1.6x): goodput and
 /// retransmissions per drop within 1.5x of each other, and no DSACKs (spurious
 /// retransmissions) at the egress placement beyond 1.5x those the same loss causes at the
 /// ingress one.

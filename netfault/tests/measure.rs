@@ -144,19 +144,6 @@ fn measure_refuses_what_it_cannot_do() {
     }
 }
 
-/// Lets `h`'s kernel answer every probe of a closed port: by default it sends at most one ICMP
-/// error a second to a destination after a burst of 6 (`icmp_ratelimit`, both families), and
-/// 1000 a second in all (`icmp_msgs_per_sec`).
-fn unlimit_icmp_errors(h: &Host) {
-    for kv in [
-        "net.ipv4.icmp_ratelimit=0",
-        "net.ipv6.icmp.ratelimit=0",
-        "net.ipv4.icmp_msgs_per_sec=100000",
-    ] {
-        netfault_lab::lab::exec_in(&h.ns, "sysctl", &["-qw", kv]).expect(kv);
-    }
-}
-
 /// `answers` of a UDP report: (udp, icmp_unreachable).
 fn answers(p: &serde_json::Value) -> (u64, u64) {
     (

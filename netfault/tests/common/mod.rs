@@ -208,6 +208,23 @@ pub fn assert_matrix_heals(hosts: &[Host], want: &cluster::Matrix, when: &str) {
     }
 }
 
+/// Lets `h`'s kernel answer every probe of a closed port: by default it sends at most one ICMP
+/// error a second to a destination after a burst of 6 (`icmp_ratelimit`, both families), and
+/// 1000 a second in all, both families together, from a bucket of 50 refilled at most every
+/// 20 ms, taking 0 to 2 of it an error at random (Linux 5.10 on, against CVE-2020-25705) (`icmp_msgs_per_sec`,
+/// `icmp_msgs_burst`): five nodes probing each other every 20 ms lost one probe in 50 to it.
+/// These are the namespace's own settings (the host's stay as they were).
+pub fn unlimit_icmp_errors(h: &Host) {
+    for kv in [
+        "net.ipv4.icmp_ratelimit=0",
+        "net.ipv6.icmp.ratelimit=0",
+        "net.ipv4.icmp_msgs_per_sec=100000",
+        "net.ipv4.icmp_msgs_burst=100000",
+    ] {
+        netfault_lab::lab::exec_in(&h.ns, "sysctl", &["-qw", kv]).expect(kv);
+    }
+}
+
 /// A `cluster measure --json` document of 5 nodes over `transport`: no node failed, each
 /// reported its 4 peers in both families, each with `samples` answered probes.
 pub fn assert_measured(doc: &serde_json::Value, transport: &str, samples: u64) {
