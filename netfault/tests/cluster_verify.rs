@@ -2,8 +2,8 @@
 //! `partition halves --verify` reports exactly the grudge, one way per ordered pair and
 //! family; a node healed behind the coordinator's back makes `cluster verify` exit 3 naming the
 //! pairs it opened; an impairment's loss is checked with its Wilson interval, and found wrong
-//! once a receiver's rule is deleted; a scenario step with `verify = true` writes its `verify`
-//! line. Needs root.
+//! once a receiver's rule is deleted; one on a UDP port is probed with UDP on that port; a
+//! scenario step with `verify = true` writes its `verify` line. Needs root.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -233,6 +233,71 @@ fn an_impairment_loss_is_verified_with_its_wilson_interval() {
         "{doc:#}"
     );
     ok_stdout(cluster_cmd(&file, &["heal", "lossy"]), "heal");
+}
+
+/// An impairment of UDP port 9000 is verified with UDP probes from port 9000 to port 9000
+/// (each node echoing the others'), which meet it as an echo request meets a rule on every
+/// port: its loss shows in both round trips of the pair; ICMP echo, which it does not meet,
+/// crosses untouched; the receiver's IPv4 entry deleted, `cluster verify` exits 3 naming
+/// the v4 round trips.
+#[test]
+fn a_udp_impairment_is_verified_with_udp_probes_of_its_port() {
+    let (_lab, nf, hosts, file) = cluster_lab();
+    let out = cluster_cmd(
+        &file,
+        &[
+            "impair", "--from", "n1", "--to", "n2", "--proto", "udp", "--dport", "9000", "--drop",
+            "30%", "--name", "dns", "--ttl", "2m", "--json", "--verify",
+        ],
+    );
+    let doc = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{doc:#}");
+    let v = &doc["verify"];
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert_eq!(v["faults"][0]["probe"], "udp:9000", "{v:#}");
+    let want: BTreeSet<_> = [
+        triple("n1", "n2", "v4"),
+        triple("n1", "n2", "v6"),
+        triple("n2", "n1", "v4"),
+        triple("n2", "n1", "v6"),
+    ]
+    .into();
+    assert_eq!(pairs(v, Some(true)), want, "{v:#}");
+    for p in v["faults"][0]["pairs"].as_array().unwrap() {
+        let l = &p["loss"];
+        let observed = l["observed"].as_f64().unwrap();
+        // 150 probes a pair: 30 % lost lies well inside (0.15, 0.45) at alpha 1e-4.
+        assert!(observed > 0.15 && observed < 0.45, "{p}");
+    }
+    // ICMP echo between the same nodes meets no rule.
+    let out = cluster_cmd(
+        &file,
+        &[
+            "measure",
+            "--duration",
+            "1s",
+            "--interval",
+            "20ms",
+            "--json",
+        ],
+    );
+    let doc = json_of(&out);
+    assert_eq!(doc["probe"], "icmp", "{doc:#}");
+    for n in doc["nodes"].as_array().unwrap() {
+        for p in n["pairs"].as_array().unwrap() {
+            assert_eq!(p["report"]["samples"], 50, "{p}");
+        }
+    }
+    run(&nf, &hosts[1], &["rule", "del", "dns.from-n1.v4"]);
+    let out = cluster_cmd(&file, &["verify", "dns", "--json"]);
+    let doc = json_of(&out);
+    assert_eq!(out.status.code(), Some(3), "{doc:#}");
+    assert_eq!(
+        pairs(&doc, Some(false)),
+        [triple("n1", "n2", "v4"), triple("n2", "n1", "v4")].into(),
+        "{doc:#}"
+    );
+    ok_stdout(cluster_cmd(&file, &["heal", "dns"]), "heal");
 }
 
 #[test]

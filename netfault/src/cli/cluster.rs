@@ -66,6 +66,15 @@ pub enum ClusterCmd {
         /// Receiving nodes, comma-separated.
         #[arg(long, value_name = "NODES", value_delimiter = ',', required = true)]
         to: Vec<String>,
+        /// Only this protocol: tcp, udp, icmp (ICMPv6 for v6) or any.
+        #[arg(long, default_value = "any", value_parser = super::args::parse_proto)]
+        proto: netfault::spec::Proto,
+        /// Only this source port or inclusive range (needs --proto tcp or udp).
+        #[arg(long, value_name = "P|LO-HI", value_parser = super::args::parse_ports, allow_hyphen_values = true)]
+        sport: Option<netfault::spec::PortRange>,
+        /// Only this destination port or inclusive range (needs --proto tcp or udp).
+        #[arg(long, value_name = "P|LO-HI", value_parser = super::args::parse_ports, allow_hyphen_values = true)]
+        dport: Option<netfault::spec::PortRange>,
         /// Loss, duplication and the rest act at the receivers' ingress (after the wire);
         /// delay, jitter and rate at the senders' egress (needs fq there).
         #[command(flatten)]
@@ -239,7 +248,8 @@ impl Verified {
         serde_json::json!({
             "ok": self.ok(),
             "probe": {
-                "kind": "icmp-echo",
+                // Each fault's own probe is in its verdict.
+                "kinds": self.verdicts.iter().filter_map(|v| v.probe).collect::<std::collections::BTreeSet<_>>(),
                 "duration_ms": verify::DURATION.as_millis() as u64,
                 "interval_ms": verify::INTERVAL.as_millis() as u64,
             },
@@ -296,7 +306,7 @@ fn verify_now(
             .map_err(|e| SpecError::new("--events", format!("{}: {e}", p.display())))?,
         None => Log::none(),
     };
-    let seen = coord.verify_probe(verify::INTERVAL, verify::DURATION);
+    let seen = coord.verify_probe(&verify::probes(faults), verify::INTERVAL, verify::DURATION);
     let verdicts: Vec<Verdict> = faults
         .iter()
         .map(|f| verify::judge(f, others, &coord.cluster, &seen, baseline))
@@ -331,14 +341,21 @@ fn fault_of(f: &Recorded, cluster: &Cluster) -> Fault {
     )
 }
 
-/// A `cluster measure --json` document as the nodes' reports (`--baseline`).
-fn baseline_file(path: &std::path::Path) -> anyhow::Result<Vec<NodeMeasure>> {
+/// A `cluster measure --json` document as the nodes' reports (`--baseline`), and what
+/// probed them (`probe`; ICMP when absent).
+fn baseline_file(
+    path: &std::path::Path,
+) -> anyhow::Result<(netfault::measure::probe::Kind, Vec<NodeMeasure>)> {
     let bad = |m: String| SpecError::new("--baseline", format!("{}: {m}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let nodes = doc["nodes"]
         .as_array()
         .ok_or_else(|| bad("no \"nodes\" list (not a `cluster measure --json` document)".into()))?;
+    let probe = match doc.get("probe") {
+        None => netfault::measure::probe::Kind::Icmp,
+        Some(p) => serde_json::from_value(p.clone()).map_err(|e| bad(format!("probe: {e}")))?,
+    };
     let mut out = Vec::new();
     for n in nodes {
         let mut pairs = Vec::new();
@@ -360,7 +377,7 @@ fn baseline_file(path: &std::path::Path) -> anyhow::Result<Vec<NodeMeasure>> {
             pairs,
         });
     }
-    Ok(out)
+    Ok((probe, out))
 }
 
 pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
@@ -388,6 +405,9 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
         ClusterCmd::Impair {
             from,
             to,
+            proto,
+            sport,
+            dport,
             act,
             name,
             ttl,
@@ -398,6 +418,11 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
                 from,
                 to,
                 act: act.actions(),
+                traffic: netfault::cluster::Traffic {
+                    proto,
+                    sport: sport.unwrap_or(netfault::spec::PortRange::ALL),
+                    dport: dport.unwrap_or(netfault::spec::PortRange::ALL),
+                },
             };
             let plans = coord.impair_plans(&name, &imp).map_err(impair_flag)?;
             let rules =
@@ -412,8 +437,13 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
             );
             // A delay shows as a shift from the round trips before the change.
             let shaped = imp.act.shape.delay.is_some() || imp.act.shape.jitter.is_some();
-            let baseline = (va.verify && shaped)
-                .then(|| coord.verify_probe(verify::INTERVAL, verify::DURATION));
+            let baseline = (va.verify && shaped).then(|| {
+                coord.verify_probe(
+                    &verify::probes([&fault]),
+                    verify::INTERVAL,
+                    verify::DURATION,
+                )
+            });
             let ttl = ttl.unwrap_or_default();
             coord.apply(plans.clone(), ttl)?;
             remember(&rec, Recorded::new(&name, Kind::Rule, None, rules, ttl));
@@ -486,11 +516,15 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
                 }
             }
             let base = match &baseline {
-                Some(p) => Some(Observed::of(
-                    &baseline_file(p)?,
-                    &coord.cluster,
-                    verify::INTERVAL,
-                )),
+                Some(p) => {
+                    let (probe, m) = baseline_file(p)?;
+                    Some(Observed::of_probe(
+                        probe,
+                        &m,
+                        &coord.cluster,
+                        verify::INTERVAL,
+                    ))
+                }
                 None => None,
             };
             let all: Vec<(bool, Fault)> = live
@@ -531,7 +565,11 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
                         .map_err(|e| SpecError::new("--events", format!("{}: {e}", p.display())))?,
                     None => Log::none(),
                 };
-                let seen = coord.verify_probe(verify::INTERVAL, verify::DURATION);
+                let seen = coord.verify_probe(
+                    &verify::probes(chosen.iter()),
+                    verify::INTERVAL,
+                    verify::DURATION,
+                );
                 for (i, (c, f)) in all.iter().enumerate() {
                     if !*c {
                         continue;
@@ -580,7 +618,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
                 }
             }
             if json {
-                writeln!(out, "{}", serde_json::json!({ "nodes": m }))?;
+                writeln!(out, "{}", serde_json::json!({ "probe": kind, "nodes": m }))?;
             } else {
                 super::cluster_measure::text(&mut out, &m, &advice)?;
             }

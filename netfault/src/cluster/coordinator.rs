@@ -622,7 +622,7 @@ impl Coordinator {
     ) -> Vec<NodeMeasure> {
         let nodes = self.cluster.nodes.clone();
         let tail = if listen.is_some() {
-            crate::measure::probe::LISTEN_TAIL
+            crate::measure::probe::LISTEN_TAIL + crate::measure::probe::LISTEN_LEAD
         } else {
             crate::measure::probe::GRACE
         };
@@ -682,21 +682,37 @@ impl Coordinator {
         .collect()
     }
 
-    /// Every node probes every other for `duration` and listens for their requests (a fresh
-    /// nonce tells this run's from any other's): what `verify` judges.
-    pub fn verify_probe(&self, interval: Duration, duration: Duration) -> super::verify::Observed {
-        let t = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let nonce = (t ^ (u64::from(std::process::id()) << 40)) | 1;
-        let m = self.probe_all(
-            crate::measure::probe::Kind::Icmp,
-            interval,
-            duration,
-            crate::measure::Params::default(),
-            Some(nonce),
-        );
-        super::verify::Observed::of(&m, &self.cluster, interval)
+    /// Every node probes every other for `duration` with each of `probes` in turn (ICMP when
+    /// none), and listens for their requests (a fresh nonce tells this run's from any
+    /// other's): what `verify` judges.
+    pub fn verify_probe(
+        &self,
+        probes: &std::collections::BTreeSet<crate::measure::probe::Kind>,
+        interval: Duration,
+        duration: Duration,
+    ) -> super::verify::Observed {
+        let icmp = std::collections::BTreeSet::from([crate::measure::probe::Kind::Icmp]);
+        let probes = if probes.is_empty() { &icmp } else { probes };
+        let mut out: Option<super::verify::Observed> = None;
+        for &probe in probes {
+            let t = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let nonce = (t ^ (u64::from(std::process::id()) << 40)) | 1;
+            let m = self.probe_all(
+                probe,
+                interval,
+                duration,
+                crate::measure::Params::default(),
+                Some(nonce),
+            );
+            let o = super::verify::Observed::of_probe(probe, &m, &self.cluster, interval);
+            out = Some(match out {
+                Some(a) => a.merge(o),
+                None => o,
+            });
+        }
+        out.unwrap_or_default()
     }
 
     pub fn stats(&self) -> Vec<NodeStats> {

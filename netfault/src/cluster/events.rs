@@ -219,6 +219,7 @@ pub fn impair_json(i: &Impair) -> Value {
     let mut m = Map::new();
     m.insert("from".into(), json!(i.from));
     m.insert("to".into(), json!(i.to));
+    m.extend(i.traffic.to_json());
     m.extend(i.act.to_json());
     Value::Object(m)
 }
@@ -321,6 +322,7 @@ mod tests {
                     },
                     ..Actions::default()
                 },
+                traffic: crate::cluster::plan::Traffic::default(),
             }),
             ..occ
         };

@@ -34,6 +34,6 @@ pub mod transport;
 pub mod verify;
 
 pub use file::{Cluster, Node, Transport};
-pub use plan::{Impair, NodePlan};
+pub use plan::{Impair, NodePlan, Traffic};
 pub use scenario::{Action, Event, Scenario, Step, StepAction};
 pub use topology::{Grudge, Topology};

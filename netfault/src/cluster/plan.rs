@@ -33,7 +33,8 @@ use ipnet::IpNet;
 
 use super::{Cluster, Grudge};
 use crate::spec::{
-    Actions, Conn, Direction, Kind, Prob, RuleSpec, Shape, SpecError, protection, validate_name,
+    Actions, Conn, Direction, Kind, PortRange, Prob, Proto, RuleSpec, Shape, SpecError, protection,
+    validate_name,
 };
 
 /// `impair --from A.. --to B..`: faults on the traffic from every `from` node to every `to`
@@ -43,6 +44,54 @@ pub struct Impair {
     pub from: Vec<String>,
     pub to: Vec<String>,
     pub act: Actions,
+    /// Which of the pairs' traffic it meets.
+    pub traffic: Traffic,
+}
+
+/// Which of the pairs' traffic an impairment meets: all of it, unless a protocol and ports
+/// narrow it (`--proto udp --dport 9000`); both rules of a pair (receiver and sender) match
+/// the same.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Traffic {
+    pub proto: Proto,
+    pub sport: PortRange,
+    pub dport: PortRange,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Traffic {
+            proto: Proto::Any,
+            sport: PortRange::ALL,
+            dport: PortRange::ALL,
+        }
+    }
+}
+
+impl Traffic {
+    /// Ports only with a protocol that has them, as for a rule.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        for (field, r) in [("sport", self.sport), ("dport", self.dport)] {
+            if !r.is_all() && !matches!(self.proto, Proto::Tcp | Proto::Udp) {
+                return Err(SpecError::new(field, "ports need proto tcp or udp"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `proto`, `sport`, `dport` where they narrow the traffic.
+    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        if self.proto != Proto::Any {
+            m.insert("proto".into(), serde_json::json!(self.proto));
+        }
+        for (k, r) in [("sport", self.sport), ("dport", self.dport)] {
+            if !r.is_all() {
+                m.insert(k.into(), r.to_string().into());
+            }
+        }
+        m
+    }
 }
 
 /// What one node is given: where to attach, what to protect, which rules to hold.
@@ -167,6 +216,7 @@ impl Impair {
     /// Checks what needs no cluster: an action is given, the shape is consistent.
     pub fn validate(&self) -> Result<(), SpecError> {
         self.act.validate().map_err(bare)?;
+        self.traffic.validate()?;
         if self.act.is_empty() {
             return Err(SpecError::new(
                 "impair",
@@ -236,6 +286,9 @@ pub fn impair(
                     let r = RuleSpec {
                         dir: Direction::Ingress,
                         src: nets,
+                        proto: imp.traffic.proto,
+                        sport: imp.traffic.sport,
+                        dport: imp.traffic.dport,
                         act: at_receiver,
                         ..RuleSpec::new(
                             rule_name(name, &format!("from-{}.{fam}", a.name))?,
@@ -251,6 +304,9 @@ pub fn impair(
                     let r = RuleSpec {
                         dir: Direction::Egress,
                         dst: nets,
+                        proto: imp.traffic.proto,
+                        sport: imp.traffic.sport,
+                        dport: imp.traffic.dport,
                         act: at_sender,
                         ..RuleSpec::new(
                             rule_name(name, &format!("to-{}.{fam}", b.name))?,
@@ -545,6 +601,7 @@ token_file = "/t"
             from: from.iter().map(|s| s.to_string()).collect(),
             to: to.iter().map(|s| s.to_string()).collect(),
             act: Actions::default(),
+            traffic: Traffic::default(),
         }
     }
 

@@ -176,7 +176,7 @@ impl Runner<'_> {
             .map_err(coordinator::Error::from)?;
         let (topology, impair, pause) = match &step.action {
             StepAction::Partition(t) => (Some(t.to_string()), None, None),
-            StepAction::Impair(i) => (None, Some(i.clone()), None),
+            StepAction::Impair(i) => (None, Some(super::Impair::clone(i)), None),
             StepAction::Pause(n) => (None, None, Some(n.clone())),
         };
         let kind = if impair.is_some() {
@@ -323,8 +323,11 @@ impl Runner<'_> {
     /// started against the wire, the other occurrences on as what else is live; writes its
     /// `verify` line. A mismatch is counted, not fatal: the run goes on and exits 3.
     fn verify(&mut self, key: (usize, u32)) -> Result<(), Error> {
+        let Some(probes) = self.active.get(&key).map(|a| verify::probes([&a.fault])) else {
+            return Ok(());
+        };
         let (seen, renew_failed) =
-            self.during(|c| c.verify_probe(verify::INTERVAL, verify::DURATION));
+            self.during(|c| c.verify_probe(&probes, verify::INTERVAL, verify::DURATION));
         if let Some(e) = renew_failed {
             return Err(e);
         }
@@ -758,11 +761,22 @@ async fn play(
             && matches!(&s.action, StepAction::Impair(i)
                 if i.act.shape.delay.is_some() || i.act.shape.jitter.is_some())
     });
-    if delays {
-        r.say("baseline: probing every pair before the first step");
-        r.baseline = Some(r.coord.verify_probe(verify::INTERVAL, verify::DURATION));
-    }
     let timeline = r.sc.timeline(r.seed);
+    if delays {
+        // With each probe a verified step's fault is probed with.
+        let mut probes = std::collections::BTreeSet::new();
+        for ev in timeline
+            .iter()
+            .filter(|e| e.action == Action::Start && r.sc.steps[e.step].verify)
+        {
+            probes.extend(verify::probes([&r.occurrence(ev)?.2]));
+        }
+        r.say("baseline: probing every pair before the first step");
+        r.baseline = Some(
+            r.coord
+                .verify_probe(&probes, verify::INTERVAL, verify::DURATION),
+        );
+    }
     r.t0 = Instant::now();
     r.wall0 = SystemTime::now();
     let mut next = 0;

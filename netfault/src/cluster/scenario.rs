@@ -41,7 +41,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use toml::{Table, Value};
 
-use super::{Cluster, Grudge, Impair, Topology, plan};
+use super::{Cluster, Grudge, Impair, Topology, Traffic, plan};
 use crate::spec::{
     Actions, Conn, RuleSpec, SpecError, actions,
     toml_util::{at, check_keys, duration, err, parse_doc, parsed, string, strings, table, tables},
@@ -93,7 +93,8 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepAction {
     Partition(Topology),
-    Impair(Impair),
+    /// Boxed: an impairment's actions and traffic outweigh the other variants.
+    Impair(Box<Impair>),
     /// The nodes whose processes (`pause_target`) stop for the step's `for`: each node's
     /// watchdog resumes it on that deadline even if the coordinator is gone.
     Pause(Vec<String>),
@@ -139,7 +140,7 @@ const STEP_KEYS: &[&str] = &[
     "conn",
     "verify",
 ];
-const IMPAIR_KEYS: &[&str] = &["from", "to"];
+const IMPAIR_KEYS: &[&str] = &["from", "to", "proto", "sport", "dport"];
 
 /// A point in time from the start: zero allowed, unlike a duration.
 fn offset(path: &str, v: &Value) -> Result<Duration, SpecError> {
@@ -169,9 +170,21 @@ fn impair(path: &str, t: &Table) -> Result<Impair, SpecError> {
         from: names("from")?,
         to: names("to")?,
         act: Actions::default(),
+        traffic: Traffic::default(),
     };
     for (k, v) in t {
-        imp.act.set_key(&p(k), k, v)?;
+        match k.as_str() {
+            "proto" => {
+                imp.traffic.proto = string(&p(k), v)?
+                    .parse()
+                    .map_err(|m: String| err(&p(k), m))?;
+            }
+            "sport" => imp.traffic.sport = crate::spec::ruleset::ports(&p(k), v)?,
+            "dport" => imp.traffic.dport = crate::spec::ruleset::ports(&p(k), v)?,
+            _ => {
+                imp.act.set_key(&p(k), k, v)?;
+            }
+        }
     }
     imp.validate().map_err(|e| {
         if e.field == "impair" {
@@ -223,10 +236,10 @@ fn step(index: usize, path: &str, t: &Table) -> Result<Step, SpecError> {
             }
             StepAction::Pause(nodes)
         }
-        [_] => StepAction::Impair(impair(
+        [_] => StepAction::Impair(Box::new(impair(
             &p("impair"),
             table(&p("impair"), required("impair")?)?,
-        )?),
+        )?)),
         [first, second, ..] => {
             return Err(err(
                 &p(second),
@@ -628,6 +641,36 @@ for = "30s"
         )
         .unwrap_err();
         assert_eq!(e.field, "step[0].impair.hold");
+    }
+
+    /// An impair step narrowed to UDP port 9000: every entry it makes matches that traffic;
+    /// ports without a protocol that has them name their key.
+    #[test]
+    fn an_impair_step_can_be_narrowed_to_a_protocol_and_ports() {
+        let s = Scenario::parse(
+            "[[step]]\nat = \"0s\"\nimpair = { from = [\"n1\"], to = [\"n2\"], proto = \"udp\", dport = 9000, sport = \"1000-2000\", drop = \"10%\", delay = \"5ms\" }\nfor = \"10s\"\n",
+        )
+        .unwrap();
+        let c = Cluster::parse(CLUSTER).unwrap();
+        let rules = s.rules(&s.timeline(1)[0], &c).unwrap();
+        let all: Vec<_> = rules.values().flatten().collect();
+        // At n2 from each of n1's two addresses, at n1 to n2's one.
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert!(all.iter().all(|r| r.proto == crate::spec::Proto::Udp
+            && r.dport.to_string() == "9000"
+            && r.sport.to_string() == "1000-2000"));
+        for (keys, field) in [
+            ("dport = 9000", "step[0].impair.dport"),
+            ("proto = \"icmp\", sport = 1", "step[0].impair.sport"),
+            ("proto = \"sctp\"", "step[0].impair.proto"),
+            ("proto = \"udp\", dport = \"x\"", "step[0].impair.dport"),
+        ] {
+            let e = Scenario::parse(&format!(
+                "[[step]]\nat = \"0s\"\nimpair = {{ from = [\"n1\"], to = [\"n2\"], drop = 1, {keys} }}\nfor = \"1s\"\n"
+            ))
+            .unwrap_err();
+            assert_eq!(e.field, field, "{keys}: {e}");
+        }
     }
 
     #[test]

@@ -17,7 +17,12 @@
 //!   round trips' p50 from a baseline's (the same pair probed before the change), which must be
 //!   within [`delay_tolerance`] of d₁ + d₂, plus what the round trips' own scatter allows
 //!   ([`scatter_ms`]); when that tolerance reaches the delay itself, the delay is not verifiable.
-//! - Whatever no ICMP echo can match (a TCP-only cut, a rule with ports) is "not verifiable",
+//! - Probes match what the fault matches: ICMP echo for a rule on every port of every protocol
+//!   (or of ICMP), UDP from port P to port P for one on UDP, or on ports ([`probe_for`]): every
+//!   node binds P, echoes the others' requests and counts them, so a rule on P as source or
+//!   destination port meets the request and its echo as one on every port meets an echo
+//!   request and its reply. Whatever no probe can match (TCP only, a cut of new or established
+//!   connections, source and destination ports with no port in common) is "not verifiable",
 //!   with the reason, never guessed.
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -29,7 +34,7 @@ use serde::Serialize;
 
 use super::{Cluster, coordinator::NodeMeasure};
 use crate::{
-    measure::Summary,
+    measure::{Summary, probe::Kind as Probe},
     spec::{Conn, Distribution, Kind, Proto, RuleSpec},
 };
 
@@ -97,9 +102,12 @@ pub struct Leg {
     pub jitter: Duration,
     pub distribution: Distribution,
     pub rate: bool,
-    /// Why no echo probe matches what the entry matches.
+    /// Why no probe matches what the entry matches.
     pub unprobeable: Option<String>,
 }
+
+/// The UDP port a verifying probe uses for a rule on UDP with every port: echo's.
+pub const UDP_PORT: u16 = 7;
 
 /// (from, to, family).
 pub type Dir = (String, String, Family);
@@ -110,36 +118,64 @@ pub struct Fault {
     pub name: String,
     pub kind: Kind,
     pub legs: BTreeMap<Dir, Leg>,
+    /// What verifies it (`None`: nothing can; its legs say why).
+    pub probe: Option<Probe>,
+    /// It matches every packet of its legs, whatever a probe is.
+    pub all: bool,
 }
 
-/// Why no ICMP echo matches what `spec` matches, if so.
-fn unprobeable(spec: &RuleSpec) -> Option<String> {
+/// The probe that meets what `spec` matches: an ICMP (ICMPv6) echo for a rule on every port
+/// of every protocol or of ICMP, UDP from port P to port P for one on UDP or on ports (P the
+/// first port both its source and destination ports hold, [`UDP_PORT`] when they hold all);
+/// or why no probe of netfault's does.
+pub fn probe_for(spec: &RuleSpec) -> Result<Probe, String> {
     if spec.conn != Conn::Any {
         let which = if spec.conn == Conn::New {
             "connections being opened"
         } else {
             "established connections"
         };
-        return Some(format!(
+        return Err(format!(
             "{} cuts only TCP segments of {which}: no probe of netfault's matches them",
             spec.name
         ));
     }
+    let all_ports = spec.sport.is_all() && spec.dport.is_all();
     match spec.proto {
-        Proto::Tcp => Some(format!(
+        Proto::Tcp => Err(format!(
             "{} matches TCP only: no probe of netfault's is TCP",
             spec.name
         )),
-        Proto::Udp => Some(format!(
-            "{} matches UDP only: UDP probes are not built yet (issue #16 point 1)",
+        Proto::Icmp if !all_ports => Err(format!(
+            "{} matches ICMP with ports, which ICMP has none of",
             spec.name
         )),
-        Proto::Any | Proto::Icmp if !spec.sport.is_all() || !spec.dport.is_all() => Some(format!(
-            "{} matches ports, which echo requests have none of",
-            spec.name
-        )),
-        _ => None,
+        Proto::Icmp => Ok(Probe::Icmp),
+        Proto::Any if all_ports => Ok(Probe::Icmp),
+        Proto::Udp if all_ports => Ok(Probe::Udp(UDP_PORT)),
+        Proto::Udp | Proto::Any => {
+            let lo = spec.sport.lo.max(spec.dport.lo).max(1);
+            let hi = spec.sport.hi.min(spec.dport.hi);
+            if lo <= hi {
+                Ok(Probe::Udp(lo))
+            } else {
+                Err(format!(
+                    "{} matches source ports {} and destination ports {}: no port is in both, and a verifying UDP probe goes from port P to port P",
+                    spec.name, spec.sport, spec.dport
+                ))
+            }
+        }
     }
+}
+
+/// Does `spec` match every packet between its addresses (so it cuts any probe)?
+fn matches_all(spec: &RuleSpec) -> bool {
+    spec.conn == Conn::Any && spec.proto == Proto::Any && spec.sport.is_all() && spec.dport.is_all()
+}
+
+/// The probes `faults` are verified with.
+pub fn probes<'a>(faults: impl IntoIterator<Item = &'a Fault>) -> BTreeSet<Probe> {
+    faults.into_iter().filter_map(|f| f.probe).collect()
 }
 
 impl Fault {
@@ -153,6 +189,7 @@ impl Fault {
         cluster: &Cluster,
     ) -> Fault {
         let mut legs: BTreeMap<Dir, Leg> = BTreeMap::new();
+        let (mut probe, mut all) = (None, true);
         for (node, spec) in entries {
             let Some((n, dir, peer, fam)) = split(&spec.name) else {
                 continue;
@@ -166,8 +203,16 @@ impl Fault {
                 (node.to_owned(), peer.to_owned(), fam)
             };
             let leg = legs.entry(key).or_default();
-            if let Some(why) = unprobeable(spec) {
-                leg.unprobeable = Some(why);
+            all &= matches_all(spec);
+            match probe_for(spec) {
+                Ok(p) if probe.is_none_or(|q| q == p) => probe = Some(p),
+                Ok(_) => {
+                    leg.unprobeable = Some(format!(
+                        "{} matches other traffic than the fault's other entries",
+                        spec.name
+                    ));
+                }
+                Err(why) => leg.unprobeable = Some(why),
             }
             let a = &spec.act;
             if spec.kind == Kind::Partition {
@@ -189,11 +234,19 @@ impl Fault {
                 leg.rate = a.shape.rate.is_some();
             }
         }
+        let probe = probe.filter(|_| legs.values().all(|l| l.unprobeable.is_none()));
         Fault {
             name: name.to_owned(),
             kind,
+            all: all && !legs.is_empty(),
             legs,
+            probe,
         }
+    }
+
+    /// Does this fault cut (or impair) what `probe` sends?
+    fn meets(&self, probe: Probe) -> bool {
+        self.all || self.probe == Some(probe)
     }
 
     fn leg(&self, from: &str, to: &str, f: Family) -> Option<&Leg> {
@@ -238,16 +291,28 @@ pub struct Seen {
     pub rtt_us: Option<Summary>,
 }
 
-/// Every direction's probes, from the nodes' reports; and the nodes that could not probe.
+/// Every direction's probes of each kind, from the nodes' reports; and the nodes that could
+/// not probe.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observed {
-    pub seen: BTreeMap<Dir, Seen>,
+    pub seen: BTreeMap<Probe, BTreeMap<Dir, Seen>>,
     pub failed: Vec<(String, String)>,
     pub interval: Duration,
 }
 
 impl Observed {
+    /// What ICMP probes showed.
     pub fn of(m: &[NodeMeasure], cluster: &Cluster, interval: Duration) -> Observed {
+        Observed::of_probe(Probe::Icmp, m, cluster, interval)
+    }
+
+    /// What probes of `probe` showed.
+    pub fn of_probe(
+        probe: Probe,
+        m: &[NodeMeasure],
+        cluster: &Cluster,
+        interval: Duration,
+    ) -> Observed {
         let mut seen: BTreeMap<Dir, Seen> = BTreeMap::new();
         let mut failed = Vec::new();
         for n in m {
@@ -273,14 +338,26 @@ impl Observed {
         // Directions whose listener failed have no `heard`; those whose prober failed no `sent`.
         seen.retain(|(a, b, _), _| cluster.node(a).is_some() && cluster.node(b).is_some());
         Observed {
-            seen,
+            seen: BTreeMap::from([(probe, seen)]),
             failed,
             interval,
         }
     }
 
-    fn get(&self, d: &Dir) -> Option<&Seen> {
-        self.seen.get(d)
+    /// Both runs' observations (each a kind of probe of its own); a node failed in either is
+    /// named once per failure.
+    pub fn merge(mut self, o: Observed) -> Observed {
+        self.seen.extend(o.seen);
+        for f in o.failed {
+            if !self.failed.contains(&f) {
+                self.failed.push(f);
+            }
+        }
+        self
+    }
+
+    fn get(&self, probe: Probe, d: &Dir) -> Option<&Seen> {
+        self.seen.get(&probe)?.get(d)
     }
 }
 
@@ -336,6 +413,8 @@ pub struct DelayCheck {
 pub struct Verdict {
     pub name: String,
     pub fault: &'static str,
+    /// What probed it: `icmp`, `udp:PORT`; `None` when nothing could.
+    pub probe: Option<Probe>,
     /// No pair contradicts the configuration (pairs not verifiable do not count).
     pub ok: bool,
     pub checked: usize,
@@ -402,10 +481,29 @@ pub fn judge(
         .values()
         .filter_map(|l| l.unprobeable.clone())
         .collect();
+    let Some(probe) = fault.probe else {
+        return Verdict {
+            name: fault.name.clone(),
+            fault: fault.word(),
+            probe: None,
+            ok: true,
+            checked: 0,
+            mismatches: 0,
+            pairs: Vec::new(),
+            not_verifiable: not_verifiable.into_iter().collect(),
+        };
+    };
+    // What else is live matters where it meets the same probes.
+    let others: Vec<Fault> = others.iter().filter(|o| o.meets(probe)).cloned().collect();
+    let at = Probed {
+        probe,
+        seen,
+        baseline,
+    };
     let pairs = match fault.kind {
-        Kind::Partition if not_verifiable.is_empty() => partition(fault, others, cluster, seen),
+        Kind::Partition if not_verifiable.is_empty() => partition(fault, &others, cluster, &at),
         Kind::Partition => Vec::new(),
-        _ => impairment(fault, others, cluster, seen, baseline),
+        _ => impairment(fault, &others, cluster, &at),
     };
     // A note says what of a pair was not verified, whether or not the rest was.
     not_verifiable.extend(pairs.iter().filter_map(|p| p.note.clone()));
@@ -414,6 +512,7 @@ pub fn judge(
     Verdict {
         name: fault.name.clone(),
         fault: fault.word(),
+        probe: Some(probe),
         ok: mismatches == 0,
         checked,
         mismatches,
@@ -422,8 +521,29 @@ pub fn judge(
     }
 }
 
-fn partition(fault: &Fault, others: &[Fault], cluster: &Cluster, seen: &Observed) -> Vec<Pair> {
-    let allowance = (RECOVERY.as_nanos() / seen.interval.as_nanos().max(1)) as u64;
+/// The observations a fault is judged on: those of its probe.
+struct Probed<'a> {
+    probe: Probe,
+    seen: &'a Observed,
+    baseline: Option<&'a Observed>,
+}
+
+impl Probed<'_> {
+    fn get(&self, d: &Dir) -> Option<&Seen> {
+        self.seen.get(self.probe, d)
+    }
+
+    fn base(&self, d: &Dir) -> Option<&Seen> {
+        self.baseline?.get(self.probe, d)
+    }
+
+    fn interval(&self) -> Duration {
+        self.seen.interval
+    }
+}
+
+fn partition(fault: &Fault, others: &[Fault], cluster: &Cluster, seen: &Probed) -> Vec<Pair> {
+    let allowance = (RECOVERY.as_nanos() / seen.interval().as_nanos().max(1)) as u64;
     let cut = |a: &str, b: &str, f: Family| -> Option<String> {
         std::iter::once(fault)
             .chain(others)
@@ -495,13 +615,7 @@ fn partition(fault: &Fault, others: &[Fault], cluster: &Cluster, seen: &Observed
     out
 }
 
-fn impairment(
-    fault: &Fault,
-    others: &[Fault],
-    cluster: &Cluster,
-    seen: &Observed,
-    baseline: Option<&Observed>,
-) -> Vec<Pair> {
+fn impairment(fault: &Fault, others: &[Fault], cluster: &Cluster, seen: &Probed) -> Vec<Pair> {
     let none = Leg::default();
     let mut out = Vec::new();
     for a in cluster.names() {
@@ -595,8 +709,8 @@ fn impairment(
                                 Distribution::Uniform | Distribution::Normal
                             )
                     });
-                    let base = baseline
-                        .and_then(|o| o.get(&(a.to_owned(), b.to_owned(), f)))
+                    let base = seen
+                        .base(&(a.to_owned(), b.to_owned(), f))
                         .and_then(|s| Some((s.rtt_us?, s.answered)));
                     match (&s.rtt_us, base, dist_ok) {
                         (_, _, false) => notes.push(
@@ -639,7 +753,7 @@ fn impairment(
                     }
                 }
                 if l1.duplicate > 0.0 || l2.duplicate > 0.0 {
-                    notes.push("duplication not verified: a duplicated echo request is answered twice and counted once".into());
+                    notes.push("duplication not verified: a duplicated request is answered twice and counted once".into());
                 }
                 if l1.rate || l2.rate {
                     notes.push("rate not verified: a rate shows only under load".into());
@@ -660,12 +774,13 @@ pub fn text(v: &[Verdict], out: &mut impl std::io::Write) -> std::io::Result<()>
     for x in v {
         writeln!(
             out,
-            "verify {} {}: {} ({} checked, {} mismatched)",
+            "verify {} {}: {} ({} checked, {} mismatched{})",
             x.fault,
             x.name,
             if x.ok { "as configured" } else { "MISMATCH" },
             x.checked,
-            x.mismatches
+            x.mismatches,
+            x.probe.map(|p| format!(", probed {p}")).unwrap_or_default()
         )?;
         for p in x.mismatched() {
             let extra = match (&p.loss, &p.delay) {
@@ -716,7 +831,7 @@ mod tests {
             plan::{self},
         },
         measure::Report,
-        spec::{Actions, Prob},
+        spec::{Actions, PortRange, Prob},
     };
 
     const CLUSTER: &str = r#"
@@ -902,6 +1017,7 @@ netns = "n3"
             from: vec!["n1".into()],
             to: vec!["n2".into()],
             act,
+            traffic: crate::cluster::Traffic::default(),
         };
         let rules = plan::impair("lossy", c, &imp).unwrap();
         Fault::build("lossy", Kind::Rule, entries(&rules), c)
@@ -980,7 +1096,7 @@ netns = "n3"
             };
             for (a, b) in [("n1", "n2"), ("n2", "n1")] {
                 for f in [Family::V4, Family::V6] {
-                    o.seen.insert(
+                    o.seen.entry(Probe::Icmp).or_default().insert(
                         (a.into(), b.into(), f),
                         Seen {
                             sent: 150,
@@ -1040,5 +1156,115 @@ netns = "n3"
         );
         assert_eq!((v.ok, v.checked), (true, 0));
         assert!(v.not_verifiable[0].contains("cut by partition split"));
+        // A cut of new TCP connections meets no echo: the impairment is judged under it.
+        let syn = plan::partition("syn", &c, &g, &Actions::default(), Conn::New).unwrap();
+        let syn = Fault::build("syn", Kind::Partition, entries(&syn), &c);
+        let lossy = |a: &str, b: &str| if (a, b) == ("n1", "n2") { 0.9 } else { 1.0 };
+        let wire = Observed::of(&measured(&c, 150, lossy, 1.0), &c, INTERVAL);
+        let v = judge(&fault, &[syn], &c, &wire, None);
+        assert_eq!((v.ok, v.checked), (true, 4), "{v:#?}");
+    }
+
+    fn spec(proto: Proto, sport: (u16, u16), dport: (u16, u16)) -> RuleSpec {
+        RuleSpec {
+            proto,
+            sport: PortRange {
+                lo: sport.0,
+                hi: sport.1,
+            },
+            dport: PortRange {
+                lo: dport.0,
+                hi: dport.1,
+            },
+            ..RuleSpec::new("r", Kind::Rule)
+        }
+    }
+
+    #[test]
+    fn each_fault_is_probed_with_what_it_matches() {
+        let all = (0, u16::MAX);
+        assert_eq!(probe_for(&spec(Proto::Any, all, all)), Ok(Probe::Icmp));
+        assert_eq!(probe_for(&spec(Proto::Icmp, all, all)), Ok(Probe::Icmp));
+        assert_eq!(
+            probe_for(&spec(Proto::Udp, all, all)),
+            Ok(Probe::Udp(UDP_PORT))
+        );
+        // From port P to port P: P lies in both ranges.
+        assert_eq!(
+            probe_for(&spec(Proto::Udp, all, (9000, 9000))),
+            Ok(Probe::Udp(9000))
+        );
+        assert_eq!(
+            probe_for(&spec(Proto::Udp, (5000, 6000), all)),
+            Ok(Probe::Udp(5000))
+        );
+        assert_eq!(
+            probe_for(&spec(Proto::Udp, (5000, 6000), (5500, 9000))),
+            Ok(Probe::Udp(5500))
+        );
+        assert_eq!(
+            probe_for(&spec(Proto::Udp, all, (0, 0))),
+            Err(
+                "r matches source ports 0-65535 and destination ports 0: no port is in both, and a verifying UDP probe goes from port P to port P"
+                    .into()
+            )
+        );
+        assert!(
+            probe_for(&spec(Proto::Udp, (1, 2), (3, 4)))
+                .unwrap_err()
+                .contains("no port is in both")
+        );
+        assert!(
+            probe_for(&spec(Proto::Tcp, all, all))
+                .unwrap_err()
+                .contains("TCP only")
+        );
+    }
+
+    #[test]
+    fn a_udp_impairment_is_judged_on_udp_probes_of_its_port() {
+        let c = cluster();
+        let imp = Impair {
+            from: vec!["n1".into()],
+            to: vec!["n2".into()],
+            act: Actions {
+                drop: Prob(0.3),
+                ..Actions::default()
+            },
+            traffic: crate::cluster::Traffic {
+                proto: Proto::Udp,
+                dport: PortRange { lo: 9000, hi: 9000 },
+                ..crate::cluster::Traffic::default()
+            },
+        };
+        let rules = plan::impair("u", &c, &imp).unwrap();
+        let fault = Fault::build("u", Kind::Rule, entries(&rules), &c);
+        assert_eq!((fault.probe, fault.all), (Some(Probe::Udp(9000)), false));
+        assert_eq!(probes([&fault]), BTreeSet::from([Probe::Udp(9000)]));
+        let lossy = |a: &str, b: &str| if (a, b) == ("n1", "n2") { 0.7 } else { 1.0 };
+        let udp = |deliver: &dyn Fn(&str, &str) -> f64| {
+            Observed::of_probe(
+                Probe::Udp(9000),
+                &measured(&c, 150, deliver, 1.0),
+                &c,
+                INTERVAL,
+            )
+        };
+        let v = judge(&fault, &[], &c, &udp(&lossy), None);
+        assert_eq!(
+            (v.ok, v.checked, v.probe),
+            (true, 4, Some(Probe::Udp(9000)))
+        );
+        // Echoes lose nothing: the loss configured is not on the wire.
+        let v = judge(&fault, &[], &c, &udp(&|_, _| 1.0), None);
+        assert_eq!((v.ok, v.mismatches), (false, 4), "{v:#?}");
+        // ICMP probes alone do not judge it (echo requests do not meet the rule).
+        let icmp = Observed::of(&measured(&c, 150, lossy, 1.0), &c, INTERVAL);
+        let v = judge(&fault, &[], &c, &icmp, None);
+        assert_eq!(v.checked, 0, "{v:#?}");
+        assert!(v.not_verifiable[0].contains("not probed"), "{v:#?}");
+        // Both runs merged: the UDP one judges it.
+        let v = judge(&fault, &[], &c, &icmp.merge(udp(&lossy)), None);
+        assert_eq!((v.ok, v.checked), (true, 4));
     }
 }

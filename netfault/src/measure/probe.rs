@@ -26,6 +26,8 @@ pub const GRACE: Duration = Duration::from_secs(1);
 /// probing a little later than it did (each node is asked in parallel), and their last requests
 /// must still be heard.
 pub const LISTEN_TAIL: Duration = Duration::from_secs(2);
+/// How long a listening UDP prober waits between binding its port and its first request.
+pub const LISTEN_LEAD: Duration = Duration::from_millis(300);
 /// At most this many peers, and this many requests per peer (sequence numbers are 16 bits).
 pub const MAX_PEERS: usize = 256;
 pub const MAX_PER_PEER: u64 = 60_000;
@@ -41,6 +43,10 @@ pub enum ProbeError {
     #[error("{0}")]
     TooMany(String),
     #[error(
+        "UDP port {0} is in use here: a listening prober sends from the port it probes and echoes its peers' probes on it"
+    )]
+    PortInUse(u16),
+    #[error(
         "{0} packets were dropped by this host's probe socket (the prober fell behind): the loss it saw is not the network's; lengthen --interval or probe fewer peers"
     )]
     Overrun(u32),
@@ -48,7 +54,9 @@ pub enum ProbeError {
 
 /// What is sent to each peer: ICMP (ICMPv6) echo requests, or UDP datagrams to a port
 /// ([`super::udp`]). As text: `icmp`, `udp:PORT`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub enum Kind {
     #[default]
@@ -475,10 +483,10 @@ enum Prober {
 }
 
 impl Prober {
-    fn open(kind: Kind, v6: bool, listen: bool) -> Result<Prober, ProbeError> {
+    fn open(kind: Kind, v6: bool, nonce: u64) -> Result<Prober, ProbeError> {
         Ok(match kind {
-            Kind::Icmp => Prober::Icmp(Sock::open(v6, listen)?),
-            Kind::Udp(port) => Prober::Udp(super::udp::UdpSock::open(v6, port)?),
+            Kind::Icmp => Prober::Icmp(Sock::open(v6, nonce != 0)?),
+            Kind::Udp(port) => Prober::Udp(super::udp::UdpSock::open(v6, port, nonce)?),
         })
     }
 
@@ -504,9 +512,13 @@ impl Prober {
     }
 }
 
-/// [`probe`] with probes of `kind`, and with `listen` (a nonce, not 0; ICMP probes only) also
-/// counts the requests carrying it that reach this host from each peer
-/// ([`PeerResult::heard`]), until [`LISTEN_TAIL`] after its own last request.
+/// [`probe`] with probes of `kind`, and with `listen` (a nonce, not 0) also counts the requests
+/// carrying it that reach this host from each peer ([`PeerResult::heard`]), until
+/// [`LISTEN_TAIL`] after its own last request. Listening UDP probers send from the probed port
+/// and echo their peers' requests ([`super::udp`]); they send their first request
+/// [`LISTEN_LEAD`] after binding, so that peers asked a little later are bound by then (a
+/// request to a port not yet bound would be answered by an ICMP error, which the kernel
+/// rate-limits).
 pub fn probe_listening(
     peers: &[IpAddr],
     kind: Kind,
@@ -516,20 +528,13 @@ pub fn probe_listening(
 ) -> Result<BTreeMap<IpAddr, PeerResult>, ProbeError> {
     let rounds = rounds(interval, duration).map_err(ProbeError::TooMany)?;
     let nonce = listen.unwrap_or(0);
-    if nonce != 0 && !kind.is_icmp() {
-        return Err(ProbeError::TooMany(
-            "a listening prober sends ICMP probes only".into(),
-        ));
-    }
-    let v4 = peers
-        .iter()
-        .any(IpAddr::is_ipv4)
-        .then(|| Prober::open(kind, false, nonce != 0))
+    // A listening UDP prober echoes requests of both families, whichever its peers are.
+    let both = nonce != 0 && !kind.is_icmp();
+    let v4 = (both || peers.iter().any(IpAddr::is_ipv4))
+        .then(|| Prober::open(kind, false, nonce))
         .transpose()?;
-    let v6 = peers
-        .iter()
-        .any(IpAddr::is_ipv6)
-        .then(|| Prober::open(kind, true, nonce != 0))
+    let v6 = (both || peers.iter().any(IpAddr::is_ipv6))
+        .then(|| Prober::open(kind, true, nonce))
         .transpose()?;
     let id = (std::process::id() & 0xffff) as u16;
     let answers = (!kind.is_icmp()).then(Answers::default);
@@ -547,7 +552,7 @@ pub fn probe_listening(
         .collect();
     // Departure times by (peer, sequence), removed when answered.
     let mut pending: BTreeMap<(IpAddr, u16), Duration> = BTreeMap::new();
-    let start = Instant::now();
+    let start = Instant::now() + if both { LISTEN_LEAD } else { Duration::ZERO };
     let mut round = 0u64;
     let tail = if nonce != 0 { LISTEN_TAIL } else { GRACE };
     let end = start + interval * rounds as u32 + tail;

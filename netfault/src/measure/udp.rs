@@ -11,6 +11,13 @@
 //! per destination with a burst of 6, and `net.ipv4.icmp_msgs_per_sec`, 1000 a second over all
 //! destinations; IPv6: `net.ipv6.icmp.ratelimit`): a closed port probed faster than that shows
 //! losses that are the limiter's, not the network's.
+//!
+//! A *listening* prober (`cluster verify`, [`super::probe::probe_listening`]) binds the probed
+//! port itself and sends from it: every node probes from port P to port P, and each echoes the
+//! requests carrying the run's nonce back to their sender and counts them (`heard`, one way).
+//! No ICMP error is then needed to answer, and a rule on port P (as source or destination)
+//! matches the request and the echo alike, as one matching every port matches an ICMP echo and
+//! its reply.
 use std::{
     io,
     mem::{size_of, zeroed},
@@ -22,6 +29,8 @@ use super::probe::{Answer, MARK, Msg, ProbeError, Sock};
 
 /// The probe's payload: the marker, the prober's identifier and the sequence number.
 const PAYLOAD: usize = 12;
+/// A listening prober's: then the run's nonce and whether it is a request (0) or an echo (1).
+const LISTEN_PAYLOAD: usize = PAYLOAD + 9;
 
 /// The sockets probing one family: UDP out (and echoes in), raw ICMP for unreachables.
 pub(super) struct UdpSock {
@@ -31,10 +40,13 @@ pub(super) struct UdpSock {
     port: u16,
     /// The prober's own port, which the unreachables quote.
     local: u16,
+    /// The run's nonce when listening (0: not).
+    nonce: u64,
 }
 
 impl UdpSock {
-    pub(super) fn open(v6: bool, port: u16) -> Result<UdpSock, ProbeError> {
+    /// A prober of `port`; listening (`nonce` not 0), bound to `port` itself.
+    pub(super) fn open(v6: bool, port: u16, nonce: u64) -> Result<UdpSock, ProbeError> {
         let name = if v6 { "UDPv6" } else { "UDP" };
         let domain = if v6 { libc::AF_INET6 } else { libc::AF_INET };
         // SAFETY: plain socket(2); the fd is owned at once.
@@ -54,7 +66,17 @@ impl UdpSock {
             v6,
         };
         // Bound now, to know the port the unreachables will quote before the first is sent.
-        let local = bind_any(&udp).map_err(|e| ProbeError::Socket(name, e))?;
+        let local = if nonce == 0 {
+            bind_any(&udp).map_err(|e| ProbeError::Socket(name, e))?
+        } else {
+            bind(&udp, port).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                    ProbeError::PortInUse(port)
+                } else {
+                    ProbeError::Socket(name, e)
+                }
+            })?
+        };
         udp.buffer()?;
         // Destination unreachable only: type 3 (ICMPv6: 1).
         let icmp = Sock::raw(v6, if v6 { &[1] } else { &[3] })?;
@@ -62,6 +84,7 @@ impl UdpSock {
             socks: [udp, icmp],
             port,
             local,
+            nonce,
         })
     }
 
@@ -70,7 +93,12 @@ impl UdpSock {
     }
 
     pub(super) fn send(&self, to: IpAddr, id: u16, seq: u16) -> io::Result<()> {
-        self.socks[0].send_to(&payload(id, seq), SocketAddr::new(to, self.port))
+        let to = SocketAddr::new(to, self.port);
+        if self.nonce == 0 {
+            self.socks[0].send_to(&payload(id, seq), to)
+        } else {
+            self.socks[0].send_to(&listen_payload(id, seq, self.nonce, false), to)
+        }
     }
 
     /// The next answer to one of this prober's probes; `Ok(None)` when nothing more is queued.
@@ -80,6 +108,20 @@ impl UdpSock {
         while let Some((n, from, at)) = udp.read(&mut buf)? {
             if from.port() != self.port {
                 continue;
+            }
+            if self.nonce != 0 {
+                match listened(&buf[..n], self.nonce) {
+                    Some(Listened::Request) => {
+                        // Echoed at once; a send that fails is the echo lost, as on the wire.
+                        buf[LISTEN_PAYLOAD - 1] = 1;
+                        let _ = udp.send_to(&buf[..LISTEN_PAYLOAD], from);
+                        return Ok(Some(Msg::Request(from.ip())));
+                    }
+                    Some(Listened::Echo(pid, seq)) if pid == id => {
+                        return Ok(Some(Msg::Reply(from.ip(), seq, at, Answer::Udp)));
+                    }
+                    _ => continue,
+                }
             }
             if let Some(seq) = ours(&buf[..n], id) {
                 return Ok(Some(Msg::Reply(from.ip(), seq, at, Answer::Udp)));
@@ -100,6 +142,41 @@ fn payload(id: u16, seq: u16) -> [u8; PAYLOAD] {
     p[8..10].copy_from_slice(&id.to_be_bytes());
     p[10..12].copy_from_slice(&seq.to_be_bytes());
     p
+}
+
+fn listen_payload(id: u16, seq: u16, nonce: u64, echo: bool) -> [u8; LISTEN_PAYLOAD] {
+    let mut p = [0u8; LISTEN_PAYLOAD];
+    p[..PAYLOAD].copy_from_slice(&payload(id, seq));
+    p[PAYLOAD..PAYLOAD + 8].copy_from_slice(&nonce.to_be_bytes());
+    p[LISTEN_PAYLOAD - 1] = u8::from(echo);
+    p
+}
+
+/// A listening prober's datagram of this run.
+#[derive(Debug, PartialEq, Eq)]
+enum Listened {
+    /// A peer's request, to be echoed and counted.
+    Request,
+    /// An echo of a request: the sender's identifier and its sequence number.
+    Echo(u16, u16),
+}
+
+/// What a datagram carrying `nonce` is, if it is one.
+fn listened(p: &[u8], nonce: u64) -> Option<Listened> {
+    if p.len() != LISTEN_PAYLOAD
+        || &p[..8] != MARK
+        || p[PAYLOAD..PAYLOAD + 8] != nonce.to_be_bytes()
+    {
+        return None;
+    }
+    match p[LISTEN_PAYLOAD - 1] {
+        0 => Some(Listened::Request),
+        1 => Some(Listened::Echo(
+            u16::from_be_bytes([p[8], p[9]]),
+            u16::from_be_bytes([p[10], p[11]]),
+        )),
+        _ => None,
+    }
 }
 
 /// The sequence number of a payload this prober (`id`) sent.
@@ -149,10 +226,38 @@ fn unreachable(pkt: &[u8], v6: bool, local: u16, port: u16, id: u16) -> Option<(
 
 /// Binds `s` to the family's any address and an ephemeral port, and returns the port.
 fn bind_any(s: &Sock) -> io::Result<u16> {
+    bind(s, 0)
+}
+
+/// Binds `s` to the family's any address and `port` (0: an ephemeral one), and returns the
+/// port. An IPv6 socket takes IPv6 only, so that the IPv4 prober can bind the same port.
+fn bind(s: &Sock, port: u16) -> io::Result<u16> {
+    if s.v6 {
+        let one: libc::c_int = 1;
+        // SAFETY: an int option of its size.
+        let r = unsafe {
+            libc::setsockopt(
+                s.fd.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
     // SAFETY: a zeroed sockaddr_storage is the family's any address, port 0, once the family
     // is set.
     let mut sa: libc::sockaddr_storage = unsafe { zeroed() };
     sa.ss_family = if s.v6 { libc::AF_INET6 } else { libc::AF_INET } as libc::sa_family_t;
+    {
+        // sin_port and sin6_port sit at the same offset, after the family.
+        // SAFETY: a sockaddr_in's fields lie within a sockaddr_storage.
+        let sin = unsafe { &mut *(&raw mut sa).cast::<libc::sockaddr_in>() };
+        sin.sin_port = port.to_be();
+    }
     let len = if s.v6 {
         size_of::<libc::sockaddr_in6>()
     } else {
@@ -233,6 +338,24 @@ mod tests {
         );
         p[1] = 3;
         assert_eq!(unreachable(&p, true, 40000, 9000, 1), None);
+    }
+
+    #[test]
+    fn a_listening_probers_datagrams_are_told_apart() {
+        let n = 0x1234_5678_9abc_def1;
+        let req = listen_payload(5, 9, n, false);
+        assert_eq!(listened(&req, n), Some(Listened::Request));
+        assert_eq!(
+            listened(&listen_payload(5, 9, n, true), n),
+            Some(Listened::Echo(5, 9))
+        );
+        // Another run's, truncated, a plain probe's, an unknown flag: none of this run's.
+        assert_eq!(listened(&req, n + 2), None);
+        assert_eq!(listened(&req[..LISTEN_PAYLOAD - 1], n), None);
+        assert_eq!(listened(&payload(5, 9), n), None);
+        let mut odd = req;
+        odd[LISTEN_PAYLOAD - 1] = 2;
+        assert_eq!(listened(&odd, n), None);
     }
 
     #[test]

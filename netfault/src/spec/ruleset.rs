@@ -77,7 +77,7 @@ fn nets(path: &str, v: &Value) -> Result<Vec<ipnet::IpNet>, SpecError> {
         .collect()
 }
 
-fn ports(path: &str, v: &Value) -> Result<PortRange, SpecError> {
+pub(crate) fn ports(path: &str, v: &Value) -> Result<PortRange, SpecError> {
     match v {
         Value::Integer(i) => format!("{i}").parse().map_err(|m: String| err(path, m)),
         Value::String(s) => s.parse().map_err(|m: String| err(path, m)),

@@ -127,9 +127,6 @@ impl MeasureBody {
         if self.listen == Some(0) {
             return Err("listen: a nonce above 0".into());
         }
-        if self.listen.is_some() && !self.probe.is_icmp() {
-            return Err("probe: a listening prober sends icmp probes only".into());
-        }
         Ok(Checked {
             peers: self.peers,
             probe: self.probe,
