@@ -240,6 +240,72 @@ fn the_last_measurement_is_a_prometheus_histogram_in_metrics() {
     }
 }
 
+/// `"passive": true`: the agent watches its namespace's TCP traffic for the duration and
+/// reports its round trips to each peer (no probe sent: `loss` null, the source the data path
+/// saw); a passive body that asks to listen or to probe UDP is refused naming the field.
+#[test]
+fn the_agent_measures_passively_the_tcp_traffic_of_its_namespace() {
+    let (_lab, _nf, [a, b]) = pair();
+    let token = temp_file_mode("token", TOKEN, 0o600);
+    let agent = start_agent(&a, &token.0, &[], &b.ns);
+    let echo = TcpEcho::start(&b.ns, b.sock(false, 5003)).unwrap();
+    // Transfers from the agent's namespace to b while the agent watches (it attaches its
+    // programs first: the transfers run on past its start and end).
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (a, stop, dst) = (a.clone(), stop.clone(), echo.addr);
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            let end = Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                if matches!(
+                    tcp(&a, dst, Duration::from_secs(2)),
+                    TcpOutcome::Transferred(_)
+                ) {
+                    n += 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            n
+        })
+    };
+    let body = format!(
+        r#"{{"passive": true, "peers": ["{}"], "interval": "100ms", "duration": "3s", "heartbeat": "1s", "false_suspicions_per_s": 0.001, "misses": 1, "min_stddev": "100ms", "acceptable_pause": "0s"}}"#,
+        b.v4
+    );
+    let (code, m) = http(&b.ns, agent.addr, "POST", "/v1/measure", Some(TOKEN), &body);
+    stop.store(true, Ordering::Relaxed);
+    let transfers = traffic.join().unwrap();
+    assert_eq!(code, 200, "{m}");
+    assert!(transfers > 0, "no transfer while the agent watched");
+    let reports = m["peers"].as_array().unwrap();
+    assert!(!reports.is_empty(), "no round trip seen: {m}");
+    for r in reports {
+        assert_eq!(r["peer"], b.v4.to_string(), "{r}");
+        assert!(r["loss"].is_null() && r["sent"].is_null(), "{r}");
+        assert!(
+            ["tcp-ts", "handshake"].contains(&r["source"].as_str().unwrap()),
+            "{r}"
+        );
+        assert!(r["samples"].as_u64().unwrap() > 0, "{r}");
+    }
+    // The /metrics histogram is the passive measurement's.
+    let text = metrics_text(&b.ns, &agent);
+    assert!(
+        text.contains(&format!("peer=\"{}\"", b.v4)) && !text.contains("source=\"probe\""),
+        "{text}"
+    );
+    for (extra, field) in [
+        (r#", "listen": 5"#, "listen"),
+        (r#", "probe": "udp:9000""#, "probe"),
+    ] {
+        let bad = body.replacen('}', &format!("{extra}}}"), 1);
+        let (code, m) = http(&b.ns, agent.addr, "POST", "/v1/measure", Some(TOKEN), &bad);
+        assert_eq!(code, 400, "{extra}: {m}");
+        assert!(m.to_string().contains(field), "{extra}: {m}");
+    }
+}
+
 fn start_agent(h: &Host, token: &Path, extra: &[&str], client_ns: &str) -> Agent {
     let mut a = spawn_agent(h, token, extra);
     wait_ready(&mut a, client_ns, extra.contains(&"--tls-cert"));

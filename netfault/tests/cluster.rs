@@ -416,6 +416,106 @@ fn measure_probes_udp_ports_and_folds_a_what_if_into_each_pair() {
     }
 }
 
+/// `cluster measure --passive`: no probe is sent; each node watches its own TCP traffic to the
+/// others. With transfers from n1 to n2 only, n1 reports round trips to n2's address (seen in
+/// TCP timestamps or handshakes, no loss: nothing was sent), n2 to n1's, and the nodes that
+/// exchanged nothing report nothing. A passive file is no `--baseline` for `verify`, and
+/// `--passive` with `--probe` is refused.
+#[test]
+fn measure_passive_reports_the_tcp_traffic_each_node_saw() {
+    let (_lab, _nf, hosts) = cluster_lab();
+    let file = temp_file("toml", &cluster_text(&hosts, &BTreeMap::new()));
+    let echo = TcpEcho::start(&hosts[1].ns, hosts[1].sock(false, 5004)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (from, stop, dst) = (hosts[0].clone(), stop.clone(), echo.addr);
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            let end = std::time::Instant::now() + Duration::from_secs(30);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < end
+            {
+                if matches!(
+                    tcp(&from, dst, Duration::from_secs(2)),
+                    TcpOutcome::Transferred(_)
+                ) {
+                    n += 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            n
+        })
+    };
+    let out = cluster_ok(
+        &file,
+        &["measure", "--passive", "--duration", "3s", "--json"],
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        traffic.join().unwrap() > 0,
+        "no transfer while the nodes watched"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["passive"], true, "{doc}");
+    let seen = |node: &str| -> Vec<(String, String)> {
+        let n = doc["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == node)
+            .unwrap();
+        assert!(n["error"].is_null(), "{n}");
+        n["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let r = &p["report"];
+                assert!(
+                    r["loss"].is_null() && r["samples"].as_u64().unwrap() > 0,
+                    "{p}"
+                );
+                (
+                    p["to"].as_str().unwrap().to_owned(),
+                    p["addr"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let n1 = seen("n1");
+    assert!(!n1.is_empty(), "{doc}");
+    assert!(
+        n1.iter()
+            .all(|(to, addr)| to == "n2" && *addr == hosts[1].v4.to_string()),
+        "{doc}"
+    );
+    assert!(
+        seen("n2")
+            .iter()
+            .all(|(to, addr)| to == "n1" && *addr == hosts[0].v4.to_string()),
+        "{doc}"
+    );
+    for n in ["n3", "n4", "n5"] {
+        assert!(seen(n).is_empty(), "{n}: {doc}");
+    }
+    let passive = temp_file("json", &out);
+    let o = cluster(&file, &["verify", "--baseline", passive.arg()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    // No live fault: nothing to verify, but the baseline is read first.
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--baseline") && err.contains("passive"),
+        "{err}"
+    );
+    let o = cluster(&file, &["measure", "--passive", "--probe", "udp:9"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// `cluster measure`: every node probes every other node's two addresses at once; the matrix
 /// is complete and clean on a healthy cluster, and under `halves` (n1,n2 | n3,n4,n5) exactly
 /// the cut pairs lose every probe, in both families.

@@ -142,11 +142,17 @@ pub enum ClusterCmd {
         json: bool,
     },
     /// Every node probes every other node's addresses at once (ICMP echo or UDP, as `measure
-    /// --probe`): the N x N matrix of round-trip times, and the advice per pair.
+    /// --probe`), or watches its live TCP traffic to them (`--passive`): the N x N matrix of
+    /// round-trip times, and the advice per pair.
     Measure {
         /// What to send: `icmp` or `udp:PORT` (as `measure --probe`).
         #[arg(long, value_name = "KIND", default_value = "icmp")]
         probe: String,
+        /// Send nothing: each node watches the TCP round trips of its own traffic to the other
+        /// nodes for `--duration` (TCP timestamps and handshakes, as `measure` without
+        /// `--probe`); a pair without TCP traffic meanwhile has no report.
+        #[arg(long, conflicts_with_all = ["probe", "interval"])]
+        passive: bool,
         /// Also advise for each pair as it would be under this rule-set file (as `measure
         /// --what-if`), folded into the pair's histogram.
         #[arg(long = "what-if", value_name = "FILE")]
@@ -352,6 +358,12 @@ fn baseline_file(
     let nodes = doc["nodes"]
         .as_array()
         .ok_or_else(|| bad("no \"nodes\" list (not a `cluster measure --json` document)".into()))?;
+    if doc["passive"] == true {
+        return Err(bad(
+            "a passive measurement (`cluster measure --passive`): a baseline for probes is taken with probes".into(),
+        )
+        .into());
+    }
     let probe = match doc.get("probe") {
         None => netfault::measure::probe::Kind::Icmp,
         Some(p) => serde_json::from_value(p.clone()).map_err(|e| bad(format!("probe: {e}")))?,
@@ -596,6 +608,7 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
         }
         ClusterCmd::Measure {
             probe,
+            passive,
             what_if,
             duration,
             interval,
@@ -607,7 +620,11 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
             netfault::measure::probe::rounds(interval, duration)
                 .map_err(|m| SpecError::new("--duration", m))?;
             let what_if = super::advise::what_if(what_if.as_deref())?;
-            let mut m = coord.measure(kind, interval, duration, advice.params(0.0));
+            let mut m = if passive {
+                coord.measure_passive(duration, advice.params(0.0))
+            } else {
+                coord.measure(kind, interval, duration, advice.params(0.0))
+            };
             if let Some((file, w)) = &what_if {
                 for p in m.iter_mut().flat_map(|n| n.pairs.iter_mut()) {
                     p.report = p.report.clone().with_what_if_of_histogram(
@@ -618,9 +635,14 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<Done> {
                 }
             }
             if json {
-                writeln!(out, "{}", serde_json::json!({ "probe": kind, "nodes": m }))?;
+                let doc = if passive {
+                    serde_json::json!({ "passive": true, "nodes": m })
+                } else {
+                    serde_json::json!({ "probe": kind, "nodes": m })
+                };
+                writeln!(out, "{doc}")?;
             } else {
-                super::cluster_measure::text(&mut out, &m, &advice)?;
+                super::cluster_measure::text(&mut out, &m, &advice, passive)?;
             }
             let failed: Vec<String> = m
                 .iter()

@@ -10,8 +10,14 @@ fn ms(us: f64) -> String {
 }
 
 /// Rows are the probing node, columns the probed; each cell is p50/p99 in ms of the probed
-/// node's first address, `lost` when none answered, `-` on the diagonal.
-pub fn text(out: &mut impl Write, m: &[NodeMeasure], a: &AdviceArgs) -> std::io::Result<()> {
+/// node's first address, `lost` when none answered, `-` on the diagonal. `passive`: rows are
+/// the watching node, and a cell without TCP traffic seen is `?`.
+pub fn text(
+    out: &mut impl Write,
+    m: &[NodeMeasure],
+    a: &AdviceArgs,
+    passive: bool,
+) -> std::io::Result<()> {
     let names: Vec<&str> = m.iter().map(|n| n.node.as_str()).collect();
     let cell = |from: &NodeMeasure, to: &str| -> String {
         if from.node == to {
@@ -26,10 +32,17 @@ pub fn text(out: &mut impl Write, m: &[NodeMeasure], a: &AdviceArgs) -> std::io:
         }
     };
     let width = 17;
-    writeln!(
-        out,
-        "round trips, p50/p99 in ms (row probes column, the column's first address):"
-    )?;
+    if passive {
+        writeln!(
+            out,
+            "TCP round trips seen, p50/p99 in ms (row's traffic to column, the first address and source seen; ?: none):"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "round trips, p50/p99 in ms (row probes column, the column's first address):"
+        )?;
+    }
     write!(out, "{:<8}", "")?;
     for n in &names {
         write!(out, "{n:>width$}")?;
@@ -75,14 +88,18 @@ pub fn text(out: &mut impl Write, m: &[NodeMeasure], a: &AdviceArgs) -> std::io:
                 .iter()
                 .map(|f| format!("phi {} at {:.0} ms", f.threshold, f.fires_after_ms))
                 .collect();
+            // Passive reports have no loss (nothing was sent): their source instead.
+            let loss = match p.report.loss {
+                Some(l) => format!("loss {:.2} %", l * 100.0),
+                None => format!("seen in {}", p.report.source),
+            };
             writeln!(
                 out,
-                "  {} -> {} {}: {} samples, loss {:.2} %, {timeout}; {}",
+                "  {} -> {} {}: {} samples, {loss}, {timeout}; {}",
                 from.node,
                 p.to,
                 p.addr,
                 p.report.samples,
-                p.report.loss.unwrap_or(0.0) * 100.0,
                 phi.join(", ")
             )?;
             if let Some(a) = &p.report.answers {

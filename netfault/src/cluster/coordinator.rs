@@ -607,26 +607,40 @@ impl Coordinator {
         duration: Duration,
         params: crate::measure::Params,
     ) -> Vec<NodeMeasure> {
-        self.probe_all(probe, interval, duration, params, None)
+        self.probe_all(transport::MeasureRequest {
+            peers: Vec::new(),
+            probe,
+            interval,
+            duration,
+            params,
+            listen: None,
+            passive: false,
+        })
     }
 
-    /// [`measure`](Self::measure), every node listening for the others' requests carrying
-    /// `listen` when given (`cluster verify`).
-    pub fn probe_all(
+    /// Every node watches its live TCP traffic for `duration` at once (`cluster measure
+    /// --passive`) and reports its round trips to the other nodes' addresses.
+    pub fn measure_passive(
         &self,
-        probe: crate::measure::probe::Kind,
-        interval: Duration,
         duration: Duration,
         params: crate::measure::Params,
-        listen: Option<u64>,
     ) -> Vec<NodeMeasure> {
+        self.probe_all(transport::MeasureRequest {
+            peers: Vec::new(),
+            probe: crate::measure::probe::Kind::Icmp,
+            interval: duration,
+            duration,
+            params,
+            listen: None,
+            passive: true,
+        })
+    }
+
+    /// `req` on every node at once, its peers every other node's addresses (`cluster measure`;
+    /// listening, `cluster verify`).
+    pub fn probe_all(&self, req: transport::MeasureRequest) -> Vec<NodeMeasure> {
         let nodes = self.cluster.nodes.clone();
-        let tail = if listen.is_some() {
-            crate::measure::probe::LISTEN_TAIL + crate::measure::probe::LISTEN_LEAD
-        } else {
-            crate::measure::probe::GRACE
-        };
-        let timeout = self.timeout + duration + tail;
+        let timeout = self.timeout + req.length();
         let owners: Vec<(std::net::IpAddr, String)> = nodes
             .iter()
             .flat_map(|n| n.addrs.iter().map(|a| (*a, n.name.clone())))
@@ -643,11 +657,7 @@ impl Coordinator {
                     .collect();
                 t.measure(&transport::MeasureRequest {
                     peers,
-                    probe,
-                    interval,
-                    duration,
-                    params,
-                    listen,
+                    ..req.clone()
                 })
             },
             |_, _| {},
@@ -699,13 +709,15 @@ impl Coordinator {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
             let nonce = (t ^ (u64::from(std::process::id()) << 40)) | 1;
-            let m = self.probe_all(
+            let m = self.probe_all(transport::MeasureRequest {
+                peers: Vec::new(),
                 probe,
                 interval,
                 duration,
-                crate::measure::Params::default(),
-                Some(nonce),
-            );
+                params: crate::measure::Params::default(),
+                listen: Some(nonce),
+                passive: false,
+            });
             let o = super::verify::Observed::of_probe(probe, &m, &self.cluster, interval);
             out = Some(match out {
                 Some(a) => a.merge(o),

@@ -215,6 +215,22 @@ pub struct RttMeasured {
     pub interrupted: bool,
 }
 
+/// [`rtt_measure`] for exactly `duration`, signals left to the process: for a thread of a
+/// server or a coordinator (the agent, `cluster measure --passive`), whose process handles
+/// them itself.
+pub fn rtt_measure_for(ifaces: &[String], duration: Duration) -> Result<RttMeasured> {
+    let session = rtt_start(ifaces)?;
+    std::thread::sleep(duration);
+    let samples = session.samples()?;
+    let hooks = session.hooks.clone();
+    drop(session);
+    Ok(RttMeasured {
+        samples,
+        hooks,
+        interrupted: false,
+    })
+}
+
 /// Attaches the passive programs to `ifaces` for `duration` (or until SIGINT, SIGTERM or
 /// SIGHUP), reads their histograms and detaches them. `ready` is told how each interface was
 /// attached, once all are.

@@ -39,8 +39,9 @@ pub struct PausesView {
     pub pauses: Vec<crate::pause::node::View>,
 }
 
-/// `POST /v1/measure`: probe `peers` from the agent's namespace (`measure --probe`), with the
-/// advice of `advise` for each. Durations as text (`100ms`), the rate as `N/UNIT`.
+/// `POST /v1/measure`: probe `peers` from the agent's namespace (`measure --probe`), or watch
+/// their TCP round trips there (`passive`, `measure` without `--probe`), with the advice of
+/// `advise` for each. Durations as text (`100ms`), the rate as `N/UNIT`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MeasureBody {
@@ -58,19 +59,10 @@ pub struct MeasureBody {
     /// Listen for requests carrying this nonce (`cluster verify`); absent: do not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<u64>,
-}
-
-/// A measure request checked.
-#[derive(Debug, Clone)]
-pub struct Checked {
-    pub peers: Vec<std::net::IpAddr>,
-    pub probe: crate::measure::probe::Kind,
-    pub interval: Duration,
-    pub duration: Duration,
-    /// The advice's parameters.
-    pub params: crate::measure::Params,
-    /// The nonce to listen for.
-    pub listen: Option<u64>,
+    /// Watch live TCP traffic instead of probing (`probe`, `interval` and `listen` then do
+    /// not apply); absent: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub passive: bool,
 }
 
 impl MeasureBody {
@@ -86,12 +78,13 @@ impl MeasureBody {
             min_stddev: text(r.params.min_stddev),
             acceptable_pause: text(r.params.acceptable_pause),
             listen: r.listen,
+            passive: r.passive,
         }
     }
 
     /// The request checked: peers, interval, duration and the advice's parameters, or the
     /// field at fault and why.
-    pub fn checked(self) -> Result<Checked, String> {
+    pub fn checked(self) -> Result<super::MeasureRequest, String> {
         use crate::measure::probe::MAX_PEERS;
         let dur = |field: &str, v: &str, zero_ok: bool| -> Result<Duration, String> {
             let d =
@@ -109,7 +102,17 @@ impl MeasureBody {
         if duration > MAX_MEASURE {
             return Err(format!("duration: at most {MAX_MEASURE:?}"));
         }
-        crate::measure::probe::rounds(interval, duration).map_err(|m| format!("duration: {m}"))?;
+        if self.passive {
+            if self.listen.is_some() {
+                return Err("listen: a passive measurement sends no probes to be heard".into());
+            }
+            if !self.probe.is_icmp() {
+                return Err("probe: a passive measurement sends no probes".into());
+            }
+        } else {
+            crate::measure::probe::rounds(interval, duration)
+                .map_err(|m| format!("duration: {m}"))?;
+        }
         if !(self.false_suspicions_per_s.is_finite() && self.false_suspicions_per_s > 0.0) {
             return Err("false_suspicions_per_s: must be above 0".into());
         }
@@ -127,13 +130,14 @@ impl MeasureBody {
         if self.listen == Some(0) {
             return Err("listen: a nonce above 0".into());
         }
-        Ok(Checked {
+        Ok(super::MeasureRequest {
             peers: self.peers,
             probe: self.probe,
             interval,
             duration,
             params,
             listen: self.listen,
+            passive: self.passive,
         })
     }
 }

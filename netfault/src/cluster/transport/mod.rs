@@ -42,6 +42,8 @@ pub enum NodeError {
     Spawn(#[source] std::io::Error),
     #[error(transparent)]
     Probe(#[from] crate::measure::probe::ProbeError),
+    #[error(transparent)]
+    Passive(#[from] crate::measure::passive::PassiveError),
     /// A pause on the node: bad input (exit 2) or the watchdog's failure.
     #[error(transparent)]
     Pause(#[from] crate::pause::Error),
@@ -125,19 +127,52 @@ pub struct MeasureRequest {
     /// Listen for the other nodes' requests carrying this nonce (`cluster verify`): each
     /// report then says how many of its peer's requests were heard.
     pub listen: Option<u64>,
+    /// Watch the node's live TCP traffic instead of probing (`measure` without `--probe`).
+    pub passive: bool,
 }
 
 impl MeasureRequest {
-    /// How long the node probes and waits for the last replies (or requests, listening).
+    /// How long the node probes and waits for the last replies (or requests, listening), or
+    /// watches and attaches its programs first.
     pub fn length(&self) -> Duration {
         self.duration
-            + if self.listen.is_some() {
+            + if self.passive {
+                PASSIVE_SETUP
+            } else if self.listen.is_some() && !self.probe.is_icmp() {
+                crate::measure::probe::LISTEN_TAIL + crate::measure::probe::LISTEN_LEAD
+            } else if self.listen.is_some() {
                 crate::measure::probe::LISTEN_TAIL
             } else {
                 crate::measure::probe::GRACE
             }
     }
 }
+
+impl MeasureRequest {
+    /// Runs it in this thread's namespace: the probes, or the passive watch.
+    pub fn run_here(&self) -> Result<Vec<crate::measure::Report>, NodeError> {
+        if self.passive {
+            return Ok(crate::measure::passive::measure(
+                &self.peers,
+                self.duration,
+                &self.params,
+            )?);
+        }
+        Ok(crate::measure::probe_reports(
+            &self.peers,
+            self.probe,
+            self.interval,
+            self.duration,
+            &self.params,
+            None,
+            self.listen,
+        )?)
+    }
+}
+
+/// What a passive measurement may take beyond its duration: loading and verifying its two
+/// programs (about 13,000 instructions each) and attaching them.
+pub const PASSIVE_SETUP: Duration = Duration::from_secs(10);
 
 /// The transport for `node`, the `index`th of the cluster file: bad input (an agent's
 /// `token_file` that is not private to this user) names the key, `node[INDEX].token_file`.

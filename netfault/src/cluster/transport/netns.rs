@@ -100,15 +100,7 @@ impl NodeTransport for Netns {
     ) -> Result<Option<Vec<crate::measure::Report>>, NodeError> {
         // Only the namespace: no state is opened or locked while probing.
         self.enter()?;
-        Ok(Some(crate::measure::probe_reports(
-            &probe.peers,
-            probe.probe,
-            probe.interval,
-            probe.duration,
-            &probe.params,
-            None,
-            probe.listen,
-        )?))
+        probe.run_here().map(Some)
     }
 
     // Pauses are host-wide (a process or a cgroup is in no network namespace): run here,

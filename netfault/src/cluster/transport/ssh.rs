@@ -734,10 +734,7 @@ pub fn serve(
     let req = request(op, &text)?;
     if let Request::Measure(b) = req {
         // Probing needs the namespace only: no state, no lock.
-        let c = b.checked().map_err(|m| bad_request(op, m))?;
-        let peers = crate::measure::probe_reports(
-            &c.peers, c.probe, c.interval, c.duration, &c.params, None, c.listen,
-        )?;
+        let peers = b.checked().map_err(|m| bad_request(op, m))?.run_here()?;
         let answer = to_json(&super::agent::MeasureAnswer { peers })?;
         return writeln!(output, "{answer}").map_err(io_error);
     }
