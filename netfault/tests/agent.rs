@@ -251,31 +251,13 @@ fn the_agent_measures_passively_the_tcp_traffic_of_its_namespace() {
     let echo = TcpEcho::start(&b.ns, b.sock(false, 5003)).unwrap();
     // Transfers from the agent's namespace to b while the agent watches (it attaches its
     // programs first: the transfers run on past its start and end).
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let traffic = {
-        let (a, stop, dst) = (a.clone(), stop.clone(), echo.addr);
-        std::thread::spawn(move || {
-            let mut n = 0u32;
-            let end = Instant::now() + Duration::from_secs(20);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < end {
-                if matches!(
-                    tcp(&a, dst, Duration::from_secs(2)),
-                    TcpOutcome::Transferred(_)
-                ) {
-                    n += 1;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            n
-        })
-    };
+    let traffic = Transfers::start(&a, echo.addr, Duration::from_secs(20));
     let body = format!(
         r#"{{"passive": true, "peers": ["{}"], "interval": "100ms", "duration": "3s", "heartbeat": "1s", "false_suspicions_per_s": 0.001, "misses": 1, "min_stddev": "100ms", "acceptable_pause": "0s"}}"#,
         b.v4
     );
     let (code, m) = http(&b.ns, agent.addr, "POST", "/v1/measure", Some(TOKEN), &body);
-    stop.store(true, Ordering::Relaxed);
-    let transfers = traffic.join().unwrap();
+    let transfers = traffic.stop();
     assert_eq!(code, 200, "{m}");
     assert!(transfers > 0, "no transfer while the agent watched");
     let reports = m["peers"].as_array().unwrap();

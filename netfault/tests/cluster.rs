@@ -426,35 +426,12 @@ fn measure_passive_reports_the_tcp_traffic_each_node_saw() {
     let (_lab, _nf, hosts) = cluster_lab();
     let file = temp_file("toml", &cluster_text(&hosts, &BTreeMap::new()));
     let echo = TcpEcho::start(&hosts[1].ns, hosts[1].sock(false, 5004)).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let traffic = {
-        let (from, stop, dst) = (hosts[0].clone(), stop.clone(), echo.addr);
-        std::thread::spawn(move || {
-            let mut n = 0u32;
-            let end = std::time::Instant::now() + Duration::from_secs(30);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed)
-                && std::time::Instant::now() < end
-            {
-                if matches!(
-                    tcp(&from, dst, Duration::from_secs(2)),
-                    TcpOutcome::Transferred(_)
-                ) {
-                    n += 1;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            n
-        })
-    };
+    let traffic = Transfers::start(&hosts[0], echo.addr, Duration::from_secs(30));
     let out = cluster_ok(
         &file,
         &["measure", "--passive", "--duration", "3s", "--json"],
     );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(
-        traffic.join().unwrap() > 0,
-        "no transfer while the nodes watched"
-    );
+    assert!(traffic.stop() > 0, "no transfer while the nodes watched");
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["passive"], true, "{doc}");
     let seen = |node: &str| -> Vec<(String, String)> {

@@ -221,14 +221,7 @@ pub struct RttMeasured {
 pub fn rtt_measure_for(ifaces: &[String], duration: Duration) -> Result<RttMeasured> {
     let session = rtt_start(ifaces)?;
     std::thread::sleep(duration);
-    let samples = session.samples()?;
-    let hooks = session.hooks.clone();
-    drop(session);
-    Ok(RttMeasured {
-        samples,
-        hooks,
-        interrupted: false,
-    })
+    session.end(false)
 }
 
 /// Attaches the passive programs to `ifaces` for `duration` (or until SIGINT, SIGTERM or
@@ -243,12 +236,16 @@ pub fn rtt_measure(
     let session = rtt_start(ifaces)?;
     ready(&session.hooks);
     let interrupted = ending.wait(duration);
-    let samples = session.samples()?;
-    let hooks = session.hooks.clone();
-    drop(session);
-    Ok(RttMeasured {
-        samples,
-        hooks,
-        interrupted,
-    })
+    session.end(interrupted)
+}
+
+impl RttSession {
+    /// Reads the histograms, then detaches the programs (on drop).
+    fn end(self, interrupted: bool) -> Result<RttMeasured> {
+        Ok(RttMeasured {
+            samples: self.samples()?,
+            hooks: self.hooks.clone(),
+            interrupted,
+        })
+    }
 }

@@ -208,6 +208,46 @@ pub fn assert_matrix_heals(hosts: &[Host], want: &cluster::Matrix, when: &str) {
     }
 }
 
+/// TCP transfers (64 KiB each way) from one host to an echo server, one after another 50 ms
+/// apart, on a thread of their own until stopped (or `limit`): traffic for a passive
+/// measurement to see while it runs.
+pub struct Transfers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u32>,
+}
+
+impl Transfers {
+    pub fn start(from: &Host, dst: SocketAddr, limit: Duration) -> Transfers {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (from, stop) = (from.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                let end = std::time::Instant::now() + limit;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && std::time::Instant::now() < end
+                {
+                    if matches!(
+                        tcp(&from, dst, Duration::from_secs(2)),
+                        TcpOutcome::Transferred(_)
+                    ) {
+                        n += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                n
+            })
+        };
+        Transfers { stop, thread }
+    }
+
+    /// Stops them: how many went through whole.
+    pub fn stop(self) -> u32 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("the transfer thread")
+    }
+}
+
 /// Lets `h`'s kernel answer every probe of a closed port: by default it sends at most one ICMP
 /// error a second to a destination after a burst of 6 (`icmp_ratelimit`, both families), and
 /// 1000 a second in all, both families together, from a bucket of 50 refilled at most every
