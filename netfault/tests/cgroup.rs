@@ -416,6 +416,30 @@ fn bad_cgroups_are_refused_by_flag_and_key_path() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--cgroup") && err.contains("egress"), "{err}");
+    // What a cgroup cannot see at ingress is said when such an entry is given (and only then).
+    for (args, noted) in [
+        (&["rule", "add", "n-out", "--dir", "egress"][..], false),
+        (&["rule", "add", "n-in", "--dir", "ingress"][..], true),
+        (
+            &["partition", "192.0.2.1", "192.0.2.2", "--name", "n-cut"][..],
+            true,
+        ),
+    ] {
+        let mut a = args.to_vec();
+        a.extend(["--cgroup", cg.arg()]);
+        if a[0] == "rule" {
+            a.extend(["--drop", "1"]);
+        }
+        let out = nf.output(&h.ns, &a).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{a:?}: {err}");
+        assert_eq!(
+            err.contains("passes ingress unmatched"),
+            noted,
+            "{a:?}: {err}"
+        );
+    }
+    run(&nf, &h, &["rule", "del", "n-out", "n-in", "n-cut"]);
     // A rule-set file names the key path.
     let f = temp_file(
         "toml",

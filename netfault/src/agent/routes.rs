@@ -376,7 +376,9 @@ async fn change<T: Send + 'static>(
     let ifaces = sh.ifaces.clone();
     tokio::task::spawn_blocking(move || {
         let mut core = guard;
-        let mut ctl = Ctl::open(ns.as_deref())?;
+        // A long-lived server: gone namespaces' states are swept at most once a second, not
+        // by every change (each sweep reads every other namespace's state).
+        let mut ctl = Ctl::open_in_fanout(ns.as_deref())?;
         core.sync(&ctl.state);
         if let Some(g) = if_match
             && g != core.generation

@@ -101,10 +101,11 @@ impl Ctl {
         Self::open_with(netns_name, false)
     }
 
-    /// [`Ctl::open`] for a process that opens many namespaces' states at once (a cluster's
-    /// netns nodes, each on a thread): the states of namespaces that are gone are swept by the
-    /// first open, and again at most once a second, instead of by every node (which read every
-    /// other node's state: N² reads per cluster change).
+    /// [`Ctl::open`] for a process that opens states again and again: many namespaces' at once
+    /// (a cluster's netns nodes, each on a thread), or its own on every request (the agent).
+    /// The states of namespaces that are gone are swept by the first open, and again at most
+    /// once a second, instead of by every open (each sweep reads every other namespace's
+    /// state: N² reads per cluster change).
     pub fn open_in_fanout(netns_name: Option<&str>) -> Result<Self> {
         Self::open_with(netns_name, true)
     }
@@ -460,6 +461,7 @@ impl Ctl {
         protect: bool,
     ) -> Result<Vec<String>> {
         let ssh = self.operator(protect, &specs)?;
+        self.notes.extend(cgroup_ingress_notes(&specs));
         specs.extend(self.missing_protections(ssh));
         self.add_inner(specs, ttl)
     }
@@ -544,6 +546,8 @@ impl Ctl {
     pub fn apply(&mut self, specs: Vec<(RuleSpec, Ttl)>, protect: bool) -> Result<Vec<String>> {
         let mut specs = specs;
         let ssh = self.operator(protect, specs.iter().map(|(s, _)| s))?;
+        self.notes
+            .extend(cgroup_ingress_notes(specs.iter().map(|(s, _)| s)));
         for s in self.missing_protections(ssh) {
             specs.push((s, Ttl::Never));
         }
@@ -675,4 +679,19 @@ impl Ctl {
         self.save()?;
         Ok(removed)
     }
+}
+
+/// What an entry matching a cgroup at ingress cannot see, said when it is given (README:
+/// Cgroups as targets): tc ingress knows a flow's socket only from the packets it sent.
+fn cgroup_ingress_notes<'a>(specs: impl IntoIterator<Item = &'a RuleSpec>) -> Vec<String> {
+    specs
+        .into_iter()
+        .filter(|s| s.cgroup.is_some() && s.dir.includes(true))
+        .map(|s| {
+            format!(
+                "{}: at ingress, a cgroup matches a flow from the first packet a socket of it sends on the flow; a SYN to its listener, or a datagram to a socket of it that has sent nothing yet, passes ingress unmatched (its answer is matched at egress)",
+                s.name
+            )
+        })
+        .collect()
 }

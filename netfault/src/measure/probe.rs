@@ -528,14 +528,20 @@ pub fn probe_listening(
 ) -> Result<BTreeMap<IpAddr, PeerResult>, ProbeError> {
     let rounds = rounds(interval, duration).map_err(ProbeError::TooMany)?;
     let nonce = listen.unwrap_or(0);
-    // A listening UDP prober echoes requests of both families, whichever its peers are.
-    let both = nonce != 0 && !kind.is_icmp();
-    let v4 = (both || peers.iter().any(IpAddr::is_ipv4))
+    // A family's socket when some peer is of it (a node without IPv6 opens none): `cluster
+    // verify` judges a pair only in the families both nodes have, so a listener has a peer
+    // of each family it must echo.
+    let v4 = peers
+        .iter()
+        .any(IpAddr::is_ipv4)
         .then(|| Prober::open(kind, false, nonce))
         .transpose()?;
-    let v6 = (both || peers.iter().any(IpAddr::is_ipv6))
+    let v6 = peers
+        .iter()
+        .any(IpAddr::is_ipv6)
         .then(|| Prober::open(kind, true, nonce))
         .transpose()?;
+    let udp_listening = nonce != 0 && !kind.is_icmp();
     let id = (std::process::id() & 0xffff) as u16;
     let answers = (!kind.is_icmp()).then(Answers::default);
     let mut out: BTreeMap<IpAddr, PeerResult> = peers
@@ -552,7 +558,12 @@ pub fn probe_listening(
         .collect();
     // Departure times by (peer, sequence), removed when answered.
     let mut pending: BTreeMap<(IpAddr, u16), Duration> = BTreeMap::new();
-    let start = Instant::now() + if both { LISTEN_LEAD } else { Duration::ZERO };
+    let start = Instant::now()
+        + if udp_listening {
+            LISTEN_LEAD
+        } else {
+            Duration::ZERO
+        };
     let mut round = 0u64;
     let tail = if nonce != 0 { LISTEN_TAIL } else { GRACE };
     let end = start + interval * rounds as u32 + tail;
