@@ -490,6 +490,29 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
         (Some("halves"), Some(40)),
         "{v:#}"
     );
+    // A UDP impairment is verified through the agents with UDP probes of its port (each agent
+    // binds 9000, echoes the others' probes and counts them): 30 % from n1 to n2, on the side
+    // the partition leaves whole, seen in both round trips of each family.
+    let doc: serde_json::Value = serde_json::from_str(&cluster_ok(
+        &ctl,
+        &file.0,
+        &[
+            "impair", "--from", "n1", "--to", "n2", "--proto", "udp", "--dport", "9000", "--drop",
+            "30%", "--name", "u", "--json", "--verify",
+        ],
+    ))
+    .unwrap();
+    let v = &doc["verify"];
+    assert_eq!(
+        (
+            v["ok"].as_bool(),
+            v["faults"][0]["probe"].as_str(),
+            v["faults"][0]["checked"].as_u64()
+        ),
+        (Some(true), Some("udp:9000"), Some(4)),
+        "{v:#}"
+    );
+    cluster_ok(&ctl, &file.0, &["heal", "u"]);
     // The same name again: refused by every node (409), nothing left half done.
     let out = cluster(&ctl, &file.0, &["partition", "halves"]);
     let err = String::from_utf8_lossy(&out.stderr);

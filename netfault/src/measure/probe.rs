@@ -36,7 +36,7 @@ pub const MAX_PER_PEER: u64 = 60_000;
 pub enum ProbeError {
     #[error("open a raw {0} socket (needs CAP_NET_RAW): {1}")]
     Socket(&'static str, io::Error),
-    #[error("send an echo request to {0}: {1}")]
+    #[error("send a probe to {0}: {1}")]
     Send(IpAddr, io::Error),
     #[error("read echo replies: {0}")]
     Recv(io::Error),
@@ -577,11 +577,18 @@ pub fn probe_listening(
                 pending.insert((*p, seq), now_realtime());
                 match sock.send(*p, id, seq, nonce) {
                     Ok(()) => {}
-                    // No route or neighbour now: a loss, as on the wire.
+                    // No route or neighbour now: a loss, as on the wire. EAGAIN: the socket's
+                    // send buffer is full of datagrams queued for a neighbour that does not
+                    // answer (a cut IPv6 path drops neighbour discovery): lost as well.
                     Err(e)
                         if matches!(
                             e.raw_os_error(),
-                            Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::ENOBUFS)
+                            Some(
+                                libc::EHOSTUNREACH
+                                    | libc::ENETUNREACH
+                                    | libc::ENOBUFS
+                                    | libc::EAGAIN
+                            )
                         ) => {}
                     Err(e) => return Err(ProbeError::Send(*p, e)),
                 }
