@@ -547,7 +547,7 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
         ],
     ))
     .unwrap();
-    assert_measured(&m, "agent", 50);
+    assert_measured(&m, "agent", 50, &hosts);
     // The events say what happened, in order.
     let (code, ev) = http(
         &ctl.ns,

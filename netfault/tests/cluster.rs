@@ -388,11 +388,11 @@ fn measure_probes_udp_ports_and_folds_a_what_if_into_each_pair() {
         ],
     );
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_measured(&doc, "netns", 50);
+    assert_measured(&doc, "netns", 50, &hosts);
     for n in doc["nodes"].as_array().unwrap() {
         for p in n["pairs"].as_array().unwrap() {
             let r = &p["report"];
-            assert_eq!(r["answers"]["icmp_unreachable"], 50, "{p}");
+            assert_eq!(r["answers"]["icmp_unreachable"], r["samples"], "{p}");
             assert_eq!(r["answers"]["udp"], 0, "{p}");
             let w = &r["what_if"];
             assert_eq!(w["file"], rules.arg(), "{p}");
@@ -531,7 +531,7 @@ fn measure_gives_the_whole_matrix_and_shows_a_partition() {
         }
         m
     };
-    assert_measured(&measure(), "netns", 50);
+    assert_measured(&measure(), "netns", 50, &hosts);
     let doc: serde_json::Value = serde_json::from_str(&cluster_ok(
         &file,
         &["partition", "n1,n2|n3,n4,n5", "--json", "--ttl", "2m"],
@@ -539,9 +539,17 @@ fn measure_gives_the_whole_matrix_and_shows_a_partition() {
     .unwrap();
     assert!(doc["grudge"].is_object());
     let side = |n: &str| usize::from(n == "n1" || n == "n2");
+    // Cut pairs answer nothing, exactly; the others are not cut (a probe the lab's wire lost
+    // under load aside: see `assert_measured`).
     for ((from, to), samples) in matrix(&measure()) {
-        let want = if side(&from) == side(&to) { 50 } else { 0 };
-        assert_eq!(samples, [want, want], "{from} -> {to} under the partition");
+        if side(&from) == side(&to) {
+            assert!(
+                samples.iter().all(|s| *s >= 50 - ENV_LOSS),
+                "{from} -> {to} under the partition: {samples:?}"
+            );
+        } else {
+            assert_eq!(samples, [0, 0], "{from} -> {to} under the partition");
+        }
     }
     cluster_ok(&file, &["heal"]);
 }

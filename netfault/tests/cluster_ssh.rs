@@ -559,7 +559,7 @@ fn isolate_over_ssh_cuts_the_wire_as_its_grudge_says_keeps_ssh_open_and_heals() 
         ],
     ))
     .unwrap();
-    assert_measured(&m, "ssh", 50);
+    assert_measured(&m, "ssh", 50, &l.nodes);
     drop(_echo);
     l.finish();
 }
