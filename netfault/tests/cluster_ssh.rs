@@ -235,17 +235,18 @@ fn running_with(needle: &str) -> Vec<(u32, String)> {
 }
 
 /// Issue 18 point 3: each command reaches each node over ONE ssh connection (OpenSSH
-/// connection sharing), however many operations it does there; nothing of it is left after
-/// it (control directory, master, session); after `kill -9` of a run, its masters die with it.
+/// connection sharing) and ONE remote command, a persistent `netfault node session`, however
+/// many operations it does there (partition: attach step, then the plan; heal: pick, then
+/// state); nothing of it is left after it (control directory, master, session); after
+/// `kill -9` of a run, its masters and sessions die with it.
 #[test]
 fn each_command_opens_one_ssh_connection_per_node_and_leaves_nothing_even_after_kill_9() {
     let l = ssh_lab();
     let file = temp_file("toml", &l.cluster_text(|_, _| {}));
-    // partition: attach step + apply; heal: pick + state; status: one state.
-    for (args, ops) in [
-        (&["partition", "halves", "--ttl", "2m"][..], 2),
-        (&["heal"][..], 2),
-        (&["status", "--json"][..], 1),
+    for args in [
+        &["partition", "halves", "--ttl", "2m"][..],
+        &["heal"][..],
+        &["status", "--json"][..],
     ] {
         let before: Vec<(usize, usize)> = (0..5).map(|i| l.logins(i)).collect();
         let (pid, out) = l.cluster_pid(&file, args);
@@ -261,11 +262,12 @@ fn each_command_opens_one_ssh_connection_per_node_and_leaves_nothing_even_after_
                 i + 1,
                 l.servers.log(i)
             );
-            assert!(
-                now.1 - b.1 >= ops,
-                "{args:?}: n{}: {} sessions, want {ops} or more",
+            assert_eq!(
+                now.1 - b.1,
+                1,
+                "{args:?}: n{}: remote commands; sshd log:\n{}",
                 i + 1,
-                now.1 - b.1
+                l.servers.log(i)
             );
         }
         assert_eq!(mux_dirs(pid), Vec::<std::path::PathBuf>::new(), "{args:?}");
@@ -277,7 +279,7 @@ fn each_command_opens_one_ssh_connection_per_node_and_leaves_nothing_even_after_
     }
 
     // Options that choose sharing themselves are the user's: no master of ours, and here
-    // (`ControlMaster=no`, no path) each operation logs in on its own.
+    // (`ControlMaster=no`, no path) the node's session logs in on its own, once.
     let own = temp_file(
         "toml",
         &l.cluster_text(|_, lines| {
@@ -300,14 +302,14 @@ fn each_command_opens_one_ssh_connection_per_node_and_leaves_nothing_even_after_
         let now = l.logins(i);
         assert_eq!(
             (now.0 - b.0, now.1 - b.1),
-            (2, 2),
+            (1, 1),
             "n{}: logins and sessions of a heal with the user's ControlMaster=no",
             i + 1
         );
     }
 
     // No master can be opened (its directory cannot be made): each node says so once, and
-    // every operation connects on its own and succeeds.
+    // its session connects on its own and serves every operation.
     let before: Vec<(usize, usize)> = (0..5).map(|i| l.logins(i)).collect();
     let mut c = cluster::cluster_command(&l.nf.bin, &file.0, &["heal"]);
     c.env("TMPDIR", "/nonexistent/netfault-test");
@@ -320,8 +322,47 @@ fn each_command_opens_one_ssh_connection_per_node_and_leaves_nothing_even_after_
         let now = l.logins(i);
         assert_eq!(
             (now.0 - b.0, now.1 - b.1),
-            (2, 2),
+            (1, 1),
             "n{}: logins and sessions of a heal without a master",
+            i + 1
+        );
+    }
+
+    // A node whose netfault has no `node session` (an older build: it exits 2 before any
+    // greeting): the coordinator runs each operation as a remote command of its own, on the
+    // same connection, and the command succeeds (heal: the refused session, pick, state).
+    let older = temp_file_mode(
+        "sh",
+        &format!(
+            "#!/bin/sh
+if [ \"$2\" = session ]; then echo \"error: unrecognized subcommand 'session'\" >&2; exit 2; fi\nexec {} \"$@\"\n",
+            l.nf.bin.display()
+        ),
+        0o755,
+    );
+    let old_file = temp_file(
+        "toml",
+        &l.cluster_text(|_, lines| {
+            let nf = lines
+                .iter_mut()
+                .find(|x| x.starts_with("netfault ="))
+                .unwrap();
+            *nf = format!("netfault = {:?}", older.arg());
+        }),
+    );
+    let before: Vec<(usize, usize)> = (0..5).map(|i| l.logins(i)).collect();
+    let out = l.cluster(&old_file, &["heal"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (i, b) in before.iter().enumerate() {
+        let now = l.logins(i);
+        assert_eq!(
+            (now.0 - b.0, now.1 - b.1),
+            (1, 3),
+            "n{}: logins and remote commands of a heal on a netfault without sessions",
             i + 1
         );
     }

@@ -1,12 +1,13 @@
-//! `netfault node apply|delete|heal|renew|state|measure|pause|pauses|resume` (hidden): the node's side of the SSH
-//! transport. The request is JSON on stdin, the answer JSON on stdout; a failure writes
-//! `{"error", "exit"}` on stdout as well as the usual message on stderr, and exits as any
-//! command does (2: bad input, nothing changed; 1: anything else). Not for people: `netfault
-//! cluster` runs it over ssh.
+//! `netfault node apply|delete|heal|renew|state|measure|pause|pauses|resume|session` (hidden):
+//! the node's side of the SSH transport. The request is JSON on stdin, the answer JSON on
+//! stdout; a failure writes `{"error", "exit"}` on stdout as well as the usual message on
+//! stderr, and exits as any command does (2: bad input, nothing changed; 1: anything else).
+//! `session` serves one request per line until stdin ends (a failure is that request's answer).
+//! Not for people: `netfault cluster` runs it over ssh.
 use std::io::Write as _;
 
 use netfault::cluster::transport::{
-    NodeError,
+    NodeError, session,
     ssh::{self, Op},
 };
 
@@ -37,10 +38,25 @@ pub enum NodeCmd {
     Pauses,
     /// End pauses by name (`{"names"}`).
     Resume,
+    /// Serve `{"op", "request"}` lines until stdin ends, each answered by a line.
+    Session,
 }
 
 pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<()> {
+    // Inside a named namespace (an sshd started there), the state `--netns NAME` uses.
+    let name = ns
+        .map(str::to_owned)
+        .or_else(netfault::control::netns::own_name);
     let op = match a.cmd {
+        NodeCmd::Session => {
+            let mut input = std::io::BufReader::new(ssh::DeadlineStdin::new(ssh::CALL_LIMIT));
+            let mut out = std::io::stdout().lock();
+            return Ok(session::serve_session(
+                &mut input,
+                &mut out,
+                name.as_deref(),
+            )?);
+        }
         NodeCmd::Apply => Op::Apply,
         NodeCmd::Delete => Op::Delete,
         NodeCmd::Heal => Op::Heal,
@@ -51,10 +67,6 @@ pub fn run(a: Args, ns: Option<&str>) -> anyhow::Result<()> {
         NodeCmd::Pauses => Op::Pauses,
         NodeCmd::Resume => Op::Resume,
     };
-    // Inside a named namespace (an sshd started there), the state `--netns NAME` uses.
-    let name = ns
-        .map(str::to_owned)
-        .or_else(netfault::control::netns::own_name);
     let mut input = std::io::BufReader::new(ssh::DeadlineStdin::new(ssh::CALL_LIMIT));
     let mut out = std::io::stdout().lock();
     match ssh::serve(op, &mut input, &mut out, name.as_deref()) {

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod mux;
 mod netns;
 pub mod secret;
+pub mod session;
 pub mod ssh;
 
 use std::time::Duration;

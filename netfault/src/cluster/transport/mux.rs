@@ -263,6 +263,17 @@ impl Mux {
         }
     }
 
+    /// Spawns `cmd` from the keeper thread, so that a `PR_SET_PDEATHSIG` it sets follows the
+    /// coordinator, not the short-lived thread that asked (a node's persistent session). Fails
+    /// once [`close`](Self::close) has run.
+    pub fn spawn(&self, cmd: Command) -> io::Result<Child> {
+        let mut g = lock(&self.inner);
+        if g.closed {
+            return Err(io::Error::other("the coordinator is ending"));
+        }
+        self.spawn_kept(&mut g, cmd)
+    }
+
     /// Spawns `cmd` from the keeper thread (started on first use), which lives until
     /// [`close`](Self::close): the child's PDEATHSIG follows that thread.
     fn spawn_kept(&self, g: &mut Inner, mut cmd: Command) -> io::Result<Child> {

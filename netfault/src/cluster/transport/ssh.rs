@@ -42,6 +42,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use super::{
     LiveFault, NodeError, NodePlan, NodeState, NodeTransport,
     mux::{self, Mux},
+    session::{self, Broke, Envelope, Live, Sessions},
 };
 use crate::{
     cluster::local,
@@ -78,6 +79,23 @@ pub enum Op {
 }
 
 impl Op {
+    const ALL: [Op; 9] = [
+        Op::Apply,
+        Op::Delete,
+        Op::Heal,
+        Op::Renew,
+        Op::State,
+        Op::Measure,
+        Op::Pause,
+        Op::Pauses,
+        Op::Resume,
+    ];
+
+    /// The operation named `name` (as [`as_str`](Self::as_str) gives it).
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|o| o.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Apply => "apply",
@@ -211,6 +229,19 @@ pub struct Ssh {
     /// operation connects on its own.
     mux: Option<(Arc<Mux>, usize)>,
     master: Mutex<Master>,
+    /// Whose keeper thread starts the node's persistent sessions; `None`: one remote command
+    /// per operation.
+    keeper: Option<Arc<Mux>>,
+    sessions: Sessions,
+}
+
+/// Why a node has no persistent session.
+enum NoSession {
+    /// Its netfault has none (it exited before greeting), or the coordinator is ending: one
+    /// remote command per operation.
+    Fallback,
+    /// ssh failed (no connection, a refused key) or the greeting did not come in time.
+    Failed(SshError),
 }
 
 /// This node's shared connection.
@@ -248,13 +279,18 @@ impl Ssh {
             netfault,
             mux: None,
             master: Mutex::new(Master::Direct),
+            keeper: None,
+            sessions: Sessions::default(),
         }
     }
 
     /// The node's operations share one connection, the master `slot` of `mux`, unless its
     /// `ssh_options` choose sharing themselves (ControlMaster, ControlPath, ControlPersist,
     /// `-M`, `-S`): theirs are left alone.
+    /// Either way, its operations go over one persistent session ([`session`]), started by
+    /// `mux`'s keeper thread.
     pub fn shared(mut self, mux: Arc<Mux>, slot: usize) -> Self {
+        self.keeper = Some(Arc::clone(&mux));
         if !mux::sets_sharing(&self.options) {
             self.mux = Some((mux, slot));
             self.master = Mutex::new(Master::Unopened);
@@ -292,10 +328,18 @@ impl Ssh {
 
     /// The command the remote shell runs.
     pub fn remote_command(&self, op: Op) -> String {
+        self.remote("node", op.as_str())
+    }
+
+    /// The command of a persistent session.
+    pub fn session_command(&self) -> String {
+        self.remote("node", "session")
+    }
+
+    fn remote(&self, cmd: &str, sub: &str) -> String {
         format!(
-            "{} node {}",
-            shell_quote(self.netfault.as_deref().unwrap_or("netfault")),
-            op.as_str()
+            "{} {cmd} {sub}",
+            shell_quote(self.netfault.as_deref().unwrap_or("netfault"))
         )
     }
 
@@ -340,9 +384,139 @@ impl Ssh {
         request: &impl Serialize,
         limit: Duration,
     ) -> Result<T, SshError> {
+        if let Some(r) = self.in_session(limit, |live, deadline| {
+            let e = Envelope::new(op, request)
+                .map_err(|e| Broke::Remote(SshError::Io(io::Error::other(e))))?;
+            live.send(&e);
+            live.answer(op, deadline)
+        }) {
+            return r;
+        }
         let mut s = self.session_within(op, limit)?;
         s.send(request);
         s.finish(self)
+    }
+
+    /// Runs `exchange` (by a deadline `limit` from now) in one of the node's persistent
+    /// sessions, idle or started for it; `None`: the node has none, the caller runs a remote
+    /// command instead.
+    fn in_session<T>(
+        &self,
+        limit: Duration,
+        exchange: impl FnOnce(&mut Live, Instant) -> Result<T, Broke>,
+    ) -> Option<Result<T, SshError>> {
+        let keeper = self.keeper.as_ref()?;
+        if self.sessions.unsupported() {
+            return None;
+        }
+        let mut live = match self.sessions.take() {
+            Some(l) => l,
+            None => match self.start_session(keeper, limit) {
+                Ok(l) => l,
+                Err(NoSession::Fallback) => return None,
+                Err(NoSession::Failed(e)) => return Some(Err(e)),
+            },
+        };
+        live.seen.clear();
+        Some(match exchange(&mut live, Instant::now() + limit) {
+            Ok(v) => {
+                self.sessions.put(live);
+                Ok(v)
+            }
+            Err(Broke::Remote(e)) => {
+                self.sessions.put(live);
+                Err(e)
+            }
+            Err(Broke::Unreadable(e)) => {
+                let _ = live.end(Duration::ZERO);
+                Err(e)
+            }
+            Err(Broke::Timeout) => {
+                let _ = live.end(Duration::ZERO);
+                Err(SshError::Timeout {
+                    target: self.target.clone(),
+                    limit,
+                })
+            }
+            Err(Broke::Closed) => {
+                let (status, stderr) = live.end(session::SESSION_END);
+                Err(self.ended(status, &stderr))
+            }
+        })
+    }
+
+    /// Starts a persistent session on the node (from `keeper`'s thread) and waits at most
+    /// `limit` for its greeting; lines before it (a remote shell's start-up files) are skipped.
+    fn start_session(&self, keeper: &Mux, limit: Duration) -> Result<Live, NoSession> {
+        let cmd = self.command(&self.session_command());
+        let Ok(mut child) = keeper.spawn(cmd) else {
+            // The coordinator is ending (or ssh cannot run: the remote command says so).
+            return Err(NoSession::Fallback);
+        };
+        let (stdin, lines, reader, errors) = pipes(&mut child);
+        let mut live = Live {
+            child,
+            stdin,
+            lines,
+            reader: Some(reader),
+            errors: Some(errors),
+            seen: Vec::new(),
+        };
+        let deadline = Instant::now() + limit;
+        loop {
+            match live.line(deadline) {
+                Ok(l) => match serde_json::from_str::<session::Hello>(&l) {
+                    Ok(h) if h.session == session::VERSION => {
+                        live.seen.clear();
+                        return Ok(live);
+                    }
+                    // Another version's greeting: remote commands, which every version has.
+                    Ok(_) => {
+                        let _ = live.end(session::SESSION_END);
+                        self.sessions.set_unsupported();
+                        return Err(NoSession::Fallback);
+                    }
+                    Err(_) => {}
+                },
+                Err(Broke::Timeout) => {
+                    let _ = live.end(Duration::ZERO);
+                    return Err(NoSession::Failed(SshError::Timeout {
+                        target: self.target.clone(),
+                        limit,
+                    }));
+                }
+                Err(_) => {
+                    let (status, stderr) = live.end(session::SESSION_END);
+                    if status.and_then(|s| s.code()) == Some(255) {
+                        return Err(NoSession::Failed(self.ended(status, &stderr)));
+                    }
+                    // An older netfault (no `node session`), or none at all: the remote
+                    // command of each operation says which.
+                    log::debug!(
+                        "ssh {}: no persistent session ({}); one remote command per operation",
+                        self.target,
+                        last_lines(&stderr)
+                    );
+                    self.sessions.set_unsupported();
+                    return Err(NoSession::Fallback);
+                }
+            }
+        }
+    }
+
+    /// The error of a session that ended: ssh's own (exit 255) or the remote command's.
+    fn ended(&self, status: Option<ExitStatus>, stderr: &[u8]) -> SshError {
+        match status.and_then(|s| s.code()) {
+            Some(255) => SshError::Ssh {
+                target: self.target.clone(),
+                message: last_lines(stderr),
+            },
+            _ => SshError::Exit {
+                command: self.session_command(),
+                status: status.map_or_else(|| "did not end".into(), |s| s.to_string()),
+                message: last_lines(stderr),
+            },
+        }
     }
 
     /// Starts ssh for `op`; the session is bounded by [`CALL_LIMIT`] from now.
@@ -350,8 +524,9 @@ impl Ssh {
         self.session_within(op, CALL_LIMIT)
     }
 
-    /// [`session`](Self::session), bounded by `limit`.
-    fn session_within(&self, op: Op, limit: Duration) -> Result<Session, SshError> {
+    /// `ssh ... TARGET REMOTE`: on the node's master when it has one, no TTY, piped, in a
+    /// process group of its own, dying with the thread that spawns it.
+    fn command(&self, remote: &str) -> Command {
         let mut cmd = Command::new("ssh");
         if let Some(p) = self.control_path() {
             // A session on the node's master; without it (it died), ssh connects on its own.
@@ -359,47 +534,45 @@ impl Ssh {
                 .arg(mux::control_option(&p))
                 .args(["-o", "ControlMaster=no"]);
         }
-        cmd.args(self.args(op))
+        cmd.arg("-T")
+            .args(self.base_args())
+            .arg(remote)
             // A Ctrl-C at the terminal is the coordinator's to handle (a run heals), not
             // ssh's: an operation in flight finishes.
             .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        let parent = std::process::id();
+        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork
+        // and exec.
         unsafe {
-            cmd.pre_exec(|| {
-                // ssh dies with the thread that waits for it (the coordinator's worker).
+            cmd.pre_exec(move || {
+                // ssh dies with the thread that spawned it: the coordinator's worker for one
+                // operation, the mux's keeper for a persistent session.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(io::Error::last_os_error());
+                }
+                // The coordinator died before the line above: nobody would signal.
+                if libc::getppid() as u32 != parent {
+                    return Err(io::Error::other("the coordinator is gone"));
                 }
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(SshError::Spawn)?;
-        let (tx, lines) = mpsc::channel::<String>();
-        let stdout = child.stdout.take();
-        let reader = thread::spawn(move || {
-            if let Some(o) = stdout {
-                for l in io::BufReader::new(o.take(MAX_ANSWER)).lines() {
-                    let Ok(l) = l else { break };
-                    if tx.send(l).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        let stderr = child.stderr.take();
-        let errors = thread::spawn(move || {
-            let mut b = Vec::new();
-            if let Some(e) = stderr {
-                let _ = e.take(MAX_STDERR).read_to_end(&mut b);
-            }
-            b
-        });
+        cmd
+    }
+
+    /// [`session`](Self::session), bounded by `limit`.
+    fn session_within(&self, op: Op, limit: Duration) -> Result<Session, SshError> {
+        let mut child = self
+            .command(&self.remote_command(op))
+            .spawn()
+            .map_err(SshError::Spawn)?;
+        let (stdin, lines, reader, errors) = pipes(&mut child);
         Ok(Session {
             op,
-            stdin: child.stdin.take(),
+            stdin,
             child,
             lines,
             reader: Some(reader),
@@ -410,6 +583,39 @@ impl Ssh {
             timed_out: false,
         })
     }
+}
+
+/// A child's stdin, its stdout's lines (bounded in all by [`MAX_ANSWER`]) as they come, the
+/// thread reading them, and the thread collecting its stderr (at most [`MAX_STDERR`]).
+fn pipes(
+    child: &mut Child,
+) -> (
+    Option<ChildStdin>,
+    mpsc::Receiver<String>,
+    thread::JoinHandle<()>,
+    thread::JoinHandle<Vec<u8>>,
+) {
+    let (tx, lines) = mpsc::channel::<String>();
+    let stdout = child.stdout.take();
+    let reader = thread::spawn(move || {
+        if let Some(o) = stdout {
+            for l in io::BufReader::new(o.take(MAX_ANSWER)).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let stderr = child.stderr.take();
+    let errors = thread::spawn(move || {
+        let mut b = Vec::new();
+        if let Some(e) = stderr {
+            let _ = e.take(MAX_STDERR).read_to_end(&mut b);
+        }
+        b
+    });
+    (child.stdin.take(), lines, reader, errors)
 }
 
 /// One ssh process: requests written line by line, answers read line by line, all within a
@@ -584,8 +790,23 @@ impl NodeTransport for Ssh {
     }
 
     fn heal(&self, select: &(dyn Fn(&str) -> bool + Sync)) -> Result<Vec<String>, NodeError> {
-        // One session under the node's lock: it lists its partitions, this side picks, it
+        // One exchange under the node's lock: it lists its partitions, this side picks, it
         // deletes the picked ones.
+        if let Some(r) = self.in_session(CALL_LIMIT, |live, deadline| {
+            let e = Envelope::new(Op::Heal, &wire::Heal::Pick)
+                .map_err(|e| Broke::Remote(SshError::Io(io::Error::other(e))))?;
+            live.send(&e);
+            let first = live.line(deadline)?;
+            let Ok(wire::Partitions { partitions }) = serde_json::from_str(&first) else {
+                // The node's failure (or not an answer at all).
+                return session::parse_answer::<wire::Names>(Op::Heal, &first);
+            };
+            let picked: Vec<String> = partitions.into_iter().filter(|n| select(n)).collect();
+            live.send(&wire::Heal::Partitions(picked));
+            live.answer::<wire::Names>(Op::Heal, deadline)
+        }) {
+            return Ok(r?.names);
+        }
         let mut s = self.session(Op::Heal)?;
         s.send(&wire::Heal::Pick);
         if let Some(line) = s.next_line()
@@ -731,7 +952,18 @@ pub fn serve(
     } else {
         input.read_to_string(&mut text).map_err(io_error)?;
     }
-    let req = request(op, &text)?;
+    serve_request(op, &text, &mut input, output, netns)
+}
+
+/// [`serve`] of a request already read (`text`): `input` gives `heal`'s second line only.
+pub(super) fn serve_request(
+    op: Op,
+    text: &str,
+    input: &mut dyn io::BufRead,
+    output: &mut dyn io::Write,
+    netns: Option<&str>,
+) -> Result<(), NodeError> {
+    let req = request(op, text)?;
     if let Request::Measure(b) = req {
         // Probing needs the namespace only: no state, no lock.
         let peers = b.checked().map_err(|m| bad_request(op, m))?.run_here()?;
@@ -814,26 +1046,35 @@ pub fn serve(
 /// Stdin whose reads give up (TimedOut) at a deadline: a remote waiting for the
 /// coordinator's next line, holding the node's lock, never waits for ever.
 pub struct DeadlineStdin {
-    deadline: Instant,
+    /// `None`: reads wait as long as it takes (a session between requests).
+    deadline: Option<Instant>,
 }
 
 impl DeadlineStdin {
     pub fn new(limit: Duration) -> Self {
         Self {
-            deadline: Instant::now() + limit,
+            deadline: Some(Instant::now() + limit),
         }
+    }
+
+    /// Reads give up `limit` from now; `None`: never.
+    pub fn bound(&mut self, limit: Option<Duration>) {
+        self.deadline = limit.map(|l| Instant::now() + l);
     }
 }
 
 impl io::Read for DeadlineStdin {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
         let mut p = libc::pollfd {
             fd: 0,
             events: libc::POLLIN,
             revents: 0,
         };
-        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // poll(2) waits for ever with -1.
+        let ms = self.deadline.map_or(-1, |d| {
+            let left = d.saturating_duration_since(Instant::now());
+            libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX)
+        });
         // SAFETY: one valid pollfd for the duration of the call.
         let n = unsafe { libc::poll(&mut p, 1, ms) };
         if n < 0 {
