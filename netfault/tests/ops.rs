@@ -75,6 +75,8 @@ struct Bench {
     /// either way there); must stay rare.
     boundary: u32,
     checks: u32,
+    /// Generations found with a trusted flow index, over every check.
+    indexed: u32,
     _lab: Lab,
 }
 
@@ -104,6 +106,7 @@ impl Bench {
             ebpf,
             boundary: 0,
             checks: 0,
+            indexed: 0,
             _lab: lab,
         }
     }
@@ -212,8 +215,60 @@ impl Bench {
         );
     }
 
+    /// Each generation's flow keys: the flow maps hold exactly those its index lists, when
+    /// the config's digest vouches for the index (a rewrite deletes the generation's old
+    /// flows by its index, so a key it missed would stay here); and once anything was
+    /// published, the generation the data path reads has such an index (changes do not walk
+    /// the maps). Returns how many generations had one.
+    fn check_flow_index(&self, step: &str) -> u32 {
+        use std::collections::HashSet;
+
+        use netfault::dataplane::flow_index::FlowIndex;
+        let maps = Maps::open(&self.paths.maps()).expect("open maps");
+        let cfg = maps.config().unwrap();
+        let mut trusted = 0;
+        for g in 0..2u32 {
+            let digest = cfg.digest[g as usize];
+            let index = FlowIndex::read(&self.paths.run, g).filter(|i| i.digest == digest);
+            if g == cfg.active & 1 && digest != 0 {
+                assert!(
+                    index.is_some(),
+                    "{step}: generation {g} (read by the data path) has no index of its digest"
+                );
+            }
+            let Some(index) = index.filter(|_| digest != 0) else {
+                continue;
+            };
+            trusted += 1;
+            let v6: HashSet<_> = maps
+                .flows
+                .keys()
+                .map(Result::unwrap)
+                .filter(|k| u32::from(k.gen_) == g)
+                .collect();
+            let v4: HashSet<_> = maps
+                .flows4
+                .keys()
+                .map(Result::unwrap)
+                .filter(|k| u32::from(k.gen_) == g)
+                .collect();
+            assert_eq!(
+                v6,
+                index.v6.iter().copied().collect(),
+                "{step}: IPv6 flows of generation {g} against its index"
+            );
+            assert_eq!(
+                v4,
+                index.v4.iter().copied().collect(),
+                "{step}: IPv4 flows of generation {g} against its index"
+            );
+        }
+        trusted
+    }
+
     /// Everything the list says equals what the data path does, now.
     fn check(&mut self, step: &str) {
+        self.indexed += self.check_flow_index(step);
         let t0 = monotonic_ns();
         let listed = self.list();
         let t1 = monotonic_ns();
@@ -406,4 +461,6 @@ fn any_sequence_of_changes_keeps_the_data_path_and_the_list_equal() {
         b.boundary,
         b.checks
     );
+    // Both generations indexed after most steps: the indexes were used, not just kept.
+    assert!(b.indexed >= 30, "{} generations indexed in all", b.indexed);
 }

@@ -157,7 +157,7 @@ impl Ctl {
         if self.state.attached.is_empty() || !self.paths().maps().exists() {
             return Err(Error::NotAttached);
         }
-        Ok(Maps::open(&self.paths().maps())?)
+        Ok(Maps::open(&self.paths().maps())?.with_flow_index(self.paths().run.clone()))
     }
 
     fn save(&self) -> Result<()> {

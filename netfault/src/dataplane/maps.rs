@@ -1,5 +1,8 @@
 //! The maps, typed, and the generation flip.
-use std::{io, path::Path};
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf,
@@ -10,7 +13,7 @@ use netfault_common::{
     MAX_TUPLES, Prefilter, RuleValue, Tuple, maps as names, rule_index,
 };
 
-use super::{KernelError, Result, ebpf_err, io_err};
+use super::{KernelError, Result, ebpf_err, flow_index::FlowIndex, io_err};
 use crate::compile::Compiled;
 
 /// Fingerprint of a generation's content: tuples, flows and the values of the rules they name.
@@ -32,18 +35,28 @@ fn digest(c: &Compiled, rules: &[(u32, RuleValue)]) -> u64 {
     h.finish().max(1)
 }
 
-/// Removes the entries of generation `g` (`gen_of` reads a key's) from a flow map.
+/// Removes the entries of generation `g` (`gen_of` reads a key's) from a flow map: those
+/// `known` lists when the generation's index is trusted, else every key the map holds of it
+/// (a walk of all its buckets).
 fn clear_generation<K: aya::Pod>(
     map: &mut BpfHashMap<MapData, K, FlowRef>,
     g: u32,
     gen_of: impl Fn(&K) -> u8,
+    known: Option<&[K]>,
 ) -> Result<()> {
-    let stale: Vec<K> = map
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| u32::from(gen_of(k)) == g)
-        .collect();
-    for k in &stale {
+    let walked: Vec<K>;
+    let stale = match known {
+        Some(k) => k,
+        None => {
+            walked = map
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| u32::from(gen_of(k)) == g)
+                .collect();
+            &walked
+        }
+    };
+    for k in stale {
         absent_ok(map.remove(k)).map_err(ebpf_err("clear flows"))?;
     }
     Ok(())
@@ -71,6 +84,10 @@ pub struct Maps {
     pub cgroups: Array<MapData, CgroupSlot>,
     grace: super::grace::Grace,
     waits_before_flip: u32,
+    /// Where each generation's flow keys are kept ([`FlowIndex`]); `None`: walk the maps.
+    index_dir: Option<PathBuf>,
+    /// Rewrites of a generation that walked the flow maps, since these maps were opened.
+    walks: u32,
 }
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(m: Map, name: &str) -> Result<T> {
@@ -126,7 +143,21 @@ impl Maps {
             cgroups: typed(get(names::CGROUPS)?, names::CGROUPS)?,
             grace: super::grace::Grace::new().map_err(io_err("grace map"))?,
             waits_before_flip: 0,
+            index_dir: None,
+            walks: 0,
         })
+    }
+
+    /// Keeps each generation's flow keys in `dir` (the state's run directory), so that a
+    /// rewrite deletes exactly those instead of walking the flow maps ([`FlowIndex`]).
+    pub fn with_flow_index(mut self, dir: PathBuf) -> Self {
+        self.index_dir = Some(dir);
+        self
+    }
+
+    /// Rewrites that had to walk the flow maps (no trusted index), since these were opened.
+    pub fn walks(&self) -> u32 {
+        self.walks
     }
 
     pub fn config(&self) -> Result<Config> {
@@ -159,9 +190,29 @@ impl Maps {
                 self.grace.wait().map_err(io_err("grace period"))?;
                 self.waits_before_flip += 1;
             }
-            self.write_generation(next as u32, c, rules)?;
+            // The index of `next` is trusted only for the digest the config records; from
+            // here until the rewrite is recorded, that digest is 0, so neither a crash nor
+            // another writer leaves an index that lies.
+            let known = self
+                .index_dir
+                .as_deref()
+                .and_then(|d| FlowIndex::read(d, next as u32))
+                .filter(|i| cfg.digest[next] != 0 && i.digest == cfg.digest[next]);
+            cfg.digest[next] = 0;
+            self.config
+                .set(0, &cfg, 0)
+                .map_err(ebpf_err("write config"))?;
+            let written = self.write_generation(next as u32, c, rules, known.as_ref())?;
             cfg.ntuples[next] = c.tuples.len() as u32;
             cfg.digest[next] = digest;
+            if let Some(d) = &self.index_dir {
+                let (v6, v4) = written;
+                let index = FlowIndex { digest, v6, v4 };
+                // Written before the digest that makes it trusted: without it, a walk.
+                if let Err(e) = index.write(d, next as u32) {
+                    log::warn!("keep the flow index in {}: {e}", d.display());
+                }
+            }
         }
         // The union of both sets' needs while either may be read; then exactly the new set's.
         cfg.flags |= c.config_flags;
@@ -226,10 +277,21 @@ impl Maps {
             .map_err(ebpf_err("write config"))
     }
 
-    fn write_generation(&mut self, g: u32, c: &Compiled, rules: &[(u32, RuleValue)]) -> Result<()> {
+    /// Writes generation `g` (its old flows deleted: those of `known`, or found by a walk);
+    /// returns the flow keys written, IPv6 then IPv4.
+    fn write_generation(
+        &mut self,
+        g: u32,
+        c: &Compiled,
+        rules: &[(u32, RuleValue)],
+        known: Option<&FlowIndex>,
+    ) -> Result<(Vec<FlowKey>, Vec<FlowKey4>)> {
         // 1. Clear the generation's flows (left over from two publishes ago).
-        clear_generation(&mut self.flows, g, |k| k.gen_)?;
-        clear_generation(&mut self.flows4, g, |k| k.gen_)?;
+        if known.is_none() {
+            self.walks += 1;
+        }
+        clear_generation(&mut self.flows, g, |k| k.gen_, known.map(|i| &i.v6[..]))?;
+        clear_generation(&mut self.flows4, g, |k| k.gen_, known.map(|i| &i.v4[..]))?;
         // 2. Actions of live rules, in the generation's own copy: the other generation keeps
         //    reading the values it was published with, and a later flip back to this one (its
         //    digest unchanged) reads these.
@@ -249,17 +311,20 @@ impl Maps {
         // 4. Flows and tuples.
         // Each flow goes where the packets that can match it look it up: IPv6 packets in
         // `flows`, IPv4 packets in `flows4` (short keys); a flow of no family in both.
+        let (mut v6, mut v4) = (Vec::new(), Vec::new());
         for (mut k, r) in c.flows_v6() {
             k.gen_ = g as u8;
             self.flows
                 .insert(&k, &r, 0)
                 .map_err(ebpf_err("write flow"))?;
+            v6.push(k);
         }
         for (mut k, r) in c.flows_v4() {
             k.gen_ = g as u8;
             self.flows4
                 .insert(&k, &r, 0)
                 .map_err(ebpf_err("write flow"))?;
+            v4.push(k);
         }
         for (i, t) in c.tuples.iter().enumerate() {
             self.tuples
@@ -269,7 +334,8 @@ impl Maps {
         // 5. The prefilter, which names the tuples above (and no stale one).
         self.prefilter
             .set(g, &*c.prefilter, 0)
-            .map_err(ebpf_err("write prefilter"))
+            .map_err(ebpf_err("write prefilter"))?;
+        Ok((v6, v4))
     }
 
     /// Counters of one slot, summed over CPUs.

@@ -3,6 +3,7 @@
 mod attach;
 mod bpffs;
 mod error;
+pub mod flow_index;
 mod grace;
 mod load;
 mod maps;
