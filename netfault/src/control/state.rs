@@ -293,7 +293,7 @@ impl Locked {
     /// Forgets this namespace entirely (after everything was detached).
     pub fn remove(self) -> Result<(), StateError> {
         let _ = fs::remove_file(self.paths.state_file());
-        Ok(()) // Drop removes the lock and the directory
+        Ok(()) // Drop removes the lock, the flow indexes and the directory
     }
 }
 
@@ -302,6 +302,8 @@ impl Drop for Locked {
     /// The lock file goes while we still hold the lock; a waiter notices (`same_file`).
     fn drop(&mut self) {
         if !self.paths.state_file().exists() {
+            // The maps' flow indexes describe maps that go with the state (detach).
+            crate::dataplane::flow_index::remove_all(&self.paths.run);
             let _ = fs::remove_file(self.paths.lock_file());
             let _ = fs::remove_dir(&self.paths.run);
             let _ = fs::remove_dir(RUN_ROOT);

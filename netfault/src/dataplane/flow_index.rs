@@ -34,6 +34,15 @@ pub fn path(dir: &Path, g: u32) -> PathBuf {
     dir.join(format!("flows-g{g}"))
 }
 
+/// Removes every index file (and a half-written one) from `dir`: with the state it describes.
+pub fn remove_all(dir: &Path) {
+    for g in 0..2 {
+        let p = path(dir, g);
+        let _ = std::fs::remove_file(p.with_extension("tmp"));
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 fn bytes_of<K: aya::Pod>(k: &K) -> &[u8] {
     // SAFETY: a Pod key is plain bytes (repr(C), explicit padding), valid for its size.
     unsafe { std::slice::from_raw_parts((k as *const K).cast::<u8>(), size_of::<K>()) }
@@ -158,11 +167,14 @@ mod tests {
         assert_eq!(FlowIndex::read(&dir, 0), None);
         let big = FlowIndex {
             v6: vec![FlowKey::default(); MAX_KEYS + 1],
-            ..i
+            ..i.clone()
         };
         big.write(&dir, 1).unwrap();
         assert_eq!(FlowIndex::read(&dir, 1), None);
         assert!(!path(&dir, 1).exists());
-        std::fs::remove_dir_all(&dir).unwrap();
+        i.write(&dir, 0).unwrap();
+        remove_all(&dir);
+        // Nothing else was there: the directory is empty again.
+        std::fs::remove_dir(&dir).unwrap();
     }
 }
