@@ -846,8 +846,19 @@ fn send_one(sock: &UdpSocket, d: &[u8], dst: SocketAddr, hard_stop: Instant) -> 
 }
 
 fn bind_sink(ns: &str, addr: SocketAddr) -> Result<UdpSocket> {
-    let sock = run_in(ns, || UdpSocket::bind(addr))?
-        .with_context(|| format!("bind a UDP sink on {addr} in {ns}"))?;
+    // A sink of the same port that was just closed may live on for a moment in a child that
+    // another thread forked while it was open (fork copies every descriptor; CLOEXEC closes it
+    // only at the child's exec): CI saw EADDRINUSE on back-to-back matrices. Bounded retries.
+    let give_up = Instant::now() + SINK_BIND_PATIENCE;
+    let sock = loop {
+        match run_in(ns, || UdpSocket::bind(addr))? {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < give_up => {
+                thread::sleep(Duration::from_millis(2));
+            }
+            r => break r,
+        }
+    }
+    .with_context(|| format!("bind a UDP sink on {addr} in {ns}"))?;
     // SO_RCVBUFFORCE (root) goes past net.core.rmem_max.
     // SAFETY: plain setsockopt on a socket we own, with a correctly sized value.
     let rc = unsafe {
@@ -864,6 +875,9 @@ fn bind_sink(ns: &str, addr: SocketAddr) -> Result<UdpSocket> {
     sock.set_read_timeout(Some(Duration::from_millis(10)))?;
     Ok(sock)
 }
+
+/// How long [`bind_sink`] waits for its port to be free again.
+const SINK_BIND_PATIENCE: Duration = Duration::from_millis(500);
 
 /// UDP receive-buffer errors of a namespace, both families. /proc/thread-self, not /proc/self:
 /// /proc/self/net shows the main thread's namespace.

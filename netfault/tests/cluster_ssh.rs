@@ -198,6 +198,20 @@ impl SshLab {
         )
     }
 
+    /// Each node's logins and sessions since `before` (from [`logins`](Self::logins)) are
+    /// `want`.
+    fn assert_logins_since(&self, before: &[(usize, usize)], want: (usize, usize), what: &str) {
+        for (i, b) in before.iter().enumerate() {
+            let now = self.logins(i);
+            assert_eq!(
+                (now.0 - b.0, now.1 - b.1),
+                want,
+                "n{}: logins and sessions of {what}",
+                i + 1
+            );
+        }
+    }
+
     /// `netfault cluster ARGS` from the coordinator's namespace, to its end: its pid (which
     /// names its control directory) and output.
     fn cluster_pid(&self, file: &TempFile, args: &[&str]) -> (u32, Output) {
@@ -298,15 +312,7 @@ fn each_command_opens_one_ssh_connection_per_node_and_leaves_nothing_even_after_
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(mux_dirs(pid).is_empty());
-    for (i, b) in before.iter().enumerate() {
-        let now = l.logins(i);
-        assert_eq!(
-            (now.0 - b.0, now.1 - b.1),
-            (1, 1),
-            "n{}: logins and sessions of a heal with the user's ControlMaster=no",
-            i + 1
-        );
-    }
+    l.assert_logins_since(&before, (1, 1), "a heal with the user's ControlMaster=no");
 
     // No master can be opened (its directory cannot be made): each node says so once, and
     // its session connects on its own and serves every operation.
@@ -318,15 +324,7 @@ fn each_command_opens_one_ssh_connection_per_node_and_leaves_nothing_even_after_
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert_eq!(err.matches("no shared connection").count(), 5, "{err}");
-    for (i, b) in before.iter().enumerate() {
-        let now = l.logins(i);
-        assert_eq!(
-            (now.0 - b.0, now.1 - b.1),
-            (1, 1),
-            "n{}: logins and sessions of a heal without a master",
-            i + 1
-        );
-    }
+    l.assert_logins_since(&before, (1, 1), "a heal without a master");
 
     // A node whose netfault has no `node session` (an older build: it exits 2 before any
     // greeting): the coordinator runs each operation as a remote command of its own, on the
@@ -334,8 +332,7 @@ fn each_command_opens_one_ssh_connection_per_node_and_leaves_nothing_even_after_
     let older = temp_file_mode(
         "sh",
         &format!(
-            "#!/bin/sh
-if [ \"$2\" = session ]; then echo \"error: unrecognized subcommand 'session'\" >&2; exit 2; fi\nexec {} \"$@\"\n",
+            "#!/bin/sh\nif [ \"$2\" = session ]; then echo \"error: unrecognized subcommand 'session'\" >&2; exit 2; fi\nexec {} \"$@\"\n",
             l.nf.bin.display()
         ),
         0o755,
@@ -357,15 +354,7 @@ if [ \"$2\" = session ]; then echo \"error: unrecognized subcommand 'session'\" 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for (i, b) in before.iter().enumerate() {
-        let now = l.logins(i);
-        assert_eq!(
-            (now.0 - b.0, now.1 - b.1),
-            (1, 3),
-            "n{}: logins and remote commands of a heal on a netfault without sessions",
-            i + 1
-        );
-    }
+    l.assert_logins_since(&before, (1, 3), "a heal on a netfault without sessions");
 
     // Ctrl-C at a terminal (SIGINT to the run's process group): the run heals over the same
     // connections, one per node for its whole life, and leaves nothing.

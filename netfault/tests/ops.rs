@@ -240,27 +240,19 @@ impl Bench {
                 continue;
             };
             trusted += 1;
-            let v6: HashSet<_> = maps
-                .flows
-                .keys()
-                .map(Result::unwrap)
-                .filter(|k| u32::from(k.gen_) == g)
-                .collect();
-            let v4: HashSet<_> = maps
-                .flows4
-                .keys()
-                .map(Result::unwrap)
-                .filter(|k| u32::from(k.gen_) == g)
-                .collect();
-            assert_eq!(
-                v6,
-                index.v6.iter().copied().collect(),
-                "{step}: IPv6 flows of generation {g} against its index"
+            let v6: HashSet<_> = maps.flows.keys().map(Result::unwrap).collect();
+            let v4: HashSet<_> = maps.flows4.keys().map(Result::unwrap).collect();
+            let (v6, v4) = (
+                v6.into_iter().filter(|k| u32::from(k.gen_) == g),
+                v4.into_iter().filter(|k| u32::from(k.gen_) == g),
             );
             assert_eq!(
-                v4,
-                index.v4.iter().copied().collect(),
-                "{step}: IPv4 flows of generation {g} against its index"
+                (v6.collect::<HashSet<_>>(), v4.collect::<HashSet<_>>()),
+                (
+                    index.v6.iter().copied().collect(),
+                    index.v4.iter().copied().collect()
+                ),
+                "{step}: flows of generation {g} (IPv6, IPv4) against its index"
             );
         }
         trusted

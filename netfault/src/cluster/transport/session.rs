@@ -24,7 +24,7 @@
 //!   netfault has no `node session` (an older build: it exits before greeting) is driven by
 //!   one remote command per operation, as before.
 use std::{
-    io::{self, BufRead as _, Read as _, Write as _},
+    io::{self, BufRead as _, Read as _},
     process::{Child, ChildStdin, ExitStatus},
     sync::{Mutex, PoisonError, mpsc},
     thread,
@@ -157,12 +157,7 @@ pub(super) enum Broke {
 impl Live {
     /// Writes one JSON line; a closed pipe shows as the session's end at the next read.
     pub(super) fn send(&mut self, v: &impl Serialize) {
-        if let (Some(w), Ok(mut b)) = (self.stdin.as_mut(), serde_json::to_vec(v)) {
-            b.push(b'\n');
-            if w.write_all(&b).and_then(|()| w.flush()).is_err() {
-                self.stdin = None;
-            }
-        }
+        ssh::send_line(&mut self.stdin, v);
     }
 
     /// The next line, by `deadline`.
@@ -203,15 +198,7 @@ impl Live {
                 }
             }
         };
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        let stderr = self
-            .errors
-            .take()
-            .and_then(|e| e.join().ok())
-            .unwrap_or_default();
-        (status, stderr)
+        (status, ssh::join_pipes(&mut self.reader, &mut self.errors))
     }
 }
 

@@ -618,6 +618,32 @@ fn pipes(
     (child.stdin.take(), lines, reader, errors)
 }
 
+/// Writes `v` as one JSON line on a child's stdin; a write that fails (the child exited: its
+/// exit status says why) closes it.
+pub(super) fn send_line(stdin: &mut Option<ChildStdin>, v: &impl Serialize) {
+    if let (Some(w), Ok(mut b)) = (stdin.as_mut(), serde_json::to_vec(v)) {
+        b.push(b'\n');
+        if w.write_all(&b).and_then(|()| w.flush()).is_err() {
+            *stdin = None;
+        }
+    }
+}
+
+/// Waits for the threads of [`pipes`] (the child has exited or was killed): what it wrote on
+/// stderr.
+pub(super) fn join_pipes(
+    reader: &mut Option<thread::JoinHandle<()>>,
+    errors: &mut Option<thread::JoinHandle<Vec<u8>>>,
+) -> Vec<u8> {
+    if let Some(r) = reader.take() {
+        let _ = r.join();
+    }
+    errors
+        .take()
+        .and_then(|e| e.join().ok())
+        .unwrap_or_default()
+}
+
 /// One ssh process: requests written line by line, answers read line by line, all within a
 /// deadline (then ssh is killed).
 struct Session {
@@ -640,12 +666,7 @@ impl Session {
     /// why, so a write error is not reported here. (Requests are small: the remote reads them
     /// whole before it writes, and ssh keeps reading its stdin meanwhile.)
     fn send(&mut self, v: &impl Serialize) {
-        if let (Some(w), Ok(mut b)) = (self.stdin.as_mut(), serde_json::to_vec(v)) {
-            b.push(b'\n');
-            if w.write_all(&b).and_then(|()| w.flush()).is_err() {
-                self.stdin = None;
-            }
-        }
+        send_line(&mut self.stdin, v);
     }
 
     /// The next line of the answer; `None` at its end or at the deadline.
@@ -672,14 +693,7 @@ impl Session {
             let _ = self.child.kill();
         }
         let status = self.child.wait().map_err(SshError::Io);
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        let stderr = self
-            .errors
-            .take()
-            .and_then(|e| e.join().ok())
-            .unwrap_or_default();
+        let stderr = join_pipes(&mut self.reader, &mut self.errors);
         if self.timed_out {
             return Err(SshError::Timeout {
                 target: node.target.clone(),
