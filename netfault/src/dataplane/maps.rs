@@ -86,8 +86,6 @@ pub struct Maps {
     waits_before_flip: u32,
     /// Where each generation's flow keys are kept ([`FlowIndex`]); `None`: walk the maps.
     index_dir: Option<PathBuf>,
-    /// Rewrites of a generation that walked the flow maps, since these maps were opened.
-    walks: u32,
 }
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(m: Map, name: &str) -> Result<T> {
@@ -144,7 +142,6 @@ impl Maps {
             grace: super::grace::Grace::new().map_err(io_err("grace map"))?,
             waits_before_flip: 0,
             index_dir: None,
-            walks: 0,
         })
     }
 
@@ -153,11 +150,6 @@ impl Maps {
     pub fn with_flow_index(mut self, dir: PathBuf) -> Self {
         self.index_dir = Some(dir);
         self
-    }
-
-    /// Rewrites that had to walk the flow maps (no trusted index), since these were opened.
-    pub fn walks(&self) -> u32 {
-        self.walks
     }
 
     pub fn config(&self) -> Result<Config> {
@@ -287,9 +279,6 @@ impl Maps {
         known: Option<&FlowIndex>,
     ) -> Result<(Vec<FlowKey>, Vec<FlowKey4>)> {
         // 1. Clear the generation's flows (left over from two publishes ago).
-        if known.is_none() {
-            self.walks += 1;
-        }
         clear_generation(&mut self.flows, g, |k| k.gen_, known.map(|i| &i.v6[..]))?;
         clear_generation(&mut self.flows4, g, |k| k.gen_, known.map(|i| &i.v4[..]))?;
         // 2. Actions of live rules, in the generation's own copy: the other generation keeps

@@ -24,7 +24,7 @@
 //!   netfault has no `node session` (an older build: it exits before greeting) is driven by
 //!   one remote command per operation, as before.
 use std::{
-    io::{self, BufRead as _, Read as _},
+    io::{self, BufRead as _, Read as _, Write as _},
     process::{Child, ChildStdin, ExitStatus},
     sync::{Mutex, PoisonError, mpsc},
     thread,
@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::{
     NodeError,
-    ssh::{self, DeadlineStdin, MAX_REQUEST, Op, SshError, wire},
+    ssh::{self, DeadlineStdin, MAX_ANSWER, MAX_REQUEST, MAX_STDERR, Op, SshError, wire},
 };
 
 /// The protocol's version, in the greeting.
@@ -131,15 +131,16 @@ fn envelope(line: &str) -> Result<(Op, String), NodeError> {
 // The coordinator's side
 // ---------------------------------------------------------------------------------------------
 
-/// A live `netfault node session` over ssh.
+/// A running ssh: its stdin, its stdout's lines as they come (at most [`MAX_ANSWER`] bytes in
+/// all, read by a thread of its own), and its stderr (at most [`MAX_STDERR`], collected by
+/// another). A persistent `netfault node session`, or one operation's remote command
+/// ([`ssh`]'s `Session`). Dropped before it ended, it is killed.
 pub(super) struct Live {
     pub(super) child: Child,
     pub(super) stdin: Option<ChildStdin>,
-    pub(super) lines: mpsc::Receiver<String>,
-    pub(super) reader: Option<thread::JoinHandle<()>>,
-    pub(super) errors: Option<thread::JoinHandle<Vec<u8>>>,
-    /// The lines of the exchange in progress (for an error's message).
-    pub(super) seen: Vec<String>,
+    lines: mpsc::Receiver<String>,
+    reader: Option<thread::JoinHandle<()>>,
+    errors: Option<thread::JoinHandle<Vec<u8>>>,
 }
 
 /// Why an exchange did not give its answer.
@@ -155,22 +156,75 @@ pub(super) enum Broke {
 }
 
 impl Live {
-    /// Writes one JSON line; a closed pipe shows as the session's end at the next read.
+    /// Takes the pipes of a just spawned `child`.
+    pub(super) fn new(mut child: Child) -> Self {
+        let (tx, lines) = mpsc::channel::<String>();
+        let stdout = child.stdout.take();
+        let reader = thread::spawn(move || {
+            if let Some(o) = stdout {
+                for l in io::BufReader::new(o.take(MAX_ANSWER)).lines() {
+                    let Ok(l) = l else { break };
+                    if tx.send(l).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let stderr = child.stderr.take();
+        let errors = thread::spawn(move || {
+            let mut b = Vec::new();
+            if let Some(e) = stderr {
+                let _ = e.take(MAX_STDERR).read_to_end(&mut b);
+            }
+            b
+        });
+        Self {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            reader: Some(reader),
+            errors: Some(errors),
+        }
+    }
+
+    /// Writes one JSON line; a write that fails (ssh or the remote exited: its exit status
+    /// says why) closes stdin, and shows as the end at the next read.
     pub(super) fn send(&mut self, v: &impl Serialize) {
-        ssh::send_line(&mut self.stdin, v);
+        if let (Some(w), Ok(mut b)) = (self.stdin.as_mut(), serde_json::to_vec(v)) {
+            b.push(b'\n');
+            if w.write_all(&b).and_then(|()| w.flush()).is_err() {
+                self.stdin = None;
+            }
+        }
+    }
+
+    /// Sends `request` as a session's `op`.
+    pub(super) fn request(&mut self, op: Op, request: &impl Serialize) -> Result<(), Broke> {
+        let e = Envelope::new(op, request)
+            .map_err(|e| Broke::Remote(SshError::Io(io::Error::other(e))))?;
+        self.send(&e);
+        Ok(())
     }
 
     /// The next line, by `deadline`.
     pub(super) fn line(&mut self, deadline: Instant) -> Result<String, Broke> {
         let left = deadline.saturating_duration_since(Instant::now());
         match self.lines.recv_timeout(left) {
-            Ok(l) => {
-                self.seen.push(l.clone());
-                Ok(l)
-            }
+            Ok(l) => Ok(l),
             Err(mpsc::RecvTimeoutError::Timeout) => Err(Broke::Timeout),
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(Broke::Closed),
         }
+    }
+
+    /// Waits for the reading threads (ssh has exited or was killed): what it wrote on stderr.
+    pub(super) fn join_pipes(&mut self) -> Vec<u8> {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.errors
+            .take()
+            .and_then(|e| e.join().ok())
+            .unwrap_or_default()
     }
 
     /// The next line as `op`'s answer: `T`, or the node's failure.
@@ -198,13 +252,13 @@ impl Live {
                 }
             }
         };
-        (status, ssh::join_pipes(&mut self.reader, &mut self.errors))
+        (status, self.join_pipes())
     }
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
-        // Not ended (dropped with its pool): no ssh left running.
+        // Not ended (dropped with its pool, or an early return): no ssh left running.
         if self.reader.is_some() {
             self.stdin = None;
             let _ = self.child.kill();

@@ -28,12 +28,11 @@
 //! - State: the remote finds the state `netfault --netns NS` uses when its sshd runs inside a
 //!   named namespace ([`netns::own_name`]), the host's otherwise.
 use std::{
-    io::{self, BufRead as _, Read as _, Write as _},
+    io::{self, BufRead as _, Read as _},
     os::unix::process::CommandExt as _,
     path::PathBuf,
-    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, PoisonError, mpsc},
-    thread,
+    process::{Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -42,7 +41,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use super::{
     LiveFault, NodeError, NodePlan, NodeState, NodeTransport,
     mux::{self, Mux},
-    session::{self, Broke, Envelope, Live, Sessions},
+    session::{self, Broke, Live, Sessions},
 };
 use crate::{
     cluster::local,
@@ -57,8 +56,8 @@ pub const CALL_LIMIT: Duration = Duration::from_secs(30);
 /// ssh's `ConnectTimeout`, unless the node's options set one.
 pub const CONNECT_TIMEOUT_S: u32 = 5;
 /// The most either side reads of the other's output.
-const MAX_ANSWER: u64 = 16 << 20;
-const MAX_STDERR: u64 = 64 << 10;
+pub(super) const MAX_ANSWER: u64 = 16 << 20;
+pub(super) const MAX_STDERR: u64 = 64 << 10;
 
 /// The operations of `netfault node`, one per [`NodeTransport`] method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,17 +327,18 @@ impl Ssh {
 
     /// The command the remote shell runs.
     pub fn remote_command(&self, op: Op) -> String {
-        self.remote("node", op.as_str())
+        self.node_command(op.as_str())
     }
 
     /// The command of a persistent session.
     pub fn session_command(&self) -> String {
-        self.remote("node", "session")
+        self.node_command("session")
     }
 
-    fn remote(&self, cmd: &str, sub: &str) -> String {
+    /// `'NETFAULT' node SUB`.
+    fn node_command(&self, sub: &str) -> String {
         format!(
-            "{} {cmd} {sub}",
+            "{} node {sub}",
             shell_quote(self.netfault.as_deref().unwrap_or("netfault"))
         )
     }
@@ -385,9 +385,7 @@ impl Ssh {
         limit: Duration,
     ) -> Result<T, SshError> {
         if let Some(r) = self.in_session(limit, |live, deadline| {
-            let e = Envelope::new(op, request)
-                .map_err(|e| Broke::Remote(SshError::Io(io::Error::other(e))))?;
-            live.send(&e);
+            live.request(op, request)?;
             live.answer(op, deadline)
         }) {
             return r;
@@ -417,7 +415,6 @@ impl Ssh {
                 Err(NoSession::Failed(e)) => return Some(Err(e)),
             },
         };
-        live.seen.clear();
         Some(match exchange(&mut live, Instant::now() + limit) {
             Ok(v) => {
                 self.sessions.put(live);
@@ -449,27 +446,16 @@ impl Ssh {
     /// `limit` for its greeting; lines before it (a remote shell's start-up files) are skipped.
     fn start_session(&self, keeper: &Mux, limit: Duration) -> Result<Live, NoSession> {
         let cmd = self.command(&self.session_command());
-        let Ok(mut child) = keeper.spawn(cmd) else {
+        let Ok(child) = keeper.spawn(cmd) else {
             // The coordinator is ending (or ssh cannot run: the remote command says so).
             return Err(NoSession::Fallback);
         };
-        let (stdin, lines, reader, errors) = pipes(&mut child);
-        let mut live = Live {
-            child,
-            stdin,
-            lines,
-            reader: Some(reader),
-            errors: Some(errors),
-            seen: Vec::new(),
-        };
+        let mut live = Live::new(child);
         let deadline = Instant::now() + limit;
         loop {
             match live.line(deadline) {
                 Ok(l) => match serde_json::from_str::<session::Hello>(&l) {
-                    Ok(h) if h.session == session::VERSION => {
-                        live.seen.clear();
-                        return Ok(live);
-                    }
+                    Ok(h) if h.session == session::VERSION => return Ok(live),
                     // Another version's greeting: remote commands, which every version has.
                     Ok(_) => {
                         let _ = live.end(session::SESSION_END);
@@ -565,18 +551,13 @@ impl Ssh {
 
     /// [`session`](Self::session), bounded by `limit`.
     fn session_within(&self, op: Op, limit: Duration) -> Result<Session, SshError> {
-        let mut child = self
+        let child = self
             .command(&self.remote_command(op))
             .spawn()
             .map_err(SshError::Spawn)?;
-        let (stdin, lines, reader, errors) = pipes(&mut child);
         Ok(Session {
             op,
-            stdin,
-            child,
-            lines,
-            reader: Some(reader),
-            errors: Some(errors),
+            live: Live::new(child),
             seen: Vec::new(),
             deadline: Instant::now() + limit,
             limit,
@@ -585,74 +566,11 @@ impl Ssh {
     }
 }
 
-/// A child's stdin, its stdout's lines (bounded in all by [`MAX_ANSWER`]) as they come, the
-/// thread reading them, and the thread collecting its stderr (at most [`MAX_STDERR`]).
-fn pipes(
-    child: &mut Child,
-) -> (
-    Option<ChildStdin>,
-    mpsc::Receiver<String>,
-    thread::JoinHandle<()>,
-    thread::JoinHandle<Vec<u8>>,
-) {
-    let (tx, lines) = mpsc::channel::<String>();
-    let stdout = child.stdout.take();
-    let reader = thread::spawn(move || {
-        if let Some(o) = stdout {
-            for l in io::BufReader::new(o.take(MAX_ANSWER)).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    let stderr = child.stderr.take();
-    let errors = thread::spawn(move || {
-        let mut b = Vec::new();
-        if let Some(e) = stderr {
-            let _ = e.take(MAX_STDERR).read_to_end(&mut b);
-        }
-        b
-    });
-    (child.stdin.take(), lines, reader, errors)
-}
-
-/// Writes `v` as one JSON line on a child's stdin; a write that fails (the child exited: its
-/// exit status says why) closes it.
-pub(super) fn send_line(stdin: &mut Option<ChildStdin>, v: &impl Serialize) {
-    if let (Some(w), Ok(mut b)) = (stdin.as_mut(), serde_json::to_vec(v)) {
-        b.push(b'\n');
-        if w.write_all(&b).and_then(|()| w.flush()).is_err() {
-            *stdin = None;
-        }
-    }
-}
-
-/// Waits for the threads of [`pipes`] (the child has exited or was killed): what it wrote on
-/// stderr.
-pub(super) fn join_pipes(
-    reader: &mut Option<thread::JoinHandle<()>>,
-    errors: &mut Option<thread::JoinHandle<Vec<u8>>>,
-) -> Vec<u8> {
-    if let Some(r) = reader.take() {
-        let _ = r.join();
-    }
-    errors
-        .take()
-        .and_then(|e| e.join().ok())
-        .unwrap_or_default()
-}
-
 /// One ssh process: requests written line by line, answers read line by line, all within a
 /// deadline (then ssh is killed).
 struct Session {
     op: Op,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    reader: Option<thread::JoinHandle<()>>,
-    errors: Option<thread::JoinHandle<Vec<u8>>>,
+    live: Live,
     /// Every line read so far.
     seen: Vec<String>,
     deadline: Instant,
@@ -666,34 +584,33 @@ impl Session {
     /// why, so a write error is not reported here. (Requests are small: the remote reads them
     /// whole before it writes, and ssh keeps reading its stdin meanwhile.)
     fn send(&mut self, v: &impl Serialize) {
-        send_line(&mut self.stdin, v);
+        self.live.send(v);
     }
 
     /// The next line of the answer; `None` at its end or at the deadline.
     fn next_line(&mut self) -> Option<String> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        match self.lines.recv_timeout(left) {
+        match self.live.line(self.deadline) {
             Ok(l) => {
                 self.seen.push(l.clone());
                 Some(l)
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+            Err(Broke::Timeout) => {
                 self.timed_out = true;
                 None
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(_) => None,
         }
     }
 
     /// Closes stdin, reads the rest, waits for ssh: the answer of the session's operation.
     fn finish<T: DeserializeOwned>(mut self, node: &Ssh) -> Result<T, SshError> {
-        self.stdin = None;
+        self.live.stdin = None;
         while !self.timed_out && self.next_line().is_some() {}
         if self.timed_out {
-            let _ = self.child.kill();
+            let _ = self.live.child.kill();
         }
-        let status = self.child.wait().map_err(SshError::Io);
-        let stderr = join_pipes(&mut self.reader, &mut self.errors);
+        let status = self.live.child.wait().map_err(SshError::Io);
+        let stderr = self.live.join_pipes();
         if self.timed_out {
             return Err(SshError::Timeout {
                 target: node.target.clone(),
@@ -709,17 +626,6 @@ impl Session {
             stdout.as_bytes(),
             &stderr,
         )
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        // Not finished (an early return): no ssh left running.
-        if self.reader.is_some() {
-            self.stdin = None;
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -807,9 +713,7 @@ impl NodeTransport for Ssh {
         // One exchange under the node's lock: it lists its partitions, this side picks, it
         // deletes the picked ones.
         if let Some(r) = self.in_session(CALL_LIMIT, |live, deadline| {
-            let e = Envelope::new(Op::Heal, &wire::Heal::Pick)
-                .map_err(|e| Broke::Remote(SshError::Io(io::Error::other(e))))?;
-            live.send(&e);
+            live.request(Op::Heal, &wire::Heal::Pick)?;
             let first = live.line(deadline)?;
             let Ok(wire::Partitions { partitions }) = serde_json::from_str(&first) else {
                 // The node's failure (or not an answer at all).
