@@ -595,7 +595,10 @@ pub mod maps {
     pub const CGROUPS: &str = "NF_CGROUPS";
     /// cgroup targets: the flows egress saw each cgroup's sockets send on.
     pub const CGROUP_FLOWS: &str = "NF_CGROUP_FLOWS";
-    pub const ALL: [&str; 17] = [
+    /// cgroup targets: the interfaces this state's tc hooks are on, by index (value 1), for
+    /// the socket-delivery hook (`progs::CG_INGRESS`), which sees every namespace's packets.
+    pub const IFACES: &str = "NF_IFACES";
+    pub const ALL: [&str; 18] = [
         CONFIG,
         TUPLES,
         FLOWS,
@@ -613,6 +616,7 @@ pub mod maps {
         BURST_RULE,
         CGROUPS,
         CGROUP_FLOWS,
+        IFACES,
     ];
 }
 
@@ -624,6 +628,9 @@ pub mod progs {
     /// The segmenting filter's classifier (cls_bpf, not direct-action): selects what
     /// `nf_tc_egress` marked `SEGMENT_TC_INDEX`, for the filter's mirred action.
     pub const TC_SEGMENT: &str = "nf_tc_segment";
+    /// cgroup targets: at socket delivery (cgroup_skb/ingress, attached to each cgroup an
+    /// ingress entry names), the packets of flows tc ingress could not tell apart yet.
+    pub const CG_INGRESS: &str = "nf_cg_ingress";
 }
 
 #[cfg(feature = "user")]

@@ -10,10 +10,13 @@
 //!   records each TCP and UDP flow a target cgroup's socket sends on (`learn`, while some
 //!   ingress rule names a cgroup), and ingress looks its packet up reversed: a packet of a
 //!   flow the socket has not sent on since (a SYN to a listener, the first datagram to a
-//!   socket that only receives) is in no slot.
+//!   socket that only receives) is in no slot at tc ...
+//! - ... but at socket delivery (`nf_cg_ingress`, cgroup_skb/ingress on each cgroup an ingress entry
+//!   names): the receiving socket is known, so a flow the table does not hold yet is told
+//!   apart there, for its first packet, and learned (`nf_cgroup_socket`).
 //!
 //! Global functions, called from the tc entries only when `CFG_CGROUP` says some rule names a
-//! cgroup: the verifier checks each once (`act` says why that matters), and their stack frame
+//! cgroup (and from `nf_cg_ingress` while an ingress one does): the verifier checks each once (`act` says why that matters), and their stack frame
 //! is not part of the entry's chain of calls into `act` (6.1 allows 512 bytes in all).
 use core::ptr::NonNull;
 
@@ -172,5 +175,59 @@ pub extern "C" fn nf_cgroups_ingress(key: *const FlowKey, generation: u32) -> u3
         }
     };
     each_slot!(one);
+    mask
+}
+
+/// At socket delivery (`nf_cg_ingress`): the mask of the slots of `generation` whose cgroup
+/// holds the socket this ingress packet (`key`, ports parsed) is delivered to, when tc ingress
+/// could not know it: its flow was not in the table. The flow is learned here, so that tc
+/// ingress applies the rules to the flow's next packets itself. 0 when tc ingress knew the
+/// flow (it applied the rules already) or the socket is in no slot.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nf_cgroup_socket(
+    skb: *mut __sk_buff,
+    key: *const FlowKey,
+    generation: u32,
+) -> u32 {
+    // SAFETY: the caller passes its own key, live for the call.
+    let Some(key) = (unsafe { key.as_ref() }) else {
+        return 0;
+    };
+    if skb.is_null() || key.flags & KEY_PORTS == 0 || (key.proto != 6 && key.proto != 17) {
+        return 0;
+    }
+    let flow = CgroupFlow {
+        local: key.dst,
+        remote: key.src,
+        lport: key.dport,
+        rport: key.sport,
+        proto: key.proto,
+        family: key.family,
+        _pad: [0; 2],
+    };
+    // SAFETY: read-only lookup.
+    if unsafe { NF_CGROUP_FLOWS.get(&flow) }.is_some() {
+        return 0;
+    }
+    let mut seen = CgroupSeen::default();
+    let mut mask = 0;
+    let mut one = |i: u32| {
+        let Some(s) = slot(generation, i) else {
+            return;
+        };
+        if s.level == 0 || s.level > MAX_CGROUP_LEVEL {
+            return;
+        }
+        // SAFETY: skb is the program's context; its socket is the one it is delivered to.
+        if unsafe { bpf_skb_ancestor_cgroup_id(skb, s.level as i32) } == s.id {
+            seen.ids[((s.level - 1) & (MAX_CGROUP_LEVEL - 1)) as usize] = s.id;
+            mask |= 1 << i;
+        }
+    };
+    each_slot!(one);
+    if mask != 0 {
+        let _ = NF_CGROUP_FLOWS.insert(&flow, &seen, 0);
+    }
     mask
 }

@@ -25,17 +25,18 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{__sk_buff, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::{bpf_get_prandom_u32, generated::bpf_redirect},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_skb, classifier, xdp},
+    programs::{SkBuffContext, TcContext, XdpContext},
 };
 use netfault_common::{
     CFG_CGROUP, CFG_CGROUP_INGRESS, CFG_INGRESS_TC, CFG_TC_ONLY, CLONE_MARK, Counters, DIR_EGRESS,
-    DIR_INGRESS, FlowKey, PROB_ALWAYS, RULE_BURST, RULE_NEEDS_SKB, RuleValue, SEGMENT_TC_INDEX,
+    DIR_INGRESS, FlowKey, PROB_ALWAYS, RULE_BURST, RULE_CGROUP, RULE_NEEDS_SKB, RuleValue,
+    SEGMENT_TC_INDEX,
 };
 
 use crate::{
     classify::{Match, Published, classify},
-    maps::{NF_COUNTERS, NF_TC_ONLY},
+    maps::{NF_COUNTERS, NF_IFACES, NF_TC_ONLY},
 };
 
 /// `p` compiled to a threshold: 0 never fires, `PROB_ALWAYS` always does.
@@ -250,6 +251,70 @@ fn try_tc(ctx: &TcContext, dir: u8) -> Option<i32> {
         }
         // At ingress the sender is elsewhere: a plain drop.
         return Some(TC_ACT_SHOT);
+    }
+    c.passed += segs;
+    None
+}
+
+/// cgroup targets at socket delivery, attached to each cgroup an entry matching ingress names
+/// (the controller adds and removes it with them). tc ingress ran before the stack found the
+/// packet's socket, and knows its cgroup only for flows the table holds (`cgroup`): the first
+/// packet of any other flow (a SYN to a listener, a datagram to a socket that only receives)
+/// got there as a packet of no cgroup. Here the socket is known: such a packet is classified
+/// again with its socket's cgroups, and if a cgroup entry matches it first, its loss applies
+/// (drop, partition, the drop of a reject: no reply can be built here; duplication and
+/// corruption start at tc with the next packet), counted in the entry's counters. A flow the
+/// table holds passes: tc ingress applied the rules to it.
+#[cgroup_skb(ingress)]
+fn nf_cg_ingress(ctx: SkBuffContext) -> i32 {
+    // 1: deliver, 0: drop.
+    if try_cg_ingress(ctx.as_ptr() as *mut __sk_buff) == Some(false) {
+        0
+    } else {
+        1
+    }
+}
+
+/// Whether the packet goes on (None: no opinion, it does).
+#[inline(always)]
+fn try_cg_ingress(skb: *mut __sk_buff) -> Option<bool> {
+    let cfg = classify::config()?;
+    if cfg.flags & CFG_CGROUP_INGRESS == 0 {
+        return None;
+    }
+    // SAFETY: skb is the program's own context.
+    let (ifindex, proto, len, segs) =
+        unsafe { ((*skb).ifindex, (*skb).protocol, (*skb).len, (*skb).gso_segs) };
+    // A cgroup program sees every namespace's packets: only those of this state's interfaces.
+    // SAFETY: read-only lookup.
+    unsafe { NF_IFACES.get(&ifindex) }?;
+    let set = classify::published(cfg)?;
+    let mut key = FlowKey {
+        dir: DIR_INGRESS,
+        ifindex,
+        ..FlowKey::default()
+    };
+    // SAFETY: skb is the program's own context; the packet starts at its network header.
+    let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    let l4 = parse::parse_l3(start, end, u16::from_be(proto as u16), &mut key)?;
+    let c = classify::prefilter(&set, &key)?;
+    parse::ports(start, end, l4, &mut key);
+    let mask = cgroup::nf_cgroup_socket(skb, &key, set.generation());
+    if mask == 0 {
+        return None;
+    }
+    let m = classify(&key, &c, |_, _| mask)?;
+    if m.rule.flags & RULE_CGROUP == 0 {
+        // No cgroup entry comes first: tc ingress found this match too.
+        return None;
+    }
+    let c = counters(m.slot)?;
+    let segs = u64::from(segs.max(1));
+    c.matched += segs;
+    c.bytes += u64::from(len);
+    if lost::<true>(&key, m.slot, m.rule, c) {
+        c.dropped += segs;
+        return Some(false);
     }
     c.passed += segs;
     None

@@ -45,6 +45,12 @@ pub static NF_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_RULES, 0
 #[map(name = "NF_TC_ONLY")]
 pub static NF_TC_ONLY: HashMap<u32, u32> = HashMap::pinned(256, 0);
 
+/// Interfaces (by index) this state's tc hooks are on. A cgroup program sees the packets of
+/// the cgroup's sockets in every namespace: `nf_cg_ingress` acts only on those that came in
+/// through one of these.
+#[map(name = "NF_IFACES")]
+pub static NF_IFACES: HashMap<u32, u32> = HashMap::pinned(256, 0);
+
 /// Jitter distribution tables (normal, pareto, paretonormal), written by the controller at load.
 #[map(name = "NF_DIST")]
 pub static NF_DIST: Array<DistTable> = Array::pinned(DIST_TABLES, 0);

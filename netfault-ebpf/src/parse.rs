@@ -152,6 +152,17 @@ pub fn parse(start: usize, end: usize, key: &mut FlowKey) -> Option<usize> {
     }
 }
 
+/// [`parse`] for a packet that starts at its network header (a cgroup program's view), of
+/// the EtherType `ethertype`.
+#[inline(always)]
+pub fn parse_l3(start: usize, end: usize, ethertype: u16, key: &mut FlowKey) -> Option<usize> {
+    match ethertype {
+        ETH_P_IP => parse_v4(start, end, 0, key),
+        ETH_P_IPV6 => parse_v6(start, end, 0, key),
+        _ => None,
+    }
+}
+
 #[inline(always)]
 fn parse_v4(start: usize, end: usize, l3: usize, key: &mut FlowKey) -> Option<usize> {
     // Fixed part first, with a constant size: the verifier then knows every field below is in

@@ -404,6 +404,20 @@ pub fn status(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow:
                    "hold_left_ms": hold_left(r, now), "hold_until_mono_ns": hold_until(r)})
         })
         .collect();
+    // The cgroups the socket-delivery hook is linked to (its pins), by path where an entry
+    // still names them.
+    let cgroup_hooks: Vec<_> = netfault::dataplane::cgroup_links(&paths.links())
+        .into_iter()
+        .map(|id| {
+            let path = state
+                .rules
+                .iter()
+                .filter_map(|r| r.spec.cgroup.as_ref())
+                .find(|c| c.id == id)
+                .map(|c| c.path.display().to_string());
+            json!({"cgroup_id": id, "path": path})
+        })
+        .collect();
     let pauses = pauses();
     if json_out {
         writeln!(
@@ -412,6 +426,7 @@ pub fn status(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow:
             json!({
                 "state": paths.key, "namespace": state.netns_name,
                 "interfaces": ifaces, "rules": rules.len(),
+                "cgroup_hooks": cgroup_hooks,
                 "protected": protected, "lifetimes": rules,
                 "pauses": pauses,
             })
@@ -453,6 +468,14 @@ pub fn status(out: &mut impl Write, ns: Option<&str>, json_out: bool) -> anyhow:
                 "  XDP idle: the rule that needed it has expired (the data path passes it); the next change removes XDP"
             )?;
         }
+    }
+    for h in &cgroup_hooks {
+        writeln!(
+            out,
+            "cgroup {} (id {}): socket-delivery hook linked (entries matching it at ingress)",
+            h["path"].as_str().unwrap_or("?"),
+            h["cgroup_id"]
+        )?;
     }
     writeln!(out, "protected: {}", protected.join(", "))?;
     writeln!(out, "rules and partitions: {}", rules.len())?;

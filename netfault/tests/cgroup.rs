@@ -31,6 +31,10 @@ use common::*;
 use netfault_lab::lab::run_in;
 
 /// One service action; prints one line with its outcome. argv: mode, host, port, arg.
+/// - `listen`: a TCP listener on host:port (`ready` once it listens), accepting one
+///   connection within `arg` s: `accepted` or `timeout`. It never sends first.
+/// - `recv`: a UDP socket bound to host:port that only receives (`ready` once bound): how
+///   many datagrams came before `arg` s passed without one.
 /// - `tcp`: connect (timeout `arg` s), send 1000 bytes to an echo server, read them back:
 ///   `ok`, `timeout`, `refused` or `error N`.
 /// - `udp`: `arg` datagrams to a UDP echo server, each waiting 300 ms for its echo: how many
@@ -71,6 +75,31 @@ elif mode == "udp":
             n += 1
         except socket.timeout:
             pass
+    print(n)
+elif mode == "listen":
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port))
+    s.listen(8)
+    print("ready", flush=True)
+    s.settimeout(float(arg))
+    try:
+        s.accept()
+        print("accepted")
+    except socket.timeout:
+        print("timeout")
+elif mode == "recv":
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.bind((host, port))
+    print("ready", flush=True)
+    s.settimeout(float(arg))
+    n = 0
+    try:
+        while True:
+            s.recvfrom(100)
+            n += 1
+    except socket.timeout:
+        pass
     print(n)
 elif mode == "hold":
     s = socket.socket(fam, socket.SOCK_STREAM)
@@ -243,6 +272,73 @@ impl Drop for UdpEcho {
     }
 }
 
+/// A `listen` or `recv` service, ready.
+struct Server {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Server {
+    fn start(ns: &str, cg: &Cgroup, mode: &str, at: SocketAddr, wait_s: &str) -> Server {
+        let mut child = service(ns, cg, mode, at, wait_s);
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "{mode} at {at} in {}", cg.arg());
+        Server { child, stdout }
+    }
+
+    /// Its outcome (the service ends on its own within its wait).
+    fn outcome(mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let _ = self.child.wait();
+        line.trim().to_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// From `ns`: `count` datagrams to `to`, 5 ms apart.
+fn send_datagrams(ns: &str, to: SocketAddr, count: u32) {
+    run_in(ns, || {
+        let any: SocketAddr = if to.is_ipv6() {
+            "[::]:0".parse().unwrap()
+        } else {
+            "0.0.0.0:0".parse().unwrap()
+        };
+        let s = UdpSocket::bind(any).unwrap();
+        for i in 0..count {
+            s.send_to(format!("{i}").as_bytes(), to).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+    .unwrap();
+}
+
+/// From `ns`: does a TCP connection to `to` open within `within`?
+fn connects(ns: &str, to: SocketAddr, within: Duration) -> bool {
+    run_in(ns, || {
+        std::net::TcpStream::connect_timeout(&to, within).is_ok()
+    })
+    .unwrap()
+}
+
+/// The names of the programs attached to the cgroup (bpftool), netfault's among them.
+fn cgroup_programs(cg: &Cgroup) -> String {
+    let out = Command::new("bpftool")
+        .args(["cgroup", "show", cg.arg()])
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "bpftool cgroup show {}", cg.arg());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 const TCP_PORT: u16 = 5100;
 const PUSH_PORT: u16 = 5101;
 const UDP_ECHO_PORT: u16 = 5102;
@@ -373,6 +469,211 @@ fn a_cgroup_is_cut_both_ways_while_its_neighbour_keeps_talking() {
     }
 }
 
+/// A socket that only receives, and a listener, see nothing of the cut peer from the first
+/// packet on: tc ingress cannot tell their flows apart before they send, so the hook at
+/// socket delivery (linked to the cgroup while an entry needs it) drops those first packets,
+/// and the entry's counters count them with tc's. B, beside A on the same address and
+/// interface, gets every packet. On main the receive-only socket got all 20 datagrams.
+#[test]
+fn a_cgroup_that_only_receives_or_listens_is_cut_from_the_first_packet() {
+    const LISTEN_PORT: u16 = 5110;
+    const RECV_PORT: u16 = 5111;
+    let (mut lab, nf, [h, peer]) = pair();
+    let (a, b) = (Cgroup::new("a"), Cgroup::new("b"));
+    attach(&mut lab, &nf, &h);
+    // Before any rule: A receives and accepts (what fails later fails because of netfault),
+    // and no netfault program is on the cgroup.
+    let r = Server::start(&h.ns, &a, "recv", h.sock(false, RECV_PORT), "1");
+    send_datagrams(&peer.ns, h.sock(false, RECV_PORT), 20);
+    assert_eq!(r.outcome(), "20", "before");
+    assert!(!cgroup_programs(&a).contains("nf_cg_ingress"));
+
+    run(
+        &nf,
+        &h,
+        &[
+            "partition",
+            &h.set(),
+            &peer.set(),
+            "--cgroup",
+            a.arg(),
+            "--name",
+            "cg",
+        ],
+    );
+    assert!(
+        cgroup_programs(&a).contains("nf_cg_ingress"),
+        "{}",
+        cgroup_programs(&a)
+    );
+    assert!(!cgroup_programs(&b).contains("nf_cg_ingress"));
+    let st: serde_json::Value = serde_json::from_str(&run(&nf, &h, &["status", "--json"])).unwrap();
+    let hooks = st["cgroup_hooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 1, "{st}");
+    assert_eq!(hooks[0]["path"].as_str(), Some(a.arg()), "{st}");
+    for v6 in [false, true] {
+        let ra = Server::start(&h.ns, &a, "recv", h.sock(v6, RECV_PORT), "1");
+        let rb = Server::start(&h.ns, &b, "recv", h.sock(v6, RECV_PORT + 1), "1");
+        send_datagrams(&peer.ns, h.sock(v6, RECV_PORT), 20);
+        send_datagrams(&peer.ns, h.sock(v6, RECV_PORT + 1), 20);
+        assert_eq!(ra.outcome(), "0", "A's receive-only socket, v6 {v6}");
+        assert_eq!(rb.outcome(), "20", "B's receive-only socket, v6 {v6}");
+        let la = Server::start(&h.ns, &a, "listen", h.sock(v6, LISTEN_PORT), "3");
+        let lb = Server::start(&h.ns, &b, "listen", h.sock(v6, LISTEN_PORT + 1), "3");
+        assert!(
+            !connects(
+                &peer.ns,
+                h.sock(v6, LISTEN_PORT),
+                Duration::from_millis(1500)
+            ),
+            "a connection to A's listener opened, v6 {v6}"
+        );
+        assert!(
+            connects(
+                &peer.ns,
+                h.sock(v6, LISTEN_PORT + 1),
+                Duration::from_secs(3)
+            ),
+            "B's listener, v6 {v6}"
+        );
+        assert_eq!(la.outcome(), "timeout", "A's listener, v6 {v6}");
+        assert_eq!(lb.outcome(), "accepted", "B's listener, v6 {v6}");
+    }
+    let c = counters(&nf, &h, "cg");
+    assert!(c.matched >= 40 && c.dropped == c.matched, "{c:?}");
+    run(&nf, &h, &["heal", "cg"]);
+    assert!(
+        !cgroup_programs(&a).contains("nf_cg_ingress"),
+        "unlinked with the last entry"
+    );
+    let st: serde_json::Value = serde_json::from_str(&run(&nf, &h, &["status", "--json"])).unwrap();
+    assert_eq!(st["cgroup_hooks"], serde_json::json!([]), "{st}");
+
+    // Exact counts across both hooks: 20 datagrams to A's socket, the first dropped at the
+    // socket (its flow learned there), the 19 others at tc ingress.
+    run(
+        &nf,
+        &h,
+        &[
+            "rule",
+            "add",
+            "cg-in",
+            "--cgroup",
+            a.arg(),
+            "--dir",
+            "ingress",
+            "--drop",
+            "1",
+        ],
+    );
+    let ra = Server::start(&h.ns, &a, "recv", h.sock(false, RECV_PORT + 2), "1");
+    let rb = Server::start(&h.ns, &b, "recv", h.sock(false, RECV_PORT + 3), "1");
+    send_datagrams(&peer.ns, h.sock(false, RECV_PORT + 2), 20);
+    send_datagrams(&peer.ns, h.sock(false, RECV_PORT + 3), 20);
+    assert_eq!(ra.outcome(), "0");
+    assert_eq!(rb.outcome(), "20");
+    let c = counters(&nf, &h, "cg-in");
+    assert_eq!((c.matched, c.dropped, c.passed), (20, 20, 0), "{c:?}");
+    run(&nf, &h, &["rule", "del", "cg-in"]);
+
+    // A rejecting entry: the first SYN to A's listener is dropped at the socket (no reply can
+    // be built there), its retransmission a second later is refused at tc ingress.
+    run(
+        &nf,
+        &h,
+        &[
+            "rule",
+            "add",
+            "cg-rej",
+            "--cgroup",
+            a.arg(),
+            "--dir",
+            "ingress",
+            "--reject",
+            "tcp-reset",
+        ],
+    );
+    let la = Server::start(&h.ns, &a, "listen", h.sock(false, LISTEN_PORT + 2), "4");
+    let t = Instant::now();
+    let refused = run_in(&peer.ns, || {
+        std::net::TcpStream::connect_timeout(
+            &h.sock(false, LISTEN_PORT + 2),
+            Duration::from_secs(3),
+        )
+        .map_err(|e| e.kind())
+    })
+    .unwrap();
+    let took = t.elapsed();
+    assert_eq!(refused.err(), Some(std::io::ErrorKind::ConnectionRefused));
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "refused after {took:?}: the first SYN should go unanswered, the second be refused"
+    );
+    assert_eq!(la.outcome(), "timeout");
+    // Detach with the entry live: the hook leaves the cgroup with everything else.
+    nf.run(&h.ns, &["detach"]).unwrap();
+    assert!(
+        !cgroup_programs(&a).contains("nf_cg_ingress"),
+        "left after detach"
+    );
+    drop(lab);
+    for cg in [&a, &b] {
+        assert!(cg.is_empty(), "{} still has processes", cg.arg());
+    }
+}
+
+/// `netfault run` holds the socket-delivery hook like its other links: on while it runs (a
+/// socket that only receives gets nothing), gone with the process however it ends (kill -9).
+#[test]
+fn run_holds_the_cgroup_hook_for_its_life_only() {
+    const RECV_PORT: u16 = 5120;
+    let (_lab, nf, [h, peer]) = pair();
+    let a = Cgroup::new("a");
+    let file = std::env::temp_dir().join(format!("nf-cgroup-run-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        format!(
+            "[[rule]]\nname = \"in\"\ncgroup = \"{}\"\ndir = \"ingress\"\ndrop = 1\n",
+            a.arg()
+        ),
+    )
+    .unwrap();
+    let f = file.to_string_lossy().into_owned();
+    let mut child = nf
+        .spawn(
+            &h.ns,
+            &["run", &f, "--iface", &h.iface, "--duration", "60s"],
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cgroup_programs(&a).contains("nf_cg_ingress") {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&file);
+            panic!("run never linked the hook to {}", a.arg());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(&file);
+    // The rules are published right after the link: give that a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let r = Server::start(&h.ns, &a, "recv", h.sock(false, RECV_PORT), "1");
+    send_datagrams(&peer.ns, h.sock(false, RECV_PORT), 20);
+    let got = r.outcome();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(got, "0", "while run held the rule");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cgroup_programs(&a).contains("nf_cg_ingress") {
+        assert!(Instant::now() < deadline, "the hook outlived run (kill -9)");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = Server::start(&h.ns, &a, "recv", h.sock(false, RECV_PORT), "1");
+    send_datagrams(&peer.ns, h.sock(false, RECV_PORT), 20);
+    assert_eq!(r.outcome(), "20", "after run");
+}
+
 #[test]
 fn bad_cgroups_are_refused_by_flag_and_key_path() {
     let (mut lab, nf, [h, _]) = pair();
@@ -416,30 +717,66 @@ fn bad_cgroups_are_refused_by_flag_and_key_path() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--cgroup") && err.contains("egress"), "{err}");
-    // What a cgroup cannot see at ingress is said when such an entry is given (and only then).
+    // What a cgroup entry cannot do at ingress to a flow's first packet is said when such an
+    // entry is given (and only then): drops and partitions do it all.
     for (args, noted) in [
-        (&["rule", "add", "n-out", "--dir", "egress"][..], false),
-        (&["rule", "add", "n-in", "--dir", "ingress"][..], true),
+        (
+            &["rule", "add", "n-out", "--dir", "egress", "--drop", "1"][..],
+            None,
+        ),
+        (
+            &["rule", "add", "n-in", "--dir", "ingress", "--drop", "1"][..],
+            None,
+        ),
         (
             &["partition", "192.0.2.1", "192.0.2.2", "--name", "n-cut"][..],
-            true,
+            None,
+        ),
+        (
+            &[
+                "rule",
+                "add",
+                "n-rej",
+                "--dir",
+                "ingress",
+                "--drop",
+                "1",
+                "--reject",
+                "icmp-port",
+            ][..],
+            Some("reject replies start"),
+        ),
+        (
+            &[
+                "rule",
+                "add",
+                "n-dup",
+                "--duplicate",
+                "0.5",
+                "--corrupt",
+                "0.1",
+            ][..],
+            Some("duplicates and corruption start"),
         ),
     ] {
         let mut a = args.to_vec();
         a.extend(["--cgroup", cg.arg()]);
-        if a[0] == "rule" {
-            a.extend(["--drop", "1"]);
-        }
         let out = nf.output(&h.ns, &a).unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{a:?}: {err}");
-        assert_eq!(
-            err.contains("passes ingress unmatched"),
-            noted,
-            "{a:?}: {err}"
-        );
+        match noted {
+            Some(what) => assert!(
+                err.contains("can only be dropped") && err.contains(what),
+                "{a:?}: {err}"
+            ),
+            None => assert!(!err.contains("can only be dropped"), "{a:?}: {err}"),
+        }
     }
-    run(&nf, &h, &["rule", "del", "n-out", "n-in", "n-cut"]);
+    run(
+        &nf,
+        &h,
+        &["rule", "del", "n-out", "n-in", "n-cut", "n-rej", "n-dup"],
+    );
     // A rule-set file names the key path.
     let f = temp_file(
         "toml",

@@ -53,10 +53,24 @@ fn each_program_stays_well_below_the_verifiers_limit() {
         ],
     );
     let st: serde_json::Value = serde_json::from_str(&run(&nf, &b, &["status", "--json"])).unwrap();
-    let counts: Vec<(&str, u32)> = ["xdp-ingress", "tc-ingress", "tc-egress"]
+    let mut counts: Vec<(&str, u32)> = ["xdp-ingress", "tc-ingress", "tc-egress"]
         .into_iter()
         .map(|hook| (hook, verified_insns(prog_of(&st, hook))))
         .collect();
+    // The cgroup socket-delivery hook, which `attach` loads and pins with the others (every
+    // copy loaded now: they are the same program of the same object).
+    let cg: Vec<u32> = aya::programs::loaded_programs()
+        .map(|p| p.expect("list loaded programs"))
+        .filter(|p| p.name_as_str() == Some(netfault_common::progs::CG_INGRESS))
+        .map(|p| verified_insns(p.id()))
+        .collect();
+    assert!(
+        !cg.is_empty(),
+        "attach loaded no {}",
+        netfault_common::progs::CG_INGRESS
+    );
+    counts.extend(cg.into_iter().map(|n| ("cgroup-ingress", n)));
+    eprintln!("verified instructions: {counts:?}");
     for (hook, n) in &counts {
         assert!(
             *n <= MAX_VERIFIED,

@@ -320,7 +320,11 @@ impl Ctl {
                 unshape(&sh)?;
             }
             // Marked where tc stood in for XDP (another program's, or none by choice).
-            Maps::open(&self.paths().maps())?.set_tc_only(a.ifindex, false)?;
+            let mut maps = Maps::open(&self.paths().maps())?;
+            maps.set_tc_only(a.ifindex, false)?;
+            // The socket-delivery hook acts on the remaining interfaces only.
+            let left: Vec<u32> = self.state.attached.iter().map(|a| a.ifindex).collect();
+            maps.set_ifaces(&left)?;
             if let Err(e) = features::restore(&mut self.state.wire, Some(&a.iface)) {
                 log::warn!("{i}: put back the offload settings: {e}");
             }
@@ -382,6 +386,16 @@ impl Ctl {
             &xdp,
             &mut segment_prog,
         )?;
+        // cgroup entries at ingress: the socket-delivery hook on their cgroups first.
+        let linked =
+            hooks::socket::prepare(&self.state.attached, &ordered, maps, &self.lock.paths, now);
+        match linked {
+            Ok(w) => self.warnings.extend(w),
+            Err(e) => {
+                features::undo(&added, &mut self.state.wire);
+                return Err(e);
+            }
+        }
         if let Err(e) = maps.publish_set(compiled, values) {
             features::undo(&added, &mut self.state.wire);
             return Err(e.into());
@@ -403,6 +417,7 @@ impl Ctl {
             now,
         )?;
         self.warnings.extend(w);
+        hooks::socket::release(&ordered, &self.lock.paths, now)?;
         Ok(())
     }
 
@@ -681,17 +696,32 @@ impl Ctl {
     }
 }
 
-/// What an entry matching a cgroup at ingress cannot see, said when it is given (README:
-/// Cgroups as targets): tc ingress knows a flow's socket only from the packets it sent.
+/// What an entry matching a cgroup at ingress cannot do to a flow's first packet, said when
+/// it is given (README: Cgroups as targets): tc ingress knows a flow's socket only once it
+/// has seen it (a packet sent, or one delivered), and the socket-delivery hook that meets the
+/// first one can only drop it. Nothing to say for drops and partitions.
 fn cgroup_ingress_notes<'a>(specs: impl IntoIterator<Item = &'a RuleSpec>) -> Vec<String> {
     specs
         .into_iter()
         .filter(|s| s.cgroup.is_some() && s.dir.includes(true))
-        .map(|s| {
-            format!(
-                "{}: at ingress, a cgroup matches a flow from the first packet a socket of it sends on the flow; a SYN to its listener, or a datagram to a socket of it that has sent nothing yet, passes ingress unmatched (its answer is matched at egress)",
-                s.name
-            )
+        .filter_map(|s| {
+            let mut late = Vec::new();
+            if s.act.reject.is_some() {
+                late.push("reject replies");
+            }
+            if s.act.duplicate.threshold() != 0 {
+                late.push("duplicates");
+            }
+            if s.act.corrupt.threshold() != 0 {
+                late.push("corruption");
+            }
+            (!late.is_empty()).then(|| {
+                format!(
+                    "{}: at ingress, the first packet of a flow a socket of the cgroup has not sent on yet (a SYN to its listener, a datagram to a socket that only receives) is met at the socket, where it can only be dropped; {} start at ingress with the flow's next packet",
+                    s.name,
+                    late.join(" and ")
+                )
+            })
         })
         .collect()
 }

@@ -131,6 +131,22 @@ pub fn start(
         hooks.push((i.clone(), h));
     }
     drop(ordered);
+    // cgroup entries at ingress: the socket-delivery hook on their cgroups, held like the rest.
+    let cgroups = super::hooks::socket::wanted(&rules, now);
+    if !cgroups.is_empty() {
+        let ifindexes: Vec<u32> = devices.iter().map(|(_, i)| *i).collect();
+        maps.set_ifaces(&ifindexes)?;
+        let prog = kernel::cgroup_program(&mut ebpf)?;
+        for (id, cg) in cgroups {
+            match kernel::attach_cgroup(prog, &cg.path, id)? {
+                Some(l) => links.push(l),
+                None => log::warn!(
+                    "the cgroup {} is gone (or is another cgroup now): its entries match no socket",
+                    cg.path.display()
+                ),
+            }
+        }
+    }
     let mut run = Running {
         _ebpf: ebpf,
         maps,

@@ -12,6 +12,7 @@
 //!   drop at ingress on that device (XDP drops wire frames cheapest), then removed again.
 //! - `--xdp-mode native|generic` forces XDP for as long as the device is attached.
 pub mod apply;
+pub mod socket;
 
 use serde::{Deserialize, Serialize};
 

@@ -73,8 +73,8 @@ pub fn segment_program(ebpf: &mut Ebpf) -> Result<ProgramFd> {
         .map_err(io_err(format!("duplicate the fd of {name}")))
 }
 
-/// Loads (the kernel verifies) `prog` unless it is loaded already. netfault's programs are XDP
-/// and tc classifiers; a program of any other kind is left as it is.
+/// Loads (the kernel verifies) `prog` unless it is loaded already. netfault's programs are XDP,
+/// tc classifiers and one cgroup_skb program; a program of any other kind is left as it is.
 pub fn ensure_loaded(prog: &mut Program) -> std::result::Result<(), ProgramError> {
     if prog.fd().is_ok() {
         return Ok(());
@@ -82,12 +82,13 @@ pub fn ensure_loaded(prog: &mut Program) -> std::result::Result<(), ProgramError
     match prog {
         Program::Xdp(p) => p.load(),
         Program::SchedClassifier(p) => p.load(),
+        Program::CgroupSkb(p) => p.load(),
         _ => Ok(()),
     }
 }
 
 /// Loads every program `attach` uses or pins (XDP, tc ingress and egress, the segmenting
-/// classifier) at once, one thread each: the kernel verifies each in the loading thread, so on
+/// classifier, the cgroup socket-delivery hook) at once, one thread each: the kernel verifies each in the loading thread, so on
 /// a machine with more than one CPU `attach` waits for the longest verification, not their sum.
 pub fn verify_programs(ebpf: &mut Ebpf) -> Result<()> {
     use netfault_common::progs;
@@ -96,6 +97,7 @@ pub fn verify_programs(ebpf: &mut Ebpf) -> Result<()> {
         progs::TC_INGRESS,
         progs::TC_EGRESS,
         progs::TC_SEGMENT,
+        progs::CG_INGRESS,
     ];
     let todo: Vec<(&str, &mut Program)> = ebpf
         .programs_mut()
@@ -124,14 +126,16 @@ pub fn verify_programs(ebpf: &mut Ebpf) -> Result<()> {
     })
 }
 
-/// Pins the XDP program and the segmenting classifier of `ebpf` (loading them where needed)
-/// under `dir` as `xdp` and `segment`: the changes that follow link them from there instead of
-/// loading and verifying the object again (`attach_xdp_pinned`, [`segment_program_pinned`]).
+/// Pins the XDP program, the segmenting classifier and the cgroup socket-delivery hook of
+/// `ebpf` (loading them where needed) under `dir` as `xdp`, `segment` and `cgroup-ingress`:
+/// the changes that follow link them from there instead of loading and verifying the object
+/// again (`attach_xdp_pinned`, [`segment_program_pinned`], `attach_cgroup_pinned`).
 pub fn pin_programs(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
     for (name, file) in [
         (netfault_common::progs::XDP_INGRESS, PINNED_XDP),
         (netfault_common::progs::TC_SEGMENT, PINNED_SEGMENT),
+        (netfault_common::progs::CG_INGRESS, PINNED_CG_INGRESS),
     ] {
         let prog = ebpf.program_mut(name).ok_or_else(|| KernelError::Io {
             what: format!("program {name}"),
@@ -147,9 +151,11 @@ pub fn pin_programs(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The file names [`pin_programs`] gives the XDP program and the segmenting classifier.
+/// The file names [`pin_programs`] gives the XDP program, the segmenting classifier and the
+/// cgroup socket-delivery hook.
 pub const PINNED_XDP: &str = "xdp";
 pub const PINNED_SEGMENT: &str = "segment";
+pub const PINNED_CG_INGRESS: &str = "cgroup-ingress";
 
 /// The segmenting classifier pinned at `pin`, as an fd of its own; where there is no pin (a
 /// state attached by an older netfault), it is loaded from the object with the maps of

@@ -82,6 +82,8 @@ pub struct Maps {
     pub burst_rule: Array<MapData, BurstState>,
     /// cgroup slots of each generation.
     pub cgroups: Array<MapData, CgroupSlot>,
+    /// The interfaces this state's tc hooks are on (`NF_IFACES`).
+    pub ifaces: BpfHashMap<MapData, u32, u32>,
     grace: super::grace::Grace,
     waits_before_flip: u32,
     /// Where each generation's flow keys are kept ([`FlowIndex`]); `None`: walk the maps.
@@ -139,6 +141,7 @@ impl Maps {
             reject: typed(get(names::REJECT)?, names::REJECT)?,
             burst_rule: typed(get(names::BURST_RULE)?, names::BURST_RULE)?,
             cgroups: typed(get(names::CGROUPS)?, names::CGROUPS)?,
+            ifaces: typed(get(names::IFACES)?, names::IFACES)?,
             grace: super::grace::Grace::new().map_err(io_err("grace map"))?,
             waits_before_flip: 0,
             index_dir: None,
@@ -245,6 +248,28 @@ impl Maps {
                 .map_err(ebpf_err("write IFB map")),
             None => absent_ok(self.ifb.remove(&ifindex)).map_err(ebpf_err("clear IFB map")),
         }
+    }
+
+    /// Makes `NF_IFACES` hold exactly `ifindexes` (the state's attached interfaces), writing
+    /// only what differs.
+    pub fn set_ifaces(&mut self, ifindexes: &[u32]) -> Result<()> {
+        let stale: Vec<u32> = self
+            .ifaces
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !ifindexes.contains(k))
+            .collect();
+        for k in stale {
+            absent_ok(self.ifaces.remove(&k)).map_err(ebpf_err("clear interface map"))?;
+        }
+        for i in ifindexes {
+            if self.ifaces.get(i, 0).is_err() {
+                self.ifaces
+                    .insert(i, &1, 0)
+                    .map_err(ebpf_err("write interface map"))?;
+            }
+        }
+        Ok(())
     }
 
     /// Marks an interface whose ingress rules tc applies (XDP is not ours there), or unmarks it.

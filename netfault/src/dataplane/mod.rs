@@ -2,6 +2,7 @@
 //! reading and writing the maps (with the generation flip and its grace period).
 mod attach;
 mod bpffs;
+mod cgroup_link;
 mod error;
 pub mod flow_index;
 mod grace;
@@ -11,6 +12,7 @@ mod rtt;
 
 pub use attach::*;
 pub use bpffs::{Bpffs, ensure_bpffs};
+pub use cgroup_link::*;
 pub use error::{KernelError, Result};
 pub(crate) use error::{ebpf_err, io_err};
 pub use load::*;

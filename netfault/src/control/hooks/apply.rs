@@ -112,8 +112,8 @@ pub fn reconcile(
 }
 
 /// Loads the object (maps from `paths`) and pins its programs where `attach` did not (a state
-/// attached by an older netfault): once, the first time XDP is added.
-fn ensure_pinned(prog_pin: &Path, paths: &Paths) -> kernel::Result<()> {
+/// attached by an older netfault): once, the first time one is linked.
+pub(super) fn ensure_pinned(prog_pin: &Path, paths: &Paths) -> kernel::Result<()> {
     if prog_pin.exists() {
         return Ok(());
     }
