@@ -437,8 +437,9 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
     let file = temp_file_mode("toml", &cluster_text(&hosts, &token.0, "http", None), 0o600);
     assert_matrix(&hosts, &cluster::full(5), "before any partition");
 
-    // Keep-alive (#18 point 3): the attach step and the apply, two requests per agent, come
-    // over one connection to each.
+    // One request per agent (#18): each agent attached when it started, so the plan, sent
+    // `if_attached`, is applied at once, without an attach step first; over one connection.
+    let plans_before = route_counts(&ctl.ns, &agents, "POST", "/v1/plan");
     let before = accepted_all(&hosts);
     let doc: serde_json::Value = serde_json::from_str(&cluster_ok(
         &ctl,
@@ -447,6 +448,11 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
     ))
     .unwrap();
     assert_one_connection_each(&hosts, &before, "partition");
+    assert_eq!(
+        route_counts(&ctl.ns, &agents, "POST", "/v1/plan"),
+        plans_before.iter().map(|n| n + 1).collect::<Vec<_>>(),
+        "one plan request per agent"
+    );
     let grudge: Grudge = serde_json::from_value(doc["grudge"].clone()).unwrap();
     for n in ["n1", "n2"] {
         assert_eq!(grudge[n], ["n3", "n4", "n5"].map(String::from).into());
@@ -527,10 +533,28 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
         "after the refused repeat",
     );
 
-    // Status, delete, status again: one connection to each agent.
+    // One request per agent (`POST /v1/heal`: the agent picks the coordinator's entries
+    // itself), over one connection to each.
+    let counts = |route| {
+        route_counts(
+            &ctl.ns,
+            &agents,
+            if route == "/v1/status" { "GET" } else { "POST" },
+            route,
+        )
+    };
+    let routes = ["/v1/heal", "/v1/status", "/v1/delete"];
+    let heal_before: Vec<Vec<u64>> = routes.iter().map(|r| counts(r)).collect();
     let before = accepted_all(&hosts);
     let healed = cluster_ok(&ctl, &file.0, &["heal"]);
     assert_one_connection_each(&hosts, &before, "heal");
+    for (r, was) in routes.iter().zip(&heal_before) {
+        let want: Vec<u64> = was
+            .iter()
+            .map(|n| n + u64::from(*r == "/v1/heal"))
+            .collect();
+        assert_eq!(counts(r), want, "{r} requests of the heal");
+    }
     assert!(healed.starts_with("healed 24 entries"), "{healed}");
     assert_matrix_heals(&hosts, &cluster::full(5), "healed");
     // Each agent probes the other nodes (POST /v1/measure): 50 probes a family, all answered.
@@ -564,12 +588,14 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    // start; the coordinator's plans (the protections it attaches with first, the partition,
-    // the refused repeat's attach step); the heal's delete of exactly the partition.
+    // start; the coordinator's plans (the partition; the impairment, deleted by its heal);
+    // the heal of exactly the partition.
     assert_eq!(kinds.first(), Some(&"start"), "{ev}");
-    assert_eq!(kinds.last(), Some(&"delete"), "{ev}");
+    assert_eq!(kinds.last(), Some(&"heal"), "{ev}");
     assert!(
-        kinds[1..kinds.len() - 1].iter().all(|k| *k == "plan"),
+        kinds[1..kinds.len() - 1]
+            .iter()
+            .all(|k| *k == "plan" || *k == "heal"),
         "{ev}"
     );
     let names = |e: &serde_json::Value| -> Vec<String> {
@@ -583,12 +609,58 @@ fn cluster_partition_via_agents_cuts_the_wire_as_the_grudge_says_and_heal_restor
         .iter()
         .flat_map(|p| [format!("halves.from-{p}.v4"), format!("halves.from-{p}.v6")])
         .collect();
+    // The partition's plan: its entries, with the protections of the agents' ports (added in
+    // the same publish: nothing came before it).
+    let own = |e: &serde_json::Value| -> Vec<String> {
+        names(e)
+            .into_iter()
+            .filter(|n| !n.starts_with("control:"))
+            .collect()
+    };
     assert!(
-        evs.iter()
-            .any(|e| e["kind"] == "plan" && names(e) == halves),
+        evs.iter().any(|e| e["kind"] == "plan" && own(e) == halves),
         "{ev}"
     );
     assert_eq!(names(evs.last().unwrap()), halves, "{ev}");
+
+    // A node detached behind the agent's back answers `not_attached` and changes nothing;
+    // the coordinator attaches it (an empty plan), then applies there: 3 plan requests on
+    // it, 1 on the others, and the wire is cut as the grudge says.
+    nf.run(&hosts[2].ns, &["detach"]).unwrap();
+    let plans_before = route_counts(&ctl.ns, &agents, "POST", "/v1/plan");
+    cluster_ok(&ctl, &file.0, &["partition", "halves", "--ttl", "2m"]);
+    let want: Vec<u64> = plans_before
+        .iter()
+        .enumerate()
+        .map(|(i, n)| n + if i == 2 { 3 } else { 1 })
+        .collect();
+    assert_eq!(
+        route_counts(&ctl.ns, &agents, "POST", "/v1/plan"),
+        want,
+        "plan requests with n3 detached"
+    );
+    assert_matrix(
+        &hosts,
+        &cluster::expected(&grudge, 5).unwrap(),
+        "halves with n3 attached by the coordinator",
+    );
+    cluster_ok(&ctl, &file.0, &["heal"]);
+    assert_matrix_heals(&hosts, &cluster::full(5), "healed again");
+}
+
+/// Each agent's count of answered `METHOD ROUTE` requests (code 200), from its /metrics.
+fn route_counts(ns: &str, agents: &[Agent], method: &str, route: &str) -> Vec<u64> {
+    agents
+        .iter()
+        .map(|a| {
+            sample(
+                &metrics_text(ns, a),
+                &format!(
+                    "netfault_agent_requests_total{{method=\"{method}\",route=\"{route}\",code=\"200\"}}"
+                ),
+            )
+        })
+        .collect()
 }
 
 #[test]

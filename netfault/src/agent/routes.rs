@@ -9,6 +9,7 @@
 //! | `POST /v1/renew`               | renews the lease (or `{"names", "ttl"}`)                    |
 //! | `POST /v1/plan`                | the coordinator's additive apply of a `NodePlan`            |
 //! | `POST /v1/delete`              | deletes entries by name (`{"names", "kind"}`)               |
+//! | `POST /v1/heal`                | `cluster heal` in one request (`{"names", "peers"}`)          |
 //! | `DELETE /v1/rules/{name}`      | deletes one entry (404 when there is none)                  |
 //! | `GET /v1/stats`                | as `netfault stats --json`                                  |
 //! | `GET /v1/events?since=SEQ&wait=5s` | what happened after SEQ (long poll up to `wait`, at most 30 s) |
@@ -50,8 +51,8 @@ use crate::{
         transport::{
             NodeError,
             agent::{
-                Changed, DeleteRequest, ErrorBody, FaultView, LeaseView, PlanRequest, RenewRequest,
-                StatusView,
+                Changed, DeleteRequest, ErrorBody, FaultView, HealRequest, LeaseView, PlanRequest,
+                RenewRequest, StatusView,
             },
         },
     },
@@ -188,6 +189,7 @@ const ROUTES: &[(Verb, &str, MakeRoute)] = &[
     (Verb::Post, "/v1/renew", |m| on(m, renew)),
     (Verb::Post, "/v1/plan", |m| on(m, plan)),
     (Verb::Post, "/v1/delete", |m| on(m, delete_names)),
+    (Verb::Post, "/v1/heal", |m| on(m, heal_cluster)),
     (Verb::Delete, "/v1/rules/{name}", |m| on(m, delete_one)),
     (Verb::Get, "/v1/stats", |m| on(m, stats)),
     (Verb::Post, "/v1/measure", |m| {
@@ -371,6 +373,24 @@ async fn change<T: Send + 'static>(
     if_match: Option<u64>,
     op: impl FnOnce(&mut Ctl, &mut Core) -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<(T, u64)> {
+    // Without `if_attached` every change attaches first: there is always an answer.
+    change_in(sh, if_match, false, op).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the change was not made (not attached)",
+        )
+    })
+}
+
+/// [`change`]; with `if_attached`, only where the agent's interfaces are all attached (None,
+/// and nothing done, where one is not: attaching loads and verifies the programs, which the
+/// coordinator then does for every node before any changes).
+async fn change_in<T: Send + 'static>(
+    sh: &Arc<Shared>,
+    if_match: Option<u64>,
+    if_attached: bool,
+    op: impl FnOnce(&mut Ctl, &mut Core) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<Option<(T, u64)>> {
     let guard = hold_core(sh).await?;
     let ns = sh.netns.clone();
     let ifaces = sh.ifaces.clone();
@@ -393,11 +413,14 @@ async fn change<T: Send + 'static>(
             e.generation = Some(core.generation);
             return Err(e);
         }
+        if if_attached && !ifaces.iter().all(|i| ctl.is_attached(i)) {
+            return Ok(None);
+        }
         // Someone may have detached: attaching again is a no-op when attached.
         ctl.attach(&ifaces, None)?;
         let out = op(&mut ctl, &mut core)?;
         core.sync(&ctl.state);
-        Ok((out, core.generation))
+        Ok(Some((out, core.generation)))
     })
     .await
     .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the change panicked"))?
@@ -435,7 +458,7 @@ fn logged(
     Json(Changed {
         generation,
         names,
-        warnings: Vec::new(),
+        ..Changed::default()
     })
 }
 
@@ -669,6 +692,7 @@ async fn put_ruleset(
         generation,
         names,
         warnings,
+        ..Changed::default()
     }))
 }
 
@@ -823,7 +847,7 @@ async fn plan(State(sh): State<Arc<Shared>>, body: Bytes) -> ApiResult<Json<Chan
     };
     check_plan(&req.plan, &sh.ifaces)?;
     let plan = req.plan;
-    let (names, generation) = change(&sh, None, move |ctl, core| {
+    let changed = change_in(&sh, None, req.if_attached, move |ctl, core| {
         // An entry whose lifetime is over (a killed run's, say) holds its name no longer:
         // the add replaces it.
         let now = monotonic_ns();
@@ -841,6 +865,12 @@ async fn plan(State(sh): State<Arc<Shared>>, body: Bytes) -> ApiResult<Json<Chan
         Ok(names)
     })
     .await?;
+    let Some((names, generation)) = changed else {
+        return Ok(Json(Changed {
+            not_attached: true,
+            ..Changed::default()
+        }));
+    };
     Ok(logged(&sh, "plan", generation, names, None))
 }
 
@@ -850,15 +880,37 @@ async fn delete_by_names(
     names: Vec<String>,
     kind: Option<Kind>,
 ) -> ApiResult<(Vec<String>, u64)> {
-    change(sh, None, move |ctl, core| {
-        let picked: Vec<String> = names
+    delete_picked(sh, move |ctl| {
+        names
             .into_iter()
             .filter(|n| {
                 ctl.state
                     .find(n)
                     .is_some_and(|r| kind.is_none_or(|k| r.spec.kind == k))
             })
-            .collect();
+            .collect()
+    })
+    .await
+}
+
+/// `POST /v1/heal`: the coordinator's partitions and impairment rules (of `names`, any when
+/// empty) deleted in one request, picked here (`local::cluster_entries`).
+async fn heal_cluster(State(sh): State<Arc<Shared>>, body: Bytes) -> ApiResult<Json<Changed>> {
+    let req: HealRequest = parse_json(&body)?;
+    let (names, generation) = delete_picked(&sh, move |ctl| {
+        local::cluster_entries(ctl, &req.names, &req.peers)
+    })
+    .await?;
+    Ok(logged(&sh, "heal", generation, names, None))
+}
+
+/// Deletes the entries `pick` chooses, under the agent's lock.
+async fn delete_picked(
+    sh: &Arc<Shared>,
+    pick: impl FnOnce(&Ctl) -> Vec<String> + Send + 'static,
+) -> ApiResult<(Vec<String>, u64)> {
+    change(sh, None, move |ctl, core| {
+        let picked = pick(ctl);
         let deleted = local::delete(ctl, &picked)?;
         for n in &deleted {
             core.owned.remove(n);

@@ -398,17 +398,7 @@ impl Coordinator {
     /// Every node attached (an empty plan: interfaces and protections), within `timeout`, so
     /// that later changes are one publish each. Fails naming the first node that failed.
     pub fn prepare(&self, timeout: Duration) -> Result<(), Error> {
-        let plans = self.rule_plans(&BTreeMap::new())?;
-        let plans: Vec<(usize, NodePlan)> = plans.into_iter().enumerate().collect();
-        let failed: Vec<(String, NodeError)> = self
-            .apply_timed(plans, Ttl::Never, timeout)
-            .into_iter()
-            .filter_map(|t| {
-                t.result
-                    .err()
-                    .map(|e| (self.cluster.nodes[t.node].name.clone(), e))
-            })
-            .collect();
+        let failed = self.prepare_nodes(&self.all(), timeout)?;
         if failed.is_empty() {
             Ok(())
         } else {
@@ -416,26 +406,93 @@ impl Coordinator {
         }
     }
 
-    /// Applies `plans` on every node in one publish each, all or nothing. Every node is
-    /// attached first ([`prepare`](Self::prepare), with [`PREPARE_TIMEOUT`]): loading and
-    /// verifying the programs took 4 s per node on a busy 2-core machine, more than the
-    /// 10 s deadline allows for five at once, and nothing is cut until every node is ready.
+    /// [`prepare`](Self::prepare) for the nodes `which`: those that failed, with why.
+    fn prepare_nodes(
+        &self,
+        which: &[usize],
+        timeout: Duration,
+    ) -> Result<Vec<(String, NodeError)>, Error> {
+        let plans = self.rule_plans(&BTreeMap::new())?;
+        let plans: Vec<(usize, NodePlan)> = plans
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| which.contains(i))
+            .collect();
+        Ok(self
+            .apply_timed(plans, Ttl::Never, timeout)
+            .into_iter()
+            .filter_map(|t| {
+                t.result
+                    .err()
+                    .map(|e| (self.cluster.nodes[t.node].name.clone(), e))
+            })
+            .collect())
+    }
+
+    /// Applies `plans` on every node in one publish each, all or nothing, in one exchange per
+    /// node where every node is attached already (each applies only if it is: every command
+    /// after a lab's first, every agent, which attaches when it starts) and every transport
+    /// can ask so in one quick exchange (netns, agent; not SSH). Nodes that are not
+    /// are attached first ([`prepare`](Self::prepare), with [`PREPARE_TIMEOUT`]: loading and
+    /// verifying the programs took 4 s per node on a busy 2-core machine, more than the 10 s
+    /// deadline allows for five at once), then applied: on a new lab none is attached, so
+    /// nothing is cut until every node is ready; where some were attached, they apply at once
+    /// and the others follow once attached (the events' spread shows it).
     pub fn apply(&self, plans: Vec<NodePlan>, ttl: Ttl) -> Result<(), Error> {
-        self.prepare(PREPARE_TIMEOUT)?;
         let plans = Arc::new(plans);
-        let p = Arc::clone(&plans);
-        let results = self.on_nodes(
-            &self.all(),
-            move |i, t| t.apply(&p[i], ttl),
-            |t, added| {
-                let _ = t.delete(added);
-            },
-        );
-        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        let (mut ok, mut failed, mut later) = (Vec::new(), Vec::new(), Vec::new());
+        let results = if self.transports.iter().all(|t| t.applies_if_attached()) {
+            let p = Arc::clone(&plans);
+            self.on_nodes(
+                &self.all(),
+                move |i, t| t.apply_if_attached(&p[i], ttl),
+                |t, added| {
+                    if let Some(a) = added {
+                        let _ = t.delete(a);
+                    }
+                },
+            )
+        } else {
+            // Every node to be made ready first (see `applies_if_attached`).
+            self.all().into_iter().map(|i| (i, Ok(None))).collect()
+        };
         for (i, r) in results {
             match r {
-                Ok(added) => ok.push((i, added)),
+                Ok(Some(added)) => ok.push((i, added)),
+                Ok(None) => later.push(i),
                 Err(e) => failed.push((self.cluster.nodes[i].name.clone(), e)),
+            }
+        }
+        if failed.is_empty() && !later.is_empty() {
+            let unready = match self.prepare_nodes(&later, PREPARE_TIMEOUT) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.undo(ok);
+                    return Err(e);
+                }
+            };
+            if !unready.is_empty() {
+                let outcome = if ok.is_empty() {
+                    "; no fault was applied".into()
+                } else {
+                    self.undo(ok)
+                };
+                return Err(node_error(unready, outcome));
+            }
+        }
+        if failed.is_empty() && !later.is_empty() {
+            let p = Arc::clone(&plans);
+            for (i, r) in self.on_nodes(
+                &later,
+                move |i, t| t.apply(&p[i], ttl),
+                |t, added| {
+                    let _ = t.delete(added);
+                },
+            ) {
+                match r {
+                    Ok(added) => ok.push((i, added)),
+                    Err(e) => failed.push((self.cluster.nodes[i].name.clone(), e)),
+                }
             }
         }
         if failed.is_empty() {
@@ -527,6 +584,10 @@ impl Coordinator {
         let results = self.on_nodes(
             &self.all(),
             move |_, t| {
+                // One exchange where the node can pick itself.
+                if let Some(healed) = t.heal_cluster(&names, &peers)? {
+                    return Ok(healed);
+                }
                 let select = |entry: &str| cluster_entry(entry, &names, &peers);
                 let mut healed = t.heal(&select)?;
                 let rules: Vec<String> = t
@@ -770,7 +831,7 @@ fn split_entry<'a>(entry: &'a str, dirs: &[&str]) -> Option<(&'a str, &'a str)> 
 
 /// Whether an impairment rule is one the coordinator made (`NAME.from-<peer>.v4` or
 /// `NAME.to-<peer>.v4`, `peer` a node of the cluster), of one of `names` (any when empty).
-fn impair_entry(entry: &str, names: &[String], peers: &[String]) -> bool {
+pub(super) fn impair_entry(entry: &str, names: &[String], peers: &[String]) -> bool {
     let Some((name, peer)) = split_entry(entry, &["from-", "to-"]) else {
         return false;
     };
@@ -779,7 +840,7 @@ fn impair_entry(entry: &str, names: &[String], peers: &[String]) -> bool {
 
 /// Whether a partition entry is one the coordinator made (`NAME.from-<peer>.v4|v6`, `peer` a
 /// node of the cluster), of one of `names` (any name when empty).
-fn cluster_entry(entry: &str, names: &[String], peers: &[String]) -> bool {
+pub(super) fn cluster_entry(entry: &str, names: &[String], peers: &[String]) -> bool {
     let Some((name, peer)) = split_entry(entry, &["from-"]) else {
         return false;
     };

@@ -36,6 +36,19 @@ pub fn apply(ctl: &mut Ctl, plan: &NodePlan, ttl: Ttl) -> Result<Vec<String>, No
     Ok(names)
 }
 
+/// [`apply`] where every interface of the plan is attached already (nothing to load, so the
+/// publish follows at once); None, and nothing changed, where one is not.
+pub fn apply_if_attached(
+    ctl: &mut Ctl,
+    plan: &NodePlan,
+    ttl: Ttl,
+) -> Result<Option<Vec<String>>, NodeError> {
+    if !plan.ifaces.iter().all(|i| ctl.is_attached(i)) {
+        return Ok(None);
+    }
+    apply(ctl, plan, ttl).map(Some)
+}
+
 /// Deletes the entries (of any kind) named `names` that exist. Returns the names deleted.
 pub fn delete(ctl: &mut Ctl, names: &[String]) -> Result<Vec<String>, NodeError> {
     if !attached(ctl) {
@@ -75,6 +88,34 @@ pub fn heal(
         return Ok(picked);
     }
     Ok(ctl.delete(&picked, &[Kind::Partition])?)
+}
+
+/// The entries `cluster heal` deletes on a node: the partitions and impairment rules the
+/// coordinator made (`coordinator::cluster_entry`, `impair_entry`), live or expired, of
+/// `names` (any when empty), `peers` being the cluster's nodes.
+pub fn cluster_entries(ctl: &Ctl, names: &[String], peers: &[String]) -> Vec<String> {
+    use super::coordinator::{cluster_entry, impair_entry};
+    ctl.state
+        .rules
+        .iter()
+        .filter(|r| match r.spec.kind {
+            Kind::Partition => cluster_entry(&r.spec.name, names, peers),
+            Kind::Rule => impair_entry(&r.spec.name, names, peers),
+            Kind::Protect => false,
+        })
+        .map(|r| r.spec.name.clone())
+        .collect()
+}
+
+/// `cluster heal` on one node in one step: deletes [`cluster_entries`]. Returns the names
+/// deleted.
+pub fn heal_cluster(
+    ctl: &mut Ctl,
+    names: &[String],
+    peers: &[String],
+) -> Result<Vec<String>, NodeError> {
+    let picked = cluster_entries(ctl, names, peers);
+    delete(ctl, &picked)
 }
 
 /// Sets the lifetime of the entries named `names` that exist and have not expired (an expired

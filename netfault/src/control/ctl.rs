@@ -164,6 +164,28 @@ impl Ctl {
         Ok(self.lock.save(&self.state)?)
     }
 
+    /// Is `iface` attached, with every hook still in place, so that [`attach`](Self::attach)
+    /// would leave it alone?
+    pub fn is_attached(&self, iface: &str) -> bool {
+        let Some(idx) = kernel::ifindex(iface) else {
+            return false;
+        };
+        self.state
+            .attached
+            .iter()
+            .find(|a| a.iface == iface)
+            .is_some_and(|a| self.alive(a, idx))
+    }
+
+    /// `a` is still the interface `idx` and its links are all pinned and live.
+    fn alive(&self, a: &Attachment, idx: u32) -> bool {
+        a.ifindex == idx
+            && a.hooks.iter().all(|h| {
+                matches!(h.kind, HookKind::Clsact | HookKind::TcFallback)
+                    || kernel::link_alive(&self.paths().links().join(h.hook.pin_name(&a.iface)))
+            })
+    }
+
     /// Attaches to each interface; already attached ones are left alone.
     pub fn attach(&mut self, ifaces: &[String], xdp_mode: Option<XdpMode>) -> Result<Vec<String>> {
         let mut wanted = Vec::new();
@@ -180,20 +202,16 @@ impl Ctl {
         let mut ebpf = None;
         for (iface, idx) in wanted {
             if let Some(pos) = self.state.attached.iter().position(|a| a.iface == iface) {
-                let a = &self.state.attached[pos];
-                let alive = a.ifindex == idx
-                    && a.hooks.iter().all(|h| {
-                        matches!(h.kind, HookKind::Clsact | HookKind::TcFallback)
-                            || kernel::link_alive(
-                                &self.paths().links().join(h.hook.pin_name(&iface)),
-                            )
-                    });
-                if alive {
+                if self.alive(&self.state.attached[pos], idx) {
                     report.push(format!("{iface}: already attached"));
                     continue;
                 }
                 // The interface was deleted and made anew under the same name.
-                let _ = kernel::detach_all(&iface, &a.hooks, Some(&self.paths().links()));
+                let _ = kernel::detach_all(
+                    &iface,
+                    &self.state.attached[pos].hooks,
+                    Some(&self.paths().links()),
+                );
                 self.state.attached.remove(pos);
             }
             // One namespace, one netfault: programs another state holds (an older layout's,

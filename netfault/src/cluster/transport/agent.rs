@@ -162,6 +162,9 @@ pub struct Changed {
     /// Rules that cover protected traffic (protection wins there).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// A plan sent `if_attached` found an interface not attached: nothing was done.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_attached: bool,
 }
 
 /// `POST /v1/plan`: the coordinator's additive apply.
@@ -172,6 +175,22 @@ pub struct PlanRequest {
     /// `"10m"`, `"none"`; default 10m.
     #[serde(default)]
     pub ttl: Option<String>,
+    /// Only if every interface is attached already; else nothing is done and the answer
+    /// says `not_attached` (the coordinator attaches every node first, then applies).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub if_attached: bool,
+}
+
+/// `POST /v1/heal`: `cluster heal` in one request (the agent picks the coordinator's
+/// partitions and impairment rules itself).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HealRequest {
+    /// Only entries of these names (any when empty).
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// The cluster's nodes: entries `NAME.from-PEER.v4` name one of them.
+    pub peers: Vec<String>,
 }
 
 /// `POST /v1/delete`.
@@ -500,8 +519,37 @@ impl NodeTransport for Agent {
         let req = PlanRequest {
             plan: plan.clone(),
             ttl: Some(ttl_text(ttl)),
+            if_attached: false,
         };
         self.post("/v1/plan", &req)
+    }
+
+    fn applies_if_attached(&self) -> bool {
+        true
+    }
+
+    fn apply_if_attached(
+        &self,
+        plan: &NodePlan,
+        ttl: Ttl,
+    ) -> Result<Option<Vec<String>>, NodeError> {
+        let req = PlanRequest {
+            plan: plan.clone(),
+            ttl: Some(ttl_text(ttl)),
+            if_attached: true,
+        };
+        match self
+            .client()?
+            .call::<Changed>("POST", "/v1/plan", Some(&req))
+        {
+            Ok(c) if c.not_attached => Ok(None),
+            Ok(c) => Ok(Some(c.names)),
+            // An agent older than `if_attached` refuses the field: it is asked the old way.
+            Err(AgentError::Status {
+                status: 400, body, ..
+            }) if body.error.contains("if_attached") => Ok(None),
+            Err(e) => Err(node_err(e)),
+        }
     }
 
     fn delete(&self, names: &[String]) -> Result<Vec<String>, NodeError> {
@@ -532,6 +580,26 @@ impl NodeTransport for Agent {
             kind: Some(Kind::Partition),
         };
         self.post("/v1/delete", &req)
+    }
+
+    fn heal_cluster(
+        &self,
+        names: &[String],
+        peers: &[String],
+    ) -> Result<Option<Vec<String>>, NodeError> {
+        let req = HealRequest {
+            names: names.to_vec(),
+            peers: peers.to_vec(),
+        };
+        match self
+            .client()?
+            .call::<Changed>("POST", "/v1/heal", Some(&req))
+        {
+            Ok(c) => Ok(Some(c.names)),
+            // An agent older than `/v1/heal`: the coordinator picks, as before.
+            Err(AgentError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(node_err(e)),
+        }
     }
 
     fn renew(&self, names: &[String], ttl: Ttl) -> Result<Vec<String>, NodeError> {

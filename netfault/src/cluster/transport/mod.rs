@@ -79,11 +79,40 @@ pub trait NodeTransport: Send + Sync {
     /// Attaches the plan's interfaces where not attached, then adds its protections (those the
     /// node lacks) and rules in one publish. Returns the names it added, for an undo.
     fn apply(&self, plan: &NodePlan, ttl: Ttl) -> Result<Vec<String>, NodeError>;
+    /// Whether [`apply_if_attached`](Self::apply_if_attached) is one quick exchange: then the
+    /// coordinator applies in one step where every node is attached. Not over SSH, whose
+    /// first exchange of a command opens the connection (hundreds of milliseconds, unevenly
+    /// across nodes): there every node is made ready first, so that the cut lands on all at
+    /// once.
+    fn applies_if_attached(&self) -> bool {
+        false
+    }
+    /// [`apply`](Self::apply) only where every interface of the plan is attached already:
+    /// then the publish follows at once. `None`, with nothing changed, where one is not (or
+    /// where the node cannot be asked this way).
+    fn apply_if_attached(
+        &self,
+        plan: &NodePlan,
+        ttl: Ttl,
+    ) -> Result<Option<Vec<String>>, NodeError> {
+        let _ = (plan, ttl);
+        Ok(None)
+    }
     /// Deletes the entries (of any kind) named `names` that exist; a node that is not attached
     /// has none. Returns the names deleted.
     fn delete(&self, names: &[String]) -> Result<Vec<String>, NodeError>;
     /// Deletes the partitions `select` picks. Returns the names deleted.
     fn heal(&self, select: &(dyn Fn(&str) -> bool + Sync)) -> Result<Vec<String>, NodeError>;
+    /// `cluster heal` in one exchange: the node deletes `local::cluster_entries` itself.
+    /// `None`: this transport (or this node's netfault) cannot; the coordinator picks.
+    fn heal_cluster(
+        &self,
+        names: &[String],
+        peers: &[String],
+    ) -> Result<Option<Vec<String>>, NodeError> {
+        let _ = (names, peers);
+        Ok(None)
+    }
     /// Sets the lifetime of the entries named `names` that exist to `ttl` from now (a lease's
     /// renewal). Returns the names renewed.
     fn renew(&self, names: &[String], ttl: Ttl) -> Result<Vec<String>, NodeError>;

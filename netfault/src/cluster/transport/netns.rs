@@ -74,12 +74,32 @@ impl NodeTransport for Netns {
         local::apply(&mut self.open()?, plan, ttl)
     }
 
+    fn applies_if_attached(&self) -> bool {
+        true
+    }
+
+    fn apply_if_attached(
+        &self,
+        plan: &NodePlan,
+        ttl: Ttl,
+    ) -> Result<Option<Vec<String>>, NodeError> {
+        local::apply_if_attached(&mut self.open()?, plan, ttl)
+    }
+
     fn delete(&self, names: &[String]) -> Result<Vec<String>, NodeError> {
         local::delete(&mut self.open()?, names)
     }
 
     fn heal(&self, select: &(dyn Fn(&str) -> bool + Sync)) -> Result<Vec<String>, NodeError> {
         local::heal(&mut self.open()?, select)
+    }
+
+    fn heal_cluster(
+        &self,
+        names: &[String],
+        peers: &[String],
+    ) -> Result<Option<Vec<String>>, NodeError> {
+        local::heal_cluster(&mut self.open()?, names, peers).map(Some)
     }
 
     fn renew(&self, names: &[String], ttl: Ttl) -> Result<Vec<String>, NodeError> {
