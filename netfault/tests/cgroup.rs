@@ -126,7 +126,10 @@ struct Cgroup {
 impl Cgroup {
     fn new(role: &str) -> Cgroup {
         let root = netfault::spec::cgroup::cgroup2_root().expect("a cgroup2 mount");
-        let path = root.join(format!("nfcg-{}-{role}", std::process::id()));
+        // Unique per test too: the tests of this file run in parallel in one process.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = root.join(format!("nfcg-{}-{n}-{role}", std::process::id()));
         std::fs::create_dir(&path).expect("make the test's cgroup");
         Cgroup { path }
     }
