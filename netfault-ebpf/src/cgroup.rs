@@ -197,6 +197,8 @@ pub extern "C" fn nf_cgroup_socket(
     if skb.is_null() || key.flags & KEY_PORTS == 0 || (key.proto != 6 && key.proto != 17) {
         return 0;
     }
+    // As `nf_cgroups_ingress` builds it, written out: a helper returning the flow as an
+    // Option changed that tc function's code (its spills), which 6.1's stack budget watches.
     let flow = CgroupFlow {
         local: key.dst,
         remote: key.src,
