@@ -441,9 +441,9 @@ impl Coordinator {
     pub fn apply(&self, plans: Vec<NodePlan>, ttl: Ttl) -> Result<(), Error> {
         let plans = Arc::new(plans);
         let (mut ok, mut failed, mut later) = (Vec::new(), Vec::new(), Vec::new());
-        let results = if self.transports.iter().all(|t| t.applies_if_attached()) {
+        if self.transports.iter().all(|t| t.applies_if_attached()) {
             let p = Arc::clone(&plans);
-            self.on_nodes(
+            for (i, r) in self.on_nodes(
                 &self.all(),
                 move |i, t| t.apply_if_attached(&p[i], ttl),
                 |t, added| {
@@ -451,17 +451,16 @@ impl Coordinator {
                         let _ = t.delete(a);
                     }
                 },
-            )
-        } else {
-            // Every node to be made ready first (see `applies_if_attached`).
-            self.all().into_iter().map(|i| (i, Ok(None))).collect()
-        };
-        for (i, r) in results {
-            match r {
-                Ok(Some(added)) => ok.push((i, added)),
-                Ok(None) => later.push(i),
-                Err(e) => failed.push((self.cluster.nodes[i].name.clone(), e)),
+            ) {
+                match r {
+                    Ok(Some(added)) => ok.push((i, added)),
+                    Ok(None) => later.push(i),
+                    Err(e) => failed.push((self.cluster.nodes[i].name.clone(), e)),
+                }
             }
+        } else {
+            // Every node made ready first (see `applies_if_attached`).
+            later = self.all();
         }
         if failed.is_empty() && !later.is_empty() {
             let unready = match self.prepare_nodes(&later, PREPARE_TIMEOUT) {
@@ -479,8 +478,6 @@ impl Coordinator {
                 };
                 return Err(node_error(unready, outcome));
             }
-        }
-        if failed.is_empty() && !later.is_empty() {
             let p = Arc::clone(&plans);
             for (i, r) in self.on_nodes(
                 &later,

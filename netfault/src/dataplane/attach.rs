@@ -289,7 +289,8 @@ fn keep(link: FdLink, pin: Option<&Path>) -> Result<Option<FdLink>> {
     }
 }
 
-fn pin_link(link: FdLink, path: &Path) -> Result<()> {
+/// Pins `link` at `path`, replacing a stale pin there.
+pub(super) fn pin_link(link: FdLink, path: &Path) -> Result<()> {
     let _ = std::fs::remove_file(path);
     link.pin(path)
         .map_err(ebpf_err(format!("pin link {}", path.display())))?;

@@ -10,7 +10,7 @@ use std::{
 
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, links::FdLink};
 
-use super::{KernelError, Result, ebpf_err, io_err};
+use super::{Result, ebpf_err, io_err};
 
 const PREFIX: &str = "cgroup-";
 
@@ -76,22 +76,15 @@ pub fn attach_cgroup_pinned(
     };
     std::fs::create_dir_all(links_dir)
         .map_err(io_err(format!("create {}", links_dir.display())))?;
-    let pin = cgroup_link_pin(links_dir, id);
-    let _ = std::fs::remove_file(&pin);
-    link.pin(&pin)
-        .map_err(ebpf_err(format!("pin link {}", pin.display())))?;
+    super::attach::pin_link(link, &cgroup_link_pin(links_dir, id))?;
     Ok(true)
 }
 
 /// The socket-delivery hook of `ebpf` (a private copy, `run`), loaded.
 pub fn cgroup_program(ebpf: &mut aya::Ebpf) -> Result<&mut CgroupSkb> {
-    let name = netfault_common::progs::CG_INGRESS;
-    let prog = ebpf.program_mut(name).ok_or_else(|| KernelError::Io {
-        what: format!("program {name}"),
-        source: std::io::ErrorKind::NotFound.into(),
-    })?;
-    super::ensure_loaded(prog).map_err(ebpf_err(format!("load {name} (verifier)")))?;
-    prog.try_into().map_err(ebpf_err("cgroup_skb program"))
+    super::loaded(ebpf, netfault_common::progs::CG_INGRESS)?
+        .try_into()
+        .map_err(ebpf_err("cgroup_skb program"))
 }
 
 /// Unlinks the hook from cgroup `id` (a link already gone is not an error).

@@ -58,10 +58,7 @@ pub fn load_private() -> Result<Ebpf> {
 /// its own: a tc filter made with it holds the program after `ebpf` is gone.
 pub fn segment_program(ebpf: &mut Ebpf) -> Result<ProgramFd> {
     let name = netfault_common::progs::TC_SEGMENT;
-    let prog = ebpf.program_mut(name).ok_or_else(|| KernelError::Io {
-        what: format!("program {name}"),
-        source: io::ErrorKind::NotFound.into(),
-    })?;
+    let prog = program_mut(ebpf, name)?;
     let p: &mut SchedClassifier = prog.try_into().map_err(ebpf_err("tc program"))?;
     if p.fd().is_err() {
         p.load()
@@ -71,6 +68,21 @@ pub fn segment_program(ebpf: &mut Ebpf) -> Result<ProgramFd> {
         .map_err(ebpf_err(format!("{name} fd")))?
         .try_clone()
         .map_err(io_err(format!("duplicate the fd of {name}")))
+}
+
+/// The program `name` of `ebpf`.
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
+    ebpf.program_mut(name).ok_or_else(|| KernelError::Io {
+        what: format!("program {name}"),
+        source: io::ErrorKind::NotFound.into(),
+    })
+}
+
+/// The program `name` of `ebpf`, loaded (the kernel verifies it) unless it was already.
+pub fn loaded<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
+    let prog = program_mut(ebpf, name)?;
+    ensure_loaded(prog).map_err(ebpf_err(format!("load {name} (verifier)")))?;
+    Ok(prog)
 }
 
 /// Loads (the kernel verifies) `prog` unless it is loaded already. netfault's programs are XDP,
@@ -137,11 +149,7 @@ pub fn pin_programs(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
         (netfault_common::progs::TC_SEGMENT, PINNED_SEGMENT),
         (netfault_common::progs::CG_INGRESS, PINNED_CG_INGRESS),
     ] {
-        let prog = ebpf.program_mut(name).ok_or_else(|| KernelError::Io {
-            what: format!("program {name}"),
-            source: io::ErrorKind::NotFound.into(),
-        })?;
-        ensure_loaded(prog).map_err(ebpf_err(format!("load {name} (verifier)")))?;
+        let prog = loaded(ebpf, name)?;
         let path = dir.join(file);
         // A pin left by an earlier attach of this state holds the same object's program.
         let _ = std::fs::remove_file(&path);
